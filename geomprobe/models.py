@@ -176,18 +176,30 @@ def _converted_gguf_folder(gguf: Path, sha: str) -> Path:
     return target
 
 
-def load_model(
+@dataclass
+class Checkpoint:
+    """A Hugging Face model and tokenizer plus where they came from (no TransformerLens wrapper)."""
+
+    hf_model: Any
+    tokenizer: Any
+    model_id: str
+    source: str
+    revision: str
+    load_from: str
+    gguf_sha256: str | None = None
+
+
+def load_checkpoint(
     model: str | os.PathLike = DEFAULT_MODEL,
     *,
     dtype: str | torch.dtype | None = "float32",
-    device: str | torch.device | None = "auto",
+    device: str | torch.device | None = "cpu",
     revision: str | None = None,
     trust_remote_code: bool = False,
     device_map: str | dict | None = None,
-) -> LoadedModel:
-    """Load ``model`` ("default", a Hugging Face name, a checkpoint folder or a ``.gguf`` file)."""
+) -> Checkpoint:
+    """Load ``model`` ("default", a HF name, a checkpoint folder or a ``.gguf`` file) with transformers."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformer_lens.model_bridge import TransformerBridge
 
     _quiet_transformers()
     torch_dtype = resolve_dtype(dtype)
@@ -217,7 +229,7 @@ def load_model(
         folder = None
         model_id, source, rev = model_str, model_str, revision or "main"
 
-    load_from = folder if folder is not None else model_str
+    load_from = str(folder) if folder is not None else model_str
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if folder is None and revision:
         kwargs["revision"] = revision
@@ -237,20 +249,42 @@ def load_model(
     if device_map is None:
         hf_model = hf_model.to(torch_device)
     hf_model.eval()
+    return Checkpoint(hf_model, tokenizer, model_id, source, rev, load_from, gguf_sha)
+
+
+def load_model(
+    model: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype | None = "float32",
+    device: str | torch.device | None = "auto",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    device_map: str | dict | None = None,
+) -> LoadedModel:
+    """Load ``model`` ("default", a Hugging Face name, a checkpoint folder or a ``.gguf`` file)
+    and wrap it in a TransformerLens ``TransformerBridge``."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    torch_dtype = resolve_dtype(dtype)
+    torch_device = resolve_device(device)
+    ckpt = load_checkpoint(
+        model, dtype=torch_dtype, device=torch_device, revision=revision,
+        trust_remote_code=trust_remote_code, device_map=device_map,
+    )
     bridge = TransformerBridge.boot_transformers(
-        str(load_from), hf_model=hf_model, tokenizer=tokenizer, device=torch_device, dtype=torch_dtype,
-        trust_remote_code=trust_remote_code,
+        ckpt.load_from, hf_model=ckpt.hf_model, tokenizer=ckpt.tokenizer, device=torch_device,
+        dtype=torch_dtype, trust_remote_code=trust_remote_code,
     )
     bridge.eval()
     return LoadedModel(
         bridge=bridge,
-        tokenizer=tokenizer,
-        model_id=model_id,
-        source=source,
-        revision=rev,
+        tokenizer=ckpt.tokenizer,
+        model_id=ckpt.model_id,
+        source=ckpt.source,
+        revision=ckpt.revision,
         dtype=torch_dtype,
         device=torch_device,
         n_layers=int(bridge.cfg.n_layers),
         d_model=int(bridge.cfg.d_model),
-        gguf_sha256=gguf_sha,
+        gguf_sha256=ckpt.gguf_sha256,
     )
