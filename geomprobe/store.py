@@ -9,7 +9,8 @@ Layout (``format = "geomprobe-activations"``, ``format_version = 1``; see activa
     /prompts/text              (N,)   str     the exact text fed to the model (chat template applied)
     /prompts/source            (N,)   str     the dataset row as JSON
     /prompts/n_tokens          (N,)   int64
-    /prompts/response_start    (N,)   int64   first token of the final message (mean pooling start)
+    /prompts/response_start    (N,)   int64   first token of the final message's content
+    /prompts/response_end      (N,)   int64   one past its last token (mean pooling is over [start, end))
     /prompts/token_offsets     (N+1,) int64   prompt i owns token_ids[offsets[i]:offsets[i+1]]
     /prompts/token_ids         (T,)   int32
     /activations/<hook>/last   (N, d)         hidden state at the last token
@@ -105,6 +106,8 @@ class CacheWriter:
         store_dtype: str = "float32",
         attrs: Mapping[str, Any] | None = None,
         overwrite: bool = False,
+        expected_rows: int | None = None,
+        expected_tokens: int | None = None,
     ) -> None:
         self.path = Path(path)
         check_output_path(self.path, overwrite)
@@ -148,6 +151,7 @@ class CacheWriter:
         prompts.create_dataset("source", shape=(0,), dtype=_STR, maxshape=(None,), chunks=(256,))
         prompts.create_dataset("n_tokens", shape=(0,), dtype=np.int64, **grow)
         prompts.create_dataset("response_start", shape=(0,), dtype=np.int64, **grow)
+        prompts.create_dataset("response_end", shape=(0,), dtype=np.int64, **grow)
         prompts.create_dataset("token_offsets", data=np.zeros(1, dtype=np.int64), maxshape=(None,), chunks=(4096,))
         prompts.create_dataset("token_ids", shape=(0,), dtype=np.int32, maxshape=(None,), chunks=(65536,))
         acts = root.create_group("activations")
@@ -157,6 +161,10 @@ class CacheWriter:
             group = acts.create_group(hook)
             for pooling in self.poolings:
                 rows = _chunk_rows(self.d_model, itemsize=itemsize)
+                # ~1 MiB chunks, but no bigger than the whole dataset will be (small caches stay small).
+                expected = expected_tokens if pooling == "all" else expected_rows
+                if expected:
+                    rows = max(1, min(rows, int(expected)))
                 ds = group.create_dataset(
                     pooling, shape=(0, self.d_model), maxshape=(None, self.d_model),
                     chunks=(rows, self.d_model), dtype=file_dtype,
@@ -183,6 +191,7 @@ class CacheWriter:
         sources: Sequence[str] | None = None,
         token_ids: Sequence[Sequence[int]] | None = None,
         response_start: Sequence[int] | None = None,
+        response_end: Sequence[int] | None = None,
     ) -> None:
         """Append one batch. ``activations[hook][pooling]`` is (b, d), or (tokens, d) for ``all``."""
         b = len(labels)
@@ -211,6 +220,10 @@ class CacheWriter:
             f["prompts/response_start"],
             np.asarray(response_start if response_start is not None else [0] * b, dtype=np.int64),
         )
+        self._append(
+            f["prompts/response_end"],
+            np.asarray(response_end if response_end is not None else lengths, dtype=np.int64),
+        )
         self._append(f["prompts/token_offsets"], self.n_tokens + np.cumsum(lengths))
         if lengths.sum():
             self._append(f["prompts/token_ids"], np.concatenate([np.asarray(t, dtype=np.int32) for t in token_ids]))
@@ -218,11 +231,6 @@ class CacheWriter:
             self._append(f[f"activations/{hook}/{pooling}"], values)
         self.n_prompts += b
         self.n_tokens += int(lengths.sum())
-
-    def nbytes(self) -> int:
-        return sum(
-            self.file[f"activations/{h}/{p}"].id.get_storage_size() for h in self.hooks for p in self.poolings
-        )
 
     def finish(self) -> Path:
         """Mark the file complete and move it to its final name."""
@@ -300,6 +308,7 @@ def write_cache(
     writer = CacheWriter(
         path, hooks=list(nested), poolings=poolings, d_model=first.shape[1], label_names=label_names,
         store_dtype=store_dtype, attrs=dict({"model_id": "arrays"}, **(attrs or {})), overwrite=overwrite,
+        expected_rows=first.shape[0],
     )
     with writer:
         writer.append(activations=nested, labels=labels, pair_ids=pair_ids, texts=texts)
@@ -381,7 +390,13 @@ class CacheFile:
 
     @property
     def response_start(self) -> np.ndarray:
+        """Per prompt, the index (within its own tokens) where the final message's content starts."""
         return self.file["prompts/response_start"][:]
+
+    @property
+    def response_end(self) -> np.ndarray:
+        """Per prompt, one past the final message's last content token."""
+        return self.file["prompts/response_end"][:]
 
     def info(self) -> CacheInfo:
         return CacheInfo(self.path, self.hooks, self.poolings, self.n_prompts, self.d_model, self.label_names, self.attrs)

@@ -1,0 +1,354 @@
+"""Stage 1: run a model over a prompt set and stream pooled hidden states to HDF5.
+
+Pooling happens inside the hooks, on the model's device, so only ``(batch, d)`` tensors (or the
+unpadded tokens for ``all``) ever leave the forward pass; a background thread writes them while
+the next batch runs. Prompts are right-padded, so real tokens never attend to padding and their
+positions match a one-prompt run; every pooled value reads real tokens only.
+
+- ``last``: the last token of the rendered text (for a chat prompt: the generation prompt's end).
+- ``mean``: the mean over the final message's content tokens (padding and template excluded).
+- ``all``: every token of the rendered text, stored ragged (see ``/prompts/token_offsets``).
+"""
+
+from __future__ import annotations
+
+import platform
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .datasets import PromptSet, Rendered, load_prompt_set
+from .errors import GeomprobeError
+from .hooks import hook_layer, resolve_hooks
+from .models import LoadedModel
+from .store import POOLINGS, CacheWriter, check_output_path
+
+DEFAULT_POOLINGS = ("last", "mean")
+
+
+class _StopForward(Exception):
+    """Raised by the deepest hook so layers nobody asked for are not computed."""
+
+
+@dataclass
+class LayerSummary:
+    hook: str
+    layer: int
+    pooling: str
+    mean_norm: float
+    centroid_distance: float | None  # between the first two label centroids, if labelled
+
+    def line(self) -> str:
+        text = f"{self.hook:<28} {self.pooling:<5} mean |x| = {self.mean_norm:9.3f}"
+        if self.centroid_distance is not None:
+            text += f"   class-centroid distance = {self.centroid_distance:8.3f}"
+        return text
+
+
+@dataclass
+class CacheResult:
+    path: Path
+    n_prompts: int
+    n_tokens: int
+    n_bytes: int
+    seconds: float
+    hooks: list[str]
+    poolings: list[str]
+    summaries: list[LayerSummary] = field(default_factory=list)
+
+    def closing_line(self) -> str:
+        return (
+            f"wrote {self.n_prompts} prompts, {self.n_tokens} tokens, {_human_bytes(self.n_bytes)} "
+            f"to {self.path} in {self.seconds:.1f} s"
+        )
+
+
+def _human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return f"{n} B"
+
+
+def _check_poolings(poolings: Sequence[str] | str) -> list[str]:
+    if isinstance(poolings, str):
+        poolings = [p for p in poolings.replace(",", " ").split() if p]
+    chosen = list(dict.fromkeys(poolings))
+    for pooling in chosen:
+        if pooling not in POOLINGS:
+            raise GeomprobeError(f"unknown pooling {pooling!r}; use any of {', '.join(POOLINGS)} (e.g. last,mean)")
+    if not chosen:
+        raise GeomprobeError("no pooling given; use any of last, mean, all")
+    return chosen
+
+
+class _Pooler:
+    """Per-batch state shared by the hooks: where each prompt's last token and final message are."""
+
+    def __init__(self, hooks: Sequence[str], poolings: Sequence[str], stop_hook: str | None) -> None:
+        self.hooks = list(hooks)
+        self.poolings = list(poolings)
+        self.stop_hook = stop_hook
+        self.results: dict[str, dict[str, torch.Tensor]] = {}
+
+    def start_batch(self, mask: torch.Tensor, spans: torch.Tensor) -> None:
+        b, t = mask.shape
+        self.rows = torch.arange(b, device=mask.device)
+        self.last = mask.sum(1) - 1
+        positions = torch.arange(t, device=mask.device)
+        inside = (positions[None, :] >= spans[:, :1]) & (positions[None, :] < spans[:, 1:])
+        self.mean_weights = (inside.float() / inside.sum(1, keepdim=True).clamp_min(1)).unsqueeze(1)
+        self.token_mask = mask.bool()
+        self.results = {}
+
+    def hook_fn(self, name: str):
+        def fn(x: torch.Tensor, hook=None) -> torch.Tensor:
+            pooled: dict[str, torch.Tensor] = {}
+            for pooling in self.poolings:
+                if pooling == "last":
+                    pooled[pooling] = x[self.rows, self.last].float()
+                elif pooling == "mean":
+                    pooled[pooling] = torch.bmm(self.mean_weights, x.float()).squeeze(1)
+                else:
+                    pooled[pooling] = x[self.token_mask].float()
+            self.results[name] = pooled
+            if name == self.stop_hook:
+                raise _StopForward
+            return x
+
+        return fn
+
+
+def _batches(rendered: Sequence[Rendered], batch_size: int) -> Iterator[range]:
+    for start in range(0, len(rendered), batch_size):
+        yield range(start, min(start + batch_size, len(rendered)))
+
+
+def _encode_batch(rendered: Sequence[Rendered], rows: range, pad_id: int, device: torch.device):
+    items = [rendered[i] for i in rows]
+    width = max(len(r.token_ids) for r in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for j, r in enumerate(items):
+        ids[j, : len(r.token_ids)] = torch.tensor(r.token_ids, dtype=torch.long)
+        mask[j, : len(r.token_ids)] = 1
+    spans = torch.tensor([r.span for r in items], dtype=torch.long)
+    return ids.to(device), mask.to(device), spans.to(device)
+
+
+def _run_pooled(
+    model: LoadedModel,
+    rendered: Sequence[Rendered],
+    hooks: Sequence[str],
+    poolings: Sequence[str],
+    batch_size: int,
+    progress: bool = False,
+) -> Iterator[tuple[range, dict[str, dict[str, np.ndarray]]]]:
+    """Yield ``(rows, {hook: {pooling: float32 array}})`` batch by batch."""
+    if batch_size < 1:
+        raise GeomprobeError(f"--batch-size must be at least 1, got {batch_size}")
+    from tqdm.auto import tqdm
+
+    # Only the deepest hook's layer needs computing; the rest of the stack is skipped.
+    deepest = max(hooks, key=lambda h: (hook_layer(h), _HOOK_ORDER.get(h.rsplit("hook_", 1)[-1], 9)))
+    stop_hook = deepest if model.extra.get("early_stop", True) else None
+    pooler = _Pooler(hooks, poolings, stop_hook)
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    base = model.hf_model.base_model  # the decoder stack without the LM head: no vocab-sized logits
+    device = model.device
+    fwd_hooks = [(h, pooler.hook_fn(h)) for h in hooks]
+    bar = tqdm(total=len(rendered), unit="prompt", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    try:
+        with torch.inference_mode(), model.bridge.hooks(fwd_hooks=fwd_hooks):
+            for rows in _batches(rendered, batch_size):
+                ids, mask, spans = _encode_batch(rendered, rows, pad_id, device)
+                pooler.start_batch(mask, spans)
+                try:
+                    base(input_ids=ids, attention_mask=mask, use_cache=False)
+                except _StopForward:
+                    pass
+                out = {h: {p: t.cpu().numpy() for p, t in pooler.results[h].items()} for h in hooks}
+                bar.update(len(rows))
+                yield rows, out
+    finally:
+        bar.close()
+
+
+_HOOK_ORDER = {"resid_pre": 0, "attn_out": 1, "resid_mid": 2, "mlp_out": 3, "resid_post": 4}
+
+
+def pooled_activations(
+    model: LoadedModel,
+    prompts: PromptSet | Sequence[str],
+    hooks: str | Sequence[str] | None = None,
+    poolings: Sequence[str] | str = ("last",),
+    *,
+    batch_size: int = 16,
+    chat_template: bool = True,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Pooled activations held in memory: ``result[hook][pooling]`` is ``(N, d)`` float32."""
+    from .datasets import prompts_from_texts
+
+    if not isinstance(prompts, PromptSet):
+        prompts = prompts_from_texts(list(prompts))
+    hook_list = resolve_hooks(hooks, model.n_layers, model.bridge.hook_dict)
+    pooling_list = _check_poolings(poolings)
+    rendered = prompts.render(model.tokenizer, chat_template)
+    parts: dict[str, dict[str, list[np.ndarray]]] = {h: {p: [] for p in pooling_list} for h in hook_list}
+    for _, batch in _run_pooled(model, rendered, hook_list, pooling_list, batch_size):
+        for h in hook_list:
+            for p in pooling_list:
+                parts[h][p].append(batch[h][p])
+    return {h: {p: np.concatenate(v) for p, v in d.items()} for h, d in parts.items()}
+
+
+class _BackgroundWriter:
+    """Write batches from a thread behind a bounded queue; errors surface on the next call."""
+
+    def __init__(self, writer: CacheWriter, depth: int = 4) -> None:
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="geomprobe-writer", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is None:
+                try:
+                    self.writer.append(**item)
+                except BaseException as exc:  # reported to the main thread
+                    self.error = exc
+
+    def put(self, **batch) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(batch)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def cache_activations(
+    model: LoadedModel,
+    dataset: PromptSet | str | Path,
+    out: str | Path,
+    *,
+    hooks: str | Sequence[str] | None = None,
+    poolings: Sequence[str] | str = DEFAULT_POOLINGS,
+    batch_size: int = 16,
+    store_dtype: str = "float32",
+    chat_template: bool = True,
+    limit: int | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> CacheResult:
+    """Cache ``model``'s activations on ``dataset`` into the HDF5 file ``out``; see module docs."""
+    started = time.perf_counter()
+    prompts = dataset if isinstance(dataset, PromptSet) else load_prompt_set(dataset, limit=limit)
+    if isinstance(dataset, PromptSet) and limit is not None:
+        prompts = prompts.subset(limit)
+    hook_list = resolve_hooks(hooks, model.n_layers, model.bridge.hook_dict)
+    pooling_list = _check_poolings(poolings)
+    out = Path(out)
+    check_output_path(out, overwrite)
+    template_used = bool(chat_template and getattr(model.tokenizer, "chat_template", None))
+    rendered = prompts.render(model.tokenizer, chat_template)
+    attrs = dict(model.provenance())
+    attrs.update(
+        {
+            "n_layers": model.n_layers,
+            "dataset": prompts.name,
+            "dataset_path": prompts.path,
+            "dataset_sha256": prompts.sha256,
+            "chat_template_applied": template_used,
+            "chat_template": (model.tokenizer.chat_template or "") if template_used else "",
+            "padding_side": "right",
+            "batch_size": batch_size,
+            "pooling_last": "last token of the rendered text",
+            "pooling_mean": "mean over the final message's content tokens, padding excluded",
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+        }
+    )
+    try:
+        import transformers
+        import transformer_lens
+
+        attrs["transformers_version"] = transformers.__version__
+        attrs["transformer_lens_version"] = getattr(transformer_lens, "__version__", "")
+    except Exception:  # provenance only
+        pass
+    writer = CacheWriter(
+        out, hooks=hook_list, poolings=pooling_list, d_model=model.d_model, label_names=prompts.label_names,
+        store_dtype=store_dtype, attrs=attrs, overwrite=overwrite,
+        expected_rows=len(rendered), expected_tokens=sum(len(r.token_ids) for r in rendered),
+    )
+    labels = prompts.labels
+    pairs = prompts.pair_ids
+    n_labels = max(len(prompts.label_names), 1)
+    norm_sums = {(h, p): 0.0 for h in hook_list for p in pooling_list if p != "all"}
+    class_sums = {(h, p): np.zeros((n_labels, model.d_model)) for (h, p) in norm_sums}
+    class_counts = np.zeros(n_labels)
+    background = _BackgroundWriter(writer)
+    try:
+        for rows, batch in _run_pooled(model, rendered, hook_list, pooling_list, batch_size, progress):
+            batch_labels = labels[rows.start : rows.stop]
+            background.put(
+                activations=batch,
+                labels=batch_labels,
+                pair_ids=pairs[rows.start : rows.stop],
+                texts=[rendered[i].text for i in rows],
+                sources=[_json(prompts.prompts[i].source) for i in rows],
+                token_ids=[rendered[i].token_ids for i in rows],
+                response_start=[rendered[i].span[0] for i in rows],
+                response_end=[rendered[i].span[1] for i in rows],
+            )
+            known = batch_labels >= 0
+            class_counts += np.bincount(batch_labels[known], minlength=n_labels)[:n_labels]
+            for key in norm_sums:
+                values = batch[key[0]][key[1]]
+                norm_sums[key] += float(np.linalg.norm(values, axis=1).sum())
+                np.add.at(class_sums[key], batch_labels[known], values[known])
+        background.close()
+        writer.finish()
+        n_bytes = out.stat().st_size
+    except BaseException:
+        try:
+            background.close()
+        except BaseException:
+            pass
+        writer.abort()
+        raise
+    summaries = []
+    for (h, p), total in norm_sums.items():
+        distance = None
+        if n_labels >= 2 and class_counts[0] > 0 and class_counts[1] > 0:
+            centroids = class_sums[h, p][:2] / class_counts[:2, None]
+            distance = float(np.linalg.norm(centroids[0] - centroids[1]))
+        summaries.append(LayerSummary(h, hook_layer(h), p, total / max(len(prompts), 1), distance))
+    return CacheResult(
+        out, writer.n_prompts, writer.n_tokens, n_bytes, time.perf_counter() - started, hook_list, pooling_list,
+        summaries,
+    )
+
+
+def _json(value) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False, default=str)

@@ -1,0 +1,63 @@
+"""``geomprobe cache``: run a model over a prompt set and stream activations to HDF5."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from .common import add_hooks_arg, add_model_args, model_from_args
+
+DEFAULT_FOLDER = Path("activations")
+
+
+def default_output(model: str, dataset: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name if model != "default" else "smollm2-135m-instruct")
+    return DEFAULT_FOLDER / f"{Path(dataset).stem}--{slug.strip('-')}.h5"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "cache",
+        help="cache per-layer activations of a prompt set to HDF5",
+        description="Run a model on a prompt set and stream pooled hidden states to an HDF5 file.",
+    )
+    add_model_args(p)
+    p.add_argument("--dataset", default="harmful-harmless", help="bundled name (harmful-harmless, honesty, control) or a .jsonl/.csv file")
+    p.add_argument("--out", default=None, help="output .h5 file (default: activations/<dataset>--<model>.h5)")
+    add_hooks_arg(p)
+    p.add_argument("--pooling", default="last,mean", help="comma-separated: last, mean, all (default last,mean)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--store-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--limit", type=int, default=None, help="take a stratified subset of N prompts")
+    p.add_argument("--no-chat-template", action="store_true", help="feed raw text instead of the chat template")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-layer summary")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cache import cache_activations
+    from ..datasets import load_prompt_set
+    from ..store import check_output_path
+
+    out = Path(args.out) if args.out else default_output(args.model, args.dataset)
+    if args.out is None:
+        out.parent.mkdir(exist_ok=True)
+    # Check everything cheap before loading the model.
+    check_output_path(out, args.overwrite)
+    prompts = load_prompt_set(args.dataset, limit=args.limit)
+    model = model_from_args(args)
+    result = cache_activations(
+        model, prompts, out, hooks=args.hooks, poolings=args.pooling, batch_size=args.batch_size,
+        store_dtype=args.store_dtype, chat_template=not args.no_chat_template, overwrite=args.overwrite,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    print(f"cached {model.model_id} on {prompts.name} ({len(prompts)} prompts, labels: {', '.join(prompts.label_names) or 'none'})")
+    print(f"dtype {str(model.dtype).removeprefix('torch.')} compute, {args.store_dtype} stored; poolings {', '.join(result.poolings)}")
+    if not args.quiet:
+        for summary in result.summaries:
+            print(summary.line())
+    print(result.closing_line())
+    return 0
