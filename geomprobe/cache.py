@@ -12,12 +12,14 @@ positions match a one-prompt run; every pooled value reads real tokens only.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import platform
 import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +30,8 @@ from .datasets import PromptSet, Rendered, load_prompt_set
 from .errors import GeomprobeError
 from .hooks import hook_layer, resolve_hooks
 from .models import LoadedModel
-from .store import POOLINGS, CacheWriter, check_output_path
+from .segments import ResumableWriter, segment_rows_for
+from .store import FORMAT_VERSION, POOLINGS, check_output_path
 
 DEFAULT_POOLINGS = ("last", "mean")
 
@@ -62,11 +65,13 @@ class CacheResult:
     hooks: list[str]
     poolings: list[str]
     summaries: list[LayerSummary] = field(default_factory=list)
+    resumed_from: int = 0
 
     def closing_line(self) -> str:
+        resumed = f" (resumed after {self.resumed_from})" if self.resumed_from else ""
         return (
             f"wrote {self.n_prompts} prompts, {self.n_tokens} tokens, {_human_bytes(self.n_bytes)} "
-            f"to {self.path} in {self.seconds:.1f} s"
+            f"to {self.path} in {self.seconds:.1f} s{resumed}"
         )
 
 
@@ -128,8 +133,8 @@ class _Pooler:
         return fn
 
 
-def _batches(rendered: Sequence[Rendered], batch_size: int) -> Iterator[range]:
-    for start in range(0, len(rendered), batch_size):
+def _batches(rendered: Sequence[Rendered], batch_size: int, first: int = 0) -> Iterator[range]:
+    for start in range(first, len(rendered), batch_size):
         yield range(start, min(start + batch_size, len(rendered)))
 
 
@@ -152,6 +157,7 @@ def _run_pooled(
     poolings: Sequence[str],
     batch_size: int,
     progress: bool = False,
+    first: int = 0,
 ) -> Iterator[tuple[range, dict[str, dict[str, np.ndarray]]]]:
     """Yield ``(rows, {hook: {pooling: float32 array}})`` batch by batch."""
     if batch_size < 1:
@@ -166,10 +172,10 @@ def _run_pooled(
     base = model.hf_model.base_model  # the decoder stack without the LM head: no vocab-sized logits
     device = model.device
     fwd_hooks = [(h, pooler.hook_fn(h)) for h in hooks]
-    bar = tqdm(total=len(rendered), unit="prompt", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=len(rendered), initial=first, unit="prompt", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     try:
         with torch.inference_mode(), model.bridge.hooks(fwd_hooks=fwd_hooks):
-            for rows in _batches(rendered, batch_size):
+            for rows in _batches(rendered, batch_size, first):
                 ids, mask, spans = _encode_batch(rendered, rows, pad_id, device)
                 pooler.start_batch(mask, spans)
                 try:
@@ -214,8 +220,8 @@ def pooled_activations(
 class _BackgroundWriter:
     """Write batches from a thread behind a bounded queue; errors surface on the next call."""
 
-    def __init__(self, writer: CacheWriter, depth: int = 4) -> None:
-        self.writer = writer
+    def __init__(self, write: Callable[..., None], depth: int = 4) -> None:
+        self.write = write
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._loop, name="geomprobe-writer", daemon=True)
@@ -228,7 +234,7 @@ class _BackgroundWriter:
                 return
             if self.error is None:
                 try:
-                    self.writer.append(**item)
+                    self.write(**item)
                 except BaseException as exc:  # reported to the main thread
                     self.error = exc
 
@@ -256,9 +262,15 @@ def cache_activations(
     chat_template: bool = True,
     limit: int | None = None,
     overwrite: bool = False,
+    restart: bool = False,
     progress: bool = False,
+    segment_rows: int | None = None,
 ) -> CacheResult:
-    """Cache ``model``'s activations on ``dataset`` into the HDF5 file ``out``; see module docs."""
+    """Cache ``model``'s activations on ``dataset`` into the HDF5 file ``out``; see module docs.
+
+    An interrupted run leaves finished segments beside ``out``; calling again with the same
+    settings resumes (bit-identical result), ``restart=True`` discards them.
+    """
     started = time.perf_counter()
     prompts = dataset if isinstance(dataset, PromptSet) else load_prompt_set(dataset, limit=limit)
     if isinstance(dataset, PromptSet) and limit is not None:
@@ -294,24 +306,43 @@ def cache_activations(
         attrs["transformer_lens_version"] = getattr(transformer_lens, "__version__", "")
     except Exception:  # provenance only
         pass
-    writer = CacheWriter(
-        out, hooks=hook_list, poolings=pooling_list, d_model=model.d_model, label_names=prompts.label_names,
-        store_dtype=store_dtype, attrs=attrs, overwrite=overwrite,
-        expected_rows=len(rendered), expected_tokens=sum(len(r.token_ids) for r in rendered),
+    n_tokens = sum(len(r.token_ids) for r in rendered)
+    writer_kwargs = dict(
+        hooks=hook_list, poolings=pooling_list, d_model=model.d_model, label_names=prompts.label_names,
+        store_dtype=store_dtype, attrs=attrs, expected_rows=len(rendered), expected_tokens=n_tokens,
     )
+    settings = {
+        "format_version": FORMAT_VERSION,
+        "model_id": model.model_id,
+        "model_revision": model.revision,
+        "model_dtype": attrs["model_dtype"],
+        "device": model.device.type,
+        "hooks": hook_list,
+        "poolings": pooling_list,
+        "store_dtype": store_dtype,
+        "batch_size": batch_size,
+        "chat_template_applied": template_used,
+        "rows_sha256": _rows_digest(rendered, prompts),
+    }
+    bytes_per_row = model.d_model * len(hook_list) * (
+        sum(p != "all" for p in pooling_list) + ("all" in pooling_list) * n_tokens / max(len(rendered), 1)
+    ) * (4 if store_dtype == "float32" else 2)
+    resumable = ResumableWriter(
+        out, n_rows=len(rendered), segment_rows=segment_rows or segment_rows_for(batch_size, bytes_per_row),
+        settings=settings, writer_kwargs=writer_kwargs, overwrite=overwrite, restart=restart,
+    )
+    resumed_from = resumable.start_row
+    if resumed_from and progress:
+        print(f"resuming {out}: {resumed_from} of {len(rendered)} prompts already written", file=sys.stderr)
     labels = prompts.labels
     pairs = prompts.pair_ids
-    n_labels = max(len(prompts.label_names), 1)
-    norm_sums = {(h, p): 0.0 for h in hook_list for p in pooling_list if p != "all"}
-    class_sums = {(h, p): np.zeros((n_labels, model.d_model)) for (h, p) in norm_sums}
-    class_counts = np.zeros(n_labels)
-    background = _BackgroundWriter(writer)
+    background = _BackgroundWriter(resumable.append)
     try:
-        for rows, batch in _run_pooled(model, rendered, hook_list, pooling_list, batch_size, progress):
-            batch_labels = labels[rows.start : rows.stop]
+        for rows, batch in _run_pooled(model, rendered, hook_list, pooling_list, batch_size, progress, resumed_from):
             background.put(
+                rows=rows,
                 activations=batch,
-                labels=batch_labels,
+                labels=labels[rows.start : rows.stop],
                 pair_ids=pairs[rows.start : rows.stop],
                 texts=[rendered[i].text for i in rows],
                 sources=[_json(prompts.prompts[i].source) for i in rows],
@@ -319,36 +350,64 @@ def cache_activations(
                 response_start=[rendered[i].span[0] for i in rows],
                 response_end=[rendered[i].span[1] for i in rows],
             )
-            known = batch_labels >= 0
-            class_counts += np.bincount(batch_labels[known], minlength=n_labels)[:n_labels]
-            for key in norm_sums:
-                values = batch[key[0]][key[1]]
-                norm_sums[key] += float(np.linalg.norm(values, axis=1).sum())
-                np.add.at(class_sums[key], batch_labels[known], values[known])
         background.close()
-        writer.finish()
+        summary = _Summary(hook_list, [p for p in pooling_list if p != "all"], len(prompts.label_names))
+        resumable.finish(observe=summary.observe)
         n_bytes = out.stat().st_size
     except BaseException:
         try:
             background.close()
         except BaseException:
             pass
-        writer.abort()
+        resumable.abort()
         raise
-    summaries = []
-    for (h, p), total in norm_sums.items():
-        distance = None
-        if n_labels >= 2 and class_counts[0] > 0 and class_counts[1] > 0:
-            centroids = class_sums[h, p][:2] / class_counts[:2, None]
-            distance = float(np.linalg.norm(centroids[0] - centroids[1]))
-        summaries.append(LayerSummary(h, hook_layer(h), p, total / max(len(prompts), 1), distance))
     return CacheResult(
-        out, writer.n_prompts, writer.n_tokens, n_bytes, time.perf_counter() - started, hook_list, pooling_list,
-        summaries,
+        out, len(rendered), n_tokens, n_bytes, time.perf_counter() - started, hook_list, pooling_list,
+        summary.summaries(), resumed_from,
     )
 
 
-def _json(value) -> str:
-    import json
+def _rows_digest(rendered: Sequence[Rendered], prompts: PromptSet) -> str:
+    """Identity of exactly what is fed to the model and stored per row."""
+    digest = hashlib.sha256()
+    for r, p in zip(rendered, prompts.prompts):
+        digest.update(json.dumps([r.token_ids, r.span, p.label, p.pair]).encode())
+    digest.update(json.dumps(prompts.label_names).encode())
+    return digest.hexdigest()
 
+
+class _Summary:
+    """One line per hook and pooling: mean norm, and distance between the first two class centroids."""
+
+    def __init__(self, hooks: Sequence[str], poolings: Sequence[str], n_labels: int) -> None:
+        self.keys = [(h, p) for h in hooks for p in poolings]
+        self.n_labels = max(n_labels, 1)
+        self.norms = dict.fromkeys(self.keys, 0.0)
+        self.sums: dict[tuple[str, str], np.ndarray] = {}
+        self.counts = np.zeros(self.n_labels)
+        self.rows = 0
+
+    def observe(self, part) -> None:
+        labels = part.labels
+        known = labels >= 0
+        self.counts += np.bincount(labels[known], minlength=self.n_labels)[: self.n_labels]
+        self.rows += len(labels)
+        for key in self.keys:
+            values = part.read(*key).astype(np.float64)
+            self.norms[key] += float(np.linalg.norm(values, axis=1).sum())
+            sums = self.sums.setdefault(key, np.zeros((self.n_labels, values.shape[1])))
+            np.add.at(sums, labels[known], values[known])
+
+    def summaries(self) -> list[LayerSummary]:
+        out = []
+        for key in self.keys:
+            distance = None
+            if self.n_labels >= 2 and self.counts[0] > 0 and self.counts[1] > 0:
+                centroids = self.sums[key][:2] / self.counts[:2, None]
+                distance = float(np.linalg.norm(centroids[0] - centroids[1]))
+            out.append(LayerSummary(key[0], hook_layer(key[0]), key[1], self.norms[key] / max(self.rows, 1), distance))
+        return out
+
+
+def _json(value) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)

@@ -252,6 +252,28 @@ def load_checkpoint(
     return Checkpoint(hf_model, tokenizer, model_id, source, rev, load_from, gguf_sha)
 
 
+def ensure_kv_cache_compat(model: Any) -> None:
+    """Make the bridge's attention components see the KV cache that transformers 5 passes as ``cache``.
+
+    TransformerLens 4.3's attention bridges read ``past_key_values=``; without this alias, cached
+    generation through the bridge ignores the prompt after the first new token. Idempotent.
+    """
+    hf_model = model.hf_model if hasattr(model, "hf_model") else model
+    if getattr(hf_model, "_geomprobe_kv_compat", False):
+        return
+
+    def alias_cache(module, args, kwargs):
+        if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
+            kwargs["past_key_values"] = kwargs["cache"]
+            return args, kwargs
+        return None
+
+    for module in hf_model.modules():
+        if hasattr(module, "_update_kv_cache"):  # TransformerLens attention bridges
+            module.register_forward_pre_hook(alias_cache, with_kwargs=True)
+    hf_model._geomprobe_kv_compat = True
+
+
 def load_model(
     model: str | os.PathLike = DEFAULT_MODEL,
     *,
@@ -276,6 +298,7 @@ def load_model(
         dtype=torch_dtype, trust_remote_code=trust_remote_code,
     )
     bridge.eval()
+    ensure_kv_cache_compat(bridge.original_model)
     return LoadedModel(
         bridge=bridge,
         tokenizer=ckpt.tokenizer,

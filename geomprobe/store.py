@@ -165,9 +165,11 @@ class CacheWriter:
                 expected = expected_tokens if pooling == "all" else expected_rows
                 if expected:
                     rows = max(1, min(rows, int(expected)))
+                # fletcher32: every chunk carries a checksum, so corruption after the fact is
+                # detected on read instead of returning garbage.
                 ds = group.create_dataset(
                     pooling, shape=(0, self.d_model), maxshape=(None, self.d_model),
-                    chunks=(rows, self.d_model), dtype=file_dtype,
+                    chunks=(rows, self.d_model), dtype=file_dtype, fletcher32=True,
                 )
                 ds.attrs.update({"hook": hook, "pooling": pooling, "stored_as": store_dtype})
                 try:
@@ -192,13 +194,17 @@ class CacheWriter:
         token_ids: Sequence[Sequence[int]] | None = None,
         response_start: Sequence[int] | None = None,
         response_end: Sequence[int] | None = None,
+        stored: bool = False,
     ) -> None:
-        """Append one batch. ``activations[hook][pooling]`` is (b, d), or (tokens, d) for ``all``."""
+        """Append one batch. ``activations[hook][pooling]`` is (b, d), or (tokens, d) for ``all``.
+
+        ``stored=True`` takes arrays already in the storage dtype (copying between cache files).
+        """
         b = len(labels)
         if token_ids is None:
             token_ids = [[] for _ in range(b)]
         lengths = np.array([len(t) for t in token_ids], dtype=np.int64)
-        stored: dict[tuple[str, str], np.ndarray] = {}
+        converted: dict[tuple[str, str], np.ndarray] = {}
         for hook in self.hooks:
             for pooling in self.poolings:
                 values = np.asarray(activations[hook][pooling])
@@ -207,9 +213,12 @@ class CacheWriter:
                     raise GeomprobeError(
                         f"{hook}/{pooling}: got shape {values.shape}, expected {(expected, self.d_model)}"
                     )
+                if stored:
+                    converted[hook, pooling] = values
+                    continue
                 if not np.all(np.isfinite(values)):
                     raise GeomprobeError(f"non-finite activations at {hook}/{pooling}; check the model and dtype")
-                stored[hook, pooling] = to_stored(values, self.store_dtype, f"{hook}/{pooling}")
+                converted[hook, pooling] = to_stored(values, self.store_dtype, f"{hook}/{pooling}")
         f = self.file
         self._append(f["labels"], np.asarray(labels, dtype=np.int64))
         self._append(f["pair_ids"], np.asarray(pair_ids if pair_ids is not None else [-1] * b, dtype=np.int64))
@@ -227,7 +236,7 @@ class CacheWriter:
         self._append(f["prompts/token_offsets"], self.n_tokens + np.cumsum(lengths))
         if lengths.sum():
             self._append(f["prompts/token_ids"], np.concatenate([np.asarray(t, dtype=np.int32) for t in token_ids]))
-        for (hook, pooling), values in stored.items():
+        for (hook, pooling), values in converted.items():
             self._append(f[f"activations/{hook}/{pooling}"], values)
         self.n_prompts += b
         self.n_tokens += int(lengths.sum())
@@ -333,7 +342,7 @@ class CacheFile:
     ...     X = cache.read("blocks.12.hook_resid_post", "last")
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, allow_incomplete: bool = False) -> None:
         self.path = Path(path)
         if self.path.is_dir():
             raise GeomprobeError(f"{str(self.path)!r} is a directory; pass a cache .h5 file")
@@ -349,7 +358,7 @@ class CacheFile:
         if attrs.get("format") != FORMAT:
             self.file.close()
             raise GeomprobeError(f"{str(self.path)!r} is not a geomprobe activation cache; create one with geomprobe cache")
-        if not bool(attrs.get("complete", False)):
+        if not bool(attrs.get("complete", False)) and not allow_incomplete:
             self.file.close()
             raise GeomprobeError(
                 f"cache {str(self.path)!r} is incomplete (the run writing it did not finish); rerun geomprobe cache"
@@ -431,6 +440,16 @@ class CacheFile:
         """Activations as float32: (N, d) for last/mean, (T, d) for all (see token_offsets)."""
         ds = self._dataset(hook, pooling)
         stored_as = ds.attrs.get("stored_as", "float32")
+        try:
+            values = self._read_rows(ds, rows)
+        except OSError:
+            raise GeomprobeError(
+                f"cache {str(self.path)!r} is corrupted at {hook}/{pooling} (checksum mismatch); recreate it with geomprobe cache"
+            ) from None
+        return from_stored(values, stored_as)
+
+    @staticmethod
+    def _read_rows(ds: h5py.Dataset, rows: slice | np.ndarray | None) -> np.ndarray:
         if rows is None:
             values = ds[()]
         elif isinstance(rows, slice):
@@ -443,13 +462,17 @@ class CacheFile:
             picked = ds[unique.tolist()] if len(unique) else ds[0:0]
             values = np.empty((len(rows), ds.shape[1]), dtype=picked.dtype)
             values[order] = picked[inverse]
-        return from_stored(values, stored_as)
+        return values
+
+    def read_stored(self, hook: str, pooling: str, rows: slice | None = None) -> np.ndarray:
+        """Raw values in the storage dtype (for copying between cache files)."""
+        return self._read_rows(self._dataset(hook, pooling), rows)
 
     def iter_chunks(self, hook: str, pooling: str = "last", chunk_rows: int = 8192) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start_row, float32 block)`` so large caches never load whole."""
         ds = self._dataset(hook, pooling)
         for start in range(0, ds.shape[0], chunk_rows):
-            yield start, from_stored(ds[start : start + chunk_rows], ds.attrs.get("stored_as", "float32"))
+            yield start, self.read(hook, pooling, slice(start, start + chunk_rows))
 
     def close(self) -> None:
         self.file.close()

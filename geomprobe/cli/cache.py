@@ -7,6 +7,7 @@ import re
 import sys
 from pathlib import Path
 
+from ..errors import GeomprobeError
 from .common import add_hooks_arg, add_model_args, model_from_args
 
 DEFAULT_FOLDER = Path("activations")
@@ -33,6 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, default=None, help="take a stratified subset of N prompts")
     p.add_argument("--no-chat-template", action="store_true", help="feed raw text instead of the chat template")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--restart", action="store_true", help="discard an interrupted run's saved parts instead of resuming")
+    p.add_argument("--segment-rows", type=int, default=None, help="prompts per saved part (resume granularity; default ~64 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-layer summary")
     p.set_defaults(func=run)
 
@@ -47,12 +50,14 @@ def run(args: argparse.Namespace) -> int:
         out.parent.mkdir(exist_ok=True)
     # Check everything cheap before loading the model.
     check_output_path(out, args.overwrite)
+    if args.segment_rows is not None and args.segment_rows < 1:
+        raise GeomprobeError(f"--segment-rows must be at least 1, got {args.segment_rows}")
     prompts = load_prompt_set(args.dataset, limit=args.limit)
     model = model_from_args(args)
     result = cache_activations(
         model, prompts, out, hooks=args.hooks, poolings=args.pooling, batch_size=args.batch_size,
         store_dtype=args.store_dtype, chat_template=not args.no_chat_template, overwrite=args.overwrite,
-        progress=not args.quiet and sys.stderr.isatty(),
+        restart=args.restart, segment_rows=args.segment_rows, progress=not args.quiet and sys.stderr.isatty(),
     )
     print(f"cached {model.model_id} on {prompts.name} ({len(prompts)} prompts, labels: {', '.join(prompts.label_names) or 'none'})")
     print(f"dtype {str(model.dtype).removeprefix('torch.')} compute, {args.store_dtype} stored; poolings {', '.join(result.poolings)}")
