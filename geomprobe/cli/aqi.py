@@ -1,0 +1,134 @@
+"""``geomprobe aqi``: exact cluster-separation indices and AQI for each layer of a cache file."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from ..errors import GeomprobeError
+from .common import add_hooks_arg, check_new_file, write_json
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "aqi",
+        help="Alignment Quality Index per layer (DBS, Dunn, Xie-Beni, CHI) with intervals and p-values",
+        description=(
+            "Exact Davies-Bouldin, Dunn, Xie-Beni and Calinski-Harabasz indices of the two label classes "
+            "on raw activations, AQI = gamma/(1+DBS) + (1-gamma)*DI/(1+DI), bootstrap intervals, a "
+            "label-permutation p-value, and the layer-pooled AQI (weights learned on a training split, "
+            "AQI on the held-out split). See docs/aqi.md."
+        ),
+    )
+    p.add_argument("cache", metavar="FILE.h5", help="activation cache written by geomprobe cache")
+    add_hooks_arg(p, help_default="every hook in the cache")
+    p.add_argument("--pooling", default="last", choices=("last", "mean"), help="pooled activations to use (default last)")
+    p.add_argument("--positive-label", default=None, metavar="NAME", help="the unsafe class, compared with all other labelled rows")
+    p.add_argument("--labels", nargs=2, default=None, metavar=("NEGATIVE", "POSITIVE"), help="compare these two labels only")
+    p.add_argument("--json", default=None, metavar="OUT.json", help="write per-layer records and the pooled result")
+    p.add_argument("--plot", default=None, metavar="OUT.png", help="write the layer-wise AQI plot")
+    p.add_argument("--gamma", type=float, default=0.5, help="weight of the Davies-Bouldin term (default 0.5)")
+    p.add_argument("--n-bootstrap", type=int, default=200, help="bootstrap replicates per layer (0: none)")
+    p.add_argument("--n-permutations", type=int, default=200, help="label permutations per layer (0: no p-value)")
+    p.add_argument("--max-points", type=int, default=1000, help="rows used for resampling (stratified subsample above this)")
+    p.add_argument("--ci", type=float, default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--ci-method", default="percentile", choices=("percentile", "basic"),
+                   help="bootstrap interval: percentile (default) or basic (bias-reflected); see docs/aqi.md")
+    p.add_argument("--reduce", default="none", help="none (default), pca[:K] or tsne[:K]: only to reproduce the paper's numbers")
+    p.add_argument("--variants", nargs="+", default=[], choices=("chi-xb",), help="also report the paper's chi-xb variant")
+    p.add_argument("--no-pooled", action="store_true", help="skip the layer-pooled AQI")
+    p.add_argument("--train-fraction", type=float, default=0.5, help="training share for the pooled AQI weights")
+    p.add_argument("--sparsity", type=float, default=0.1, help="pull of the pooled weights towards few layers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    p.set_defaults(func=run)
+
+
+def _fmt(value, width: int = 8) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"{'-':>{width}}"
+    if isinstance(value, float) and math.isinf(value):
+        return f"{'inf':>{width}}"
+    return f"{value:>{width}.4g}"
+
+
+def _table(results, pooled) -> str:
+    head = f"{'hook':<28} {'layer':>5} {'n':>6} {'DBS':>8} {'Dunn':>8} {'XBI':>8} {'CHI':>8} {'AQI':>7}  {'CI':<17} {'p':>7}"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        ci = f"[{r.aqi_ci_low:.3f}, {r.aqi_ci_high:.3f}]" if not math.isnan(r.aqi_ci_low) else "-"
+        lines.append(
+            f"{r.hook:<28} {r.layer:>5} {r.n:>6} {_fmt(r.davies_bouldin)} {_fmt(r.dunn)} {_fmt(r.xie_beni)} "
+            f"{_fmt(r.calinski_harabasz)} {r.aqi:>7.4f}  {ci:<17} {_fmt(r.p_value, 7)}"
+        )
+        for note in r.notes:
+            lines.append(f"    note: {note}")
+    if pooled is not None:
+        top = sorted(((w, h) for h, w in zip(pooled.hooks, pooled.weights) if w > 0), reverse=True)[:5]
+        lines.append(
+            f"layer-pooled AQI (held-out, n={pooled.n_test}): {pooled.heldout_aqi:.4f}; best single layer "
+            f"{pooled.best_single_hook}: {pooled.best_single_heldout_aqi:.4f}; weights "
+            + ", ".join(f"{h}={w:.2f}" for w, h in top)
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import __version__
+    from ..geometry import aqi_by_layer, cache_metadata, parse_reduction, pooled_aqi
+
+    check_new_file(args.json, "--json")
+    check_new_file(args.plot, "--plot")
+    if args.n_bootstrap < 0 or args.n_permutations < 0:
+        raise GeomprobeError("--n-bootstrap and --n-permutations must be >= 0")
+    reduction = parse_reduction(args.reduce)
+    label_pair = tuple(args.labels) if args.labels else None
+    meta = cache_metadata(args.cache)
+    results = aqi_by_layer(
+        args.cache, args.hooks, args.pooling, args.positive_label, label_pair, gamma=args.gamma,
+        n_bootstrap=args.n_bootstrap, n_permutations=args.n_permutations, max_points=args.max_points,
+        ci_level=args.ci, ci_method=args.ci_method, reduce=args.reduce, variants=args.variants, seed=args.seed, device=args.device,
+        progress=sys.stderr.isatty(),
+    )
+    pooled = None
+    pooled_note = None
+    if args.no_pooled:
+        pooled_note = "skipped (--no-pooled)"
+    elif len(results) < 2:
+        pooled_note = "skipped: needs two or more hooks"
+    else:
+        pooled = pooled_aqi(
+            args.cache, args.hooks, args.pooling, args.positive_label, label_pair, train_fraction=args.train_fraction,
+            sparsity=args.sparsity, gamma=args.gamma, seed=args.seed, device=args.device,
+        )
+    print(f"{meta['model_id'] or 'unknown model'} | {args.pooling} pooling | {' vs '.join(results[0].n_per_class)} | metrics in float64")
+    print(_table(results, pooled))
+    if args.json:
+        payload = {
+            "tool": "geomprobe aqi",
+            "geomprobe_version": __version__,
+            **meta,
+            "pooling": args.pooling,
+            "metric_dtype": "float64",
+            "classes": list(results[0].n_per_class),
+            "formula": f"aqi = {args.gamma:g} / (1 + davies_bouldin) + {1 - args.gamma:g} * dunn / (1 + dunn)",
+            "gamma": args.gamma,
+            "reduction": reduction[0] if reduction[0] == "none" else f"{reduction[0]}:{reduction[1]}",
+            "n_bootstrap": args.n_bootstrap,
+            "n_permutations": args.n_permutations,
+            "max_points": args.max_points,
+            "seed": args.seed,
+            "per_layer": [r.to_record() for r in results],
+            "pooled": pooled.to_record() if pooled is not None else None,
+            "pooled_note": pooled_note,
+        }
+        write_json(args.json, payload)
+        print(f"wrote {args.json}")
+    if args.plot:
+        from ..plots._style import save_figure
+        from ..plots.geometry import plot_aqi_layers
+
+        save_figure(plot_aqi_layers(results, model_id=meta["model_id"], pooled=pooled), args.plot)
+        print(f"wrote {args.plot}")
+    return 0
