@@ -1,0 +1,314 @@
+"""``geomprobe probe``: train, evaluate, transfer and apply linear deception probes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import GeomprobeError
+from .common import add_hooks_arg, check_new_file, write_json
+
+
+def _float_or_auto(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
+def register(subparsers) -> None:
+    from ..probes import METHODS
+
+    p = subparsers.add_parser("probe", help="linear deception probes: train, eval, transfer, tokens, score",
+                              description="Train, evaluate and apply linear probes (one per layer).")
+    sub = p.add_subparsers(dest="probe_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    t = sub.add_parser("train", help="train one probe per hook with a pair-respecting held-out split")
+    t.add_argument("cache", help="activation cache (.h5) with two classes")
+    t.add_argument("--out", required=True, help="probe folder to write (probe.safetensors + probe.json)")
+    t.add_argument("--method", default="logistic", choices=METHODS)
+    add_hooks_arg(t, help_default="every hook in the cache")
+    t.add_argument("--pooling", default="last", help="which pooled activations to train on (last, mean)")
+    t.add_argument("--positive-label", default=None, help="label treated as positive (default: dishonest/deceptive/harmful/unsafe if present, else the second label)")
+    t.add_argument("--C", type=float, default=0.1, help="inverse L2 strength for logistic (default 0.1)")
+    t.add_argument("--fit-intercept", action="store_true", help="fit an intercept (logistic; off in the reference)")
+    t.add_argument("--shrinkage", type=_float_or_auto, default="auto", help="LDA covariance shrinkage in [0,1] or auto (Ledoit-Wolf)")
+    t.add_argument("--test-size", type=float, default=0.2, help="fraction of pairs held out (default 0.2)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--control", default=None, help="control cache for the recall threshold (default: held-out negatives)")
+    t.add_argument("--fpr", type=float, default=0.01)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--json", default=None, help="write held-out per-layer metrics here")
+    t.add_argument("--plot", default=None, help="write a per-layer metrics plot (PNG) here")
+    t.add_argument("--overwrite", action="store_true")
+    t.set_defaults(func=run_train)
+
+    e = sub.add_parser("eval", help="evaluate a saved probe on a cache")
+    e.add_argument("probe_dir")
+    e.add_argument("cache")
+    e.add_argument("--control", default=None, help="control cache; default: the bundled 'control' prompts run through the probe's model")
+    e.add_argument("--no-control", action="store_true", help="take the threshold from the cache's negatives instead")
+    e.add_argument("--model", default=None, help="model for the bundled control set (default: the probe's model)")
+    e.add_argument("--fpr", type=float, default=0.01)
+    e.add_argument("--positive-label", default=None)
+    e.add_argument("--allow-model-mismatch", action="store_true", help="evaluate on a cache from another model/checkpoint")
+    e.add_argument("--all-rows", action="store_true", help="score every row even if the cache is the probe's training data")
+    e.add_argument("--json", required=True, help="output JSON (per_layer records)")
+    e.add_argument("--plot", default=None, help="output PNG with AUROC and recall by layer")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=run_eval)
+
+    x = sub.add_parser("transfer", help="train on each cache and evaluate on every other")
+    x.add_argument("caches", nargs="+")
+    x.add_argument("--method", default="logistic", choices=METHODS)
+    add_hooks_arg(x, help_default="hooks shared by all caches")
+    x.add_argument("--pooling", default="last")
+    x.add_argument("--C", type=float, default=0.1)
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--fpr", type=float, default=0.01)
+    x.add_argument("--json", required=True)
+    x.add_argument("--plot", default=None, help="heatmap at the hook with the best mean off-diagonal AUROC")
+    x.set_defaults(func=run_transfer)
+
+    k = sub.add_parser("tokens", help="per-token probe scores from an all-pooled cache, as HTML")
+    k.add_argument("probe_dir")
+    k.add_argument("cache")
+    k.add_argument("--hook", default=None, help="hook to score (default: the probe's best held-out layer)")
+    k.add_argument("--rows", type=int, nargs="+", default=None, help="prompt rows (default: the first 20)")
+    k.add_argument("--tokenizer", default=None, help="model folder whose tokenizer decodes the token ids (default: show ids)")
+    k.add_argument("--allow-model-mismatch", action="store_true")
+    k.add_argument("--html", required=True)
+    k.add_argument("--json", default=None)
+    k.set_defaults(func=run_tokens)
+
+    s = sub.add_parser("score", help="score one text with a saved probe")
+    s.add_argument("probe_dir")
+    s.add_argument("--model", required=True, help="model the probe was trained on")
+    s.add_argument("--text", required=True, action="append", help="text to score (repeatable)")
+    s.add_argument("--dtype", default="float32")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--allow-model-mismatch", action="store_true")
+    s.add_argument("--json", default=None)
+    s.set_defaults(func=run_score)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _table(records: list[dict[str, Any]]) -> None:
+    print(f"{'hook':<28} {'AUROC':>7} {'bal.acc':>8} {'recall@fpr':>11} {'ECE':>6}")
+    for r in records:
+        fmt = lambda v: "   nan" if v is None or v != v else f"{v:.3f}"  # noqa: E731
+        print(f"{r['hook']:<28} {fmt(r['auroc']):>7} {fmt(r['balanced_accuracy']):>8} {fmt(r['recall_at_fpr']):>11} {fmt(r['calibration_error']):>6}")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..probes import save_probe, train_probes
+
+    out = Path(args.out)
+    if (out / "probe.json").exists() and not args.overwrite:
+        raise GeomprobeError(f"{str(out)!r} already holds a probe; pass --overwrite to replace it")
+    if not out.parent.exists():
+        raise GeomprobeError(f"folder {str(out.parent)!r} for --out does not exist; create it first")
+    check_new_file(args.json, "--json")
+    check_new_file(args.plot, "--plot")
+    params: dict[str, Any] = {}
+    if args.method == "logistic":
+        params = {"C": args.C, "fit_intercept": args.fit_intercept}
+    elif args.method == "lda":
+        params = {"shrinkage": args.shrinkage}
+    probes, result = train_probes(
+        args.cache, args.method, hooks=args.hooks, pooling=args.pooling, positive_label=args.positive_label,
+        test_size=args.test_size, seed=args.seed, control=args.control, fpr=args.fpr, device=args.device, **params,
+    )
+    save_probe(probes, out, overwrite=args.overwrite)
+    _table(result.records)
+    best = result.best()
+    _say(f"probe: {len(probes.hooks)} {probes.method} probe(s), positive={probes.positive_label!r}, "
+         f"best held-out AUROC {best['auroc']:.3f} at {best['hook']}; saved to {out}")
+    payload = {"probe_dir": str(out), "method": probes.method, "positive_label": probes.positive_label,
+               "model_id": probes.model_id, "pooling": probes.pooling, "per_layer": result.records}
+    if args.json:
+        write_json(args.json, payload)
+    if args.plot:
+        from ..plots._style import save_figure
+        from ..plots.probes import plot_probe_layers
+
+        save_figure(plot_probe_layers(result.records, model_id=probes.model_id), args.plot)
+    return 0
+
+
+def bundled_control_activations(probes, model: str | None, device: str = "auto") -> dict:
+    """``{hook: (M, d)}`` activations of the bundled 'control' prompts, run through the probe's model."""
+    target = model or probes.meta.get("model_source") or probes.model_id
+    if not target or target == "arrays":
+        raise GeomprobeError(
+            "no model to build the bundled control set with (the probe's cache came from arrays); pass --control CONTROL.h5 or --no-control"
+        )
+    try:
+        from ..cache import pooled_activations
+        from ..datasets import load_prompt_set
+        from ..models import load_model
+    except ImportError:
+        raise GeomprobeError("this geomprobe cannot build the bundled control set; pass --control CONTROL.h5") from None
+    try:
+        loaded = load_model(target, device=device)
+    except (GeomprobeError, OSError, ValueError) as exc:
+        raise GeomprobeError(
+            f"cannot load model {target!r} to run the bundled control set ({str(exc)[:120]}); pass --control CONTROL.h5 (geomprobe cache --dataset control) or --no-control"
+        ) from None
+    acts = pooled_activations(loaded, load_prompt_set("control"), probes.hooks, [probes.pooling])
+    return {h: acts[h][probes.pooling] for h in probes.hooks}
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..probes import evaluate_probes, load_probe
+
+    check_new_file(args.json, "--json")
+    check_new_file(args.plot, "--plot")
+    if args.control and args.no_control:
+        raise GeomprobeError("pass either --control or --no-control, not both")
+    probes = load_probe(args.probe_dir)
+    if args.control is not None:
+        if not Path(args.control).exists():
+            raise GeomprobeError(f"control cache {args.control!r} does not exist; build it with geomprobe cache --dataset control")
+        control = args.control
+    elif args.no_control:
+        control = None
+    else:
+        from ..store import open_cache
+
+        with open_cache(args.cache):  # validate the cache before a slow model load
+            pass
+        control = bundled_control_activations(probes, args.model, args.device)
+    result = evaluate_probes(probes, args.cache, control=control, fpr=args.fpr, positive_label=args.positive_label,
+                             allow_model_mismatch=args.allow_model_mismatch, all_rows=args.all_rows)
+    _table(result.records)
+    info = dict(result.info)
+    if result.info.get("model_mismatch"):
+        _say(f"probe: note: probe model {probes.model_id!r} differs from the cache's {info['eval_model_id']!r} (allowed)")
+    if info["eval_rows"] == "held-out":
+        _say("probe: this cache is the probe's training data; scored its held-out rows only (--all-rows to override)")
+    payload = {"probe_dir": str(args.probe_dir), "method": probes.method, "pooling": probes.pooling,
+               "positive_label": info["positive_label"], "control": args.control or ("none" if args.no_control else "bundled:control"),
+               **info, "per_layer": result.records}
+    write_json(args.json, payload)
+    if args.plot:
+        from ..plots._style import save_figure
+        from ..plots.probes import plot_probe_layers
+
+        save_figure(plot_probe_layers(result.records, model_id=probes.model_id,
+                                      title=f"Probe eval on {Path(args.cache).name}: {probes.model_id}, {probes.method}, pooling={probes.pooling}"),
+                    args.plot)
+    return 0
+
+
+def run_transfer(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..hooks import hook_layer
+    from ..probes import transfer_matrix
+
+    check_new_file(args.json, "--json")
+    check_new_file(args.plot, "--plot")
+    params = {"C": args.C} if args.method == "logistic" else {}
+    result = transfer_matrix(args.caches, args.method, hooks=args.hooks, pooling=args.pooling, seed=args.seed,
+                             fpr=args.fpr, **params)
+    n = len(result.names)
+    off = ~np.eye(n, dtype=bool)
+    mean_off = np.nanmean(result.auroc[off], axis=0) if n > 1 else np.nanmean(result.auroc[0, 0:1], axis=0)
+    best = int(np.nanargmax(mean_off))
+    print(f"transfer AUROC at {result.hooks[best]} (rows: trained on, cols: evaluated on; diagonal = held-out)")
+    for i, name in enumerate(result.names):
+        print(f"{name:<24} " + " ".join(f"{v:6.3f}" for v in result.auroc[i, :, best]))
+    write_json(args.json, {"method": args.method, "caches": result.names, "model_ids": result.model_ids,
+                           "hooks": result.hooks, "best_hook": result.hooks[best], "records": result.records(),
+                           "per_layer": [{"hook": h, "layer": hook_layer(h), "auroc": float(mean_off[k]),
+                                          "auroc_is": "mean off-diagonal transfer AUROC"}
+                                         for k, h in enumerate(result.hooks)]})
+    if args.plot:
+        from ..plots._style import save_figure
+        from ..plots.probes import plot_transfer_matrix
+
+        save_figure(plot_transfer_matrix(result.names, result.auroc[:, :, best], hook=result.hooks[best]), args.plot)
+    return 0
+
+
+def _decoder(folder: str | None):
+    if folder is None:
+        return lambda ids: [f"[{int(i)}]" for i in ids]
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise GeomprobeError(f"cannot load a tokenizer from {folder!r} ({type(exc).__name__}); pass a model folder or omit --tokenizer") from None
+    return lambda ids: [tok.decode([int(i)]) for i in ids]
+
+
+def run_tokens(args: argparse.Namespace) -> int:
+    from ..plots.probes import token_scores_html
+    from ..probes import load_probe, token_scores
+
+    check_new_file(args.html, "--html")
+    check_new_file(args.json, "--json")
+    probes = load_probe(args.probe_dir)
+    hook = args.hook
+    if hook is None:
+        metrics = probes.meta.get("metrics") or []
+        finite = [m for m in metrics if m.get("auroc") is not None]
+        hook = max(finite, key=lambda m: m["auroc"])["hook"] if finite else probes.hooks[len(probes.hooks) // 2]
+    rows = args.rows
+    if rows is None:
+        from ..store import open_cache
+
+        with open_cache(args.cache) as c:
+            rows = list(range(min(20, c.n_prompts)))
+    scored = token_scores(probes, args.cache, hook, rows=rows, allow_model_mismatch=args.allow_model_mismatch)
+    decode = _decoder(args.tokenizer)
+    token_scores_html([decode(t.token_ids) for t in scored], [t.scores for t in scored], args.html,
+                      response_start=[t.response_start for t in scored], labels=[t.label for t in scored],
+                      title=f"{probes.method} probe token scores at {hook} ({probes.model_id})")
+    for t in scored:
+        print(f"row {t.row:<5} {t.label:<12} response mean {t.response_mean:8.3f}  max {t.scores[t.response_start:].max() if len(t.scores) > t.response_start else float('nan'):8.3f}")
+    if args.json:
+        write_json(args.json, {"hook": hook, "layer": probes.layers[probes.index(hook)], "pooling": "all",
+                               "rows": [{"row": t.row, "label": t.label, "response_start": t.response_start,
+                                         "response_mean": t.response_mean, "token_ids": t.token_ids, "scores": t.scores}
+                                        for t in scored]})
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from ..probes import check_compatible, load_probe
+
+    check_new_file(args.json, "--json")
+    probes = load_probe(args.probe_dir)
+    try:
+        from ..cache import pooled_activations
+    except ImportError:
+        raise GeomprobeError("probe score needs geomprobe.cache, which this install lacks") from None
+    from ..models import load_model
+
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    mismatch = check_compatible(probes, model_id=loaded.model_id, d_model=loaded.d_model,
+                                allow_model_mismatch=args.allow_model_mismatch, where=f"model {args.model}")
+    acts = pooled_activations(loaded, list(args.text), probes.hooks, [probes.pooling])
+    out = []
+    for i, text in enumerate(args.text):
+        row = {"text": text, "scores": {}}
+        for hook in probes.hooks:
+            row["scores"][hook] = float(probes.decision_function(hook, acts[hook][probes.pooling][i : i + 1])[0])
+        out.append(row)
+        best = max(row["scores"], key=lambda h: abs(row["scores"][h]))
+        print(f"{text[:60]!r}: {probes.positive_label} score {row['scores'][best]:+.3f} at {best}")
+    if args.json:
+        write_json(args.json, {"model_id": loaded.model_id, "model_mismatch": mismatch, "pooling": probes.pooling,
+                               "method": probes.method, "positive_label": probes.positive_label, "results": out})
+    return 0

@@ -1,0 +1,245 @@
+"""Save and load probes as safetensors + a JSON sidecar; never pickle.
+
+A probe folder holds::
+
+    probe.safetensors   float64 tensors per hook: "{hook}.coef", "{hook}.intercept" (1,),
+                        "{hook}.mean", "{hook}.scale", "{hook}.direction" (raw-space weights)
+    probe.json          format, format_version, method, params, hooks, layers, pooling,
+                        positive_label, label_names, model_id, model_revision, d_model,
+                        data_sha256, split, metrics, geomprobe_version, created_utc
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import GeomprobeError
+from .sweep import LayerFit
+
+FORMAT = "geomprobe-probe"
+FORMAT_VERSION = 1
+TENSORS = "probe.safetensors"
+SIDECAR = "probe.json"
+_KEYS = ("coef", "intercept", "mean", "scale", "direction")
+
+
+def data_sha256(arrays: list[np.ndarray], labels: np.ndarray) -> str:
+    """SHA-256 of float32 activations (in the given order) and int64 labels."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+    digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class ProbeSet:
+    """One linear probe per hook plus everything needed to re-apply it safely."""
+
+    hooks: list[str]
+    fit: LayerFit  # row i belongs to hooks[i]
+    pooling: str = "last"
+    positive_label: str = "positive"
+    label_names: list[str] = field(default_factory=list)
+    model_id: str = ""
+    model_revision: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)  # split, data hash, metrics, ...
+
+    @property
+    def method(self) -> str:
+        return self.fit.method
+
+    @property
+    def d_model(self) -> int:
+        return self.fit.d_model
+
+    @property
+    def layers(self) -> list[int]:
+        from ..hooks import hook_layer
+
+        out = []
+        for hook in self.hooks:
+            try:
+                out.append(hook_layer(hook))
+            except GeomprobeError:
+                out.append(-1)
+        return out
+
+    def index(self, hook: str) -> int:
+        if hook not in self.hooks:
+            raise GeomprobeError(f"this probe has no hook {hook!r}; it was trained on {', '.join(self.hooks[:4])}"
+                                 + (" ..." if len(self.hooks) > 4 else ""))
+        return self.hooks.index(hook)
+
+    def direction(self, hook: str) -> np.ndarray:
+        """Raw-activation-space weight vector (d,) for ``hook``."""
+        return self.fit.direction[self.index(hook)]
+
+    def decision_function(self, hook: str, X: np.ndarray) -> np.ndarray:
+        """Probe scores (N,) for raw activations ``X`` (N, d) at ``hook``; > 0 leans positive."""
+        i = self.index(hook)
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.d_model:
+            raise GeomprobeError(
+                f"activations at {hook} have shape {X.shape}; this probe expects width d_model={self.d_model}"
+            )
+        if not np.all(np.isfinite(X)):
+            raise GeomprobeError(f"activations at {hook} contain NaN or inf; recompute or drop those rows")
+        return X.astype(np.float64, copy=False) @ self.fit.direction[i] + float(self.fit.raw_intercept[i])
+
+    def predict_proba(self, hook: str, X: np.ndarray) -> np.ndarray:
+        from scipy.special import expit
+
+        return expit(self.decision_function(hook, X))
+
+    def sidecar(self) -> dict[str, Any]:
+        from .. import __version__
+
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "method": self.method,
+            "params": self.fit.params,
+            "hooks": list(self.hooks),
+            "layers": self.layers,
+            "pooling": self.pooling,
+            "positive_label": self.positive_label,
+            "label_names": list(self.label_names),
+            "model_id": self.model_id,
+            "model_revision": self.model_revision,
+            "d_model": self.d_model,
+            "score": "((x - mean) / scale) . coef + intercept  ==  x . direction + raw_intercept",
+            "n_iter": None if self.fit.n_iter is None else [int(v) for v in self.fit.n_iter],
+            "converged": None if self.fit.converged is None else [bool(v) for v in self.fit.converged],
+            **self.meta,
+            "geomprobe_version": __version__,
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+
+def save_probe(probes: ProbeSet, folder: str | Path, overwrite: bool = False) -> Path:
+    """Write ``probe.safetensors`` and ``probe.json`` into ``folder`` (created if needed)."""
+    from safetensors.numpy import save_file
+
+    from ..cli.common import write_json
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise GeomprobeError(f"probe output {str(folder)!r} is a file; give a folder name")
+    if (folder / SIDECAR).exists() and not overwrite:
+        raise GeomprobeError(f"{str(folder)!r} already holds a probe; pass --overwrite (overwrite=True) to replace it")
+    if not folder.parent.exists():
+        raise GeomprobeError(f"folder {str(folder.parent)!r} does not exist; create it first")
+    folder.mkdir(exist_ok=True)
+    tensors: dict[str, np.ndarray] = {}
+    fit = probes.fit
+    for i, hook in enumerate(probes.hooks):
+        tensors[f"{hook}.coef"] = np.ascontiguousarray(fit.coef[i], dtype=np.float64)
+        tensors[f"{hook}.intercept"] = np.array([fit.intercept[i]], dtype=np.float64)
+        tensors[f"{hook}.mean"] = np.ascontiguousarray(fit.mean[i], dtype=np.float64)
+        tensors[f"{hook}.scale"] = np.ascontiguousarray(fit.scale[i], dtype=np.float64)
+        tensors[f"{hook}.direction"] = np.ascontiguousarray(fit.direction[i], dtype=np.float64)
+    tmp = folder / f".{TENSORS}.tmp"
+    save_file(tensors, str(tmp), metadata={"format": FORMAT, "method": probes.method})
+    os.replace(tmp, folder / TENSORS)
+    write_json(folder / SIDECAR, probes.sidecar())
+    return folder
+
+
+def _read_tensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if head[:1] == b"\x80" or head[:2] == b"PK":
+        raise GeomprobeError(
+            f"{str(path)!r} looks like a pickle/torch.save file, which geomprobe never loads; re-save the probe with geomprobe probe train"
+        )
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise GeomprobeError(
+            f"{str(path)!r} is not a valid safetensors file ({type(exc).__name__}); re-save the probe with geomprobe probe train"
+        ) from None
+
+
+def load_probe(
+    folder: str | Path,
+    *,
+    expect_model_id: str | None = None,
+    expect_d_model: int | None = None,
+    expect_hooks: list[str] | None = None,
+    allow_model_mismatch: bool = False,
+) -> ProbeSet:
+    """Load a probe folder written by :func:`save_probe`, checking it against what it will see."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise GeomprobeError(f"probe folder {str(folder)!r} does not exist; train one with geomprobe probe train")
+    side_path, tensor_path = folder / SIDECAR, folder / TENSORS
+    if not side_path.exists() or not tensor_path.exists():
+        raise GeomprobeError(f"{str(folder)!r} lacks {SIDECAR} or {TENSORS}; it is not a geomprobe probe folder")
+    try:
+        side = json.loads(side_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise GeomprobeError(f"{str(side_path)!r} is not valid JSON; re-save the probe") from None
+    if not isinstance(side, dict) or side.get("format") != FORMAT:
+        raise GeomprobeError(f"{str(side_path)!r} is not a geomprobe probe sidecar")
+    if int(side.get("format_version", 0)) > FORMAT_VERSION:
+        raise GeomprobeError(f"probe format version {side['format_version']} is newer than this geomprobe; upgrade it")
+    tensors = _read_tensors(tensor_path)
+    hooks = list(side["hooks"])
+    d_model = int(side["d_model"])
+    try:
+        stacked = {key: np.stack([np.asarray(tensors[f"{h}.{key}"], dtype=np.float64) for h in hooks]) for key in _KEYS}
+    except KeyError as exc:
+        raise GeomprobeError(f"{str(tensor_path)!r} lacks tensor {exc.args[0]!r}; the probe folder is damaged") from None
+    if stacked["coef"].shape != (len(hooks), d_model):
+        raise GeomprobeError(f"{str(tensor_path)!r} holds width {stacked['coef'].shape[-1]} but the sidecar says {d_model}")
+    fit = LayerFit(side["method"], stacked["coef"], stacked["intercept"][:, 0], stacked["mean"], stacked["scale"],
+                   dict(side.get("params") or {}))
+    keep = {"format", "format_version", "method", "params", "hooks", "layers", "pooling", "positive_label",
+            "label_names", "model_id", "model_revision", "d_model", "score", "n_iter", "converged",
+            "geomprobe_version", "created_utc"}
+    meta = {k: v for k, v in side.items() if k not in keep}
+    meta["created_utc"] = side.get("created_utc")
+    probes = ProbeSet(hooks, fit, side.get("pooling", "last"), side.get("positive_label", ""), side.get("label_names", []),
+                      side.get("model_id", ""), side.get("model_revision", ""), meta)
+    check_compatible(probes, model_id=expect_model_id, d_model=expect_d_model, hooks=expect_hooks,
+                     allow_model_mismatch=allow_model_mismatch, where="the expected model")
+    return probes
+
+
+def check_compatible(probes: ProbeSet, *, model_id: str | None = None, d_model: int | None = None,
+                     hooks: list[str] | None = None, allow_model_mismatch: bool = False, where: str = "the cache") -> bool:
+    """Raise on width/hook mismatch; on model-id mismatch raise unless allowed. True if ids differ."""
+    if d_model is not None and int(d_model) != probes.d_model:
+        raise GeomprobeError(
+            f"{where} has width d_model={d_model} but the probe was trained at d_model={probes.d_model}; use a probe trained on this model"
+        )
+    if hooks is not None:
+        missing = [h for h in probes.hooks if h not in hooks]
+        if len(missing) == len(probes.hooks):
+            raise GeomprobeError(
+                f"{where} has none of the probe's hooks ({', '.join(probes.hooks[:3])}...); cache those hooks or retrain the probe"
+            )
+    mismatch = bool(model_id) and bool(probes.model_id) and str(model_id) != str(probes.model_id)
+    if mismatch and not allow_model_mismatch:
+        raise GeomprobeError(
+            f"probe was trained on model {probes.model_id!r} but {where} is from {model_id!r}; pass --allow-model-mismatch (allow_model_mismatch=True) to transfer on purpose"
+        )
+    return mismatch
+
+
+def probe_directions(folder: str | Path, hooks: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Raw-space weight vector per hook (not normalised), for the steering stage."""
+    probes = load_probe(folder)
+    chosen = probes.hooks if hooks is None else hooks
+    return {hook: probes.direction(hook).copy() for hook in chosen}

@@ -1,0 +1,382 @@
+"""Probes on cache files: train with an honest held-out split, evaluate, transfer, token scores."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import GeomprobeError
+from ..store import CacheFile, open_cache
+from . import metrics as M
+from .persistence import ProbeSet, check_compatible, data_sha256
+from .splits import pair_train_test_split
+from .sweep import canonical_method, fit_layers
+
+POSITIVE_NAMES = ("dishonest", "deceptive", "deception", "lie", "harmful", "unsafe", "positive")
+
+
+def choose_positive(label_names: Sequence[str], positive_label: str | None = None) -> int:
+    """Index of the positive class: ``positive_label`` if given, else a known 'bad' name, else 1."""
+    names = [str(n) for n in label_names]
+    if positive_label is not None:
+        if positive_label not in names:
+            raise GeomprobeError(
+                f"positive label {positive_label!r} is not in this cache's labels ({', '.join(names)}); pass one of those"
+            )
+        return names.index(positive_label)
+    for candidate in POSITIVE_NAMES:
+        if candidate in [n.lower() for n in names]:
+            return [n.lower() for n in names].index(candidate)
+    if len(names) < 2:
+        raise GeomprobeError(
+            f"the cache has {len(names)} label name(s) ({', '.join(names) or 'none'}); a probe needs two classes"
+        )
+    return 1
+
+
+def _open(cache: str | Path | CacheFile) -> tuple[CacheFile, bool]:
+    return (cache, False) if isinstance(cache, CacheFile) else (open_cache(cache), True)
+
+
+def read_layers(cache: CacheFile, hooks: Sequence[str], pooling: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """Stack ``(L, N, d)`` float32 activations of ``hooks``, checking for NaN/inf."""
+    out = None
+    for i, hook in enumerate(hooks):
+        X = cache.read(hook, pooling, rows=rows)
+        if out is None:
+            out = np.empty((len(hooks),) + X.shape, dtype=np.float32)
+        if not np.all(np.isfinite(X)):
+            bad = int((~np.isfinite(X)).any(1).sum())
+            raise GeomprobeError(
+                f"{cache.path.name} has NaN/inf activations in {bad} row(s) at {hook}/{pooling}; recreate the cache (check the model dtype)"
+            )
+        out[i] = X
+    assert out is not None
+    return out
+
+
+@dataclass
+class ProbeResult:
+    """Per-layer evaluation records plus the scores they came from."""
+
+    records: list[dict[str, Any]]
+    scores: dict[str, np.ndarray] = field(default_factory=dict)  # hook -> (n_eval,)
+    y: np.ndarray | None = None  # (n_eval,) 1 = positive
+    control_scores: dict[str, np.ndarray] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def best(self, key: str = "auroc") -> dict[str, Any]:
+        valid = [r for r in self.records if r.get(key) is not None and np.isfinite(r[key])]
+        if not valid:
+            raise GeomprobeError(f"no layer has a finite {key}")
+        return max(valid, key=lambda r: r[key])
+
+
+def layer_records(
+    hooks: Sequence[str], scores: np.ndarray, y: np.ndarray, *, pooling: str, method: str,
+    control: np.ndarray | None = None, fpr: float = 0.01,
+) -> list[dict[str, Any]]:
+    """Metric records per hook for scores ``(L, N)``; threshold from ``control`` (L, M) or negatives."""
+    from ..hooks import hook_layer
+
+    y = np.asarray(y).astype(bool)
+    if control is not None:
+        threshold, source = M.control_threshold(control, fpr), "control"
+    elif (~y).any():
+        threshold, source = M.control_threshold(scores[:, ~y], fpr), "negatives"
+    else:
+        threshold, source = np.full(len(hooks), np.nan), "none"
+    aucs = M.auroc(scores, y)
+    acc, bacc = M.accuracy(scores, y), M.balanced_accuracy(scores, y)
+    recall = M.recall_at_threshold(scores, y, threshold)
+    ece = M.calibration_error(scores, y)
+    neg_fpr = (scores[:, ~y] > threshold[:, None]).mean(1) if (~y).any() else np.full(len(hooks), np.nan)
+    records = []
+    for i, hook in enumerate(hooks):
+        try:
+            layer = hook_layer(hook)
+        except GeomprobeError:
+            layer = -1
+        records.append({
+            "hook": hook, "layer": layer, "pooling": pooling, "method": method, "dtype": "float64",
+            "n_eval": int(len(y)), "n_positive": int(y.sum()), "n_negative": int((~y).sum()),
+            "auroc": float(aucs[i]), "accuracy": float(acc[i]), "balanced_accuracy": float(bacc[i]),
+            "fpr": float(fpr), "threshold": float(threshold[i]), "threshold_source": source,
+            "recall_at_fpr": float(recall[i]), "negative_fpr_at_threshold": float(neg_fpr[i]),
+            "calibration_error": float(ece[i]),
+        })
+    return records
+
+
+def _binary(cache: CacheFile, positive_label: str | None, rows: np.ndarray | None = None
+            ) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
+    """(labelled row indices, 0/1 labels, positive name, negative names)."""
+    labels = cache.labels
+    names = cache.label_names
+    pos = choose_positive(names, positive_label)
+    keep = np.flatnonzero(labels >= 0)
+    if rows is not None:
+        keep = np.intersect1d(keep, rows)
+    y = (labels[keep] == pos).astype(np.int64)
+    negatives = sorted({names[v] for v in labels[keep] if v != pos})
+    return keep, y, names[pos], negatives
+
+
+def train_probes(
+    cache: str | Path | CacheFile,
+    method: str = "logistic",
+    *,
+    hooks: str | Sequence[str] | None = None,
+    pooling: str = "last",
+    positive_label: str | None = None,
+    test_size: float = 0.2,
+    seed: int = 0,
+    control: str | Path | CacheFile | Mapping[str, np.ndarray] | None = None,
+    fpr: float = 0.01,
+    device: str = "auto",
+    **params: Any,
+) -> tuple[ProbeSet, ProbeResult]:
+    """Train one probe per hook on a pair-respecting training split; report held-out metrics.
+
+    ``params`` go to :func:`fit_layers` (``C``, ``fit_intercept``, ``shrinkage``, ...).
+    The returned probes were fitted on the training rows only, so their recorded metrics are honest.
+    """
+    method = canonical_method(method)
+    handle, owned = _open(cache)
+    try:
+        chosen = handle.hooks_for(hooks)
+        if not chosen:
+            raise GeomprobeError(f"cache {handle.path.name} has no hooks")
+        rows, y, pos_name, neg_names = _binary(handle, positive_label)
+        all_X = read_layers(handle, chosen, pooling)
+        full_hash = data_sha256(list(all_X), handle.labels)
+        X = all_X[:, rows]
+        pairs = handle.pair_ids[rows]
+        if len(np.unique(y)) < 2:
+            raise GeomprobeError(
+                f"cache {handle.path.name} has only one class ({pos_name if y.any() else ', '.join(neg_names)}); a probe needs two"
+            )
+        train, test = pair_train_test_split(y, pairs, test_size=test_size, seed=seed)
+        fit = fit_layers(X[:, train], y[train], method, pairs=pairs[train], device=device, **params)
+        scores = fit.decision_function(X[:, test])
+        control_scores = None
+        probes = ProbeSet(
+            chosen, fit, pooling, pos_name, list(handle.label_names), handle.model_id,
+            str(handle.attrs.get("model_revision", "")),
+        )
+        if control is not None:
+            control_scores = score_control(probes, control)
+        records = layer_records(chosen, scores, y[test], pooling=pooling, method=method,
+                                control=None if control_scores is None else np.stack([control_scores[h] for h in chosen]),
+                                fpr=fpr)
+        probes.meta.update({
+            "negative_labels": neg_names,
+            "model_source": str(handle.attrs.get("model_source", "")),
+            "train_cache": handle.path.name,
+            "data_sha256": full_hash,
+            "split": {"test_size": test_size, "seed": seed, "n_train": int(len(train)), "n_test": int(len(test)),
+                      "test_rows": [int(v) for v in rows[test]], "respects_pairs": True},
+            "metrics": records,
+        })
+        result = ProbeResult(records, dict(zip(chosen, scores)), y[test], control_scores,
+                             {"cache": str(handle.path), "eval_rows": "held-out"})
+        return probes, result
+    finally:
+        if owned:
+            handle.close()
+
+
+def score_control(probes: ProbeSet, control: str | Path | CacheFile | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Probe scores on a control set: a cache file (all rows) or ``{hook: (M, d) activations}``."""
+    if isinstance(control, Mapping):
+        return {h: probes.decision_function(h, np.asarray(control[h])) for h in probes.hooks}
+    if not isinstance(control, CacheFile) and not Path(control).exists():
+        raise GeomprobeError(
+            f"control cache {str(control)!r} does not exist; build it with geomprobe cache --dataset control or pass another --control"
+        )
+    handle, owned = _open(control)
+    try:
+        check_compatible(probes, d_model=handle.d_model, hooks=handle.hooks, allow_model_mismatch=True,
+                         where=f"control cache {handle.path.name}")
+        missing = [h for h in probes.hooks if h not in handle.hooks]
+        if missing:
+            raise GeomprobeError(f"control cache {handle.path.name} lacks hook {missing[0]}; cache the same hooks as the probe")
+        if handle.n_prompts == 0:
+            raise GeomprobeError(f"control cache {handle.path.name} is empty; pass a control cache with rows")
+        X = read_layers(handle, probes.hooks, probes.pooling)
+        return {h: probes.decision_function(h, X[i]) for i, h in enumerate(probes.hooks)}
+    finally:
+        if owned:
+            handle.close()
+
+
+def evaluate_probes(
+    probes: ProbeSet,
+    cache: str | Path | CacheFile,
+    *,
+    control: str | Path | CacheFile | Mapping[str, np.ndarray] | None = None,
+    fpr: float = 0.01,
+    positive_label: str | None = None,
+    allow_model_mismatch: bool = False,
+    all_rows: bool = False,
+    hooks: Sequence[str] | None = None,
+) -> ProbeResult:
+    """Per-layer metrics of saved probes on a cache.
+
+    If the cache is the probe's own training data (same activations and labels, by hash), only
+    the held-out rows are scored unless ``all_rows``. Without ``control`` the recall threshold
+    comes from the cache's negatives (recorded as ``threshold_source``).
+    """
+    handle, owned = _open(cache)
+    try:
+        chosen = list(hooks) if hooks else list(probes.hooks)
+        missing = [h for h in chosen if h not in handle.hooks]
+        if missing:
+            raise GeomprobeError(
+                f"cache {handle.path.name} lacks hook {missing[0]} that the probe uses; cache it or pass --hooks"
+            )
+        mismatch = check_compatible(probes, model_id=handle.model_id, d_model=handle.d_model, hooks=handle.hooks,
+                                    allow_model_mismatch=allow_model_mismatch, where=f"cache {handle.path.name}")
+        pos = positive_label if positive_label is not None else (
+            probes.positive_label if probes.positive_label in handle.label_names else None)
+        rows, y, pos_name, neg_names = _binary(handle, pos)
+        if not y.any():
+            raise GeomprobeError(f"cache {handle.path.name} has no rows labelled {pos_name!r}; pass --positive-label")
+        X = read_layers(handle, chosen, probes.pooling)
+        eval_rows = "all"
+        split = probes.meta.get("split") or {}
+        if not all_rows and probes.meta.get("data_sha256") and chosen == list(probes.hooks):
+            if data_sha256(list(X), handle.labels) == probes.meta["data_sha256"]:
+                held = np.asarray(split.get("test_rows", []), dtype=np.int64)
+                keep = np.isin(rows, held)
+                rows, y = rows[keep], y[keep]
+                eval_rows = "held-out"
+        scores = np.stack([probes.decision_function(h, X[i][rows]) for i, h in enumerate(chosen)])
+        control_scores = score_control(probes, control) if control is not None else None
+        records = layer_records(chosen, scores, y, pooling=probes.pooling, method=probes.method,
+                                control=None if control_scores is None else np.stack([control_scores[h] for h in chosen]),
+                                fpr=fpr)
+        for r in records:
+            r["eval_rows"] = eval_rows
+        info = {"cache": str(handle.path), "eval_model_id": handle.model_id, "probe_model_id": probes.model_id,
+                "model_mismatch": mismatch, "eval_rows": eval_rows, "positive_label": pos_name,
+                "negative_labels": neg_names}
+        return ProbeResult(records, dict(zip(chosen, scores)), y, control_scores, info)
+    finally:
+        if owned:
+            handle.close()
+
+
+@dataclass
+class TransferResult:
+    """``auroc[i, j, l]``: probe trained on cache i, evaluated on cache j, at hook l."""
+
+    names: list[str]
+    hooks: list[str]
+    auroc: np.ndarray
+    recall: np.ndarray
+    model_ids: list[str]
+
+    def records(self) -> list[dict[str, Any]]:
+        from ..hooks import hook_layer
+
+        out = []
+        for i, train in enumerate(self.names):
+            for j, test in enumerate(self.names):
+                for k, hook in enumerate(self.hooks):
+                    out.append({"train": train, "eval": test, "hook": hook, "layer": hook_layer(hook),
+                                "auroc": float(self.auroc[i, j, k]), "recall_at_fpr": float(self.recall[i, j, k]),
+                                "held_out": i == j})
+        return out
+
+
+def transfer_matrix(
+    caches: Sequence[str | Path],
+    method: str = "logistic",
+    *,
+    hooks: str | Sequence[str] | None = None,
+    pooling: str = "last",
+    test_size: float = 0.2,
+    seed: int = 0,
+    fpr: float = 0.01,
+    allow_model_mismatch: bool = True,
+    **params: Any,
+) -> TransferResult:
+    """Train on each cache, evaluate on every cache (own held-out split on the diagonal)."""
+    if len(caches) < 2:
+        raise GeomprobeError("a transfer matrix needs at least two caches")
+    names = [Path(c).name for c in caches]
+    trained, model_ids = [], []
+    common: list[str] | None = None
+    for c in caches:
+        with open_cache(c) as handle:
+            chosen = handle.hooks_for(hooks)
+            common = chosen if common is None else [h for h in common if h in chosen]
+            model_ids.append(handle.model_id)
+    if not common:
+        raise GeomprobeError("the caches share no hook; cache the same hooks in each")
+    for c in caches:
+        trained.append(train_probes(c, method, hooks=common, pooling=pooling, test_size=test_size, seed=seed,
+                                    fpr=fpr, **params)[0])
+    n, L = len(caches), len(common)
+    auc, rec = np.full((n, n, L), np.nan), np.full((n, n, L), np.nan)
+    for i, probes in enumerate(trained):
+        for j, c in enumerate(caches):
+            res = evaluate_probes(probes, c, fpr=fpr, allow_model_mismatch=allow_model_mismatch)
+            auc[i, j] = [r["auroc"] for r in res.records]
+            rec[i, j] = [r["recall_at_fpr"] for r in res.records]
+    return TransferResult(names, common, auc, rec, model_ids)
+
+
+@dataclass
+class TokenScores:
+    """Per-token probe scores of one prompt (scores cover every token; the response starts at ``response_start``)."""
+
+    row: int
+    token_ids: np.ndarray
+    scores: np.ndarray
+    response_start: int
+    label: str
+
+    @property
+    def response_mean(self) -> float:
+        part = self.scores[self.response_start:]
+        return float(part.mean()) if len(part) else float("nan")
+
+
+def token_scores(probes: ProbeSet, cache: str | Path | CacheFile, hook: str, rows: Sequence[int] | None = None,
+                 allow_model_mismatch: bool = False) -> list[TokenScores]:
+    """Score every token of ``rows`` (default: all) from an ``all``-pooled cache."""
+    handle, owned = _open(cache)
+    try:
+        check_compatible(probes, model_id=handle.model_id, d_model=handle.d_model, hooks=handle.hooks,
+                         allow_model_mismatch=allow_model_mismatch, where=f"cache {handle.path.name}")
+        if "all" not in handle.poolings:
+            raise GeomprobeError(
+                f"cache {handle.path.name} has no per-token ('all') activations; re-cache with --pooling all"
+            )
+        offsets, ids, starts = handle.token_offsets, handle.token_ids, handle.response_start
+        labels, names = handle.labels, handle.label_names
+        chosen = range(handle.n_prompts) if rows is None else rows
+        out = []
+        for row in chosen:
+            if not 0 <= int(row) < handle.n_prompts:
+                raise GeomprobeError(f"row {row} is out of range; the cache has {handle.n_prompts} prompts")
+            lo, hi = int(offsets[row]), int(offsets[row + 1])
+            X = handle.read(hook, "all", rows=slice(lo, hi))
+            s = probes.decision_function(hook, X) if hi > lo else np.zeros(0)
+            label = names[labels[row]] if labels[row] >= 0 else ""
+            out.append(TokenScores(int(row), ids[lo:hi].copy(), s, int(starts[row]), label))
+        return out
+    finally:
+        if owned:
+            handle.close()
+
+
+def response_scores(probes: ProbeSet, cache: str | Path | CacheFile, hook: str, **kwargs: Any) -> np.ndarray:
+    """Mean token score over each prompt's response tokens (the reference's response score)."""
+    return np.array([t.response_mean for t in token_scores(probes, cache, hook, **kwargs)])
