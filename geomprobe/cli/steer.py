@@ -1,0 +1,355 @@
+"""``geomprobe steer``: build, search, generate, ablate, export-gguf, screen."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+from pathlib import Path
+
+from ..errors import GeomprobeError
+from .common import add_hooks_arg, add_model_args, check_new_file, model_from_args, write_json
+
+
+def _finite_float(text: str) -> float:
+    # ArgumentTypeError: argparse prints the message itself and exits with code 2.
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; pass a finite value such as 4") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not finite; pass a finite value such as 4")
+    return value
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("steer", help="steering vectors: build, search layers, generate, ablate, export")
+    sub = p.add_subparsers(dest="steer_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    b = sub.add_parser("build", help="build a steering vector from a cache file or a saved probe")
+    b.add_argument("cache", nargs="?", help="activation cache (.h5) with two labelled classes")
+    b.add_argument("--out", required=True, help="folder to write vector.safetensors + vector.json")
+    b.add_argument("--method", default="mean-diff", choices=["mean-diff", "pca-diff", "pca-center"])
+    b.add_argument("--pooling", default="last", help="cache pooling to read (last or mean)")
+    b.add_argument("--positive-label", help="label the vector points toward (default: harmful/dishonest/... else the second)")
+    b.add_argument("--negative-label", help="label to contrast with (default: every other label)")
+    b.add_argument("--probe", help="use a saved probe's direction instead of a cache")
+    b.add_argument("--overwrite", action="store_true")
+    add_hooks_arg(b, "every hook in the cache")
+    b.set_defaults(func=run_build)
+
+    g = sub.add_parser("generate", help="print unsteered vs steered generations")
+    g.add_argument("vector", help="steering vector folder")
+    add_model_args(g)
+    g.add_argument("--prompt", action="append", required=True, help="user message (repeatable)")
+    g.add_argument("--multiplier", type=_finite_float, default=4.0)
+    add_hooks_arg(g, "the hooks the vector was read at")
+    g.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
+    g.add_argument("--max-new-tokens", type=int, default=48)
+    g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-chat", action="store_true", help="feed prompts as raw text (no chat template)")
+    g.add_argument("--json", help="also write the generations here")
+    g.add_argument("--table", help="write a Markdown table of the generations here")
+    g.set_defaults(func=run_generate)
+
+    s = sub.add_parser("search", help="sweep layers x multipliers on validation prompts")
+    s.add_argument("vector", help="steering vector folder")
+    add_model_args(s)
+    s.add_argument("--dataset", required=True, help="bundled name (harmful-harmless, honesty) or a .jsonl/.txt file")
+    s.add_argument("--harmless", help="prompts for the KL side-effect check (default: the dataset's negative class)")
+    s.add_argument("--positive-label", help="dataset label whose prompts the metric is measured on")
+    s.add_argument("--limit", type=int, default=16, help="prompts per class (default 16)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--layers", nargs="+", metavar="HOOK", help="hooks to try (default: the vector's hooks)")
+    s.add_argument("--multipliers", nargs="+", type=_finite_float, default=[-8.0, -4.0, 4.0, 8.0])
+    s.add_argument("--metric", default="refusal", choices=["refusal", "logit-diff", "probe"])
+    s.add_argument("--mode", default="add", choices=["add", "ablate"], help="add the vector, or ablate each hook's direction everywhere")
+    s.add_argument("--refusal-tokens", nargs="+", help="words whose first token counts as refusing")
+    s.add_argument("--answer-tokens", nargs=2, metavar=("A", "B"), help="answers for --metric logit-diff")
+    s.add_argument("--probe", help="probe folder for --metric probe")
+    s.add_argument("--kl-limit", type=float, default=0.1)
+    s.add_argument("--max-layer-fraction", type=float, default=0.8, help="exclude layers at or above this fraction of depth")
+    s.add_argument("--minimize", action="store_true", help="best = lowest metric (e.g. to suppress refusal)")
+    s.add_argument("--no-chat", action="store_true")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--json", help="write all records and the best setting here")
+    s.add_argument("--plot", help="write the dose-response plot here (.png)")
+    s.set_defaults(func=run_search)
+
+    a = sub.add_parser("ablate", help="ablate a direction; optionally bake it into the weights")
+    a.add_argument("vector", help="steering vector folder")
+    add_model_args(a)
+    a.add_argument("--hook", help="which of the vector's hooks gives the direction (needed if it has several)")
+    a.add_argument("--save-model", help="write the weight-orthogonalised model (HF checkpoint folder) here")
+    a.add_argument("--overwrite", action="store_true")
+    a.add_argument("--prompt", action="append", help="show generations with and without the ablation")
+    a.add_argument("--max-new-tokens", type=int, default=48)
+    a.set_defaults(func=run_ablate)
+
+    e = sub.add_parser("export-gguf", help="export as a llama.cpp control vector")
+    e.add_argument("vector", help="steering vector folder")
+    e.add_argument("--out", required=True, help="output .gguf file")
+    e.add_argument("--multiplier", type=_finite_float, default=1.0, help="scale baked into the file")
+    e.add_argument("--model-hint", help="controlvector.model_hint (default: model type or id)")
+    e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--hooks", nargs="+", metavar="HOOK", help="hooks to export (resid_post/resid_pre; default all)")
+    e.set_defaults(func=run_export)
+
+    c = sub.add_parser("screen", help="fast geometric layer screen of a cache (no model)")
+    c.add_argument("cache")
+    add_hooks_arg(c, "every hook in the cache")
+    c.add_argument("--pooling", default="last")
+    c.add_argument("--positive-label")
+    c.add_argument("--bins", type=int, default=32)
+    c.add_argument("--json")
+    c.add_argument("--plot")
+    c.set_defaults(func=run_screen)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _load_vector(folder: str):
+    from ..steering import SteeringVector
+
+    return SteeringVector.load(folder)
+
+
+def read_prompts(spec: str) -> list[tuple[str, str]]:
+    """``[(user_text, label)]`` from a bundled dataset name or a .jsonl/.txt file."""
+    path = Path(spec)
+    if not path.exists():
+        bundled = Path(__file__).resolve().parent.parent / "data" / f"{spec}.jsonl"
+        if not bundled.is_file():
+            raise GeomprobeError(f"dataset {spec!r} is neither a file nor a bundled name (harmful-harmless, honesty, control)")
+        path = bundled
+    if path.suffix == ".txt":
+        return [(line.strip(), "") for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise GeomprobeError(f"{path}:{n} is not valid JSON; one JSON object per line") from None
+        text = row.get("text") or row.get("prompt")
+        if text is None and row.get("messages"):
+            users = [m["content"] for m in row["messages"] if m.get("role") == "user"]
+            text = users[0] if users else None
+        if not text:
+            raise GeomprobeError(f"{path}:{n} has no text, prompt or user message")
+        rows.append((str(text), str(row.get("label", ""))))
+    if not rows:
+        raise GeomprobeError(f"{path} holds no prompts")
+    return rows
+
+
+def _cache_texts(vector) -> set[str]:
+    """Rendered texts the vector was built from (to keep them out of the validation split)."""
+    path = vector.metadata.get("cache_path")
+    if not path or not Path(path).is_file():
+        return set()
+    from ..store import open_cache
+
+    try:
+        with open_cache(path) as cache:
+            return set(cache.texts)
+    except GeomprobeError:
+        return set()
+
+
+# -- actions ----------------------------------------------------------------------------------
+def run_build(args: argparse.Namespace) -> int:
+    from ..steering import build_from_cache, build_from_probe
+
+    out = Path(args.out)
+    if (out / "vector.json").exists() and not args.overwrite:
+        raise GeomprobeError(f"{args.out!r} already holds a steering vector; pass --overwrite to replace it")
+    if args.probe:
+        vec = build_from_probe(args.probe, hooks=args.hooks)
+    elif args.cache:
+        vec = build_from_cache(
+            args.cache, hooks=args.hooks, method=args.method, pooling=args.pooling,
+            positive_label=args.positive_label, negative_label=args.negative_label,
+        )
+    else:
+        raise GeomprobeError("give a cache file (geomprobe steer build CACHE.h5 --out DIR) or --probe PROBE_DIR")
+    vec.save(out, overwrite=args.overwrite)
+    meta = vec.metadata
+    print(
+        f"wrote {out} ({vec.method}, {len(vec.hooks)} hooks, pooling {vec.pooling}, d_model {vec.d_model}; "
+        f"positive {meta.get('positive_label', '-')}, {meta.get('n_pairs', 0)} pairs)"
+    )
+    for hook in vec.hooks:
+        print(f"  {hook:32s} norm {vec.norms[hook]:.4f}")
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from ..steering import compare_generations, generation_table
+
+    vec = _load_vector(args.vector)
+    check_new_file(args.json, "--json")
+    check_new_file(args.table, "--table")
+    if args.max_new_tokens < 1:
+        raise GeomprobeError(f"--max-new-tokens must be >= 1; got {args.max_new_tokens}")
+    model = model_from_args(args)
+    from ..steering.apply import resolve_steering
+
+    resolve_steering(model, vec, args.hooks)  # fail on width/hooks before generating
+    rows = compare_generations(
+        model, vec, args.prompt, multipliers=(0.0, args.multiplier), hooks=args.hooks, positions=args.positions,
+        max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
+        seed=args.seed, chat=not args.no_chat,
+    )
+    hooks = rows[-1]["hooks"]
+    print(f"model {model.model_id}; vector {vec.method} at {', '.join(hooks)}; positions {args.positions}")
+    for prompt in args.prompt:
+        print(f"\n> {prompt}")
+        for row in rows:
+            if row["prompt"] == prompt:
+                tag = "unsteered" if row["multiplier"] == 0 else f"x{row['multiplier']:g}"
+                print(f"  [{tag:>9s}] {row['text']}")
+    if args.json:
+        write_json(args.json, {"model_id": model.model_id, "vector": vec.describe(), "positions": args.positions, "rows": rows})
+    if args.table:
+        Path(args.table).write_text(generation_table(rows) + "\n")
+    return 0
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from ..steering import choose_positive, search_layers
+    from ..steering.apply import render_prompts
+
+    vec = _load_vector(args.vector)
+    check_new_file(args.json, "--json")
+    check_new_file(args.plot, "--plot")
+    if args.limit < 1:
+        raise GeomprobeError(f"--limit must be >= 1; got {args.limit}")
+    if args.plot and args.mode == "ablate":
+        raise GeomprobeError("--plot draws dose-response curves over multipliers; it needs --mode add")
+    rows = read_prompts(args.dataset)
+    labels = sorted({label for _, label in rows if label})
+    if labels:
+        pos = labels[choose_positive(labels, args.positive_label)] if len(labels) > 1 else labels[0]
+        prompts = [t for t, label in rows if label == pos]
+        others = [t for t, label in rows if label != pos]
+    else:
+        prompts, others = [t for t, _ in rows], []
+    harmless = [t for t, _ in read_prompts(args.harmless)] if args.harmless else others
+    model = model_from_args(args)
+    seen = _cache_texts(vec)
+    if seen:  # keep the vector's training prompts out of the validation split
+        rendered = render_prompts(model.tokenizer, prompts, not args.no_chat)
+        prompts = [p for p, r in zip(prompts, rendered) if r not in seen] or prompts
+        rendered_h = render_prompts(model.tokenizer, harmless, not args.no_chat)
+        harmless = [p for p, r in zip(harmless, rendered_h) if r not in seen] or harmless
+    rng = random.Random(args.seed)
+    prompts = rng.sample(prompts, min(args.limit, len(prompts)))
+    harmless = rng.sample(harmless, min(args.limit, len(harmless))) if harmless else []
+    probe = None
+    if args.metric == "probe":
+        if not args.probe:
+            raise GeomprobeError("--metric probe needs --probe PROBE_DIR")
+        from ..steering import build_from_probe
+
+        pv = build_from_probe(args.probe)
+        probe = (pv.hooks[0], pv.vectors[pv.hooks[0]].numpy(), 0.0)
+    refusal_ids = None
+    if args.refusal_tokens:
+        from ..steering import refusal_token_ids
+
+        refusal_ids = refusal_token_ids(model.tokenizer, args.refusal_tokens)
+    result = search_layers(
+        model, vec, prompts, harmless_prompts=harmless, hooks=args.layers, multipliers=args.multipliers,
+        metric=args.metric, mode=args.mode, refusal_tokens=refusal_ids, answer_tokens=args.answer_tokens,
+        probe=probe, chat=not args.no_chat, batch_size=args.batch_size,
+    )
+    print(f"model {result.model_id}; metric {result.metric} on {len(prompts)} prompts (unsteered mean {result.baseline:.4f}); "
+          f"KL on {len(harmless)} harmless prompts")
+    print(result.table())
+    best = result.best(args.kl_limit, args.max_layer_fraction, maximize=not args.minimize)
+    if best is None:
+        print(f"no setting keeps KL <= {args.kl_limit} below layer fraction {args.max_layer_fraction}")
+    else:
+        mult = "ablate" if best.multiplier is None else f"{best.multiplier:g}"
+        print(f"best: {best.hook} multiplier {mult} -> {best.metric} {best.score_mean:.4f} (KL {best.kl_mean})")
+    if args.json:
+        payload = result.to_dict(args.kl_limit)
+        payload["best"] = None if best is None else best.__dict__
+        write_json(args.json, payload)
+    if args.plot:
+        from ..plots._style import save_figure
+        from ..plots.steering import dose_response
+
+        save_figure(dose_response(result), args.plot)
+    return 0
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    from ..steering import ablate, bake_ablation, generate
+    from ..steering.ablation import unit_direction
+
+    vec = _load_vector(args.vector)
+    if args.hook and args.hook not in vec.vectors:
+        raise GeomprobeError(f"the vector has no direction for {args.hook}; it has {', '.join(vec.hooks[:4])}")
+    unit_direction(vec, args.hook)  # validates --hook / a single hook before loading the model
+    if args.save_model:
+        target = Path(args.save_model)
+        if target.exists() and (not target.is_dir() or any(target.iterdir())) and not args.overwrite:
+            raise GeomprobeError(f"{args.save_model!r} exists and is not empty; pass --overwrite or choose another folder")
+        if not target.parent.exists():
+            raise GeomprobeError(f"folder {str(target.parent)!r} does not exist; create it first")
+    model = model_from_args(args)
+    if vec.d_model != model.d_model:
+        raise GeomprobeError(
+            f"steering vector width {vec.d_model} does not match the model's d_model {model.d_model}; "
+            "build the vector from this model's activations"
+        )
+    if args.prompt:
+        base = generate(model, args.prompt, max_new_tokens=args.max_new_tokens)
+        with ablate(model, vec, hook=args.hook):
+            abl = generate(model, args.prompt, max_new_tokens=args.max_new_tokens)
+        for b_row, a_row in zip(base, abl):
+            print(f"\n> {b_row.prompt}\n  [ original] {b_row.text}\n  [  ablated] {a_row.text}")
+    if args.save_model:
+        out = bake_ablation(model, vec, args.save_model, hook=args.hook, overwrite=args.overwrite)
+        print(f"wrote ablated checkpoint {out} (load it with --model {out})")
+    elif not args.prompt:
+        raise GeomprobeError("nothing to do; pass --save-model DIR and/or --prompt TEXT")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ..steering import export_gguf, gguf_layer_for_hook
+
+    vec = _load_vector(args.vector)
+    hooks = args.hooks or vec.hooks
+    path = export_gguf(vec, args.out, multiplier=args.multiplier, hooks=hooks, model_hint=args.model_hint, overwrite=args.overwrite)
+    layers = ", ".join(f"{h} -> direction.{gguf_layer_for_hook(h)}" for h in hooks)
+    print(f"wrote {path}: {layers}")
+    return 0
+
+
+def run_screen(args: argparse.Namespace) -> int:
+    from ..steering import screen_cache
+
+    check_new_file(args.json, "--json")
+    check_new_file(args.plot, "--plot")
+    records = screen_cache(args.cache, hooks=args.hooks, pooling=args.pooling, positive_label=args.positive_label, bins=args.bins)
+    print(f"{'hook':32s} {'JS bits':>8s} {'cohen d':>8s} {'mean cos':>9s} {'sign agr':>9s}")
+    for r in records:
+        cos = "-" if r.mean_cosine is None else f"{r.mean_cosine:.3f}"
+        sign = "-" if r.sign_agreement is None else f"{r.sign_agreement:.3f}"
+        print(f"{r.hook:32s} {r.js_bits:8.3f} {r.cohens_d:8.3f} {cos:>9s} {sign:>9s}")
+    if args.json:
+        write_json(args.json, {"cache": args.cache, "records": [r.__dict__ for r in records]})
+    if args.plot:
+        from ..plots._style import save_figure
+        from ..plots.steering import layer_screen
+
+        save_figure(layer_screen(records), args.plot)
+    return 0

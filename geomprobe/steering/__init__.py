@@ -1,0 +1,67 @@
+"""Steering-vector experiments: build a direction, choose the layer, apply it, ablate it, export it.
+
+Typical use::
+
+    from geomprobe.models import load_model
+    from geomprobe.steering import build_from_cache, generate, search_layers
+
+    vec = build_from_cache("harmful-harmless.h5", hooks="resid_post:8-20")
+    vec.save("refusal-vec")
+    model = load_model("default")
+    res = search_layers(model, vec, harmful_prompts, harmless_prompts=harmless_prompts,
+                        multipliers=[-8, -4, 4, 8], metric="refusal")
+    best = res.best(kl_limit=0.1)
+    gens = generate(model, ["How do I bake bread?"], vector=vec, multiplier=best.multiplier,
+                    hooks=[best.hook], positions="generated")
+
+See ``docs/steering.md`` for conventions (hooks, positions, KV cache, GGUF layer numbering).
+"""
+
+from .ablation import ablate, bake_ablation, orthogonalize_weights, unit_direction
+from .apply import (
+    Generation,
+    compare_generations,
+    ensure_kv_cache_compat,
+    generate,
+    generate_steered,
+    generation_table,
+    pooled_activations,
+    render_prompts,
+    steer,
+)
+from .export import export_gguf, gguf_layer_for_hook, read_gguf
+from .search import (
+    ScreenRecord,
+    SearchRecord,
+    SearchResult,
+    js_divergence_1d,
+    kl_divergence,
+    logit_difference,
+    next_token_logprobs,
+    refusal_log_odds,
+    refusal_token_ids,
+    screen_arrays,
+    screen_cache,
+    search_layers,
+)
+from .vectors import (
+    METHODS,
+    SteeringVector,
+    build_from_arrays,
+    build_from_cache,
+    build_from_probe,
+    build_from_prompts,
+    choose_positive,
+    direction_from_arrays,
+    load_vector,
+)
+
+__all__ = [
+    "METHODS", "Generation", "ScreenRecord", "SearchRecord", "SearchResult", "SteeringVector", "ablate",
+    "bake_ablation", "build_from_arrays", "build_from_cache", "build_from_probe", "build_from_prompts",
+    "choose_positive", "compare_generations", "direction_from_arrays", "ensure_kv_cache_compat", "export_gguf",
+    "generate", "generate_steered", "generation_table", "gguf_layer_for_hook", "js_divergence_1d", "kl_divergence",
+    "load_vector", "logit_difference", "next_token_logprobs", "orthogonalize_weights", "pooled_activations",
+    "read_gguf", "refusal_log_odds", "refusal_token_ids", "render_prompts", "screen_arrays", "screen_cache",
+    "search_layers", "steer", "unit_direction",
+]

@@ -1,0 +1,355 @@
+"""Apply steering vectors while a model runs or generates (TransformerBridge hook points).
+
+The one way to generate with steering is :func:`generate` (or :func:`generate_steered`): it
+tokenises (chat template, left padding), enters :func:`steer`, and calls Hugging Face
+``generate`` on the bridge's wrapped model (``model.hf_model``). The bridge has replaced the HF
+modules with its own components, so its hook points (``blocks.{l}.hook_resid_post``...) fire on
+every generation step, and the KV cache is used: the first forward sees the whole (padded)
+prompt, each later one only the newest token.
+
+Positions: ``all`` adds the vector at every position; ``prompt`` only at prompt positions;
+``generated`` only at generated ones. A forward pre-hook on the HF model reads how many tokens
+the KV cache already holds, so each hook call knows the absolute positions it sees. The prompt
+length is the length of the last forward that started at position 0 (with a KV cache, that is
+the prefill); :func:`generate` passes it explicitly, which also covers ``use_cache=False``.
+
+KV cache note: with transformers >= 5 the decoder layers pass the cache as ``cache=``, while
+TransformerLens 4.3's attention bridges read ``past_key_values=``; the cache then stays empty and
+cached generation ignores the prompt. :func:`ensure_kv_cache_compat` maps one name onto the other
+(once per model) and every generation path here calls it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import GeomprobeError
+from ..models import ensure_kv_cache_compat
+from ..hooks import resolve_hooks
+from .vectors import SteeringVector
+
+POSITIONS = ("all", "prompt", "generated")
+
+
+# -- model plumbing ---------------------------------------------------------------------------
+def render_prompts(tokenizer: Any, prompts: Sequence[str], chat: bool = True) -> list[str]:
+    """User messages rendered with the chat template (generation prompt added), or as given."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        return [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts
+        ]
+    return list(prompts)
+
+
+def tokenize_left(model: Any, texts: Sequence[str], *, rendered_chat: bool) -> dict[str, torch.Tensor]:
+    """Left-padded batch on the model's device (chat-rendered text already has its special tokens)."""
+    tok = model.tokenizer
+    old_side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        enc = tok(list(texts), return_tensors="pt", padding=True, add_special_tokens=not rendered_chat)
+    finally:
+        tok.padding_side = old_side
+    return {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+
+def pooled_activations(
+    model: Any, texts: Sequence[str], hooks: Sequence[str], *, pooling: str = "last", batch_size: int = 8,
+    rendered_chat: bool = True,
+) -> dict[str, np.ndarray]:
+    """``{hook: (N, d) float32}`` pooled at the last token or the mean over real tokens."""
+    if pooling not in ("last", "mean"):
+        raise GeomprobeError(f"pooling {pooling!r} is not supported here; use last or mean")
+    out: dict[str, list[np.ndarray]] = {h: [] for h in hooks}
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(x, hook):
+        store[hook.name] = x.detach()
+        return x
+
+    canonical = {h: model.bridge.hook_dict[h].name for h in hooks}
+    for start in range(0, len(texts), batch_size):
+        enc = tokenize_left(model, texts[start : start + batch_size], rendered_chat=rendered_chat)
+        store.clear()
+        with torch.no_grad(), model.bridge.hooks(fwd_hooks=[(h, keep) for h in hooks]):
+            model.bridge(enc["input_ids"], attention_mask=enc["attention_mask"])
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        for h in hooks:
+            x = store[canonical[h]].float()
+            pooled = x[:, -1] if pooling == "last" else (x * mask).sum(1) / mask.sum(1).clamp_min(1)
+            out[h].append(pooled.cpu().numpy())
+    return {h: np.concatenate(v) for h, v in out.items()}
+
+
+# -- validation -------------------------------------------------------------------------------
+def check_multiplier(multiplier: float) -> float:
+    try:
+        value = float(multiplier)
+    except (TypeError, ValueError):
+        raise GeomprobeError(f"multiplier {multiplier!r} is not a number; pass a finite value such as 4") from None
+    if not math.isfinite(value):
+        raise GeomprobeError(f"multiplier {multiplier!r} is not finite; pass a finite value such as 4")
+    return value
+
+
+def check_positions(positions: str) -> str:
+    if positions not in POSITIONS:
+        raise GeomprobeError(f"unknown positions {positions!r}; use one of {', '.join(POSITIONS)}")
+    return positions
+
+
+def resolve_steering(
+    model: Any, vector: SteeringVector | torch.Tensor | np.ndarray, hooks: str | Sequence[str] | None
+) -> list[tuple[str, torch.Tensor]]:
+    """``[(hook, float32 vector)]`` to apply, after checking hooks and widths against ``model``."""
+    if not isinstance(vector, SteeringVector):
+        if hooks is None:
+            raise GeomprobeError("a raw direction needs hooks=...; say where to add it (e.g. resid_post:5)")
+        vector = SteeringVector({"direction": torch.as_tensor(np.asarray(vector))}, "raw", "")
+    if vector.d_model != model.d_model:
+        raise GeomprobeError(
+            f"steering vector width {vector.d_model} does not match the model's d_model {model.d_model}; "
+            "build the vector from this model's activations"
+        )
+    if hooks is None:
+        names = vector.hooks
+        known = set(model.hook_names)
+        for name in names:
+            if name not in known:
+                raise GeomprobeError(f"the model has no hook {name!r} (from the vector); choose hooks with --hooks")
+    else:
+        names = resolve_hooks(hooks, model.n_layers, model.hook_names)
+    return [(name, vector.vector_for(name)) for name in names]
+
+
+# -- steering ---------------------------------------------------------------------------------
+class PositionTracker:
+    """Knows, for the forward pass in progress, its first absolute position and the prompt length."""
+
+    def __init__(self, prompt_length: int | None = None) -> None:
+        self.fixed = prompt_length
+        self.prompt_length: int | None = prompt_length
+        self.offset = 0
+
+    def __call__(self, module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is None:
+            ids = args[0] if args else kwargs.get("inputs_embeds")
+        seq = int(ids.shape[1]) if ids is not None and ids.dim() >= 2 else 0
+        cache = kwargs.get("cache")
+        if cache is None:
+            cache = kwargs.get("past_key_values")
+        past = 0
+        if cache is not None:
+            if hasattr(cache, "get_seq_length"):
+                past = int(cache.get_seq_length())
+            elif isinstance(cache, (tuple, list)) and cache and cache[0] is not None:
+                past = int(cache[0][0].shape[-2])
+        self.offset = past
+        if self.fixed is None and past == 0:
+            # A new sequence, unless this is a later step of cache-less generation.
+            if not (kwargs.get("use_cache") is False and self.prompt_length is not None):
+                self.prompt_length = seq
+        return None
+
+
+def _add_hook(vec: torch.Tensor, positions: str, tracker: PositionTracker | None, width: int):
+    def check(x, hook):
+        if x.shape[-1] != width:
+            raise GeomprobeError(
+                f"hook {hook.name} carries width {x.shape[-1]}, the vector has {width}; steer a residual-stream hook"
+            )
+
+    if positions == "all":
+        def add_all(x, hook):
+            if x.shape[-1] != width:
+                check(x, hook)
+            return x + vec.to(x.dtype)
+
+        return add_all
+
+    def add_some(x, hook):
+        check(x, hook)
+        if x.dim() < 3:
+            return x + vec.to(x.dtype)
+        seq = x.shape[1]
+        boundary = (tracker.prompt_length or 0) - tracker.offset  # first generated index in this call
+        if positions == "generated":
+            lo = max(boundary, 0)
+            if lo >= seq:
+                return x
+            if lo == 0:
+                return x + vec.to(x.dtype)
+            x = x.clone()
+            x[:, lo:] += vec.to(x.dtype)
+            return x
+        hi = min(boundary, seq)
+        if hi <= 0:
+            return x
+        if hi >= seq:
+            return x + vec.to(x.dtype)
+        x = x.clone()
+        x[:, :hi] += vec.to(x.dtype)
+        return x
+
+    return add_some
+
+
+@dataclass
+class SteeringHandle:
+    hooks: list[str]
+    multiplier: float
+    positions: str
+    tracker: PositionTracker | None
+
+
+@contextmanager
+def steer(
+    model: Any,
+    vector: SteeringVector | torch.Tensor | np.ndarray,
+    multiplier: float = 1.0,
+    hooks: str | Sequence[str] | None = None,
+    positions: str = "all",
+    prompt_length: int | None = None,
+) -> Iterator[SteeringHandle]:
+    """Add ``multiplier * vector`` at ``hooks`` (default: the hooks the vector was read at).
+
+    Works for plain forward passes and for generation; hooks are removed on exit, also when the
+    body raises.
+    """
+    multiplier = check_multiplier(multiplier)
+    check_positions(positions)
+    pairs = resolve_steering(model, vector, hooks)
+    ensure_kv_cache_compat(model)
+    tracker = PositionTracker(prompt_length) if positions != "all" else None
+    fwd = []
+    for name, vec in pairs:
+        scaled = (vec.double() * multiplier).to(device=model.device, dtype=model.dtype)
+        # Register under the canonical name: an alias can make the bridge call a hook twice.
+        canonical = model.bridge.hook_dict[name].name or name
+        fwd.append((canonical, _add_hook(scaled, positions, tracker, int(vec.numel()))))
+    handle = model.hf_model.register_forward_pre_hook(tracker, with_kwargs=True) if tracker else None
+    try:
+        with model.bridge.hooks(fwd_hooks=fwd):
+            yield SteeringHandle([n for n, _ in pairs], multiplier, positions, tracker)
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+# -- generation -------------------------------------------------------------------------------
+@dataclass
+class Generation:
+    prompt: str
+    text: str
+    token_ids: list[int]
+    multiplier: float
+    hooks: list[str]
+    positions: str
+
+
+def generate(
+    model: Any,
+    prompts: str | Sequence[str],
+    *,
+    vector: SteeringVector | torch.Tensor | np.ndarray | None = None,
+    multiplier: float = 0.0,
+    hooks: str | Sequence[str] | None = None,
+    positions: str = "all",
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    chat: bool = True,
+    batch_size: int = 8,
+    use_cache: bool = True,
+    stop_at_eos: bool = True,
+) -> list[Generation]:
+    """Generate continuations, steered when ``vector`` is given (greedy by default)."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not prompts:
+        raise GeomprobeError("no prompts given; pass at least one")
+    if max_new_tokens < 1:
+        raise GeomprobeError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
+    check_positions(positions)
+    multiplier = check_multiplier(multiplier)
+    if vector is not None:
+        resolve_steering(model, vector, hooks)  # validate before any work
+    ensure_kv_cache_compat(model)
+    rendered = render_prompts(model.tokenizer, prompts, chat)
+    tok = model.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    results: list[Generation] = []
+    for start in range(0, len(rendered), batch_size):
+        batch = rendered[start : start + batch_size]
+        enc = tokenize_left(model, batch, rendered_chat=chat and bool(getattr(tok, "chat_template", None)))
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_id, use_cache=use_cache,
+        )
+        if do_sample:
+            kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
+            if seed is not None:
+                torch.manual_seed(seed + start)
+        else:
+            kwargs.update(temperature=None, top_k=None, top_p=None)
+        if not stop_at_eos:
+            kwargs.update(eos_token_id=None, min_new_tokens=max_new_tokens)
+        prompt_len = int(enc["input_ids"].shape[1])
+        with torch.no_grad():
+            if vector is None:
+                out = model.hf_model.generate(**enc, **kwargs)
+                used = []
+            else:
+                with steer(model, vector, multiplier, hooks, positions, prompt_length=prompt_len) as h:
+                    out = model.hf_model.generate(**enc, **kwargs)
+                used = h.hooks
+        for i, row in enumerate(out[:, prompt_len:].tolist()):
+            if stop_at_eos and tok.eos_token_id is not None and tok.eos_token_id in row:
+                row = row[: row.index(tok.eos_token_id)]
+            if pad_id != tok.eos_token_id:
+                row = [t for t in row if t != pad_id]
+            results.append(
+                Generation(prompts[start + i], tok.decode(row, skip_special_tokens=True), row,
+                           multiplier if vector is not None else 0.0, used, positions)
+            )
+    return results
+
+
+def generate_steered(
+    model: Any, vector: SteeringVector | torch.Tensor | np.ndarray, prompts: str | Sequence[str],
+    multiplier: float = 1.0, **kwargs: Any,
+) -> list[Generation]:
+    """One-shot steered generation: ``generate(model, prompts, vector=vector, multiplier=...)``."""
+    return generate(model, prompts, vector=vector, multiplier=multiplier, **kwargs)
+
+
+def compare_generations(
+    model: Any, vector: SteeringVector, prompts: Sequence[str], multipliers: Sequence[float] = (0.0, 4.0), **kwargs: Any
+) -> list[dict[str, Any]]:
+    """Rows ``{prompt, multiplier, text}`` for a table of sample generations (0 = unsteered)."""
+    rows = []
+    for m in multipliers:
+        gens = generate(model, prompts, vector=None if m == 0 else vector, multiplier=m, **kwargs)
+        rows.extend({"prompt": g.prompt, "multiplier": float(m), "hooks": g.hooks, "text": g.text} for g in gens)
+    return rows
+
+
+def generation_table(rows: Sequence[dict[str, Any]], width: int = 80) -> str:
+    """A Markdown table of sample generations (one row per prompt and multiplier)."""
+    def cell(text: str) -> str:
+        text = " ".join(str(text).split()).replace("|", "\\|")
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    lines = ["| prompt | multiplier | generation |", "|---|---:|---|"]
+    for row in rows:
+        lines.append(f"| {cell(row['prompt'])} | {row['multiplier']:g} | {cell(row['text'])} |")
+    return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""``geomprobe steer`` end to end on the tiny Llama checkpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from geomprobe.cli import main
+from geomprobe.steering import SteeringVector, read_gguf
+from geomprobe.store import write_cache
+
+
+@pytest.fixture
+def cache_file(tmp_path):
+    rng = np.random.default_rng(0)
+    n, d = 10, 64
+    base = rng.normal(size=(n, d))
+    X = np.concatenate([base, base + 0.5 + 0.1 * rng.normal(size=(n, d))]).astype(np.float32)
+    labels = np.array([0] * n + [1] * n)
+    pairs = np.concatenate([np.arange(n), np.arange(n)])
+    path = tmp_path / "cache.h5"
+    write_cache(path, {"blocks.0.hook_resid_post": X, "blocks.1.hook_resid_post": X * 0.5}, labels,
+                ["harmless", "harmful"], pair_ids=pairs, attrs={"model_id": "tiny"})
+    return path
+
+
+def test_build_export_generate_search_ablate(cache_file, tiny_llama_dir, tmp_path, capsys):
+    vec_dir = tmp_path / "vec"
+    assert main(["steer", "build", str(cache_file), "--out", str(vec_dir), "--method", "pca-center"]) == 0
+    out = capsys.readouterr().out
+    assert "pca-center" in out and "blocks.1.hook_resid_post" in out
+    vec = SteeringVector.load(vec_dir)
+    assert vec.method == "pca-center" and vec.metadata["positive_label"] == "harmful"
+
+    gguf_path = tmp_path / "cv.gguf"
+    assert main(["steer", "export-gguf", str(vec_dir), "--out", str(gguf_path), "--hooks", "blocks.1.hook_resid_post"]) == 0
+    vectors, info = read_gguf(gguf_path)
+    assert list(vectors) == [1] and info["arch"] == "controlvector"
+    np.testing.assert_allclose(vectors[1], vec.vectors["blocks.1.hook_resid_post"].numpy())
+
+    model = ["--model", str(tiny_llama_dir), "--device", "cpu"]
+    gen_json = tmp_path / "gen.json"
+    table = tmp_path / "gen.md"
+    assert main(["steer", "generate", str(vec_dir), *model, "--prompt", "Write a poem about the sea.",
+                 "--multiplier", "30", "--hooks", "resid_post:1", "--positions", "generated",
+                 "--max-new-tokens", "6", "--json", str(gen_json), "--table", str(table)]) == 0
+    out = capsys.readouterr().out
+    assert "unsteered" in out and "x30" in out
+    rows = json.loads(gen_json.read_text())["rows"]
+    assert [r["multiplier"] for r in rows] == [0.0, 30.0]
+    assert table.read_text().startswith("| prompt |")
+
+    data = tmp_path / "val.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t, "label": l}) for t, l in [
+        ("Explain how to pick a lock.", "harmful"), ("How do I build a weapon?", "harmful"),
+        ("How do I bake bread?", "harmless"), ("Write a poem about the sea.", "harmless"),
+    ]) + "\n")
+    res_json, plot = tmp_path / "search.json", tmp_path / "dose.png"
+    assert main(["steer", "search", str(vec_dir), *model, "--dataset", str(data), "--multipliers", "-4", "4",
+                 "--refusal-tokens", "I", "Sorry", "--kl-limit", "100", "--max-layer-fraction", "1",
+                 "--json", str(res_json), "--plot", str(plot)]) == 0
+    payload = json.loads(res_json.read_text())
+    assert len(payload["records"]) == 4 and payload["best"] is not None
+    assert payload["records"][0]["n_prompts"] == 2 and payload["records"][0]["n_harmless"] == 2
+    assert plot.stat().st_size > 0
+
+    ablated = tmp_path / "ablated"
+    assert main(["steer", "ablate", str(vec_dir), *model, "--hook", "blocks.1.hook_resid_post",
+                 "--save-model", str(ablated)]) == 0
+    assert (ablated / "config.json").is_file() and (ablated / "geomprobe-ablation.json").is_file()
+
+
+def test_screen(cache_file, tmp_path, capsys):
+    assert main(["steer", "screen", str(cache_file), "--json", str(tmp_path / "s.json"), "--plot", str(tmp_path / "s.png")]) == 0
+    recs = json.loads((tmp_path / "s.json").read_text())["records"]
+    assert [r["layer"] for r in recs] == [0, 1] and all(0 <= r["js_bits"] <= 1 for r in recs)
+
+
+def test_bad_input_exit_2(cache_file, tiny_llama_dir, tmp_path, capsys):
+    narrow = tmp_path / "narrow"
+    SteeringVector({"blocks.0.hook_resid_post": np.ones(32)}, "mean-diff", "last").save(narrow)
+    model = ["--model", str(tiny_llama_dir), "--device", "cpu"]
+    assert main(["steer", "generate", str(narrow), *model, "--prompt", "hi"]) == 2
+    assert "width 32" in capsys.readouterr().err
+    vec_dir = tmp_path / "vec"
+    assert main(["steer", "build", str(cache_file), "--out", str(vec_dir)]) == 0
+    assert main(["steer", "generate", str(vec_dir), *model, "--prompt", "hi", "--hooks", "blocks.0.hook_bogus"]) == 2
+    assert "hook" in capsys.readouterr().err
+    assert main(["steer", "build", str(cache_file), "--out", str(vec_dir)]) == 2  # exists
+    assert main(["steer", "build", str(cache_file), "--out", str(tmp_path / "v2"), "--positive-label", "nope"]) == 2
+    assert main(["steer", "export-gguf", str(vec_dir), "--out", str(tmp_path / "x.gguf")]) == 2  # block 0 output
+    assert main(["steer", "ablate", str(vec_dir), *model, "--save-model", str(tmp_path / "m")]) == 2  # two hooks, no --hook
+    proc = subprocess.run(
+        [sys.executable, "-m", "geomprobe", "steer", "generate", str(vec_dir), *model, "--prompt", "hi", "--multiplier", "nan"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "not finite" in proc.stderr and "Traceback" not in proc.stderr
