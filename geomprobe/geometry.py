@@ -651,7 +651,7 @@ def resample_indices(
     ci_level: float = 0.95,
     max_points: int = 1000,
     gamma: float = DEFAULT_GAMMA,
-    ci_method: str = "percentile",
+    ci_method: str = "basic",
     seed: int = 0,
 ) -> Resampling:
     """Stratified bootstrap intervals for every index and a label-permutation p-value for AQI.
@@ -671,7 +671,18 @@ def resample_indices(
     if max_points < 4:
         raise GeomprobeError(f"max_points must be at least 4; got {max_points}")
     X, codes, classes = _validate(X, labels, min_cluster_size=2)
-    k = len(classes)
+    return _resample(
+        lambda rows: X[rows], codes, len(classes), n_bootstrap=n_bootstrap, n_permutations=n_permutations,
+        ci_level=ci_level, max_points=max_points, gamma=gamma, ci_method=ci_method, seed=seed,
+    )
+
+
+def _resample(
+    read_rows, codes: np.ndarray, k: int, *, n_bootstrap: int, n_permutations: int, ci_level: float, max_points: int,
+    gamma: float, ci_method: str, seed: int,
+) -> Resampling:
+    """:func:`resample_indices` given ``read_rows(rows) -> activations of those rows`` (rows sorted), so
+    a cache too large for memory only ever reads its ``max_points`` subsample."""
     rng = np.random.default_rng(seed)
     n = len(codes)
     rows = np.arange(n)
@@ -681,7 +692,7 @@ def resample_indices(
         counts = np.bincount(codes, minlength=k)
         take = np.maximum(2, np.floor(counts * max_points / n).astype(int))
         rows = np.sort(np.concatenate([rng.choice(np.flatnonzero(codes == i), size=t, replace=False) for i, t in enumerate(take)]))
-    Z = X[rows].astype(np.float64)
+    Z = np.asarray(read_rows(rows)).astype(np.float64)
     Z = Z - (Z.mean(axis=0) if not _is_constant(Z) else Z[0])
     y = codes[rows]
     D = _exact_square_distances(Z)
@@ -835,7 +846,7 @@ def layer_aqi(
     n_permutations: int = 200,
     max_points: int = 1000,
     ci_level: float = 0.95,
-    ci_method: str = "percentile",
+    ci_method: str = "basic",
     reduce: str | None = None,
     seed: int = 0,
     device: str | torch.device | None = "auto",
@@ -850,6 +861,18 @@ def layer_aqi(
         X, y, n_bootstrap=n_bootstrap, n_permutations=n_permutations, ci_level=ci_level,
         max_points=max_points, gamma=gamma, ci_method=ci_method, seed=seed,
     ) if (n_bootstrap or n_permutations) else None
+    return _layer_result(
+        report, res, hook=hook, layer=layer, pooling=pooling, class_names=class_names, gamma=gamma,
+        n_bootstrap=n_bootstrap, n_permutations=n_permutations, ci_level=ci_level, ci_method=ci_method,
+        reduction=method if method == "none" else f"{method}:{dims}", seed=seed,
+    )
+
+
+def _layer_result(
+    report: ClusterReport, res: Resampling | None, *, hook: str, layer: int, pooling: str,
+    class_names: Sequence[str] | None, gamma: float, n_bootstrap: int, n_permutations: int, ci_level: float,
+    ci_method: str, reduction: str, seed: int,
+) -> LayerAQI:
     names = list(class_names) if class_names is not None else [str(c) for c in report.classes]
     nan2 = (math.nan, math.nan)
     ci = res.ci if res else {name: nan2 for name in (*INDEX_NAMES, "aqi")}
@@ -861,8 +884,7 @@ def layer_aqi(
         p_value=res.p_value if res else None, n_bootstrap=n_bootstrap, n_permutations=n_permutations,
         resample_n=res.resample_n if res else 0, subsampled=res.subsampled if res else False,
         subsample_aqi=res.subsample_aqi if res else math.nan, min_between=report.min_between,
-        max_diameter=report.max_diameter, reduction=method if method == "none" else f"{method}:{dims}",
-        seed=seed, notes=report.notes,
+        max_diameter=report.max_diameter, reduction=reduction, seed=seed, notes=report.notes,
     )
 
 
@@ -886,14 +908,19 @@ def aqi_by_layer(
     n_permutations: int = 200,
     max_points: int = 1000,
     ci_level: float = 0.95,
-    ci_method: str = "percentile",
+    ci_method: str = "basic",
     reduce: str | None = None,
     variants: Sequence[str] = (),
     seed: int = 0,
     device: str | torch.device | None = "auto",
     progress: bool = False,
+    stream: bool | None = None,
 ) -> list[LayerAQI]:
     """AQI with intervals and p-value for each selected hook of a cache file (or open CacheFile).
+
+    ``stream=True`` reads the cache in blocks (exact indices, equal to the in-memory result up to
+    float64 summation order; see :mod:`geomprobe.chunked`); ``None`` streams only when one
+    layer's rows would not fit comfortably in the memory available.
 
     ``variants`` may add ``"chi-xb"`` (the paper's 0-100 variant, relative to these layers) to each
     record's ``variants``. Each layer uses the same seed, so its results do not depend on which
@@ -912,7 +939,24 @@ def aqi_by_layer(
             from tqdm import tqdm
 
             iterator = tqdm(chosen, desc="aqi", unit="layer", leave=False)
+        from .chunked import needs_streaming, streamed_layer_aqi
+
+        if stream is None:
+            stream = needs_streaming(len(choice.rows), cache.d_model)
+        if stream and reduce:
+            raise GeomprobeError("--reduce needs the whole layer in memory; drop it to stream a large cache")
         for hook in iterator:
+            if stream:
+                try:
+                    result = streamed_layer_aqi(
+                        cache, hook, pooling, choice.rows, choice.y, class_names=choice.names, gamma=gamma,
+                        n_bootstrap=n_bootstrap, n_permutations=n_permutations, max_points=max_points,
+                        ci_level=ci_level, ci_method=ci_method, seed=seed, device=device,
+                    )
+                except GeomprobeError as exc:
+                    raise GeomprobeError(f"{hook}/{pooling}: {exc}") from None
+                results.append(result)
+                continue
             X = cache.read(hook, pooling, rows=choice.rows)
             try:
                 result = layer_aqi(

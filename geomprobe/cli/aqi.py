@@ -33,8 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--n-permutations", type=int, default=200, help="label permutations per layer (0: no p-value)")
     p.add_argument("--max-points", type=int, default=1000, help="rows used for resampling (stratified subsample above this)")
     p.add_argument("--ci", type=float, default=0.95, help="interval level (default 0.95)")
-    p.add_argument("--ci-method", default="percentile", choices=("percentile", "basic"),
-                   help="bootstrap interval: percentile (default) or basic (bias-reflected); see docs/aqi.md")
+    p.add_argument("--ci-method", default="basic", choices=("percentile", "basic"),
+                   help="bootstrap interval: basic (bias-reflected, default) or percentile; see docs/aqi.md")
     p.add_argument("--reduce", default="none", help="none (default), pca[:K] or tsne[:K]: only to reproduce the paper's numbers")
     p.add_argument("--variants", nargs="+", default=[], choices=("chi-xb",), help="also report the paper's chi-xb variant")
     p.add_argument("--no-pooled", action="store_true", help="skip the layer-pooled AQI")
