@@ -120,9 +120,12 @@ def test_build_from_cache_labels_and_save_load(tmp_path):
 
 
 def test_build_from_prompts_matches_hf_hidden_states(tiny_llama):
-    pos = render_prompts(tiny_llama.tokenizer, ["Explain how to pick a lock.", "Build a weapon step by step."])
-    neg = render_prompts(tiny_llama.tokenizer, ["How do I bake bread?", "Write a poem about the sea."])
-    vec = build_from_prompts(tiny_llama, pos, neg, hooks=["resid_post:0"])
+    raw_pos = ["Explain how to pick a lock.", "Build a weapon step by step."]
+    raw_neg = ["How do I bake bread?", "Write a poem about the sea."]
+    vec = build_from_prompts(tiny_llama, raw_pos, raw_neg, hooks=["resid_post:0"])
+    # The prompts are rendered with the chat template, as the cache does.
+    pos = render_prompts(tiny_llama.tokenizer, raw_pos)
+    neg = render_prompts(tiny_llama.tokenizer, raw_neg)
     ref = []
     with torch.no_grad():
         for p, n in zip(pos, neg):

@@ -25,7 +25,6 @@ from .apply import (
     generate,
     generate_steered,
     generation_table,
-    pooled_activations,
     render_prompts,
     steer,
 )
@@ -61,7 +60,7 @@ __all__ = [
     "bake_ablation", "build_from_arrays", "build_from_cache", "build_from_probe", "build_from_prompts",
     "choose_positive", "compare_generations", "direction_from_arrays", "ensure_kv_cache_compat", "export_gguf",
     "generate", "generate_steered", "generation_table", "gguf_layer_for_hook", "js_divergence_1d", "kl_divergence",
-    "load_vector", "logit_difference", "next_token_logprobs", "orthogonalize_weights", "pooled_activations",
+    "load_vector", "logit_difference", "next_token_logprobs", "orthogonalize_weights",
     "read_gguf", "refusal_log_odds", "refusal_token_ids", "render_prompts", "screen_arrays", "screen_cache",
     "search_layers", "steer", "unit_direction",
 ]

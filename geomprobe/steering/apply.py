@@ -61,34 +61,6 @@ def tokenize_left(model: Any, texts: Sequence[str], *, rendered_chat: bool) -> d
     return {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
 
-def pooled_activations(
-    model: Any, texts: Sequence[str], hooks: Sequence[str], *, pooling: str = "last", batch_size: int = 8,
-    rendered_chat: bool = True,
-) -> dict[str, np.ndarray]:
-    """``{hook: (N, d) float32}`` pooled at the last token or the mean over real tokens."""
-    if pooling not in ("last", "mean"):
-        raise GeomprobeError(f"pooling {pooling!r} is not supported here; use last or mean")
-    out: dict[str, list[np.ndarray]] = {h: [] for h in hooks}
-    store: dict[str, torch.Tensor] = {}
-
-    def keep(x, hook):
-        store[hook.name] = x.detach()
-        return x
-
-    canonical = {h: model.bridge.hook_dict[h].name for h in hooks}
-    for start in range(0, len(texts), batch_size):
-        enc = tokenize_left(model, texts[start : start + batch_size], rendered_chat=rendered_chat)
-        store.clear()
-        with torch.no_grad(), model.bridge.hooks(fwd_hooks=[(h, keep) for h in hooks]):
-            model.bridge(enc["input_ids"], attention_mask=enc["attention_mask"])
-        mask = enc["attention_mask"].unsqueeze(-1).float()
-        for h in hooks:
-            x = store[canonical[h]].float()
-            pooled = x[:, -1] if pooling == "last" else (x * mask).sum(1) / mask.sum(1).clamp_min(1)
-            out[h].append(pooled.cpu().numpy())
-    return {h: np.concatenate(v) for h, v in out.items()}
-
-
 # -- validation -------------------------------------------------------------------------------
 def check_multiplier(multiplier: float) -> float:
     try:

@@ -314,6 +314,9 @@ def screen_arrays(
     X: np.ndarray, positive: np.ndarray, negative: np.ndarray, pair_ids: np.ndarray | None, *, bins: int = 32
 ) -> dict[str, Any]:
     X = np.asarray(X, np.float64)
+    if not np.all(np.isfinite(X)):
+        bad = int((~np.isfinite(X)).any(axis=1).sum()) if X.ndim == 2 else int((~np.isfinite(X)).sum())
+        raise GeomprobeError(f"activations contain NaN or inf in {bad} row(s); recreate the cache (check the model dtype)")
     positive, negative = np.asarray(positive, bool), np.asarray(negative, bool)
     diffs = paired_differences(X, positive, negative, pair_ids)
     mean_diff = diffs.mean(0) if len(diffs) else X[positive].mean(0) - X[negative].mean(0)

@@ -425,18 +425,21 @@ def build_from_prompts(
     paired: bool = True,
     batch_size: int = 8,
 ) -> SteeringVector:
-    """Read activations of rendered ``positive``/``negative`` texts from ``model`` and build a vector.
+    """Read activations of ``positive``/``negative`` user prompts from ``model`` and build a vector.
 
+    Prompts are rendered and pooled exactly as ``geomprobe cache`` does (chat template, ``last`` or
+    ``mean`` over the message), so the vector matches one built from a cache of the same prompts.
     With ``paired=True`` the i-th positive and i-th negative text form a contrast pair.
     """
+    from ..cache import pooled_activations
     from ..hooks import resolve_hooks
-    from .apply import pooled_activations
 
     if paired and len(positive) != len(negative):
         raise GeomprobeError(f"paired prompts need equal counts; got {len(positive)} positive and {len(negative)} negative")
     names = resolve_hooks(hooks, model.n_layers, model.hook_names)
     texts = list(positive) + list(negative)
-    acts = pooled_activations(model, texts, names, pooling=pooling, batch_size=batch_size)
+    pooled = pooled_activations(model, texts, names, poolings=[pooling], batch_size=batch_size)
+    acts = {hook: values[pooling] for hook, values in pooled.items()}
     labels = np.array([1] * len(positive) + [0] * len(negative))
     pair_ids = np.concatenate([np.arange(len(positive)), np.arange(len(negative))]) if paired else None
     return build_from_arrays(
