@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import GeomprobeError
+from ..labels import choose_positive
 from ..hooks import hook_layer
 
 FORMAT = "geomprobe-steering-vector"
@@ -42,13 +43,6 @@ FORMAT_VERSION = 1
 METHODS = ("mean-diff", "pca-diff", "pca-center")
 VECTOR_FILE = "vector.safetensors"
 SIDECAR_FILE = "vector.json"
-# Label names taken as the "positive" side (the behaviour a positive multiplier adds).
-POSITIVE_NAMES = (
-    "harmful", "dishonest", "unsafe", "deceptive", "deception", "toxic", "lying", "liar",
-    "untruthful", "refusal", "refuse", "jailbreak", "misaligned", "positive",
-)
-
-
 def _safe_layer(hook: str) -> int:
     try:
         return hook_layer(hook)
@@ -223,22 +217,6 @@ def load_vector(folder: str | os.PathLike) -> SteeringVector:
 
 
 # -- direction math ---------------------------------------------------------------------------
-def choose_positive(label_names: Sequence[str], positive_label: str | None = None) -> int:
-    """Index of the positive class: ``positive_label`` if given, else a known name, else 1."""
-    names = [str(n) for n in label_names]
-    if positive_label is not None:
-        if positive_label not in names:
-            raise GeomprobeError(f"--positive-label {positive_label!r} is not a label here; labels are {', '.join(names)}")
-        return names.index(positive_label)
-    for candidate in POSITIVE_NAMES:
-        for i, name in enumerate(names):
-            if name.lower() == candidate:
-                return i
-    if len(names) < 2:
-        raise GeomprobeError(f"need two labelled classes to build a direction; found {names}")
-    return 1
-
-
 def paired_differences(
     X: np.ndarray, positive: np.ndarray, negative: np.ndarray, pair_ids: np.ndarray | None
 ) -> np.ndarray:
