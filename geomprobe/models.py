@@ -215,6 +215,11 @@ def load_checkpoint(
         gguf = Path(model_str)
         if not gguf.is_file():
             raise GeomprobeError(f"GGUF file {model_str!r} does not exist; check the path")
+        with open(gguf, "rb") as handle:
+            if handle.read(4) != b"GGUF":
+                raise GeomprobeError(
+                    f"{model_str!r} is not a GGUF file (no GGUF magic bytes); pass a real .gguf, a model folder or 'default'"
+                )
         gguf_sha = file_sha256(gguf)
         folder = _converted_gguf_folder(gguf.resolve(), gguf_sha)
         model_id, source, rev = gguf.stem, str(gguf.resolve()), f"gguf-sha256:{gguf_sha}"
@@ -235,7 +240,8 @@ def load_checkpoint(
         kwargs["revision"] = revision
     try:
         tokenizer = AutoTokenizer.from_pretrained(load_from, **kwargs)
-        hf_kwargs = dict(kwargs, dtype=torch_dtype)
+        # safetensors only: never fall back to pickled pytorch_model.bin weights.
+        hf_kwargs = dict(kwargs, dtype=torch_dtype, use_safetensors=True)
         if device_map is not None:
             hf_kwargs["device_map"] = device_map
         hf_model = AutoModelForCausalLM.from_pretrained(load_from, **hf_kwargs)
@@ -284,7 +290,12 @@ def load_model(
     device_map: str | dict | None = None,
 ) -> LoadedModel:
     """Load ``model`` ("default", a Hugging Face name, a checkpoint folder or a ``.gguf`` file)
-    and wrap it in a TransformerLens ``TransformerBridge``."""
+    and wrap it in a TransformerLens ``TransformerBridge``.
+
+    ``device_map`` (``"auto"``, ``"balanced"``, ``{"": "cpu"}``, a module->device dict) lets
+    accelerate spread one model over several GPUs and CPU memory; ``device`` is then ignored and
+    ``LoadedModel.device`` is where the embeddings live (inputs go there).
+    """
     from transformer_lens.model_bridge import TransformerBridge
 
     torch_dtype = resolve_dtype(dtype)
@@ -299,6 +310,12 @@ def load_model(
     )
     bridge.eval()
     ensure_kv_cache_compat(bridge.original_model)
+    extra: dict[str, Any] = {}
+    if device_map is not None:
+        torch_device = torch.device(bridge.cfg.device or next(ckpt.hf_model.parameters()).device)
+        # accelerate only records a map when it dispatched over several devices
+        placed = getattr(ckpt.hf_model, "hf_device_map", None) or {"": torch_device}
+        extra["device_map"] = {str(k): str(v) for k, v in placed.items()}
     return LoadedModel(
         bridge=bridge,
         tokenizer=ckpt.tokenizer,
@@ -310,4 +327,5 @@ def load_model(
         n_layers=int(bridge.cfg.n_layers),
         d_model=int(bridge.cfg.d_model),
         gguf_sha256=ckpt.gguf_sha256,
+        extra=extra,
     )

@@ -43,6 +43,7 @@ FORMAT_VERSION = 1
 POOLINGS = ("last", "mean", "all")
 STORE_DTYPES = ("float32", "float16", "bfloat16")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+BFLOAT16_MAX = float(np.uint32(0x7F7F0000).view(np.float32))
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -78,7 +79,13 @@ def to_stored(array: np.ndarray, store_dtype: str, where: str) -> np.ndarray:
         # Round to nearest even on the upper 16 bits of the float32 pattern.
         bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
         rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
-        return ((bits + rounding) >> 16).astype(np.uint16)
+        stored = ((bits + rounding) >> 16).astype(np.uint16)
+        # Finite float32 values above bfloat16's max (~3.39e38) would round to inf: refuse, as for float16.
+        if ((stored & np.uint16(0x7FFF)) == np.uint16(0x7F80)).any() and np.isfinite(array).all():
+            raise GeomprobeError(
+                f"activation magnitude above {BFLOAT16_MAX:.4g} at {where} overflows bfloat16; use --store-dtype float32"
+            )
+        return stored
     raise GeomprobeError(f"unknown store dtype {store_dtype!r}; use one of {', '.join(STORE_DTYPES)}")
 
 

@@ -194,16 +194,21 @@ def load_probe(
         raise GeomprobeError(f"{str(side_path)!r} is not a geomprobe probe sidecar")
     if int(side.get("format_version", 0)) > FORMAT_VERSION:
         raise GeomprobeError(f"probe format version {side['format_version']} is newer than this geomprobe; upgrade it")
+    try:
+        hooks = [str(h) for h in side["hooks"]]
+        d_model = int(side["d_model"])
+        method = str(side["method"])
+    except (KeyError, TypeError, ValueError) as exc:
+        what = exc.args[0] if isinstance(exc, KeyError) else "hooks/d_model/method"
+        raise GeomprobeError(f"{str(side_path)!r} lacks a valid {what!r} entry; the probe folder is damaged, re-save it") from None
     tensors = _read_tensors(tensor_path)
-    hooks = list(side["hooks"])
-    d_model = int(side["d_model"])
     try:
         stacked = {key: np.stack([np.asarray(tensors[f"{h}.{key}"], dtype=np.float64) for h in hooks]) for key in _KEYS}
     except KeyError as exc:
         raise GeomprobeError(f"{str(tensor_path)!r} lacks tensor {exc.args[0]!r}; the probe folder is damaged") from None
     if stacked["coef"].shape != (len(hooks), d_model):
         raise GeomprobeError(f"{str(tensor_path)!r} holds width {stacked['coef'].shape[-1]} but the sidecar says {d_model}")
-    fit = LayerFit(side["method"], stacked["coef"], stacked["intercept"][:, 0], stacked["mean"], stacked["scale"],
+    fit = LayerFit(method, stacked["coef"], stacked["intercept"][:, 0], stacked["mean"], stacked["scale"],
                    dict(side.get("params") or {}))
     keep = {"format", "format_version", "method", "params", "hooks", "layers", "pooling", "positive_label",
             "label_names", "model_id", "model_revision", "d_model", "score", "n_iter", "converged",

@@ -1,0 +1,107 @@
+"""Run the bad-input corpus (tests/bad_inputs/cases.py): one error line, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "bad_inputs"))
+from build import build_corpus_root  # noqa: E402
+from cases import CASES, SUBPROCESS_IDS  # noqa: E402
+
+import geomprobe.cli  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory, tiny_llama_dir):
+    root = tmp_path_factory.mktemp("bad inputs ü")  # a space and non-ASCII in every path
+    return root, build_corpus_root(root, tiny_llama_dir)
+
+
+def _snapshot(*folders: Path) -> dict[str, str]:
+    """Every file and folder under ``folders`` -> content hash (folders: 'dir')."""
+    out = {}
+    for folder in folders:
+        for path in sorted(folder.rglob("*")):
+            if "__pycache__" in path.parts:
+                continue
+            out[str(path)] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def _argv(case, paths) -> list[str]:
+    return [token.format(**paths) for token in case.argv]
+
+
+def _check_stderr(case, code: int, err: str) -> None:
+    assert code == 2, f"{case.id}: exit code {code}, stderr:\n{err}"
+    assert "Traceback" not in err, f"{case.id}: traceback:\n{err}"
+    lines = [line for line in err.splitlines() if line.strip()]
+    if case.usage:
+        # argparse: usage lines, then one "geomprobe <cmd>: error: ..." line.
+        assert lines and lines[-1].startswith("geomprobe") and ": error:" in lines[-1], f"{case.id}: {err}"
+        message = lines[-1]
+    else:
+        assert len(lines) == 1, f"{case.id}: expected one error line, got:\n{err}"
+        message = lines[0]
+        assert message.startswith("geomprobe: error: "), f"{case.id}: {message}"
+    assert case.expect.lower() in message.lower(), f"{case.id}: {case.expect!r} not in {message!r}"
+
+
+def _outputs_unchanged(case, paths, before: dict[str, str], root: Path, model: Path) -> None:
+    after = _snapshot(root, model)
+    added = sorted(set(after) - set(before))
+    removed = sorted(set(before) - set(after))
+    changed = sorted(p for p in set(before) & set(after) if before[p] != after[p])
+    assert not (added or removed or changed), f"{case.id}: added {added}, removed {removed}, changed {changed}"
+    for out in case.outputs:
+        out = out.format(**paths)
+        assert (out in before) == Path(out).exists(), f"{case.id}: {out} appeared or vanished"
+
+
+def test_corpus_is_big_and_covers_every_command():
+    assert len(CASES) >= 30
+    assert len({c.id for c in CASES}) == len(CASES)
+    commands = {c.argv[0] if c.argv[0] in ("aqi", "cache") else " ".join(c.argv[:2]) for c in CASES}
+    for needed in ("cache", "aqi", "subspace acts", "subspace weights", "subspace project", "probe train", "probe eval",
+                   "probe transfer", "probe tokens", "probe score", "steer build", "steer generate", "steer search",
+                   "steer ablate", "steer export-gguf", "steer screen"):
+        assert needed in commands, needed
+
+
+PARAMS = [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail, strict=False)] if c.xfail else [])
+          for c in CASES]
+
+
+@pytest.mark.parametrize("case", PARAMS)
+def test_bad_input_in_process(case, corpus, capsys, monkeypatch):
+    root, paths = corpus
+    model = Path(paths["model"])
+    monkeypatch.chdir(root)  # anything written to a relative default path would show in the snapshot
+    before = _snapshot(root, model)
+    capsys.readouterr()
+    try:
+        code = geomprobe.cli.main(_argv(case, paths))
+    except SystemExit as exc:  # argparse exits itself
+        code = exc.code
+    captured = capsys.readouterr()
+    _check_stderr(case, code, captured.err)
+    _outputs_unchanged(case, paths, before, root, model)
+
+
+@pytest.mark.parametrize("case_id", SUBPROCESS_IDS)
+def test_bad_input_subprocess(case_id, corpus):
+    case = next(c for c in CASES if c.id == case_id)
+    root, paths = corpus
+    model = Path(paths["model"])
+    before = _snapshot(root, model)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONIOENCODING="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "geomprobe", *_argv(case, paths)], capture_output=True, text=True,
+                          env=env, cwd=root, timeout=120)
+    _check_stderr(case, proc.returncode, proc.stderr)
+    _outputs_unchanged(case, paths, before, root, model)
