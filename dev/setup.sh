@@ -13,6 +13,11 @@ want="$(cat pyproject.toml dev/setup.sh | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VPY" -c "import geomprobe, torch, transformer_lens" 2>/dev/null; then
     exit 0
 fi
+# Headless Chromium renders the audit report in the browser test (Debian package; root only).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core) \
+        >/dev/null 2>&1 || echo "dev/setup.sh: could not install chromium; the browser test will be skipped" >&2
+fi
 "$VPY" -m pip install -q --upgrade pip 2>/dev/null || true
 # CPU torch first, from the local wheel: anything later that depends on torch is then satisfied
 # and never pulls a multi-GB CUDA build. On a GPU machine, install a CUDA torch before this script.

@@ -13,7 +13,15 @@ def load_model(*args, **kwargs):
     return _load(*args, **kwargs)
 
 
+def run_audit(*args, **kwargs):
+    """Audit a checkpoint (optionally against a second); see :func:`geomprobe.audit.run_audit`."""
+    from .audit import run_audit as _run
+
+    return _run(*args, **kwargs)
+
+
 __all__ = [
+    "run_audit",
     "GeomprobeError",
     "CacheFile",
     "open_cache",

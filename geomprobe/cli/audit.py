@@ -1,0 +1,68 @@
+"""``geomprobe audit``: audit a checkpoint (optionally against a second one) and write a report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import GeomprobeError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "audit",
+        help="audit a checkpoint: AQI, subspace overlap, probes and steering per layer, with a report",
+        description=(
+            "Cache the bundled contrast sets and report per layer: AQI with interval and p-value, activation-subspace "
+            "overlap, honesty-probe AUROC and recall at 1%% control FPR, and a steering dose-response. Writes "
+            "report.html (self-contained), report.md, metrics.json and PNGs into --out."
+        ),
+    )
+    p.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct), a folder, a .gguf file or a HF name")
+    p.add_argument("--against", default=None, metavar="MODEL",
+                   help="a second checkpoint of the same architecture: adds per-layer deltas, transfer and weight-update overlap")
+    p.add_argument("--out", default="audit", help="output folder (default: ./audit)")
+    p.add_argument("--quick", action="store_true", help="small sizes: 48 prompts per set, every 3rd layer, 50 resamples")
+    p.add_argument("--layers", nargs="+", type=int, default=None, metavar="L", help="audit these block indices only")
+    p.add_argument("--fail-if", action="append", default=[], metavar="EXPR",
+                   help="exit 1 when this holds, e.g. 'aqi.max<0.3' or 'probes.auroc.max<0.8' (repeatable; see docs/audit.md)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier audit in --out")
+    p.add_argument("--quiet", action="store_true", help="no per-stage progress")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..audit import parse_conditions, run_audit
+    from ..audit.pipeline import _check_out_dir
+    from ..report import fmt
+
+    # Cheap checks first: a bad --fail-if or --out must not cost a model load.
+    parse_conditions(args.fail_if, against=args.against is not None)
+    if args.batch_size < 1:
+        raise GeomprobeError(f"--batch-size must be at least 1, got {args.batch_size}")
+    _check_out_dir(Path(args.out), args.overwrite)
+    result = run_audit(
+        args.model, args.against, args.out, quick=args.quick, layers=args.layers, fail_if=args.fail_if, seed=args.seed,
+        dtype=args.dtype, device=args.device, batch_size=args.batch_size, overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    m = result.metrics
+    print(f"audited {m['model']['model_id']} ({len(m['settings']['layers'])} layers, {m['settings']['hook_kind']})"
+          + (f" against {m['against']['model_id']}" if m.get("against") else ""))
+    best = m["probes"]["best"]
+    print(f"max AQI {fmt(m['aqi']['max'])} at layer {m['aqi']['argmax_layer']}; best probe AUROC {fmt(best['auroc'])} "
+          f"({best['method']}, layer {best['layer']}); refusal log-odds {fmt(m['steering']['baseline'])} unsteered at "
+          f"{m['steering']['hook']}")
+    print(f"wrote {result.html_path}, {result.markdown_path}, {result.metrics_path}")
+    for gate in result.gates:
+        print(gate.line(), file=sys.stderr if gate.failed else sys.stdout)
+    if result.failed:
+        failed = [g.condition.text for g in result.gates if g.failed]
+        print(f"geomprobe: audit failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0

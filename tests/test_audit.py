@@ -1,0 +1,367 @@
+"""geomprobe audit: metrics against independent references, the schema, --fail-if, the CLI."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geomprobe.audit import (
+    FIELDS,
+    QUICK,
+    AuditSizes,
+    audited_layers,
+    choose_steering_layer,
+    evaluate_conditions,
+    load_metrics,
+    parse_condition,
+    parse_conditions,
+    run_audit,
+    schema_markdown,
+    validate_metrics,
+)
+from geomprobe.cli import main
+from geomprobe.errors import GeomprobeError
+from tiny import build_tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Small but complete: every stage runs, each with real numbers.
+SMALL = AuditSizes(
+    limit_harmful_harmless=40, limit_honesty=40, limit_control=32, n_bootstrap=20, n_permutations=20, n_draws=10,
+    probe_methods=("logistic", "mean-diff"), steering_prompts=4, multipliers=(-1.0, 1.0), pca_panels=2, token_prompts=2,
+)
+
+
+@pytest.fixture(scope="module")
+def audit_a(tiny_llama, tmp_path_factory):
+    out = tmp_path_factory.mktemp("audit") / "a"
+    return run_audit(tiny_llama, out_dir=out, sizes=SMALL, device="cpu", fail_if=["aqi.max<2", "probes.auroc.max>5"])
+
+
+# -- references -------------------------------------------------------------------------------------
+def _reference_aqi(X: np.ndarray, y: np.ndarray) -> dict:
+    from scipy.spatial.distance import cdist
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
+
+    X = X.astype(np.float64)
+    a, b = X[y == 0], X[y == 1]
+    between = cdist(a, b).min()
+    diameter = max(cdist(a, a).max(), cdist(b, b).max())
+    dbs = davies_bouldin_score(X, y)
+    dunn = between / diameter
+    return {"davies_bouldin": dbs, "dunn": dunn, "calinski_harabasz": calinski_harabasz_score(X, y),
+            "aqi": 0.5 / (1 + dbs) + 0.5 * dunn / (1 + dunn)}
+
+
+def _reference_mso(Xa: np.ndarray, Xb: np.ndarray, energy: float) -> tuple[float, int, int]:
+    def basis(X):
+        X = X.astype(np.float64) - X.astype(np.float64).mean(0)
+        U, s, _ = np.linalg.svd(X.T, full_matrices=False)
+        frac = np.cumsum(s**2) / (s**2).sum()
+        k = int(np.searchsorted(frac, energy - 1e-12) + 1)
+        return U[:, :k]
+
+    Qa, Qb = basis(Xa), basis(Xb)
+    return float(np.sum((Qa.T @ Qb) ** 2) / min(Qa.shape[1], Qb.shape[1])), Qa.shape[1], Qb.shape[1]
+
+
+def test_aqi_and_subspace_match_references(audit_a):
+    from geomprobe.store import open_cache
+
+    m = audit_a.metrics
+    with open_cache(audit_a.caches["harmful_harmless"]) as cache:
+        y = cache.labels
+        names = cache.label_names
+        for rec, sub in zip(m["aqi"]["per_layer"], m["subspace"]["per_layer"]):
+            X = cache.read(rec["hook"], "last")
+            ref = _reference_aqi(X, y)
+            for key in ("davies_bouldin", "dunn", "calinski_harabasz", "aqi"):
+                assert rec[key] == pytest.approx(ref[key], rel=1e-9), key
+            assert rec["ci_low"] <= rec["ci_high"]
+            assert 0 < rec["p_value"] <= 1
+            assert rec["n"] == len(y)
+            mso, ka, kb = _reference_mso(X[y == 0], X[y == 1], 0.9)
+            assert sub["mso"] == pytest.approx(mso, abs=1e-9)
+            assert (sub["k_a"], sub["k_b"]) == (ka, kb)
+            assert sub["baseline"] == pytest.approx(max(ka, kb) / X.shape[1])
+    assert m["aqi"]["labels"] == list(names)
+    values = [r["aqi"] for r in m["aqi"]["per_layer"]]
+    assert m["aqi"]["aqi"] == values
+    assert m["aqi"]["max"] == max(values)
+    assert m["aqi"]["argmax_layer"] == m["aqi"]["per_layer"][int(np.argmax(values))]["layer"]
+
+
+def test_probe_and_steering_sections(audit_a):
+    m = audit_a.metrics
+    layers = m["settings"]["layers"]
+    assert layers == [0, 1]
+    p = m["probes"]
+    assert len(p["per_layer"]) == len(SMALL.probe_methods) * len(layers)
+    assert p["auroc"] == [r["auroc"] for r in p["per_layer"] if r["method"] == "logistic"]
+    assert all(0 <= r["auroc"] <= 1 and 0 <= r["recall_at_fpr"] <= 1 for r in p["per_layer"])
+    assert p["best"]["auroc"] == max(r["auroc"] for r in p["per_layer"])
+    assert p["n_train"] + p["n_test"] == m["settings"]["datasets"]["honesty"]["n_prompts"]
+    assert p["pooling"] == "mean" and p["threshold_source"] == "control"
+    s = m["steering"]
+    # Tiny model: 2 layers, 80% depth limit -> only layer 0 may be steered.
+    assert s["layer"] == 0 and s["hook"] == "blocks.0.hook_resid_post"
+    assert s["multipliers"] == [-1.0, 1.0]
+    assert s["refusal_delta"] == pytest.approx([r - s["baseline"] for r in s["refusal"]])
+    assert all(k >= 0 for k in s["kl"])
+    assert s["n_prompts"] == s["n_harmless"] == SMALL.steering_prompts
+
+
+def test_outputs_written_and_embedded(audit_a):
+    m = audit_a.metrics
+    assert validate_metrics(m) == []
+    on_disk = json.loads(audit_a.metrics_path.read_text())
+    assert on_disk == json.loads(json.dumps(m))
+    assert load_metrics(audit_a.out_dir)["aqi"] == on_disk["aqi"]
+    assert set(audit_a.figures) == {"aqi_layers", "pca_grid", "subspace_overlap", "probe_layers", "dose_response", "token_scores"}
+    page = audit_a.html_path.read_text()
+    markdown = audit_a.markdown_path.read_text()
+    for key, path in audit_a.figures.items():
+        data = path.read_bytes()
+        assert data.startswith(b"\x89PNG")
+        assert "data:image/png;base64," + base64.b64encode(data).decode() in page
+        assert f"]({path.name})" in markdown
+    assert "http://" not in page and "https://" not in page  # nothing fetched from outside
+    assert {"load", "cache", "aqi", "subspace", "probes", "steering", "plots", "report"} <= set(on_disk["timings_s"])
+    # gates: the first holds (fails the checkpoint), the second does not
+    assert [g.failed for g in audit_a.gates] == [True, False]
+    assert audit_a.failed
+    assert "FAILED" in page
+
+
+def test_schema_documented():
+    text = (ROOT / "docs" / "audit.md").read_text()
+    assert schema_markdown() in text, "regenerate the table in docs/audit.md from geomprobe.audit.schema_markdown()"
+    paths = [p for p, _, _ in FIELDS]
+    assert len(paths) == len(set(paths))
+
+
+def test_validate_metrics_flags_problems(audit_a):
+    m = json.loads(json.dumps(audit_a.metrics))
+    m["aqi"]["surprise"] = 1
+    del m["steering"]["kl"]
+    m["probes"]["best"]["auroc"] = "high"
+    problems = validate_metrics(m)
+    assert "undocumented field aqi.surprise" in problems
+    assert "missing field steering.kl" in problems
+    assert any(p.startswith("probes.best.auroc") for p in problems)
+
+
+# -- --fail-if --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "expr, reference",
+    [
+        ("aqi.max<0.3", lambda m: m["aqi"]["max"] < 0.3),
+        ("probes.auroc.max < 0.8", lambda m: max(m["probes"]["auroc"]) < 0.8),
+        ("steering.kl.max>=0", lambda m: max(m["steering"]["kl"]) >= 0),
+        ("aqi.per_layer.p_value.min>0.05", lambda m: min(r["p_value"] for r in m["aqi"]["per_layer"]) > 0.05),
+        ("aqi.per_layer.-1.aqi==0.5", lambda m: m["aqi"]["per_layer"][-1]["aqi"] == 0.5),
+        ("steering.refusal.0<=-1", lambda m: m["steering"]["refusal"][0] <= -1),
+        ("probes.per_layer.auroc.mean>0.6", lambda m: np.mean([r["auroc"] for r in m["probes"]["per_layer"]]) > 0.6),
+        ("probes.per_layer.count!=4", lambda m: len(m["probes"]["per_layer"]) != 4),
+        ("subspace.excess.median>0", lambda m: float(np.median(m["subspace"]["excess"])) > 0),
+        ("settings.quick==false", lambda m: m["settings"]["quick"] is False),
+        ("probes.best.method==logistic", lambda m: m["probes"]["best"]["method"] == "logistic"),
+        ("settings.datasets.honesty.n_prompts<10", lambda m: m["settings"]["datasets"]["honesty"]["n_prompts"] < 10),
+    ],
+)
+def test_fail_if_matches_brute_force(audit_a, expr, reference):
+    [result] = evaluate_conditions([parse_condition(expr, against=False)], audit_a.metrics)
+    assert result.failed == bool(reference(audit_a.metrics))
+
+
+@pytest.mark.parametrize(
+    "expr, message",
+    [
+        ("aqi.max", "PATH OP VALUE"),
+        ("aqi.max<<0.3", "not a number"),
+        ("aqi.max<nan", "finite"),
+        ("aqi.maximum<0.3", "has no 'maximum'"),
+        ("aqi.per_layer<0.3", "is a list"),
+        ("probes.auroc<0.3", "is a list"),
+        ("aqi.max.min<0.3", "has no 'min'"),
+        ("probes.auroc.max.x<1", "must come last"),
+        ("probes.best<1", "is an object"),
+        ("probes.best.method<1", "is a string"),
+        ("aqi.max==high", "compare it with a number"),
+        ("settings.quick<1", "true/false"),
+        ("comparison.aqi.max_abs_delta>0.1", "--against"),
+        ("probes.methods.max>1", "needs numbers"),
+    ],
+)
+def test_bad_fail_if_is_rejected(expr, message):
+    with pytest.raises(GeomprobeError, match=message.replace("(", r"\(")):
+        parse_conditions([expr], against=False)
+
+
+def test_null_value_fails_the_gate():
+    m = {"aqi": {"max": None}}
+    [res] = evaluate_conditions([parse_condition("aqi.max<0.3")], m)
+    assert res.failed and "null" in res.detail
+
+
+def test_layer_choices():
+    assert audited_layers(30, 3) == [0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 29]
+    assert audited_layers(2, 3) == [0, 1]
+    assert audited_layers(30, 1, [-1, 4, 4]) == [4, 29]
+    with pytest.raises(GeomprobeError):
+        audited_layers(30, 1, [30])
+    aqi = {"per_layer": [{"layer": 0, "aqi": 0.2}, {"layer": 10, "aqi": 0.5}, {"layer": 25, "aqi": 0.9}]}
+    assert choose_steering_layer(aqi, 30)[0] == 10  # 25 is in the last 20% of the depth
+    assert choose_steering_layer({"per_layer": [{"layer": 29, "aqi": 0.4}]}, 30)[0] == 29
+
+
+# -- --against: the ablated twin has known answers -----------------------------------------------------
+def test_against_ablated_twin(audit_a, tiny_llama, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from geomprobe.steering import bake_ablation, build_from_cache
+
+    hook = "blocks.1.hook_resid_post"
+    vec = build_from_cache(audit_a.caches["harmful_harmless"], hooks=[hook], method="mean-diff")
+    twin = bake_ablation(tiny_llama, vec, tmp_path / "twin", hook=hook)
+    res = run_audit(tiny_llama, against=twin, out_dir=tmp_path / "ab", sizes=SMALL, device="cpu",
+                    fail_if=["comparison.weights.n_changed<1"])
+    m = res.metrics
+    assert validate_metrics(m) == []
+    c = m["comparison"]
+    assert m["against"]["model_source"] == str(Path(twin).resolve())
+    # Same model, sizes and seed as audit_a: a's numbers are reproduced exactly.
+    assert [r["a"] for r in c["aqi"]["per_layer"]] == audit_a.metrics["aqi"]["aqi"]
+    assert c["steering"]["baseline_a"] == audit_a.metrics["steering"]["baseline"]
+    for key in ("aqi", "subspace", "probes"):
+        assert c[key]["delta"] == pytest.approx([r["b"] - r["a"] for r in c[key]["per_layer"]])
+    # Only the residual writers changed (o_proj and down_proj of both layers; embeddings are not compared).
+    w = c["weights"]
+    assert w["n_changed"] == 4 and w["n_matrices"] == 14
+    assert [r["n_changed"] for r in w["per_layer"]] == [2, 2]
+    # The audit's layer-1 direction is the ablated one: the update lies entirely along it ...
+    assert w["per_layer"][1]["update_along_direction"] == pytest.approx(1.0, abs=1e-6)
+    assert w["direction_baseline"] == pytest.approx(1 / 64)
+    # ... and the twin's residual stream has no component along it left.
+    assert abs(c["transfer"]["directions"]["per_layer"][1]["cosine"]) < 1e-4
+    # Relative update norm by brute force over the state dicts.
+    sa = load_file(str(Path(tiny_llama.source) / "model.safetensors"))
+    sb = load_file(str(Path(twin) / "model.safetensors"))
+    names = [k for k in sa if k.startswith("model.layers.") and sa[k].ndim == 2]
+    upd = sum(float(((sb[k].double() - sa[k].double()) ** 2).sum()) for k in names)
+    base = sum(float((sa[k].double() ** 2).sum()) for k in names)
+    assert w["relative_update_norm"] == pytest.approx((upd / base) ** 0.5, rel=1e-6)
+    # a's probe scored on b: same held-out rows, so the counts match a's own evaluation
+    t = c["transfer"]["probes"]
+    assert t["delta"] == pytest.approx([r["auroc"] - r["auroc_a"] for r in t["per_layer"]])
+    assert [r["auroc_a"] for r in t["per_layer"]] == m["probes"]["auroc"]
+    assert len(c["transfer"]["steering"]["refusal"]) == 2
+    assert not res.failed
+    assert "comparison" in res.figures
+    assert torch.is_tensor(vec.vectors[hook])
+
+
+def test_weight_update_of_tied_model_twin(tiny_llama_dir, tmp_path):
+    """Baking an ablation into a model with tied embeddings unties its LM head; the comparison
+    must still work (b's extra tensor is ignored) and put the whole update along the direction."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from geomprobe.audit.pipeline import _weights_stage
+    from geomprobe.models import load_model
+    from geomprobe.steering import bake_ablation
+
+    hf = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    hf.config.tie_word_embeddings = True
+    hf.tie_weights()
+    hf.save_pretrained(tmp_path / "tied")
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(tmp_path / "tied")
+    a = load_model(tmp_path / "tied", device="cpu")
+    r = torch.randn(64, generator=torch.Generator().manual_seed(3))
+    twin = load_model(bake_ablation(a, r, tmp_path / "twin"), device="cpu")
+    directions = {f"blocks.{layer}.hook_resid_post": (5.0 * r).numpy() for layer in (0, 1)}
+    w = _weights_stage(a, twin, directions, [0, 1], SMALL, "cpu")
+    assert (w["n_matrices"], w["n_changed"]) == (14, 4)
+    assert w["update_along_direction"] == pytest.approx([1.0, 1.0], abs=1e-6)
+    for rec in w["per_layer"]:
+        assert 0 <= rec["update_in_weight_subspace"] <= 1 and 0 <= rec["mso_mean"] <= 1
+
+
+def test_against_other_architecture_is_refused(tiny_llama, tiny_gpt2_dir, tmp_path):
+    deep = build_tiny_model(tmp_path / "deep", n_layers=3)
+    for other, message in ((deep, "3 layers"), (tiny_gpt2_dir, "gpt2")):
+        with pytest.raises(GeomprobeError, match=message):
+            run_audit(tiny_llama, against=other, out_dir=tmp_path / "x", sizes=SMALL, device="cpu")
+    assert not (tmp_path / "x" / "caches").exists()
+
+
+# -- CLI --------------------------------------------------------------------------------------------
+def test_cli_quick_with_gates(tiny_llama_dir, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = main(["audit", "--model", str(tiny_llama_dir), "--quick", "--out", str(out), "--device", "cpu",
+                 "--layers", "1", "--fail-if", "aqi.max>=0", "--fail-if", "aqi.max>2"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "audit failed: aqi.max>=0" in captured.err
+    assert "--fail-if aqi.max>2: passed" in captured.out
+    assert "[audit] cache" in captured.err  # per-stage progress
+    for name in ("report.html", "report.md", "metrics.json", "aqi_layers.png", "pca_grid.png"):
+        assert (out / name).is_file()
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["settings"]["quick"] is True and m["settings"]["layers"] == [1]
+    assert m["settings"]["datasets"]["harmful_harmless"]["n_prompts"] == QUICK.limit_harmful_harmless
+    # an existing audit is refused before any work, then replaced with --overwrite
+    assert main(["audit", "--model", str(tiny_llama_dir), "--quick", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    code = main(["audit", "--model", str(tiny_llama_dir), "--quick", "--out", str(out), "--device", "cpu",
+                 "--layers", "1", "--overwrite", "--quiet", "--fail-if", "aqi.max>2"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "[audit]" not in captured.err
+    assert "wrote" in captured.out
+
+
+def test_cli_bad_fail_if_before_any_work(tmp_path, capsys):
+    out = tmp_path / "never"
+    # The model does not exist: the expression must be rejected before anything is loaded.
+    assert main(["audit", "--model", str(tmp_path / "no-model"), "--out", str(out), "--fail-if", "aqi.bogus<1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("geomprobe: error: --fail-if 'aqi.bogus<1'") and "choose one of" in err
+    assert not out.exists()
+    assert main(["audit", "--out", str(out), "--fail-if", "comparison.aqi.max_abs_delta>0"]) == 2
+    assert "--against" in capsys.readouterr().err
+
+
+def test_cli_subprocess_error_has_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "geomprobe", "audit", "--out", str(tmp_path / "o"), "--fail-if", "aqi.max<"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("geomprobe: error: --fail-if")
+
+
+# -- the default model -------------------------------------------------------------------------------
+@pytest.mark.default_model
+@pytest.mark.slow
+def test_quick_audit_on_default_model(default_model, tmp_path):
+    sizes = replace(QUICK, limit_harmful_harmless=32, limit_honesty=32, limit_control=32, layer_stride=10,
+                    n_bootstrap=20, n_permutations=20, multipliers=(-1.0, 1.0))
+    res = run_audit(default_model, out_dir=tmp_path / "d", sizes=sizes, quick=True, device="cpu")
+    m = res.metrics
+    assert validate_metrics(m) == []
+    assert m["settings"]["layers"] == [0, 10, 20, 29]
+    assert m["model"]["n_layers"] == 30 and m["model"]["d_model"] == 576
+    # Harmful and harmless prompts separate clearly in the mid/late residual stream.
+    assert m["aqi"]["argmax_layer"] > 0
+    assert m["probes"]["best"]["auroc"] > 0.7
+    assert m["steering"]["layer"] in (0, 10, 20)
