@@ -272,3 +272,31 @@ def test_weight_plot_accepts_records(llama_trio):
     assert np.nanmax(grid) == pytest.approx(0.625, abs=1e-5)
     with pytest.raises(GeomprobeError):
         plot_weight_overlap([r for r in records if r["status"] != "ok"])
+
+
+def test_untied_lm_head_twin_is_the_same_architecture(tmp_path):
+    """Baking an ablation unties tied embeddings; that twin must still compare with its base."""
+    import shutil
+
+    from transformers import LlamaForCausalLM
+
+    from geomprobe.subspace import weight_update_overlap
+    from tiny import build_tiny_model
+
+    src = build_tiny_model(tmp_path / "src", "llama")
+    base = LlamaForCausalLM.from_pretrained(src)
+    base.config.tie_word_embeddings = True
+    base.tie_weights()
+    base.save_pretrained(tmp_path / "base")
+    twin = LlamaForCausalLM.from_pretrained(tmp_path / "base")
+    twin.config.tie_word_embeddings = False
+    twin.lm_head.weight = torch.nn.Parameter(twin.model.embed_tokens.weight.detach().clone())
+    with torch.no_grad():
+        twin.model.layers[0].self_attn.o_proj.weight.add_(0.1)
+    twin.save_pretrained(tmp_path / "twin")
+    for folder in ("base", "twin"):
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(src / name, tmp_path / folder / name)
+    records = weight_update_overlap(tmp_path / "base", tmp_path / "twin", k=2)
+    changed = [r.name for r in records if r.status == "ok"]
+    assert changed == ["model.layers.0.self_attn.o_proj.weight"]
