@@ -136,7 +136,10 @@ def _check_compatible(matrices: Sequence[WeightMatrix], ref: torch.nn.Module, ot
     ref_state, other_state = _state(ref), _state(other)
     ref_2d = {n for n, (t, _) in ref_state.items() if t.ndim == 2}
     other_2d = {n for n, (t, _) in other_state.items() if t.ndim == 2}
-    extra = sorted(other_2d - ref_2d)
+    # An untied LM head (e.g. after baking an ablation into tied embeddings) is not another
+    # architecture: embedding-like weights present on one side only are left out of the check.
+    other_embeddings = {n for n, (t, _) in other_state.items() if t.data_ptr() in _embedding_ptrs(other)}
+    extra = sorted(other_2d - ref_2d - other_embeddings)
     for m in matrices:
         if m.name not in other_state:
             raise GeomprobeError(
