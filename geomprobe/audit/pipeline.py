@@ -384,18 +384,17 @@ def _transfer_probes(trained_a: Any, honesty_b: Path, control_b: Path, hooks: li
 def _weights_stage(model_a: Any, model_b: Any, directions: Mapping[str, np.ndarray], layers: list[int],
                    sizes: AuditSizes, device: str) -> dict:
     """Per 2-D matrix of a (embeddings and LM head skipped): the update ``U = W_b - W_a``, the
-    overlap of U's top left singular subspace with W_a's, and U's energy along a's direction.
-
-    Computed here with the subspace stage's public pieces rather than ``weight_update_overlap``,
-    which refuses a second checkpoint holding extra tensors (e.g. the LM head that baking an
-    ablation unties from the embeddings); weights only b holds are ignored.
+    overlap of U's top left singular subspace with W_a's (the subspace stage's
+    ``weight_update_overlap`` with two checkpoints), and U's energy along a's direction.
     """
     import torch
 
     from ..models import resolve_device
-    from ..subspace import energy_in_subspace, mode_subspace_overlap, top_left_singular, weight_matrices
+    from ..subspace import weight_matrices, weight_update_overlap
 
     dev = resolve_device(device)
+    overlaps = weight_update_overlap(model_a, model_b, energy=sizes.subspace_energy, device=str(dev))
+    transposed = {m.name: m.transposed for m in weight_matrices(model_a.hf_model)}
 
     def state(model: Any) -> dict[str, torch.Tensor]:
         return {k.replace("._original_component", ""): v for k, v in model.hf_model.state_dict().items()}
@@ -403,29 +402,19 @@ def _weights_stage(model_a: Any, model_b: Any, directions: Mapping[str, np.ndarr
     sa, sb = state(model_a), state(model_b)
     d = int(model_a.d_model)
     per_matrix = []
-    for m in weight_matrices(model_a.hf_model):
-        if m.name not in sb or tuple(sb[m.name].shape) != tuple(sa[m.name].shape):
-            raise GeomprobeError(
-                f"--against model lacks weight {m.name!r} of shape {tuple(sa[m.name].shape)}; compare checkpoints of one architecture"
-            )
-        W = sa[m.name].to(dev, torch.float64)
-        U = sb[m.name].to(dev, torch.float64) - W
-        if m.transposed:  # GPT-2 Conv1D stores (in, out)
-            W, U = W.T, U.T
-        norm_u, norm_w = float(torch.linalg.vector_norm(U)), float(torch.linalg.vector_norm(W))
-        rec = {"layer": m.layer, "module": m.module, "norm_u": norm_u, "norm_w": norm_w,
-               "mso": None, "baseline": None, "inside": None, "along": None}
-        if norm_u > 0:
-            tu = top_left_singular(U, energy=sizes.subspace_energy)
-            tw = top_left_singular(W, energy=sizes.subspace_energy)
-            rec["mso"] = mode_subspace_overlap(tu.Q, tw.Q)
-            rec["baseline"] = max(tu.Q.shape[1], tw.Q.shape[1]) / U.shape[0]
-            rec["inside"] = energy_in_subspace(tw.Q, U)
-            hook = _hook(m.layer) if m.layer >= 0 else ""
-            if hook in directions and m.module in RESIDUAL_WRITERS and U.shape[0] == d:
-                r = torch.as_tensor(directions[hook], dtype=torch.float64, device=dev)
-                r = r / r.norm()
-                rec["along"] = float(((r @ U) ** 2).sum()) / norm_u**2
+    for o in overlaps:
+        ok = o.status == "ok"
+        rec = {"layer": o.layer, "module": o.module, "norm_u": o.norm_a, "norm_w": o.norm_b,
+               "mso": o.mso if ok else None, "baseline": o.baseline if ok else None,
+               "inside": o.energy_a_in_b if ok else None, "along": None}
+        hook = _hook(o.layer) if o.layer >= 0 else ""
+        if ok and hook in directions and o.module in RESIDUAL_WRITERS and o.shape[0] == d:
+            U = sb[o.name].to(dev, torch.float64) - sa[o.name].to(dev, torch.float64)
+            if transposed.get(o.name):  # GPT-2 Conv1D stores (in, out)
+                U = U.T
+            r = torch.as_tensor(directions[hook], dtype=torch.float64, device=dev)
+            r = r / r.norm()
+            rec["along"] = float(((r @ U) ** 2).sum()) / o.norm_a**2
         per_matrix.append(rec)
     per_layer = []
     for layer in sorted({r["layer"] for r in per_matrix if r["layer"] >= 0}):
