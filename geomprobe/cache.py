@@ -106,6 +106,7 @@ class _Pooler:
         self.results: dict[str, dict[str, torch.Tensor]] = {}
 
     def start_batch(self, mask: torch.Tensor, spans: torch.Tensor) -> None:
+        self.by_device: dict[torch.device, tuple] = {}
         b, t = mask.shape
         self.rows = torch.arange(b, device=mask.device)
         self.last = mask.sum(1) - 1
@@ -115,16 +116,27 @@ class _Pooler:
         self.token_mask = mask.bool()
         self.results = {}
 
+    def _index(self, device: torch.device) -> tuple:
+        # A model split over devices (--device-map) hands each hook its layer's device.
+        if device == self.rows.device:
+            return self.rows, self.last, self.mean_weights, self.token_mask
+        if device not in self.by_device:
+            self.by_device[device] = tuple(
+                t.to(device) for t in (self.rows, self.last, self.mean_weights, self.token_mask)
+            )
+        return self.by_device[device]
+
     def hook_fn(self, name: str):
         def fn(x: torch.Tensor, hook=None) -> torch.Tensor:
             pooled: dict[str, torch.Tensor] = {}
+            rows, last, mean_weights, token_mask = self._index(x.device)
             for pooling in self.poolings:
                 if pooling == "last":
-                    pooled[pooling] = x[self.rows, self.last].float()
+                    pooled[pooling] = x[rows, last].float()
                 elif pooling == "mean":
-                    pooled[pooling] = torch.bmm(self.mean_weights, x.float()).squeeze(1)
+                    pooled[pooling] = torch.bmm(mean_weights, x.float()).squeeze(1)
                 else:
-                    pooled[pooling] = x[self.token_mask].float()
+                    pooled[pooling] = x[token_mask].float()
             self.results[name] = pooled
             if name == self.stop_hook:
                 raise _StopForward
@@ -265,16 +277,35 @@ def cache_activations(
     restart: bool = False,
     progress: bool = False,
     segment_rows: int | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> CacheResult:
     """Cache ``model``'s activations on ``dataset`` into the HDF5 file ``out``; see module docs.
 
     An interrupted run leaves finished segments beside ``out``; calling again with the same
     settings resumes (bit-identical result), ``restart=True`` discards them.
+
+    ``shard=(rank, world)`` caches only that rank's contiguous rows (whole batches, see
+    :mod:`geomprobe.distributed`) into ``out``, a complete cache file recording the shard
+    (attributes ``shard_rank``, ``shard_world``, ``shard_rows_start``, ``shard_rows_stop``,
+    ``n_rows_total``); ``geomprobe merge`` joins the shards in order.
     """
     started = time.perf_counter()
     prompts = dataset if isinstance(dataset, PromptSet) else load_prompt_set(dataset, limit=limit)
     if isinstance(dataset, PromptSet) and limit is not None:
         prompts = prompts.subset(limit)
+    shard_attrs: dict[str, int | str] = {}
+    if shard is not None:
+        from .distributed import shard_rows
+
+        rank, world = (int(v) for v in shard)
+        span = shard_rows(len(prompts), rank, world, batch_size)
+        shard_attrs = {
+            "shard_rank": rank, "shard_world": world, "shard_rows_start": span.start, "shard_rows_stop": span.stop,
+            "n_rows_total": len(prompts), "host": platform.node(),
+        }
+        # The dataset identity (name, sha256) stays the whole set's, so merge can check shards match.
+        prompts = PromptSet(prompts.name, prompts.prompts[span.start : span.stop], prompts.label_names,
+                            prompts.sha256, prompts.path)
     hook_list = resolve_hooks(hooks, model.n_layers, model.bridge.hook_dict)
     pooling_list = _check_poolings(poolings)
     out = Path(out)
@@ -298,6 +329,7 @@ def cache_activations(
             "python_version": platform.python_version(),
         }
     )
+    attrs.update(shard_attrs)
     try:
         import transformers
         import transformer_lens
@@ -324,6 +356,8 @@ def cache_activations(
         "chat_template_applied": template_used,
         "rows_sha256": _rows_digest(rendered, prompts),
     }
+    if shard_attrs:
+        settings["shard"] = [shard_attrs["shard_rank"], shard_attrs["shard_world"]]
     bytes_per_row = model.d_model * len(hook_list) * (
         sum(p != "all" for p in pooling_list) + ("all" in pooling_list) * n_tokens / max(len(rendered), 1)
     ) * (4 if store_dtype == "float32" else 2)

@@ -370,6 +370,16 @@ class CacheFile:
             raise GeomprobeError(
                 f"cache {str(self.path)!r} is incomplete (the run writing it did not finish); rerun geomprobe cache"
             )
+        if attrs.get("merge_mode") == "virtual":
+            from .merge import check_virtual_sources
+
+            missing = check_virtual_sources(self.path)
+            if missing:
+                self.file.close()
+                raise GeomprobeError(
+                    f"merged cache {str(self.path)!r} reads shard {missing[0]} which is missing; "
+                    "put the shards back beside it or rerun geomprobe merge --copy"
+                )
         self.attrs: dict[str, Any] = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()}
         self.hooks: list[str] = json.loads(attrs["hooks"])
         self.poolings: list[str] = json.loads(attrs["poolings"])

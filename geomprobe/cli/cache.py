@@ -37,6 +37,13 @@ def register(subparsers) -> None:
     p.add_argument("--restart", action="store_true", help="discard an interrupted run's saved parts instead of resuming")
     p.add_argument("--segment-rows", type=int, default=None, help="prompts per saved part (resume granularity; default ~64 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-layer summary")
+    p.add_argument(
+        "--shard", default=None, metavar="auto|R/W",
+        help="cache only this rank's rows into OUT.rank{R}-of-{W}.h5: auto (RANK/WORLD_SIZE from torchrun) or e.g. 0/4",
+    )
+    p.add_argument("--merge", action="store_true", help="with --shard: rank 0 waits for every shard, then runs geomprobe merge into OUT")
+    p.add_argument("--merge-copy", action="store_true", help="with --merge: write a self-contained copy instead of virtual datasets")
+    p.add_argument("--merge-timeout", type=float, default=86400.0, help="with --merge: seconds rank 0 waits for the other shards")
     p.set_defaults(func=run)
 
 
@@ -45,9 +52,20 @@ def run(args: argparse.Namespace) -> int:
     from ..datasets import load_prompt_set
     from ..store import check_output_path
 
+    from ..distributed import parse_shard, rank_device
+
     out = Path(args.out) if args.out else default_output(args.model, args.dataset)
     if args.out is None:
         out.parent.mkdir(exist_ok=True)
+    shard = parse_shard(args.shard)
+    if (args.merge or args.merge_copy) and shard is None:
+        raise GeomprobeError("--merge joins shards; use it with --shard auto or --shard R/W")
+    merged_out = out
+    if shard is not None:
+        out = shard.path(out)
+        args.device = rank_device(args.device, shard)
+        if args.merge and shard.rank == 0:
+            check_output_path(merged_out, args.overwrite)
     # Check everything cheap before loading the model.
     check_output_path(out, args.overwrite)
     if args.segment_rows is not None and args.segment_rows < 1:
@@ -58,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         model, prompts, out, hooks=args.hooks, poolings=args.pooling, batch_size=args.batch_size,
         store_dtype=args.store_dtype, chat_template=not args.no_chat_template, overwrite=args.overwrite,
         restart=args.restart, segment_rows=args.segment_rows, progress=not args.quiet and sys.stderr.isatty(),
+        shard=(shard.rank, shard.world) if shard is not None else None,
     )
     print(f"cached {model.model_id} on {prompts.name} ({len(prompts)} prompts, labels: {', '.join(prompts.label_names) or 'none'})")
     print(f"dtype {str(model.dtype).removeprefix('torch.')} compute, {args.store_dtype} stored; poolings {', '.join(result.poolings)}")
@@ -65,4 +84,12 @@ def run(args: argparse.Namespace) -> int:
         for summary in result.summaries:
             print(summary.line())
     print(result.closing_line())
+    if shard is not None and args.merge and shard.rank == 0:
+        from ..distributed import shard_paths, wait_for_files
+        from ..merge import merge_shards
+
+        paths = shard_paths(merged_out, shard.world)
+        wait_for_files(paths, timeout=args.merge_timeout)
+        merged = merge_shards(merged_out, paths, copy=args.merge_copy, overwrite=args.overwrite)
+        print(merged.closing_line())
     return 0

@@ -136,17 +136,27 @@ def overlap_of_arrays(
     where = f" at {hook}" if hook else ""
     ba = subspace_basis(Xa, energy, k, center, method=method, device=device, name=f"class {label_a!r}{where}")
     bb = subspace_basis(Xb, energy, k, center, method=method, device=device, name=f"class {label_b!r}{where}")
-    d = Xa.shape[1]
-    empirical = empirical_random_baseline(d, ba.k, bb.k, n_draws=n_draws, seed=seed, device=device)
     diff = Xa.astype(np.float64).mean(0) - Xb.astype(np.float64).mean(0)
+    return _overlap_record(
+        ba, bb, diff, hook=hook, layer=layer, pooling=pooling, label_a=label_a, label_b=label_b, center=center,
+        n_draws=n_draws, seed=seed, device=device, stored_dtype=stored_dtype, model_id=model_id,
+    )
+
+
+def _overlap_record(
+    ba, bb, diff: np.ndarray, *, hook: str, layer: int, pooling: str, label_a: str, label_b: str, center: bool,
+    n_draws: int, seed: int, device: Any, stored_dtype: str, model_id: str,
+) -> LayerOverlap:
+    d = ba.d
+    empirical = empirical_random_baseline(d, ba.k, bb.k, n_draws=n_draws, seed=seed, device=device)
     return LayerOverlap(
         hook=hook,
         layer=layer,
         pooling=pooling,
         label_a=label_a,
         label_b=label_b,
-        n_a=int(Xa.shape[0]),
-        n_b=int(Xb.shape[0]),
+        n_a=int(ba.n_samples),
+        n_b=int(bb.n_samples),
         d=int(d),
         centered=bool(center),
         energy_target=ba.energy_target,
@@ -188,8 +198,13 @@ def activation_overlap_by_layer(
     seed: int = 0,
     device: Any = "auto",
     method: str = "auto",
+    stream: bool | None = None,
 ) -> list[LayerOverlap]:
     """Per-hook overlap of the two class subspaces stored in an activation cache.
+
+    ``stream=True`` never loads a layer: each class basis comes from its d x d scatter matrix,
+    accumulated over row blocks (see :mod:`geomprobe.chunked`); ``None`` streams only when a
+    layer would not fit comfortably in the memory available.
 
     ``labels=(a, b)`` picks two classes; ``positive_label`` takes one class against every other
     labelled row; with neither, the cache must hold exactly two labelled classes. Unlabelled
@@ -218,12 +233,27 @@ def activation_overlap_by_layer(
                 raise GeomprobeError(f"class {name!r} has no rows in {cache.path.name}; pick labels that are present")
         stored = str(cache.attrs.get("store_dtype", "float32"))
         results = []
+        from ..chunked import needs_streaming, streamed_class_basis
+
+        if stream is None:
+            stream = needs_streaming(cache.n_prompts, cache.d_model)
         for hook in chosen:
-            X = cache.read(hook, pooling)
             try:
                 layer = cache.layer(hook)
             except GeomprobeError:
                 layer = -1
+            if stream:
+                ba, bb = (
+                    streamed_class_basis(cache, hook, pooling, rows, energy, k, center, name=f"class {name!r} at {hook}")
+                    for name, rows in ((label_a, rows_a), (label_b, rows_b))
+                )
+                diff = _mean(ba, cache, hook, pooling, rows_a) - _mean(bb, cache, hook, pooling, rows_b)
+                results.append(_overlap_record(
+                    ba, bb, diff, hook=hook, layer=layer, pooling=pooling, label_a=label_a, label_b=label_b,
+                    center=center, n_draws=n_draws, seed=seed, device=dev, stored_dtype=stored, model_id=cache.model_id,
+                ))
+                continue
+            X = cache.read(hook, pooling)
             results.append(
                 overlap_of_arrays(
                     X[rows_a], X[rows_b], hook=hook, layer=layer, pooling=pooling, label_a=label_a, label_b=label_b,
@@ -235,3 +265,14 @@ def activation_overlap_by_layer(
     finally:
         if own:
             cache.close()
+
+
+def _mean(basis, cache: CacheFile, hook: str, pooling: str, rows: np.ndarray) -> np.ndarray:
+    if basis.mean is not None:
+        return basis.mean
+    from ..chunked import block_rows_for, iter_row_blocks
+
+    total = np.zeros(cache.d_model)
+    for _, X in iter_row_blocks(cache, hook, pooling, np.sort(rows), block_rows_for(cache.d_model)):
+        total += X.astype(np.float64).sum(0)
+    return total / len(rows)
