@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from .errors import GeomprobeError
+from .labels import BinaryLabels, binary_labels
 
 INDEX_NAMES = ("davies_bouldin", "dunn", "xie_beni", "calinski_harabasz")
 DEFAULT_GAMMA = 0.5
@@ -730,60 +731,11 @@ def _resample(
 # ---------------------------------------------------------------------------------------------
 # Labels from a cache
 # ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class BinaryLabels:
-    """Which rows take part and their 0/1 class (1 = the "unsafe"/positive class)."""
-
-    rows: np.ndarray
-    y: np.ndarray
-    names: tuple[str, str]  # (negative, positive)
-
-
 def choose_labels(
     labels: np.ndarray, label_names: Sequence[str], positive_label: str | None = None, label_pair: Sequence[str] | None = None
 ) -> BinaryLabels:
-    """Pick the two classes: ``label_pair=(negative, positive)``, ``positive_label`` vs the rest,
-    or the two labels of a two-label cache (the second is positive). Unlabelled rows (-1) are dropped."""
-    labels = np.asarray(labels, dtype=np.int64)
-    names = list(label_names)
-    present = sorted({int(v) for v in labels.tolist() if v >= 0})
-
-    def index(name: str) -> int:
-        if name not in names:
-            raise GeomprobeError(f"label {name!r} is not in this cache; it has {', '.join(names) or 'no labels'}")
-        return names.index(name)
-
-    if label_pair is not None:
-        if len(label_pair) != 2 or label_pair[0] == label_pair[1]:
-            raise GeomprobeError("give exactly two different labels: NEGATIVE POSITIVE")
-        if positive_label is not None and positive_label != label_pair[1]:
-            raise GeomprobeError("--positive-label must be the second of --labels when both are given")
-        neg, pos = index(label_pair[0]), index(label_pair[1])
-        rows = np.flatnonzero((labels == neg) | (labels == pos))
-        pair = (names[neg], names[pos])
-        y = (labels[rows] == pos).astype(np.int64)
-    elif positive_label is not None:
-        pos = index(positive_label)
-        rows = np.flatnonzero(labels >= 0)
-        y = (labels[rows] == pos).astype(np.int64)
-        others = [names[i] for i in present if i != pos]
-        pair = (others[0] if len(others) == 1 else "rest", names[pos])
-    else:
-        shown = ", ".join(names[i] for i in present) or "none"
-        if len(present) < 2:
-            raise GeomprobeError(f"only {len(present)} label in use ({shown}); need two or more clusters of labelled rows")
-        if len(present) != 2:
-            raise GeomprobeError(
-                f"the cache has {len(present)} labels in use ({shown}); choose --positive-label NAME or --labels NEGATIVE POSITIVE"
-            )
-        neg, pos = present
-        rows = np.flatnonzero((labels == neg) | (labels == pos))
-        y = (labels[rows] == pos).astype(np.int64)
-        pair = (names[neg], names[pos])
-    for cls, name in enumerate(pair):
-        if not (y == cls).any():
-            raise GeomprobeError(f"no labelled rows of class {name!r}; need two or more clusters")
-    return BinaryLabels(rows, y, pair)
+    """Pick the two classes (see :func:`geomprobe.labels.binary_labels`); unlabelled rows are dropped."""
+    return binary_labels(labels, label_names, positive_label, label_pair)
 
 
 # ---------------------------------------------------------------------------------------------

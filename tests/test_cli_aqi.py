@@ -88,7 +88,7 @@ def test_cli_unwritable_output_and_one_class_exit_2(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     one = write_cache(tmp_path / "one.h5", {"blocks.0.hook_resid_post": X}, np.zeros(10, dtype=int), ["a", "b"])
     assert main(["aqi", str(one), "--n-bootstrap", "0", "--n-permutations", "0"]) == 2
-    assert "need two or more clusters" in capsys.readouterr().err
+    assert "need two classes" in capsys.readouterr().err
 
 
 def test_cli_subprocess_error_has_no_traceback(tmp_path):

@@ -49,7 +49,7 @@ def test_acts_options(cache_path, tmp_path, capsys):
                  "--energy", "0.5", "--n-draws", "10", "--device", "cpu", "--json", str(out_json)])
     assert code == 0
     (record,) = json.loads(out_json.read_text())["records"]
-    assert (record["hook"], record["label_a"], record["label_b"], record["centered"]) == ("blocks.1.hook_resid_post", "harmful", "harmless", False)
+    assert (record["hook"], record["label_a"], record["label_b"], record["centered"]) == ("blocks.1.hook_resid_post", "harmless", "harmful", False)
     assert record["energy_target"] == 0.5 and record["n_draws"] == 10
 
 
@@ -59,7 +59,7 @@ def test_acts_options(cache_path, tmp_path, capsys):
         (["--energy", "1.5"], "energy fraction must be in (0, 1]"),
         (["--energy", "0"], "energy fraction must be in (0, 1]"),
         (["--k", "22"], "fewer than k=22"),
-        (["--labels", "harmless", "evil"], "'evil' is not in the cache"),
+        (["--labels", "harmless", "evil"], "'evil' is not in this cache"),
     ],
 )
 def test_acts_bad_input_exits_2(cache_path, capsys, extra, message):

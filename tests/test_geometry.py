@@ -302,7 +302,7 @@ def test_aqi_by_layer_finds_the_separating_layer(layered_cache):
     assert best.layer == 2 and best.p_value == pytest.approx(1 / 21)
     # positive vs the rest keeps control rows and drops unlabelled ones
     assert best.n == int((labels >= 0).sum())
-    assert best.n_per_class == {"rest": int(((labels == 0) | (labels == 2)).sum()), "harmful": int((labels == 1).sum())}
+    assert best.n_per_class == {"not-harmful": int(((labels == 0) | (labels == 2)).sum()), "harmful": int((labels == 1).sum())}
     record = best.to_record()
     for key in ("hook", "layer", "n", "davies_bouldin", "dunn", "xie_beni", "calinski_harabasz", "aqi", "aqi_ci_low", "aqi_ci_high", "p_value", "pooling", "dtype"):
         assert key in record

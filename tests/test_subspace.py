@@ -243,7 +243,7 @@ def test_activation_overlap_by_layer_reads_the_right_rows(three_class_cache):
         json.dumps(record)
     rest = activation_overlap_by_layer(path, hooks=["resid_post:1-2"], positive_label="harmful", k=3, device="cpu")
     assert [r.hook for r in rest] == ["blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
-    assert (rest[0].label_a, rest[0].label_b, rest[0].n_a, rest[0].n_b) == ("harmful", "not-harmful", 30, 50)
+    assert (rest[0].label_a, rest[0].label_b, rest[0].n_a, rest[0].n_b) == ("not-harmful", "harmful", 50, 30)
     assert rest[0].k_requested == 3 and rest[0].energy_target is None
 
 
@@ -271,9 +271,9 @@ def test_bad_inputs_raise_clear_errors(three_class_cache):
         subspace_basis(rng.normal(size=(10, 20)), k=10)  # 10 centred samples span 9 directions
     with pytest.raises(GeomprobeError, match="fewer than k=25"):
         activation_overlap_by_layer(path, labels=("control", "harmful"), k=25, device="cpu")
-    with pytest.raises(GeomprobeError, match="3 labelled classes"):
+    with pytest.raises(GeomprobeError, match="3 labels are in use"):
         activation_overlap_by_layer(path, device="cpu")
-    with pytest.raises(GeomprobeError, match="not in the cache"):
+    with pytest.raises(GeomprobeError, match="not in this cache"):
         activation_overlap_by_layer(path, positive_label="evil", device="cpu")
     with pytest.raises(GeomprobeError, match="positive integer"):
         subspace_basis(rng.normal(size=(10, 4)), k=0)

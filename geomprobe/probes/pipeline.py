@@ -10,33 +10,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import GeomprobeError
+from ..labels import choose_positive
 from ..store import CacheFile, open_cache
 from . import metrics as M
 from .persistence import ProbeSet, check_compatible, data_sha256
 from .splits import pair_train_test_split
 from .sweep import canonical_method, fit_layers
-
-POSITIVE_NAMES = ("dishonest", "deceptive", "deception", "lie", "harmful", "unsafe", "positive")
-
-
-def choose_positive(label_names: Sequence[str], positive_label: str | None = None) -> int:
-    """Index of the positive class: ``positive_label`` if given, else a known 'bad' name, else 1."""
-    names = [str(n) for n in label_names]
-    if positive_label is not None:
-        if positive_label not in names:
-            raise GeomprobeError(
-                f"positive label {positive_label!r} is not in this cache's labels ({', '.join(names)}); pass one of those"
-            )
-        return names.index(positive_label)
-    for candidate in POSITIVE_NAMES:
-        if candidate in [n.lower() for n in names]:
-            return [n.lower() for n in names].index(candidate)
-    if len(names) < 2:
-        raise GeomprobeError(
-            f"the cache has {len(names)} label name(s) ({', '.join(names) or 'none'}); a probe needs two classes"
-        )
-    return 1
-
 
 def _open(cache: str | Path | CacheFile) -> tuple[CacheFile, bool]:
     return (cache, False) if isinstance(cache, CacheFile) else (open_cache(cache), True)

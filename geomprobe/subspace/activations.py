@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import GeomprobeError
+from ..labels import binary_labels
 from ..store import CacheFile, open_cache
 from .basis import (
     check_energy,
@@ -79,34 +80,11 @@ class LayerOverlap:
 def _resolve_classes(
     names: Sequence[str], labels: np.ndarray, pair: Sequence[str] | None, positive_label: str | None
 ) -> tuple[str, str, np.ndarray, np.ndarray]:
-    """Row indices of class A and class B, with their display names."""
-    present = [names[i] for i in sorted(set(labels[labels >= 0].tolist()))]
+    """Row indices of class A (the reference) and class B (the positive class), with their names."""
     if pair is not None and positive_label is not None:
         raise GeomprobeError("give either labels=(a, b) (--labels A B) or positive_label (--positive-label), not both")
-    if positive_label is not None:
-        if positive_label not in names:
-            raise GeomprobeError(f"label {positive_label!r} is not in the cache; it has {', '.join(names) or 'no labels'}")
-        idx = list(names).index(positive_label)
-        rows_a = np.flatnonzero(labels == idx)
-        rows_b = np.flatnonzero((labels >= 0) & (labels != idx))
-        rest = [n for n in present if n != positive_label]
-        name_b = rest[0] if len(rest) == 1 else f"not-{positive_label}"
-        return positive_label, name_b, rows_a, rows_b
-    if pair is None:
-        if len(present) != 2:
-            raise GeomprobeError(
-                f"the cache has {len(present)} labelled classes ({', '.join(present) or 'none'}); "
-                "pick two with --labels A B or one against the rest with --positive-label NAME"
-            )
-        pair = present
-    if len(pair) != 2 or pair[0] == pair[1]:
-        raise GeomprobeError(f"labels must name two different classes, got {list(pair)!r}")
-    rows = []
-    for name in pair:
-        if name not in names:
-            raise GeomprobeError(f"label {name!r} is not in the cache; it has {', '.join(names) or 'no labels'}")
-        rows.append(np.flatnonzero(labels == list(names).index(name)))
-    return pair[0], pair[1], rows[0], rows[1]
+    choice = binary_labels(labels, names, positive_label, pair)
+    return choice.names[0], choice.names[1], choice.rows[choice.y == 0], choice.rows[choice.y == 1]
 
 
 def overlap_of_arrays(

@@ -90,7 +90,7 @@ CASES: list[Case] = [
     C("subspace-project-no-out", "subspace project --base {model} --aligned {model} --finetuned {model}",
       "--out", usage=True),
     # -- probe ------------------------------------------------------------------------------------
-    C("probe-train-one-class", "probe train {one_class_h5} --out {root}/newprobe", "two classes",
+    C("probe-train-one-class", "probe train {one_class_h5} --out {root}/newprobe", "two labelled classes",
       outputs=("{root}/newprobe",)),
     C("probe-train-nan", "probe train {nan_h5} --out {root}/newprobe", "NaN"),
     C("probe-train-out-exists", "probe train {good_h5} --out {probe}", "already holds a probe",
