@@ -59,7 +59,7 @@ def register(subparsers) -> None:
     s = sub.add_parser("search", help="sweep layers x multipliers on validation prompts")
     s.add_argument("vector", help="steering vector folder")
     add_model_args(s)
-    s.add_argument("--dataset", required=True, help="bundled name (harmful-harmless, honesty) or a .jsonl/.txt file")
+    s.add_argument("--dataset", required=True, help="bundled name (harmful-harmless, honesty, control) or a .jsonl/.csv file")
     s.add_argument("--harmless", help="prompts for the KL side-effect check (default: the dataset's negative class)")
     s.add_argument("--positive-label", help="dataset label whose prompts the metric is measured on")
     s.add_argument("--limit", type=int, default=16, help="prompts per class (default 16)")
@@ -118,32 +118,15 @@ def _load_vector(folder: str):
 
 
 def read_prompts(spec: str) -> list[tuple[str, str]]:
-    """``[(user_text, label)]`` from a bundled dataset name or a .jsonl/.txt file."""
-    path = Path(spec)
-    if not path.exists():
-        bundled = Path(__file__).resolve().parent.parent / "data" / f"{spec}.jsonl"
-        if not bundled.is_file():
-            raise GeomprobeError(f"dataset {spec!r} is neither a file nor a bundled name (harmful-harmless, honesty, control)")
-        path = bundled
-    if path.suffix == ".txt":
-        return [(line.strip(), "") for line in path.read_text().splitlines() if line.strip()]
+    """``[(user_text, label)]`` from a bundled set or a JSONL/CSV file (read by ``load_prompt_set``)."""
+    from ..datasets import load_prompt_set
+
+    prompts = load_prompt_set(spec)
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise GeomprobeError(f"{path}:{n} is not valid JSON; one JSON object per line") from None
-        text = row.get("text") or row.get("prompt")
-        if text is None and row.get("messages"):
-            users = [m["content"] for m in row["messages"] if m.get("role") == "user"]
-            text = users[0] if users else None
-        if not text:
-            raise GeomprobeError(f"{path}:{n} has no text, prompt or user message")
-        rows.append((str(text), str(row.get("label", ""))))
-    if not rows:
-        raise GeomprobeError(f"{path} holds no prompts")
+    for p in prompts.prompts:
+        users = [content for role, content in p.messages if role == "user"]
+        label = prompts.label_names[p.label] if p.label >= 0 else ""
+        rows.append((users[-1] if users else p.messages[-1][1], label))
     return rows
 
 
@@ -276,7 +259,10 @@ def run_search(args: argparse.Namespace) -> int:
         print(f"no setting keeps KL <= {args.kl_limit} below layer fraction {args.max_layer_fraction}")
     else:
         mult = "ablate" if best.multiplier is None else f"{best.multiplier:g}"
-        print(f"best: {best.hook} multiplier {mult} -> {best.metric} {best.score_mean:.4f} (KL {best.kl_mean})")
+        kl = "n/a" if best.kl_mean is None else f"{best.kl_mean:.4f}"
+        change = best.score_mean - result.baseline if isinstance(result.baseline, float) else None
+        note = "" if change is None or change > 0 else "; no steered setting within the KL limit raises the metric"
+        print(f"best: {best.hook} multiplier {mult} -> {best.metric} {best.score_mean:.4f} (KL {kl}){note}")
     if args.json:
         payload = result.to_dict(args.kl_limit)
         payload["best"] = None if best is None else best.__dict__
