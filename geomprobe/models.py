@@ -79,6 +79,13 @@ def default_gguf_path() -> Path:
     return path
 
 
+def _is_default_gguf(path: Path) -> bool:
+    try:
+        return path.resolve() == default_gguf_path().resolve()
+    except GeomprobeError:
+        return False
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -223,6 +230,8 @@ def load_checkpoint(
         gguf_sha = file_sha256(gguf)
         folder = _converted_gguf_folder(gguf.resolve(), gguf_sha)
         model_id, source, rev = gguf.stem, str(gguf.resolve()), f"gguf-sha256:{gguf_sha}"
+        if _is_default_gguf(gguf):  # the embedded model reached by its path (e.g. from a cache's model_source)
+            model_id = DEFAULT_MODEL_ID
     elif Path(model_str).exists():
         folder = Path(model_str)
         if not (folder / "config.json").is_file():

@@ -107,3 +107,8 @@ def test_bundled_control_and_score_with_tiny_model(tmp_path, tiny_llama, tiny_ll
                  "--text", "The sky is green.", "--json", str(tmp_path / "s.json")]) == 0
     scores = json.loads((tmp_path / "s.json").read_text())["results"][0]["scores"]
     assert set(scores) == {"blocks.0.hook_resid_post", "blocks.1.hook_resid_post"}
+    # Without --model, score runs the model the probe's cache came from; same numbers.
+    assert main(["probe", "score", str(out), "--device", "cpu", "--text", "The sky is green.",
+                 "--json", str(tmp_path / "s2.json")]) == 0
+    again = json.loads((tmp_path / "s2.json").read_text())["results"][0]["scores"]
+    assert again == scores

@@ -88,7 +88,7 @@ def register(subparsers) -> None:
 
     s = sub.add_parser("score", help="score one text with a saved probe")
     s.add_argument("probe_dir")
-    s.add_argument("--model", required=True, help="model the probe was trained on")
+    s.add_argument("--model", default=None, help="model to run (default: the model the probe was trained on)")
     s.add_argument("--text", required=True, action="append", help="text to score (repeatable)")
     s.add_argument("--dtype", default="float32")
     s.add_argument("--device", default="auto")
@@ -144,9 +144,14 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def probe_model(probes, model: str | None) -> str:
+    """The model to run: ``model`` if given, else the one the probe's training cache came from."""
+    return model or probes.meta.get("model_source") or probes.model_id
+
+
 def bundled_control_activations(probes, model: str | None, device: str = "auto") -> dict:
     """``{hook: (M, d)}`` activations of the bundled 'control' prompts, run through the probe's model."""
-    target = model or probes.meta.get("model_source") or probes.model_id
+    target = probe_model(probes, model)
     if not target or target == "arrays":
         raise GeomprobeError(
             "no model to build the bundled control set with (the probe's cache came from arrays); pass --control CONTROL.h5 or --no-control"
@@ -296,9 +301,12 @@ def run_score(args: argparse.Namespace) -> int:
         raise GeomprobeError("probe score needs geomprobe.cache, which this install lacks") from None
     from ..models import load_model
 
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    target = probe_model(probes, args.model)
+    if not target or target == "arrays":
+        raise GeomprobeError("the probe does not record a loadable model; pass --model M")
+    loaded = load_model(target, dtype=args.dtype, device=args.device)
     mismatch = check_compatible(probes, model_id=loaded.model_id, d_model=loaded.d_model,
-                                allow_model_mismatch=args.allow_model_mismatch, where=f"model {args.model}")
+                                allow_model_mismatch=args.allow_model_mismatch, where=f"model {target}")
     acts = pooled_activations(loaded, list(args.text), probes.hooks, [probes.pooling])
     out = []
     for i, text in enumerate(args.text):
