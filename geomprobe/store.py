@@ -459,10 +459,15 @@ class CacheFile:
         stored_as = ds.attrs.get("stored_as", "float32")
         try:
             values = self._read_rows(ds, rows)
-        except OSError:
-            raise GeomprobeError(
-                f"cache {str(self.path)!r} is corrupted at {hook}/{pooling} (checksum mismatch); recreate it with geomprobe cache"
-            ) from None
+        except OSError as exc:
+            text = str(exc).lower()
+            if "fletcher32" in text or "checksum" in text or "data error" in text or "filter returned failure" in text:
+                raise GeomprobeError(
+                    f"cache {str(self.path)!r} is corrupted at {hook}/{pooling} (checksum mismatch); recreate it with geomprobe cache"
+                ) from None
+            if "memory" in text or "alloc" in text:
+                raise MemoryError(f"out of memory reading {hook}/{pooling} from {self.path}") from None
+            raise GeomprobeError(f"cannot read {hook}/{pooling} from {str(self.path)!r} ({exc}); check the file") from None
         return from_stored(values, stored_as)
 
     @staticmethod

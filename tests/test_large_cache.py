@@ -167,3 +167,60 @@ def test_metrics_under_memory_limit_smaller_than_cache(tmp_path):
         assert value == pytest.approx(getattr(ref, name), rel=1e-9), name
     ref_sub = activation_overlap_by_layer(sub_path, hooks=[HOOKS[0]], k=5, device="cpu", method="gram", stream=False)[0]
     assert got["mso"] == pytest.approx(ref_sub.mso, rel=1e-9)
+
+
+PROBE_CHILD = textwrap.dedent(
+    """
+    import json, resource, sys
+    import numpy as np, torch
+    torch.set_num_threads(1)
+    from geomprobe.probes import train_probes
+    from geomprobe.store import open_cache
+
+    path, headroom = sys.argv[1], int(sys.argv[2])
+    with open_cache(path) as c:  # warm up lazy imports and allocator pools before the limit
+        c.read(c.hooks[0], rows=slice(0, 4))
+    a = np.ones((64, 64))
+    np.linalg.eigh(a @ a)
+    page = resource.getpagesize()
+    used = int(open("/proc/self/statm").read().split()[0]) * page
+    resource.setrlimit(resource.RLIMIT_AS, (used + headroom, resource.RLIM_INFINITY))
+    out = {}
+    with open_cache(path) as c:
+        out["cache_bytes"] = c.n_prompts * c.d_model * 4 * len(c.hooks)
+        try:
+            np.stack([c.read(h) for h in c.hooks])
+            out["whole_read"] = "ok"
+        except MemoryError:
+            out["whole_read"] = "MemoryError"
+    probes, result = train_probes(path, "logistic", device="cpu")
+    out["auroc"] = [r["auroc"] for r in result.records]
+    out["coef"] = probes.fit.coef[:, :4].tolist()
+    print(json.dumps(out))
+    """
+)
+
+
+def test_probe_training_under_memory_limit_smaller_than_cache(tmp_path):
+    """All layers together exceed the memory the process may use; probes train a few layers at a time."""
+    from geomprobe.probes import train_probes
+
+    rng = np.random.default_rng(0)
+    n, d, n_layers = 3000, 768, 8  # 74 MB of float32 activations
+    y = np.tile([0, 1], n // 2)
+    pairs = np.repeat(np.arange(n // 2), 2)
+    acts = {f"blocks.{l}.hook_resid_post": (rng.normal(size=(n, d)) + 0.1 * l * y[:, None] * rng.normal(size=d)).astype(np.float32)
+            for l in range(n_layers)}
+    path = write_cache(tmp_path / "p.h5", acts, y, ["honest", "dishonest"], pair_ids=pairs)
+    del acts
+    headroom = 64 << 20
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MALLOC_ARENA_MAX="2",
+               MALLOC_MMAP_THRESHOLD_=str(1 << 20))
+    proc = subprocess.run([sys.executable, "-c", PROBE_CHILD, str(path), str(headroom)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["cache_bytes"] > headroom and got["whole_read"] == "MemoryError"
+    ref_probes, ref = train_probes(path, "logistic", device="cpu")
+    assert got["auroc"] == pytest.approx([r["auroc"] for r in ref.records], abs=1e-12)
+    np.testing.assert_allclose(got["coef"], ref_probes.fit.coef[:, :4], rtol=1e-6, atol=1e-9)

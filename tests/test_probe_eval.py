@@ -274,3 +274,28 @@ def test_plots(tmp_path):
     save_figure(plot_transfer_matrix(["a", "b"], np.array([[0.9, 0.7], [0.6, 1.0]]), hook=HOOKS[2]), tmp_path / "t.png")
     save_figure(plot_score_distributions(result.scores[HOOKS[2]], result.y, hook=HOOKS[2], threshold=0.0), tmp_path / "h.png")
     assert (tmp_path / "layers.png").stat().st_size > 1000
+
+
+def test_layer_blocks_give_the_same_probes_as_one_sweep(tmp_path):
+    """Caches larger than memory are trained a few layers at a time; the result must not change."""
+    from geomprobe.probes import evaluate_probes, train_probes
+    from geomprobe.probes.persistence import data_sha256
+    from geomprobe.probes.pipeline import layer_blocks
+    from geomprobe.store import write_cache
+
+    rng = np.random.default_rng(3)
+    n, d = 80, 12
+    y = np.tile([0, 1], n // 2)
+    pairs = np.repeat(np.arange(n // 2), 2)
+    acts = {f"blocks.{l}.hook_resid_post": (rng.normal(size=(n, d)) + 0.8 * l * y[:, None] * np.eye(d)[0]).astype(np.float32)
+            for l in range(5)}
+    path = write_cache(tmp_path / "c.h5", acts, y, ["honest", "dishonest"], pair_ids=pairs)
+    hooks = list(acts)
+    assert layer_blocks(hooks, n, d, budget=2 * 3 * n * d * 4) == [hooks[0:2], hooks[2:4], hooks[4:5]]
+    whole, res_whole = train_probes(path, "logistic", memory_budget=None)
+    blocked, res_blocked = train_probes(path, "logistic", memory_budget=3 * n * d * 4)  # one layer per block
+    np.testing.assert_allclose(blocked.fit.coef, whole.fit.coef, rtol=1e-12, atol=1e-12)
+    assert [r["auroc"] for r in res_blocked.records] == [r["auroc"] for r in res_whole.records]
+    assert blocked.meta["data_sha256"] == data_sha256([acts[h] for h in hooks], y)
+    # Evaluation hashes layer by layer and still recognises the training cache.
+    assert evaluate_probes(blocked, path).info["eval_rows"] == "held-out"

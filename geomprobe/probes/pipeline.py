@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from ..store import CacheFile, open_cache
 from . import metrics as M
 from .persistence import ProbeSet, check_compatible, data_sha256
 from .splits import pair_train_test_split
-from .sweep import canonical_method, fit_layers
+from .sweep import LayerFit, canonical_method, fit_layers
 
 def _open(cache: str | Path | CacheFile) -> tuple[CacheFile, bool]:
     return (cache, False) if isinstance(cache, CacheFile) else (open_cache(cache), True)
@@ -36,6 +37,30 @@ def read_layers(cache: CacheFile, hooks: Sequence[str], pooling: str, rows: np.n
         out[i] = X
     assert out is not None
     return out
+
+
+def layer_blocks(hooks: Sequence[str], n_rows: int, d: int, budget: int | None = None) -> list[list[str]]:
+    """Split ``hooks`` into groups whose ``(L, N, d)`` float32 stack (plus the sweep's working
+    copies, about 3x) fits ``budget`` bytes (default: a quarter of free memory), so a cache larger
+    than memory is read a few layers at a time. One group when everything fits."""
+    from ..chunked import memory_available
+
+    budget = budget if budget is not None else memory_available() // 4
+    per_layer = max(1, 3 * n_rows * d * 4)
+    size = max(1, int(budget // per_layer))
+    return [list(hooks[i : i + size]) for i in range(0, len(hooks), size)]
+
+
+def _concat_fits(fits: Sequence[LayerFit]) -> LayerFit:
+    if len(fits) == 1:
+        return fits[0]
+
+    def cat(name: str):
+        parts = [getattr(f, name) for f in fits]
+        return None if any(p is None for p in parts) else np.concatenate(parts)
+
+    return LayerFit(fits[0].method, cat("coef"), cat("intercept"), cat("mean"), cat("scale"),
+                    dict(fits[0].params), cat("n_iter"), cat("converged"))
 
 
 @dataclass
@@ -117,6 +142,7 @@ def train_probes(
     control: str | Path | CacheFile | Mapping[str, np.ndarray] | None = None,
     fpr: float = 0.01,
     device: str = "auto",
+    memory_budget: int | None = None,
     **params: Any,
 ) -> tuple[ProbeSet, ProbeResult]:
     """Train one probe per hook on a pair-respecting training split; report held-out metrics.
@@ -131,17 +157,30 @@ def train_probes(
         if not chosen:
             raise GeomprobeError(f"cache {handle.path.name} has no hooks")
         rows, y, pos_name, neg_names = _binary(handle, positive_label)
-        all_X = read_layers(handle, chosen, pooling)
-        full_hash = data_sha256(list(all_X), handle.labels)
-        X = all_X[:, rows]
         pairs = handle.pair_ids[rows]
         if len(np.unique(y)) < 2:
             raise GeomprobeError(
                 f"cache {handle.path.name} has only one class ({pos_name if y.any() else ', '.join(neg_names)}); a probe needs two"
             )
         train, test = pair_train_test_split(y, pairs, test_size=test_size, seed=seed)
-        fit = fit_layers(X[:, train], y[train], method, pairs=pairs[train], device=device, **params)
-        scores = fit.decision_function(X[:, test])
+        # A few layers at a time when the cache is larger than memory; layers are independent
+        # problems, so the result is the same as one all-layer sweep.
+        digest = hashlib.sha256()  # same bytes, same order as data_sha256(all layers, labels)
+        fits, score_blocks = [], []
+        for block in layer_blocks(chosen, handle.n_prompts, handle.d_model, memory_budget):
+            block_X = read_layers(handle, block, pooling)
+            for layer_X in block_X:
+                digest.update(np.ascontiguousarray(layer_X, dtype=np.float32).tobytes())
+            X = block_X[:, rows]
+            del block_X
+            block_fit = fit_layers(X[:, train], y[train], method, pairs=pairs[train], device=device, **params)
+            fits.append(block_fit)
+            score_blocks.append(block_fit.decision_function(X[:, test]))
+            del X
+        digest.update(np.ascontiguousarray(handle.labels, dtype=np.int64).tobytes())
+        full_hash = digest.hexdigest()
+        fit = _concat_fits(fits)
+        scores = np.concatenate(score_blocks)
         control_scores = None
         probes = ProbeSet(
             chosen, fit, pooling, pos_name, list(handle.label_names), handle.model_id,
@@ -186,8 +225,7 @@ def score_control(probes: ProbeSet, control: str | Path | CacheFile | Mapping[st
             raise GeomprobeError(f"control cache {handle.path.name} lacks hook {missing[0]}; cache the same hooks as the probe")
         if handle.n_prompts == 0:
             raise GeomprobeError(f"control cache {handle.path.name} is empty; pass a control cache with rows")
-        X = read_layers(handle, probes.hooks, probes.pooling)
-        return {h: probes.decision_function(h, X[i]) for i, h in enumerate(probes.hooks)}
+        return {h: probes.decision_function(h, read_layers(handle, [h], probes.pooling)[0]) for h in probes.hooks}
     finally:
         if owned:
             handle.close()
@@ -225,16 +263,21 @@ def evaluate_probes(
         rows, y, pos_name, neg_names = _binary(handle, pos)
         if not y.any():
             raise GeomprobeError(f"cache {handle.path.name} has no rows labelled {pos_name!r}; pass --positive-label")
-        X = read_layers(handle, chosen, probes.pooling)
         eval_rows = "all"
         split = probes.meta.get("split") or {}
         if not all_rows and probes.meta.get("data_sha256") and chosen == list(probes.hooks):
-            if data_sha256(list(X), handle.labels) == probes.meta["data_sha256"]:
+            # Is this the probe's own training cache? Hash layer by layer (never all layers at once).
+            digest = hashlib.sha256()
+            for h in chosen:
+                digest.update(np.ascontiguousarray(read_layers(handle, [h], probes.pooling)[0]).tobytes())
+            digest.update(np.ascontiguousarray(handle.labels, dtype=np.int64).tobytes())
+            if digest.hexdigest() == probes.meta["data_sha256"]:
                 held = np.asarray(split.get("test_rows", []), dtype=np.int64)
                 keep = np.isin(rows, held)
                 rows, y = rows[keep], y[keep]
                 eval_rows = "held-out"
-        scores = np.stack([probes.decision_function(h, X[i][rows]) for i, h in enumerate(chosen)])
+        scores = np.stack([probes.decision_function(h, read_layers(handle, [h], probes.pooling, rows=rows)[0])
+                           for h in chosen])
         control_scores = score_control(probes, control) if control is not None else None
         records = layer_records(chosen, scores, y, pooling=probes.pooling, method=probes.method,
                                 control=None if control_scores is None else np.stack([control_scores[h] for h in chosen]),
