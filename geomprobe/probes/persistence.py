@@ -12,7 +12,6 @@ A probe folder holds::
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..artifacts import prepare_folder, read_safetensors, read_sidecar
 from ..errors import GeomprobeError
 from .sweep import LayerFit
 
@@ -28,6 +28,7 @@ FORMAT = "geomprobe-probe"
 FORMAT_VERSION = 1
 TENSORS = "probe.safetensors"
 SIDECAR = "probe.json"
+_REMAKE = "re-save the probe with geomprobe probe train"
 _KEYS = ("coef", "intercept", "mean", "scale", "direction")
 
 
@@ -131,14 +132,7 @@ def save_probe(probes: ProbeSet, folder: str | Path, overwrite: bool = False) ->
 
     from ..cli.common import write_json
 
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise GeomprobeError(f"probe output {str(folder)!r} is a file; give a folder name")
-    if (folder / SIDECAR).exists() and not overwrite:
-        raise GeomprobeError(f"{str(folder)!r} already holds a probe; pass --overwrite (overwrite=True) to replace it")
-    if not folder.parent.exists():
-        raise GeomprobeError(f"folder {str(folder.parent)!r} does not exist; create it first")
-    folder.mkdir(exist_ok=True)
+    folder = prepare_folder(folder, SIDECAR, "probe", overwrite)
     tensors: dict[str, np.ndarray] = {}
     fit = probes.fit
     for i, hook in enumerate(probes.hooks):
@@ -154,23 +148,6 @@ def save_probe(probes: ProbeSet, folder: str | Path, overwrite: bool = False) ->
     return folder
 
 
-def _read_tensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    if head[:1] == b"\x80" or head[:2] == b"PK":
-        raise GeomprobeError(
-            f"{str(path)!r} looks like a pickle/torch.save file, which geomprobe never loads; re-save the probe with geomprobe probe train"
-        )
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for bad headers
-        raise GeomprobeError(
-            f"{str(path)!r} is not a valid safetensors file ({type(exc).__name__}); re-save the probe with geomprobe probe train"
-        ) from None
-
-
 def load_probe(
     folder: str | Path,
     *,
@@ -181,19 +158,8 @@ def load_probe(
 ) -> ProbeSet:
     """Load a probe folder written by :func:`save_probe`, checking it against what it will see."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise GeomprobeError(f"probe folder {str(folder)!r} does not exist; train one with geomprobe probe train")
     side_path, tensor_path = folder / SIDECAR, folder / TENSORS
-    if not side_path.exists() or not tensor_path.exists():
-        raise GeomprobeError(f"{str(folder)!r} lacks {SIDECAR} or {TENSORS}; it is not a geomprobe probe folder")
-    try:
-        side = json.loads(side_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise GeomprobeError(f"{str(side_path)!r} is not valid JSON; re-save the probe") from None
-    if not isinstance(side, dict) or side.get("format") != FORMAT:
-        raise GeomprobeError(f"{str(side_path)!r} is not a geomprobe probe sidecar")
-    if int(side.get("format_version", 0)) > FORMAT_VERSION:
-        raise GeomprobeError(f"probe format version {side['format_version']} is newer than this geomprobe; upgrade it")
+    side = read_sidecar(folder, SIDECAR, TENSORS, FORMAT, FORMAT_VERSION, "probe", _REMAKE)
     try:
         hooks = [str(h) for h in side["hooks"]]
         d_model = int(side["d_model"])
@@ -201,7 +167,7 @@ def load_probe(
     except (KeyError, TypeError, ValueError) as exc:
         what = exc.args[0] if isinstance(exc, KeyError) else "hooks/d_model/method"
         raise GeomprobeError(f"{str(side_path)!r} lacks a valid {what!r} entry; the probe folder is damaged, re-save it") from None
-    tensors = _read_tensors(tensor_path)
+    tensors = read_safetensors(tensor_path, _REMAKE)
     try:
         stacked = {key: np.stack([np.asarray(tensors[f"{h}.{key}"], dtype=np.float64) for h in hooks]) for key in _KEYS}
     except KeyError as exc:

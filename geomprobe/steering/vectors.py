@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..artifacts import prepare_folder, read_safetensors, read_sidecar
 from ..errors import GeomprobeError
 from ..labels import choose_positive
 from ..hooks import hook_layer
@@ -43,6 +44,7 @@ FORMAT_VERSION = 1
 METHODS = ("mean-diff", "pca-diff", "pca-center")
 VECTOR_FILE = "vector.safetensors"
 SIDECAR_FILE = "vector.json"
+_REBUILD = "rebuild the vector with geomprobe steer build"
 def _safe_layer(hook: str) -> int:
     try:
         return hook_layer(hook)
@@ -140,14 +142,7 @@ class SteeringVector:
         """Write ``vector.safetensors`` + ``vector.json`` into ``folder`` (created if needed)."""
         from safetensors.torch import save_file
 
-        folder = Path(folder)
-        if folder.exists() and not folder.is_dir():
-            raise GeomprobeError(f"{str(folder)!r} is a file; --out takes a folder for the vector")
-        if (folder / SIDECAR_FILE).exists() and not overwrite:
-            raise GeomprobeError(f"{str(folder)!r} already holds a steering vector; pass --overwrite to replace it")
-        if not folder.parent.exists():
-            raise GeomprobeError(f"folder {str(folder.parent)!r} does not exist; create it first")
-        folder.mkdir(exist_ok=True)
+        folder = prepare_folder(folder, SIDECAR_FILE, "steering vector", overwrite)
         sidecar = dict(self.describe(), created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         from .. import __version__
 
@@ -164,27 +159,10 @@ class SteeringVector:
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "SteeringVector":
         """Read a folder written by :meth:`save`, checking every field (no pickle involved)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         folder = Path(folder)
-        if not folder.is_dir():
-            raise GeomprobeError(f"steering vector folder {str(folder)!r} does not exist; create it with geomprobe steer build")
-        sidecar_path, vec_path = folder / SIDECAR_FILE, folder / VECTOR_FILE
-        if not sidecar_path.is_file() or not vec_path.is_file():
-            raise GeomprobeError(f"{str(folder)!r} lacks {SIDECAR_FILE} or {VECTOR_FILE}; it is not a steering vector folder")
-        try:
-            info = json.loads(sidecar_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise GeomprobeError(f"{sidecar_path} is not valid JSON; rebuild the vector") from None
-        if not isinstance(info, dict) or info.get("format") != FORMAT:
-            raise GeomprobeError(f"{sidecar_path} is not a geomprobe steering vector sidecar")
-        if int(info.get("format_version", 0)) > FORMAT_VERSION:
-            raise GeomprobeError(f"{sidecar_path} has format version {info.get('format_version')}; upgrade geomprobe")
-        try:
-            tensors = load_file(str(vec_path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise GeomprobeError(f"cannot read {vec_path} ({str(exc).splitlines()[0] if str(exc) else 'corrupt'}); rebuild the vector") from None
+        vec_path = folder / VECTOR_FILE
+        info = read_sidecar(folder, SIDECAR_FILE, VECTOR_FILE, FORMAT, FORMAT_VERSION, "steering vector", _REBUILD)
+        tensors = read_safetensors(vec_path, _REBUILD, framework="pt")
         hooks = list(info.get("hooks", []))
         if sorted(hooks) != sorted(tensors):
             raise GeomprobeError(f"{vec_path} holds hooks {sorted(tensors)} but {SIDECAR_FILE} lists {hooks}; the pair is inconsistent")

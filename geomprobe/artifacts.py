@@ -1,0 +1,61 @@
+"""Artefact folders shared by probes and steering vectors: tensors in safetensors, a JSON sidecar.
+
+One place for the checks both need: where a new folder may be written, and how a folder handed
+to us is read without ever unpickling anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import GeomprobeError
+
+
+def prepare_folder(folder: str | Path, sidecar: str, what: str, overwrite: bool) -> Path:
+    """Create ``folder`` for a new ``what``, refusing a file, an existing one, or a missing parent."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise GeomprobeError(f"{what} output {str(folder)!r} is a file; give a folder name")
+    if (folder / sidecar).exists() and not overwrite:
+        raise GeomprobeError(f"{str(folder)!r} already holds a {what}; pass --overwrite (overwrite=True) to replace it")
+    if not folder.parent.exists():
+        raise GeomprobeError(f"folder {str(folder.parent)!r} does not exist; create it first")
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def read_sidecar(folder: str | Path, sidecar: str, tensors: str, fmt: str, version: int, what: str, fix: str) -> dict[str, Any]:
+    """The checked sidecar of a ``what`` folder holding ``sidecar`` and ``tensors``; ``fix`` says how to remake it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise GeomprobeError(f"{what} folder {str(folder)!r} does not exist; {fix}")
+    side_path = folder / sidecar
+    if not side_path.is_file() or not (folder / tensors).is_file():
+        raise GeomprobeError(f"{str(folder)!r} lacks {sidecar} or {tensors}; it is not a {what} folder")
+    try:
+        side = json.loads(side_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise GeomprobeError(f"{str(side_path)!r} is not valid JSON; {fix}") from None
+    if not isinstance(side, dict) or side.get("format") != fmt:
+        raise GeomprobeError(f"{str(side_path)!r} is not a geomprobe {what} sidecar; {fix}")
+    if int(side.get("format_version", 0)) > version:
+        raise GeomprobeError(f"{str(side_path)!r} has format version {side['format_version']}, newer than this geomprobe; upgrade it")
+    return side
+
+
+def read_safetensors(path: str | Path, fix: str, framework: str = "np") -> dict[str, Any]:
+    """Tensors of a safetensors file; a pickle or torch.save file under that name is refused unread."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if head[:1] == b"\x80" or head[:2] == b"PK":
+        raise GeomprobeError(f"{str(path)!r} looks like a pickle/torch.save file, which geomprobe never loads; {fix}")
+    try:
+        with safe_open(str(path), framework=framework) as f:
+            return {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise GeomprobeError(f"{str(path)!r} is not a valid safetensors file ({type(exc).__name__}); {fix}") from None
