@@ -40,13 +40,10 @@ POSITIONS = ("all", "prompt", "generated")
 
 # -- model plumbing ---------------------------------------------------------------------------
 def render_prompts(tokenizer: Any, prompts: Sequence[str], chat: bool = True) -> list[str]:
-    """User messages rendered with the chat template (generation prompt added), or as given."""
-    if chat and getattr(tokenizer, "chat_template", None):
-        return [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            for p in prompts
-        ]
-    return list(prompts)
+    """User messages rendered as the cache renders them: chat template with the generation prompt, or as given."""
+    from ..datasets import prompts_from_texts
+
+    return [r.text for r in prompts_from_texts(list(prompts)).render(tokenizer, chat)]
 
 
 def tokenize_left(model: Any, texts: Sequence[str], *, rendered_chat: bool) -> dict[str, torch.Tensor]:
