@@ -17,6 +17,8 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -289,6 +291,77 @@ def ensure_kv_cache_compat(model: Any) -> None:
     hf_model._geomprobe_kv_compat = True
 
 
+def _bridge_swaps(hf_model: Any) -> list[tuple[Any, str, Any, Any]]:
+    """``(parent, name, bridge component, what it wraps)`` for every bridge component in the HF tree."""
+    from torch import nn
+    from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
+
+    def is_bridge(m: Any) -> bool:
+        return isinstance(m, GeneralizedComponent) and m.original_component is not None
+
+    swaps: list[tuple[Any, str, Any, Any]] = []
+    seen: set[int] = set()
+
+    def visit(module: Any) -> None:
+        if id(module) in seen:
+            return
+        seen.add(id(module))
+        for name, child in list(module._modules.items()):
+            if child is None:
+                continue
+            if is_bridge(child):
+                swaps.append((module, name, child, child.original_component))
+                visit(child.original_component)
+            elif isinstance(child, nn.ModuleList) and len(child) and all(is_bridge(c) for c in child):
+                originals = nn.ModuleList([c.original_component for c in child])
+                swaps.append((module, name, child, originals))
+                for original in originals:
+                    visit(original)
+            else:
+                visit(child)
+
+    visit(hf_model)
+    return swaps
+
+
+@contextmanager
+def unbridged(model: Any) -> Iterator[Any]:
+    """The wrapped Hugging Face model with the bridge's components swapped back for the modules
+    they wrap, restored on exit (also when the body raises).
+
+    Inside, ``model.hf_model`` runs at plain Hugging Face speed (the bridge's per-component Python
+    costs about a fifth of generation time) and no bridge hook point fires; torch hooks on the
+    original modules do. Same weights and modules as the bridge runs; attention goes back to the
+    implementation the model was loaded with (SDPA, usually, where the bridge forces eager), so
+    results match the bridge's to float rounding rather than bit for bit.
+    """
+    hf_model = model.hf_model if hasattr(model, "hf_model") else model
+    if getattr(hf_model, "_geomprobe_unbridged", False):  # nested: already plain
+        yield hf_model
+        return
+    swaps = _bridge_swaps(hf_model)
+    done: list[tuple[Any, str, Any, Any]] = []
+    config = hf_model.config
+    bridge_attention = getattr(config, "_attn_implementation", None)
+    loaded_attention = getattr(hf_model, "_geomprobe_loaded_attention", None)
+    try:
+        for parent, name, bridge, original in swaps:
+            parent._modules[name] = original
+            done.append((parent, name, bridge, original))
+        # Only where every module reads the one config (text models), so no sub-model is left behind.
+        configs = {id(c) for m in hf_model.modules() if hasattr(c := getattr(m, "config", None), "_attn_implementation")}
+        if loaded_attention and loaded_attention != bridge_attention and configs == {id(config)}:
+            config._attn_implementation = loaded_attention
+        hf_model._geomprobe_unbridged = True
+        yield hf_model
+    finally:
+        for parent, name, bridge, _ in reversed(done):
+            parent._modules[name] = bridge
+        if bridge_attention is not None and getattr(config, "_attn_implementation", None) != bridge_attention:
+            config._attn_implementation = bridge_attention
+        hf_model._geomprobe_unbridged = False
+
+
 def load_model(
     model: str | os.PathLike = DEFAULT_MODEL,
     *,
@@ -313,11 +386,14 @@ def load_model(
         model, dtype=torch_dtype, device=torch_device, revision=revision,
         trust_remote_code=trust_remote_code, device_map=device_map,
     )
+    # The bridge switches attention to eager (its hooks need the pattern); ``unbridged`` restores this.
+    loaded_attention = getattr(ckpt.hf_model.config, "_attn_implementation", None)
     bridge = TransformerBridge.boot_transformers(
         ckpt.load_from, hf_model=ckpt.hf_model, tokenizer=ckpt.tokenizer, device=torch_device,
         dtype=torch_dtype, trust_remote_code=trust_remote_code,
     )
     bridge.eval()
+    bridge.original_model._geomprobe_loaded_attention = loaded_attention
     ensure_kv_cache_compat(bridge.original_model)
     extra: dict[str, Any] = {}
     if device_map is not None:

@@ -52,7 +52,14 @@ def test_build_export_generate_search_ablate(cache_file, tiny_llama_dir, tmp_pat
     assert "unsteered" in out and "x30" in out
     rows = json.loads(gen_json.read_text())["rows"]
     assert [r["multiplier"] for r in rows] == [0.0, 30.0]
+    assert rows[0]["text"] != rows[1]["text"]
     assert table.read_text().startswith("| prompt |")
+    # The bridge's hook points give the same generations as the default (plain-module) route.
+    bridge_json = tmp_path / "gen-bridge.json"
+    assert main(["steer", "generate", str(vec_dir), *model, "--prompt", "Write a poem about the sea.",
+                 "--multiplier", "30", "--hooks", "resid_post:1", "--positions", "generated",
+                 "--max-new-tokens", "6", "--via", "bridge", "--json", str(bridge_json)]) == 0
+    assert json.loads(bridge_json.read_text())["rows"] == rows
 
     data = tmp_path / "val.jsonl"
     data.write_text("\n".join(json.dumps({"text": t, "label": l}) for t, l in [

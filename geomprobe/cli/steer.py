@@ -52,6 +52,9 @@ def register(subparsers) -> None:
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-chat", action="store_true", help="feed prompts as raw text (no chat template)")
+    g.add_argument("--via", default="auto", choices=["auto", "bridge", "hf"],
+                   help="hook the plain Hugging Face modules (hf, fast) or the bridge's hook points (bridge); "
+                        "auto: hf where every hook maps onto a module")
     g.add_argument("--json", help="also write the generations here")
     g.add_argument("--table", help="write a Markdown table of the generations here")
     g.set_defaults(func=run_generate)
@@ -180,13 +183,13 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise GeomprobeError(f"--max-new-tokens must be >= 1; got {args.max_new_tokens}")
     model = model_from_args(args)
-    from ..steering.apply import resolve_steering
+    from ..steering.apply import plan_steering
 
-    resolve_steering(model, vec, args.hooks)  # fail on width/hooks before generating
+    plan_steering(model, vec, args.hooks, args.via)  # fail on width, hooks and route before generating
     rows = compare_generations(
         model, vec, args.prompt, multipliers=(0.0, args.multiplier), hooks=args.hooks, positions=args.positions,
         max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
-        seed=args.seed, chat=not args.no_chat,
+        seed=args.seed, chat=not args.no_chat, via=args.via,
     )
     hooks = rows[-1]["hooks"]
     print(f"model {model.model_id}; vector {vec.method} at {', '.join(hooks)}; positions {args.positions}")

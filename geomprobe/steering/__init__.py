@@ -20,6 +20,7 @@ See ``docs/steering.md`` for conventions (hooks, positions, KV cache, GGUF layer
 from .ablation import ablate, bake_ablation, orthogonalize_weights, unit_direction
 from .apply import (
     Generation,
+    SteeringSite,
     compare_generations,
     ensure_kv_cache_compat,
     generate,
@@ -27,6 +28,7 @@ from .apply import (
     generation_table,
     render_prompts,
     steer,
+    steering_site,
 )
 from .export import export_gguf, gguf_layer_for_hook, read_gguf
 from .search import (
@@ -56,11 +58,12 @@ from .vectors import (
 )
 
 __all__ = [
-    "METHODS", "Generation", "ScreenRecord", "SearchRecord", "SearchResult", "SteeringVector", "ablate",
+    "METHODS", "Generation", "ScreenRecord", "SearchRecord", "SearchResult", "SteeringSite", "SteeringVector",
+    "ablate",
     "bake_ablation", "build_from_arrays", "build_from_cache", "build_from_probe", "build_from_prompts",
     "choose_positive", "compare_generations", "direction_from_arrays", "ensure_kv_cache_compat", "export_gguf",
     "generate", "generate_steered", "generation_table", "gguf_layer_for_hook", "js_divergence_1d", "kl_divergence",
     "load_vector", "logit_difference", "next_token_logprobs", "orthogonalize_weights",
     "read_gguf", "refusal_log_odds", "refusal_token_ids", "render_prompts", "screen_arrays", "screen_cache",
-    "search_layers", "steer", "unit_direction",
+    "search_layers", "steer", "steering_site", "unit_direction",
 ]

@@ -1,11 +1,16 @@
-"""Apply steering vectors while a model runs or generates (TransformerBridge hook points).
+"""Apply steering vectors while a model runs or generates.
 
 The one way to generate with steering is :func:`generate` (or :func:`generate_steered`): it
 tokenises (chat template, left padding), enters :func:`steer`, and calls Hugging Face
-``generate`` on the bridge's wrapped model (``model.hf_model``). The bridge has replaced the HF
-modules with its own components, so its hook points (``blocks.{l}.hook_resid_post``...) fire on
-every generation step, and the KV cache is used: the first forward sees the whole (padded)
-prompt, each later one only the newest token.
+``generate`` on the bridge's wrapped model (``model.hf_model``) with the KV cache on: the first
+forward sees the whole (padded) prompt, each later one only the newest token.
+
+Routes (``via``): the bridge has replaced the HF modules with its own components, whose hook
+points (``blocks.{l}.hook_resid_post``...) fire on every step -- at the cost of the components'
+Python, about a fifth of generation time. ``via="hf"`` swaps the original modules back for the
+duration and adds the vector with torch hooks on the same tensors (:class:`SteeringSite`);
+``via="bridge"`` uses the bridge's hook points, so caching and probe hooks can run alongside.
+:func:`generate` picks ``hf`` unless that would skip a hook; :func:`steer` defaults to ``bridge``.
 
 Positions: ``all`` adds the vector at every position; ``prompt`` only at prompt positions;
 ``generated`` only at generated ones. A forward pre-hook on the HF model reads how many tokens
@@ -22,8 +27,9 @@ cached generation ignores the prompt. :func:`ensure_kv_cache_compat` maps one na
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import GeomprobeError
-from ..models import ensure_kv_cache_compat
+from ..models import ensure_kv_cache_compat, unbridged
 from ..hooks import resolve_hooks
 from .vectors import SteeringVector
 
@@ -130,46 +136,139 @@ class PositionTracker:
         return None
 
 
-def _add_hook(vec: torch.Tensor, positions: str, tracker: PositionTracker | None, width: int):
-    def check(x, hook):
+# Where an addition at a residual-stream hook lands. resid_mid has no module boundary of its own:
+# the bridge's hook there is the second norm's input, so adding to it steers only the MLP's input
+# while the residual keeps the unsteered value. resid_pre + attn_out + v is the same stream, so the
+# addition goes on the attention output instead -- exact for pre-norm blocks that add the attention
+# output to the residual unscaled (not Gemma 2/3's post-attention norms, parallel blocks, Granite's
+# residual multiplier).
+_RESID_MID_VIA_ATTN = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma",
+                       "phi3", "gpt2"}
+_SITE = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_mid|resid_post|attn_out|mlp_out)$")
+VIA = ("auto", "bridge", "hf")
+
+
+@dataclass(frozen=True)
+class SteeringSite:
+    """Where the vector for ``hook`` is added: a bridge hook point, and the same tensor on the
+    Hugging Face module the bridge wraps (``module``/``side``; None where there is no such module)."""
+
+    hook: str
+    bridge_hook: str
+    module: Any = None
+    side: str = ""  # "input": the module's first input; "output": its first output
+
+
+def steering_site(model: Any, hook: str) -> SteeringSite:
+    """The :class:`SteeringSite` for adding a vector at ``hook`` of ``model``."""
+    match = _SITE.match(hook)
+    if match is None:
+        return SteeringSite(hook, model.bridge.hook_dict[hook].name or hook)
+    layer, kind = int(match.group(1)), match.group(2)
+    if kind == "resid_mid":
+        model_type = getattr(model.hf_model.config, "model_type", "")
+        if model_type not in _RESID_MID_VIA_ATTN:
+            raise GeomprobeError(
+                f"steering at {hook} is not supported for model type {model_type!r} (its blocks do not add the "
+                "attention output to the residual stream unchanged); steer attn_out, or resid_post of the layer before"
+            )
+        kind = "attn_out"
+    block = model.bridge.blocks[layer]
+    component, side = {
+        "resid_pre": (block, "input"), "resid_post": (block, "output"),
+        "attn_out": (block.attn, "output"), "mlp_out": (block.mlp, "output"),
+    }[kind]
+    bridge_hook = component.hook_in.name if side == "input" else component.hook_out.name
+    return SteeringSite(hook, bridge_hook, component.original_component, side)
+
+
+def _adder(vec: torch.Tensor, positions: str, tracker: PositionTracker | None, hook: str):
+    """``x -> x + vec`` at the chosen positions of the forward pass in progress.
+
+    Callable as a bridge hook (``add(x, hook=...)``) and from the torch hooks (``add(x)``).
+    """
+    width = int(vec.numel())
+
+    def check(x):
         if x.shape[-1] != width:
             raise GeomprobeError(
-                f"hook {hook.name} carries width {x.shape[-1]}, the vector has {width}; steer a residual-stream hook"
+                f"hook {hook} carries width {x.shape[-1]}, the vector has {width}; steer a residual-stream hook"
             )
 
     if positions == "all":
-        def add_all(x, hook):
+        def add_all(x, hook=None):
             if x.shape[-1] != width:
-                check(x, hook)
-            return x + vec.to(x.dtype)
+                check(x)
+            return x + vec.to(x.device, x.dtype)
 
         return add_all
 
-    def add_some(x, hook):
-        check(x, hook)
+    def add_some(x, hook=None):
+        check(x)
+        v = vec.to(x.device, x.dtype)  # a no-op unless a device map put this layer elsewhere
         if x.dim() < 3:
-            return x + vec.to(x.dtype)
+            return x + v
         seq = x.shape[1]
         boundary = (tracker.prompt_length or 0) - tracker.offset  # first generated index in this call
-        if positions == "generated":
-            lo = max(boundary, 0)
-            if lo >= seq:
-                return x
-            if lo == 0:
-                return x + vec.to(x.dtype)
-            x = x.clone()
-            x[:, lo:] += vec.to(x.dtype)
+        lo, hi = (max(boundary, 0), seq) if positions == "generated" else (0, min(boundary, seq))
+        if lo >= hi:
             return x
-        hi = min(boundary, seq)
-        if hi <= 0:
-            return x
-        if hi >= seq:
-            return x + vec.to(x.dtype)
+        if lo == 0 and hi == seq:
+            return x + v
         x = x.clone()
-        x[:, :hi] += vec.to(x.dtype)
+        x[:, lo:hi] += v
         return x
 
     return add_some
+
+
+def _torch_hook(module: Any, side: str, add):
+    """Register ``add`` on the first input or first output tensor of a Hugging Face module."""
+    if side == "input":
+        def pre(mod, args, kwargs):
+            if args:
+                return (add(args[0]),) + tuple(args[1:]), kwargs
+            kwargs["hidden_states"] = add(kwargs["hidden_states"])
+            return args, kwargs
+
+        return module.register_forward_pre_hook(pre, with_kwargs=True)
+
+    def post(mod, args, output):
+        if isinstance(output, torch.Tensor):
+            return add(output)
+        return (add(output[0]),) + tuple(output[1:])
+
+    return module.register_forward_hook(post)
+
+
+def bridge_hooks_active(model: Any) -> bool:
+    """Whether any bridge hook point has a hook attached (an :func:`ablate` or caller's own hooks)."""
+    return any(hp._forward_hooks or hp._backward_hooks for hp in model.bridge.hook_dict.values())
+
+
+def choose_via(model: Any, sites: Sequence[SteeringSite], via: str) -> str:
+    """``auto`` -> ``hf`` when every site has a module and no bridge hook is active, else ``bridge``."""
+    if via not in VIA:
+        raise GeomprobeError(f"unknown via {via!r}; use one of {', '.join(VIA)}")
+    if via == "hf":
+        missing = [s.hook for s in sites if s.module is None]
+        if missing:
+            raise GeomprobeError(
+                f"{missing[0]} has no Hugging Face module to hook; steer it with via='bridge' (or 'auto')"
+            )
+        return "hf"
+    if via == "auto":
+        return "hf" if all(s.module is not None for s in sites) and not bridge_hooks_active(model) else "bridge"
+    return "bridge"
+
+
+def plan_steering(
+    model: Any, vector: SteeringVector | torch.Tensor | np.ndarray | None, hooks: str | Sequence[str] | None, via: str
+) -> tuple[list[tuple[str, torch.Tensor]], list[SteeringSite], str]:
+    """Checked ``(hook, vector)`` pairs, their sites and the route (``"hf"`` or ``"bridge"``)."""
+    pairs = resolve_steering(model, vector, hooks) if vector is not None else []
+    sites = [steering_site(model, name) for name, _ in pairs]
+    return pairs, sites, choose_via(model, sites, via)
 
 
 @dataclass
@@ -178,6 +277,7 @@ class SteeringHandle:
     multiplier: float
     positions: str
     tracker: PositionTracker | None
+    via: str = "bridge"
 
 
 @contextmanager
@@ -188,30 +288,40 @@ def steer(
     hooks: str | Sequence[str] | None = None,
     positions: str = "all",
     prompt_length: int | None = None,
+    via: str = "bridge",
 ) -> Iterator[SteeringHandle]:
     """Add ``multiplier * vector`` at ``hooks`` (default: the hooks the vector was read at).
 
-    Works for plain forward passes and for generation; hooks are removed on exit, also when the
-    body raises.
+    ``via="bridge"`` (default) registers on the bridge's hook points: any forward of the bridge
+    or of ``model.hf_model`` in the body is steered, and other bridge hooks (caching, probes) work
+    alongside. ``via="hf"`` swaps the bridge out for the body (:func:`geomprobe.models.unbridged`)
+    and hooks the same tensors on the Hugging Face modules: plain Hugging Face speed, but bridge
+    hook points do not fire in the body, so call ``model.hf_model`` there. ``via="auto"`` picks
+    ``hf`` when every hook maps onto a module and no bridge hook is active. Hooks are removed on
+    exit, also when the body raises.
     """
     multiplier = check_multiplier(multiplier)
     check_positions(positions)
-    pairs = resolve_steering(model, vector, hooks)
+    pairs, sites, via = plan_steering(model, vector, hooks, via)
     ensure_kv_cache_compat(model)
     tracker = PositionTracker(prompt_length) if positions != "all" else None
-    fwd = []
-    for name, vec in pairs:
-        scaled = (vec.double() * multiplier).to(device=model.device, dtype=model.dtype)
-        # Register under the canonical name: an alias can make the bridge call a hook twice.
-        canonical = model.bridge.hook_dict[name].name or name
-        fwd.append((canonical, _add_hook(scaled, positions, tracker, int(vec.numel()))))
-    handle = model.hf_model.register_forward_pre_hook(tracker, with_kwargs=True) if tracker else None
-    try:
-        with model.bridge.hooks(fwd_hooks=fwd):
-            yield SteeringHandle([n for n, _ in pairs], multiplier, positions, tracker)
-    finally:
-        if handle is not None:
-            handle.remove()
+    adders = [
+        (site, _adder((vec.double() * multiplier).to(device=model.device, dtype=model.dtype), positions, tracker, site.hook))
+        for site, (_, vec) in zip(sites, pairs)
+    ]
+    handle = SteeringHandle([n for n, _ in pairs], multiplier, positions, tracker, via)
+    with ExitStack() as stack:
+        if tracker is not None:
+            stack.callback(model.hf_model.register_forward_pre_hook(tracker, with_kwargs=True).remove)
+        if via == "hf":
+            stack.enter_context(unbridged(model))
+            for site, add in adders:
+                stack.callback(_torch_hook(site.module, site.side, add).remove)
+        else:
+            # bridge_hook is the canonical name: an alias can make the bridge call a hook twice.
+            fwd = [(site.bridge_hook, add) for site, add in adders]
+            stack.enter_context(model.bridge.hooks(fwd_hooks=fwd))
+        yield handle
 
 
 # -- generation -------------------------------------------------------------------------------
@@ -241,8 +351,13 @@ def generate(
     batch_size: int = 8,
     use_cache: bool = True,
     stop_at_eos: bool = True,
+    via: str = "auto",
 ) -> list[Generation]:
-    """Generate continuations, steered when ``vector`` is given (greedy by default)."""
+    """Generate continuations, steered when ``vector`` is given (greedy by default).
+
+    ``via`` as in :func:`steer`; the default runs the plain Hugging Face modules unless a hook
+    needs the bridge or bridge hooks are active (inside :func:`ablate`, say), which then apply.
+    """
     if isinstance(prompts, str):
         prompts = [prompts]
     if not prompts:
@@ -251,8 +366,8 @@ def generate(
         raise GeomprobeError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
     check_positions(positions)
     multiplier = check_multiplier(multiplier)
-    if vector is not None:
-        resolve_steering(model, vector, hooks)  # validate before any work
+    # Validate before any work; the route is fixed once for every batch.
+    via = plan_steering(model, vector, hooks, via)[2]
     ensure_kv_cache_compat(model)
     rendered = render_prompts(model.tokenizer, prompts, chat)
     tok = model.tokenizer
@@ -275,10 +390,11 @@ def generate(
         prompt_len = int(enc["input_ids"].shape[1])
         with torch.no_grad():
             if vector is None:
-                out = model.hf_model.generate(**enc, **kwargs)
+                with unbridged(model) if via == "hf" else nullcontext():
+                    out = model.hf_model.generate(**enc, **kwargs)
                 used = []
             else:
-                with steer(model, vector, multiplier, hooks, positions, prompt_length=prompt_len) as h:
+                with steer(model, vector, multiplier, hooks, positions, prompt_length=prompt_len, via=via) as h:
                     out = model.hf_model.generate(**enc, **kwargs)
                 used = h.hooks
         for i, row in enumerate(out[:, prompt_len:].tolist()):
