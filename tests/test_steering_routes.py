@@ -194,3 +194,19 @@ def test_default_model_routes_agree(default_model):
     assert [g.token_ids for g in generate(default_model, PROMPTS, via="hf", **kw)] == [
         g.token_ids for g in generate(default_model, PROMPTS, via="bridge", **kw)
     ]
+
+
+def test_bridge_hooks_refused_inside_an_hf_block(tiny):
+    """Bridge hook points cannot fire while the bridge is swapped out: say so instead of skipping them."""
+    vec = _vector(tiny, "blocks.1.hook_resid_post")
+    kw = dict(max_new_tokens=6, stop_at_eos=False)
+    with steer(tiny, vec, 4.0, via="hf"):
+        with pytest.raises(GeomprobeError, match="do not fire inside a via='hf'"):
+            with steer(tiny, vec, 1.0, via="bridge"):
+                pass
+        with pytest.raises(GeomprobeError, match="do not fire inside a via='hf'"):
+            with ablate(tiny, vec):
+                pass
+        inside = generate(tiny, PROMPTS, **kw)  # auto: the outer block's torch hooks apply
+    steered = generate(tiny, PROMPTS, vector=vec, multiplier=4.0, **kw)
+    assert [g.token_ids for g in inside] == [g.token_ids for g in steered]

@@ -73,7 +73,9 @@ def ablate(
 ) -> Iterator[list[str]]:
     """Project the direction out of the residual stream at every layer (or ``layers``) while inside."""
     from ..models import ensure_kv_cache_compat
+    from .apply import require_bridge
 
+    require_bridge(model, "ablate()")
     r = unit_direction(direction, hook)
     if r.numel() != model.d_model:
         raise GeomprobeError(

@@ -246,10 +246,21 @@ def bridge_hooks_active(model: Any) -> bool:
     return any(hp._forward_hooks or hp._backward_hooks for hp in model.bridge.hook_dict.values())
 
 
+def require_bridge(model: Any, what: str) -> None:
+    """Refuse bridge hooks inside an ``unbridged`` block (``steer(via="hf")``): they would never fire."""
+    if getattr(model.hf_model, "_geomprobe_unbridged", False):
+        raise GeomprobeError(
+            f"{what} uses the bridge's hook points, which do not fire inside a via='hf' steering block; "
+            "use via='hf' or 'auto' there, or move it outside the block"
+        )
+
+
 def choose_via(model: Any, sites: Sequence[SteeringSite], via: str) -> str:
     """``auto`` -> ``hf`` when every site has a module and no bridge hook is active, else ``bridge``."""
     if via not in VIA:
         raise GeomprobeError(f"unknown via {via!r}; use one of {', '.join(VIA)}")
+    if via == "auto" and getattr(model.hf_model, "_geomprobe_unbridged", False):
+        via = "hf"  # already inside an hf-route block: only torch hooks fire here
     if via == "hf":
         missing = [s.hook for s in sites if s.module is None]
         if missing:
@@ -259,6 +270,7 @@ def choose_via(model: Any, sites: Sequence[SteeringSite], via: str) -> str:
         return "hf"
     if via == "auto":
         return "hf" if all(s.module is not None for s in sites) and not bridge_hooks_active(model) else "bridge"
+    require_bridge(model, "steering with via='bridge'")
     return "bridge"
 
 
