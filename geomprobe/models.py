@@ -362,6 +362,46 @@ def unbridged(model: Any) -> Iterator[Any]:
         hf_model._geomprobe_unbridged = False
 
 
+@contextmanager
+def _bridge_hooks_parked(bridge: Any) -> Iterator[None]:
+    """Detach every hook-point hook for the body (a check run must not feed the caller's hooks)."""
+    from collections import OrderedDict
+
+    parked = [(hp, hp._forward_hooks, hp._backward_hooks) for hp in bridge.hook_dict.values()]
+    try:
+        for hp, _, _ in parked:
+            hp._forward_hooks, hp._backward_hooks = OrderedDict(), OrderedDict()
+        yield
+    finally:
+        for hp, fwd, bwd in parked:
+            hp._forward_hooks, hp._backward_hooks = fwd, bwd
+
+
+def unbridged_agrees(model: Any) -> bool:
+    """Whether the plain modules reproduce the bridge's logits on a short text; checked once per model.
+
+    The bridge wraps each Hugging Face module and calls it, so they should, but some architectures'
+    adapters reshape or recompute parts; where the two disagree, geomprobe keeps the bridge.
+    """
+    hf_model = model.hf_model
+    known = getattr(hf_model, "_geomprobe_unbridged_agrees", None)
+    if known is not None:
+        return bool(known)
+    if getattr(hf_model, "_geomprobe_unbridged", False):
+        return True  # the caller has swapped the bridge out already; there is nothing to compare with
+    ids = model.tokenizer("The quick brown fox jumps over the lazy dog.", return_tensors="pt").input_ids
+    ids = ids.to(model.device)
+    with torch.no_grad(), _bridge_hooks_parked(model.bridge):
+        bridged = hf_model(input_ids=ids, use_cache=False).logits.float()
+        with unbridged(model):
+            plain = hf_model(input_ids=ids, use_cache=False).logits.float()
+    # Eager vs SDPA attention and reordered sums differ in the last bits; half precision in more.
+    tol = 1e-4 if model.dtype in (torch.float32, torch.float64) else 3e-2
+    agrees = bool((plain - bridged).abs().max() <= tol * (1 + bridged.abs().max()))
+    hf_model._geomprobe_unbridged_agrees = agrees
+    return agrees
+
+
 def load_model(
     model: str | os.PathLike = DEFAULT_MODEL,
     *,

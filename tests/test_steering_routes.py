@@ -210,3 +210,32 @@ def test_bridge_hooks_refused_inside_an_hf_block(tiny):
         inside = generate(tiny, PROMPTS, **kw)  # auto: the outer block's torch hooks apply
     steered = generate(tiny, PROMPTS, vector=vec, multiplier=4.0, **kw)
     assert [g.token_ids for g in inside] == [g.token_ids for g in steered]
+
+
+def test_auto_keeps_the_bridge_where_the_plain_modules_disagree(tiny):
+    """An architecture whose bridge changes the numbers must not be steered on the plain modules."""
+    from geomprobe.models import unbridged_agrees
+
+    hf = tiny.hf_model
+    assert unbridged_agrees(tiny) and hf._geomprobe_unbridged_agrees is True
+    vec = _vector(tiny, "blocks.1.hook_resid_post")
+    seen = []
+    keep = (tiny.bridge.hook_dict["blocks.0.hook_resid_post"].name, lambda x, hook: seen.append(1))
+    # Only the bridge route runs the bridge's own component: a stand-in for an adapter that differs.
+    shift = torch.linspace(-1.0, 1.0, tiny.d_model)  # not constant: LayerNorm would remove that
+    skew = tiny.bridge.blocks[0].register_forward_hook(
+        lambda m, a, o: (o[0] + shift,) + tuple(o[1:]) if isinstance(o, tuple) else o + shift)
+    try:
+        hf._geomprobe_unbridged_agrees = None
+        with tiny.bridge.hooks(fwd_hooks=[keep]):
+            assert not unbridged_agrees(tiny)
+        assert seen == []  # the check ran with the caller's bridge hooks parked
+        with steer(tiny, vec, 1.0, via="auto") as handle:
+            assert handle.via == "bridge"
+        with pytest.raises(GeomprobeError, match="do not reproduce the bridge"):
+            with steer(tiny, vec, 1.0, via="hf"):
+                pass
+    finally:
+        skew.remove()
+        hf._geomprobe_unbridged_agrees = None
+    assert unbridged_agrees(tiny)

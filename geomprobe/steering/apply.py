@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import GeomprobeError
-from ..models import ensure_kv_cache_compat, unbridged
+from ..models import ensure_kv_cache_compat, unbridged, unbridged_agrees
 from ..hooks import resolve_hooks
 from .vectors import SteeringVector
 
@@ -256,7 +256,8 @@ def require_bridge(model: Any, what: str) -> None:
 
 
 def choose_via(model: Any, sites: Sequence[SteeringSite], via: str) -> str:
-    """``auto`` -> ``hf`` when every site has a module and no bridge hook is active, else ``bridge``."""
+    """``auto`` -> ``hf`` when every site has a module, no bridge hook is active and the plain
+    modules reproduce the bridge (:func:`~geomprobe.models.unbridged_agrees`), else ``bridge``."""
     if via not in VIA:
         raise GeomprobeError(f"unknown via {via!r}; use one of {', '.join(VIA)}")
     if via == "auto" and getattr(model.hf_model, "_geomprobe_unbridged", False):
@@ -267,9 +268,14 @@ def choose_via(model: Any, sites: Sequence[SteeringSite], via: str) -> str:
             raise GeomprobeError(
                 f"{missing[0]} has no Hugging Face module to hook; steer it with via='bridge' (or 'auto')"
             )
+        if not unbridged_agrees(model):
+            raise GeomprobeError(
+                "this model's plain Hugging Face modules do not reproduce the bridge's outputs; use via='bridge'"
+            )
         return "hf"
     if via == "auto":
-        return "hf" if all(s.module is not None for s in sites) and not bridge_hooks_active(model) else "bridge"
+        plain_ok = all(s.module is not None for s in sites) and not bridge_hooks_active(model)
+        return "hf" if plain_ok and unbridged_agrees(model) else "bridge"
     require_bridge(model, "steering with via='bridge'")
     return "bridge"
 
