@@ -1,6 +1,6 @@
 """Cost of steering during generation, and of the TransformerBridge wrapper itself.
 
-Same prompts, same run, interleaved rounds (greedy, fixed length). Settings:
+Same prompts, same run, interleaved rounds in a shuffled order (greedy, fixed length). Settings:
 
   hf                  plain Hugging Face ``generate`` on the loaded model with the bridge swapped
                       out (``unbridged``): the route ``geomprobe.steering.generate`` and
@@ -15,6 +15,9 @@ Same prompts, same run, interleaved rounds (greedy, fixed length). Settings:
   bridge-tl-generate  TransformerLens' own ``bridge.generate`` loop, no hooks
   plain-hf-copy       ``generate`` on a second, never-bridged copy loaded with ``from_pretrained``
                       defaults (SDPA attention; the bridge asks for eager attention)
+
+It also times one steering-hook call on its own (decode-step shape, many repetitions) and scales
+it by the calls a generation makes: the same overhead without the noise of whole generations.
 
 Target: steered generation within 2% of plain generation through the same route. Each ratio
 compares the fastest of the rounds (the least disturbed by other load); the per-round paired
@@ -35,7 +38,8 @@ import torch
 
 from geomprobe.models import load_checkpoint, load_model, unbridged
 from geomprobe.steering import SteeringVector, ensure_kv_cache_compat, render_prompts, steer
-from geomprobe.steering.apply import tokenize_left
+from geomprobe.steering.apply import _adder, _torch_hook, tokenize_left
+from transformer_lens.hook_points import HookPoint
 
 PROMPTS = [
     "Give me three tips for sleeping better.",
@@ -43,6 +47,34 @@ PROMPTS = [
     "Write a haiku about autumn leaves.",
     "What should I pack for a weekend hiking trip?",
 ]
+
+
+def hook_call_cost(x: torch.Tensor, add, *, torch_hook: bool, n: int = 20000) -> float:
+    """Microseconds one steering hook adds to one call of the module it sits on (decode-step shape)."""
+    def per_call(module) -> float:
+        with torch.no_grad():
+            for _ in range(500):
+                module(x)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                module(x)
+            return (time.perf_counter() - t0) / n * 1e6
+
+    if torch_hook:  # via="hf": a torch forward hook on a Hugging Face module
+        module = torch.nn.Identity()
+        bare = per_call(module)
+        handle = _torch_hook(module, "output", add)
+        try:
+            return max(per_call(module) - bare, 0.0)
+        finally:
+            handle.remove()
+    module = HookPoint()  # via="bridge": a TransformerLens hook point
+    bare = per_call(module)
+    module.add_hook(add)
+    try:
+        return max(per_call(module) - bare, 0.0)
+    finally:
+        module.remove_hooks()
 
 
 def main() -> None:
@@ -131,8 +163,11 @@ def main() -> None:
         for fn, _ in settings.values():  # warm-up
             fn()
         times: dict[str, list[float]] = {k: [] for k in settings}
+        order = list(settings)
         for _ in range(args.rounds):
-            for name, (fn, _) in settings.items():
+            rng.shuffle(order)  # a fresh order each round, so no setting always follows the same one
+            for name in order:
+                fn = settings[name][0]
                 sync()
                 t0 = clock()
                 fn()
@@ -152,6 +187,15 @@ def main() -> None:
         cmp = f"{base:>8s} {over[name]:+10.2%} {paired[name]:+14.2%}" if base else ""
         print(f"{name:20s} {best[name]:8.3f} {n_tokens / best[name]:9.1f} {cmp}")
     print(f"noise floor (hf vs hf-again): {over['hf-again']:+.2%}")
+    # The same cost measured without the noise of whole generations: one hook call, many times.
+    x = torch.randn(len(PROMPTS), 1, model.d_model, device=model.device, dtype=model.dtype)
+    add = _adder(torch.randn(model.d_model, device=model.device, dtype=model.dtype), "all", None, "bench")
+    for route, extra in (("hf", hook_call_cost(x, add, torch_hook=True)), ("bridge", hook_call_cost(x, add, torch_hook=False))):
+        for n_hooks in (1, n_many):
+            base = "hf" if route == "hf" else "bridge"
+            est = extra * 1e-6 * n_hooks * n_new / best[base]
+            print(f"{route} route, {n_hooks} hook(s): {extra:.1f} us per hook call x {n_hooks * n_new} calls = "
+                  f"{est:+.3%} of un-hooked generation")
     for name, (_, base) in settings.items():
         if "steer" in name:
             print(f"{name}: steering overhead {over[name]:+.2%} over un-hooked {base} generation "
