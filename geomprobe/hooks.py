@@ -22,6 +22,14 @@ def hook_name(layer: int, short: str = DEFAULT_HOOK) -> str:
     return f"blocks.{layer}.hook_{short}"
 
 
+def parse_hook_name(name: str) -> tuple[int, str] | None:
+    """``(layer, short)`` for ``blocks.{layer}.hook_{short}`` with a short name from SHORT_HOOKS, else None."""
+    match = _FULL.match(name)
+    if match is None or match.group(2) not in SHORT_HOOKS:
+        return None
+    return int(match.group(1)), match.group(2)
+
+
 def hook_layer(name: str) -> int:
     """The block index a ``blocks.{l}.*`` hook belongs to."""
     match = re.match(r"^blocks\.(\d+)\.", name)

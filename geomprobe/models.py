@@ -324,6 +324,12 @@ def _bridge_swaps(hf_model: Any) -> list[tuple[Any, str, Any, Any]]:
     return swaps
 
 
+def is_unbridged(model: Any) -> bool:
+    """Whether ``model`` is inside an :func:`unbridged` block (its bridge hook points cannot fire)."""
+    hf_model = model.hf_model if hasattr(model, "hf_model") else model
+    return bool(getattr(hf_model, "_geomprobe_unbridged", False))
+
+
 @contextmanager
 def unbridged(model: Any) -> Iterator[Any]:
     """The wrapped Hugging Face model with the bridge's components swapped back for the modules
@@ -336,7 +342,7 @@ def unbridged(model: Any) -> Iterator[Any]:
     results match the bridge's to float rounding rather than bit for bit.
     """
     hf_model = model.hf_model if hasattr(model, "hf_model") else model
-    if getattr(hf_model, "_geomprobe_unbridged", False):  # nested: already plain
+    if is_unbridged(hf_model):  # nested: already plain
         yield hf_model
         return
     swaps = _bridge_swaps(hf_model)
@@ -387,7 +393,7 @@ def unbridged_agrees(model: Any) -> bool:
     known = getattr(hf_model, "_geomprobe_unbridged_agrees", None)
     if known is not None:
         return bool(known)
-    if getattr(hf_model, "_geomprobe_unbridged", False):
+    if is_unbridged(hf_model):
         return True  # the caller has swapped the bridge out already; there is nothing to compare with
     ids = model.tokenizer("The quick brown fox jumps over the lazy dog.", return_tensors="pt").input_ids
     ids = ids.to(model.device)

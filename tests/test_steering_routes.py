@@ -125,7 +125,7 @@ def test_resid_mid_steering_moves_the_residual_stream(tiny, via):
                 finally:
                     for h in hs:
                         h.remove()
-        return [captured[k] for k in (list(captured)[:3])]
+        return list(captured.values())  # resid_mid, mlp_out, resid_post: the order they fire in
 
     with torch.no_grad():
         mid0, _, _ = run()

@@ -27,7 +27,6 @@ cached generation ignores the prompt. :func:`ensure_kv_cache_compat` maps one na
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -37,8 +36,8 @@ import numpy as np
 import torch
 
 from ..errors import GeomprobeError
-from ..models import ensure_kv_cache_compat, unbridged, unbridged_agrees
-from ..hooks import resolve_hooks
+from ..models import ensure_kv_cache_compat, is_unbridged, unbridged, unbridged_agrees
+from ..hooks import parse_hook_name, resolve_hooks
 from .vectors import SteeringVector
 
 POSITIONS = ("all", "prompt", "generated")
@@ -144,7 +143,6 @@ class PositionTracker:
 # residual multiplier).
 _RESID_MID_VIA_ATTN = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma",
                        "phi3", "gpt2"}
-_SITE = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_mid|resid_post|attn_out|mlp_out)$")
 VIA = ("auto", "bridge", "hf")
 
 
@@ -161,10 +159,10 @@ class SteeringSite:
 
 def steering_site(model: Any, hook: str) -> SteeringSite:
     """The :class:`SteeringSite` for adding a vector at ``hook`` of ``model``."""
-    match = _SITE.match(hook)
-    if match is None:
+    parsed = parse_hook_name(hook)
+    if parsed is None:
         return SteeringSite(hook, model.bridge.hook_dict[hook].name or hook)
-    layer, kind = int(match.group(1)), match.group(2)
+    layer, kind = parsed
     if kind == "resid_mid":
         model_type = getattr(model.hf_model.config, "model_type", "")
         if model_type not in _RESID_MID_VIA_ATTN:
@@ -248,7 +246,7 @@ def bridge_hooks_active(model: Any) -> bool:
 
 def require_bridge(model: Any, what: str) -> None:
     """Refuse bridge hooks inside an ``unbridged`` block (``steer(via="hf")``): they would never fire."""
-    if getattr(model.hf_model, "_geomprobe_unbridged", False):
+    if is_unbridged(model):
         raise GeomprobeError(
             f"{what} uses the bridge's hook points, which do not fire inside a via='hf' steering block; "
             "use via='hf' or 'auto' there, or move it outside the block"
@@ -260,7 +258,7 @@ def choose_via(model: Any, sites: Sequence[SteeringSite], via: str) -> str:
     modules reproduce the bridge (:func:`~geomprobe.models.unbridged_agrees`), else ``bridge``."""
     if via not in VIA:
         raise GeomprobeError(f"unknown via {via!r}; use one of {', '.join(VIA)}")
-    if via == "auto" and getattr(model.hf_model, "_geomprobe_unbridged", False):
+    if via == "auto" and is_unbridged(model):
         via = "hf"  # already inside an hf-route block: only torch hooks fire here
     if via == "hf":
         missing = [s.hook for s in sites if s.module is None]
