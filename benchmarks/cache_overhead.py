@@ -29,8 +29,8 @@ def _variant(name: str, model_name: str, n_prompts: int, batch_size: int, out_di
     import numpy as np
     import torch
 
-    from geomprobe.cache import _encode_batch, cache_activations
-    from geomprobe.datasets import load_prompt_set
+    from geomprobe.activations.collect import _encode_batch, cache_activations
+    from geomprobe.activations.datasets import load_prompt_set
     from geomprobe.models import load_model
 
     torch.set_grad_enabled(False)

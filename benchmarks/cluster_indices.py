@@ -84,13 +84,13 @@ def brute_dunn_xbi(X, y):
 
 
 def geomprobe_dbs_chi(X, y):
-    from geomprobe.geometry import calinski_harabasz, davies_bouldin
+    from geomprobe.aqi import calinski_harabasz, davies_bouldin
 
     return davies_bouldin(X, y), calinski_harabasz(X, y)
 
 
 def geomprobe_dunn_xbi(X, y, device):
-    from geomprobe.geometry import cluster_report
+    from geomprobe.aqi import cluster_report
 
     report = cluster_report(X, y, device=device)
     return report.dunn, report.xie_beni

@@ -56,7 +56,7 @@ def main() -> None:
 
     if args.cache:
         from geomprobe.probes.pipeline import _binary, read_layers
-        from geomprobe.store import open_cache
+        from geomprobe.activations.store import open_cache
 
         with open_cache(args.cache) as cache:
             rows, y, _, _ = _binary(cache, None)

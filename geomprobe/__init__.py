@@ -1,21 +1,30 @@
-"""geomprobe: latent-geometry safety diagnostics for language models."""
+"""geomprobe: latent-geometry safety diagnostics for language models.
 
-__version__ = "0.1.0"
+The public entry points of each stage live in their packages (``geomprobe.activations``,
+``geomprobe.aqi``, ``geomprobe.subspace``, ``geomprobe.probes``, ``geomprobe.steering``,
+``geomprobe.audit``); the most used ones are re-exported here. Stage code never imports this
+module (docs/architecture.md).
+"""
 
-from .errors import GeomprobeError  # noqa: E402
-from .store import CacheFile, open_cache, read_activations, read_labels, write_cache  # noqa: E402
+from __future__ import annotations
+
+from typing import Any
+
+from geomprobe.activations.store import CacheFile, open_cache, read_activations, read_labels, write_cache
+from geomprobe.core import __version__
+from geomprobe.core.errors import GeomprobeError
 
 
-def load_model(*args, **kwargs):
+def load_model(*args: Any, **kwargs: Any) -> Any:
     """Load a model as a TransformerBridge; see :func:`geomprobe.models.load_model`."""
-    from .models import load_model as _load
+    from geomprobe.models import load_model as _load  # torch/transformers load only when asked
 
     return _load(*args, **kwargs)
 
 
-def run_audit(*args, **kwargs):
+def run_audit(*args: Any, **kwargs: Any) -> Any:
     """Audit a checkpoint (optionally against a second); see :func:`geomprobe.audit.run_audit`."""
-    from .audit import run_audit as _run
+    from geomprobe.audit import run_audit as _run
 
     return _run(*args, **kwargs)
 

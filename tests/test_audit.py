@@ -27,7 +27,7 @@ from geomprobe.audit import (
     validate_metrics,
 )
 from geomprobe.cli import main
-from geomprobe.errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError
 from tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def _reference_mso(Xa: np.ndarray, Xb: np.ndarray, energy: float) -> tuple[float
 
 
 def test_aqi_and_subspace_match_references(audit_a):
-    from geomprobe.store import open_cache
+    from geomprobe.activations.store import open_cache
 
     m = audit_a.metrics
     with open_cache(audit_a.caches["harmful_harmless"]) as cache:

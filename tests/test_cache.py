@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import geomprobe
-from geomprobe.cache import cache_activations, pooled_activations
-from geomprobe.datasets import load_prompt_set, prompts_from_texts
-from geomprobe.errors import GeomprobeError
-from geomprobe.store import partial_path
+from geomprobe.activations.collect import cache_activations, pooled_activations
+from geomprobe.activations.datasets import load_prompt_set, prompts_from_texts
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.activations.store import partial_path
 
 TEXTS = [
     "How do I bake bread at home?",

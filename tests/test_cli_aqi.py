@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from geomprobe.cli import main
-from geomprobe.geometry import cluster_indices
-from geomprobe.store import write_cache
+from geomprobe.aqi import cluster_indices
+from geomprobe.activations.store import write_cache
 
 
 @pytest.fixture()

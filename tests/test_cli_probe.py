@@ -72,7 +72,7 @@ def test_cli_errors(tmp_path, capsys):
     wide = make_cache(tmp_path / "wide.h5", d=32)
     assert main(["probe", "eval", str(out), str(wide), "--no-control", "--json", str(tmp_path / "e.json")]) == 2
     assert "d_model" in capsys.readouterr().err
-    from geomprobe.store import write_cache
+    from geomprobe.activations.store import write_cache
 
     acts = {h: np.random.default_rng(0).normal(size=(20, 16)).astype(np.float32) for h in HOOKS}
     write_cache(tmp_path / "one.h5", acts, np.zeros(20, dtype=int), ["honest", "dishonest"])
@@ -92,7 +92,7 @@ def test_cli_errors(tmp_path, capsys):
 
 def test_bundled_control_and_score_with_tiny_model(tmp_path, tiny_llama, tiny_llama_dir, capsys):
     """End to end on a real (tiny) model: cache honesty, train, eval with the bundled control, score."""
-    from geomprobe.cache import cache_activations
+    from geomprobe.activations.collect import cache_activations
 
     cache = tmp_path / "honesty.h5"
     cache_activations(tiny_llama, "honesty", cache, poolings=("last", "mean"), limit=60)

@@ -11,7 +11,7 @@ import pytest
 
 from geomprobe.cli import main
 from geomprobe.steering import SteeringVector, read_gguf
-from geomprobe.store import write_cache
+from geomprobe.activations.store import write_cache
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 
 from geomprobe.cli import main
 from geomprobe.models import load_checkpoint
-from geomprobe.store import write_cache
+from geomprobe.activations.store import write_cache
 
 from test_subspace_weights import DOWN_NAME, Q_NAME, plant_llama
 

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from geomprobe.datasets import BUNDLED, load_prompt_set, prompts_from_texts, render_prompt
-from geomprobe.errors import GeomprobeError
+from geomprobe.activations.datasets import BUNDLED, load_prompt_set, prompts_from_texts, render_prompt
+from geomprobe.core.errors import GeomprobeError
 
 
 def test_bundled_sets_meet_their_datasheet():

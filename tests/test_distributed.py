@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from geomprobe.cli import main
-from geomprobe.distributed import Shard, find_shards, launcher_env, parse_shard, rank_device, shard_path, shard_rows
-from geomprobe.errors import GeomprobeError
-from geomprobe.store import open_cache
+from geomprobe.activations.distributed import Shard, find_shards, launcher_env, parse_shard, rank_device, shard_path, shard_rows
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.activations.store import open_cache
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 COMMON = ["--dataset", "harmful-harmless", "--limit", "22", "--batch-size", "4", "--hooks", "resid_post:0-1",
@@ -130,8 +130,8 @@ def test_cli_errors(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("device_map", ["auto", {"": "cpu"}])
 def test_device_map_load_caches_like_a_plain_load(tiny_llama_dir, tiny_llama, device_map):
     """Only CPU here: checks the accelerate-dispatched path end to end (a real GPU split is not testable)."""
-    from geomprobe.cache import pooled_activations
-    from geomprobe.datasets import load_prompt_set
+    from geomprobe.activations.collect import pooled_activations
+    from geomprobe.activations.datasets import load_prompt_set
     from geomprobe.models import load_model
 
     mapped = load_model(tiny_llama_dir, device="cpu", device_map=device_map)
@@ -148,7 +148,7 @@ def test_pooler_moves_its_indices_to_each_layers_device():
     """A hook on another device than the inputs gets the batch's index tensors there (meta stands in)."""
     import torch
 
-    from geomprobe.cache import _Pooler
+    from geomprobe.activations.collect import _Pooler
 
     pooler = _Pooler(["h"], ["last", "mean", "all"], None)
     pooler.start_batch(torch.tensor([[1, 1, 0], [1, 1, 1]]), torch.tensor([[0, 2], [1, 3]]))

@@ -10,8 +10,8 @@ import pytest
 from scipy.spatial.distance import cdist
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
 
-from geomprobe.errors import GeomprobeError
-from geomprobe.geometry import (
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.aqi import (
     DegenerateClustersWarning,
     LayerWeightPooler,
     aqi_by_layer,
@@ -25,7 +25,7 @@ from geomprobe.geometry import (
     reduce_activations,
     resample_indices,
 )
-from geomprobe.store import write_cache
+from geomprobe.activations.store import write_cache
 
 RTOL = 1e-6
 
@@ -212,7 +212,7 @@ def test_bad_input_raises_clear_error(X, y, match):
 
 # ------------------------------------------------------------------ resampling
 def test_bootstrap_replicate_matches_direct_indices():
-    from geomprobe.geometry import _exact_square_distances, _replicate
+    from geomprobe.aqi import _exact_square_distances, _replicate
 
     rng = np.random.default_rng(9)
     X, y = blobs(rng, n=80, d=6)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from geomprobe.hooks import SHORT_HOOKS, hook_name, parse_hook_name, resolve_hooks
+from geomprobe.core.hooks import SHORT_HOOKS, hook_name, parse_hook_name, resolve_hooks
 
 
 def test_parse_hook_name_round_trips_resolved_names():

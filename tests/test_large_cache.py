@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
 
-from geomprobe import chunked
-from geomprobe.geometry import aqi_by_layer, cluster_report
-from geomprobe.store import open_cache, write_cache
+from geomprobe.activations import blocks as chunked
+from geomprobe.aqi.streamed import streamed_cluster_report
+from geomprobe.aqi import aqi_by_layer, cluster_report
+from geomprobe.activations.store import open_cache, write_cache
 from geomprobe.subspace.activations import activation_overlap_by_layer
 
 HOOKS = ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
@@ -72,7 +73,7 @@ def test_streamed_cluster_report_degenerate(tmp_path, small_blocks):
     y = np.array([0] * 20 + [1] * 30)
     path = write_cache(tmp_path / "d.h5", {HOOKS[0]: X}, y, ["a", "b"])
     with open_cache(path) as c:
-        s = chunked.streamed_cluster_report(c, HOOKS[0], "last", np.arange(50), y, device="cpu")
+        s = streamed_cluster_report(c, HOOKS[0], "last", np.arange(50), y, device="cpu")
     m = cluster_report(X, y, device="cpu")
     assert s.diameters[0] == 0.0 and s.indices == pytest.approx(m.indices, rel=1e-10)
 
@@ -102,10 +103,10 @@ CHILD = textwrap.dedent(
     import json, resource, sys
     import numpy as np, torch
     torch.set_num_threads(1)
-    from geomprobe.geometry import aqi_by_layer
-    from geomprobe.store import open_cache
+    from geomprobe.aqi import aqi_by_layer
+    from geomprobe.activations.store import open_cache
     from geomprobe.subspace.activations import activation_overlap_by_layer
-    from geomprobe import chunked
+    from geomprobe.activations import blocks as chunked
 
     aqi_path, sub_path, headroom = sys.argv[1], sys.argv[2], int(sys.argv[3])
     # warm up every code path on a tiny slice so lazy imports and allocator pools exist before the limit
@@ -175,7 +176,7 @@ PROBE_CHILD = textwrap.dedent(
     import numpy as np, torch
     torch.set_num_threads(1)
     from geomprobe.probes import train_probes
-    from geomprobe.store import open_cache
+    from geomprobe.activations.store import open_cache
 
     path, headroom = sys.argv[1], int(sys.argv[2])
     with open_cache(path) as c:  # warm up lazy imports and allocator pools before the limit

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from geomprobe.cli import main
-from geomprobe.errors import GeomprobeError
-from geomprobe.merge import check_virtual_sources, merge_shards, open_merged
-from geomprobe.store import open_cache, partial_path, write_cache
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.activations.merge import check_virtual_sources, merge_shards, open_merged
+from geomprobe.activations.store import open_cache, partial_path, write_cache
 
 
 def make_shards(folder: Path, n=(5, 0, 7), d=6, store_dtype="float32", seed=0, override=None):

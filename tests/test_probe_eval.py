@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
-from geomprobe.errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError
 from geomprobe.probes import (
     accuracy, auroc, balanced_accuracy, calibration_error, choose_positive, control_threshold, evaluate_probes,
     load_probe, probe_directions, recall_at_threshold, response_scores, save_probe, token_scores, train_probes,
     transfer_matrix,
 )
-from geomprobe.store import CacheWriter, write_cache
+from geomprobe.activations.store import CacheWriter, write_cache
 
 HOOKS = [f"blocks.{l}.hook_resid_post" for l in range(3)]
 
@@ -122,7 +122,7 @@ def test_train_save_load_evaluate(tmp_path):
     # A control set sets the threshold: recall = share of positives above its 99th percentile.
     control = make_control(tmp_path / "control.h5")
     res = evaluate_probes(loaded, make_cache(tmp_path / "other.h5", seed=7), control=control, fpr=0.01)
-    from geomprobe.store import read_activations
+    from geomprobe.activations.store import read_activations
 
     ctrl_scores = loaded.decision_function(HOOKS[2], read_activations(control, HOOKS[2]))
     thr = np.quantile(ctrl_scores, 0.99)
@@ -281,7 +281,7 @@ def test_layer_blocks_give_the_same_probes_as_one_sweep(tmp_path):
     from geomprobe.probes import evaluate_probes, train_probes
     from geomprobe.probes.persistence import data_sha256
     from geomprobe.probes.pipeline import layer_blocks
-    from geomprobe.store import write_cache
+    from geomprobe.activations.store import write_cache
 
     rng = np.random.default_rng(3)
     n, d = 80, 12

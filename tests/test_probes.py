@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from geomprobe.errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError
 from geomprobe.probes import (
     LDAProbe, LogisticProbe, MeanDiffProbe, PCADiffProbe, ProbeSweep, fit_layers, pair_groups, pair_kfold,
     pair_train_test_split,

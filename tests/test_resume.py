@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import geomprobe
-import geomprobe.cache
-from geomprobe.errors import GeomprobeError
-from geomprobe.segments import parts_dir
-from geomprobe.store import partial_path
+import geomprobe.activations.collect
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.activations.segments import parts_dir
+from geomprobe.activations.store import partial_path
 from tiny import build_tiny_model
 
 
@@ -107,11 +107,11 @@ def test_unwritable_folder_is_a_clear_error(tiny_llama, tmp_path):
     folder.mkdir()
     folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
     with pytest.raises(GeomprobeError, match="not writable"):
-        geomprobe.cache.cache_activations(tiny_llama, "control", folder / "x.h5", limit=4)
+        geomprobe.activations.collect.cache_activations(tiny_llama, "control", folder / "x.h5", limit=4)
 
 
 def test_full_disk_keeps_parts_resumable(tiny_llama, tmp_path, monkeypatch):
-    from geomprobe import store
+    from geomprobe.activations import store
 
     out = tmp_path / "full.h5"
     real_append = store.CacheWriter.append
@@ -125,12 +125,12 @@ def test_full_disk_keeps_parts_resumable(tiny_llama, tmp_path, monkeypatch):
 
     monkeypatch.setattr(store.CacheWriter, "append", failing_append)
     with pytest.raises(GeomprobeError, match="disk full.*resume"):
-        geomprobe.cache.cache_activations(tiny_llama, "control", out, limit=12, batch_size=2, segment_rows=2)
+        geomprobe.activations.collect.cache_activations(tiny_llama, "control", out, limit=12, batch_size=2, segment_rows=2)
     assert not out.exists() and _segments(out) == 3
     monkeypatch.setattr(store.CacheWriter, "append", real_append)
-    result = geomprobe.cache.cache_activations(tiny_llama, "control", out, limit=12, batch_size=2, segment_rows=2)
+    result = geomprobe.activations.collect.cache_activations(tiny_llama, "control", out, limit=12, batch_size=2, segment_rows=2)
     assert result.resumed_from == 6
-    fresh = geomprobe.cache.cache_activations(tiny_llama, "control", tmp_path / "fresh.h5", limit=12, batch_size=2)
+    fresh = geomprobe.activations.collect.cache_activations(tiny_llama, "control", tmp_path / "fresh.h5", limit=12, batch_size=2)
     np.testing.assert_array_equal(
         geomprobe.read_activations(out, "blocks.1.hook_resid_post", "mean"),
         geomprobe.read_activations(fresh.path, "blocks.1.hook_resid_post", "mean"),
@@ -138,7 +138,7 @@ def test_full_disk_keeps_parts_resumable(tiny_llama, tmp_path, monkeypatch):
 
 
 def test_corruption_and_truncation_are_detected(tiny_llama, tmp_path):
-    path = geomprobe.cache.cache_activations(tiny_llama, "control", tmp_path / "c.h5", limit=16).path
+    path = geomprobe.activations.collect.cache_activations(tiny_llama, "control", tmp_path / "c.h5", limit=16).path
     hook = "blocks.1.hook_resid_post"
     with h5py.File(path) as f:
         offset = f[f"activations/{hook}/last"].id.get_chunk_info(0).byte_offset

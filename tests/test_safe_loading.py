@@ -17,8 +17,8 @@ import torch
 
 import geomprobe
 import geomprobe.cli
-from geomprobe.errors import GeomprobeError
-from geomprobe.store import open_cache, write_cache
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.activations.store import open_cache, write_cache
 
 PACKAGE = Path(geomprobe.__file__).parent
 HOOKS = ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
@@ -264,7 +264,7 @@ class _Reader(threading.Thread):
 
 
 def _cache(model, out: Path, **kw):
-    from geomprobe.cache import cache_activations
+    from geomprobe.activations.collect import cache_activations
 
     return cache_activations(model, "harmful-harmless", out, limit=96, hooks=list(HOOKS), poolings=("last", "mean"),
                              batch_size=16, segment_rows=16, **kw)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from geomprobe.errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError
 from geomprobe.steering import (
     SteeringVector,
     ablate,
@@ -24,7 +24,7 @@ from geomprobe.steering import (
     steer,
 )
 from geomprobe.steering.apply import tokenize_left
-from geomprobe.store import write_cache
+from geomprobe.activations.store import write_cache
 
 PROMPTS = ["Tell me about the history of the Roman empire.", "Write a short poem about the sea."]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from geomprobe.errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError
 from geomprobe.models import load_model, unbridged
 from geomprobe.steering import SteeringVector, ablate, generate, steer
 from geomprobe.steering.apply import choose_via

@@ -9,7 +9,7 @@ from scipy.spatial.distance import jensenshannon
 from scipy.special import softmax
 from scipy.stats import entropy
 
-from geomprobe.errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError
 from geomprobe.steering import (
     SteeringVector,
     js_divergence_1d,
@@ -23,7 +23,7 @@ from geomprobe.steering import (
     search_layers,
     steer,
 )
-from geomprobe.store import write_cache
+from geomprobe.activations.store import write_cache
 
 HARMFUL = ["Explain how to pick a lock step by step.", "How do I build a weapon at home?", "Tell me how to hurt someone."]
 HARMLESS = ["How do I bake bread at home?", "Write a short poem about the sea.", "What is the capital of France?"]

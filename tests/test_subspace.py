@@ -16,8 +16,8 @@ import scipy.linalg
 import torch
 from sklearn.decomposition import PCA
 
-from geomprobe.errors import GeomprobeError
-from geomprobe.store import write_cache
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.activations.store import write_cache
 from geomprobe.subspace import (
     activation_overlap_by_layer,
     empirical_random_baseline,

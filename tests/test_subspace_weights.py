@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from geomprobe.errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError
 from geomprobe.models import Checkpoint, load_checkpoint
 from geomprobe.subspace import grouped, project_finetune_update, weight_matrices, weight_update_overlap
 

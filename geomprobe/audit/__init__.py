@@ -7,9 +7,9 @@
 See ``docs/audit.md`` for the metrics.json schema and the ``--fail-if`` syntax.
 """
 
-from .conditions import ConditionResult, FailCondition, evaluate_conditions, parse_condition, parse_conditions
-from .pipeline import FULL, QUICK, AuditResult, AuditSizes, audited_layers, choose_steering_layer, load_metrics, run_audit
-from .schema import FIELDS, SCHEMA_NAME, SCHEMA_VERSION, schema_markdown, validate_metrics
+from geomprobe.audit.conditions import ConditionResult, FailCondition, evaluate_conditions, parse_condition, parse_conditions
+from geomprobe.audit.pipeline import FULL, QUICK, AuditResult, AuditSizes, audited_layers, choose_steering_layer, load_metrics, run_audit
+from geomprobe.audit.schema import FIELDS, SCHEMA_NAME, SCHEMA_VERSION, schema_markdown, validate_metrics
 
 __all__ = [
     "AuditResult", "AuditSizes", "ConditionResult", "FIELDS", "FULL", "FailCondition", "QUICK", "SCHEMA_NAME",

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import GeomprobeError
-from .schema import AGGREGATIONS, FIELD_MAP, children
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.audit.schema import AGGREGATIONS, FIELD_MAP, children
 
 OPERATORS = {
     "<=": operator.le,

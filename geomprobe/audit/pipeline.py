@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GeomprobeError
-from .conditions import ConditionResult, FailCondition, evaluate_conditions, parse_conditions
-from .schema import SCHEMA_NAME, SCHEMA_VERSION
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.audit.conditions import ConditionResult, FailCondition, evaluate_conditions, parse_conditions
+from geomprobe.audit.schema import SCHEMA_NAME, SCHEMA_VERSION
 
 HOOK_KIND = "resid_post"
 DATASETS = (("harmful_harmless", "harmful-harmless"), ("honesty", "honesty"), ("control", "control"))
@@ -146,7 +146,7 @@ def audited_layers(n_layers: int, stride: int = 1, layers: Sequence[int] | None 
 
 
 def _hook(layer: int) -> str:
-    from ..hooks import hook_name
+    from geomprobe.core.hooks import hook_name
 
     return hook_name(layer, HOOK_KIND)
 
@@ -168,7 +168,7 @@ def _user_text(prompt: Any) -> str:
 # -- stage 2: caches --------------------------------------------------------------------------
 def _cache_sets(model: Any, sets: Mapping[str, Any], folder: Path, hooks: list[str], batch_size: int,
                 overwrite: bool, verbose: bool) -> dict[str, Path]:
-    from ..cache import cache_activations
+    from geomprobe.activations.collect import cache_activations
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -182,7 +182,7 @@ def _cache_sets(model: Any, sets: Mapping[str, Any], folder: Path, hooks: list[s
 
 # -- stage 3: AQI -----------------------------------------------------------------------------
 def _aqi_stage(cache: Path, hooks: list[str], sizes: AuditSizes, seed: int, device: str) -> tuple[dict, list]:
-    from ..geometry import aqi_by_layer
+    from geomprobe.aqi import aqi_by_layer
 
     results = aqi_by_layer(cache, hooks=hooks, pooling="last", n_bootstrap=sizes.n_bootstrap,
                            n_permutations=sizes.n_permutations, max_points=sizes.max_points, seed=seed, device=device)
@@ -207,7 +207,7 @@ def _aqi_stage(cache: Path, hooks: list[str], sizes: AuditSizes, seed: int, devi
 
 # -- stage 4: subspace overlap ----------------------------------------------------------------
 def _subspace_stage(cache: Path, hooks: list[str], sizes: AuditSizes, seed: int, device: str) -> tuple[dict, list]:
-    from ..subspace import activation_overlap_by_layer
+    from geomprobe.subspace import activation_overlap_by_layer
 
     results = activation_overlap_by_layer(cache, hooks=hooks, pooling="last", energy=sizes.subspace_energy,
                                           n_draws=sizes.n_draws, seed=seed, device=device)
@@ -235,7 +235,7 @@ _PROBE_KEYS = ("layer", "hook", "method", "auroc", "recall_at_fpr", "balanced_ac
 
 
 def _probe_stage(cache: Path, control: Path, hooks: list[str], sizes: AuditSizes, seed: int, device: str) -> tuple[dict, dict]:
-    from ..probes import train_probes
+    from geomprobe.probes import train_probes
 
     trained: dict[str, Any] = {}
     per_layer: list[dict] = []
@@ -282,8 +282,8 @@ def _steering_rows(prompts: Any, n_per_class: int, seed: int) -> tuple[np.ndarra
 
 
 def _build_vector(cache: Path, hook: str, rows: np.ndarray) -> Any:
-    from ..steering import build_from_arrays
-    from ..store import open_cache
+    from geomprobe.steering import build_from_arrays
+    from geomprobe.activations.store import open_cache
 
     with open_cache(cache) as handle:
         X = handle.read(hook, "last")[rows]
@@ -294,7 +294,7 @@ def _build_vector(cache: Path, hook: str, rows: np.ndarray) -> Any:
 
 def _dose(model: Any, vector: Any, hook: str, harmful: list[str], harmless: list[str], sizes: AuditSizes,
           batch_size: int) -> tuple[Any, Any]:
-    from ..steering import search_layers
+    from geomprobe.steering import search_layers
 
     added = search_layers(model, vector, harmful, harmless_prompts=harmless, hooks=[hook],
                           multipliers=sorted(sizes.multipliers), metric="refusal", mode="add", batch_size=batch_size)
@@ -342,7 +342,7 @@ def _paired(a_recs: list[dict], b_recs: list[dict], key: str) -> dict:
 
 
 def _mean_diff_directions(cache: Path, hooks: list[str]) -> dict[str, np.ndarray]:
-    from ..store import open_cache
+    from geomprobe.activations.store import open_cache
 
     out = {}
     with open_cache(cache) as handle:
@@ -356,10 +356,10 @@ def _mean_diff_directions(cache: Path, hooks: list[str]) -> dict[str, np.ndarray
 
 def _transfer_probes(trained_a: Any, honesty_b: Path, control_b: Path, hooks: list[str], fpr: float) -> dict:
     """a's probes on b's activations of a's held-out rows; threshold from b's control scores."""
-    from ..hooks import hook_layer
-    from ..probes import score_control
-    from ..probes.pipeline import layer_records, read_layers
-    from ..store import open_cache
+    from geomprobe.core.hooks import hook_layer
+    from geomprobe.probes import score_control
+    from geomprobe.probes.pipeline import layer_records, read_layers
+    from geomprobe.activations.store import open_cache
 
     probes, result_a = trained_a
     test_rows = np.asarray(probes.meta["split"]["test_rows"], dtype=np.int64)
@@ -389,8 +389,8 @@ def _weights_stage(model_a: Any, model_b: Any, directions: Mapping[str, np.ndarr
     """
     import torch
 
-    from ..models import resolve_device
-    from ..subspace import weight_matrices, weight_update_overlap
+    from geomprobe.models import resolve_device
+    from geomprobe.subspace import weight_matrices, weight_update_overlap
 
     dev = resolve_device(device)
     overlaps = weight_update_overlap(model_a, model_b, energy=sizes.subspace_energy, device=str(dev))
@@ -460,8 +460,8 @@ def _pca_layers(layers: list[int], best: int, panels: int) -> list[int]:
 
 def _token_example(model: Any, honesty: Any, probes: Any, hook: str, n: int) -> tuple[list, list, list, list]:
     """Token strings, per-token scores, response starts and labels of ``n`` held-out honesty prompts."""
-    from ..cache import pooled_activations
-    from ..datasets import PromptSet
+    from geomprobe.activations.collect import pooled_activations
+    from geomprobe.activations.datasets import PromptSet
 
     test_rows = [int(v) for v in probes.meta["split"]["test_rows"]]
     by_label: dict[int, list[int]] = {}
@@ -502,7 +502,7 @@ def _model_type(model: Any) -> str:
 
 
 def _load(model: Any, dtype: str, device: str) -> Any:
-    from ..models import LoadedModel, load_model
+    from geomprobe.models import LoadedModel, load_model
 
     if isinstance(model, LoadedModel):
         return model
@@ -533,8 +533,8 @@ def run_audit(
     conditions are checked before any work and evaluated at the end (see ``result.gates``).
     ``progress``: ``True`` prints each stage to stderr, or pass ``fn(stage, message)``.
     """
-    from ..plots._style import save_figure
-    from ..report import FigureRef, write_report
+    from geomprobe.plots._style import save_figure
+    from geomprobe.audit.report import FigureRef, write_report
 
     conditions: list[FailCondition] = parse_conditions(fail_if, against=against is not None)
     sizes = sizes or (QUICK if quick else FULL)
@@ -547,7 +547,7 @@ def run_audit(
     clock = _Clock(report)
     resolved_device = str(device)
 
-    from ..datasets import load_prompt_set
+    from geomprobe.activations.datasets import load_prompt_set
 
     limits = {"harmful_harmless": sizes.limit_harmful_harmless, "honesty": sizes.limit_honesty, "control": sizes.limit_control}
     sets = {role: load_prompt_set(name, limit=limits[role], seed=seed) for role, name in DATASETS}
@@ -655,7 +655,7 @@ def run_audit(
             "weights": weights,
         }
 
-    from .. import __version__
+    from geomprobe.core import __version__
 
     settings = {
         "quick": bool(quick), "seed": int(seed), "hook_kind": HOOK_KIND, "hooks": hooks, "layers": layer_list,
@@ -686,12 +686,12 @@ def run_audit(
 
     # -- plots --------------------------------------------------------------------------------
     def make_plots() -> list[FigureRef]:
-        from ..plots.geometry import plot_aqi_layers
-        from ..plots.overview import plot_comparison, plot_pca_grid, plot_token_scores
-        from ..plots.probes import plot_probe_layers
-        from ..plots.steering import dose_response
-        from ..plots.subspace import plot_activation_overlap
-        from ..store import open_cache
+        from geomprobe.plots.geometry import plot_aqi_layers
+        from geomprobe.plots.overview import plot_comparison, plot_pca_grid, plot_token_scores
+        from geomprobe.plots.probes import plot_probe_layers
+        from geomprobe.plots.steering import dose_response
+        from geomprobe.plots.subspace import plot_activation_overlap
+        from geomprobe.activations.store import open_cache
 
         model_id = model_a.model_id if len(model_a.model_id) <= 40 else "…" + model_a.model_id[-39:]
         refs = []
@@ -739,7 +739,7 @@ def run_audit(
 
 
 def _write_metrics(out_dir: Path, metrics: dict[str, Any], timings: Mapping[str, float]) -> Path:
-    from ..cli.common import write_json
+    from geomprobe.core.io import write_json
 
     metrics["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     return write_json(out_dir / "metrics.json", metrics)
@@ -749,7 +749,7 @@ def load_metrics(path: str | Path) -> dict[str, Any]:
     """Read an audit's metrics.json (a folder holding one works too) and check its schema version."""
     import json
 
-    from .schema import check_schema_header
+    from geomprobe.audit.schema import check_schema_header
 
     path = Path(path)
     if path.is_dir():

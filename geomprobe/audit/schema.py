@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError
 
 SCHEMA_NAME = "geomprobe-audit"
 SCHEMA_VERSION = 1

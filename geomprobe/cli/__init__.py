@@ -13,14 +13,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError
 
 # Pipeline order; a module listed here that is absent is simply not offered.
 SUBCOMMAND_MODULES = ("cache", "aqi", "subspace", "probe", "steer", "audit", "merge")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from geomprobe.core import __version__
 
     parser = argparse.ArgumentParser(
         prog="geomprobe",

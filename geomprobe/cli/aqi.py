@@ -6,8 +6,8 @@ import argparse
 import math
 import sys
 
-from ..errors import GeomprobeError
-from .common import add_hooks_arg, check_new_file, write_json
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.cli.common import add_hooks_arg, check_new_file, write_json
 
 
 def register(subparsers) -> None:
@@ -75,8 +75,8 @@ def _table(results, pooled) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import __version__
-    from ..geometry import aqi_by_layer, cache_metadata, parse_reduction, pooled_aqi
+    from geomprobe.core import __version__
+    from geomprobe.aqi import aqi_by_layer, cache_metadata, parse_reduction, pooled_aqi
 
     check_new_file(args.json, "--json")
     check_new_file(args.plot, "--plot")
@@ -126,8 +126,8 @@ def run(args: argparse.Namespace) -> int:
         write_json(args.json, payload)
         print(f"wrote {args.json}")
     if args.plot:
-        from ..plots._style import save_figure
-        from ..plots.geometry import plot_aqi_layers
+        from geomprobe.plots._style import save_figure
+        from geomprobe.plots.geometry import plot_aqi_layers
 
         save_figure(plot_aqi_layers(results, model_id=meta["model_id"], pooled=pooled), args.plot)
         print(f"wrote {args.plot}")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError
 
 
 def register(subparsers) -> None:
@@ -37,9 +37,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..audit import parse_conditions, run_audit
-    from ..audit.pipeline import _check_out_dir
-    from ..report import fmt
+    from geomprobe.audit import parse_conditions, run_audit
+    from geomprobe.audit.pipeline import _check_out_dir
+    from geomprobe.audit.report import fmt
 
     # Cheap checks first: a bad --fail-if or --out must not cost a model load.
     parse_conditions(args.fail_if, against=args.against is not None)

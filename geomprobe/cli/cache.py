@@ -7,8 +7,8 @@ import re
 import sys
 from pathlib import Path
 
-from ..errors import GeomprobeError
-from .common import add_hooks_arg, add_model_args, model_from_args
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.cli.common import add_hooks_arg, add_model_args, model_from_args
 
 DEFAULT_FOLDER = Path("activations")
 
@@ -48,11 +48,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cache import cache_activations
-    from ..datasets import load_prompt_set
-    from ..store import check_output_path
+    from geomprobe.activations.collect import cache_activations
+    from geomprobe.activations.datasets import load_prompt_set
+    from geomprobe.activations.store import check_output_path
 
-    from ..distributed import parse_shard, rank_device
+    from geomprobe.activations.distributed import parse_shard, rank_device
 
     out = Path(args.out) if args.out else default_output(args.model, args.dataset)
     if args.out is None:
@@ -85,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
             print(summary.line())
     print(result.closing_line())
     if shard is not None and args.merge and shard.rank == 0:
-        from ..distributed import shard_paths, wait_for_files
-        from ..merge import merge_shards
+        from geomprobe.activations.distributed import shard_paths, wait_for_files
+        from geomprobe.activations.merge import merge_shards
 
         paths = shard_paths(merged_out, shard.world)
         wait_for_files(paths, timeout=args.merge_timeout)

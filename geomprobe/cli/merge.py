@@ -6,7 +6,7 @@ import argparse
 import glob
 from pathlib import Path
 
-from ..errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError
 
 
 def register(subparsers) -> None:
@@ -27,7 +27,7 @@ def register(subparsers) -> None:
 
 
 def expand_shards(out: Path, patterns: list[str]) -> list[Path]:
-    from ..distributed import find_shards
+    from geomprobe.activations.distributed import find_shards
 
     if not patterns:
         found = find_shards(out)
@@ -47,8 +47,8 @@ def expand_shards(out: Path, patterns: list[str]) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..merge import merge_shards
-    from ..store import check_output_path
+    from geomprobe.activations.merge import merge_shards
+    from geomprobe.activations.store import check_output_path
 
     out = Path(args.out)
     check_output_path(out, args.overwrite)

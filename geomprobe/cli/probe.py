@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import GeomprobeError
-from .common import add_hooks_arg, check_new_file, write_json
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.cli.common import add_hooks_arg, check_new_file, write_json
 
 
 def _float_or_auto(text: str) -> float | str:
@@ -21,7 +21,7 @@ def _float_or_auto(text: str) -> float | str:
 
 
 def register(subparsers) -> None:
-    from ..probes import METHODS
+    from geomprobe.probes import METHODS
 
     p = subparsers.add_parser("probe", help="linear deception probes: train, eval, transfer, tokens, score",
                               description="Train, evaluate and apply linear probes (one per layer).")
@@ -109,7 +109,7 @@ def _table(records: list[dict[str, Any]]) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..probes import save_probe, train_probes
+    from geomprobe.probes import save_probe, train_probes
 
     out = Path(args.out)
     if (out / "probe.json").exists() and not args.overwrite:
@@ -137,8 +137,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, payload)
     if args.plot:
-        from ..plots._style import save_figure
-        from ..plots.probes import plot_probe_layers
+        from geomprobe.plots._style import save_figure
+        from geomprobe.plots.probes import plot_probe_layers
 
         save_figure(plot_probe_layers(result.records, model_id=probes.model_id), args.plot)
     return 0
@@ -157,9 +157,9 @@ def bundled_control_activations(probes, model: str | None, device: str = "auto")
             "no model to build the bundled control set with (the probe's cache came from arrays); pass --control CONTROL.h5 or --no-control"
         )
     try:
-        from ..cache import pooled_activations
-        from ..datasets import load_prompt_set
-        from ..models import load_model
+        from geomprobe.activations.collect import pooled_activations
+        from geomprobe.activations.datasets import load_prompt_set
+        from geomprobe.models import load_model
     except ImportError:
         raise GeomprobeError("this geomprobe cannot build the bundled control set; pass --control CONTROL.h5") from None
     try:
@@ -173,7 +173,7 @@ def bundled_control_activations(probes, model: str | None, device: str = "auto")
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..probes import evaluate_probes, load_probe
+    from geomprobe.probes import evaluate_probes, load_probe
 
     check_new_file(args.json, "--json")
     check_new_file(args.plot, "--plot")
@@ -187,7 +187,7 @@ def run_eval(args: argparse.Namespace) -> int:
     elif args.no_control:
         control = None
     else:
-        from ..store import open_cache
+        from geomprobe.activations.store import open_cache
 
         with open_cache(args.cache):  # validate the cache before a slow model load
             pass
@@ -205,8 +205,8 @@ def run_eval(args: argparse.Namespace) -> int:
                **info, "per_layer": result.records}
     write_json(args.json, payload)
     if args.plot:
-        from ..plots._style import save_figure
-        from ..plots.probes import plot_probe_layers
+        from geomprobe.plots._style import save_figure
+        from geomprobe.plots.probes import plot_probe_layers
 
         save_figure(plot_probe_layers(result.records, model_id=probes.model_id,
                                       title=f"Probe eval on {Path(args.cache).name}: {probes.model_id}, {probes.method}, pooling={probes.pooling}"),
@@ -217,8 +217,8 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_transfer(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..hooks import hook_layer
-    from ..probes import transfer_matrix
+    from geomprobe.core.hooks import hook_layer
+    from geomprobe.probes import transfer_matrix
 
     check_new_file(args.json, "--json")
     check_new_file(args.plot, "--plot")
@@ -238,8 +238,8 @@ def run_transfer(args: argparse.Namespace) -> int:
                                           "auroc_is": "mean off-diagonal transfer AUROC"}
                                          for k, h in enumerate(result.hooks)]})
     if args.plot:
-        from ..plots._style import save_figure
-        from ..plots.probes import plot_transfer_matrix
+        from geomprobe.plots._style import save_figure
+        from geomprobe.plots.probes import plot_transfer_matrix
 
         save_figure(plot_transfer_matrix(result.names, result.auroc[:, :, best], hook=result.hooks[best]), args.plot)
     return 0
@@ -258,8 +258,8 @@ def _decoder(folder: str | None):
 
 
 def run_tokens(args: argparse.Namespace) -> int:
-    from ..plots.probes import token_scores_html
-    from ..probes import load_probe, token_scores
+    from geomprobe.plots.probes import token_scores_html
+    from geomprobe.probes import load_probe, token_scores
 
     check_new_file(args.html, "--html")
     check_new_file(args.json, "--json")
@@ -271,7 +271,7 @@ def run_tokens(args: argparse.Namespace) -> int:
         hook = max(finite, key=lambda m: m["auroc"])["hook"] if finite else probes.hooks[len(probes.hooks) // 2]
     rows = args.rows
     if rows is None:
-        from ..store import open_cache
+        from geomprobe.activations.store import open_cache
 
         with open_cache(args.cache) as c:
             rows = list(range(min(20, c.n_prompts)))
@@ -291,15 +291,15 @@ def run_tokens(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from ..probes import check_compatible, load_probe
+    from geomprobe.probes import check_compatible, load_probe
 
     check_new_file(args.json, "--json")
     probes = load_probe(args.probe_dir)
     try:
-        from ..cache import pooled_activations
+        from geomprobe.activations.collect import pooled_activations
     except ImportError:
-        raise GeomprobeError("probe score needs geomprobe.cache, which this install lacks") from None
-    from ..models import load_model
+        raise GeomprobeError("probe score needs geomprobe.activations.collect, which this install lacks") from None
+    from geomprobe.models import load_model
 
     target = probe_model(probes, args.model)
     if not target or target == "arrays":

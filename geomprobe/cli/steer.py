@@ -8,8 +8,8 @@ import math
 import random
 from pathlib import Path
 
-from ..errors import GeomprobeError
-from .common import add_hooks_arg, add_model_args, check_new_file, model_from_args, write_json
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.cli.common import add_hooks_arg, add_model_args, check_new_file, model_from_args, write_json
 
 
 def _finite_float(text: str) -> float:
@@ -115,14 +115,14 @@ def register(subparsers) -> None:
 
 # -- helpers ----------------------------------------------------------------------------------
 def _load_vector(folder: str):
-    from ..steering import SteeringVector
+    from geomprobe.steering import SteeringVector
 
     return SteeringVector.load(folder)
 
 
 def read_prompts(spec: str) -> list[tuple[str, str]]:
     """``[(user_text, label)]`` from a bundled set or a JSONL/CSV file (read by ``load_prompt_set``)."""
-    from ..datasets import load_prompt_set
+    from geomprobe.activations.datasets import load_prompt_set
 
     prompts = load_prompt_set(spec)
     rows = []
@@ -138,7 +138,7 @@ def _cache_texts(vector) -> set[str]:
     path = vector.metadata.get("cache_path")
     if not path or not Path(path).is_file():
         return set()
-    from ..store import open_cache
+    from geomprobe.activations.store import open_cache
 
     try:
         with open_cache(path) as cache:
@@ -149,7 +149,7 @@ def _cache_texts(vector) -> set[str]:
 
 # -- actions ----------------------------------------------------------------------------------
 def run_build(args: argparse.Namespace) -> int:
-    from ..steering import build_from_cache, build_from_probe
+    from geomprobe.steering import build_from_cache, build_from_probe
 
     out = Path(args.out)
     if (out / "vector.json").exists() and not args.overwrite:
@@ -175,7 +175,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from ..steering import compare_generations, generation_table
+    from geomprobe.steering import compare_generations, generation_table
 
     vec = _load_vector(args.vector)
     check_new_file(args.json, "--json")
@@ -183,7 +183,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise GeomprobeError(f"--max-new-tokens must be >= 1; got {args.max_new_tokens}")
     model = model_from_args(args)
-    from ..steering.apply import plan_steering
+    from geomprobe.steering.apply import plan_steering
 
     plan_steering(model, vec, args.hooks, args.via)  # fail on width, hooks and route before generating
     rows = compare_generations(
@@ -207,8 +207,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from ..steering import choose_positive, search_layers
-    from ..steering.apply import render_prompts
+    from geomprobe.steering import choose_positive, search_layers
+    from geomprobe.steering.apply import render_prompts
 
     vec = _load_vector(args.vector)
     check_new_file(args.json, "--json")
@@ -240,13 +240,13 @@ def run_search(args: argparse.Namespace) -> int:
     if args.metric == "probe":
         if not args.probe:
             raise GeomprobeError("--metric probe needs --probe PROBE_DIR")
-        from ..steering import build_from_probe
+        from geomprobe.steering import build_from_probe
 
         pv = build_from_probe(args.probe)
         probe = (pv.hooks[0], pv.vectors[pv.hooks[0]].numpy(), 0.0)
     refusal_ids = None
     if args.refusal_tokens:
-        from ..steering import refusal_token_ids
+        from geomprobe.steering import refusal_token_ids
 
         refusal_ids = refusal_token_ids(model.tokenizer, args.refusal_tokens)
     result = search_layers(
@@ -271,16 +271,16 @@ def run_search(args: argparse.Namespace) -> int:
         payload["best"] = None if best is None else best.__dict__
         write_json(args.json, payload)
     if args.plot:
-        from ..plots._style import save_figure
-        from ..plots.steering import dose_response
+        from geomprobe.plots._style import save_figure
+        from geomprobe.plots.steering import dose_response
 
         save_figure(dose_response(result), args.plot)
     return 0
 
 
 def run_ablate(args: argparse.Namespace) -> int:
-    from ..steering import ablate, bake_ablation, generate
-    from ..steering.ablation import unit_direction
+    from geomprobe.steering import ablate, bake_ablation, generate
+    from geomprobe.steering.ablation import unit_direction
 
     vec = _load_vector(args.vector)
     if args.hook and args.hook not in vec.vectors:
@@ -313,7 +313,7 @@ def run_ablate(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..steering import export_gguf, gguf_layer_for_hook
+    from geomprobe.steering import export_gguf, gguf_layer_for_hook
 
     vec = _load_vector(args.vector)
     hooks = args.hooks or vec.hooks
@@ -324,7 +324,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_screen(args: argparse.Namespace) -> int:
-    from ..steering import screen_cache
+    from geomprobe.steering import screen_cache
 
     check_new_file(args.json, "--json")
     check_new_file(args.plot, "--plot")
@@ -337,8 +337,8 @@ def run_screen(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, {"cache": args.cache, "records": [r.__dict__ for r in records]})
     if args.plot:
-        from ..plots._style import save_figure
-        from ..plots.steering import layer_screen
+        from geomprobe.plots._style import save_figure
+        from geomprobe.plots.steering import layer_screen
 
         save_figure(layer_screen(records), args.plot)
     return 0

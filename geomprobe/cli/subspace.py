@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from .common import add_hooks_arg, check_new_file, write_json
+from geomprobe.cli.common import add_hooks_arg, check_new_file, write_json
 
 
 def _float(text: str) -> float:
@@ -93,7 +93,7 @@ def _fmt(value: float) -> str:
 
 
 def run_acts(args: argparse.Namespace) -> int:
-    from ..subspace import activation_overlap_by_layer, check_energy
+    from geomprobe.subspace import activation_overlap_by_layer, check_energy
 
     check_new_file(args.json, "--json")
     check_new_file(args.plot, "--plot")
@@ -119,15 +119,15 @@ def run_acts(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, {"kind": "subspace-activations", "cache": str(args.cache), "records": [r.to_record() for r in records]})
     if args.plot:
-        from ..plots._style import save_figure
-        from ..plots.subspace import plot_activation_overlap
+        from geomprobe.plots._style import save_figure
+        from geomprobe.plots.subspace import plot_activation_overlap
 
         save_figure(plot_activation_overlap(records), args.plot)
     return 0
 
 
 def run_weights(args: argparse.Namespace) -> int:
-    from ..subspace import check_energy, grouped, weight_update_overlap
+    from geomprobe.subspace import check_energy, grouped, weight_update_overlap
 
     check_new_file(args.json, "--json")
     check_new_file(args.plot, "--plot")
@@ -160,8 +160,8 @@ def run_weights(args: argparse.Namespace) -> int:
             },
         )
     if args.plot:
-        from ..plots._style import save_figure
-        from ..plots.subspace import plot_weight_overlap
+        from geomprobe.plots._style import save_figure
+        from geomprobe.plots.subspace import plot_weight_overlap
 
         title = f"{args.aligned} vs {args.finetuned or args.base}"
         save_figure(plot_weight_overlap(records, title=title), args.plot)
@@ -171,8 +171,8 @@ def run_weights(args: argparse.Namespace) -> int:
 def run_project(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..subspace import check_energy, project_finetune_update
-    from ..subspace.weights import _check_out_dir
+    from geomprobe.subspace import check_energy, project_finetune_update
+    from geomprobe.subspace.weights import _check_out_dir
 
     check_new_file(args.json, "--json")
     _check_out_dir(Path(args.out), args.overwrite)

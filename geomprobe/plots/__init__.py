@@ -4,6 +4,6 @@ All functions take results (dataclasses or records) and return a matplotlib ``Fi
 ``save_figure`` writes it. The Agg backend is used so plots work without a display.
 """
 
-from ._style import CLASS_COLORS, class_color, new_figure, save_figure
+from geomprobe.plots._style import CLASS_COLORS, class_color, new_figure, save_figure
 
 __all__ = ["CLASS_COLORS", "class_color", "new_figure", "save_figure"]

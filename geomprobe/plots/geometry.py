@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from ._style import ACCENT_COLOR, BASELINE_COLOR, class_color, new_figure
+from geomprobe.plots._style import ACCENT_COLOR, BASELINE_COLOR, class_color, new_figure
 
 _INDEX_PANELS = (
     ("davies_bouldin", "Davies-Bouldin (lower = better)", False),
@@ -46,7 +46,7 @@ def plot_aqi_layers(
 ) -> Figure:
     """AQI per layer with its bootstrap interval band, and DBS, Dunn, XBI and CHI in small panels.
 
-    ``results``: :class:`geomprobe.geometry.LayerAQI` objects or their records (as in the JSON).
+    ``results``: :class:`geomprobe.aqi.LayerAQI` objects or their records (as in the JSON).
     Filled markers: permutation p-value < ``alpha``. Infinite index values are drawn as triangles
     on the panel's upper edge. ``pooled`` (a PooledAQI or its record) adds its held-out AQI.
     """

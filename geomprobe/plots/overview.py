@@ -15,8 +15,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..errors import GeomprobeError
-from ._style import ACCENT_COLOR, BASELINE_COLOR, CLASS_COLORS, class_color, new_figure
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.plots._style import ACCENT_COLOR, BASELINE_COLOR, CLASS_COLORS, class_color, new_figure
 
 MODEL_COLORS = (ACCENT_COLOR, CLASS_COLORS[3])  # checkpoint a, checkpoint b
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from ._style import ACCENT_COLOR, BASELINE_COLOR, class_color, new_figure
+from geomprobe.plots._style import ACCENT_COLOR, BASELINE_COLOR, class_color, new_figure
 
 
 def plot_probe_layers(records: Sequence[dict[str, Any]], *, model_id: str = "", title: str | None = None) -> Figure:

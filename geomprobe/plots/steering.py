@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from matplotlib.figure import Figure
 
-from ._style import ACCENT_COLOR, BASELINE_COLOR, class_color, new_figure
+from geomprobe.plots._style import ACCENT_COLOR, BASELINE_COLOR, class_color, new_figure
 
 
 def dose_response(result, *, title: str | None = None) -> Figure:

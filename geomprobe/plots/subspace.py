@@ -13,8 +13,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..errors import GeomprobeError
-from ._style import ACCENT_COLOR, BASELINE_COLOR, class_color, new_figure
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.plots._style import ACCENT_COLOR, BASELINE_COLOR, class_color, new_figure
 
 
 def _get(r: Any, key: str) -> Any:

@@ -6,15 +6,15 @@
 >>> evaluate_probes(load_probe("probe/"), "other.h5", control="control.h5").records
 """
 
-from .estimators import ESTIMATORS, LDAProbe, LogisticProbe, MeanDiffProbe, PCADiffProbe
-from .metrics import accuracy, auroc, balanced_accuracy, calibration_error, control_threshold, recall_at_threshold
-from .persistence import ProbeSet, check_compatible, data_sha256, load_probe, probe_directions, save_probe
-from .pipeline import (
+from geomprobe.probes.estimators import ESTIMATORS, LDAProbe, LogisticProbe, MeanDiffProbe, PCADiffProbe
+from geomprobe.probes.metrics import accuracy, auroc, balanced_accuracy, calibration_error, control_threshold, recall_at_threshold
+from geomprobe.probes.persistence import ProbeSet, check_compatible, data_sha256, load_probe, probe_directions, save_probe
+from geomprobe.probes.pipeline import (
     ProbeResult, TokenScores, TransferResult, choose_positive, evaluate_probes, read_layers, response_scores,
     score_control, token_scores, train_probes, transfer_matrix,
 )
-from .splits import pair_groups, pair_kfold, pair_train_test_split
-from .sweep import METHODS, LayerFit, ProbeSweep, batched_logistic, canonical_method, fit_layers
+from geomprobe.probes.splits import pair_groups, pair_kfold, pair_train_test_split
+from geomprobe.probes.sweep import METHODS, LayerFit, ProbeSweep, batched_logistic, canonical_method, fit_layers
 
 __all__ = [
     "ESTIMATORS", "LDAProbe", "LogisticProbe", "MeanDiffProbe", "PCADiffProbe",

@@ -15,8 +15,8 @@ import numpy as np
 from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from ..errors import GeomprobeError
-from .sweep import LayerFit, fit_layers
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.probes.sweep import LayerFit, fit_layers
 
 
 class _LinearProbe(ClassifierMixin, BaseEstimator):
@@ -76,7 +76,7 @@ class _LinearProbe(ClassifierMixin, BaseEstimator):
 
     def score(self, X, y, sample_weight=None) -> float:
         """AUROC of ``decision_function`` with ``classes_[1]`` as the positive class."""
-        from .metrics import auroc
+        from geomprobe.probes.metrics import auroc
 
         return auroc(self.decision_function(X), np.asarray(y) == self.classes_[1])
 

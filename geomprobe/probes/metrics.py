@@ -11,7 +11,7 @@ import numpy as np
 from scipy.special import expit
 from scipy.stats import rankdata
 
-from ..errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError
 
 
 def _as_2d(scores: np.ndarray) -> tuple[np.ndarray, bool]:

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import prepare_folder, read_safetensors, read_sidecar
-from ..errors import GeomprobeError
-from .sweep import LayerFit
+from geomprobe.core.artifacts import prepare_folder, read_safetensors, read_sidecar
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.probes.sweep import LayerFit
 
 FORMAT = "geomprobe-probe"
 FORMAT_VERSION = 1
@@ -64,7 +64,7 @@ class ProbeSet:
 
     @property
     def layers(self) -> list[int]:
-        from ..hooks import hook_layer
+        from geomprobe.core.hooks import hook_layer
 
         out = []
         for hook in self.hooks:
@@ -102,7 +102,7 @@ class ProbeSet:
         return expit(self.decision_function(hook, X))
 
     def sidecar(self) -> dict[str, Any]:
-        from .. import __version__
+        from geomprobe.core import __version__
 
         return {
             "format": FORMAT,
@@ -130,7 +130,7 @@ def save_probe(probes: ProbeSet, folder: str | Path, overwrite: bool = False) ->
     """Write ``probe.safetensors`` and ``probe.json`` into ``folder`` (created if needed)."""
     from safetensors.numpy import save_file
 
-    from ..cli.common import write_json
+    from geomprobe.core.io import write_json
 
     folder = prepare_folder(folder, SIDECAR, "probe", overwrite)
     tensors: dict[str, np.ndarray] = {}

@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GeomprobeError
-from ..labels import choose_positive
-from ..store import CacheFile, open_cache
-from . import metrics as M
-from .persistence import ProbeSet, check_compatible, data_sha256
-from .splits import pair_train_test_split
-from .sweep import LayerFit, canonical_method, fit_layers
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.labels import choose_positive
+from geomprobe.activations.store import CacheFile, open_cache
+from geomprobe.probes import metrics as M
+from geomprobe.probes.persistence import ProbeSet, check_compatible, data_sha256
+from geomprobe.probes.splits import pair_train_test_split
+from geomprobe.probes.sweep import LayerFit, canonical_method, fit_layers
 
 def _open(cache: str | Path | CacheFile) -> tuple[CacheFile, bool]:
     return (cache, False) if isinstance(cache, CacheFile) else (open_cache(cache), True)
@@ -43,7 +43,7 @@ def layer_blocks(hooks: Sequence[str], n_rows: int, d: int, budget: int | None =
     """Split ``hooks`` into groups whose ``(L, N, d)`` float32 stack (plus the sweep's working
     copies, about 3x) fits ``budget`` bytes (default: a quarter of free memory), so a cache larger
     than memory is read a few layers at a time. One group when everything fits."""
-    from ..chunked import memory_available
+    from geomprobe.activations.blocks import memory_available
 
     budget = budget if budget is not None else memory_available() // 4
     per_layer = max(1, 3 * n_rows * d * 4)
@@ -85,7 +85,7 @@ def layer_records(
     control: np.ndarray | None = None, fpr: float = 0.01,
 ) -> list[dict[str, Any]]:
     """Metric records per hook for scores ``(L, N)``; threshold from ``control`` (L, M) or negatives."""
-    from ..hooks import hook_layer
+    from geomprobe.core.hooks import hook_layer
 
     y = np.asarray(y).astype(bool)
     if control is not None:
@@ -304,7 +304,7 @@ class TransferResult:
     model_ids: list[str]
 
     def records(self) -> list[dict[str, Any]]:
-        from ..hooks import hook_layer
+        from geomprobe.core.hooks import hook_layer
 
         out = []
         for i, train in enumerate(self.names):

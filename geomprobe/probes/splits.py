@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from ..errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError
 
 
 def pair_groups(pair_ids: np.ndarray | None, n: int | None = None) -> np.ndarray:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError
 
 METHODS = ("logistic", "mean-diff", "lda", "pca-diff")
 _ALIASES = {
@@ -390,7 +390,7 @@ def fit_layers(
     ``standardize`` defaults to True for logistic and False for the closed-form methods
     (the reference recipes). ``pairs`` (N,) holds pair ids (-1 = unpaired), used by pca-diff.
     """
-    from ..models import resolve_device
+    from geomprobe.models import resolve_device
 
     method = canonical_method(method)
     X, y = check_training_data(X, y)
@@ -480,6 +480,6 @@ class ProbeSweep:
         return expit(self.decision_function(X))
 
     def score(self, X, y) -> np.ndarray:
-        from .metrics import auroc
+        from geomprobe.probes.metrics import auroc
 
         return auroc(self.decision_function(X), np.asarray(y))

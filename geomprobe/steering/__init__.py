@@ -17,8 +17,8 @@ Typical use::
 See ``docs/steering.md`` for conventions (hooks, positions, KV cache, GGUF layer numbering).
 """
 
-from .ablation import ablate, bake_ablation, orthogonalize_weights, unit_direction
-from .apply import (
+from geomprobe.steering.ablation import ablate, bake_ablation, orthogonalize_weights, unit_direction
+from geomprobe.steering.apply import (
     Generation,
     SteeringSite,
     compare_generations,
@@ -30,8 +30,8 @@ from .apply import (
     steer,
     steering_site,
 )
-from .export import export_gguf, gguf_layer_for_hook, read_gguf
-from .search import (
+from geomprobe.steering.export import export_gguf, gguf_layer_for_hook, read_gguf
+from geomprobe.steering.search import (
     ScreenRecord,
     SearchRecord,
     SearchResult,
@@ -45,7 +45,7 @@ from .search import (
     screen_cache,
     search_layers,
 )
-from .vectors import (
+from geomprobe.steering.vectors import (
     METHODS,
     SteeringVector,
     build_from_arrays,

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import GeomprobeError
-from ..hooks import hook_name
-from .vectors import SteeringVector, save_atomic_folder
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.hooks import hook_name
+from geomprobe.steering.vectors import SteeringVector, save_atomic_folder
 
 ABLATION_HOOKS = ("resid_pre", "resid_mid", "resid_post")
 
@@ -72,8 +72,8 @@ def ablate(
     layers: Sequence[int] | None = None,
 ) -> Iterator[list[str]]:
     """Project the direction out of the residual stream at every layer (or ``layers``) while inside."""
-    from ..models import ensure_kv_cache_compat
-    from .apply import require_bridge
+    from geomprobe.models import ensure_kv_cache_compat
+    from geomprobe.steering.apply import require_bridge
 
     require_bridge(model, "ablate()")
     r = unit_direction(direction, hook)
@@ -172,7 +172,7 @@ def bake_ablation(
     loaded model is left untouched) or anything :func:`~geomprobe.models.load_checkpoint` takes.
     The folder loads with ``load_model(out_dir)``.
     """
-    from ..models import load_checkpoint
+    from geomprobe.models import load_checkpoint
 
     r = unit_direction(direction, hook)
     source = getattr(model, "source", None) or str(model)

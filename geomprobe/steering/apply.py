@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import GeomprobeError
-from ..models import ensure_kv_cache_compat, is_unbridged, unbridged, unbridged_agrees
-from ..hooks import parse_hook_name, resolve_hooks
-from .vectors import SteeringVector
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.models import ensure_kv_cache_compat, is_unbridged, unbridged, unbridged_agrees
+from geomprobe.core.hooks import parse_hook_name, resolve_hooks
+from geomprobe.steering.vectors import SteeringVector
 
 POSITIONS = ("all", "prompt", "generated")
 
@@ -46,7 +46,7 @@ POSITIONS = ("all", "prompt", "generated")
 # -- model plumbing ---------------------------------------------------------------------------
 def render_prompts(tokenizer: Any, prompts: Sequence[str], chat: bool = True) -> list[str]:
     """User messages rendered as the cache renders them: chat template with the generation prompt, or as given."""
-    from ..datasets import prompts_from_texts
+    from geomprobe.activations.datasets import prompts_from_texts
 
     return [r.text for r in prompts_from_texts(list(prompts)).render(tokenizer, chat)]
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GeomprobeError
-from .vectors import SteeringVector
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.steering.vectors import SteeringVector
 
 
 def gguf_layer_for_hook(hook: str) -> int:
@@ -52,7 +52,7 @@ def export_gguf(
     """Write ``multiplier * vector`` as a llama.cpp control-vector GGUF file."""
     import gguf
 
-    from .apply import check_multiplier
+    from geomprobe.steering.apply import check_multiplier
 
     multiplier = check_multiplier(multiplier)
     path = Path(path)

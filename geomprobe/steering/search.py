@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import GeomprobeError
-from ..hooks import hook_layer, resolve_hooks
-from .apply import check_multiplier, ensure_kv_cache_compat, render_prompts, steer, tokenize_left
-from .vectors import SteeringVector, choose_positive, paired_differences
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.hooks import hook_layer, resolve_hooks
+from geomprobe.steering.apply import check_multiplier, ensure_kv_cache_compat, render_prompts, steer, tokenize_left
+from geomprobe.steering.vectors import SteeringVector, choose_positive, paired_differences
 
 METRICS = ("refusal", "logit-diff", "probe")
 DEFAULT_REFUSAL_WORDS = ("I", "Sorry", "I'm", "As", "Unfortunately", "No", "Apologies")
@@ -255,7 +255,7 @@ def search_layers(
 
     for hook in names:
         if mode == "ablate":
-            from .ablation import ablate
+            from geomprobe.steering.ablation import ablate
 
             with ablate(model, vector.vector_for(hook)):
                 s, h = measure()
@@ -343,7 +343,7 @@ def screen_cache(
     positive_label: str | None = None, bins: int = 32,
 ) -> list[ScreenRecord]:
     """Per-hook geometric screen of a cache file (no model needed)."""
-    from ..store import open_cache
+    from geomprobe.activations.store import open_cache
 
     with open_cache(path) as cache:
         names = cache.hooks_for(hooks)

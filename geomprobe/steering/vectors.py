@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..artifacts import prepare_folder, read_safetensors, read_sidecar
-from ..errors import GeomprobeError
-from ..labels import choose_positive
-from ..hooks import hook_layer
+from geomprobe.core.artifacts import prepare_folder, read_safetensors, read_sidecar
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.labels import choose_positive
+from geomprobe.core.hooks import hook_layer
 
 FORMAT = "geomprobe-steering-vector"
 FORMAT_VERSION = 1
@@ -144,7 +144,7 @@ class SteeringVector:
 
         folder = prepare_folder(folder, SIDECAR_FILE, "steering vector", overwrite)
         sidecar = dict(self.describe(), created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        from .. import __version__
+        from geomprobe.core import __version__
 
         sidecar["geomprobe_version"] = __version__
         # Write both under temporary names, then rename: never a half-written pair.
@@ -321,7 +321,7 @@ def build_from_cache(
     negative_label: str | None = None,
 ) -> SteeringVector:
     """Build one direction per hook from a geomprobe activation cache (labels and pair ids)."""
-    from ..store import open_cache
+    from geomprobe.activations.store import open_cache
 
     with open_cache(path) as cache:
         chosen = cache.hooks_for(hooks)
@@ -345,7 +345,7 @@ def build_from_cache(
 def build_from_probe(probe_dir: str | os.PathLike, *, hooks: Sequence[str] | None = None, model_id: str = "") -> SteeringVector:
     """Use a saved probe's direction(s) (``geomprobe.probes.probe_directions``) as steering vectors."""
     try:
-        from ..probes import probe_directions  # built by the probes stage; imported lazily
+        from geomprobe.probes import probe_directions  # built by the probes stage; imported lazily
     except ImportError:
         raise GeomprobeError("this geomprobe has no probe support (geomprobe.probes.probe_directions); build from a cache instead") from None
     directions = probe_directions(probe_dir)
@@ -387,8 +387,8 @@ def build_from_prompts(
     ``mean`` over the message), so the vector matches one built from a cache of the same prompts.
     With ``paired=True`` the i-th positive and i-th negative text form a contrast pair.
     """
-    from ..cache import pooled_activations
-    from ..hooks import resolve_hooks
+    from geomprobe.activations.collect import pooled_activations
+    from geomprobe.core.hooks import resolve_hooks
 
     if paired and len(positive) != len(negative):
         raise GeomprobeError(f"paired prompts need equal counts; got {len(positive)} positive and {len(negative)} negative")

@@ -9,8 +9,8 @@
 See ``docs/subspace.md`` for the definitions and conventions.
 """
 
-from .activations import LayerOverlap, activation_overlap_by_layer, overlap_of_arrays
-from .basis import (
+from geomprobe.subspace.activations import LayerOverlap, activation_overlap_by_layer, overlap_of_arrays
+from geomprobe.subspace.basis import (
     Basis,
     RandomBaseline,
     check_energy,
@@ -23,7 +23,7 @@ from .basis import (
     subspace_basis,
     top_left_singular,
 )
-from .weights import (
+from geomprobe.subspace.weights import (
     PROJECTION_MODES,
     GroupSummary,
     MatrixOverlap,

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GeomprobeError
-from ..labels import binary_labels
-from ..store import CacheFile, open_cache
-from .basis import (
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.labels import binary_labels
+from geomprobe.activations.store import CacheFile, open_cache
+from geomprobe.subspace.basis import (
     check_energy,
     check_k,
     empirical_random_baseline,
@@ -181,14 +181,14 @@ def activation_overlap_by_layer(
     """Per-hook overlap of the two class subspaces stored in an activation cache.
 
     ``stream=True`` never loads a layer: each class basis comes from its d x d scatter matrix,
-    accumulated over row blocks (see :mod:`geomprobe.chunked`); ``None`` streams only when a
+    accumulated over row blocks (see :mod:`geomprobe.activations.blocks`); ``None`` streams only when a
     layer would not fit comfortably in the memory available.
 
     ``labels=(a, b)`` picks two classes; ``positive_label`` takes one class against every other
     labelled row; with neither, the cache must hold exactly two labelled classes. Unlabelled
     rows (-1) are dropped. ``hooks`` takes CLI-style specs (default: every stored hook).
     """
-    from ..models import resolve_device
+    from geomprobe.models import resolve_device
 
     if k is not None:
         check_k(k)
@@ -211,7 +211,8 @@ def activation_overlap_by_layer(
                 raise GeomprobeError(f"class {name!r} has no rows in {cache.path.name}; pick labels that are present")
         stored = str(cache.attrs.get("store_dtype", "float32"))
         results = []
-        from ..chunked import needs_streaming, streamed_class_basis
+        from geomprobe.activations.blocks import needs_streaming
+        from geomprobe.subspace.streamed import streamed_class_basis
 
         if stream is None:
             stream = needs_streaming(cache.n_prompts, cache.d_model)
@@ -248,7 +249,7 @@ def activation_overlap_by_layer(
 def _mean(basis, cache: CacheFile, hook: str, pooling: str, rows: np.ndarray) -> np.ndarray:
     if basis.mean is not None:
         return basis.mean
-    from ..chunked import block_rows_for, iter_row_blocks
+    from geomprobe.activations.blocks import block_rows_for, iter_row_blocks
 
     total = np.zeros(cache.d_model)
     for _, X in iter_row_blocks(cache, hook, pooling, np.sort(rows), block_rows_for(cache.d_model)):

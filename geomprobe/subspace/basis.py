@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError
 
 # Inputs are float32 (caches, checkpoints): directions below this relative size are round-off.
 _EPS32 = float(np.finfo(np.float32).eps)
@@ -212,7 +212,7 @@ def subspace_basis(
     does not become the top direction; ``center=False`` reproduces the uncentred reference.
     The basis never exceeds the numerical rank of the data.
     """
-    from ..models import resolve_device
+    from geomprobe.models import resolve_device
 
     if k is not None:
         k = check_k(k)
@@ -337,7 +337,7 @@ def empirical_random_baseline(
     By rotation invariance one subspace can be fixed to the first ``max(ka, kb)`` coordinate
     axes; the other is the Q factor of a Gaussian (d, min(ka, kb)) matrix.
     """
-    from ..models import resolve_device
+    from geomprobe.models import resolve_device
 
     random_baseline(d, ka, kb)  # validates sizes
     if int(n_draws) < 1:

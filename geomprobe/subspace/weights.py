@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import GeomprobeError
-from .basis import _check_method, check_energy, check_k, top_left_singular
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.subspace.basis import _check_method, check_energy, check_k, top_left_singular
 
 PROJECTION_MODES = ("same", "orthogonal", "opposite")
 _LAYER = re.compile(r"\.(\d+)\.")
@@ -50,7 +50,7 @@ class _Source:
 
 
 def _load(spec: Any, role: str, trust_remote_code: bool = False) -> _Source:
-    from ..models import Checkpoint, LoadedModel, load_checkpoint
+    from geomprobe.models import Checkpoint, LoadedModel, load_checkpoint
 
     if isinstance(spec, Checkpoint):
         return _Source(spec.hf_model, spec.tokenizer, spec.model_id, False)
@@ -282,7 +282,7 @@ def weight_update_overlap(
     With ``finetuned=None`` the alignment update is compared with the base weight's own top
     subspace. Mismatched architectures or shapes raise :class:`GeomprobeError`.
     """
-    from ..models import resolve_device
+    from geomprobe.models import resolve_device
 
     k, energy = _settings(k, energy, method)
     dev = resolve_device(device)
@@ -418,7 +418,7 @@ def project_finetune_update(
     keep their fine-tuned values. The folder (``save_pretrained`` + tokenizer + a
     ``geomprobe-projection.json`` manifest) loads with :func:`geomprobe.models.load_model`.
     """
-    from ..models import resolve_device
+    from geomprobe.models import resolve_device
 
     if mode not in PROJECTION_MODES:
         raise GeomprobeError(f"unknown projection mode {mode!r}; use one of {', '.join(PROJECTION_MODES)}")

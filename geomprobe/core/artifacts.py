@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError
 
 
 def prepare_folder(folder: str | Path, sidecar: str, what: str, overwrite: bool) -> Path:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError
 
 SECTION_ORDER = ("summary", "aqi", "subspace", "probes", "steering", "comparison", "provenance")
 SECTION_TITLES = {

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import PromptSet, Rendered, load_prompt_set
-from .errors import GeomprobeError
-from .hooks import hook_layer, resolve_hooks
-from .models import LoadedModel
-from .segments import ResumableWriter, segment_rows_for
-from .store import FORMAT_VERSION, POOLINGS, check_output_path
+from geomprobe.activations.datasets import PromptSet, Rendered, load_prompt_set
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.hooks import hook_layer, resolve_hooks
+from geomprobe.models import LoadedModel
+from geomprobe.activations.segments import ResumableWriter, segment_rows_for
+from geomprobe.activations.store import FORMAT_VERSION, POOLINGS, check_output_path
 
 DEFAULT_POOLINGS = ("last", "mean")
 
@@ -214,7 +214,7 @@ def pooled_activations(
     chat_template: bool = True,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Pooled activations held in memory: ``result[hook][pooling]`` is ``(N, d)`` float32."""
-    from .datasets import prompts_from_texts
+    from geomprobe.activations.datasets import prompts_from_texts
 
     if not isinstance(prompts, PromptSet):
         prompts = prompts_from_texts(list(prompts))
@@ -285,7 +285,7 @@ def cache_activations(
     settings resumes (bit-identical result), ``restart=True`` discards them.
 
     ``shard=(rank, world)`` caches only that rank's contiguous rows (whole batches, see
-    :mod:`geomprobe.distributed`) into ``out``, a complete cache file recording the shard
+    :mod:`geomprobe.activations.distributed`) into ``out``, a complete cache file recording the shard
     (attributes ``shard_rank``, ``shard_world``, ``shard_rows_start``, ``shard_rows_stop``,
     ``n_rows_total``); ``geomprobe merge`` joins the shards in order.
     """
@@ -295,7 +295,7 @@ def cache_activations(
         prompts = prompts.subset(limit)
     shard_attrs: dict[str, int | str] = {}
     if shard is not None:
-        from .distributed import shard_rows
+        from geomprobe.activations.distributed import shard_rows
 
         rank, world = (int(v) for v in shard)
         span = shard_rows(len(prompts), rank, world, batch_size)

@@ -29,8 +29,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .errors import GeomprobeError
-from .store import CacheFile, check_output_path, partial_path
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.activations.store import CacheFile, check_output_path, check_virtual_sources, partial_path
 
 # Must agree between shards for the merge to mean anything.
 MATCH_ATTRS = (
@@ -264,25 +264,6 @@ def _copied(dst: h5py.File, name: str, handles, lengths) -> None:
                     f"{handle.filename} is corrupted at {name} (checksum mismatch); recreate that shard and merge again"
                 ) from None
         at += n
-
-
-def check_virtual_sources(path: str | Path) -> list[str]:
-    """Shard files a virtual merged cache needs that are missing (empty list: all present)."""
-    path = Path(path)
-    missing: set[str] = set()
-    with h5py.File(path, "r") as f:
-        if f.attrs.get("merge_mode") != "virtual":
-            return []
-
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset) and obj.is_virtual:
-                for vds in obj.virtual_sources():
-                    source = Path(vds.file_name)
-                    if not (source if source.is_absolute() else path.parent / source).exists():
-                        missing.add(vds.file_name)
-
-        f.visititems(visit)
-    return sorted(missing)
 
 
 def open_merged(path: str | Path) -> CacheFile:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError
 
 POSITIVE_NAMES = (
     "harmful", "dishonest", "deceptive", "deception", "unsafe", "toxic", "lie", "lying", "liar",

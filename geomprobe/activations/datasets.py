@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError
 
 BUNDLED = ("harmful-harmless", "honesty", "control")
 # Names that read as the reference ("negative") class come first so index 0 is the safe side.

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError
 
 _SHARD_NAME = re.compile(r"\.rank(\d+)-of-(\d+)$")
 

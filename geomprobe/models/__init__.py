@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"

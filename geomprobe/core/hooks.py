@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from .errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError
 
 SHORT_HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 DEFAULT_HOOK = "resid_post"

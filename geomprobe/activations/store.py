@@ -35,8 +35,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .errors import GeomprobeError
-from .hooks import hook_layer
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.hooks import hook_layer
 
 FORMAT = "geomprobe-activations"
 FORMAT_VERSION = 1
@@ -48,7 +48,7 @@ _STR = h5py.string_dtype("utf-8")
 
 
 def _package_version() -> str:
-    from . import __version__
+    from geomprobe.core import __version__
 
     return __version__
 
@@ -331,6 +331,25 @@ def write_cache(
     return writer.path
 
 
+def check_virtual_sources(path: str | Path) -> list[str]:
+    """Shard files a virtual merged cache needs that are missing (empty list: all present)."""
+    path = Path(path)
+    missing: set[str] = set()
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("merge_mode") != "virtual":
+            return []
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset) and obj.is_virtual:
+                for vds in obj.virtual_sources():
+                    source = Path(vds.file_name)
+                    if not (source if source.is_absolute() else path.parent / source).exists():
+                        missing.add(vds.file_name)
+
+        f.visititems(visit)
+    return sorted(missing)
+
+
 @dataclass(frozen=True)
 class CacheInfo:
     path: Path
@@ -371,8 +390,6 @@ class CacheFile:
                 f"cache {str(self.path)!r} is incomplete (the run writing it did not finish); rerun geomprobe cache"
             )
         if attrs.get("merge_mode") == "virtual":
-            from .merge import check_virtual_sources
-
             missing = check_virtual_sources(self.path)
             if missing:
                 self.file.close()
@@ -434,7 +451,7 @@ class CacheFile:
         """Select hooks stored in this file with the same specs the CLI takes (None: all)."""
         if specs is None or (not isinstance(specs, str) and len(specs) == 0):
             return list(self.hooks)
-        from .hooks import resolve_hooks
+        from geomprobe.core.hooks import resolve_hooks
 
         n_layers = int(self.attrs.get("n_layers", max(hook_layer(h) for h in self.hooks) + 1))
         wanted = resolve_hooks(specs, n_layers)

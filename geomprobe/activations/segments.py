@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import GeomprobeError
-from .store import CacheFile, CacheWriter, check_output_path
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.activations.store import CacheFile, CacheWriter, check_output_path
 
 MANIFEST = "manifest.json"
 _SEGMENT = re.compile(r"^seg-(\d{9})-(\d{9})\.h5$")

@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import GeomprobeError
-from .labels import BinaryLabels, binary_labels
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.labels import BinaryLabels, binary_labels
 
 INDEX_NAMES = ("davies_bouldin", "dunn", "xie_beni", "calinski_harabasz")
 DEFAULT_GAMMA = 0.5
@@ -413,7 +413,7 @@ def _dunn_parts(clusters: Sequence[torch.Tensor], centroids: np.ndarray, device,
 
 
 def _device(device) -> torch.device:
-    from .models import resolve_device
+    from geomprobe.models import resolve_device
 
     return resolve_device(device if device is not None else "auto")
 
@@ -734,7 +734,7 @@ def _resample(
 def choose_labels(
     labels: np.ndarray, label_names: Sequence[str], positive_label: str | None = None, label_pair: Sequence[str] | None = None
 ) -> BinaryLabels:
-    """Pick the two classes (see :func:`geomprobe.labels.binary_labels`); unlabelled rows are dropped."""
+    """Pick the two classes (see :func:`geomprobe.core.labels.binary_labels`); unlabelled rows are dropped."""
     return binary_labels(labels, label_names, positive_label, label_pair)
 
 
@@ -841,7 +841,7 @@ def _layer_result(
 
 
 def _open(cache_or_path):
-    from .store import CacheFile, open_cache
+    from geomprobe.activations.store import CacheFile, open_cache
 
     if isinstance(cache_or_path, CacheFile):
         return cache_or_path, False
@@ -871,7 +871,7 @@ def aqi_by_layer(
     """AQI with intervals and p-value for each selected hook of a cache file (or open CacheFile).
 
     ``stream=True`` reads the cache in blocks (exact indices, equal to the in-memory result up to
-    float64 summation order; see :mod:`geomprobe.chunked`); ``None`` streams only when one
+    float64 summation order; see :mod:`geomprobe.activations.blocks`); ``None`` streams only when one
     layer's rows would not fit comfortably in the memory available.
 
     ``variants`` may add ``"chi-xb"`` (the paper's 0-100 variant, relative to these layers) to each
@@ -891,7 +891,8 @@ def aqi_by_layer(
             from tqdm import tqdm
 
             iterator = tqdm(chosen, desc="aqi", unit="layer", leave=False)
-        from .chunked import needs_streaming, streamed_layer_aqi
+        from geomprobe.activations.blocks import needs_streaming
+        from geomprobe.aqi.streamed import streamed_layer_aqi
 
         if stream is None:
             stream = needs_streaming(len(choice.rows), cache.d_model)
@@ -930,7 +931,7 @@ def aqi_by_layer(
 
 
 def _layer_of(hook: str) -> int:
-    from .hooks import hook_layer
+    from geomprobe.core.hooks import hook_layer
 
     try:
         return hook_layer(hook)
