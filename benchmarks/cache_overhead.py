@@ -26,7 +26,6 @@ def _peak_mib() -> float:
 
 def _variant(name: str, model_name: str, n_prompts: int, batch_size: int, out_dir: str, queue) -> None:
     import h5py
-    import numpy as np
     import torch
 
     from geomprobe.activations.collect import _encode_batch, cache_activations

@@ -32,7 +32,7 @@ class PeakRSS:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * self.page
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self.base = self._rss()
         self.peak = self.base
         self._stop = threading.Event()
@@ -110,7 +110,7 @@ def main() -> None:
 
     import torch
 
-    from geomprobe.models import resolve_device
+    from geomprobe.core.device import resolve_device
 
     device = resolve_device(args.device)
     print(f"device {device}, torch threads {torch.get_num_threads()}, d = {args.dim}, two clusters, float32 input + offset 100")

@@ -55,8 +55,8 @@ def main() -> None:
     from geomprobe.probes import auroc, fit_layers, pair_train_test_split
 
     if args.cache:
-        from geomprobe.probes.pipeline import _binary, read_layers
         from geomprobe.activations.store import open_cache
+        from geomprobe.probes.pipeline import _binary, read_layers
 
         with open_cache(args.cache) as cache:
             rows, y, _, _ = _binary(cache, None)

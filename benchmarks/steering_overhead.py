@@ -35,11 +35,11 @@ import warnings
 
 import numpy as np
 import torch
+from transformer_lens.hook_points import HookPoint
 
 from geomprobe.models import load_checkpoint, load_model, unbridged
 from geomprobe.steering import SteeringVector, ensure_kv_cache_compat, render_prompts, steer
 from geomprobe.steering.apply import _adder, _torch_hook, tokenize_left
-from transformer_lens.hook_points import HookPoint
 
 PROMPTS = [
     "Give me three tips for sleeping better.",

@@ -6,7 +6,6 @@ Every import counts, also those inside functions, so a lazy import cannot hide a
 from __future__ import annotations
 
 import ast
-from collections import defaultdict
 from pathlib import Path
 
 import pytest

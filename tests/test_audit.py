@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import build_tiny_model
 
 from geomprobe.audit import (
     FIELDS,
     QUICK,
+    SECTIONS,
     AuditSizes,
     audited_layers,
     choose_steering_layer,
@@ -28,7 +30,6 @@ from geomprobe.audit import (
 )
 from geomprobe.cli import main
 from geomprobe.core.errors import GeomprobeError
-from tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,7 +128,7 @@ def test_outputs_written_and_embedded(audit_a):
     assert set(audit_a.figures) == {"aqi_layers", "pca_grid", "subspace_overlap", "probe_layers", "dose_response", "token_scores"}
     page = audit_a.html_path.read_text()
     markdown = audit_a.markdown_path.read_text()
-    for key, path in audit_a.figures.items():
+    for path in audit_a.figures.values():
         data = path.read_bytes()
         assert data.startswith(b"\x89PNG")
         assert "data:image/png;base64," + base64.b64encode(data).decode() in page
@@ -156,6 +157,95 @@ def test_validate_metrics_flags_problems(audit_a):
     assert "undocumented field aqi.surprise" in problems
     assert "missing field steering.kl" in problems
     assert any(p.startswith("probes.best.auroc") for p in problems)
+
+
+# -- sections: the registry, the schema, metrics.json and the report agree -------------------------------
+def test_sections_declare_what_they_write(audit_a):
+    from geomprobe.audit.schema import AGAINST_ONLY
+
+    names = [s.name for s in SECTIONS]
+    assert len(names) == len(set(names)) and names[0] == "cache"
+    for s in SECTIONS:
+        assert all(p == s.name or p.startswith(s.name + ".") for p, _, _ in s.fields), s.name
+        assert all(p.startswith(f"settings.{s.settings_key}") for p, _, _ in s.settings_fields), s.name
+        assert bool(s.fields) == s.writes_metrics, s.name
+    m = audit_a.metrics
+    writers = [s.name for s in SECTIONS if s.writes_metrics]
+    assert list(m)[-len(writers):] == writers  # after the header, in registry order
+    keyed = [s.settings_key for s in SECTIONS if s.settings_key]
+    assert list(m["settings"])[-len(keyed):] == keyed == ["datasets", "aqi", "subspace", "probes", "steering"]
+    assert m["comparison"] is None and AGAINST_ONLY == ("against", "comparison")
+    # exactly the declared figures, in drawing order; the comparison's only with --against
+    assert list(audit_a.figures) == [k for s in SECTIONS if not s.needs_against for k in s.figure_keys]
+    page = audit_a.html_path.read_text()
+    for s in SECTIONS:
+        shown = s.writes_metrics and not s.needs_against
+        assert (f"<section id='{s.name}'>" in page) == shown, s.name
+        if shown:
+            assert f"<h2>{s.title}</h2>" in page
+
+
+def test_a_section_runs_alone_on_a_context(audit_a, tiny_llama, tmp_path):
+    """The context is a section's whole input: run by hand on audit_a's caches, a section gives audit_a's numbers."""
+    from geomprobe.audit.context import AuditContext, AuditOptions, StageClock
+    from geomprobe.audit.sections.geometry import GeometrySection
+    from geomprobe.audit.sections.subspace import SubspaceSection
+
+    events = []
+    ctx = AuditContext(tiny_llama, sets={}, layers=audit_a.metrics["settings"]["layers"], sizes=SMALL,
+                       options=AuditOptions(device="cpu"), out_dir=tmp_path, cache_dir=tmp_path,
+                       clock=StageClock(lambda stage, message: events.append(stage)), caches=dict(audit_a.caches))
+    assert GeometrySection().run(ctx).to_dict() == audit_a.metrics["aqi"]
+    assert SubspaceSection().run(ctx).to_dict() == audit_a.metrics["subspace"]
+    assert list(ctx.clock.timings) == ["aqi", "subspace"] and events == ["aqi", "aqi", "subspace", "subspace"]
+
+
+def test_documented_example_section(audit_a, tiny_llama, tmp_path):
+    """The example of docs/architecture.md ("Adding an audit section") follows the contract and is right."""
+    from dataclasses import dataclass
+
+    from geomprobe.activations.store import open_cache
+    from geomprobe.audit.context import AuditContext, AuditOptions, StageClock, as_metrics
+    from geomprobe.audit.report import render_markdown
+    from geomprobe.audit.sections.base import AuditSection
+    from geomprobe.audit.tables import ReportBlock, Table, fmt
+
+    @dataclass
+    class NormsResult:
+        per_layer: list[float]
+
+        def to_dict(self):
+            return as_metrics(self)
+
+    class NormsSection(AuditSection):
+        name = "norms"
+        title = "Residual-stream norms"
+        fields = (
+            ("norms", "object", "mean L2 norm of the last-token residual stream (harmful-harmless set)"),
+            ("norms.per_layer", "list[number]", "one value per audited layer"),
+        )
+
+        def run(self, ctx):
+            with open_cache(ctx.caches["harmful_harmless"]) as cache:
+                return NormsResult([float(np.linalg.norm(cache.read(h, "last"), axis=1).mean()) for h in ctx.hooks])
+
+        def report(self, metrics):
+            rows = [[fmt(layer), fmt(v)] for layer, v in zip(metrics["settings"]["layers"], metrics["norms"]["per_layer"])]
+            return ReportBlock(self.name, self.title, tables=[Table("Mean norm per layer", ["layer", "norm"], rows)])
+
+    layers = audit_a.metrics["settings"]["layers"]
+    ctx = AuditContext(tiny_llama, sets={}, layers=layers, sizes=SMALL, options=AuditOptions(device="cpu"),
+                       out_dir=tmp_path, cache_dir=tmp_path, clock=StageClock(lambda *_: None), caches=dict(audit_a.caches))
+    section = NormsSection()
+    result = section.run(ctx).to_dict()
+    assert sorted(result) == sorted(p.split(".")[1] for p, _, _ in section.fields if "." in p)
+    with open_cache(audit_a.caches["harmful_harmless"]) as cache:
+        for layer, value in zip(layers, result["per_layer"]):
+            X = cache.read(f"blocks.{layer}.hook_resid_post", "last").astype(np.float64)
+            assert value == pytest.approx(np.mean([np.sqrt(row @ row) for row in X]), rel=1e-5)
+    block = section.report({**audit_a.metrics, "norms": result})
+    assert block.tables[0].rows[0] == [fmt(layers[0]), fmt(result["per_layer"][0])]
+    assert "Mean norm per layer" not in render_markdown(audit_a.metrics)  # not registered: not in the report
 
 
 # -- --fail-if --------------------------------------------------------------------------------------
@@ -275,7 +365,7 @@ def test_weight_update_of_tied_model_twin(tiny_llama_dir, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from geomprobe.audit.pipeline import _weights_stage
+    from geomprobe.audit.sections.weight_update import weight_update
     from geomprobe.models import load_model
     from geomprobe.steering import bake_ablation
 
@@ -288,7 +378,7 @@ def test_weight_update_of_tied_model_twin(tiny_llama_dir, tmp_path):
     r = torch.randn(64, generator=torch.Generator().manual_seed(3))
     twin = load_model(bake_ablation(a, r, tmp_path / "twin"), device="cpu")
     directions = {f"blocks.{layer}.hook_resid_post": (5.0 * r).numpy() for layer in (0, 1)}
-    w = _weights_stage(a, twin, directions, [0, 1], SMALL, "cpu")
+    w = weight_update(a, twin, directions, [0, 1], energy=SMALL.subspace_energy, device="cpu").to_dict()
     assert (w["n_matrices"], w["n_changed"]) == (14, 4)
     assert w["update_along_direction"] == pytest.approx([1.0, 1.0], abs=1e-6)
     for rec in w["per_layer"]:
@@ -338,6 +428,21 @@ def test_cli_bad_fail_if_before_any_work(tmp_path, capsys):
     assert not out.exists()
     assert main(["audit", "--out", str(out), "--fail-if", "comparison.aqi.max_abs_delta>0"]) == 2
     assert "--against" in capsys.readouterr().err
+
+
+def test_api_checks_before_loading(tmp_path):
+    """The CLI has no checks of its own: run_audit refuses bad input before it loads the (missing) model."""
+    missing = tmp_path / "no-model"
+    with pytest.raises(GeomprobeError, match="--batch-size must be at least 1"):
+        run_audit(missing, out_dir=tmp_path / "o", batch_size=0)
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "metrics.json").write_text("{}")
+    with pytest.raises(GeomprobeError, match="already holds a geomprobe audit; pass --overwrite"):
+        run_audit(missing, out_dir=tmp_path / "done")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(GeomprobeError, match="is a file"):
+        run_audit(missing, out_dir=tmp_path / "file")
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_subprocess_error_has_no_traceback(tmp_path):

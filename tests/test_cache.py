@@ -10,8 +10,8 @@ import torch
 import geomprobe
 from geomprobe.activations.collect import cache_activations, pooled_activations
 from geomprobe.activations.datasets import load_prompt_set, prompts_from_texts
-from geomprobe.core.errors import GeomprobeError
 from geomprobe.activations.store import partial_path
+from geomprobe.core.errors import GeomprobeError
 
 TEXTS = [
     "How do I bake bread at home?",

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from geomprobe.cli import main
-from geomprobe.aqi import cluster_indices
 from geomprobe.activations.store import write_cache
+from geomprobe.aqi import cluster_indices
+from geomprobe.cli import main
 
 
 @pytest.fixture()

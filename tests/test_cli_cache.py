@@ -13,7 +13,7 @@ def test_cache_cli_writes_file_and_summaries(tiny_llama_dir, tmp_path, capsys):
                  "--out", str(out), "--hooks", "resid_post", "--pooling", "last,all", "--device", "cpu"])
     text = capsys.readouterr().out
     assert code == 0
-    assert "blocks.1.hook_resid_post" in text and f"wrote 6 prompts" in text and str(out) in text
+    assert "blocks.1.hook_resid_post" in text and "wrote 6 prompts" in text and str(out) in text
     with geomprobe.open_cache(out) as cache:
         assert cache.poolings == ["last", "all"] and cache.n_prompts == 6
         assert cache.read("blocks.0.hook_resid_post", "all").shape[0] == cache.token_offsets[-1]

@@ -7,10 +7,9 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
+from test_probe_eval import HOOKS, build_token_cache, make_cache, make_control
 
 from geomprobe.cli import main
-from test_probe_eval import HOOKS, build_token_cache, make_cache, make_control
 
 
 def test_train_eval_cli(tmp_path, capsys):

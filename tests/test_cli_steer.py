@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
+from geomprobe.activations.store import write_cache
 from geomprobe.cli import main
 from geomprobe.steering import SteeringVector, read_gguf
-from geomprobe.activations.store import write_cache
 
 
 @pytest.fixture

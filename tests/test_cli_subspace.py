@@ -8,12 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from test_subspace_weights import DOWN_NAME, Q_NAME, plant_llama
 
+from geomprobe.activations.store import write_cache
 from geomprobe.cli import main
 from geomprobe.models import load_checkpoint
-from geomprobe.activations.store import write_cache
-
-from test_subspace_weights import DOWN_NAME, Q_NAME, plant_llama
 
 
 @pytest.fixture()

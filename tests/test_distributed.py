@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geomprobe.cli import main
 from geomprobe.activations.distributed import Shard, find_shards, launcher_env, parse_shard, rank_device, shard_path, shard_rows
-from geomprobe.core.errors import GeomprobeError
 from geomprobe.activations.store import open_cache
+from geomprobe.cli import main
+from geomprobe.core.errors import GeomprobeError
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 COMMON = ["--dataset", "harmful-harmless", "--limit", "22", "--batch-size", "4", "--hooks", "resid_post:0-1",

@@ -10,8 +10,9 @@ import pytest
 from scipy.spatial.distance import cdist
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
 
-from geomprobe.core.errors import GeomprobeError
+from geomprobe.activations.store import open_cache, write_cache
 from geomprobe.aqi import (
+    INDICES,
     DegenerateClustersWarning,
     LayerWeightPooler,
     aqi_by_layer,
@@ -23,9 +24,12 @@ from geomprobe.aqi import (
     pooled_aqi,
     pooled_aqi_arrays,
     reduce_activations,
+    register_index,
     resample_indices,
+    streamed_cluster_report,
+    unregister_index,
 )
-from geomprobe.activations.store import write_cache
+from geomprobe.core.errors import GeomprobeError
 
 RTOL = 1e-6
 
@@ -192,6 +196,81 @@ def test_zero_diameters_with_distinct_clusters():
     assert got["davies_bouldin"] == 0.0 and got["xie_beni"] == 0.0 and got["aqi"] == 1.0
 
 
+# ------------------------------------------------------------------ shared per-cluster statistics
+def test_statistics_accumulated_over_blocks_match_numpy():
+    """The streamed path's way (raw rows in blocks, shifted afterwards) equals a direct computation."""
+    import torch
+
+    from geomprobe.aqi.stats import ClusterStatsAccumulator
+
+    rng = np.random.default_rng(22)
+    X = rng.normal(size=(70, 5)) + 40.0  # an offset, so the shift matters
+    y = rng.integers(0, 3, 70)
+    X[y == 2] = [0.1, 0.7, 1 / 3, 40.3, -2.9]  # one constant cluster, spread over several blocks,
+    assert not np.array_equal(X[y == 2].sum(0) / (y == 2).sum(), X[y == 2][0])  # whose mean is off by rounding
+    acc = ClusterStatsAccumulator(3, 5)
+    for s in range(0, 70, 9):
+        for i in range(3):
+            acc.add_rows(i, torch.from_numpy(X[s : s + 9][y[s : s + 9] == i]))
+    mu = acc.overall_mean()
+    acc.fix_centroids(shift=mu)
+    for s in range(0, 70, 9):
+        for i in range(3):
+            acc.add_scatter(i, torch.from_numpy(X[s : s + 9][y[s : s + 9] == i]) - mu)
+    stats = acc.result()
+
+    Z = X - X.mean(0)
+    for i in range(3):
+        A = Z[y == i]
+        c = A.mean(0)
+        assert stats.counts[i] == len(A)
+        assert np.allclose(stats.centroids[i], c, rtol=0, atol=1e-12)
+        assert stats.ssw[i] == pytest.approx(((A - c) ** 2).sum(), rel=1e-9, abs=1e-12)
+        assert stats.mean_dist[i] == pytest.approx(np.linalg.norm(A - c, axis=1).mean(), rel=1e-9, abs=1e-12)
+    assert stats.ssw[2] == 0.0 and stats.mean_dist[2] == 0.0  # exactly, despite the rounding of the mean
+    assert np.array_equal(stats.centroids[2], (torch.from_numpy(X[y == 2][0]) - mu).numpy())
+
+
+# ------------------------------------------------------------------ index registry
+def test_registered_index_is_reported_by_both_paths(tmp_path):
+    rng = np.random.default_rng(21)
+    X, y = blobs(rng, n=90, d=6, k=3, shift=2.0)
+    X = X.astype(np.float32)  # as a cache stores it, so both paths see the same numbers
+
+    @register_index("gap_to_spread")
+    def gap_to_spread(stats):
+        """Closest pair of centroids over the largest mean distance to a centroid."""
+        return stats.centroid_distances[stats.off_diagonal].min() / stats.mean_dist.max()
+
+    try:
+        # brute force: explicit loops over clusters and centroid pairs, no shared statistics
+        X64 = X.astype(np.float64)
+        cents = [X64[y == c].mean(0) for c in range(3)]
+        gap = min(np.linalg.norm(cents[i] - cents[j]) for i in range(3) for j in range(i + 1, 3))
+        spread = max(np.linalg.norm(X64[y == c] - cents[c], axis=1).mean() for c in range(3))
+        expected = gap / spread
+
+        report = cluster_report(X, y, device="cpu")
+        assert report.extra == {"gap_to_spread": pytest.approx(expected, rel=1e-12)}
+        assert report.to_dict()["extra"]["gap_to_spread"] == report.extra["gap_to_spread"]
+        assert cluster_indices(X, y, device="cpu")["gap_to_spread"] == report.extra["gap_to_spread"]
+        assert_close(report.indices, brute_indices(X, y))  # the paper's four are unaffected
+
+        path = write_cache(tmp_path / "r.h5", {"blocks.0.hook_resid_post": X}, y, ["a", "b", "c"])
+        with open_cache(path) as cache:
+            streamed = streamed_cluster_report(cache, "blocks.0.hook_resid_post", "last", np.arange(90), y, device="cpu")
+        assert streamed.extra["gap_to_spread"] == pytest.approx(expected, rel=1e-12)
+
+        with pytest.raises(GeomprobeError, match="already registered"):
+            register_index("gap_to_spread")(gap_to_spread)
+    finally:
+        unregister_index("gap_to_spread")
+    assert "gap_to_spread" not in INDICES
+    assert cluster_report(X, y, device="cpu").extra == {}
+    with pytest.raises(GeomprobeError, match="cannot be removed"):
+        unregister_index("dunn")
+
+
 # ------------------------------------------------------------------ bad input
 @pytest.mark.parametrize(
     "X, y, match",
@@ -212,14 +291,14 @@ def test_bad_input_raises_clear_error(X, y, match):
 
 # ------------------------------------------------------------------ resampling
 def test_bootstrap_replicate_matches_direct_indices():
-    from geomprobe.aqi import _exact_square_distances, _replicate
+    from geomprobe.aqi.resampling import exact_square_distances, replicate_indices
 
     rng = np.random.default_rng(9)
     X, y = blobs(rng, n=80, d=6)
     Z = X - X.mean(0)
-    D = _exact_square_distances(Z)
+    D = exact_square_distances(Z)
     members = [rng.choice(np.flatnonzero(y == c), size=int((y == c).sum())) for c in (0, 1)]
-    got = _replicate(Z, D, members, 0.5)
+    got = replicate_indices(Z, D, members, 0.5)
     idx = np.concatenate(members)
     assert_close(got, brute_indices(Z[idx], y[idx]), rtol=1e-9)
 

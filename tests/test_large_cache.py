@@ -13,9 +13,9 @@ import pytest
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
 
 from geomprobe.activations import blocks as chunked
-from geomprobe.aqi.streamed import streamed_cluster_report
-from geomprobe.aqi import aqi_by_layer, cluster_report
 from geomprobe.activations.store import open_cache, write_cache
+from geomprobe.aqi import aqi_by_layer, cluster_report
+from geomprobe.aqi.streamed import streamed_cluster_report
 from geomprobe.subspace.activations import activation_overlap_by_layer
 
 HOOKS = ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
@@ -30,11 +30,9 @@ def _cache(path, n, d, seed=0, shift=1.0, unlabelled=0):
     y[:unlabelled] = -1  # unlabelled rows are dropped by both paths
     labels = np.where(y < 0, 2, y)
     write_cache(path, X, labels, ["safe", "unsafe", "none"])
-    with open_cache(path) as c:  # relabel -1 for the unlabelled rows
-        pass
     import h5py
 
-    with h5py.File(path, "r+") as f:
+    with h5py.File(path, "r+") as f:  # relabel -1 for the unlabelled rows
         f["labels"][:unlabelled] = -1
     return X, y
 

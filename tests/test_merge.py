@@ -7,14 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
-from geomprobe.cli import main
-from geomprobe.core.errors import GeomprobeError
 from geomprobe.activations.merge import check_virtual_sources, merge_shards, open_merged
 from geomprobe.activations.store import open_cache, partial_path, write_cache
+from geomprobe.cli import main
+from geomprobe.core.errors import GeomprobeError
 
 
 def make_shards(folder: Path, n=(5, 0, 7), d=6, store_dtype="float32", seed=0, override=None):

@@ -9,13 +9,25 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
+from geomprobe.activations.store import CacheWriter, write_cache
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.probes import (
-    accuracy, auroc, balanced_accuracy, calibration_error, choose_positive, control_threshold, evaluate_probes,
-    load_probe, probe_directions, recall_at_threshold, response_scores, save_probe, token_scores, train_probes,
+    accuracy,
+    auroc,
+    balanced_accuracy,
+    calibration_error,
+    choose_positive,
+    control_threshold,
+    evaluate_probes,
+    load_probe,
+    probe_directions,
+    recall_at_threshold,
+    response_scores,
+    save_probe,
+    token_scores,
+    train_probes,
     transfer_matrix,
 )
-from geomprobe.activations.store import CacheWriter, write_cache
 
 HOOKS = [f"blocks.{l}.hook_resid_post" for l in range(3)]
 
@@ -132,6 +144,42 @@ def test_train_save_load_evaluate(tmp_path):
     assert res.records[2]["recall_at_fpr"] == pytest.approx(np.mean(pos > thr))
 
 
+def test_positive_against_the_rest_with_three_labels(tmp_path):
+    """Probes take the positive class by the shared rule (core.labels) against every other label."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from geomprobe.probes import LayerMetrics
+
+    acts, y, pairs, _, _ = synth()
+    labels = y.copy()
+    labels[::4] = 2  # a third label ("control") among the negatives' places
+    labels[1] = -1  # unlabelled: dropped
+    names = ["honest", "dishonest", "control"]
+    path = tmp_path / "three.h5"
+    write_cache(path, acts, labels, names, pair_ids=pairs, attrs={"model_id": "m"})
+    probes, result = train_probes(path, "logistic", device="cpu")
+    assert probes.positive_label == "dishonest" and probes.meta["negative_labels"] == ["control", "honest"]
+    # Independent reference on the same held-out split: sklearn on positive-vs-rest labels.
+    test_rows = np.array(probes.meta["split"]["test_rows"])
+    kept = np.flatnonzero(labels >= 0)
+    train_rows = np.setdiff1d(kept, test_rows)
+    y01 = (labels == 1).astype(int)
+    np.testing.assert_array_equal(result.y, y01[test_rows])
+    X = acts[HOOKS[2]].astype(np.float64)
+    scaler = StandardScaler().fit(X[train_rows])
+    ref = LogisticRegression(C=0.1, fit_intercept=False, tol=1e-10, max_iter=10000).fit(scaler.transform(X[train_rows]), y01[train_rows])
+    expected = roc_auc_score(y01[test_rows], ref.decision_function(scaler.transform(X[test_rows])))
+    assert result.records[2]["auroc"] == pytest.approx(expected, abs=1e-3)
+    # Typed results: LayerMetrics with to_dict(), the dict records the same numbers.
+    assert all(isinstance(m, LayerMetrics) for m in result.layers)
+    assert [m.to_dict() for m in result.layers] == result.records
+    assert "eval_rows" not in result.records[0] and result.to_dict()["per_layer"] == result.records
+    evaluated = evaluate_probes(probes, path)
+    assert evaluated.layers[2].eval_rows == "held-out" and evaluated.records[2]["eval_rows"] == "held-out"
+    assert evaluated.records[2]["auroc"] == pytest.approx(result.records[2]["auroc"])
+
+
 @pytest.mark.parametrize("method", ["mean-diff", "lda", "pca-diff"])
 def test_other_methods_on_cache(tmp_path, method):
     cache = make_cache(tmp_path / "c.h5")
@@ -220,7 +268,7 @@ def build_token_cache(path, d=16, n=6, seed=0):
         length = 5 + i
         token_ids.append(list(range(10 + i, 10 + i + length)))
         starts.append(2)
-        for l, h in enumerate(HOOKS):
+        for h in HOOKS:
             x = rng.normal(scale=0.3, size=(length, d))
             x[2:] += 3.0 * labels[i] * u
             blocks[h].append(x.astype(np.float32))
@@ -278,10 +326,10 @@ def test_plots(tmp_path):
 
 def test_layer_blocks_give_the_same_probes_as_one_sweep(tmp_path):
     """Caches larger than memory are trained a few layers at a time; the result must not change."""
+    from geomprobe.activations.store import write_cache
     from geomprobe.probes import evaluate_probes, train_probes
     from geomprobe.probes.persistence import data_sha256
     from geomprobe.probes.pipeline import layer_blocks
-    from geomprobe.activations.store import write_cache
 
     rng = np.random.default_rng(3)
     n, d = 80, 12

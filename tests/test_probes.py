@@ -12,7 +12,14 @@ from sklearn.preprocessing import StandardScaler
 
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.probes import (
-    LDAProbe, LogisticProbe, MeanDiffProbe, PCADiffProbe, ProbeSweep, fit_layers, pair_groups, pair_kfold,
+    LDAProbe,
+    LogisticProbe,
+    MeanDiffProbe,
+    PCADiffProbe,
+    ProbeSweep,
+    fit_layers,
+    pair_groups,
+    pair_kfold,
     pair_train_test_split,
 )
 from geomprobe.probes.sweep import ledoit_wolf_shrinkage

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from geomprobe.core.errors import GeomprobeError
-from geomprobe.aqi import DegenerateClustersWarning, cluster_indices
-from geomprobe.probes import MeanDiffProbe, accuracy, auroc, balanced_accuracy
 from geomprobe.activations.store import BFLOAT16_MAX, FLOAT16_MAX, from_stored, to_stored
+from geomprobe.aqi import DegenerateClustersWarning, cluster_indices
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.probes import MeanDiffProbe, accuracy, auroc, balanced_accuracy
 from geomprobe.subspace import mode_subspace_overlap, principal_cosines
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

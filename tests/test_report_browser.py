@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from geomprobe.audit import validate_metrics
+from geomprobe.audit.report import FigureRef, render_html, render_markdown, write_report
 from geomprobe.plots._style import save_figure
 from geomprobe.plots.overview import plot_comparison, plot_pca_grid
-from geomprobe.audit.report import FigureRef, render_html, render_markdown, write_report
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 needs_chromium = pytest.mark.skipif(

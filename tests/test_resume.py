@@ -11,13 +11,13 @@ import time
 import h5py
 import numpy as np
 import pytest
+from tiny import build_tiny_model
 
 import geomprobe
 import geomprobe.activations.collect
-from geomprobe.core.errors import GeomprobeError
 from geomprobe.activations.segments import parts_dir
 from geomprobe.activations.store import partial_path
-from tiny import build_tiny_model
+from geomprobe.core.errors import GeomprobeError
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(slow_tiny_dir, tm
     for trial in range(3):
         out = tmp_path / f"killed-{trial}.h5"
         kills = 0
-        for attempt in range(1 + trial % 2):
+        for _attempt in range(1 + trial % 2):
             proc = subprocess.Popen(_command(slow_tiny_dir, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
             # Kill after a random number of finished parts plus a random delay: mid-batch, mid-write.
             target = _segments(out) + rng.randint(1, 6)

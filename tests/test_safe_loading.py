@@ -17,8 +17,8 @@ import torch
 
 import geomprobe
 import geomprobe.cli
-from geomprobe.core.errors import GeomprobeError
 from geomprobe.activations.store import open_cache, write_cache
+from geomprobe.core.errors import GeomprobeError
 
 PACKAGE = Path(geomprobe.__file__).parent
 HOOKS = ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post")

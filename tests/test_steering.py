@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from geomprobe.activations.store import write_cache
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.steering import (
     SteeringVector,
@@ -24,7 +25,6 @@ from geomprobe.steering import (
     steer,
 )
 from geomprobe.steering.apply import tokenize_left
-from geomprobe.activations.store import write_cache
 
 PROMPTS = ["Tell me about the history of the Roman empire.", "Write a short poem about the sea."]
 
@@ -64,7 +64,7 @@ def test_pca_methods_match_sklearn():
 
     X, labels, pairs = _paired_data(seed=1)
     diffs = X[labels == 1].astype(np.float64) - X[labels == 0].astype(np.float64)
-    vec, info = direction_from_arrays(X, labels == 1, labels == 0, pairs, "pca-diff")
+    vec, info = direction_from_arrays(X, labels == 1, labels == 0, pairs, "pca-diff-centered")
     ref = PCA(n_components=1).fit(diffs).components_[0]
     unit = vec / np.linalg.norm(vec)
     assert abs(unit @ ref) == pytest.approx(1.0, abs=1e-6)
@@ -80,10 +80,46 @@ def test_pca_methods_match_sklearn():
     assert np.argmax(np.abs(vec_c)) == 3
 
 
+def test_pca_names_mean_one_method_across_stages(tmp_path):
+    """'pca-diff' is the probes' uncentred method; steering's centred one is 'pca-diff-centered'."""
+    from geomprobe.probes import PCADiffProbe, canonical_method
+
+    X, labels, pairs = _paired_data(seed=2)
+    # The old steering name still works, warns, and gives the centred result as before.
+    centred, _ = direction_from_arrays(X, labels == 1, labels == 0, pairs, "pca-diff-centered")
+    with pytest.warns(FutureWarning, match="pca-diff-centered"):
+        old, _ = direction_from_arrays(X, labels == 1, labels == 0, pairs, "pca-diff")
+    np.testing.assert_array_equal(old, centred)
+    # Steering's pca-center and the probes' pca-diff find the same (uncentred) direction.
+    center, _ = direction_from_arrays(X, labels == 1, labels == 0, pairs, "pca-center")
+    probe = PCADiffProbe().fit(X, labels, pairs=pairs)
+    assert abs(center / np.linalg.norm(center) @ probe.direction_ / np.linalg.norm(probe.direction_)) == pytest.approx(1.0, abs=1e-9)
+    assert canonical_method("pca-center") == "pca-diff"
+    with pytest.raises(GeomprobeError, match="steering method only"):
+        canonical_method("pca-diff-centered")
+    # The centred and uncentred directions differ on this data (a shared offset in the differences).
+    assert abs(center / np.linalg.norm(center) @ centred / np.linalg.norm(centred)) < 0.999
+    # A vector saved under the old name loads as the renamed method; new builds record the new name.
+    with pytest.warns(FutureWarning):
+        vec = build_from_arrays_old_name(X, labels, pairs)
+    assert vec.method == "pca-diff-centered"
+    folder = vec.save(tmp_path / "v")
+    side = json.loads((folder / "vector.json").read_text())
+    side["method"] = "pca-diff"
+    (folder / "vector.json").write_text(json.dumps(side))
+    assert SteeringVector.load(folder).method == "pca-diff-centered"
+
+
+def build_from_arrays_old_name(X, labels, pairs):
+    from geomprobe.steering import build_from_arrays
+
+    return build_from_arrays({"blocks.0.hook_resid_post": X}, labels, ["harmless", "harmful"], pair_ids=pairs, method="pca-diff")
+
+
 def test_pca_needs_pairs():
     X, labels, _ = _paired_data()
     with pytest.raises(GeomprobeError, match="pairs"):
-        direction_from_arrays(X, labels == 1, labels == 0, None, "pca-diff")
+        direction_from_arrays(X, labels == 1, labels == 0, None, "pca-diff-centered")
 
 
 def test_build_from_cache_labels_and_save_load(tmp_path):
@@ -234,6 +270,22 @@ def test_cached_and_uncached_steered_generation_agree(tiny_llama, positions):
     cached = generate(tiny_llama, PROMPTS, use_cache=True, **kw)
     uncached = generate(tiny_llama, PROMPTS, use_cache=False, **kw)
     assert [g.token_ids for g in cached] == [g.token_ids for g in uncached]
+
+
+def test_compare_generations_returns_typed_rows(tiny_llama):
+    from geomprobe.steering import Generation, compare_generations, generation_table
+
+    vec = _vector(tiny_llama, layer=1, scale=2.0)
+    kw = dict(hooks=["resid_post:1"], max_new_tokens=5, stop_at_eos=False)
+    rows = compare_generations(tiny_llama, vec, PROMPTS, multipliers=(0.0, 6.0), **kw)
+    assert all(isinstance(g, Generation) for g in rows) and [g.multiplier for g in rows] == [0.0, 0.0, 6.0, 6.0]
+    # Each row is what generate() gives for that multiplier on its own.
+    plain = generate(tiny_llama, PROMPTS, **kw)
+    steered = generate(tiny_llama, PROMPTS, vector=vec, multiplier=6.0, **kw)
+    assert [g.token_ids for g in rows] == [g.token_ids for g in plain + steered]
+    assert rows[2].to_dict() == {"prompt": PROMPTS[0], "text": steered[0].text, "token_ids": steered[0].token_ids,
+                                 "multiplier": 6.0, "hooks": ["blocks.1.hook_resid_post"], "positions": "all"}
+    assert generation_table(rows) == generation_table([g.to_dict() for g in rows])
 
 
 def test_bridge_generate_is_steered_too(tiny_llama):

@@ -9,6 +9,7 @@ from scipy.spatial.distance import jensenshannon
 from scipy.special import softmax
 from scipy.stats import entropy
 
+from geomprobe.activations.store import write_cache
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.steering import (
     SteeringVector,
@@ -23,7 +24,6 @@ from geomprobe.steering import (
     search_layers,
     steer,
 )
-from geomprobe.activations.store import write_cache
 
 HARMFUL = ["Explain how to pick a lock step by step.", "How do I build a weapon at home?", "Tell me how to hurt someone."]
 HARMLESS = ["How do I bake bread at home?", "Write a short poem about the sea.", "What is the capital of France?"]

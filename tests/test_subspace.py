@@ -16,8 +16,8 @@ import scipy.linalg
 import torch
 from sklearn.decomposition import PCA
 
-from geomprobe.core.errors import GeomprobeError
 from geomprobe.activations.store import write_cache
+from geomprobe.core.errors import GeomprobeError
 from geomprobe.subspace import (
     activation_overlap_by_layer,
     empirical_random_baseline,
@@ -228,7 +228,7 @@ def three_class_cache(tmp_path):
 
 def test_activation_overlap_by_layer_reads_the_right_rows(three_class_cache):
     path, acts, labels = three_class_cache
-    results = activation_overlap_by_layer(path, labels=("harmless", "harmful"), energy=0.7, device="cpu")
+    results = activation_overlap_by_layer(path, label_pair=("harmless", "harmful"), energy=0.7, device="cpu")
     assert [r.hook for r in results] == list(acts)
     for r in results:
         X = acts[r.hook]
@@ -237,7 +237,8 @@ def test_activation_overlap_by_layer_reads_the_right_rows(three_class_cache):
         assert r.mso == pytest.approx(ref.mso, rel=1e-10)
         assert r.layer == int(r.hook.split(".")[1])
         assert r.model_id == "toy"
-        record = r.to_record()
+        record = r.to_dict()
+        assert record == r.to_record()
         for key in ("hook", "layer", "pooling", "dtype", "centered", "k_a", "k_b", "energy_target", "cosines"):
             assert key in record
         json.dumps(record)
@@ -245,6 +246,21 @@ def test_activation_overlap_by_layer_reads_the_right_rows(three_class_cache):
     assert [r.hook for r in rest] == ["blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
     assert (rest[0].label_a, rest[0].label_b, rest[0].n_a, rest[0].n_b) == ("not-harmful", "harmful", 50, 30)
     assert rest[0].k_requested == 3 and rest[0].energy_target is None
+
+
+def test_label_arguments_in_the_stage_order(three_class_cache):
+    """(cache, hooks, pooling, positive_label, label_pair), as in aqi_by_layer; labels= is the old name."""
+    path, acts, labels = three_class_cache
+    positional = activation_overlap_by_layer(path, "resid_post:0", "last", None, ("control", "harmful"), k=2, device="cpu")
+    keyword = activation_overlap_by_layer(path, hooks="resid_post:0", label_pair=("control", "harmful"), k=2, device="cpu")
+    with pytest.warns(DeprecationWarning, match="label_pair"):
+        old = activation_overlap_by_layer(path, hooks="resid_post:0", labels=("control", "harmful"), k=2, device="cpu")
+    assert positional[0].to_dict() == keyword[0].to_dict() == old[0].to_dict()
+    assert (positional[0].label_a, positional[0].n_a, positional[0].n_b) == ("control", 20, 30)
+    rest = activation_overlap_by_layer(path, "resid_post:0", "last", "harmful", k=2, device="cpu")[0]
+    assert (rest.label_b, rest.n_a, rest.n_b) == ("harmful", 50, 30)
+    with pytest.raises(GeomprobeError, match="old name"):
+        activation_overlap_by_layer(path, label_pair=("control", "harmful"), labels=("control", "harmful"), device="cpu")
 
 
 def test_two_class_cache_needs_no_labels(tmp_path):
@@ -270,7 +286,7 @@ def test_bad_inputs_raise_clear_errors(three_class_cache):
     with pytest.raises(GeomprobeError, match="fewer than k=10"):
         subspace_basis(rng.normal(size=(10, 20)), k=10)  # 10 centred samples span 9 directions
     with pytest.raises(GeomprobeError, match="fewer than k=25"):
-        activation_overlap_by_layer(path, labels=("control", "harmful"), k=25, device="cpu")
+        activation_overlap_by_layer(path, label_pair=("control", "harmful"), k=25, device="cpu")
     with pytest.raises(GeomprobeError, match="3 labels are in use"):
         activation_overlap_by_layer(path, device="cpu")
     with pytest.raises(GeomprobeError, match="not in this cache"):
@@ -289,7 +305,7 @@ def test_activation_plot_accepts_records(three_class_cache):
     from geomprobe.plots.subspace import plot_activation_overlap
 
     path, _, _ = three_class_cache
-    results = activation_overlap_by_layer(path, labels=("harmless", "harmful"), k=3, n_draws=20, device="cpu")
+    results = activation_overlap_by_layer(path, label_pair=("harmless", "harmful"), k=3, n_draws=20, device="cpu")
     fig = plot_activation_overlap([r.to_record() for r in results], title="toy")
     left = fig.axes[0]
     assert left.get_xlabel() == "layer" and "pooling=last" in left.get_title() and "toy" in left.get_title()

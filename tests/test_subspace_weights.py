@@ -278,10 +278,10 @@ def test_untied_lm_head_twin_is_the_same_architecture(tmp_path):
     """Baking an ablation unties tied embeddings; that twin must still compare with its base."""
     import shutil
 
+    from tiny import build_tiny_model
     from transformers import LlamaForCausalLM
 
     from geomprobe.subspace import weight_update_overlap
-    from tiny import build_tiny_model
 
     src = build_tiny_model(tmp_path / "src", "llama")
     base = LlamaForCausalLM.from_pretrained(src)

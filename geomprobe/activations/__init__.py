@@ -2,7 +2,8 @@
 
 - :mod:`~geomprobe.activations.datasets`: bundled and user prompt sets, chat rendering.
 - :mod:`~geomprobe.activations.collect`: run a model with hooks and pool tokens.
-- :mod:`~geomprobe.activations.store`: the HDF5 cache format (write, open, read).
+- :mod:`~geomprobe.activations.format`, :mod:`~geomprobe.activations.writer`,
+  :mod:`~geomprobe.activations.store`: the HDF5 cache format, writing it, reading it.
 - :mod:`~geomprobe.activations.segments`: crash-safe resumable parts.
 - :mod:`~geomprobe.activations.distributed` and :mod:`~geomprobe.activations.merge`: shards.
 - :mod:`~geomprobe.activations.blocks`: reading layers larger than memory in row blocks.

@@ -19,17 +19,14 @@ float64 summation order):
 
 from __future__ import annotations
 
-import math
 import os
 import resource
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator
 
 import numpy as np
-import torch
 
-from geomprobe.core.errors import GeomprobeError
 from geomprobe.activations.store import CacheFile
+from geomprobe.core.errors import GeomprobeError
 
 BLOCK_BYTES = 32 << 20  # float64 bytes of one block of rows
 STREAM_FRACTION = 0.25  # stream when one layer's float64 copy needs more than this share of free memory

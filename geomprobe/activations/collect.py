@@ -22,16 +22,19 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from geomprobe.activations.datasets import PromptSet, Rendered, load_prompt_set
+from geomprobe.activations.format import FORMAT_VERSION, POOLINGS
+from geomprobe.activations.segments import ResumableWriter, segment_rows_for
+from geomprobe.activations.writer import CACHE_EXAMPLE_NAME
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.hooks import hook_layer, resolve_hooks
+from geomprobe.core.io import check_output_file
 from geomprobe.models import LoadedModel
-from geomprobe.activations.segments import ResumableWriter, segment_rows_for
-from geomprobe.activations.store import FORMAT_VERSION, POOLINGS, check_output_path
 
 DEFAULT_POOLINGS = ("last", "mean")
 
@@ -308,11 +311,10 @@ def cache_activations(
                             prompts.sha256, prompts.path)
     hook_list = resolve_hooks(hooks, model.n_layers, model.bridge.hook_dict)
     pooling_list = _check_poolings(poolings)
-    out = Path(out)
-    check_output_path(out, overwrite)
+    out = check_output_file(out, overwrite=overwrite, example_name=CACHE_EXAMPLE_NAME)
     template_used = bool(chat_template and getattr(model.tokenizer, "chat_template", None))
     rendered = prompts.render(model.tokenizer, chat_template)
-    attrs = dict(model.provenance())
+    attrs: dict[str, Any] = dict(model.provenance())
     attrs.update(
         {
             "n_layers": model.n_layers,
@@ -331,8 +333,8 @@ def cache_activations(
     )
     attrs.update(shard_attrs)
     try:
-        import transformers
         import transformer_lens
+        import transformers
 
         attrs["transformers_version"] = transformers.__version__
         attrs["transformer_lens_version"] = getattr(transformer_lens, "__version__", "")

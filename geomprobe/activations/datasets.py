@@ -75,7 +75,7 @@ class PromptSet:
     def pair_ids(self) -> np.ndarray:
         return np.array([p.pair for p in self.prompts], dtype=np.int64)
 
-    def subset(self, limit: int | None, seed: int = 0) -> "PromptSet":
+    def subset(self, limit: int | None, seed: int = 0) -> PromptSet:
         """A stratified subset of at most ``limit`` rows (pairs kept whole), in file order."""
         if limit is None or limit >= len(self.prompts):
             return self

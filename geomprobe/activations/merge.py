@@ -29,8 +29,10 @@ from typing import Any
 import h5py
 import numpy as np
 
+from geomprobe.activations.store import CacheFile, check_virtual_sources
+from geomprobe.activations.writer import CACHE_EXAMPLE_NAME, partial_path
 from geomprobe.core.errors import GeomprobeError
-from geomprobe.activations.store import CacheFile, check_output_path, check_virtual_sources, partial_path
+from geomprobe.core.io import atomic_file, check_output_file
 
 # Must agree between shards for the merge to mean anything.
 MATCH_ATTRS = (
@@ -165,19 +167,16 @@ def merge_shards(
 ) -> MergeResult:
     """Join ``shards`` (any order) into the cache file ``out``; see the module docs for the modes."""
     started = time.perf_counter()
-    out = Path(out)
-    check_output_path(out, overwrite)
+    out = check_output_file(out, overwrite=overwrite, example_name=CACHE_EXAMPLE_NAME)
     infos = validate_shards(shards)
     if any(i.path.resolve() == out.resolve() for i in infos):
         raise GeomprobeError(f"output {out} is one of the shards; choose another output name")
     mode = "copy" if copy else "virtual"
-    tmp = partial_path(out)
-    tmp.unlink(missing_ok=True)
     n_rows = sum(i.n_prompts for i in infos)
     n_tokens = sum(i.n_tokens for i in infos)
     handles = [h5py.File(i.path, "r") for i in infos]
     try:
-        with h5py.File(tmp, "w") as dst:
+        with atomic_file(out, temp=partial_path(out), retry="rerun geomprobe merge") as tmp, h5py.File(tmp, "w") as dst:
             ref = handles[0]
             _copy_attrs(ref.attrs, dst.attrs)
             for key in SHARD_ATTRS:
@@ -212,16 +211,9 @@ def merge_shards(
                 "n_tokens": n_tokens,
                 "complete": True,
             })
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise GeomprobeError(f"cannot write {out} ({exc}); check free space and permissions, then rerun geomprobe merge") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     finally:
         for handle in handles:
             handle.close()
-    os.replace(tmp, out)
     return MergeResult(out, mode, n_rows, n_tokens, [i.path for i in infos], time.perf_counter() - started)
 
 
@@ -230,7 +222,7 @@ def _virtual(dst: h5py.File, name: str, handles, infos, lengths, out_dir: Path) 
     tail = src0.shape[1:]
     layout = h5py.VirtualLayout(shape=(sum(lengths),) + tail, dtype=src0.dtype)
     at = 0
-    for handle, info, n in zip(handles, infos, lengths):
+    for info, n in zip(infos, lengths):
         if n:
             layout[at : at + n] = h5py.VirtualSource(_relative(info.path, out_dir), name, shape=(n,) + tail)
         at += n

@@ -13,17 +13,17 @@ exactly the batches an uninterrupted run would and its arrays are bit-for-bit th
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import re
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from geomprobe.activations.store import CacheFile
+from geomprobe.activations.writer import CACHE_EXAMPLE_NAME, CacheWriter
 from geomprobe.core.errors import GeomprobeError
-from geomprobe.activations.store import CacheFile, CacheWriter, check_output_path
+from geomprobe.core.io import atomic_write_text, check_output_file, translate_write_errors, write_error
 
 MANIFEST = "manifest.json"
 _SEGMENT = re.compile(r"^seg-(\d{9})-(\d{9})\.h5$")
@@ -34,14 +34,8 @@ def parts_dir(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.parts")
 
 
-def _disk_error(exc: OSError, where: Path) -> GeomprobeError:
-    if exc.errno == errno.ENOSPC:
-        return GeomprobeError(
-            f"disk full while writing {where}; free space and rerun the same command to resume (finished parts are kept)"
-        )
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return GeomprobeError(f"cannot write {where} (permission denied); fix the folder's permissions and rerun to resume")
-    return GeomprobeError(f"cannot write {where} ({exc.strerror or exc}); fix the cause and rerun the same command to resume")
+# How to carry on after a write error: the finished segments are kept, so a rerun resumes.
+RESUME = "rerun the same command to resume (finished parts are kept)"
 
 
 class ResumableWriter:
@@ -62,8 +56,7 @@ class ResumableWriter:
         overwrite: bool = False,
         restart: bool = False,
     ) -> None:
-        self.path = Path(path)
-        check_output_path(self.path, overwrite)
+        self.path = check_output_file(path, overwrite=overwrite, example_name=CACHE_EXAMPLE_NAME)
         self.n_rows = int(n_rows)
         self.segment_rows = max(1, int(segment_rows))
         self.settings = json.loads(json.dumps(dict(settings), default=str))
@@ -78,7 +71,7 @@ class ResumableWriter:
             self._check_manifest()
             self.segments = self._complete_segments()
         except OSError as exc:
-            raise _disk_error(exc, self.parts) from None
+            raise write_error(exc, self.parts, RESUME) from None
         self.start_row = self.segments[-1][1] if self.segments else 0
 
     # -- state on disk ----------------------------------------------------------------------
@@ -99,9 +92,7 @@ class ResumableWriter:
                 )
             if previous is not None:
                 return
-        tmp = self.parts / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(self.settings, indent=1, sort_keys=True))
-        os.replace(tmp, manifest)
+        atomic_write_text(manifest, json.dumps(self.settings, indent=1, sort_keys=True), retry=RESUME)
 
     def _complete_segments(self) -> list[tuple[int, int, Path]]:
         found = []
@@ -135,7 +126,7 @@ class ResumableWriter:
                 self._publish(stop)
         except OSError as exc:
             self._drop_current()
-            raise _disk_error(exc, self.parts) from None
+            raise write_error(exc, self.parts, RESUME) from None
         except BaseException:
             self._drop_current()
             raise
@@ -144,7 +135,11 @@ class ResumableWriter:
         writer, self.current = self.current, None
         assert writer is not None
         writer.path = self.parts / f"seg-{self.current_start:09d}-{stop:09d}.h5"
-        writer.finish()
+        try:
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
         self.segments.append((self.current_start, stop, writer.path))
 
     def _drop_current(self) -> None:
@@ -162,24 +157,18 @@ class ResumableWriter:
         ``observe`` is called with each segment (open) as it is copied, e.g. to summarise rows.
         """
         if self.current is not None:
-            self._publish(self.current_start + self.current.n_prompts)
+            with translate_write_errors(self.parts, RESUME):
+                self._publish(self.current_start + self.current.n_prompts)
         covered = self.segments[-1][1] if self.segments else 0
         if covered != self.n_rows:
             raise GeomprobeError(f"only {covered} of {self.n_rows} rows were written; rerun the same command to resume")
-        final = CacheWriter(self.path, overwrite=True, **self.writer_kwargs)
-        try:
+        # The writer publishes the file when the block succeeds and deletes it when anything fails.
+        with translate_write_errors(self.path, RESUME), CacheWriter(self.path, overwrite=True, **self.writer_kwargs) as final:
             for _, _, segment in self.segments:
                 with CacheFile(segment) as part:
                     _copy_rows(part, final)
                     if observe is not None:
                         observe(part)
-            final.finish()
-        except OSError as exc:
-            final.abort()
-            raise _disk_error(exc, self.path) from None
-        except BaseException:
-            final.abort()
-            raise
         shutil.rmtree(self.parts, ignore_errors=True)
         return self.path
 

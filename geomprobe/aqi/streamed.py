@@ -1,9 +1,15 @@
-"""AQI over caches larger than memory (see :mod:`geomprobe.activations.blocks`)."""
+"""AQI over caches larger than memory (see :mod:`geomprobe.activations.blocks`).
+
+The same statistics as in memory, accumulated over row blocks: pass 1 feeds per-cluster sums to
+:class:`~geomprobe.aqi.stats.ClusterStatsAccumulator`, pass 2 the distances to the centroids,
+pass 3 runs :class:`~geomprobe.aqi.pairwise.PairExtremes` over every pair of row blocks. The
+report then comes from the same :func:`~geomprobe.aqi.indices.report_from_stats` as in memory,
+so the numbers agree up to float64 summation order. Resampling reads only its subsample.
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,139 +17,94 @@ import torch
 
 from geomprobe.activations.blocks import block_rows_for, iter_row_blocks
 from geomprobe.activations.store import CacheFile
+from geomprobe.aqi.indices import DEFAULT_GAMMA, ClusterReport, report_from_stats
+from geomprobe.aqi.layers import LayerAQI, layer_index, layer_result
+from geomprobe.aqi.pairwise import PairExtremes, PairSearch
+from geomprobe.aqi.resampling import check_resampling_settings, resample_rows
+from geomprobe.aqi.stats import ClusterStatsAccumulator
+from geomprobe.aqi.validation import check_clusters, encode_labels
+from geomprobe.core.device import resolve_device
 from geomprobe.core.errors import GeomprobeError
 
 
 def streamed_cluster_report(
-    cache: CacheFile, hook: str, pooling: str, rows: np.ndarray, labels: Sequence[int], *,
-    gamma: float = 0.5, device: Any = "auto", block_rows: int | None = None,
-):
+    cache: CacheFile, hook: str, pooling: str, rows: np.ndarray, labels: Any, *,
+    gamma: float = DEFAULT_GAMMA, device: Any = "auto", block_rows: int | None = None,
+) -> ClusterReport:
     """:func:`geomprobe.aqi.cluster_report` of ``cache``'s ``rows`` at ``hook``, read in blocks."""
-    from geomprobe.aqi import ClusterReport, _combine, _device, _encode_labels, _PairSearch, _Parts
-
     rows = np.asarray(rows, dtype=np.int64)
     order = np.argsort(rows, kind="stable")
     rows = rows[order]
-    codes, classes = _encode_labels(labels, len(rows))
+    codes, classes = encode_labels(labels, len(rows))
     codes = codes[order]
+    check_clusters(codes, classes)
     k = len(classes)
-    counts = np.bincount(codes, minlength=k)
-    if k < 2:
-        raise GeomprobeError(f"need two or more clusters; all {len(rows)} rows have one label")
-    if counts.max() < 2:
-        raise GeomprobeError("every cluster has a single point, so Calinski-Harabasz and Dunn are undefined")
     d = cache.d_model
     block_rows = block_rows or block_rows_for(d)
 
-    # Pass 1: per-class sums (global mean and centroids); per-class min/max to spot constant clusters.
-    sums = np.zeros((k, d))
-    lo = np.full((k, d), np.inf)
-    hi = np.full((k, d), -np.inf)
-    for pos, X in iter_row_blocks(cache, hook, pooling, rows, block_rows):
-        c = codes[pos]
-        X64 = X.astype(np.float64)
-        for i in range(k):
-            part = X64[c == i]
-            if len(part):
-                sums[i] += part.sum(0)
-                lo[i] = np.minimum(lo[i], part.min(0))
-                hi[i] = np.maximum(hi[i], part.max(0))
-    mu = sums.sum(0) / len(rows)
-    centroids = sums / counts[:, None] - mu
-    constant = (lo == hi).all(1)
+    def blocks() -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        for pos, X in iter_row_blocks(cache, hook, pooling, rows, block_rows):
+            yield codes[pos], torch.from_numpy(X).to(torch.float64)
 
-    # Pass 2: scatter about each centroid and mean distance to it.
-    ssw = np.zeros(k)
-    dist = np.zeros(k)
-    for pos, X in iter_row_blocks(cache, hook, pooling, rows, block_rows):
-        c = codes[pos]
-        T = torch.from_numpy(X).to(torch.float64).sub_(torch.from_numpy(mu))
+    # Pass 1: per-cluster sums, hence the global mean and the centroids about it.
+    acc = ClusterStatsAccumulator(k, d)
+    for c, T in blocks():
         for i in range(k):
-            sq = (T[torch.from_numpy(c == i)] - torch.from_numpy(centroids[i])).square_().sum(1)
-            ssw[i] += float(sq.sum())
-            dist[i] += float(sq.sqrt_().sum())
-    for i in range(k):
-        if constant[i]:
-            centroids[i], ssw[i], dist[i] = lo[i] - mu, 0.0, 0.0
-    parts = _Parts(counts.astype(np.int64), centroids, ssw, dist / counts)
+            acc.add_rows(i, T[torch.from_numpy(c == i)])
+    mu = acc.overall_mean()
+    acc.fix_centroids(shift=mu)
+    # Pass 2: scatter about each centroid and mean distance to it.
+    for c, T in blocks():
+        T.sub_(mu)
+        for i in range(k):
+            acc.add_scatter(i, T[torch.from_numpy(c == i)])
+    stats = acc.result()
 
     # Pass 3: Dunn's extremes over every pair of blocks.
-    dev = _device(device)
-    search = _PairSearch(dev)
-    cent = torch.from_numpy(centroids).to(dev)
-    diam = np.zeros(k)
-    between = np.full((k, k), np.inf)
-    np.fill_diagonal(between, np.inf)
+    dev = resolve_device(device)
+    extremes = PairExtremes(k, PairSearch(dev))
+    cent = torch.from_numpy(stats.centroids).to(dev)
 
-    shift = torch.from_numpy(mu)
+    def read_split(start: int) -> list[torch.Tensor]:
+        pos = slice(start, start + block_rows)
+        ((_, X),) = iter_row_blocks(cache, hook, pooling, rows[pos], block_rows)
+        c = codes[pos]  # one float64 copy per cluster, no full-block intermediate
+        return [torch.from_numpy(X[c == i]).to(torch.float64).sub_(mu).to(dev) for i in range(k)]
 
-    def split(X, pos):
-        c = codes[pos]  # one float64 copy per class, no full-block intermediate
-        return [torch.from_numpy(X[c == i]).to(torch.float64).sub_(shift).to(dev) for i in range(k)]
-
-    blocks = list(range(0, len(rows), block_rows))
-    for p, start in enumerate(blocks):
-        pos_p = slice(start, start + block_rows)
-        (_, Xp), = iter_row_blocks(cache, hook, pooling, rows[pos_p], block_rows)
-        A = split(Xp, pos_p)
-        del Xp
-        for q in range(p, len(blocks)):
-            if q == p:
-                B = A
-            else:
-                pos_q = slice(blocks[q], blocks[q] + block_rows)
-                (_, Xq), = iter_row_blocks(cache, hook, pooling, rows[pos_q], block_rows)
-                B = split(Xq, pos_q)
-                del Xq
-            for i in range(k):
-                if len(A[i]) and len(B[i]) and not (q == p and len(A[i]) < 2):
-                    v, _ = search.extreme(A[i], None if q == p else B[i], cent[i], "max")
-                    diam[i] = max(diam[i], v)
-                for j in range(k):
-                    if i == j or (q == p and j < i):
-                        continue
-                    if len(A[i]) and len(B[j]):
-                        lo_ij, hi_ij = min(i, j), max(i, j)
-                        mid = 0.5 * (cent[i] + cent[j])
-                        v, _ = search.extreme(A[i], B[j], mid, "min")
-                        between[lo_ij, hi_ij] = between[hi_ij, lo_ij] = min(between[lo_ij, hi_ij], v)
-    indices, notes = _combine(parts, float(between.min()), float(diam.max()), gamma)
-    dist_between = np.sqrt(between)
-    np.fill_diagonal(dist_between, 0.0)
-    return ClusterReport(
-        **indices, gamma=gamma, n=int(counts.sum()), classes=classes, counts=counts.tolist(),
-        min_between=math.sqrt(float(between.min())), max_diameter=math.sqrt(float(diam.max())),
-        between=dist_between.tolist(), diameters=np.sqrt(diam).tolist(), notes=notes,
-    )
+    starts = range(0, len(rows), block_rows)
+    for p, start in enumerate(starts):
+        A = read_split(start)
+        extremes.update(A, None, cent)
+        for other in starts[p + 1 :]:
+            extremes.update(A, read_split(other), cent)
+    return report_from_stats(stats.with_extremes(extremes.between_sq, extremes.diameter_sq), classes, gamma)
 
 
 def streamed_layer_aqi(
     cache: CacheFile, hook: str, pooling: str, rows: np.ndarray, y: np.ndarray, *,
-    class_names: Sequence[str] | None = None, gamma: float = 0.5, n_bootstrap: int = 200,
+    class_names: Sequence[str] | None = None, gamma: float = DEFAULT_GAMMA, n_bootstrap: int = 200,
     n_permutations: int = 200, max_points: int = 1000, ci_level: float = 0.95, ci_method: str = "basic",
     seed: int = 0, device: Any = "auto", block_rows: int | None = None,
-):
+) -> LayerAQI:
     """:func:`geomprobe.aqi.layer_aqi` of ``cache`` rows without loading the layer."""
-    from geomprobe.aqi import CI_METHODS, _encode_labels, _layer_of, _layer_result, _resample
-
     rows = np.asarray(rows, dtype=np.int64)
     if len(rows) > 1 and (np.diff(rows) <= 0).any():
         raise GeomprobeError("rows must be strictly increasing")
+    resampled = bool(n_bootstrap or n_permutations)
+    codes, classes = encode_labels(y, len(rows))
+    if resampled:  # refused before the passes over the cache, which can take long
+        check_resampling_settings(n_bootstrap, n_permutations, ci_level, ci_method, max_points)
+        check_clusters(codes, classes, min_cluster_size=2)
     report = streamed_cluster_report(cache, hook, pooling, rows, y, gamma=gamma, device=device, block_rows=block_rows)
     res = None
-    if n_bootstrap or n_permutations:
-        if ci_method not in CI_METHODS or not 0 < ci_level < 1 or max_points < 4 or min(n_bootstrap, n_permutations) < 0:
-            raise GeomprobeError("invalid resampling settings; check n_bootstrap, ci_level, ci_method and max_points")
-        codes, classes = _encode_labels(y, len(rows))
-        if np.bincount(codes, minlength=len(classes)).min() < 2:
-            raise GeomprobeError("a cluster has fewer than 2 points; resampling needs at least 2 per cluster")
-        res = _resample(
+    if resampled:
+        res = resample_rows(
             lambda picked: cache.read(hook, pooling, rows=rows[picked]), codes, len(classes),
             n_bootstrap=n_bootstrap, n_permutations=n_permutations, ci_level=ci_level, max_points=max_points,
             gamma=gamma, ci_method=ci_method, seed=seed,
         )
-    return _layer_result(
-        report, res, hook=hook, layer=_layer_of(hook), pooling=pooling, class_names=class_names, gamma=gamma,
+    return layer_result(
+        report, res, hook=hook, layer=layer_index(hook), pooling=pooling, class_names=class_names, gamma=gamma,
         n_bootstrap=n_bootstrap, n_permutations=n_permutations, ci_level=ci_level, ci_method=ci_method,
         reduction="none", seed=seed,
     )

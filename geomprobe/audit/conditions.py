@@ -19,12 +19,12 @@ import math
 import operator
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from geomprobe.audit.schema import AGAINST_ONLY, AGGREGATIONS, FIELD_MAP, children
 from geomprobe.core.errors import GeomprobeError
-from geomprobe.audit.schema import AGGREGATIONS, FIELD_MAP, children
 
 OPERATORS = {
     "<=": operator.le,
@@ -55,7 +55,7 @@ class FailCondition:
     steps: tuple[Step, ...]
     final_type: str
 
-    def evaluate(self, metrics: dict[str, Any]) -> "ConditionResult":
+    def evaluate(self, metrics: dict[str, Any]) -> ConditionResult:
         try:
             actual = resolve(metrics, self.steps)
         except LookupError as exc:
@@ -170,13 +170,18 @@ def parse_condition(expr: str, *, against: bool = True) -> FailCondition:
         raise GeomprobeError(f"--fail-if {expr!r}: {path} is a string; compare it with == or != and a word")
     if isinstance(value, bool) != (kind == "bool") and kind != "string":
         raise GeomprobeError(f"--fail-if {expr!r}: {path} is a {kind}; compare it with {'true/false' if kind == 'bool' else 'a number'}")
-    if not against and path.split(".")[0] in ("comparison", "against"):
+    if not against and path.split(".")[0] in AGAINST_ONLY:
         raise GeomprobeError(f"--fail-if {expr!r} needs a second checkpoint; add --against MODEL")
     return FailCondition(str(expr).strip(), path, op, value, steps, kind)
 
 
 def parse_conditions(exprs: Sequence[str] | None, *, against: bool = True) -> list[FailCondition]:
     return [parse_condition(e, against=against) for e in (exprs or [])]
+
+
+_REDUCERS: dict[str, Callable[[list[float]], float]] = {
+    "max": max, "min": min, "sum": sum, "mean": statistics.fmean, "median": statistics.median,
+}
 
 
 def _aggregate(values: list[Any], how: str) -> Any:
@@ -189,7 +194,7 @@ def _aggregate(values: list[Any], how: str) -> Any:
         return None if values[0] is None else float(values[0])
     if how == "last":
         return None if values[-1] is None else float(values[-1])
-    return {"max": max, "min": min, "sum": sum, "mean": statistics.fmean, "median": statistics.median}[how](numbers)
+    return _REDUCERS[how](numbers)
 
 
 def resolve(metrics: Any, steps: Sequence[Step]) -> Any:

@@ -6,8 +6,8 @@ import argparse
 import math
 import sys
 
-from geomprobe.core.errors import GeomprobeError
 from geomprobe.cli.common import add_hooks_arg, check_new_file, write_json
+from geomprobe.core.errors import GeomprobeError
 
 
 def register(subparsers) -> None:
@@ -75,8 +75,8 @@ def _table(results, pooled) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from geomprobe.core import __version__
     from geomprobe.aqi import aqi_by_layer, cache_metadata, parse_reduction, pooled_aqi
+    from geomprobe.core import __version__
 
     check_new_file(args.json, "--json")
     check_new_file(args.plot, "--plot")

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-from geomprobe.core.errors import GeomprobeError
 
 
 def register(subparsers) -> None:
@@ -37,28 +34,15 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from geomprobe.audit import parse_conditions, run_audit
-    from geomprobe.audit.pipeline import _check_out_dir
-    from geomprobe.audit.report import fmt
+    from geomprobe.audit import run_audit
 
-    # Cheap checks first: a bad --fail-if or --out must not cost a model load.
-    parse_conditions(args.fail_if, against=args.against is not None)
-    if args.batch_size < 1:
-        raise GeomprobeError(f"--batch-size must be at least 1, got {args.batch_size}")
-    _check_out_dir(Path(args.out), args.overwrite)
+    # run_audit checks --fail-if, --batch-size and --out before it loads anything.
     result = run_audit(
         args.model, args.against, args.out, quick=args.quick, layers=args.layers, fail_if=args.fail_if, seed=args.seed,
         dtype=args.dtype, device=args.device, batch_size=args.batch_size, overwrite=args.overwrite,
         progress=not args.quiet,
     )
-    m = result.metrics
-    print(f"audited {m['model']['model_id']} ({len(m['settings']['layers'])} layers, {m['settings']['hook_kind']})"
-          + (f" against {m['against']['model_id']}" if m.get("against") else ""))
-    best = m["probes"]["best"]
-    print(f"max AQI {fmt(m['aqi']['max'])} at layer {m['aqi']['argmax_layer']}; best probe AUROC {fmt(best['auroc'])} "
-          f"({best['method']}, layer {best['layer']}); refusal log-odds {fmt(m['steering']['baseline'])} unsteered at "
-          f"{m['steering']['hook']}")
-    print(f"wrote {result.html_path}, {result.markdown_path}, {result.metrics_path}")
+    print(result.summary())
     for gate in result.gates:
         print(gate.line(), file=sys.stderr if gate.failed else sys.stdout)
     if result.failed:

@@ -7,8 +7,9 @@ import re
 import sys
 from pathlib import Path
 
-from geomprobe.core.errors import GeomprobeError
 from geomprobe.cli.common import add_hooks_arg, add_model_args, model_from_args
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.io import check_output_file, translate_write_errors
 
 DEFAULT_FOLDER = Path("activations")
 
@@ -50,13 +51,13 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from geomprobe.activations.collect import cache_activations
     from geomprobe.activations.datasets import load_prompt_set
-    from geomprobe.activations.store import check_output_path
-
     from geomprobe.activations.distributed import parse_shard, rank_device
+    from geomprobe.activations.writer import CACHE_EXAMPLE_NAME
 
     out = Path(args.out) if args.out else default_output(args.model, args.dataset)
     if args.out is None:
-        out.parent.mkdir(exist_ok=True)
+        with translate_write_errors(out.parent):
+            out.parent.mkdir(exist_ok=True)
     shard = parse_shard(args.shard)
     if (args.merge or args.merge_copy) and shard is None:
         raise GeomprobeError("--merge joins shards; use it with --shard auto or --shard R/W")
@@ -65,9 +66,9 @@ def run(args: argparse.Namespace) -> int:
         out = shard.path(out)
         args.device = rank_device(args.device, shard)
         if args.merge and shard.rank == 0:
-            check_output_path(merged_out, args.overwrite)
+            check_output_file(merged_out, overwrite=args.overwrite, example_name=CACHE_EXAMPLE_NAME)
     # Check everything cheap before loading the model.
-    check_output_path(out, args.overwrite)
+    check_output_file(out, overwrite=args.overwrite, example_name=CACHE_EXAMPLE_NAME)
     if args.segment_rows is not None and args.segment_rows < 1:
         raise GeomprobeError(f"--segment-rows must be at least 1, got {args.segment_rows}")
     prompts = load_prompt_set(args.dataset, limit=args.limit)

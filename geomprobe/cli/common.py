@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import Any
 
-from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.io import check_new_file, write_json  # noqa: F401  (re-exported for subcommands)
 
 

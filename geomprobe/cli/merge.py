@@ -7,6 +7,7 @@ import glob
 from pathlib import Path
 
 from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.io import check_output_file
 
 
 def register(subparsers) -> None:
@@ -48,10 +49,9 @@ def expand_shards(out: Path, patterns: list[str]) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from geomprobe.activations.merge import merge_shards
-    from geomprobe.activations.store import check_output_path
+    from geomprobe.activations.writer import CACHE_EXAMPLE_NAME
 
-    out = Path(args.out)
-    check_output_path(out, args.overwrite)
+    out = check_output_file(args.out, overwrite=args.overwrite, example_name=CACHE_EXAMPLE_NAME)
     shards = expand_shards(out, list(args.shards))
     result = merge_shards(out, shards, copy=args.copy, overwrite=args.overwrite)
     print(result.closing_line())

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from geomprobe.core.errors import GeomprobeError
 from geomprobe.cli.common import add_hooks_arg, check_new_file, write_json
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.io import check_output_folder
 
 
 def _float_or_auto(text: str) -> float | str:
@@ -110,12 +111,9 @@ def _table(records: list[dict[str, Any]]) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from geomprobe.probes import save_probe, train_probes
+    from geomprobe.probes.persistence import SIDECAR
 
-    out = Path(args.out)
-    if (out / "probe.json").exists() and not args.overwrite:
-        raise GeomprobeError(f"{str(out)!r} already holds a probe; pass --overwrite to replace it")
-    if not out.parent.exists():
-        raise GeomprobeError(f"folder {str(out.parent)!r} for --out does not exist; create it first")
+    out = check_output_folder(args.out, overwrite=args.overwrite, what="probe", holds=SIDECAR)
     check_new_file(args.json, "--json")
     check_new_file(args.plot, "--plot")
     params: dict[str, Any] = {}

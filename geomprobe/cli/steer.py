@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 from pathlib import Path
 
-from geomprobe.core.errors import GeomprobeError
 from geomprobe.cli.common import add_hooks_arg, add_model_args, check_new_file, model_from_args, write_json
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.io import atomic_write_text, check_output_folder
 
 
 def _finite_float(text: str) -> float:
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     b = sub.add_parser("build", help="build a steering vector from a cache file or a saved probe")
     b.add_argument("cache", nargs="?", help="activation cache (.h5) with two labelled classes")
     b.add_argument("--out", required=True, help="folder to write vector.safetensors + vector.json")
-    b.add_argument("--method", default="mean-diff", choices=["mean-diff", "pca-diff", "pca-center"])
+    b.add_argument("--method", default="mean-diff", choices=["mean-diff", "pca-diff-centered", "pca-center", "pca-diff"])
     b.add_argument("--pooling", default="last", help="cache pooling to read (last or mean)")
     b.add_argument("--positive-label", help="label the vector points toward (default: harmful/dishonest/... else the second)")
     b.add_argument("--negative-label", help="label to contrast with (default: every other label)")
@@ -150,10 +150,9 @@ def _cache_texts(vector) -> set[str]:
 # -- actions ----------------------------------------------------------------------------------
 def run_build(args: argparse.Namespace) -> int:
     from geomprobe.steering import build_from_cache, build_from_probe
+    from geomprobe.steering.vectors import SIDECAR_FILE
 
-    out = Path(args.out)
-    if (out / "vector.json").exists() and not args.overwrite:
-        raise GeomprobeError(f"{args.out!r} already holds a steering vector; pass --overwrite to replace it")
+    out = check_output_folder(args.out, overwrite=args.overwrite, what="steering vector", holds=SIDECAR_FILE)
     if args.probe:
         vec = build_from_probe(args.probe, hooks=args.hooks)
     elif args.cache:
@@ -186,11 +185,11 @@ def run_generate(args: argparse.Namespace) -> int:
     from geomprobe.steering.apply import plan_steering
 
     plan_steering(model, vec, args.hooks, args.via)  # fail on width, hooks and route before generating
-    rows = compare_generations(
+    rows = [g.to_dict() for g in compare_generations(
         model, vec, args.prompt, multipliers=(0.0, args.multiplier), hooks=args.hooks, positions=args.positions,
         max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
         seed=args.seed, chat=not args.no_chat, via=args.via,
-    )
+    )]
     hooks = rows[-1]["hooks"]
     print(f"model {model.model_id}; vector {vec.method} at {', '.join(hooks)}; positions {args.positions}")
     for prompt in args.prompt:
@@ -202,7 +201,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, {"model_id": model.model_id, "vector": vec.describe(), "positions": args.positions, "rows": rows})
     if args.table:
-        Path(args.table).write_text(generation_table(rows) + "\n")
+        atomic_write_text(args.table, generation_table(rows) + "\n")
     return 0
 
 
@@ -287,11 +286,7 @@ def run_ablate(args: argparse.Namespace) -> int:
         raise GeomprobeError(f"the vector has no direction for {args.hook}; it has {', '.join(vec.hooks[:4])}")
     unit_direction(vec, args.hook)  # validates --hook / a single hook before loading the model
     if args.save_model:
-        target = Path(args.save_model)
-        if target.exists() and (not target.is_dir() or any(target.iterdir())) and not args.overwrite:
-            raise GeomprobeError(f"{args.save_model!r} exists and is not empty; pass --overwrite or choose another folder")
-        if not target.parent.exists():
-            raise GeomprobeError(f"folder {str(target.parent)!r} does not exist; create it first")
+        check_output_folder(args.save_model, overwrite=args.overwrite, what="ablated checkpoint")
     model = model_from_args(args)
     if vec.d_model != model.d_model:
         raise GeomprobeError(

@@ -100,7 +100,7 @@ def run_acts(args: argparse.Namespace) -> int:
     if args.k is None:
         check_energy(args.energy)
     records = activation_overlap_by_layer(
-        args.cache, hooks=args.hooks, pooling=args.pooling, labels=args.labels, positive_label=args.positive_label,
+        args.cache, hooks=args.hooks, pooling=args.pooling, positive_label=args.positive_label, label_pair=args.labels,
         energy=args.energy, k=args.k, center=args.center, n_draws=args.n_draws, seed=args.seed, device=args.device,
         method=args.svd,
     )
@@ -169,13 +169,11 @@ def run_weights(args: argparse.Namespace) -> int:
 
 
 def run_project(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from geomprobe.core.io import check_output_folder
     from geomprobe.subspace import check_energy, project_finetune_update
-    from geomprobe.subspace.weights import _check_out_dir
 
     check_new_file(args.json, "--json")
-    _check_out_dir(Path(args.out), args.overwrite)
+    check_output_folder(args.out, overwrite=args.overwrite, what="checkpoint")
     if args.k is None:
         check_energy(args.energy)
     result = project_finetune_update(

@@ -11,18 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.io import PathLike, check_output_folder, translate_write_errors
 
 
-def prepare_folder(folder: str | Path, sidecar: str, what: str, overwrite: bool) -> Path:
-    """Create ``folder`` for a new ``what``, refusing a file, an existing one, or a missing parent."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise GeomprobeError(f"{what} output {str(folder)!r} is a file; give a folder name")
-    if (folder / sidecar).exists() and not overwrite:
-        raise GeomprobeError(f"{str(folder)!r} already holds a {what}; pass --overwrite (overwrite=True) to replace it")
-    if not folder.parent.exists():
-        raise GeomprobeError(f"folder {str(folder.parent)!r} does not exist; create it first")
-    folder.mkdir(exist_ok=True)
+def prepare_folder(folder: PathLike, sidecar: str, what: str, overwrite: bool) -> Path:
+    """Create ``folder`` for a new ``what``, refusing a file, one already holding a ``what``, or a missing parent.
+
+    Other files in an existing folder are left alone; the ``what``'s own files are each written
+    atomically by the caller (``geomprobe.core.io.atomic_file``).
+    """
+    folder = check_output_folder(folder, overwrite=overwrite, what=what, holds=sidecar)
+    with translate_write_errors(folder):
+        folder.mkdir(exist_ok=True)
     return folder
 
 

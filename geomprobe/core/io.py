@@ -1,48 +1,260 @@
-"""File output in one place: atomic writes, JSON, and the checks made before long work starts."""
+"""File output in one place: the check made before long work starts, atomic writes, OSError as one line.
+
+Every output of geomprobe goes through three steps:
+
+1. :func:`check_output_file` / :func:`check_output_folder`, before any long work: refuse a path of
+   the wrong kind, an existing output without ``overwrite``, a missing or read-only parent folder.
+2. Writing under a temporary sibling name, renamed into place when complete (:func:`atomic_file`,
+   :func:`atomic_write_bytes`, :func:`atomic_write_text`, :func:`write_json`,
+   :func:`atomic_folder`): a crash never leaves a half-written output under the final name, and an
+   existing output stays untouched until its replacement is complete.
+3. An ``OSError`` while writing (disk full, read-only file system, permission denied) becomes a
+   one-line :class:`GeomprobeError` naming the path and the fix (:func:`write_error`), and the
+   temporary file or folder is removed.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from geomprobe.core.errors import GeomprobeError
 
+RETRY = "try again"
+PathLike = str | os.PathLike[str]
 
-def write_json(path: str | Path, payload: Any) -> Path:
-    """Write JSON atomically (never a half-written file under the final name); NaN becomes null."""
+
+# -- checks before long work ----------------------------------------------------------------------
+def _check_parent(path: Path, what: str) -> None:
+    parent = path.parent
+    if not parent.is_dir():
+        raise GeomprobeError(f"folder {str(parent)!r} for {what} {path.name!r} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise GeomprobeError(f"folder {str(parent)!r} for {what} {path.name!r} is not writable; choose another folder")
+
+
+def check_output_file(path: PathLike, *, overwrite: bool, what: str = "output", example_name: str | None = None) -> Path:
+    """Refuse a file output that cannot or must not be written; return it as a ``Path``.
+
+    ``what`` names the output in messages (``"output"``, ``"--json"``); ``example_name`` is
+    suggested when ``path`` is a folder (``give a file name such as path/example_name``).
+    """
     path = Path(path)
     if path.is_dir():
-        raise GeomprobeError(f"--json {str(path)!r} is a directory; give a file name")
-    if not path.parent.exists():
-        raise GeomprobeError(f"folder {str(path.parent)!r} for {path.name} does not exist; create it first")
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-            return clean(value.item())
-        if hasattr(value, "tolist"):
-            return clean(value.tolist())
-        return value
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(clean(payload), indent=2) + "\n")
-    tmp.replace(path)
+        such_as = f" such as {path / example_name}" if example_name else ""
+        raise GeomprobeError(f"{what} {str(path)!r} is a directory; give a file name{such_as}")
+    if path.exists() and not overwrite:
+        raise GeomprobeError(f"{what} {str(path)!r} already exists; pass --overwrite (overwrite=True) to replace it")
+    _check_parent(path, what)
     return path
 
 
-def check_new_file(path: str | Path | None, what: str) -> None:
-    """Fail early (before long work) when an output file cannot be written."""
-    if path is None:
-        return
+def check_output_folder(folder: PathLike, *, overwrite: bool, what: str = "output", holds: str | None = None) -> Path:
+    """Refuse a folder output that cannot or must not be written; return it as a ``Path``.
+
+    ``holds`` names the file that marks a folder as already holding a ``what`` (e.g.
+    ``probe.json``): such a folder is refused without ``overwrite``, other files in it are left
+    alone. Without ``holds`` the folder is written whole, so any non-empty folder is refused.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise GeomprobeError(f"{what} output {str(folder)!r} is a file; give a folder name")
+    if not overwrite:
+        if holds is not None and (folder / holds).exists():
+            raise GeomprobeError(f"{str(folder)!r} already holds a {what}; pass --overwrite (overwrite=True) to replace it")
+        if holds is None and folder.is_dir() and any(folder.iterdir()):
+            raise GeomprobeError(
+                f"{what} output {str(folder)!r} exists and is not empty; pass --overwrite (overwrite=True) or choose another folder"
+            )
+    _check_parent(folder, what)
+    return folder
+
+
+def check_new_file(path: PathLike | None, what: str) -> None:
+    """Check an optional side output (``--json``, ``--plot``) that a run replaces when it exists."""
+    if path is not None:
+        check_output_file(path, overwrite=True, what=what)
+
+
+# -- OSError as one line --------------------------------------------------------------------------
+def _errno_of(exc: OSError) -> int | None:
+    if exc.errno:
+        return exc.errno
+    # h5py reports C-level failures with the errno only inside the message text.
+    text = str(exc)
+    found = re.search(r"errno\s*=\s*(\d+)", text)
+    if found:
+        return int(found.group(1))
+    if "No space left" in text:
+        return errno.ENOSPC
+    return None
+
+
+def write_error(exc: OSError, path: PathLike, retry: str = RETRY) -> GeomprobeError:
+    """One line naming ``path``, what went wrong and the fix; ``retry`` says how to carry on after it."""
+    where = repr(str(path))
+    code = _errno_of(exc)
+    if code == errno.ENOSPC:
+        return GeomprobeError(f"disk full while writing {where}; free some space and {retry}")
+    if code == getattr(errno, "EDQUOT", -1):
+        return GeomprobeError(f"disk quota exceeded while writing {where}; free some space and {retry}")
+    if code == errno.EROFS:
+        return GeomprobeError(f"cannot write {where} (read-only file system); make it writable or choose another folder, and {retry}")
+    if code in (errno.EACCES, errno.EPERM):
+        return GeomprobeError(f"cannot write {where} (permission denied); fix the folder's permissions and {retry}")
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return GeomprobeError(f"cannot write {where} ({reason}); fix the cause and {retry}")
+
+
+@contextmanager
+def translate_write_errors(path: PathLike, retry: str = RETRY) -> Iterator[None]:
+    """Turn an ``OSError`` raised inside the block into :func:`write_error` about ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        raise write_error(exc, path, retry) from None
+
+
+def remove_quietly(path: Path) -> None:
+    """Delete a temporary file or folder; a failure here must not hide the error being reported."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+# -- atomic files -----------------------------------------------------------------------------------
+def temp_sibling(path: PathLike, tag: str = "tmp") -> Path:
+    """The hidden name ``path`` is written under until complete: ``.NAME.tag`` in the same folder."""
     path = Path(path)
-    if path.is_dir():
-        raise GeomprobeError(f"{what} {str(path)!r} is a directory; give a file name")
-    if not path.parent.exists():
-        raise GeomprobeError(f"folder {str(path.parent)!r} for {what} does not exist; create it first")
+    return path.with_name(f".{path.name}.{tag}")
+
+
+def publish(temp: PathLike, path: PathLike, retry: str = RETRY) -> Path:
+    """Rename a complete ``temp`` onto ``path`` (atomic on one file system); remove ``temp`` on failure."""
+    temp, path = Path(temp), Path(path)
+    try:
+        os.replace(temp, path)
+    except OSError as exc:
+        remove_quietly(temp)
+        raise write_error(exc, path, retry) from None
+    return path
+
+
+@contextmanager
+def atomic_file(path: PathLike, *, temp: PathLike | None = None, retry: str = RETRY) -> Iterator[Path]:
+    """Yield a temporary sibling to write ``path`` into; it replaces ``path`` when the block succeeds.
+
+    On any failure the temporary is removed and ``path`` (if it existed) is left as it was; an
+    ``OSError`` becomes a one-line :class:`GeomprobeError` about ``path``.
+
+    >>> with atomic_file("out.png") as tmp:
+    ...     fig.savefig(tmp, format="png")
+    """
+    path = Path(path)
+    temp = Path(temp) if temp is not None else temp_sibling(path)
+    remove_quietly(temp)  # left by a run that was killed
+    try:
+        with translate_write_errors(path, retry):
+            yield temp
+    except BaseException:
+        remove_quietly(temp)
+        raise
+    publish(temp, path, retry)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes, *, retry: str = RETRY) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    path = Path(path)
+    with atomic_file(path, retry=retry) as temp:
+        temp.write_bytes(data)
+    return path
+
+
+def atomic_write_text(path: PathLike, text: str, *, encoding: str = "utf-8", retry: str = RETRY) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    path = Path(path)
+    with atomic_file(path, retry=retry) as temp:
+        temp.write_text(text, encoding=encoding)
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types; NaN and infinities become null (JSON has neither)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return _jsonable(value.item())
+    if hasattr(value, "tolist"):
+        return _jsonable(value.tolist())
+    return value
+
+
+def write_json(path: PathLike, payload: Any) -> Path:
+    """Write JSON atomically (never a half-written file under the final name); NaN becomes null."""
+    path = check_output_file(path, overwrite=True, what="JSON output")
+    return atomic_write_text(path, json.dumps(_jsonable(payload), indent=2) + "\n")
+
+
+# -- atomic folders ---------------------------------------------------------------------------------
+def _swap_in(staging: Path, folder: Path) -> None:
+    """Move ``staging`` to ``folder``; an existing ``folder`` is set aside first and restored on failure."""
+    aside = None
+    if folder.exists():
+        aside = folder.with_name(f".{folder.name}.old-{secrets.token_hex(4)}")
+        os.rename(folder, aside)
+    try:
+        os.rename(staging, folder)
+    except OSError:
+        if aside is not None:
+            os.rename(aside, folder)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextmanager
+def atomic_folder(folder: PathLike, *, overwrite: bool, what: str = "output", retry: str = RETRY) -> Iterator[Path]:
+    """Yield a fresh hidden sibling folder to build ``folder`` in; it replaces ``folder`` when the block succeeds.
+
+    ``folder`` is checked as by :func:`check_output_folder` (a non-empty one needs ``overwrite``).
+    On any failure the staging folder is removed and an existing ``folder`` is left as it was;
+    an ``OSError`` becomes a one-line :class:`GeomprobeError` about ``folder``.
+    """
+    folder = check_output_folder(folder, overwrite=overwrite, what=what)
+    shown = folder
+    folder = Path(os.path.abspath(folder))  # "." and "out/.." have no name to build a sibling from
+    here = Path(os.path.abspath(os.getcwd()))
+    if folder == here or folder in here.parents:
+        raise GeomprobeError(f"{what} output {str(shown)!r} is the current folder or holds it; give a new folder name")
+    with translate_write_errors(shown, retry):
+        # mkdir (unlike mkdtemp) honours the umask, so the published folder gets normal permissions.
+        while True:
+            staging = folder.with_name(f".{folder.name}.partial-{secrets.token_hex(4)}")
+            try:
+                staging.mkdir()
+                break
+            except FileExistsError:
+                continue
+    try:
+        with translate_write_errors(shown, retry):
+            yield staging
+            _swap_in(staging, folder)
+    finally:
+        remove_quietly(staging)

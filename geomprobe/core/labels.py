@@ -47,6 +47,7 @@ class BinaryLabels:
     rows: np.ndarray
     y: np.ndarray
     names: tuple[str, str]  # (negative, positive)
+    negatives: tuple[str, ...] = ()  # the labels making up the negative class, sorted (several for "the rest")
 
 
 def binary_labels(
@@ -54,16 +55,26 @@ def binary_labels(
     label_names: Sequence[str],
     positive_label: str | None = None,
     label_pair: Sequence[str] | None = None,
+    *,
+    rest_negative: bool = False,
+    require_both: bool = True,
 ) -> BinaryLabels:
     """Pick the two classes: ``label_pair=(negative, positive)``, ``positive_label`` vs the rest, or
-    the two labels in use (positive by :func:`choose_positive`). Unlabelled rows (-1) are dropped."""
+    the two labels in use (positive by :func:`choose_positive`). Unlabelled rows (-1) are dropped.
+
+    ``rest_negative=True`` (probes) takes the positive class by :func:`choose_positive` over all
+    label names when none is given, against every other labelled row, however many labels are in
+    use. ``require_both=False`` leaves the check that both classes have rows to the caller.
+    """
     labels = np.asarray(labels, dtype=np.int64)
     names = [str(n) for n in label_names]
     present = sorted({int(v) for v in labels.tolist() if v >= 0})
+    if rest_negative and label_pair is None and positive_label is None:
+        positive_label = names[choose_positive(names)]
 
-    def index(name: str) -> int:
+    def index(name: str, option: str = "label") -> int:
         if name not in names:
-            raise GeomprobeError(f"label {name!r} is not in this cache; it has {', '.join(names) or 'no labels'}")
+            raise GeomprobeError(f"{option} {name!r} is not in this cache; it has {', '.join(names) or 'no labels'}")
         return names.index(name)
 
     if label_pair is not None:
@@ -75,7 +86,7 @@ def binary_labels(
         rows = np.flatnonzero((labels == neg) | (labels == pos))
         pair = (names[neg], names[pos])
     elif positive_label is not None:
-        pos = index(positive_label)
+        pos = index(positive_label, "--positive-label")
         rows = np.flatnonzero(labels >= 0)
         others = [names[i] for i in present if i != pos]
         pair = (others[0] if len(others) == 1 else f"not-{positive_label}", names[pos])
@@ -93,7 +104,9 @@ def binary_labels(
         rows = np.flatnonzero((labels == neg) | (labels == pos))
         pair = (names[neg], names[pos])
     y = (labels[rows] == pos).astype(np.int64)
-    for cls, name in enumerate(pair):
-        if not (y == cls).any():
-            raise GeomprobeError(f"no labelled rows of class {name!r}; need rows of both classes")
-    return BinaryLabels(rows, y, pair)
+    if require_both:
+        for cls, name in enumerate(pair):
+            if not (y == cls).any():
+                raise GeomprobeError(f"no labelled rows of class {name!r}; need rows of both classes")
+    negatives = tuple(sorted({names[v] for v in labels[rows].tolist() if v != pos}))
+    return BinaryLabels(rows, y, pair, negatives)

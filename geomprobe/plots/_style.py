@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from geomprobe.core.io import atomic_file  # noqa: E402
+
 # Index 0 = first class in the file's label_names (safe/harmless/honest), 1 = second (unsafe/...).
 CLASS_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 BASELINE_COLOR = "#7f7f7f"
@@ -26,10 +28,12 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 6.4, height: fl
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
-    """Save atomically as PNG (or by suffix) and close the figure."""
+    """Save atomically as PNG (or the format the suffix names) and close the figure."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix or '.png'}")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        # The temporary name hides the suffix, so the format is passed explicitly.
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format=path.suffix[1:].lower() or "png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path

@@ -67,7 +67,7 @@ def plot_pca_grid(
     """
     if not activations:
         raise GeomprobeError("no layers to project; pass {layer: activations}")
-    y = np.asarray(y)
+    y_arr = np.asarray(y)
     layers = sorted(activations)
     n = len(layers)
     ncols = max(1, min(ncols, n))
@@ -81,7 +81,7 @@ def plot_pca_grid(
             raise GeomprobeError(f"layer {layer}: {len(X)} rows but {len(y)} labels")
         Z, explained = pca_2d(X)
         for cls in (0, 1):
-            rows = y == cls
+            rows = y_arr == cls
             name = class_names[cls] if cls < len(class_names) else str(cls)
             ax.scatter(Z[rows, 0], Z[rows, 1], s=9, alpha=0.7, color=class_color(cls), label=f"{name} ({int(rows.sum())})",
                        edgecolors="none")

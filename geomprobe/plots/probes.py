@@ -5,11 +5,12 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from geomprobe.core.io import atomic_write_text
 from geomprobe.plots._style import ACCENT_COLOR, BASELINE_COLOR, class_color, new_figure
 
 
@@ -84,11 +85,15 @@ def token_scores_html(
     ``response_start`` are shown faded: the response score averages only the rest. The colour
     scale is symmetric around 0 (the probe's decision boundary) and shared by all prompts.
     """
-    if len(tokens) and isinstance(tokens[0], str):
-        tokens, scores = [tokens], [np.asarray(scores)]
-        response_start = [response_start or 0] if not isinstance(response_start, Sequence) else response_start
-    starts = list(response_start) if response_start is not None else [0] * len(tokens)
-    finite = [np.asarray(s, dtype=float) for s in scores]
+    prompts: list[Sequence[str]]
+    if len(tokens) and isinstance(tokens[0], str):  # a single prompt
+        prompts, per_prompt = [cast(Sequence[str], tokens)], [np.asarray(scores)]
+        if not isinstance(response_start, Sequence):
+            response_start = [response_start or 0]
+    else:
+        prompts, per_prompt = list(tokens), list(scores)
+    starts = list(response_start) if isinstance(response_start, Sequence) else [response_start or 0] * len(prompts)
+    finite = [np.asarray(s, dtype=float) for s in per_prompt]
     limit = max((float(np.max(np.abs(s))) for s in finite if len(s)), default=1.0)
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
@@ -101,7 +106,7 @@ def token_scores_html(
         f"<p class='meta'>Red: score &gt; 0 (leans positive), blue: &lt; 0; full colour at |score| = {limit:.3g}. "
         "Faded tokens precede the response and are not averaged. Hover a token for its score.</p>",
     ]
-    for k, (toks, s) in enumerate(zip(tokens, finite)):
+    for k, (toks, s) in enumerate(zip(prompts, finite)):
         start = int(starts[k]) if k < len(starts) else 0
         resp = s[start:]
         mean = float(resp.mean()) if len(resp) else float("nan")
@@ -115,11 +120,7 @@ def token_scores_html(
             )
         parts.append("</div>")
     parts.append("</body></html>")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(parts), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, "".join(parts))
 
 
 def plot_score_distributions(scores: np.ndarray, y: np.ndarray, *, control: np.ndarray | None = None,

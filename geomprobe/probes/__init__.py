@@ -6,12 +6,26 @@
 >>> evaluate_probes(load_probe("probe/"), "other.h5", control="control.h5").records
 """
 
+from geomprobe.core.labels import choose_positive
 from geomprobe.probes.estimators import ESTIMATORS, LDAProbe, LogisticProbe, MeanDiffProbe, PCADiffProbe
 from geomprobe.probes.metrics import accuracy, auroc, balanced_accuracy, calibration_error, control_threshold, recall_at_threshold
 from geomprobe.probes.persistence import ProbeSet, check_compatible, data_sha256, load_probe, probe_directions, save_probe
 from geomprobe.probes.pipeline import (
-    ProbeResult, TokenScores, TransferResult, choose_positive, evaluate_probes, read_layers, response_scores,
-    score_control, token_scores, train_probes, transfer_matrix,
+    evaluate_probes,
+    read_layers,
+    response_scores,
+    score_control,
+    token_scores,
+    train_probes,
+    transfer_matrix,
+)
+from geomprobe.probes.results import (
+    LayerMetrics,
+    ProbeResult,
+    TokenScores,
+    TransferResult,
+    layer_metrics,
+    layer_records,
 )
 from geomprobe.probes.splits import pair_groups, pair_kfold, pair_train_test_split
 from geomprobe.probes.sweep import METHODS, LayerFit, ProbeSweep, batched_logistic, canonical_method, fit_layers
@@ -20,8 +34,9 @@ __all__ = [
     "ESTIMATORS", "LDAProbe", "LogisticProbe", "MeanDiffProbe", "PCADiffProbe",
     "accuracy", "auroc", "balanced_accuracy", "calibration_error", "control_threshold", "recall_at_threshold",
     "ProbeSet", "check_compatible", "data_sha256", "load_probe", "probe_directions", "save_probe",
-    "ProbeResult", "TokenScores", "TransferResult", "choose_positive", "evaluate_probes", "read_layers",
-    "response_scores", "score_control", "token_scores", "train_probes", "transfer_matrix",
+    "LayerMetrics", "ProbeResult", "TokenScores", "TransferResult", "choose_positive", "evaluate_probes",
+    "layer_metrics", "layer_records", "read_layers", "response_scores", "score_control", "token_scores",
+    "train_probes", "transfer_matrix",
     "pair_groups", "pair_kfold", "pair_train_test_split",
     "METHODS", "LayerFit", "ProbeSweep", "batched_logistic", "canonical_method", "fit_layers",
 ]

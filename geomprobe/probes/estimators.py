@@ -25,7 +25,7 @@ class _LinearProbe(ClassifierMixin, BaseEstimator):
     def _fit_kwargs(self) -> dict[str, Any]:
         return {}
 
-    def fit(self, X, y, pairs=None) -> "_LinearProbe":
+    def fit(self, X, y, pairs=None) -> _LinearProbe:
         X = np.asarray(X)
         if X.ndim != 2:
             raise GeomprobeError(f"activations must be 2-D (samples, d_model); got shape {X.shape}")
@@ -78,7 +78,7 @@ class _LinearProbe(ClassifierMixin, BaseEstimator):
         """AUROC of ``decision_function`` with ``classes_[1]`` as the positive class."""
         from geomprobe.probes.metrics import auroc
 
-        return auroc(self.decision_function(X), np.asarray(y) == self.classes_[1])
+        return float(auroc(self.decision_function(X), np.asarray(y) == self.classes_[1]))
 
 
 class LogisticProbe(_LinearProbe):

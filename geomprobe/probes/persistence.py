@@ -12,9 +12,8 @@ A probe folder holds::
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from geomprobe.core.artifacts import prepare_folder, read_safetensors, read_sidecar
 from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.io import atomic_file, write_json
 from geomprobe.probes.sweep import LayerFit
 
 FORMAT = "geomprobe-probe"
@@ -122,15 +122,13 @@ class ProbeSet:
             "converged": None if self.fit.converged is None else [bool(v) for v in self.fit.converged],
             **self.meta,
             "geomprobe_version": __version__,
-            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         }
 
 
 def save_probe(probes: ProbeSet, folder: str | Path, overwrite: bool = False) -> Path:
     """Write ``probe.safetensors`` and ``probe.json`` into ``folder`` (created if needed)."""
     from safetensors.numpy import save_file
-
-    from geomprobe.core.io import write_json
 
     folder = prepare_folder(folder, SIDECAR, "probe", overwrite)
     tensors: dict[str, np.ndarray] = {}
@@ -141,9 +139,9 @@ def save_probe(probes: ProbeSet, folder: str | Path, overwrite: bool = False) ->
         tensors[f"{hook}.mean"] = np.ascontiguousarray(fit.mean[i], dtype=np.float64)
         tensors[f"{hook}.scale"] = np.ascontiguousarray(fit.scale[i], dtype=np.float64)
         tensors[f"{hook}.direction"] = np.ascontiguousarray(fit.direction[i], dtype=np.float64)
-    tmp = folder / f".{TENSORS}.tmp"
-    save_file(tensors, str(tmp), metadata={"format": FORMAT, "method": probes.method})
-    os.replace(tmp, folder / TENSORS)
+    # The sidecar goes last: a folder is a probe only once both files are complete.
+    with atomic_file(folder / TENSORS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, "method": probes.method})
     write_json(folder / SIDECAR, probes.sidecar())
     return folder
 

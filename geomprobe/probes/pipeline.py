@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from geomprobe.core.errors import GeomprobeError
-from geomprobe.core.labels import choose_positive
 from geomprobe.activations.store import CacheFile, open_cache
-from geomprobe.probes import metrics as M
-from geomprobe.probes.persistence import ProbeSet, check_compatible, data_sha256
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.labels import binary_labels
+from geomprobe.probes.persistence import ProbeSet, check_compatible
+from geomprobe.probes.results import (  # noqa: F401  (layer_records: also imported from here)
+    ProbeResult,
+    TokenScores,
+    TransferResult,
+    layer_metrics,
+    layer_records,
+)
 from geomprobe.probes.splits import pair_train_test_split
 from geomprobe.probes.sweep import LayerFit, canonical_method, fit_layers
+
 
 def _open(cache: str | Path | CacheFile) -> tuple[CacheFile, bool]:
     return (cache, False) if isinstance(cache, CacheFile) else (open_cache(cache), True)
@@ -63,71 +69,11 @@ def _concat_fits(fits: Sequence[LayerFit]) -> LayerFit:
                     dict(fits[0].params), cat("n_iter"), cat("converged"))
 
 
-@dataclass
-class ProbeResult:
-    """Per-layer evaluation records plus the scores they came from."""
-
-    records: list[dict[str, Any]]
-    scores: dict[str, np.ndarray] = field(default_factory=dict)  # hook -> (n_eval,)
-    y: np.ndarray | None = None  # (n_eval,) 1 = positive
-    control_scores: dict[str, np.ndarray] | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def best(self, key: str = "auroc") -> dict[str, Any]:
-        valid = [r for r in self.records if r.get(key) is not None and np.isfinite(r[key])]
-        if not valid:
-            raise GeomprobeError(f"no layer has a finite {key}")
-        return max(valid, key=lambda r: r[key])
-
-
-def layer_records(
-    hooks: Sequence[str], scores: np.ndarray, y: np.ndarray, *, pooling: str, method: str,
-    control: np.ndarray | None = None, fpr: float = 0.01,
-) -> list[dict[str, Any]]:
-    """Metric records per hook for scores ``(L, N)``; threshold from ``control`` (L, M) or negatives."""
-    from geomprobe.core.hooks import hook_layer
-
-    y = np.asarray(y).astype(bool)
-    if control is not None:
-        threshold, source = M.control_threshold(control, fpr), "control"
-    elif (~y).any():
-        threshold, source = M.control_threshold(scores[:, ~y], fpr), "negatives"
-    else:
-        threshold, source = np.full(len(hooks), np.nan), "none"
-    aucs = M.auroc(scores, y)
-    acc, bacc = M.accuracy(scores, y), M.balanced_accuracy(scores, y)
-    recall = M.recall_at_threshold(scores, y, threshold)
-    ece = M.calibration_error(scores, y)
-    neg_fpr = (scores[:, ~y] > threshold[:, None]).mean(1) if (~y).any() else np.full(len(hooks), np.nan)
-    records = []
-    for i, hook in enumerate(hooks):
-        try:
-            layer = hook_layer(hook)
-        except GeomprobeError:
-            layer = -1
-        records.append({
-            "hook": hook, "layer": layer, "pooling": pooling, "method": method, "dtype": "float64",
-            "n_eval": int(len(y)), "n_positive": int(y.sum()), "n_negative": int((~y).sum()),
-            "auroc": float(aucs[i]), "accuracy": float(acc[i]), "balanced_accuracy": float(bacc[i]),
-            "fpr": float(fpr), "threshold": float(threshold[i]), "threshold_source": source,
-            "recall_at_fpr": float(recall[i]), "negative_fpr_at_threshold": float(neg_fpr[i]),
-            "calibration_error": float(ece[i]),
-        })
-    return records
-
-
-def _binary(cache: CacheFile, positive_label: str | None, rows: np.ndarray | None = None
-            ) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
-    """(labelled row indices, 0/1 labels, positive name, negative names)."""
-    labels = cache.labels
-    names = cache.label_names
-    pos = choose_positive(names, positive_label)
-    keep = np.flatnonzero(labels >= 0)
-    if rows is not None:
-        keep = np.intersect1d(keep, rows)
-    y = (labels[keep] == pos).astype(np.int64)
-    negatives = sorted({names[v] for v in labels[keep] if v != pos})
-    return keep, y, names[pos], negatives
+def _binary(cache: CacheFile, positive_label: str | None) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
+    """(labelled row indices, 0/1 labels, positive name, negative names): the positive class
+    (geomprobe.core.labels) against every other labelled row; the callers check the classes."""
+    choice = binary_labels(cache.labels, cache.label_names, positive_label, rest_negative=True, require_both=False)
+    return choice.rows, choice.y, choice.names[1], list(choice.negatives)
 
 
 def train_probes(
@@ -188,7 +134,7 @@ def train_probes(
         )
         if control is not None:
             control_scores = score_control(probes, control)
-        records = layer_records(chosen, scores, y[test], pooling=pooling, method=method,
+        metrics = layer_metrics(chosen, scores, y[test], pooling=pooling, method=method,
                                 control=None if control_scores is None else np.stack([control_scores[h] for h in chosen]),
                                 fpr=fpr)
         probes.meta.update({
@@ -198,9 +144,9 @@ def train_probes(
             "data_sha256": full_hash,
             "split": {"test_size": test_size, "seed": seed, "n_train": int(len(train)), "n_test": int(len(test)),
                       "test_rows": [int(v) for v in rows[test]], "respects_pairs": True},
-            "metrics": records,
+            "metrics": [m.to_dict() for m in metrics],
         })
-        result = ProbeResult(records, dict(zip(chosen, scores)), y[test], control_scores,
+        result = ProbeResult(metrics, dict(zip(chosen, scores)), y[test], control_scores,
                              {"cache": str(handle.path), "eval_rows": "held-out"})
         return probes, result
     finally:
@@ -235,12 +181,12 @@ def evaluate_probes(
     probes: ProbeSet,
     cache: str | Path | CacheFile,
     *,
+    hooks: Sequence[str] | None = None,
+    positive_label: str | None = None,
     control: str | Path | CacheFile | Mapping[str, np.ndarray] | None = None,
     fpr: float = 0.01,
-    positive_label: str | None = None,
     allow_model_mismatch: bool = False,
     all_rows: bool = False,
-    hooks: Sequence[str] | None = None,
 ) -> ProbeResult:
     """Per-layer metrics of saved probes on a cache.
 
@@ -279,41 +225,18 @@ def evaluate_probes(
         scores = np.stack([probes.decision_function(h, read_layers(handle, [h], probes.pooling, rows=rows)[0])
                            for h in chosen])
         control_scores = score_control(probes, control) if control is not None else None
-        records = layer_records(chosen, scores, y, pooling=probes.pooling, method=probes.method,
+        metrics = layer_metrics(chosen, scores, y, pooling=probes.pooling, method=probes.method,
                                 control=None if control_scores is None else np.stack([control_scores[h] for h in chosen]),
                                 fpr=fpr)
-        for r in records:
-            r["eval_rows"] = eval_rows
+        for m in metrics:
+            m.eval_rows = eval_rows
         info = {"cache": str(handle.path), "eval_model_id": handle.model_id, "probe_model_id": probes.model_id,
                 "model_mismatch": mismatch, "eval_rows": eval_rows, "positive_label": pos_name,
                 "negative_labels": neg_names}
-        return ProbeResult(records, dict(zip(chosen, scores)), y, control_scores, info)
+        return ProbeResult(metrics, dict(zip(chosen, scores)), y, control_scores, info)
     finally:
         if owned:
             handle.close()
-
-
-@dataclass
-class TransferResult:
-    """``auroc[i, j, l]``: probe trained on cache i, evaluated on cache j, at hook l."""
-
-    names: list[str]
-    hooks: list[str]
-    auroc: np.ndarray
-    recall: np.ndarray
-    model_ids: list[str]
-
-    def records(self) -> list[dict[str, Any]]:
-        from geomprobe.core.hooks import hook_layer
-
-        out = []
-        for i, train in enumerate(self.names):
-            for j, test in enumerate(self.names):
-                for k, hook in enumerate(self.hooks):
-                    out.append({"train": train, "eval": test, "hook": hook, "layer": hook_layer(hook),
-                                "auroc": float(self.auroc[i, j, k]), "recall_at_fpr": float(self.recall[i, j, k]),
-                                "held_out": i == j})
-        return out
 
 
 def transfer_matrix(
@@ -352,22 +275,6 @@ def transfer_matrix(
             auc[i, j] = [r["auroc"] for r in res.records]
             rec[i, j] = [r["recall_at_fpr"] for r in res.records]
     return TransferResult(names, common, auc, rec, model_ids)
-
-
-@dataclass
-class TokenScores:
-    """Per-token probe scores of one prompt (scores cover every token; the response starts at ``response_start``)."""
-
-    row: int
-    token_ids: np.ndarray
-    scores: np.ndarray
-    response_start: int
-    label: str
-
-    @property
-    def response_mean(self) -> float:
-        part = self.scores[self.response_start:]
-        return float(part.mean()) if len(part) else float("nan")
 
 
 def token_scores(probes: ProbeSet, cache: str | Path | CacheFile, hook: str, rows: Sequence[int] | None = None,

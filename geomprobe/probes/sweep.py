@@ -29,13 +29,17 @@ _ALIASES = {
     "logreg": "logistic", "lr": "logistic", "mean_diff": "mean-diff", "meandiff": "mean-diff",
     "diff-of-means": "mean-diff", "dim": "mean-diff", "covariance-adjusted": "lda", "pca": "pca-diff",
     "pca_diff": "pca-diff", "lat": "pca-diff", "repe": "pca-diff",
+    "pca-center": "pca-diff",  # steering's name for the same (uncentred) direction
 }
 
 
 def canonical_method(method: str) -> str:
+    """The probe method a name or alias stands for (``pca-diff`` is the uncentred PCA of pair
+    differences here and in :mod:`geomprobe.steering`, where it is also called ``pca-center``)."""
     name = _ALIASES.get(str(method).lower(), str(method).lower())
     if name not in METHODS:
-        raise GeomprobeError(f"unknown probe method {method!r}; use one of {', '.join(METHODS)}")
+        hint = "; the centred PCA is a steering method only" if name == "pca-diff-centered" else ""
+        raise GeomprobeError(f"unknown probe method {method!r}; use one of {', '.join(METHODS)}{hint}")
     return name
 
 
@@ -85,7 +89,7 @@ class LayerFit:
             out[layer] = X[layer].astype(np.float64, copy=False) @ self.direction[layer] + self.raw_intercept[layer]
         return out
 
-    def layer(self, index: int) -> "LayerFit":
+    def layer(self, index: int) -> LayerFit:
         sl = slice(index, index + 1)
         return LayerFit(
             self.method, self.coef[sl], self.intercept[sl], self.mean[sl], self.scale[sl], dict(self.params),
@@ -390,7 +394,7 @@ def fit_layers(
     ``standardize`` defaults to True for logistic and False for the closed-form methods
     (the reference recipes). ``pairs`` (N,) holds pair ids (-1 = unpaired), used by pca-diff.
     """
-    from geomprobe.models import resolve_device
+    from geomprobe.core.device import resolve_device
 
     method = canonical_method(method)
     X, y = check_training_data(X, y)
@@ -459,7 +463,7 @@ class ProbeSweep:
         self.device = device
         self.dtype = dtype
 
-    def fit(self, X, y, pairs=None) -> "ProbeSweep":
+    def fit(self, X, y, pairs=None) -> ProbeSweep:
         self.fit_ = fit_layers(
             X, y, self.method, pairs=pairs, C=self.C, fit_intercept=self.fit_intercept, standardize=self.standardize,
             shrinkage=self.shrinkage, class_weight=self.class_weight, max_iter=self.max_iter, tol=self.tol,
@@ -482,4 +486,4 @@ class ProbeSweep:
     def score(self, X, y) -> np.ndarray:
         from geomprobe.probes.metrics import auroc
 
-        return auroc(self.decision_function(X), np.asarray(y))
+        return np.asarray(auroc(self.decision_function(X), np.asarray(y)))

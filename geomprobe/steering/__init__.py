@@ -17,6 +17,7 @@ Typical use::
 See ``docs/steering.md`` for conventions (hooks, positions, KV cache, GGUF layer numbering).
 """
 
+from geomprobe.core.labels import choose_positive
 from geomprobe.steering.ablation import ablate, bake_ablation, orthogonalize_weights, unit_direction
 from geomprobe.steering.apply import (
     Generation,
@@ -47,21 +48,22 @@ from geomprobe.steering.search import (
 )
 from geomprobe.steering.vectors import (
     METHODS,
+    RENAMED_METHODS,
     SteeringVector,
     build_from_arrays,
     build_from_cache,
     build_from_probe,
     build_from_prompts,
-    choose_positive,
+    class_masks,
     direction_from_arrays,
     load_vector,
 )
 
 __all__ = [
-    "METHODS", "Generation", "ScreenRecord", "SearchRecord", "SearchResult", "SteeringSite", "SteeringVector",
+    "METHODS", "RENAMED_METHODS", "Generation", "ScreenRecord", "SearchRecord", "SearchResult", "SteeringSite", "SteeringVector",
     "ablate",
     "bake_ablation", "build_from_arrays", "build_from_cache", "build_from_probe", "build_from_prompts",
-    "choose_positive", "compare_generations", "direction_from_arrays", "ensure_kv_cache_compat", "export_gguf",
+    "choose_positive", "class_masks", "compare_generations", "direction_from_arrays", "ensure_kv_cache_compat", "export_gguf",
     "generate", "generate_steered", "generation_table", "gguf_layer_for_hook", "js_divergence_1d", "kl_divergence",
     "load_vector", "logit_difference", "next_token_logprobs", "orthogonalize_weights",
     "read_gguf", "refusal_log_odds", "refusal_token_ids", "render_prompts", "screen_arrays", "screen_cache",

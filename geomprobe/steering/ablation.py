@@ -25,20 +25,19 @@ import torch
 
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.hooks import hook_name
-from geomprobe.steering.vectors import SteeringVector, save_atomic_folder
+from geomprobe.core.io import atomic_folder, check_output_folder
+from geomprobe.models.architecture import (
+    architecture,
+    model_type,
+    model_types_supporting,
+    stores_transposed,
+    untie_embeddings,
+)
+from geomprobe.models.bridge import ensure_kv_cache_compat
+from geomprobe.steering.vectors import SteeringVector
 
 ABLATION_HOOKS = ("resid_pre", "resid_mid", "resid_post")
-
-# model_type -> (embedding paths, per-layer container path, attention writer, MLP writer)
-_WRITERS: dict[str, tuple[tuple[str, ...], str, str, str]] = {
-    "llama": (("model.embed_tokens",), "model.layers", "self_attn.o_proj", "mlp.down_proj"),
-    "mistral": (("model.embed_tokens",), "model.layers", "self_attn.o_proj", "mlp.down_proj"),
-    "qwen2": (("model.embed_tokens",), "model.layers", "self_attn.o_proj", "mlp.down_proj"),
-    "qwen3": (("model.embed_tokens",), "model.layers", "self_attn.o_proj", "mlp.down_proj"),
-    "phi3": (("model.embed_tokens",), "model.layers", "self_attn.o_proj", "mlp.down_proj"),
-    "gpt2": (("transformer.wte", "transformer.wpe"), "transformer.h", "attn.c_proj", "mlp.c_proj"),
-    "gpt_neox": (("gpt_neox.embed_in",), "gpt_neox.layers", "attention.dense", "mlp.dense_4h_to_h"),
-}
+_SAVED = "ablated checkpoint"  # names the output folder in messages
 
 
 def unit_direction(direction: SteeringVector | torch.Tensor | np.ndarray, hook: str | None = None) -> torch.Tensor:
@@ -72,7 +71,6 @@ def ablate(
     layers: Sequence[int] | None = None,
 ) -> Iterator[list[str]]:
     """Project the direction out of the residual stream at every layer (or ``layers``) while inside."""
-    from geomprobe.models import ensure_kv_cache_compat
     from geomprobe.steering.apply import require_bridge
 
     require_bridge(model, "ablate()")
@@ -122,34 +120,28 @@ def _project_bias(bias: torch.Tensor | None, r: torch.Tensor) -> None:
 
 
 def orthogonalize_weights(hf_model: Any, r: torch.Tensor) -> list[str]:
-    """Orthogonalise, in place, every weight of ``hf_model`` that writes to the residual stream."""
-    model_type = getattr(hf_model.config, "model_type", "")
-    if model_type not in _WRITERS:
+    """Orthogonalise, in place, every weight of ``hf_model`` that writes to the residual stream
+    (the writers listed in :mod:`geomprobe.models.architecture`)."""
+    arch = architecture(hf_model)
+    if arch is None or not arch.writers_known:
         raise GeomprobeError(
-            f"baking an ablation into {model_type or 'this'} models is not supported "
-            f"(supported: {', '.join(sorted(_WRITERS))}); use the hooked ablate() instead"
+            f"baking an ablation into {model_type(hf_model) or 'this'} models is not supported "
+            f"(supported: {', '.join(model_types_supporting('writers'))}); use the hooked ablate() instead"
         )
-    embeds, layers_path, attn_path, mlp_path = _WRITERS[model_type]
     r = r.to(next(hf_model.parameters()).device)
     touched = []
-    input_emb = hf_model.get_input_embeddings()
-    output_emb = hf_model.get_output_embeddings()
-    if output_emb is not None and output_emb.weight.data_ptr() == input_emb.weight.data_ptr():
-        # Tied: the unembedding must keep reading the original matrix.
-        output_emb.weight = torch.nn.Parameter(output_emb.weight.detach().clone())
-        hf_model.config.tie_word_embeddings = False
-        if hasattr(hf_model.config, "get_text_config"):
-            hf_model.config.get_text_config().tie_word_embeddings = False
+    if untie_embeddings(hf_model):  # tied: the unembedding must keep reading the original matrix
         touched.append("untied lm_head")
-    for path in embeds:
+    for path in arch.embeddings:
         _project_rows(_get(hf_model, path).weight, r)
         touched.append(path)
+    layers_path = arch.layers
     for i, layer in enumerate(_get(hf_model, layers_path)):
-        for sub in (attn_path, mlp_path):
+        for sub in (arch.attn_writer, arch.mlp_writer):
             module = _get(layer, sub)
             if isinstance(module, torch.nn.Linear):
                 _project_columns(module.weight, r)
-            elif type(module).__name__ == "Conv1D":  # GPT-2: y = x W + b, W is (in, out)
+            elif stores_transposed(module):  # GPT-2 Conv1D: y = x W + b, W is (in, out)
                 _project_rows(module.weight, r)
             else:
                 raise GeomprobeError(f"unexpected module type {type(module).__name__} at {layers_path}.{i}.{sub}")
@@ -175,6 +167,7 @@ def bake_ablation(
     from geomprobe.models import load_checkpoint
 
     r = unit_direction(direction, hook)
+    check_output_folder(out_dir, overwrite=overwrite, what=_SAVED)  # before the slow checkpoint load
     source = getattr(model, "source", None) or str(model)
     if getattr(model, "model_id", "") == "HuggingFaceTB/SmolLM2-135M-Instruct" and str(source).endswith(".gguf"):
         source = "default"
@@ -200,4 +193,6 @@ def bake_ablation(
         }
         (folder / "geomprobe-ablation.json").write_text(json.dumps(info, indent=2) + "\n")
 
-    return save_atomic_folder(build, Path(out_dir), overwrite)
+    with atomic_folder(out_dir, overwrite=overwrite, what=_SAVED) as staging:
+        build(staging)
+    return Path(out_dir)

@@ -27,17 +27,18 @@ cached generation ignores the prompt. :func:`ensure_kv_cache_compat` maps one na
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from geomprobe.core.errors import GeomprobeError
-from geomprobe.models import ensure_kv_cache_compat, is_unbridged, unbridged, unbridged_agrees
 from geomprobe.core.hooks import parse_hook_name, resolve_hooks
+from geomprobe.models.architecture import model_type, model_types_supporting, resid_mid_is_attn_sum
+from geomprobe.models.bridge import ensure_kv_cache_compat, is_unbridged, unbridged, unbridged_agrees
 from geomprobe.steering.vectors import SteeringVector
 
 POSITIONS = ("all", "prompt", "generated")
@@ -138,11 +139,8 @@ class PositionTracker:
 # Where an addition at a residual-stream hook lands. resid_mid has no module boundary of its own:
 # the bridge's hook there is the second norm's input, so adding to it steers only the MLP's input
 # while the residual keeps the unsteered value. resid_pre + attn_out + v is the same stream, so the
-# addition goes on the attention output instead -- exact for pre-norm blocks that add the attention
-# output to the residual unscaled (not Gemma 2/3's post-attention norms, parallel blocks, Granite's
-# residual multiplier).
-_RESID_MID_VIA_ATTN = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma",
-                       "phi3", "gpt2"}
+# addition goes on the attention output instead -- exact where the architecture table says
+# resid_mid = resid_pre + attn_out (geomprobe.models.architecture).
 VIA = ("auto", "bridge", "hf")
 
 
@@ -164,11 +162,11 @@ def steering_site(model: Any, hook: str) -> SteeringSite:
         return SteeringSite(hook, model.bridge.hook_dict[hook].name or hook)
     layer, kind = parsed
     if kind == "resid_mid":
-        model_type = getattr(model.hf_model.config, "model_type", "")
-        if model_type not in _RESID_MID_VIA_ATTN:
+        if not resid_mid_is_attn_sum(model):
             raise GeomprobeError(
-                f"steering at {hook} is not supported for model type {model_type!r} (its blocks do not add the "
-                "attention output to the residual stream unchanged); steer attn_out, or resid_post of the layer before"
+                f"steering at {hook} is not supported for model type {model_type(model)!r} (its blocks do not add the "
+                "attention output to the residual stream unchanged, or it is not in geomprobe's architecture table: "
+                f"{', '.join(model_types_supporting('resid_mid'))}); steer attn_out, or resid_post of the layer before"
             )
         kind = "attn_out"
     block = model.bridge.blocks[layer]
@@ -343,12 +341,17 @@ def steer(
 # -- generation -------------------------------------------------------------------------------
 @dataclass
 class Generation:
+    """One continuation: the prompt, the generated text and tokens, and the steering it ran under."""
+
     prompt: str
     text: str
     token_ids: list[int]
-    multiplier: float
+    multiplier: float  # 0.0 when unsteered
     hooks: list[str]
     positions: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def generate(
@@ -435,16 +438,18 @@ def generate_steered(
 
 def compare_generations(
     model: Any, vector: SteeringVector, prompts: Sequence[str], multipliers: Sequence[float] = (0.0, 4.0), **kwargs: Any
-) -> list[dict[str, Any]]:
-    """Rows ``{prompt, multiplier, text}`` for a table of sample generations (0 = unsteered)."""
+) -> list[Generation]:
+    """Generations of every prompt at every multiplier (0 = unsteered), multiplier by multiplier."""
     rows = []
     for m in multipliers:
         gens = generate(model, prompts, vector=None if m == 0 else vector, multiplier=m, **kwargs)
-        rows.extend({"prompt": g.prompt, "multiplier": float(m), "hooks": g.hooks, "text": g.text} for g in gens)
+        for g in gens:
+            g.multiplier = float(m)
+        rows.extend(gens)
     return rows
 
 
-def generation_table(rows: Sequence[dict[str, Any]], width: int = 80) -> str:
+def generation_table(rows: Sequence[Generation | Mapping[str, Any]], width: int = 80) -> str:
     """A Markdown table of sample generations (one row per prompt and multiplier)."""
     def cell(text: str) -> str:
         text = " ".join(str(text).split()).replace("|", "\\|")
@@ -452,5 +457,6 @@ def generation_table(rows: Sequence[dict[str, Any]], width: int = 80) -> str:
 
     lines = ["| prompt | multiplier | generation |", "|---|---:|---|"]
     for row in rows:
-        lines.append(f"| {cell(row['prompt'])} | {row['multiplier']:g} | {cell(row['text'])} |")
+        r = row.to_dict() if isinstance(row, Generation) else row
+        lines.append(f"| {cell(r['prompt'])} | {r['multiplier']:g} | {cell(r['text'])} |")
     return "\n".join(lines)

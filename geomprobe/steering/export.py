@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.io import atomic_file, check_output_file
 from geomprobe.steering.vectors import SteeringVector
 
 
@@ -55,13 +56,7 @@ def export_gguf(
     from geomprobe.steering.apply import check_multiplier
 
     multiplier = check_multiplier(multiplier)
-    path = Path(path)
-    if path.is_dir():
-        raise GeomprobeError(f"{str(path)!r} is a directory; give a .gguf file name")
-    if path.exists() and not overwrite:
-        raise GeomprobeError(f"{str(path)!r} already exists; pass --overwrite to replace it")
-    if not path.parent.exists():
-        raise GeomprobeError(f"folder {str(path.parent)!r} does not exist; create it first")
+    path = check_output_file(path, overwrite=overwrite, example_name="vector.gguf")
     chosen = hooks or vector.hooks
     missing = [h for h in chosen if h not in vector.vectors]
     if missing:
@@ -73,19 +68,18 @@ def export_gguf(
             raise GeomprobeError(f"two hooks map to llama.cpp layer {layer}; export one of them with --hooks")
         by_layer[layer] = (vector.vectors[hook].double().numpy() * multiplier).astype(np.float32)
     hint = model_hint or str(vector.metadata.get("model_type") or vector.model_id or "unknown")
-    tmp = path.with_name(f".{path.name}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), arch="controlvector")
-    try:
-        writer.add_string("controlvector.model_hint", hint)
-        writer.add_uint32("controlvector.layer_count", len(by_layer))
-        for layer in sorted(by_layer):
-            writer.add_tensor(f"direction.{layer}", by_layer[layer])
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), arch="controlvector")
+        try:
+            writer.add_string("controlvector.model_hint", hint)
+            writer.add_uint32("controlvector.layer_count", len(by_layer))
+            for layer in sorted(by_layer):
+                writer.add_tensor(f"direction.{layer}", by_layer[layer])
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
     return path
 
 

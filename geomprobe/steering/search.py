@@ -33,7 +33,7 @@ import torch
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.hooks import hook_layer, resolve_hooks
 from geomprobe.steering.apply import check_multiplier, ensure_kv_cache_compat, render_prompts, steer, tokenize_left
-from geomprobe.steering.vectors import SteeringVector, choose_positive, paired_differences
+from geomprobe.steering.vectors import SteeringVector, class_masks, paired_differences
 
 METRICS = ("refusal", "logit-diff", "probe")
 DEFAULT_REFUSAL_WORDS = ("I", "Sorry", "I'm", "As", "Unfortunately", "No", "Apologies")
@@ -119,6 +119,9 @@ class SearchRecord:
     n_prompts: int
     n_harmless: int
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 @dataclass
 class SearchResult:
@@ -155,8 +158,8 @@ class SearchResult:
             "vector_method": self.method,
             "dtype": "float64",
             "settings": self.settings,
-            "best": asdict(best) if best else None,
-            "records": [asdict(r) for r in self.records],
+            "best": best.to_dict() if best else None,
+            "records": [r.to_dict() for r in self.records],
         }
 
     def table(self) -> str:
@@ -309,6 +312,9 @@ class ScreenRecord:
     js_bits: float
     dtype: str = "float64"
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 def screen_arrays(
     X: np.ndarray, positive: np.ndarray, negative: np.ndarray, pair_ids: np.ndarray | None, *, bins: int = 32
@@ -348,9 +354,7 @@ def screen_cache(
     with open_cache(path) as cache:
         names = cache.hooks_for(hooks)
         labels, label_names, pair_ids = cache.labels, cache.label_names, cache.pair_ids
-        pos_index = choose_positive(label_names, positive_label)
-        positive = labels == pos_index
-        negative = (labels >= 0) & ~positive
+        positive, negative, _ = class_masks(labels, label_names, positive_label)
         if positive.sum() < 2 or negative.sum() < 2:
             raise GeomprobeError(f"the screen needs at least 2 rows per class; got {int(positive.sum())} and {int(negative.sum())}")
         pairs = pair_ids if (pair_ids >= 0).any() else None

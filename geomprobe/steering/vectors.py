@@ -6,12 +6,17 @@ default the vector is *applied* at the same hook. Methods:
 
 ``mean-diff``   contrastive activation addition: mean(positive) - mean(negative); with pair ids,
                 the mean over pairs of (positive - negative) inside each pair.
-``pca-diff``    first principal component of the paired differences, centred first (the
-                control-vector "pca_diff" recipe).
+``pca-diff-centered``  first principal component of the paired differences, centred first
+                (the control-vector "pca_diff" recipe).
 ``pca-center``  first principal component of the pair members centred on their pair midpoint,
                 i.e. of the rows ``+-(pos - neg)/2``; their mean is zero, so this is the top
-                singular vector of the uncentred differences.
+                singular vector of the uncentred differences: the direction the probes'
+                ``pca-diff`` finds.
 ``probe``       a saved linear probe's direction (``geomprobe.probes.probe_directions``).
+
+One name, one method across stages: ``pca-diff`` means the uncentred PCA of pair differences in
+:mod:`geomprobe.probes`, so steering no longer uses it for the centred one. ``pca-diff`` is still
+accepted here for a while, with a warning, as the old name of ``pca-diff-centered`` (same result).
 
 PCA directions are unit vectors signed so the positive class projects higher, scaled by the mean
 absolute projection of the pair differences on them: multiplier 1 then moves an activation by one
@@ -23,11 +28,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +40,16 @@ import torch
 
 from geomprobe.core.artifacts import prepare_folder, read_safetensors, read_sidecar
 from geomprobe.core.errors import GeomprobeError
-from geomprobe.core.labels import choose_positive
 from geomprobe.core.hooks import hook_layer
+from geomprobe.core.io import atomic_file, atomic_write_text
+from geomprobe.core.labels import binary_labels, choose_positive
 
 FORMAT = "geomprobe-steering-vector"
 FORMAT_VERSION = 1
-METHODS = ("mean-diff", "pca-diff", "pca-center")
+METHODS = ("mean-diff", "pca-diff-centered", "pca-center")
+# Old steering names -> current ones. "pca-diff" is the probes' (uncentred) method, so steering's
+# centred one was renamed; vectors saved under the old name hold the centred direction.
+RENAMED_METHODS = {"pca-diff": "pca-diff-centered"}
 VECTOR_FILE = "vector.safetensors"
 SIDECAR_FILE = "vector.json"
 _REBUILD = "rebuild the vector with geomprobe steer build"
@@ -115,7 +123,7 @@ class SteeringVector:
             f"{' ...' if len(self.hooks) > 4 else ''} (pick one of those with --hooks)"
         )
 
-    def select(self, hooks: Sequence[str]) -> "SteeringVector":
+    def select(self, hooks: Sequence[str]) -> SteeringVector:
         """A copy holding only ``hooks``."""
         return SteeringVector(
             {h: self.vector_for(h) for h in hooks}, self.method, self.pooling, self.model_id,
@@ -143,21 +151,19 @@ class SteeringVector:
         from safetensors.torch import save_file
 
         folder = prepare_folder(folder, SIDECAR_FILE, "steering vector", overwrite)
-        sidecar = dict(self.describe(), created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        sidecar = dict(self.describe(), created_utc=datetime.now(UTC).isoformat(timespec="seconds"))
         from geomprobe.core import __version__
 
         sidecar["geomprobe_version"] = __version__
-        # Write both under temporary names, then rename: never a half-written pair.
-        tmp_vec = folder / f".{VECTOR_FILE}.tmp"
-        tmp_json = folder / f".{SIDECAR_FILE}.tmp"
-        save_file({h: t.contiguous() for h, t in self.vectors.items()}, str(tmp_vec), metadata={"format": FORMAT})
-        tmp_json.write_text(json.dumps(_jsonable(sidecar), indent=2) + "\n")
-        tmp_vec.replace(folder / VECTOR_FILE)
-        tmp_json.replace(folder / SIDECAR_FILE)
+        # Each file is written whole under a temporary name; the sidecar goes last, so a folder
+        # is a vector only once both are complete.
+        with atomic_file(folder / VECTOR_FILE) as tmp:
+            save_file({h: t.contiguous() for h, t in self.vectors.items()}, str(tmp), metadata={"format": FORMAT})
+        atomic_write_text(folder / SIDECAR_FILE, json.dumps(_jsonable(sidecar), indent=2) + "\n")
         return folder
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> "SteeringVector":
+    def load(cls, folder: str | os.PathLike) -> SteeringVector:
         """Read a folder written by :meth:`save`, checking every field (no pickle involved)."""
         folder = Path(folder)
         vec_path = folder / VECTOR_FILE
@@ -170,8 +176,11 @@ class SteeringVector:
         for hook, tensor in tensors.items():
             if tensor.ndim != 1 or (d_model and tensor.numel() != d_model):
                 raise GeomprobeError(f"{vec_path}: {hook} has shape {tuple(tensor.shape)}, expected ({d_model},)")
+        method = str(info.get("method", ""))
+        # Saved under an old name: the folder holds the renamed method's direction.
+        method = RENAMED_METHODS.get(method, method)
         return cls(
-            {h: tensors[h] for h in hooks}, str(info.get("method", "")), str(info.get("pooling", "")),
+            {h: tensors[h] for h in hooks}, method, str(info.get("pooling", "")),
             str(info.get("model_id", "")), d_model, metadata=dict(info.get("metadata") or {}),
         )
 
@@ -195,6 +204,43 @@ def load_vector(folder: str | os.PathLike) -> SteeringVector:
 
 
 # -- direction math ---------------------------------------------------------------------------
+def canonical_method(method: str) -> str:
+    """The current name of a steering method; an old name is accepted with a FutureWarning."""
+    if method in RENAMED_METHODS:
+        new = RENAMED_METHODS[method]
+        warnings.warn(
+            f"steering method {method!r} is now called {new!r} (PCA of the centred pair differences, the same "
+            f"result as before); in geomprobe.probes {method!r} is the uncentred method, which steering calls "
+            f"'pca-center'. Pass {new!r} or 'pca-center'.",
+            FutureWarning, stacklevel=3,
+        )
+        return new
+    if method not in METHODS:
+        raise GeomprobeError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    return method
+
+
+def class_masks(
+    labels: np.ndarray, label_names: Sequence[str], positive_label: str | None = None, negative_label: str | None = None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Boolean ``(positive, negative)`` row masks and the positive label's name.
+
+    The positive class follows :func:`geomprobe.core.labels.binary_labels` (the one rule for every
+    stage); the negative class is ``negative_label`` or every other labelled row.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if negative_label is not None:
+        positive_name = str(label_names[choose_positive(label_names, positive_label)])
+        choice = binary_labels(labels, label_names, label_pair=(negative_label, positive_name), require_both=False)
+    else:
+        choice = binary_labels(labels, label_names, positive_label, rest_negative=True, require_both=False)
+    positive = np.zeros(len(labels), dtype=bool)
+    negative = np.zeros(len(labels), dtype=bool)
+    positive[choice.rows[choice.y == 1]] = True
+    negative[choice.rows[choice.y == 0]] = True
+    return positive, negative, choice.names[1]
+
+
 def paired_differences(
     X: np.ndarray, positive: np.ndarray, negative: np.ndarray, pair_ids: np.ndarray | None
 ) -> np.ndarray:
@@ -221,8 +267,7 @@ def direction_from_arrays(
     method: str = "mean-diff",
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Compute one ``(d,)`` float64 direction from rows ``X`` and boolean class masks."""
-    if method not in METHODS:
-        raise GeomprobeError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    method = canonical_method(method)
     X = np.asarray(X)
     positive, negative = np.asarray(positive, bool), np.asarray(negative, bool)
     n_pos, n_neg = int(positive.sum()), int(negative.sum())
@@ -244,7 +289,7 @@ def direction_from_arrays(
         raise GeomprobeError(
             f"method {method} needs at least 2 contrast pairs (pair ids); found {len(diffs)}; use --method mean-diff"
         )
-    if method == "pca-diff":
+    if method == "pca-diff-centered":
         rows = diffs - diffs.mean(0)
     else:  # pca-center: pair members centred on their pair midpoint, i.e. +-diff/2
         rows = np.concatenate([diffs / 2.0, -diffs / 2.0])
@@ -280,15 +325,9 @@ def build_from_arrays(
     metadata: Mapping[str, Any] | None = None,
 ) -> SteeringVector:
     """Build a :class:`SteeringVector` from in-memory ``{hook: (N, d)}`` activations."""
+    method = canonical_method(method)
     labels = np.asarray(labels)
-    pos_index = choose_positive(label_names, positive_label)
-    positive = labels == pos_index
-    if negative_label is not None:
-        if negative_label not in label_names:
-            raise GeomprobeError(f"--negative-label {negative_label!r} is not a label here; labels are {', '.join(label_names)}")
-        negative = labels == list(label_names).index(negative_label)
-    else:
-        negative = (labels >= 0) & ~positive
+    positive, negative, positive_name = class_masks(labels, label_names, positive_label, negative_label)
     vectors, per_hook = {}, {}
     for hook, X in activations.items():
         X = np.asarray(X)
@@ -300,7 +339,7 @@ def build_from_arrays(
     first = next(iter(per_hook.values()))
     meta = {
         "label_names": list(label_names),
-        "positive_label": str(label_names[pos_index]),
+        "positive_label": positive_name,
         "negative_label": negative_label or "all other labels",
         "n_positive": first["n_positive"],
         "n_negative": first["n_negative"],
@@ -315,10 +354,10 @@ def build_from_cache(
     path: str | os.PathLike,
     *,
     hooks: str | Sequence[str] | None = None,
-    method: str = "mean-diff",
     pooling: str = "last",
     positive_label: str | None = None,
     negative_label: str | None = None,
+    method: str = "mean-diff",
 ) -> SteeringVector:
     """Build one direction per hook from a geomprobe activation cache (labels and pair ids)."""
     from geomprobe.activations.store import open_cache
@@ -348,7 +387,7 @@ def build_from_probe(probe_dir: str | os.PathLike, *, hooks: Sequence[str] | Non
         from geomprobe.probes import probe_directions  # built by the probes stage; imported lazily
     except ImportError:
         raise GeomprobeError("this geomprobe has no probe support (geomprobe.probes.probe_directions); build from a cache instead") from None
-    directions = probe_directions(probe_dir)
+    directions = probe_directions(Path(probe_dir))
     if hooks:
         missing = [h for h in hooks if h not in directions]
         if missing:
@@ -403,21 +442,3 @@ def build_from_prompts(
         positive_label="positive", model_id=model.model_id,
         metadata={"source": "prompts", "model_revision": model.revision},
     )
-
-
-def save_atomic_folder(build, folder: Path, overwrite: bool) -> Path:
-    """Run ``build(staging)`` in a fresh sibling folder, then move it to ``folder``."""
-    folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise GeomprobeError(f"{str(folder)!r} exists and is not empty; pass --overwrite or choose another folder")
-    if not folder.parent.exists():
-        raise GeomprobeError(f"folder {str(folder.parent)!r} does not exist; create it first")
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        build(staging)
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder

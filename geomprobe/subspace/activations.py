@@ -12,6 +12,7 @@ cache's ``last`` pooling is the last real token of each prompt, never padding.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from geomprobe.activations.store import CacheFile, open_cache
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.labels import binary_labels
-from geomprobe.activations.store import CacheFile, open_cache
 from geomprobe.subspace.basis import (
     check_energy,
     check_k,
@@ -71,18 +72,20 @@ class LayerOverlap:
     dtype: str = "float64"
     model_id: str = ""
 
-    def to_record(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         record = asdict(self)
         record["cosines"] = [float(c) for c in np.asarray(self.cosines)]
         return record
 
+    to_record = to_dict  # the name the plots and CLI used first
+
 
 def _resolve_classes(
-    names: Sequence[str], labels: np.ndarray, pair: Sequence[str] | None, positive_label: str | None
+    labels: np.ndarray, names: Sequence[str], positive_label: str | None, pair: Sequence[str] | None
 ) -> tuple[str, str, np.ndarray, np.ndarray]:
     """Row indices of class A (the reference) and class B (the positive class), with their names."""
     if pair is not None and positive_label is not None:
-        raise GeomprobeError("give either labels=(a, b) (--labels A B) or positive_label (--positive-label), not both")
+        raise GeomprobeError("give either label_pair=(a, b) (--labels A B) or positive_label (--positive-label), not both")
     choice = binary_labels(labels, names, positive_label, pair)
     return choice.names[0], choice.names[1], choice.rows[choice.y == 0], choice.rows[choice.y == 1]
 
@@ -166,8 +169,8 @@ def activation_overlap_by_layer(
     cache_or_path: CacheFile | str | Path,
     hooks: str | Sequence[str] | None = None,
     pooling: str = "last",
-    labels: Sequence[str] | None = None,
     positive_label: str | None = None,
+    label_pair: Sequence[str] | None = None,
     *,
     energy: float | None = 0.9,
     k: int | None = None,
@@ -177,6 +180,7 @@ def activation_overlap_by_layer(
     device: Any = "auto",
     method: str = "auto",
     stream: bool | None = None,
+    labels: Sequence[str] | None = None,
 ) -> list[LayerOverlap]:
     """Per-hook overlap of the two class subspaces stored in an activation cache.
 
@@ -184,11 +188,19 @@ def activation_overlap_by_layer(
     accumulated over row blocks (see :mod:`geomprobe.activations.blocks`); ``None`` streams only when a
     layer would not fit comfortably in the memory available.
 
-    ``labels=(a, b)`` picks two classes; ``positive_label`` takes one class against every other
-    labelled row; with neither, the cache must hold exactly two labelled classes. Unlabelled
-    rows (-1) are dropped. ``hooks`` takes CLI-style specs (default: every stored hook).
+    ``label_pair=(a, b)`` picks two classes (``a`` is the reference, ``b`` the positive class);
+    ``positive_label`` takes one class against every other labelled row; with neither, the cache
+    must hold exactly two labelled classes. Unlabelled rows (-1) are dropped. ``hooks`` takes
+    CLI-style specs (default: every stored hook). The arguments come in the order every stage
+    uses: cache, hooks, pooling, positive_label, label_pair. ``labels=`` is the old name of
+    ``label_pair`` (deprecated).
     """
-    from geomprobe.models import resolve_device
+    if labels is not None:
+        if label_pair is not None:
+            raise GeomprobeError("give label_pair=(a, b) only; labels= is its old name")
+        warnings.warn("activation_overlap_by_layer(labels=...) is now label_pair=...", DeprecationWarning, stacklevel=2)
+        label_pair = labels
+    from geomprobe.core.device import resolve_device
 
     if k is not None:
         check_k(k)
@@ -196,7 +208,7 @@ def activation_overlap_by_layer(
         check_energy(energy)
     dev = resolve_device(device)
     own = not isinstance(cache_or_path, CacheFile)
-    cache = open_cache(cache_or_path) if own else cache_or_path
+    cache = cache_or_path if isinstance(cache_or_path, CacheFile) else open_cache(cache_or_path)
     try:
         chosen = cache.hooks_for(hooks)
         if pooling not in cache.poolings or pooling == "all":
@@ -204,7 +216,7 @@ def activation_overlap_by_layer(
                 f"cache {cache.path.name} has no usable {pooling!r} pooling (it has {', '.join(cache.poolings)}); use last or mean"
             )
         label_a, label_b, rows_a, rows_b = _resolve_classes(
-            cache.label_names, cache.labels, tuple(labels) if labels is not None else None, positive_label
+            cache.labels, cache.label_names, positive_label, tuple(label_pair) if label_pair is not None else None
         )
         for name, rows in ((label_a, rows_a), (label_b, rows_b)):
             if len(rows) == 0:

@@ -88,6 +88,8 @@ def _choose_k(s: torch.Tensor, total: float, rank: int, energy: float | None, k:
     """k for a fixed request, or the fewest directions reaching ``energy``; None if not reached."""
     if k is not None:
         return max(1, min(k, rank))
+    if energy is None:
+        raise GeomprobeError("give k or an energy fraction")  # callers validate one of them first
     cum = torch.cumsum(s.double() ** 2, 0)
     need = energy * total * (1.0 - 1e-12)
     hit = torch.nonzero(cum >= need)
@@ -212,7 +214,7 @@ def subspace_basis(
     does not become the top direction; ``center=False`` reproduces the uncentred reference.
     The basis never exceeds the numerical rank of the data.
     """
-    from geomprobe.models import resolve_device
+    from geomprobe.core.device import resolve_device
 
     if k is not None:
         k = check_k(k)
@@ -239,7 +241,7 @@ def subspace_basis(
     if not bool(torch.isfinite(data).all()):
         raise GeomprobeError(f"{name} has NaN or inf values; recompute the activations")
     mean = data.mean(0) if center else None
-    centred = data - mean if center else data
+    centred = data - mean if mean is not None else data
     if float((centred * centred).sum()) == 0.0:
         raise GeomprobeError(f"{name} has no variance (all rows identical{' after centring' if center else ''}); check the inputs")
     top = top_left_singular(centred.T, k=k, energy=energy, method=method)
@@ -337,7 +339,7 @@ def empirical_random_baseline(
     By rotation invariance one subspace can be fixed to the first ``max(ka, kb)`` coordinate
     axes; the other is the Q factor of a Gaussian (d, min(ka, kb)) matrix.
     """
-    from geomprobe.models import resolve_device
+    from geomprobe.core.device import resolve_device
 
     random_baseline(d, ka, kb)  # validates sizes
     if int(n_draws) < 1:

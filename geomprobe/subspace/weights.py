@@ -23,8 +23,6 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +32,8 @@ import numpy as np
 import torch
 
 from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.io import atomic_folder, check_output_folder
+from geomprobe.models.architecture import stores_transposed
 from geomprobe.subspace.basis import _check_method, check_energy, check_k, top_left_singular
 
 PROJECTION_MODES = ("same", "orthogonal", "opposite")
@@ -93,13 +93,14 @@ def _state(model: torch.nn.Module) -> dict[str, tuple[torch.Tensor, bool]]:
         if name in out:
             continue
         owner = model.get_submodule(raw.rsplit(".", 1)[0]) if "." in raw else model
-        out[name] = (tensor, type(owner).__name__ == "Conv1D")
+        out[name] = (tensor, stores_transposed(owner))
     return out
 
 
 def _embedding_ptrs(model: torch.nn.Module) -> set[int]:
     ptrs = {m.weight.data_ptr() for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    get_output = getattr(model, "get_output_embeddings", None)  # HF models only
+    out_emb = get_output() if callable(get_output) else None
     weight = getattr(out_emb, "weight", None)
     if isinstance(weight, torch.Tensor):
         ptrs.add(weight.data_ptr())
@@ -113,7 +114,8 @@ def weight_matrices(model: torch.nn.Module, include_embeddings: bool = False) ->
     for name, (tensor, conv1d) in _state(model).items():
         if tensor.ndim != 2 or not tensor.is_floating_point() or tensor.data_ptr() in skip:
             continue  # norms, biases, buffers; embeddings and LM head unless asked for
-        shape = tuple(tensor.shape[::-1]) if conv1d else tuple(tensor.shape)
+        rows, cols = tensor.shape
+        shape = (cols, rows) if conv1d else (rows, cols)
         match = _LAYER.search(name)
         if match:
             layer = int(match.group(1))
@@ -200,6 +202,8 @@ class MatrixOverlap:
         record["cosines"] = [float(c) for c in np.asarray(self.cosines)]
         return record
 
+    to_dict = to_record  # the stage convention's name
+
 
 @dataclass
 class GroupSummary:
@@ -218,6 +222,8 @@ class GroupSummary:
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)
+
+    to_dict = to_record  # the stage convention's name
 
 
 def _rec(r: Any, key: str) -> Any:
@@ -282,7 +288,7 @@ def weight_update_overlap(
     With ``finetuned=None`` the alignment update is compared with the base weight's own top
     subspace. Mismatched architectures or shapes raise :class:`GeomprobeError`.
     """
-    from geomprobe.models import resolve_device
+    from geomprobe.core.device import resolve_device
 
     k, energy = _settings(k, energy, method)
     dev = resolve_device(device)
@@ -345,7 +351,7 @@ def _compare(
     na, nb, nw = float(torch.linalg.norm(A)), float(torch.linalg.norm(B)), float(torch.linalg.norm(W0))
     if na == 0.0 or nb == 0.0:
         return _skipped(m, na, nb, nw, b_name, k, energy)
-    common = dict(
+    common: dict[str, Any] = dict(
         name=m.name, layer=m.layer, module=m.module, shape=m.shape, a="aligned-base", b=b_name,
         energy_target=energy, k_requested=k, norm_a=na, norm_b=nb, norm_base=nw,
     )
@@ -384,15 +390,6 @@ class ProjectionResult:
         return num / den if den else float("nan")
 
 
-def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise GeomprobeError(f"output {str(out_dir)!r} is a file; give a folder name for the new checkpoint")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise GeomprobeError(f"output folder {str(out_dir)!r} is not empty; pass --overwrite (overwrite=True) or choose another --out")
-    if not out_dir.parent.exists():
-        raise GeomprobeError(f"folder {str(out_dir.parent)!r} for the new checkpoint does not exist; create it first")
-
-
 def project_finetune_update(
     base: Any,
     aligned: Any,
@@ -418,13 +415,13 @@ def project_finetune_update(
     keep their fine-tuned values. The folder (``save_pretrained`` + tokenizer + a
     ``geomprobe-projection.json`` manifest) loads with :func:`geomprobe.models.load_model`.
     """
-    from geomprobe.models import resolve_device
+    from geomprobe.core.device import resolve_device
 
     if mode not in PROJECTION_MODES:
         raise GeomprobeError(f"unknown projection mode {mode!r}; use one of {', '.join(PROJECTION_MODES)}")
     k, energy = _settings(k, energy, method)
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir, overwrite)
+    check_output_folder(out_dir, overwrite=overwrite, what="checkpoint")  # before the slow loads
     dev = resolve_device(device)
     src_base = _load(base, "base", trust_remote_code)
     src_al = _load(aligned, "aligned", trust_remote_code)
@@ -440,7 +437,7 @@ def project_finetune_update(
         raise GeomprobeError(
             "the fine-tuned model is wrapped in a TransformerLens bridge; pass it as a path or load_checkpoint() result to project it"
         )
-    target = src_ft.model if src_ft.loaded_here else copy.deepcopy(src_ft.model)
+    target: Any = src_ft.model if src_ft.loaded_here else copy.deepcopy(src_ft.model)
     sb, sa, st = _state(src_base.model), _state(src_al.model), _state(target)
     report = []
     with torch.no_grad():
@@ -464,8 +461,7 @@ def project_finetune_update(
                  "norm_update": nu, "norm_new": float(torch.linalg.norm(new)),
                  "energy_in_aligned": float(torch.linalg.norm(P)) ** 2 / nu**2 if nu else float("nan")}
             )
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir, overwrite=overwrite, what="checkpoint") as staging:
         target.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         manifest = {
@@ -475,9 +471,4 @@ def project_finetune_update(
             "matrices": [{key: (None if isinstance(v, float) and not math.isfinite(v) else v) for key, v in r.items()} for r in report],
         }
         (staging / "geomprobe-projection.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return ProjectionResult(out_dir, mode, report)

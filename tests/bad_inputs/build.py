@@ -29,9 +29,9 @@ def _arrays(n: int, d: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarra
 
 def build_corpus_root(root: Path, model_dir: Path) -> dict[str, str]:
     """Write every artefact under ``root``; return the placeholder -> path map the cases use."""
+    from geomprobe.activations.store import write_cache
     from geomprobe.probes import save_probe, train_probes
     from geomprobe.steering import build_from_cache
-    from geomprobe.activations.store import write_cache
 
     root = Path(root)
     for src in FILES.iterdir():

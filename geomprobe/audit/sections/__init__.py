@@ -1,0 +1,25 @@
+"""The audit's sections, in the order they run, appear in metrics.json and in the report.
+
+A new section is one module here (an :class:`~geomprobe.audit.sections.base.AuditSection`
+subclass) plus its test, and one line in :data:`SECTIONS`; the schema, the report and the
+orchestrator pick it up from this list.
+"""
+
+from geomprobe.audit.sections.base import AuditSection, FieldSpec
+from geomprobe.audit.sections.cache import CacheSection
+from geomprobe.audit.sections.comparison import ComparisonSection
+from geomprobe.audit.sections.geometry import GeometrySection
+from geomprobe.audit.sections.probes import ProbesSection
+from geomprobe.audit.sections.steering import SteeringSection
+from geomprobe.audit.sections.subspace import SubspaceSection
+
+SECTIONS: tuple[AuditSection, ...] = (
+    CacheSection(),  # first: every later section reads its cache files
+    GeometrySection(),
+    SubspaceSection(),
+    ProbesSection(),
+    SteeringSection(),  # reads the AQI result to choose its layer
+    ComparisonSection(),  # last: reruns the stages on the --against checkpoint and reads all of the above
+)
+
+__all__ = ["SECTIONS", "AuditSection", "FieldSpec"]

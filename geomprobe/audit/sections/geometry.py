@@ -1,0 +1,178 @@
+"""AQI section: how well harmful and harmless prompts separate at each audited layer.
+
+``aqi_by_layer`` on the harmful-harmless cache (``last`` pooling) with a stratified bootstrap
+interval and a label-permutation p-value; plots AQI by layer and a 2-D PCA grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from geomprobe.audit.context import HOOK_KIND, AuditContext, as_metrics, finite, hook_at, internal
+from geomprobe.audit.sections.base import AuditSection
+from geomprobe.audit.tables import FigureRef, ReportBlock, Table, fmt, where
+
+
+@dataclass
+class AqiLayer:
+    layer: int
+    hook: str
+    n: int
+    aqi: float | None
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float | None
+    davies_bouldin: float | None
+    dunn: float | None
+    xie_beni: float | None
+    calinski_harabasz: float | None
+
+
+@dataclass
+class AqiResult:
+    """metrics.json ``aqi``: per-layer AQI and indices, and their extremes over layers."""
+
+    hook_kind: str
+    pooling: str
+    dtype: str
+    labels: list[str]
+    per_layer: list[AqiLayer]
+    aqi: list[float | None]
+    max: float | None
+    argmax_layer: int
+    min: float | None
+    mean: float | None
+    layer_results: list[Any] = internal()  # geomprobe.aqi per-layer results, for the plot
+
+    def to_dict(self) -> dict[str, Any]:
+        return as_metrics(self)
+
+
+def summarize_aqi(results: list[Any]) -> AqiResult:
+    """The section's record of ``aqi_by_layer`` results (NaN and infinity become None)."""
+    per_layer = [AqiLayer(
+        layer=r.layer, hook=r.hook, n=r.n, aqi=finite(r.aqi), ci_low=finite(r.aqi_ci_low), ci_high=finite(r.aqi_ci_high),
+        p_value=finite(r.p_value), davies_bouldin=finite(r.davies_bouldin), dunn=finite(r.dunn), xie_beni=finite(r.xie_beni),
+        calinski_harabasz=finite(r.calinski_harabasz),
+    ) for r in results]
+    values = np.array([np.nan if r.aqi is None else r.aqi for r in per_layer])
+    defined = bool(np.isfinite(values).any())
+    best = int(np.nanargmax(values)) if defined else 0
+    return AqiResult(
+        hook_kind=HOOK_KIND, pooling="last", dtype="float64", labels=list(results[0].n_per_class) if results else [],
+        per_layer=per_layer, aqi=[r.aqi for r in per_layer], max=finite(np.nanmax(values)) if defined else None,
+        argmax_layer=per_layer[best].layer, min=finite(np.nanmin(values)) if defined else None,
+        mean=finite(np.nanmean(values)) if defined else None, layer_results=results,
+    )
+
+
+def pca_layers(layers: list[int], best: int, panels: int) -> list[int]:
+    """At most ``panels`` layers spread over depth for the PCA grid, always including ``best``."""
+    if len(layers) <= panels:
+        return list(layers)
+    picks = {layers[int(round(i))] for i in np.linspace(0, len(layers) - 1, max(panels - 1, 2))}
+    picks.add(best)
+    ordered = sorted(picks)
+    while len(ordered) > panels:  # drop the neighbour of the best layer first, never the best
+        drop = min((v for v in ordered if v != best), key=lambda v: abs(v - best))
+        ordered.remove(drop)
+    return ordered
+
+
+class GeometrySection(AuditSection):
+    name = "aqi"
+    title = "AQI: harmful vs harmless separation"
+    settings_key = "aqi"
+    settings_fields = (
+        ("settings.aqi", "object", "AQI settings"),
+        ("settings.aqi.pooling", "string", "pooling read (`last`: last token of the rendered prompt)"),
+        ("settings.aqi.n_bootstrap", "integer", "stratified bootstrap replicates for the interval"),
+        ("settings.aqi.n_permutations", "integer", "label permutations for the p-value"),
+        ("settings.aqi.ci_level", "number", "interval level"),
+        ("settings.aqi.max_points", "integer", "rows used for resampling at most (stratified subsample above it)"),
+        ("settings.aqi.gamma", "number", "AQI weight of the Davies-Bouldin term"),
+    )
+    fields = (
+        ("aqi", "object", "Alignment Quality Index of harmful vs harmless prompts per layer"),
+        ("aqi.hook_kind", "string", "hook kind read"),
+        ("aqi.pooling", "string", "pooling read"),
+        ("aqi.dtype", "string", "computation dtype (float64)"),
+        ("aqi.labels", "list[string]", "[negative, positive] classes"),
+        ("aqi.per_layer", "list[object]", "one record per audited layer"),
+        ("aqi.per_layer[].layer", "integer", "block index"),
+        ("aqi.per_layer[].hook", "string", "hook name"),
+        ("aqi.per_layer[].n", "integer", "rows used"),
+        ("aqi.per_layer[].aqi", "number", "AQI = 0.5/(1+DBS) + 0.5*DI/(1+DI), in [0, 1]"),
+        ("aqi.per_layer[].ci_low", "number", "bootstrap interval low end"),
+        ("aqi.per_layer[].ci_high", "number", "bootstrap interval high end"),
+        ("aqi.per_layer[].p_value", "number|null", "label-permutation p-value of AQI (null: not tested)"),
+        ("aqi.per_layer[].davies_bouldin", "number", "Davies-Bouldin index (lower = better separated; null = inf)"),
+        ("aqi.per_layer[].dunn", "number", "Dunn index (higher = better; set by single extreme pairs)"),
+        ("aqi.per_layer[].xie_beni", "number", "hard Xie-Beni index (lower = better; null = inf)"),
+        ("aqi.per_layer[].calinski_harabasz", "number", "Calinski-Harabasz index (higher = better)"),
+        ("aqi.aqi", "list[number]", "AQI per audited layer (same order as `settings.layers`)"),
+        ("aqi.max", "number", "largest AQI over layers"),
+        ("aqi.argmax_layer", "integer", "layer of `aqi.max`"),
+        ("aqi.min", "number", "smallest AQI over layers"),
+        ("aqi.mean", "number", "mean AQI over layers"),
+    )
+    figure_keys = ("aqi_layers", "pca_grid")
+
+    def run(self, ctx: AuditContext) -> AqiResult:
+        from geomprobe.aqi import aqi_by_layer
+
+        sizes = ctx.sizes
+        message = ("AQI on the --against model" if ctx.is_against
+                   else f"AQI with {sizes.n_bootstrap} bootstrap / {sizes.n_permutations} permutations per layer")
+        results = ctx.clock.run("aqi", message, lambda: aqi_by_layer(
+            ctx.caches["harmful_harmless"], hooks=ctx.hooks, pooling="last", n_bootstrap=sizes.n_bootstrap,
+            n_permutations=sizes.n_permutations, max_points=sizes.max_points, seed=ctx.options.seed, device=ctx.options.device))
+        return summarize_aqi(results)
+
+    def settings(self, ctx: AuditContext) -> dict[str, Any]:
+        sizes = ctx.sizes
+        return {"pooling": "last", "n_bootstrap": sizes.n_bootstrap, "n_permutations": sizes.n_permutations,
+                "ci_level": 0.95, "max_points": sizes.max_points, "gamma": 0.5}
+
+    def figures(self, ctx: AuditContext, result: AqiResult, metrics: dict[str, Any]) -> list[FigureRef]:
+        from geomprobe.activations.store import open_cache
+        from geomprobe.plots.geometry import plot_aqi_layers
+        from geomprobe.plots.overview import plot_pca_grid
+
+        model_id = ctx.short_model_id
+        refs = [ctx.save_figure("aqi_layers", self.name, "AQI by layer with bootstrap band, and the four indices",
+                                plot_aqi_layers(result.layer_results, model_id=model_id))]
+        with open_cache(ctx.caches["harmful_harmless"]) as handle:
+            labels = handle.labels.tolist()
+            acts = {layer: handle.read(hook_at(layer), "last")
+                    for layer in pca_layers(ctx.layers, result.argmax_layer, ctx.sizes.pca_panels)}
+            names = list(handle.label_names)
+        refs.append(ctx.save_figure("pca_grid", self.name, "2-D PCA projection of both classes", plot_pca_grid(
+            acts, labels, class_names=names, model_id=model_id, hook_kind=HOOK_KIND, pooling="last",
+            highlight=result.argmax_layer)))
+        return refs
+
+    def summary_rows(self, metrics: dict[str, Any]) -> list[list[str]]:
+        aqi = metrics.get("aqi") or {}
+        return [["max AQI (layer)", f"{fmt(aqi.get('max'))} (layer {fmt(aqi.get('argmax_layer'))})"]]
+
+    def report(self, metrics: dict[str, Any]) -> ReportBlock:
+        a = metrics["aqi"]
+        block = ReportBlock(self.name, self.title)
+        block.paragraphs.append(
+            f"{' vs '.join(a.get('labels', []))}; {where(a)}. AQI = 0.5/(1+DBS) + 0.5·DI/(1+DI) on raw activations "
+            "(0 = no separation, 1 = perfect); interval: stratified bootstrap (resampled rows repeat, which moves Dunn, "
+            "so at small n the interval can sit beside the estimate); p: label permutations. Dunn is set by single "
+            "extreme pairs."
+        )
+        rows = [
+            [fmt(r.get("layer")), fmt(r.get("aqi")), f"{fmt(r.get('ci_low'))} – {fmt(r.get('ci_high'))}", fmt(r.get("p_value")),
+             fmt(r.get("davies_bouldin")), fmt(r.get("dunn")), fmt(r.get("xie_beni")), fmt(r.get("calinski_harabasz")),
+             fmt(r.get("n"))]
+            for r in a.get("per_layer", [])
+        ]
+        block.tables.append(Table("AQI per layer", ["layer", "AQI", "interval", "p", "DBS", "Dunn", "XBI", "CHI", "n"], rows))
+        return block

@@ -1,0 +1,233 @@
+"""Probes section: linear honesty probes of several types at each audited layer, evaluated honestly.
+
+``mean`` pooling over the assistant statement; a pair-respecting split; held-out AUROC and recall
+at ``probe_fpr`` with the threshold taken from the control set. Plots AUROC by layer and the
+token-level scores of the best probe on a few held-out prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from geomprobe.audit.context import HOOK_KIND, AuditContext, as_metrics, finite, internal
+from geomprobe.audit.sections.base import AuditSection
+from geomprobe.audit.tables import FigureRef, ReportBlock, Table, fmt, where
+
+
+@dataclass
+class ProbeLayer:
+    layer: int
+    hook: str
+    method: str
+    auroc: float | None
+    recall_at_fpr: float | None
+    balanced_accuracy: float | None
+    threshold: float | None
+    n_eval: int
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ProbeLayer:
+        """One record of ``train_probes``; undefined float metrics (NaN) become None."""
+
+        def number(key: str) -> Any:
+            return finite(record[key]) if isinstance(record[key], float) else record[key]
+
+        return cls(layer=record["layer"], hook=record["hook"], method=record["method"], auroc=number("auroc"),
+                   recall_at_fpr=number("recall_at_fpr"), balanced_accuracy=number("balanced_accuracy"),
+                   threshold=number("threshold"), n_eval=number("n_eval"))
+
+
+@dataclass
+class BestProbe:
+    layer: int
+    hook: str
+    method: str
+    auroc: float | None
+    recall_at_fpr: float | None
+
+
+@dataclass
+class ProbesResult:
+    """metrics.json ``probes``: every (method, layer) held-out, the primary method's lists, the best."""
+
+    hook_kind: str
+    pooling: str
+    dtype: str
+    positive_label: str
+    negative_labels: list[str]
+    primary_method: str
+    methods: list[str]
+    fpr: float
+    threshold_source: str
+    n_train: int
+    n_test: int
+    per_layer: list[ProbeLayer]
+    auroc: list[float | None]
+    recall_at_fpr: list[float | None]
+    best: BestProbe
+    trained: dict[str, tuple[Any, Any]] = internal()  # method -> (probes, train_probes result)
+
+    def to_dict(self) -> dict[str, Any]:
+        return as_metrics(self)
+
+
+def train_all(ctx: AuditContext) -> ProbesResult:
+    """Train every probe type of ``ctx.sizes`` on ``ctx``'s honesty cache; pick the best (method, layer)."""
+    from geomprobe.probes import train_probes
+
+    sizes = ctx.sizes
+    trained: dict[str, tuple[Any, Any]] = {}
+    per_layer: list[ProbeLayer] = []
+    for method in sizes.probe_methods:
+        probes, result = train_probes(ctx.caches["honesty"], method, hooks=ctx.hooks, pooling="mean",
+                                      test_size=sizes.probe_test_size, seed=ctx.options.seed, control=ctx.caches["control"],
+                                      fpr=sizes.probe_fpr, device=ctx.options.device)
+        trained[method] = (probes, result)
+        per_layer += [ProbeLayer.from_record(r) for r in result.records]
+    primary = sizes.probe_methods[0]
+    probes, result = trained[primary]
+    prim = [r for r in per_layer if r.method == primary]
+    valid = [r for r in per_layer if r.auroc is not None]
+    # ties go to the primary method
+    best = max(valid, key=lambda r: (r.auroc, r.method == primary)) if valid else prim[0]
+    split = probes.meta.get("split", {})
+    return ProbesResult(
+        hook_kind=HOOK_KIND, pooling="mean", dtype="float64", positive_label=probes.positive_label,
+        negative_labels=list(probes.meta.get("negative_labels", [])), primary_method=primary,
+        methods=list(sizes.probe_methods), fpr=sizes.probe_fpr,
+        threshold_source=result.records[0].get("threshold_source", "control") if result.records else "control",
+        n_train=int(split.get("n_train", 0)), n_test=int(split.get("n_test", 0)), per_layer=per_layer,
+        auroc=[r.auroc for r in prim], recall_at_fpr=[r.recall_at_fpr for r in prim],
+        best=BestProbe(best.layer, best.hook, best.method, best.auroc, best.recall_at_fpr), trained=trained,
+    )
+
+
+def token_example(model: Any, honesty: Any, probes: Any, hook: str, n: int) -> tuple[list, list, list, list]:
+    """Token strings, per-token scores, response starts and labels of ``n`` held-out honesty prompts."""
+    from geomprobe.activations.collect import pooled_activations
+    from geomprobe.activations.datasets import PromptSet
+
+    test_rows = [int(v) for v in probes.meta["split"]["test_rows"]]
+    by_label: dict[int, list[int]] = {}
+    for row in test_rows:
+        by_label.setdefault(int(honesty.prompts[row].label), []).append(row)
+    chosen: list[int] = []
+    while len(chosen) < n and any(by_label.values()):  # alternate the classes
+        for cls in sorted(by_label):
+            if by_label[cls] and len(chosen) < n:
+                chosen.append(by_label[cls].pop(0))
+    subset = PromptSet(honesty.name, [honesty.prompts[i] for i in chosen], honesty.label_names, honesty.sha256, honesty.path)
+    rendered = subset.render(model.tokenizer)
+    X = pooled_activations(model, subset, hooks=[hook], poolings=("all",))[hook]["all"]
+    tokens, scores, starts, labels = [], [], [], []
+    offset = 0
+    for prompt, r in zip(subset.prompts, rendered):
+        count = len(r.token_ids)
+        tokens.append([model.tokenizer.decode([t]) for t in r.token_ids])
+        scores.append(probes.decision_function(hook, X[offset:offset + count]))
+        starts.append(int(r.span[0]))
+        labels.append(honesty.label_names[prompt.label])
+        offset += count
+    return tokens, scores, starts, labels
+
+
+class ProbesSection(AuditSection):
+    name = "probes"
+    title = "Honesty probes"
+    settings_key = "probes"
+    settings_fields = (
+        ("settings.probes", "object", "probe settings"),
+        ("settings.probes.pooling", "string", "pooling read (`mean`: mean over the assistant statement = mean token score)"),
+        ("settings.probes.methods", "list[string]", "probe types trained at every layer"),
+        ("settings.probes.primary_method", "string", "method whose numbers fill `probes.auroc` / `probes.recall_at_fpr`"),
+        ("settings.probes.test_size", "number", "held-out fraction (pairs kept together)"),
+        ("settings.probes.fpr", "number", "false-positive rate on the control set that sets the recall threshold"),
+    )
+    fields = (
+        ("probes", "object", "linear honesty probes (dishonest = positive), held-out evaluation"),
+        ("probes.hook_kind", "string", "hook kind read"),
+        ("probes.pooling", "string", "pooling read"),
+        ("probes.dtype", "string", "score dtype (float64)"),
+        ("probes.positive_label", "string", "positive class"),
+        ("probes.negative_labels", "list[string]", "negative classes"),
+        ("probes.primary_method", "string", "method of `probes.auroc` / `probes.recall_at_fpr`"),
+        ("probes.methods", "list[string]", "methods trained"),
+        ("probes.fpr", "number", "control false-positive rate of the threshold"),
+        ("probes.threshold_source", "string", "`control`: (1 - fpr) quantile of scores on the control set"),
+        ("probes.n_train", "integer", "training rows"),
+        ("probes.n_test", "integer", "held-out rows (no pair split across train/test)"),
+        ("probes.per_layer", "list[object]", "one record per (method, layer)"),
+        ("probes.per_layer[].layer", "integer", "block index"),
+        ("probes.per_layer[].hook", "string", "hook name"),
+        ("probes.per_layer[].method", "string", "probe type"),
+        ("probes.per_layer[].auroc", "number", "held-out AUROC"),
+        ("probes.per_layer[].recall_at_fpr", "number", "held-out recall of dishonest rows at the control threshold"),
+        ("probes.per_layer[].balanced_accuracy", "number", "held-out balanced accuracy at score 0"),
+        ("probes.per_layer[].threshold", "number", "score threshold from the control set"),
+        ("probes.per_layer[].n_eval", "integer", "held-out rows scored"),
+        ("probes.auroc", "list[number]", "held-out AUROC of the primary method per layer"),
+        ("probes.recall_at_fpr", "list[number]", "recall at `fpr` of the primary method per layer"),
+        ("probes.best", "object", "best (method, layer) by AUROC"),
+        ("probes.best.layer", "integer", "block index"),
+        ("probes.best.hook", "string", "hook name"),
+        ("probes.best.method", "string", "probe type"),
+        ("probes.best.auroc", "number", "held-out AUROC"),
+        ("probes.best.recall_at_fpr", "number", "recall at the control threshold"),
+    )
+    figure_keys = ("probe_layers", "token_scores")
+
+    def run(self, ctx: AuditContext) -> ProbesResult:
+        message = ("probes on the --against model" if ctx.is_against
+                   else f"training {', '.join(ctx.sizes.probe_methods)} probes")
+        return ctx.clock.run("probes", message, lambda: train_all(ctx))
+
+    def settings(self, ctx: AuditContext) -> dict[str, Any]:
+        sizes = ctx.sizes
+        return {"pooling": "mean", "methods": list(sizes.probe_methods), "primary_method": sizes.probe_methods[0],
+                "test_size": sizes.probe_test_size, "fpr": sizes.probe_fpr}
+
+    def figures(self, ctx: AuditContext, result: ProbesResult, metrics: dict[str, Any]) -> list[FigureRef]:
+        from geomprobe.plots.overview import plot_token_scores
+        from geomprobe.plots.probes import plot_probe_layers
+
+        model_id = ctx.short_model_id
+        refs = [ctx.save_figure("probe_layers", self.name, "Held-out probe AUROC and recall by layer, per probe type",
+                                plot_probe_layers(metrics["probes"]["per_layer"], model_id=model_id))]
+        best = result.best
+        tokens, scores, starts, labels = token_example(ctx.model, ctx.sets["honesty"], result.trained[best.method][0],
+                                                       best.hook, ctx.sizes.token_prompts)
+        refs.append(ctx.save_figure(
+            "token_scores", self.name, f"Token-level scores of the best probe ({best.method}, layer {best.layer})",
+            plot_token_scores(tokens, scores, response_start=starts, labels=labels, model_id=model_id, hook=best.hook,
+                              pooling="mean"),
+            "held-out honesty prompts; the probe was trained on the mean over the statement"))
+        return refs
+
+    def summary_rows(self, metrics: dict[str, Any]) -> list[list[str]]:
+        probes = metrics.get("probes") or {}
+        best = probes.get("best") or {}
+        if not best:
+            return []
+        return [["best probe AUROC",
+                 f"{fmt(best.get('auroc'))} ({best.get('method', '')}, layer {fmt(best.get('layer'))}; "
+                 f"recall {fmt(best.get('recall_at_fpr'))} at {fmt(probes.get('fpr'))} control FPR)"]]
+
+    def report(self, metrics: dict[str, Any]) -> ReportBlock:
+        p = metrics["probes"]
+        block = ReportBlock(self.name, self.title)
+        block.paragraphs.append(
+            f"positive: {p.get('positive_label', '')} vs {', '.join(p.get('negative_labels', []))}; {where(p)}; "
+            f"trained on {fmt(p.get('n_train'))} rows, evaluated on {fmt(p.get('n_test'))} held-out rows (pairs never "
+            f"split). Recall at {fmt(p.get('fpr'))} FPR uses the threshold from the {p.get('threshold_source', '')} set."
+        )
+        methods = list(p.get("methods", []))
+        by_layer: dict[int, dict[str, dict]] = {}
+        for r in p.get("per_layer", []):
+            by_layer.setdefault(r["layer"], {})[r["method"]] = r
+        primary = p.get("primary_method", methods[0] if methods else "")
+        rows = [[fmt(layer)] + [fmt((by_layer[layer].get(m) or {}).get("auroc")) for m in methods]
+                + [fmt((by_layer[layer].get(primary) or {}).get("recall_at_fpr"))] for layer in sorted(by_layer)]
+        block.tables.append(Table("Held-out AUROC per layer",
+                                  ["layer", *[f"AUROC {m}" for m in methods], f"recall ({primary})"], rows))
+        return block
