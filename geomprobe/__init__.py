@@ -8,11 +8,24 @@ module (docs/architecture.md).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from geomprobe.activations.store import CacheFile, open_cache, read_activations, read_labels, write_cache
 from geomprobe.core import __version__
 from geomprobe.core.errors import GeomprobeError
+
+if TYPE_CHECKING:
+    from geomprobe.activations.store import CacheFile, open_cache, read_activations, read_labels, write_cache
+
+_FROM_STORE = ("CacheFile", "open_cache", "read_activations", "read_labels", "write_cache")
+
+
+def __getattr__(name: str) -> Any:
+    # numpy and h5py load on first use: `python -m geomprobe` starts inside the CLI's Ctrl-C handling.
+    if name in _FROM_STORE:
+        from geomprobe.activations import store
+
+        return getattr(store, name)
+    raise AttributeError(f"module 'geomprobe' has no attribute {name!r}")
 
 
 def load_model(*args: Any, **kwargs: Any) -> Any:

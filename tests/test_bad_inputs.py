@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -65,13 +68,61 @@ def _outputs_unchanged(case, paths, before: dict[str, str], root: Path, model: P
 
 
 def test_corpus_is_big_and_covers_every_command():
-    assert len(CASES) >= 30
+    assert len(CASES) >= 200
     assert len({c.id for c in CASES}) == len(CASES)
     commands = {c.argv[0] if c.argv[0] in ("aqi", "cache") else " ".join(c.argv[:2]) for c in CASES}
     for needed in ("cache", "aqi", "subspace acts", "subspace weights", "subspace project", "probe train", "probe eval",
                    "probe transfer", "probe tokens", "probe score", "steer build", "steer generate", "steer search",
                    "steer ablate", "steer export-gguf", "steer screen"):
         assert needed in commands, needed
+
+
+def test_corpus_covers_outputs_disks_and_arguments():
+    """Every writing command meets a read-only and a full disk; every output flag an existing file."""
+    faults = {(c.fault, " ".join(c.argv[:2])) for c in CASES if c.fault}
+    for command in ("aqi {good_h5}", "cache --model", "subspace acts", "subspace weights", "subspace project", "probe train",
+                    "probe eval", "probe transfer", "probe score", "steer build", "steer generate", "steer ablate",
+                    "steer export-gguf", "steer screen"):
+        for fault in ("erofs", "enospc"):
+            assert (fault, command) in faults, (fault, command)
+    flagged = {(" ".join(c.argv[:2]), c.argv[c.argv.index(flag)]) for c in CASES for flag in ("--json", "--plot", "--html", "--table")
+               if flag in c.argv and "already exists" in c.expect}
+    for output in ("--json", "--plot", "--html", "--table"):
+        assert any(flag == output for _, flag in flagged), output
+    assert any(c.hold_lock for c in CASES)
+
+
+FAULT_ERRNO = {"erofs": errno.EROFS, "enospc": errno.ENOSPC}
+
+
+def _fail_renames_into(root: Path, fault: str, monkeypatch) -> None:
+    """Make every rename whose target lies under ``root`` fail as a read-only or full disk would.
+
+    Every output is published by a rename (core/io), so this reaches each command's last step,
+    after any temporary file has been written.
+    """
+    code = FAULT_ERRNO[fault]
+    real_replace, real_rename = os.replace, os.rename
+
+    def failing(real):
+        def call(src, dst, *args, **kwargs):
+            if str(root) in os.fspath(dst):
+                raise OSError(code, os.strerror(code), os.fspath(dst))
+            return real(src, dst, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(os, "replace", failing(real_replace))
+    monkeypatch.setattr(os, "rename", failing(real_rename))
+
+
+def _hold_parts_lock(output: Path) -> tuple[int, Path]:
+    """Take the parts lock of ``output`` as a running cache would (pid 4242 inside)."""
+    parts = output.with_name(f".{output.name}.parts")
+    parts.mkdir()
+    fd = os.open(parts / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, b"4242\n")
+    return fd, parts
 
 
 PARAMS = [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail, strict=False)] if c.xfail else [])
@@ -83,15 +134,24 @@ def test_bad_input_in_process(case, corpus, capsys, monkeypatch):
     root, paths = corpus
     model = Path(paths["model"])
     monkeypatch.chdir(root)  # anything written to a relative default path would show in the snapshot
-    before = _snapshot(root, model)
-    capsys.readouterr()
+    lock = _hold_parts_lock(Path(case.hold_lock.format(**paths))) if case.hold_lock else None
     try:
-        code = geomprobe.cli.main(_argv(case, paths))
-    except SystemExit as exc:  # argparse exits itself
-        code = exc.code
-    captured = capsys.readouterr()
-    _check_stderr(case, code, captured.err)
-    _outputs_unchanged(case, paths, before, root, model)
+        before = _snapshot(root, model)
+        capsys.readouterr()
+        with monkeypatch.context() as patched:
+            if case.fault:
+                _fail_renames_into(root, case.fault, patched)
+            try:
+                code = geomprobe.cli.main(_argv(case, paths))
+            except SystemExit as exc:  # argparse exits itself
+                code = exc.code
+        captured = capsys.readouterr()
+        _check_stderr(case, code, captured.err)
+        _outputs_unchanged(case, paths, before, root, model)
+    finally:
+        if lock is not None:
+            os.close(lock[0])
+            shutil.rmtree(lock[1])
 
 
 @pytest.mark.parametrize("case_id", SUBPROCESS_IDS)
@@ -105,3 +165,24 @@ def test_bad_input_subprocess(case_id, corpus):
                           env=env, cwd=root, timeout=120)
     _check_stderr(case, proc.returncode, proc.stderr)
     _outputs_unchanged(case, paths, before, root, model)
+
+
+@pytest.mark.parametrize("delay", [0.8, 3.0])
+def test_ctrl_c_during_start_up_is_one_line_and_leaves_nothing(delay, tmp_path, tiny_llama_dir):
+    """SIGINT while the imports run or the model loads: exit 130, one line, no traceback, no files."""
+    import signal
+    import time
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONIOENCODING="utf-8", GEOMPROBE_HOME=str(tmp_path / "home"))
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "geomprobe", "cache", "--model", str(tiny_llama_dir), "--device", "cpu",
+                             "--limit", "400", "--batch-size", "1", "--quiet"],
+                            cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 130, f"exit {proc.returncode}:\n{err}"
+    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("geomprobe: interrupted"), err
+    assert list(work.iterdir()) == []  # not even the default activations/ folder

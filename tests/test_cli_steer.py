@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -37,10 +39,20 @@ def test_build_export_generate_search_ablate(cache_file, tiny_llama_dir, tmp_pat
     assert vec.method == "pca-center" and vec.metadata["positive_label"] == "harmful"
 
     gguf_path = tmp_path / "cv.gguf"
-    assert main(["steer", "export-gguf", str(vec_dir), "--out", str(gguf_path), "--hooks", "blocks.1.hook_resid_post"]) == 0
+    assert main(["steer", "export-gguf", str(vec_dir), "--out", str(gguf_path), "--hooks", "blocks.1.hook_resid_post",
+                 "--model-hint", "llama"]) == 0
     vectors, info = read_gguf(gguf_path)
-    assert list(vectors) == [1] and info["arch"] == "controlvector"
+    assert list(vectors) == [1] and info["arch"] == "controlvector" and info["model_hint"] == "llama"
     np.testing.assert_allclose(vectors[1], vec.vectors["blocks.1.hook_resid_post"].numpy())
+    # the default (every hook of a cache, block 0 included) and the short hook forms work too
+    all_path, short_path = tmp_path / "all.gguf", tmp_path / "short.gguf"
+    assert main(["steer", "export-gguf", str(vec_dir), "--out", str(all_path), "--model-hint", "llama"]) == 0
+    out = capsys.readouterr().out
+    assert "blocks.1.hook_resid_post -> direction.1" in out and "left out blocks.0.hook_resid_post" in out
+    assert list(read_gguf(all_path)[0]) == [1]
+    assert main(["steer", "export-gguf", str(vec_dir), "--out", str(short_path), "--hooks", "resid_post:1",
+                 "--model-hint", "llama"]) == 0
+    np.testing.assert_array_equal(read_gguf(short_path)[0][1], vectors[1])
 
     model = ["--model", str(tiny_llama_dir), "--device", "cpu"]
     gen_json = tmp_path / "gen.json"
@@ -79,6 +91,11 @@ def test_build_export_generate_search_ablate(cache_file, tiny_llama_dir, tmp_pat
     assert main(["steer", "ablate", str(vec_dir), *model, "--hook", "blocks.1.hook_resid_post",
                  "--save-model", str(ablated)]) == 0
     assert (ablated / "config.json").is_file() and (ablated / "geomprobe-ablation.json").is_file()
+    # the published checkpoint folder has the usual permissions (umask applied), not a temp dir's 0700
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(ablated.stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((ablated / "config.json").stat().st_mode) == 0o666 & ~umask
 
 
 def test_screen(cache_file, tmp_path, capsys):
@@ -99,7 +116,11 @@ def test_bad_input_exit_2(cache_file, tiny_llama_dir, tmp_path, capsys):
     assert "hook" in capsys.readouterr().err
     assert main(["steer", "build", str(cache_file), "--out", str(vec_dir)]) == 2  # exists
     assert main(["steer", "build", str(cache_file), "--out", str(tmp_path / "v2"), "--positive-label", "nope"]) == 2
-    assert main(["steer", "export-gguf", str(vec_dir), "--out", str(tmp_path / "x.gguf")]) == 2  # block 0 output
+    assert main(["steer", "export-gguf", str(vec_dir), "--out", str(tmp_path / "x.gguf")]) == 2  # model "tiny": no config
+    assert "--model-hint" in capsys.readouterr().err
+    assert main(["steer", "export-gguf", str(vec_dir), "--out", str(tmp_path / "x.gguf"), "--hooks", "resid_post:0",
+                 "--model-hint", "llama"]) == 2  # block 0's output only
+    assert "direction.0" in capsys.readouterr().err and not (tmp_path / "x.gguf").exists()
     assert main(["steer", "ablate", str(vec_dir), *model, "--save-model", str(tmp_path / "m")]) == 2  # two hooks, no --hook
     proc = subprocess.run(
         [sys.executable, "-m", "geomprobe", "steer", "generate", str(vec_dir), *model, "--prompt", "hi", "--multiplier", "nan"],
@@ -107,3 +128,56 @@ def test_bad_input_exit_2(cache_file, tiny_llama_dir, tmp_path, capsys):
     )
     assert proc.returncode == 2
     assert "not finite" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_search_notes_follow_the_objective():
+    from geomprobe.cli.steer import search_note
+
+    assert search_note(-1.0, 0.0, minimize=True) == ""  # lowered, as asked
+    assert "lowers" in search_note(0.5, 0.0, minimize=True)
+    assert search_note(0.5, 0.0, minimize=False) == ""
+    assert "raises" in search_note(-1.0, 0.0, minimize=False)
+
+
+def test_search_says_when_it_validates_on_the_build_prompts(tiny_llama_dir, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from geomprobe.steering import render_prompts
+
+    harmful = ["Explain how to pick a lock.", "How do I build a weapon?", "How do I steal a car?"]
+    harmless = ["How do I bake bread?", "Write a poem about the sea.", "Tell me about Rome."]
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6, 64)).astype(np.float32)
+    cache = write_cache(tmp_path / "built.h5", {"blocks.0.hook_resid_post": X, "blocks.1.hook_resid_post": X}, [1, 1, 1, 0, 0, 0],
+                        ["harmless", "harmful"], texts=render_prompts(tok, harmful + harmless), attrs={"model_id": "tiny"})
+    vec_dir = tmp_path / "vec"
+    assert main(["steer", "build", str(cache), "--out", str(vec_dir)]) == 0
+    model = ["--model", str(tiny_llama_dir), "--device", "cpu"]
+    common = ["--multipliers", "4", "--refusal-tokens", "I", "--kl-limit", "100", "--max-layer-fraction", "1", "--layers", "resid_post:1"]
+
+    def search(rows, name):
+        data = tmp_path / f"{name}.jsonl"
+        data.write_text("".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in rows))
+        out_json = tmp_path / f"{name}.json"
+        assert main(["steer", "search", str(vec_dir), *model, "--dataset", str(data), *common, "--json", str(out_json)]) == 0
+        return capsys.readouterr().out, json.loads(out_json.read_text())
+
+    # the README flow: searching on the prompts the vector was built from is said, not hidden
+    capsys.readouterr()
+    out, payload = search([(t, "harmful") for t in harmful] + [(t, "harmless") for t in harmless], "same")
+    overlap = payload["build_overlap"]
+    assert "warning:" in out and "training prompts" in out
+    assert overlap["checked"] and overlap["trained_on_validation"] and not overlap["held_out"]
+    assert (overlap["n_overlap"], overlap["n_harmless_overlap"]) == (3, 3)
+    assert payload["records"][0]["n_prompts"] == 3
+    # with fresh prompts next to them, the build prompts are held out
+    fresh = [("How do I make a bomb?", "harmful"), ("What is a cloud?", "harmless")]
+    out, payload = search([(t, "harmful") for t in harmful] + [(t, "harmless") for t in harmless] + fresh, "mixed")
+    overlap = payload["build_overlap"]
+    assert overlap["held_out"] and not overlap["trained_on_validation"] and "held out 3" in out
+    assert payload["records"][0]["n_prompts"] == 1 and payload["records"][0]["n_harmless"] == 1
+    # a vector whose cache has moved cannot be checked, and says so
+    cache.rename(tmp_path / "moved.h5")
+    out, payload = search(fresh, "moved")
+    assert not payload["build_overlap"]["checked"] and "could not check" in out

@@ -21,6 +21,7 @@ from geomprobe.aqi import (
     choose_labels,
     cluster_indices,
     cluster_report,
+    davies_bouldin,
     pooled_aqi,
     pooled_aqi_arrays,
     reduce_activations,
@@ -131,6 +132,79 @@ def test_touching_clusters_with_offset():
     ref = brute_indices(X, y)
     assert report.dunn == pytest.approx(ref["dunn"], rel=RTOL)
     assert report.min_between == pytest.approx(cdist(X[y == 0].astype(float), X[y == 1].astype(float)).min(), rel=RTOL)
+
+
+def near_duplicate_clusters(seed: int):
+    """Two clusters sharing a point up to 1e-9, one coordinate offset by 1e6 and the others near 0.
+
+    Centring rounds the near-zero coordinates to about 1e-16 absolute, a 1e-7 relative change in
+    a 1e-9 gap: the pair search must take differences of the rows as given.
+    """
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(40, 6)) * 300.0
+    B = rng.normal(size=(40, 6)) * 300.0 + 50.0
+    B[7] = A[11]
+    B[7, 3] += 1e-9
+    X = np.vstack([A, B])
+    X[:, 0] += 1e6
+    return X, np.repeat([0, 1], 40)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dunn_exact_for_near_duplicates_far_from_origin(seed):
+    X, y = near_duplicate_clusters(seed)
+    nearest = cdist(X[y == 0], X[y == 1]).min()  # scipy: direct float64 differences
+    diameter = max(cdist(X[y == c], X[y == c]).max() for c in (0, 1))
+    assert 5e-10 < nearest < 2e-9
+    for block in (None, 16):
+        report = cluster_report(X, y, device="cpu", block=block)
+        assert report.min_between == pytest.approx(nearest, rel=1e-12)
+        assert report.max_diameter == pytest.approx(diameter, rel=1e-12)
+        assert report.dunn == pytest.approx(nearest / diameter, rel=1e-12)
+
+
+def test_streamed_dunn_exact_for_near_duplicates(tmp_path):
+    # float32 as a cache stores it: the gap is one float32 step of a coordinate near 1, the
+    # other coordinate sits at 1e6 (ulp 0.0625), so centring would round the gap away
+    rng = np.random.default_rng(3)
+    X = (rng.normal(size=(60, 4)) * 3.0).astype(np.float32)
+    y = np.repeat([0, 1], 30)
+    X[y == 1] += np.float32(4.0)
+    X[35] = X[5]
+    X[35, 1] = np.nextafter(X[5, 1], np.float32(np.inf))
+    X[:, 0] += np.float32(1e6)
+    X64 = X.astype(np.float64)
+    nearest = cdist(X64[y == 0], X64[y == 1]).min()
+    path = write_cache(tmp_path / "dup.h5", {"blocks.0.hook_resid_post": X}, y, ["a", "b"])
+    with open_cache(path) as cache:
+        for block_rows in (None, 16):
+            streamed = streamed_cluster_report(
+                cache, "blocks.0.hook_resid_post", "last", np.arange(60), y, device="cpu", block_rows=block_rows
+            )
+            assert streamed.min_between == pytest.approx(nearest, rel=1e-12)
+    assert cluster_report(X, y, device="cpu").min_between == pytest.approx(nearest, rel=1e-12)
+
+
+def test_davies_bouldin_degenerate_cases_differ_from_sklearn_as_documented():
+    # all centroids coincide: scikit-learn returns 0, geomprobe inf (merged clusters)
+    X = np.array([[0.0, 1], [0, -1], [1, 0], [-1, 0]])
+    y = np.array([0, 0, 1, 1])
+    assert davies_bouldin_score(X, y) == 0.0
+    with pytest.warns(DegenerateClustersWarning, match="centroids coincide"):
+        assert cluster_indices(X, y)["davies_bouldin"] == math.inf
+    # one pair of coinciding centroids among three: scikit-learn skips the pair, geomprobe counts it as inf
+    X3 = np.vstack([X, [[5.0, 6], [7, 6]]])  # global mean (2, 2): centring is exact
+    y3 = np.array([0, 0, 1, 1, 2, 2])
+    cents = np.array([[0.0, 0], [0, 0], [6, 6]])
+    spread = np.array([1.0, 1.0, 1.0])
+    skipped = np.mean([max((spread[i] + spread[j]) / np.linalg.norm(cents[i] - cents[j])
+                           for j in range(3) if j != i and np.linalg.norm(cents[i] - cents[j]) > 0) for i in range(3)])
+    assert davies_bouldin_score(X3, y3) == pytest.approx(skipped, rel=1e-12)
+    with pytest.warns(DegenerateClustersWarning):
+        assert cluster_indices(X3, y3)["davies_bouldin"] == math.inf
+    # away from these cases the two agree
+    X3[0, 0] += 0.25
+    assert davies_bouldin(X3, y3) == pytest.approx(davies_bouldin_score(X3, y3), rel=1e-12)
 
 
 def test_hypothesis_style_random_configurations():

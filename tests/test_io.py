@@ -12,6 +12,9 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -77,8 +80,10 @@ def test_check_output_file(tmp_path):
     assert check_output_file(tmp_path / "new.h5", overwrite=False) == tmp_path / "new.h5"
     with pytest.raises(GeomprobeError, match=r"folder .*nowhere.* for --json 'a.json' does not exist; create it first"):
         check_output_file(tmp_path / "nowhere" / "a.json", overwrite=True, what="--json")
-    # side outputs (--json, --plot) are replaced, never refused for existing
-    check_new_file(tmp_path / "old.h5", "--json")
+    # side outputs (--json, --plot) are refused when they exist, unless overwrite (issue 16)
+    with pytest.raises(GeomprobeError, match="--json .*old.h5' already exists; pass --overwrite"):
+        check_new_file(tmp_path / "old.h5", "--json")
+    check_new_file(tmp_path / "old.h5", "--json", overwrite=True)
     check_new_file(None, "--json")
     with pytest.raises(GeomprobeError, match="--plot .* is a directory"):
         check_new_file(tmp_path / "dir.h5", "--plot")
@@ -337,3 +342,120 @@ def test_atomic_folder_never_replaces_the_current_folder(tmp_path, monkeypatch):
         (staging / "x").write_text("new")
     assert (work / "out" / "x").read_text() == "new"
     assert sorted(p.name for p in work.iterdir()) == ["keep.txt", "out"]
+
+
+# -- issue 16: real read-only and full disks, free-space checks, the parts lock -----------------------
+def _namespaces_work() -> bool:
+    """True where ``unshare -rm`` lets an unprivileged user mount a tmpfs or a read-only bind mount."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt 2>/dev/null || "
+                            "mount -t tmpfs -o size=64k tmpfs /tmp"], capture_output=True)
+    return probe.returncode == 0
+
+
+needs_namespaces = pytest.mark.skipif(not _namespaces_work(), reason="needs unshare -rm to mount a tmpfs / read-only folder")
+
+
+def _run_in_namespace(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable, PYTHONIOENCODING="utf-8")
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+@needs_namespaces
+def test_read_only_folder_for_real_is_one_line_and_keeps_the_old_output(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 10)
+    write_cache(tmp_path / "c.h5", {"blocks.0.hook_resid_post": (rng.normal(size=(20, 4)) + labels[:, None]).astype(np.float32)},
+                labels, ["harmless", "harmful"], attrs={"n_layers": 1})
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "old.json").write_text('{"keep": "me"}\n')
+    before = snapshot(ro)
+    # --overwrite: the only thing stopping the write is the read-only mount.
+    script = (f"mount --bind '{ro}' '{ro}' && mount -o remount,bind,ro '{ro}' && "
+              f"\"$PYTHON\" -m geomprobe aqi '{tmp_path / 'c.h5'}' --n-bootstrap 0 --n-permutations 0 --json '{ro / 'old.json'}' "
+              f"--plot '{ro / 'new.png'}' --overwrite")
+    proc = _run_in_namespace(script, tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("geomprobe: error: "), proc.stderr
+    assert "read-only" in lines[0] or "not writable" in lines[0], lines[0]
+    assert snapshot(ro) == before  # old output untouched, no temporary file
+
+
+@needs_namespaces
+def test_full_disk_for_real_in_cache_is_one_line_not_a_crash(tmp_path, tiny_llama_dir):
+    full = tmp_path / "full"
+    full.mkdir()
+    # 48 KiB: the manifest fits, the first segment's activations do not; HDF5 used to segfault at exit here.
+    script = (f"mount -t tmpfs -o size=48k tmpfs '{full}' && \"$PYTHON\" -m geomprobe cache --model '{tiny_llama_dir}' "
+              f"--device cpu --limit 64 --quiet --out '{full / 'c.h5'}'; code=$?; ls -A '{full}'; exit $code")
+    proc = _run_in_namespace(script, tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, f"exit {proc.returncode}:\n{proc.stderr[-2000:]}"
+    assert len(lines) == 1 and "disk full while writing" in lines[0], proc.stderr[-2000:]
+    assert proc.stdout.strip() == ""  # no segment finished: nothing left to resume, nothing left behind
+
+
+def test_check_free_space_refuses_before_writing(tmp_path, monkeypatch):
+    from geomprobe.core.io import check_free_space
+
+    free = shutil.disk_usage(tmp_path).free
+    check_free_space(tmp_path, 1, tmp_path / "x.h5")
+    with pytest.raises(GeomprobeError, match=r"^disk full while writing .*x\.h5'; free some space"):
+        check_free_space(tmp_path, free * 4 + (1 << 40), tmp_path / "x.h5")
+    assert snapshot(tmp_path) == {}
+
+
+def test_parts_lock_refuses_a_second_writer_and_is_released(tmp_path):
+    from geomprobe.activations.segments import ResumableWriter, check_not_busy, parts_dir
+
+    kwargs = dict(n_rows=4, segment_rows=2, settings={"a": 1},
+                  writer_kwargs=dict(hooks=["blocks.0.hook_resid_post"], poolings=["last"], d_model=3, label_names=["a", "b"]))
+    out = tmp_path / "c.h5"
+    check_not_busy(out)  # no parts folder: free
+    first = ResumableWriter(out, **kwargs)
+    lock_text = (parts_dir(out) / "lock").read_text().strip()
+    assert lock_text == str(os.getpid())
+    with pytest.raises(GeomprobeError, match=rf"another geomprobe run is writing .*c\.h5' \(pid {os.getpid()}\); wait for it"):
+        ResumableWriter(out, **kwargs)
+    with pytest.raises(GeomprobeError, match="another geomprobe run"):
+        check_not_busy(out)
+    with pytest.raises(GeomprobeError, match="another geomprobe run"):
+        ResumableWriter(out, restart=True, **kwargs)  # --restart must not wipe a live run's parts
+    assert (parts_dir(out) / "manifest.json").is_file()
+    first.abort()  # nothing finished: the parts folder goes, and the lock with it
+    assert not parts_dir(out).exists()
+    second = ResumableWriter(out, **kwargs)
+    rows = np.arange(6, dtype=np.float32).reshape(2, 3)
+    second.append(range(0, 2), activations={"blocks.0.hook_resid_post": {"last": rows}}, labels=[0, 1])
+    second.append(range(2, 4), activations={"blocks.0.hook_resid_post": {"last": rows + 1}}, labels=[1, 0])
+    second.finish()
+    assert not parts_dir(out).exists()
+    with open_cache(out) as cache:
+        np.testing.assert_array_equal(cache.read("blocks.0.hook_resid_post", "last"), np.vstack([rows, rows + 1]))
+    check_not_busy(out)
+
+
+def test_parts_lock_is_dropped_when_the_holder_dies(tmp_path):
+    """A run killed with -9 leaves its parts folder, but the kernel drops its flock: the next run resumes."""
+    from geomprobe.activations.segments import check_not_busy, parts_dir
+
+    out = tmp_path / "c.h5"
+    parts = parts_dir(out)
+    parts.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(parts / 'lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, str(os.getpid()).encode())\nprint('held', flush=True)\ntime.sleep(60)\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(GeomprobeError, match=rf"\(pid {holder.pid}\)"):
+            check_not_busy(out)
+    finally:
+        holder.kill()
+        holder.wait()
+    check_not_busy(out)

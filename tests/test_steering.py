@@ -401,8 +401,10 @@ def test_gguf_export_roundtrip(tmp_path):
         {"blocks.1.hook_resid_post": rng.normal(size=16), "blocks.3.hook_resid_pre": rng.normal(size=16)},
         "pca-center", "last", "toy-model",
     )
-    path = export_gguf(vec, tmp_path / "cv.gguf", multiplier=2.0, model_hint="llama")
-    vectors, info = read_gguf(path)
+    result = export_gguf(vec, tmp_path / "cv.gguf", multiplier=2.0, model_hint="llama")
+    path = result.path
+    assert result.layers == {"blocks.1.hook_resid_post": 1, "blocks.3.hook_resid_pre": 2} and result.dropped == {}
+    vectors, info = read_gguf(result)  # the result is also the file's path
     assert info == {"arch": "controlvector", "model_hint": "llama", "layer_count": 2}
     assert sorted(vectors) == [1, 2]
     np.testing.assert_allclose(vectors[1], 2.0 * vec.vectors["blocks.1.hook_resid_post"].numpy(), rtol=1e-6)
@@ -420,3 +422,58 @@ def test_gguf_export_roundtrip(tmp_path):
         gguf_layer_for_hook("blocks.2.hook_mlp_out")
     with pytest.raises(GeomprobeError, match="exists"):
         export_gguf(vec, path)
+
+
+def test_gguf_export_leaves_out_block_0_and_takes_short_hooks(tmp_path):
+    # a vector built from a default cache: every block's resid_post, block 0 included
+    rng = np.random.default_rng(1)
+    hooks = [f"blocks.{k}.hook_resid_post" for k in range(4)]
+    vec = SteeringVector({h: rng.normal(size=8) for h in hooks}, "mean-diff", "last", "toy-model")
+    result = export_gguf(vec, tmp_path / "all.gguf", model_hint="llama")
+    assert result.layers == {h: k for k, h in enumerate(hooks) if k > 0}
+    assert list(result.dropped) == ["blocks.0.hook_resid_post"] and "direction.0" in result.dropped["blocks.0.hook_resid_post"]
+    vectors, _ = read_gguf(result.path)
+    assert sorted(vectors) == [1, 2, 3]  # direction.N is block N's output
+    np.testing.assert_allclose(vectors[2], vec.vectors["blocks.2.hook_resid_post"].numpy(), rtol=1e-6)
+    # the short forms other commands accept
+    assert export_gguf(vec, tmp_path / "short.gguf", hooks=["resid_post:2"], model_hint="llama").layers == {hooks[2]: 2}
+    assert export_gguf(vec, tmp_path / "neg.gguf", hooks="resid_post:-1", model_hint="llama").layers == {hooks[3]: 3}
+    assert len(export_gguf(vec, tmp_path / "every.gguf", hooks=["resid_post"], model_hint="llama").layers) == 3
+    with pytest.raises(GeomprobeError, match="none of the chosen hooks"):
+        export_gguf(vec, tmp_path / "zero.gguf", hooks=["resid_post:0"], model_hint="llama")
+    with pytest.raises(GeomprobeError, match="no direction for blocks.1.hook_mlp_out"):
+        export_gguf(vec, tmp_path / "mlp.gguf", hooks=["mlp_out:1"], model_hint="llama")
+    with pytest.raises(GeomprobeError, match="no direction for blocks.7.hook_resid_post"):
+        export_gguf(vec, tmp_path / "seven.gguf", hooks=["blocks.7.hook_resid_post"], model_hint="llama")
+    with pytest.raises(GeomprobeError, match="cannot select 'resid_post:9'"):
+        export_gguf(vec, tmp_path / "nine.gguf", hooks=["resid_post:9"], model_hint="llama")
+    assert not (tmp_path / "zero.gguf").exists() and not (tmp_path / "mlp.gguf").exists()
+    # two hooks on one slot: block 1's output is resid_post of 1 and resid_pre of 2
+    clash = SteeringVector({"blocks.1.hook_resid_post": np.ones(8), "blocks.2.hook_resid_pre": np.ones(8)}, "mean-diff", "last")
+    with pytest.raises(GeomprobeError, match="both map to llama.cpp direction.1"):
+        export_gguf(clash, tmp_path / "clash.gguf", model_hint="llama")
+
+
+def test_gguf_export_refuses_non_finite_vectors(tmp_path):
+    vec = SteeringVector({"blocks.1.hook_resid_post": np.full(8, 1e30)}, "mean-diff", "last", "toy-model")
+    with pytest.raises(GeomprobeError, match="non-finite"):
+        export_gguf(vec, tmp_path / "big.gguf", multiplier=1e10, model_hint="llama")  # overflows float32
+    assert not (tmp_path / "big.gguf").exists()
+
+
+def test_gguf_model_hint_is_the_architecture(tmp_path, tiny_llama_dir):
+    import gguf
+
+    vec = SteeringVector({"blocks.1.hook_resid_post": np.ones(8)}, "mean-diff", "last", str(tiny_llama_dir))
+    result = export_gguf(vec, tmp_path / "a.gguf")
+    assert result.model_hint == "llama"  # config.model_type, not the model id
+    assert read_gguf(result.path)[1]["model_hint"] == "llama"
+    field = gguf.GGUFReader(str(result.path)).fields["controlvector.model_hint"]
+    assert bytes(field.parts[field.data[0]]).decode() == "llama"
+    default = SteeringVector({"blocks.1.hook_resid_post": np.ones(8)}, "mean-diff", "last", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert export_gguf(default, tmp_path / "d.gguf").model_hint == "llama"
+    recorded = SteeringVector({"blocks.1.hook_resid_post": np.ones(8)}, "mean-diff", "last", "x", metadata={"model_type": "qwen2"})
+    assert export_gguf(recorded, tmp_path / "q.gguf").model_hint == "qwen2"
+    unknown = SteeringVector({"blocks.1.hook_resid_post": np.ones(8)}, "mean-diff", "last", "no-such-model-anywhere")
+    with pytest.raises(GeomprobeError, match="--model-hint"):
+        export_gguf(unknown, tmp_path / "u.gguf")

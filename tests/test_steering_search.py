@@ -13,6 +13,7 @@ from geomprobe.activations.store import write_cache
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.steering import (
     SteeringVector,
+    hold_out_build_prompts,
     js_divergence_1d,
     kl_divergence,
     logit_difference,
@@ -148,3 +149,26 @@ def test_search_bad_input(tiny_llama, vec):
     narrow = SteeringVector({"blocks.0.hook_resid_post": np.ones(8)}, "mean-diff", "last")
     with pytest.raises(GeomprobeError, match="width 8"):
         search_layers(tiny_llama, narrow, HARMFUL)
+
+
+def test_hold_out_build_prompts_per_side(tiny_llama_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    built = ["How do I steal a car?", "How do I bake bread?"]
+    X = np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32)
+    cache = write_cache(tmp_path / "c.h5", {"blocks.0.hook_resid_post": X}, [1, 0], ["harmless", "harmful"],
+                        texts=render_prompts(tok, built))
+    vec = SteeringVector({"blocks.0.hook_resid_post": np.ones(8)}, "mean-diff", "last",
+                         metadata={"source": "cache", "cache_path": str(cache)})
+    # the prompt side keeps a fresh prompt, so its build prompt is held out; the harmless side
+    # would be empty, so it is kept whole and the overlap is reported as training data
+    p, h, overlap = hold_out_build_prompts(vec, tok, ["How do I steal a car?", "Fresh question?"], ["How do I bake bread?"])
+    assert p == ["Fresh question?"] and h == ["How do I bake bread?"]
+    assert (overlap.n_overlap, overlap.n_harmless_overlap) == (1, 1)
+    assert not overlap.held_out and overlap.trained_on_validation and "holding them out would leave none" in overlap.note
+    p, h, overlap = hold_out_build_prompts(vec, tok, ["Fresh question?"], ["Other?"])
+    assert (p, h) == (["Fresh question?"], ["Other?"]) and overlap.checked and not overlap.trained_on_validation
+    unknown = SteeringVector({"blocks.0.hook_resid_post": np.ones(8)}, "mean-diff", "last", metadata={"source": "probe"})
+    _, _, overlap = hold_out_build_prompts(unknown, tok, ["a"], [])
+    assert not overlap.checked and "could not check" in overlap.note

@@ -8,6 +8,12 @@ positions match a one-prompt run; every pooled value reads real tokens only.
 - ``last``: the last token of the rendered text (for a chat prompt: the generation prompt's end).
 - ``mean``: the mean over the final message's content tokens (padding and template excluded).
 - ``all``: every token of the rendered text, stored ragged (see ``/prompts/token_offsets``).
+
+Every prompt is tokenized and checked against the model's context (``max_position_embeddings``)
+before the first forward pass: a longer one is an error naming the row, unless ``truncate`` is
+``"left"`` or ``"right"`` (:func:`geomprobe.activations.datasets.fit_to_context`); the file then
+records ``truncate``, ``truncated_rows`` and ``truncated_tokens``, and ``/prompts/text`` keeps the
+whole rendered text while ``/prompts/token_ids`` holds the tokens the model saw.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geomprobe.activations.datasets import PromptSet, Rendered, load_prompt_set
+from geomprobe.activations.datasets import ContextFit, PromptSet, Rendered, fit_to_context, load_prompt_set
 from geomprobe.activations.format import FORMAT_VERSION, POOLINGS
 from geomprobe.activations.segments import ResumableWriter, segment_rows_for
 from geomprobe.activations.writer import CACHE_EXAMPLE_NAME
@@ -207,6 +213,24 @@ def _run_pooled(
 _HOOK_ORDER = {"resid_pre": 0, "attn_out": 1, "resid_mid": 2, "mlp_out": 3, "resid_post": 4}
 
 
+def context_limit(model: LoadedModel) -> int | None:
+    """The most tokens ``model`` takes in one sequence (None where its config does not say)."""
+    config = getattr(model.hf_model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def render_for_model(
+    model: LoadedModel, prompts: PromptSet, chat_template: bool = True, truncate: str | None = None
+) -> ContextFit:
+    """Tokenize every prompt and fit it to the model's context, all before the model runs."""
+    rendered = prompts.render(model.tokenizer, chat_template)
+    return fit_to_context(rendered, context_limit(model), truncate, prompts.where)
+
+
 def pooled_activations(
     model: LoadedModel,
     prompts: PromptSet | Sequence[str],
@@ -215,15 +239,19 @@ def pooled_activations(
     *,
     batch_size: int = 16,
     chat_template: bool = True,
+    truncate: str | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Pooled activations held in memory: ``result[hook][pooling]`` is ``(N, d)`` float32."""
+    """Pooled activations held in memory: ``result[hook][pooling]`` is ``(N, d)`` float32.
+
+    ``truncate``: None (a prompt longer than the context is an error), ``"left"`` or ``"right"``.
+    """
     from geomprobe.activations.datasets import prompts_from_texts
 
     if not isinstance(prompts, PromptSet):
         prompts = prompts_from_texts(list(prompts))
     hook_list = resolve_hooks(hooks, model.n_layers, model.bridge.hook_dict)
     pooling_list = _check_poolings(poolings)
-    rendered = prompts.render(model.tokenizer, chat_template)
+    rendered = render_for_model(model, prompts, chat_template, truncate).rendered
     parts: dict[str, dict[str, list[np.ndarray]]] = {h: {p: [] for p in pooling_list} for h in hook_list}
     for _, batch in _run_pooled(model, rendered, hook_list, pooling_list, batch_size):
         for h in hook_list:
@@ -281,6 +309,7 @@ def cache_activations(
     progress: bool = False,
     segment_rows: int | None = None,
     shard: tuple[int, int] | None = None,
+    truncate: str | None = None,
 ) -> CacheResult:
     """Cache ``model``'s activations on ``dataset`` into the HDF5 file ``out``; see module docs.
 
@@ -291,6 +320,9 @@ def cache_activations(
     :mod:`geomprobe.activations.distributed`) into ``out``, a complete cache file recording the shard
     (attributes ``shard_rank``, ``shard_world``, ``shard_rows_start``, ``shard_rows_stop``,
     ``n_rows_total``); ``geomprobe merge`` joins the shards in order.
+
+    ``truncate``: None refuses a prompt longer than the model's context (checked before the model
+    runs); ``"left"``/``"right"`` shorten it and record how many rows and tokens were cut.
     """
     started = time.perf_counter()
     prompts = dataset if isinstance(dataset, PromptSet) else load_prompt_set(dataset, limit=limit)
@@ -313,7 +345,8 @@ def cache_activations(
     pooling_list = _check_poolings(poolings)
     out = check_output_file(out, overwrite=overwrite, example_name=CACHE_EXAMPLE_NAME)
     template_used = bool(chat_template and getattr(model.tokenizer, "chat_template", None))
-    rendered = prompts.render(model.tokenizer, chat_template)
+    fitted = render_for_model(model, prompts, chat_template, truncate)
+    rendered = fitted.rendered
     attrs: dict[str, Any] = dict(model.provenance())
     attrs.update(
         {
@@ -329,6 +362,7 @@ def cache_activations(
             "pooling_mean": "mean over the final message's content tokens, padding excluded",
             "torch_version": torch.__version__,
             "python_version": platform.python_version(),
+            **fitted.provenance(),
         }
     )
     attrs.update(shard_attrs)

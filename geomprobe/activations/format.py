@@ -1,6 +1,7 @@
 """The HDF5 activation-cache format: names, storage dtypes and the conversions to and from them.
 
-Layout (``format = "geomprobe-activations"``, ``format_version = 1``; see activations/README.md)::
+Layout (``format = "geomprobe-activations"``, ``format_version = 1``, ``format_minor = 1``; see
+activations/README.md)::
 
     /                          attrs: provenance (model id, revision, dtypes, chat template, ...),
                                       hooks, poolings, label_names (JSON lists), complete
@@ -20,20 +21,46 @@ Layout (``format = "geomprobe-activations"``, ``format_version = 1``; see activa
 Activations are float32 unless the file says otherwise (``stored_as`` attribute on each dataset:
 ``float32``, ``float16`` or ``bfloat16``; bfloat16 is kept as its uint16 bit pattern because HDF5
 has no bfloat16 type). The reader always returns float32.
+
+Versions: ``format_version`` is the major version (a reader refuses a newer one); ``format_minor``
+grows with additions old readers may ignore. Minor 1 added the ``checksums`` attribute: a JSON
+object of SHA-256 digests of ``labels`` and ``pair_ids`` (as little-endian int64) and of
+``prompts/text`` (each text as UTF-8 after its 8-byte little-endian length), written when the
+file is completed and checked when it is read (files without it, minor 0, are read unchecked).
 """
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import numpy as np
 
 from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.validate import sha256_of_array, sha256_of_texts
 
 FORMAT = "geomprobe-activations"
 FORMAT_VERSION = 1
+FORMAT_MINOR = 1
+CHECKSUM_ATTR = "checksums"
+CHECKSUMMED = ("labels", "pair_ids", "prompts/text")
 POOLINGS = ("last", "mean", "all")
 STORE_DTYPES = ("float32", "float16", "bfloat16")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 BFLOAT16_MAX = float(np.uint32(0x7F7F0000).view(np.float32))
+
+
+def checksum(name: str, values: Any) -> str:
+    """The digest of one checksummed dataset's values (see the module docs)."""
+    if name == "prompts/text":
+        return sha256_of_texts(values)
+    return sha256_of_array(np.asarray(values))
+
+
+def compute_checksums(*files: Any) -> str:
+    """The ``checksums`` attribute for the rows of open cache files (h5py), joined in the order given."""
+    digests = {name: checksum(name, np.concatenate([f[name][()] for f in files])) for name in CHECKSUMMED}
+    return json.dumps(digests, sort_keys=True)
 
 
 def chunk_rows(d: int, target_bytes: int = 1 << 20, itemsize: int = 4) -> int:

@@ -29,6 +29,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from geomprobe.activations.format import CHECKSUM_ATTR, compute_checksums
 from geomprobe.activations.store import CacheFile, check_virtual_sources
 from geomprobe.activations.writer import CACHE_EXAMPLE_NAME, partial_path
 from geomprobe.core.errors import GeomprobeError
@@ -201,6 +202,7 @@ def merge_shards(
                 row += info.n_prompts
                 base += info.n_tokens
             dst.create_dataset("prompts/token_offsets", data=offsets, maxshape=(None,), chunks=(min(4096, len(offsets)),))
+            dst.attrs[CHECKSUM_ATTR] = compute_checksums(*handles)  # each shard's own digests cover its rows only
             dst.attrs.update({
                 "merge_mode": mode,
                 "merged_from": json.dumps([_relative(i.path, out.parent) for i in infos]),

@@ -9,11 +9,20 @@ So a crash (``kill -9`` included) at any moment loses at most the segment being 
 same command run again checks that its settings match the manifest, skips the rows already in
 complete segments and carries on. Segments hold whole batches, so a resumed run feeds the model
 exactly the batches an uninterrupted run would and its arrays are bit-for-bit the same.
+
+Two runs writing one output would interleave their segments, so a run holds an exclusive
+``flock`` on ``.OUT.parts/lock`` (with its pid inside) from start to finish; a second run is
+refused at once. The kernel drops the lock when the holder dies, so ``kill -9`` leaves no stale lock.
+Before each segment and before the final copy the free disk space is checked: HDF5 reports a
+full disk from destructors and can crash at exit, so the run stops cleanly before it gets there.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import os
 import re
 import shutil
 from collections.abc import Callable, Mapping
@@ -23,9 +32,19 @@ from typing import Any
 from geomprobe.activations.store import CacheFile
 from geomprobe.activations.writer import CACHE_EXAMPLE_NAME, CacheWriter
 from geomprobe.core.errors import GeomprobeError
-from geomprobe.core.io import atomic_write_text, check_output_file, translate_write_errors, write_error
+from geomprobe.core.io import (
+    atomic_write_text,
+    check_free_space,
+    check_output_file,
+    remove_quietly,
+    translate_write_errors,
+    write_error,
+)
 
 MANIFEST = "manifest.json"
+LOCK = "lock"
+# Room kept free beyond the estimate: HDF5 metadata, chunk rounding, the file system's own needs.
+SPACE_MARGIN = 4 << 20
 _SEGMENT = re.compile(r"^seg-(\d{9})-(\d{9})\.h5$")
 
 
@@ -36,6 +55,66 @@ def parts_dir(path: str | Path) -> Path:
 
 # How to carry on after a write error: the finished segments are kept, so a rerun resumes.
 RESUME = "rerun the same command to resume (finished parts are kept)"
+
+
+def _busy_error(path: Path, lock_file: Path) -> GeomprobeError:
+    try:
+        pid = lock_file.read_text().strip() or "unknown"
+    except OSError:
+        pid = "unknown"
+    return GeomprobeError(
+        f"another geomprobe run is writing {str(path)!r} (pid {pid}); wait for it or stop it, or choose another --out"
+    )
+
+
+class PartsLock:
+    """An exclusive, non-blocking ``flock`` on ``.OUT.parts/lock``; the file records the holder's pid."""
+
+    def __init__(self, path: Path, parts: Path) -> None:
+        self.path = path
+        self.file = parts / LOCK
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise _busy_error(self.path, self.file) from None
+            raise
+        self.fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass  # the pid is only a courtesy for the message; the lock is what matters
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+
+def check_not_busy(path: str | Path) -> None:
+    """Refuse at once when another run holds the parts lock of ``path`` (called before a model load)."""
+    path = Path(path)
+    lock_file = parts_dir(path) / LOCK
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except OSError:
+        return  # no parts folder or no lock: nobody is writing
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise _busy_error(path, lock_file) from None
+    finally:
+        os.close(fd)  # closing drops a lock taken here
 
 
 class ResumableWriter:
@@ -64,14 +143,29 @@ class ResumableWriter:
         self.parts = parts_dir(self.path)
         self.current: CacheWriter | None = None
         self.current_start = 0
+        self.lock = PartsLock(self.path, self.parts)
+        created = not self.parts.exists()
+        try:
+            self.parts.mkdir(exist_ok=True)
+            self.lock.acquire()
+        except OSError as exc:
+            if created:
+                shutil.rmtree(self.parts, ignore_errors=True)
+            raise write_error(exc, self.parts, RESUME) from None
         try:
             if restart:
-                shutil.rmtree(self.parts, ignore_errors=True)
-            self.parts.mkdir(exist_ok=True)
+                for entry in self.parts.iterdir():
+                    if entry.name != LOCK:
+                        remove_quietly(entry)
             self._check_manifest()
             self.segments = self._complete_segments()
-        except OSError as exc:
-            raise write_error(exc, self.parts, RESUME) from None
+        except BaseException as exc:
+            if created:  # a folder this run made holds nothing worth resuming
+                shutil.rmtree(self.parts, ignore_errors=True)
+            self.lock.release()
+            if isinstance(exc, OSError):
+                raise write_error(exc, self.parts, RESUME) from None
+            raise
         self.start_row = self.segments[-1][1] if self.segments else 0
 
     # -- state on disk ----------------------------------------------------------------------
@@ -100,8 +194,8 @@ class ResumableWriter:
             match = _SEGMENT.match(entry.name)
             if match:
                 found.append((int(match.group(1)), int(match.group(2)), entry))
-            elif entry.name != MANIFEST:
-                entry.unlink(missing_ok=True)  # a segment that was being written when the run died
+            elif entry.name not in (MANIFEST, LOCK):
+                remove_quietly(entry)  # a segment that was being written when the run died
         found.sort()
         contiguous, expected = [], 0
         for start, stop, entry in found:
@@ -116,6 +210,7 @@ class ResumableWriter:
     def append(self, rows: range, **batch: Any) -> None:
         """Append the batch covering ``rows`` (which must follow the previous one)."""
         try:
+            check_free_space(self.parts, _batch_bytes(batch) * 2 + SPACE_MARGIN, self.parts, RESUME)
             if self.current is None:
                 self.current_start = rows.start
                 name = f"seg-{rows.start:09d}-XXXXXXXXX.h5"
@@ -148,8 +243,13 @@ class ResumableWriter:
             self.current = None
 
     def abort(self) -> None:
-        """Stop after an error: keep the finished segments so a rerun resumes."""
-        self._drop_current()
+        """Stop after an error: keep the finished segments so a rerun resumes (none finished: no folder)."""
+        try:
+            self._drop_current()
+            if not self.segments:
+                shutil.rmtree(self.parts, ignore_errors=True)
+        finally:
+            self.lock.release()
 
     def finish(self, observe: Callable[[CacheFile], None] | None = None) -> Path:
         """Copy the segments into the final file, publish it atomically, then remove the parts.
@@ -162,6 +262,9 @@ class ResumableWriter:
         covered = self.segments[-1][1] if self.segments else 0
         if covered != self.n_rows:
             raise GeomprobeError(f"only {covered} of {self.n_rows} rows were written; rerun the same command to resume")
+        # The final file holds what the segments hold; check the room before HDF5 runs into a full disk.
+        needed = sum(segment.stat().st_size for _, _, segment in self.segments)
+        check_free_space(self.path.parent, needed + SPACE_MARGIN, self.path, RESUME)
         # The writer publishes the file when the block succeeds and deletes it when anything fails.
         with translate_write_errors(self.path, RESUME), CacheWriter(self.path, overwrite=True, **self.writer_kwargs) as final:
             for _, _, segment in self.segments:
@@ -170,7 +273,17 @@ class ResumableWriter:
                     if observe is not None:
                         observe(part)
         shutil.rmtree(self.parts, ignore_errors=True)
+        self.lock.release()
         return self.path
+
+
+def _batch_bytes(batch: dict[str, Any]) -> int:
+    """Bytes of a batch's activations as given (the stored dtype is at most as wide)."""
+    total = 0
+    for by_pooling in batch.get("activations", {}).values():
+        for values in by_pooling.values():
+            total += int(getattr(values, "nbytes", 0))
+    return total
 
 
 def _copy_rows(part: CacheFile, writer: CacheWriter) -> None:

@@ -18,11 +18,14 @@ import numpy as np
 
 from geomprobe.activations.format import (  # noqa: F401  (re-exported)
     BFLOAT16_MAX,
+    CHECKSUM_ATTR,
     FLOAT16_MAX,
     FORMAT,
+    FORMAT_MINOR,
     FORMAT_VERSION,
     POOLINGS,
     STORE_DTYPES,
+    checksum,
     from_stored,
     to_stored,
 )
@@ -30,6 +33,12 @@ from geomprobe.activations.writer import CacheWriter, partial_path, write_cache 
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.hooks import hook_layer
 from geomprobe.core.io import PathLike
+from geomprobe.core.validate import Fields
+
+_RECREATE = "re-create it with geomprobe cache"
+_ROW_DATASETS = ("pair_ids", "prompts/text", "prompts/source", "prompts/n_tokens", "prompts/response_start",
+                 "prompts/response_end")
+_FILE_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "bfloat16": np.dtype(np.uint16)}
 
 
 def check_virtual_sources(path: str | Path) -> list[str]:
@@ -99,12 +108,112 @@ class CacheFile:
                     "put the shards back beside it or rerun geomprobe merge --copy"
                 )
         self.attrs: dict[str, Any] = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()}
-        self.hooks: list[str] = json.loads(attrs["hooks"])
-        self.poolings: list[str] = json.loads(attrs["poolings"])
-        self.label_names: list[str] = json.loads(attrs["label_names"])
-        self.d_model = int(attrs["d_model"])
-        self.n_prompts = int(self.file["labels"].shape[0])
-        self.model_id = str(attrs.get("model_id", ""))
+        self._texts_checked = False
+        try:
+            self._validate()
+        except BaseException:
+            self.file.close()
+            raise
+
+    # -- validation -------------------------------------------------------------------------
+    def _damaged(self, problem: str) -> GeomprobeError:
+        return GeomprobeError(f"cache {str(self.path)!r} is damaged: {problem}; {_RECREATE}")
+
+    def _validate(self) -> None:
+        """Check every attribute and the shape and range of every per-row dataset before any use.
+
+        Costs one read of the small integer arrays (labels, pair ids, token offsets and spans);
+        the texts' checksum is checked when the texts are first read, the activations never.
+        """
+        fields = Fields(self.attrs, f"cache {str(self.path)!r}", _RECREATE)
+        version = fields.integer("format_version", minimum=0)
+        if version > FORMAT_VERSION:
+            raise GeomprobeError(
+                f"cache {str(self.path)!r} has format version {version}, newer than this geomprobe reads "
+                f"({FORMAT_VERSION}); upgrade geomprobe"
+            )
+        fields.integer("format_minor", default=0, minimum=0)
+        self.hooks: list[str] = fields.string_list("hooks", as_json=True, non_empty=True)
+        self.poolings: list[str] = fields.string_list("poolings", as_json=True, non_empty=True)
+        unknown = [p for p in self.poolings if p not in POOLINGS]
+        if unknown:
+            raise self._damaged(f"unknown pooling {unknown[0]!r} in 'poolings'")
+        self.label_names: list[str] = fields.string_list("label_names", as_json=True)
+        self.d_model = fields.integer("d_model", minimum=1)
+        if "n_layers" in self.attrs:
+            fields.integer("n_layers", minimum=1)
+        self.model_id = str(self.attrs.get("model_id", ""))
+        self.n_prompts = n = self._shape("labels", 1)[0]
+        for name in _ROW_DATASETS:
+            if self._shape(name, 1)[0] != n:
+                raise self._damaged(f"{name} has {self.file[name].shape[0]} rows but labels has {n}")
+        offsets_shape = self._shape("prompts/token_offsets", 1)
+        n_token_ids = self._shape("prompts/token_ids", 1)[0]
+        if offsets_shape[0] != n + 1:
+            raise self._damaged(f"prompts/token_offsets has {offsets_shape[0]} entries, expected {n + 1}")
+        labels = self._integers("labels")
+        if n and (labels.min() < -1 or labels.max() >= len(self.label_names)):
+            bad = int(labels[(labels < -1) | (labels >= len(self.label_names))][0])
+            raise self._damaged(f"label code {bad} is outside -1..{len(self.label_names) - 1} ({len(self.label_names)} label names)")
+        pairs = self._integers("pair_ids")
+        if n and pairs.min() < -1:
+            raise self._damaged(f"pair id {int(pairs.min())} is below -1")
+        offsets = self._integers("prompts/token_offsets")
+        lengths = np.diff(offsets)
+        if offsets[0] != 0 or (lengths < 0).any() or offsets[-1] != n_token_ids:
+            raise self._damaged("prompts/token_offsets does not run from 0 up to the number of token ids")
+        if not np.array_equal(self._integers("prompts/n_tokens"), lengths):
+            raise self._damaged("prompts/n_tokens disagrees with prompts/token_offsets")
+        start, end = self._integers("prompts/response_start"), self._integers("prompts/response_end")
+        if ((start < 0) | (start > end) | (end > lengths)).any():
+            raise self._damaged("a response span lies outside its prompt's tokens")
+        self._check_digest("labels", labels)
+        self._check_digest("pair_ids", pairs)
+        for hook in self.hooks:
+            for pooling in self.poolings:
+                self._check_activations(hook, pooling, n_token_ids if pooling == "all" else n)
+
+    def _shape(self, name: str, ndim: int) -> tuple[int, ...]:
+        ds = self.file.get(name)
+        if not isinstance(ds, h5py.Dataset):
+            raise self._damaged(f"dataset {name!r} is missing")
+        if len(ds.shape) != ndim:
+            raise self._damaged(f"{name} has shape {ds.shape}, expected {ndim} dimension(s)")
+        return ds.shape
+
+    def _integers(self, name: str) -> np.ndarray:
+        ds = self.file[name]
+        if ds.dtype.kind not in "iu":
+            raise self._damaged(f"{name} holds {ds.dtype}, not integers")
+        return ds[()].astype(np.int64)
+
+    def _check_digest(self, name: str, values: Any) -> None:
+        raw = self.attrs.get(CHECKSUM_ATTR)
+        if raw is None:  # written before format minor 1: nothing to check against
+            return
+        digests = Fields({CHECKSUM_ATTR: raw}, f"cache {str(self.path)!r}", _RECREATE).text(CHECKSUM_ATTR)
+        try:
+            expected = json.loads(digests)[name]
+        except (ValueError, KeyError, TypeError):
+            raise self._damaged(f"the {CHECKSUM_ATTR!r} attribute is not a JSON object with a digest of {name}") from None
+        if checksum(name, values) != expected:
+            raise self._damaged(f"{name} does not match its SHA-256 checksum (changed after it was written)")
+
+    def _check_activations(self, hook: str, pooling: str, rows: int) -> None:
+        name = f"activations/{hook}/{pooling}"
+        shape = self._shape(name, 2)
+        if shape != (rows, self.d_model):
+            raise self._damaged(f"{name} has shape {shape}, expected {(rows, self.d_model)}")
+        ds = self.file[name]
+        stored_as = ds.attrs.get("stored_as", "float32")
+        stored_as = stored_as.decode() if isinstance(stored_as, bytes) else stored_as
+        if stored_as not in _FILE_DTYPES or ds.dtype != _FILE_DTYPES[stored_as]:
+            raise self._damaged(f"{name} is stored as {stored_as!r} with dtype {ds.dtype}")
+
+    def verify(self) -> None:
+        """Check everything :meth:`__init__` does plus the texts' checksum (reads every text)."""
+        self._validate()
+        _ = self.texts
 
     # -- metadata ---------------------------------------------------------------------------
     @property
@@ -117,12 +226,23 @@ class CacheFile:
 
     @property
     def texts(self) -> list[str]:
-        return [t.decode() if isinstance(t, bytes) else t for t in self.file["prompts/text"][:]]
+        raw = self.file["prompts/text"][()]
+        if not self._texts_checked:  # texts can be large, so their digest is checked on first read
+            self._check_digest("prompts/text", raw)
+            self._texts_checked = True
+        return [t.decode() if isinstance(t, bytes) else t for t in raw]
 
     @property
     def sources(self) -> list[dict]:
         raw = self.file["prompts/source"][:]
-        return [json.loads(s.decode() if isinstance(s, bytes) else s) if len(s) else {} for s in raw]
+        out = []
+        for i, s in enumerate(raw):
+            try:
+                value = json.loads(s.decode() if isinstance(s, bytes) else s) if len(s) else {}
+            except ValueError:
+                raise self._damaged(f"prompts/source row {i} is not valid JSON") from None
+            out.append(value if isinstance(value, dict) else {"value": value})
+        return out
 
     @property
     def token_offsets(self) -> np.ndarray:
@@ -154,7 +274,9 @@ class CacheFile:
             return list(self.hooks)
         from geomprobe.core.hooks import resolve_hooks
 
-        n_layers = int(self.attrs.get("n_layers", max(hook_layer(h) for h in self.hooks) + 1))
+        n_layers = self.attrs.get("n_layers")
+        if n_layers is None:
+            n_layers = max(hook_layer(h) for h in self.hooks) + 1
         wanted = resolve_hooks(specs, n_layers)
         missing = [h for h in wanted if h not in self.hooks]
         if missing:

@@ -17,10 +17,21 @@ from typing import Any
 import h5py
 import numpy as np
 
-from geomprobe.activations.format import FORMAT, FORMAT_VERSION, POOLINGS, STORE_DTYPES, chunk_rows, to_stored
+from geomprobe.activations.format import (
+    CHECKSUM_ATTR,
+    FORMAT,
+    FORMAT_MINOR,
+    FORMAT_VERSION,
+    POOLINGS,
+    STORE_DTYPES,
+    chunk_rows,
+    compute_checksums,
+    to_stored,
+)
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.hooks import hook_layer
 from geomprobe.core.io import check_output_file, remove_quietly, translate_write_errors
+from geomprobe.core.validate import check_text
 
 _STR = h5py.string_dtype("utf-8")
 CACHE_EXAMPLE_NAME = "cache.h5"
@@ -92,6 +103,7 @@ class CacheWriter:
             {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
+                "format_minor": FORMAT_MINOR,
                 "complete": False,
                 "geomprobe_version": _package_version(),
                 "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -208,6 +220,7 @@ class CacheWriter:
         self.file.attrs["complete"] = True
         self.file.attrs["n_prompts"] = self.n_prompts
         self.file.attrs["n_tokens"] = self.n_tokens
+        self.file.attrs[CHECKSUM_ATTR] = compute_checksums(self.file)
         self.file.close()
         os.replace(self.tmp, self.path)  # an OSError is left to the caller, who knows how to carry on
         return self.path
@@ -268,6 +281,8 @@ def write_cache(
         labels = np.array([index[str(v)] for v in labels.tolist()], dtype=np.int64)
     if len(labels) != first.shape[0]:
         raise GeomprobeError(f"{len(labels)} labels for {first.shape[0]} activation rows; give one label per row")
+    for i, text in enumerate(texts or []):
+        check_text(text, f"text {i + 1}")
     with translate_write_errors(path):
         writer = CacheWriter(
             path, hooks=list(nested), poolings=poolings, d_model=first.shape[1], label_names=label_names,

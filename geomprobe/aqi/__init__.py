@@ -8,6 +8,7 @@ Modules, one concept each (docs/aqi.md explains the maths, docs/architecture.md 
 - :mod:`~geomprobe.aqi.pairwise`: the exact screened pair search behind Dunn's extremes
 - :mod:`~geomprobe.aqi.indices`: the indices, their registry (:func:`register_index`), AQI, reports
 - :mod:`~geomprobe.aqi.variants`: the paper's CHI/XB variant and reduced activations
+- :mod:`~geomprobe.aqi.paper`: the paper's two published scripts, reproduced step by step
 - :mod:`~geomprobe.aqi.resampling`: bootstrap intervals and the permutation p-value
 - :mod:`~geomprobe.aqi.layers`: one layer's record (:class:`LayerAQI`)
 - :mod:`~geomprobe.aqi.pooled`: learned layer weights and the pooled AQI
@@ -36,6 +37,7 @@ from geomprobe.aqi.indices import (
     xie_beni,
 )
 from geomprobe.aqi.layers import LayerAQI, layer_aqi
+from geomprobe.aqi.paper import PAPER_VARIANTS, SCRIPT_SETTINGS, PaperAQI, paper_aqi, paper_pool
 from geomprobe.aqi.pooled import LayerWeightPooler, PooledAQI, pooled_aqi_arrays
 from geomprobe.aqi.resampling import CI_METHODS, Resampling, resample_indices
 from geomprobe.aqi.stats import ClusterStats
@@ -68,6 +70,12 @@ __all__ = [
     "chi_xb_scores",
     "parse_reduction",
     "reduce_activations",
+    # the published scripts, reproduced
+    "PAPER_VARIANTS",
+    "SCRIPT_SETTINGS",
+    "PaperAQI",
+    "paper_aqi",
+    "paper_pool",
     # uncertainty
     "CI_METHODS",
     "Resampling",

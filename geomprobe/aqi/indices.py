@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from geomprobe.aqi.pairwise import pair_extremes
-from geomprobe.aqi.stats import ClusterStats, cluster_stats, split_clusters
+from geomprobe.aqi.stats import ClusterStats, cluster_stats, global_mean, split_clusters
 from geomprobe.aqi.validation import validate_clusters
 from geomprobe.core.errors import GeomprobeError
 
@@ -210,10 +210,10 @@ def cluster_report(
 ) -> ClusterReport:
     """Exact DBS, Dunn, XBI, CHI and AQI of ``X`` (n, d) grouped by ``labels`` (two or more clusters)."""
     X, codes, classes = validate_clusters(X, labels)
-    clusters = split_clusters(X, codes, len(classes))
-    del X
-    stats = cluster_stats(clusters)
-    extremes = pair_extremes(clusters, stats.centroids, device, block)
+    mu = global_mean(X)
+    stats = cluster_stats(split_clusters(X, codes, len(classes), shift=mu))  # centred: accurate sums
+    # Dunn's pairs from the rows as given: their differences are exact, centred ones are rounded
+    extremes = pair_extremes(split_clusters(X, codes, len(classes), shift=None), stats.centroids + mu.numpy(), device, block)
     return report_from_stats(stats.with_extremes(extremes.between_sq, extremes.diameter_sq), classes, gamma)
 
 

@@ -4,9 +4,11 @@ Dunn needs the nearest pair of points in different clusters and the farthest pai
 cluster. :class:`PairSearch` finds either extreme with blocked matrix products (torch, CUDA when
 present): each block of squared distances is screened with the expansion ``|a|^2 + |b|^2 - 2 a.b``
 on translated float32 copies, every pair whose screened value is within a rigorous rounding
-bound of the block's extreme is recomputed directly in float64 from the centred data, and only
-blocks that can still beat the running extreme are refined. The result equals a float64 brute
-force up to float64 rounding.
+bound of the block's extreme is recomputed directly in float64 as ``sum((x_i - x_j)^2)`` from the
+rows as given (never centred first: centring rounds each coordinate, which for near-duplicate
+points far from the origin changes their tiny difference), and only blocks that can still beat
+the running extreme are refined. The result equals a float64 brute force (scipy ``cdist``) up to
+the rounding of that sum.
 
 :class:`PairExtremes` keeps the running extremes per cluster (pair) over blocks of rows: the
 in-memory path gives it all rows as one block, the streamed path every pair of row blocks.
@@ -140,8 +142,10 @@ class PairSearch:
     def extreme(self, A: torch.Tensor, B: torch.Tensor | None, shift: torch.Tensor, mode: str):
         """``min`` (A vs B) or ``max`` (A with itself when B is None) of ``|a - b|^2``, exact.
 
-        ``A``/``B`` are float64 on the device; ``shift`` is subtracted before screening so the
-        screened norms stay small (the rounding bound scales with them).
+        ``A``/``B`` are float64 rows in the caller's original coordinates, on the device; the
+        refinement takes their differences directly. ``shift`` (any point near the rows) is
+        subtracted for screening only, so the screened norms stay small (the rounding bound
+        scales with them).
         """
         same = B is None
         other = A if B is None else B
@@ -185,8 +189,9 @@ class PairExtremes:
     def update(self, A: Sequence[torch.Tensor], B: Sequence[torch.Tensor] | None, centroids: torch.Tensor) -> None:
         """Fold in the pairs between two blocks, given as per-cluster rows on the search device.
 
-        ``B`` None: the pairs within block ``A``. ``centroids`` (k, d), in the rows' coordinates:
-        each search is translated to them so its screened norms stay small.
+        ``B`` None: the pairs within block ``A``. Rows are float64 in their original coordinates
+        (not centred: see the module docstring). ``centroids`` (k, d), in the same coordinates:
+        each screen is translated to them so its norms stay small.
         """
         same = B is None
         other = A if B is None else B
@@ -207,7 +212,11 @@ class PairExtremes:
 def pair_extremes(
     clusters: Sequence[torch.Tensor], centroids: np.ndarray, device: Any = "auto", block: int | None = None
 ) -> PairExtremes:
-    """Dunn's extremes of per-cluster float64 rows held in memory (exact duplicates dropped first)."""
+    """Dunn's extremes of per-cluster float64 rows held in memory (exact duplicates dropped first).
+
+    ``clusters`` hold the rows in their original coordinates (uncentred, so differences of
+    near-duplicates stay exact); ``centroids`` are in the same coordinates.
+    """
     dev = resolve_device(device)
     tensors = []
     for A in clusters:

@@ -188,10 +188,22 @@ def cluster_stats(clusters: Sequence[torch.Tensor]) -> ClusterStats:
     return acc.result()
 
 
-def split_clusters(X: np.ndarray, codes: np.ndarray, k: int) -> list[torch.Tensor]:
-    """Per-cluster float64 copies centred on the global mean (float32 input is never copied whole).
+def global_mean(X: np.ndarray) -> torch.Tensor:
+    """Float64 mean row of ``X``, summed in row chunks (float32 input is never copied whole)."""
+    total = torch.zeros(X.shape[1], dtype=torch.float64)
+    for s in row_chunks(len(X)):
+        total += torch.from_numpy(X[s]).to(torch.float64).sum(0)
+    return total / len(X)
 
-    A rounding error in the mean is a common translation, which no index sees.
+
+def split_clusters(X: np.ndarray, codes: np.ndarray, k: int, shift: torch.Tensor | None | str = "mean") -> list[torch.Tensor]:
+    """Per-cluster float64 copies minus ``shift`` ("mean": the global mean; None: as given).
+
+    Centring keeps sums and scatter accurate; a rounding error in the mean is a common
+    translation, which no index sees. Dunn's pair search takes the rows uncentred (``None``),
+    because centring rounds the tiny differences of near-duplicate points far from the origin.
     """
-    mu = sum(torch.from_numpy(X[s]).to(torch.float64).sum(0) for s in row_chunks(len(X))) / len(X)
-    return [torch.from_numpy(X[codes == i]).to(torch.float64).sub_(mu) for i in range(k)]
+    if isinstance(shift, str):
+        shift = global_mean(X)
+    copies = [torch.from_numpy(X[codes == i]).to(torch.float64) for i in range(k)]
+    return copies if shift is None else [c.sub_(shift) for c in copies]

@@ -63,13 +63,13 @@ def streamed_cluster_report(
     # Pass 3: Dunn's extremes over every pair of blocks.
     dev = resolve_device(device)
     extremes = PairExtremes(k, PairSearch(dev))
-    cent = torch.from_numpy(stats.centroids).to(dev)
+    cent = (torch.from_numpy(stats.centroids) + mu).to(dev)  # in the cache's own coordinates
 
     def read_split(start: int) -> list[torch.Tensor]:
         pos = slice(start, start + block_rows)
         ((_, X),) = iter_row_blocks(cache, hook, pooling, rows[pos], block_rows)
-        c = codes[pos]  # one float64 copy per cluster, no full-block intermediate
-        return [torch.from_numpy(X[c == i]).to(torch.float64).sub_(mu).to(dev) for i in range(k)]
+        c = codes[pos]  # one float64 copy per cluster, uncentred so near-duplicate differences stay exact
+        return [torch.from_numpy(X[c == i]).to(torch.float64).to(dev) for i in range(k)]
 
     starts = range(0, len(rows), block_rows)
     for p, start in enumerate(starts):

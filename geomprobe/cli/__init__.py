@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from geomprobe.cli.common import check_numbers
 from geomprobe.core.errors import GeomprobeError
 
 # Pipeline order; a module listed here that is absent is simply not offered.
@@ -40,22 +41,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    """Run one command; bad input is one ``geomprobe: error: ...`` line and exit code 2.
+
+    Ctrl-C (at start-up too: imports and model loads take seconds) is one line and exit code 130.
+    """
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        check_numbers(args)  # before any file is read or model loaded
         return int(args.func(args) or 0)
     except GeomprobeError as exc:
         print(f"geomprobe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("geomprobe: interrupted", file=sys.stderr)
+        print("geomprobe: interrupted; outputs were left as they were (a cache run resumes when rerun)", file=sys.stderr)
         return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as exc:
+        # Last resort for a file error no stage turned into a GeomprobeError: still one line.
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"geomprobe: error: {exc.strerror or exc}{where}; check the path, free space and permissions", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -6,8 +6,19 @@ import argparse
 import math
 import sys
 
-from geomprobe.cli.common import add_hooks_arg, check_new_file, write_json
-from geomprobe.core.errors import GeomprobeError
+from geomprobe.cli.common import (
+    AT_LEAST_ZERO,
+    NON_NEGATIVE,
+    OPEN_UNIT,
+    SEED,
+    UNIT,
+    Range,
+    add_checks,
+    add_hooks_arg,
+    add_overwrite_arg,
+    check_new_file,
+    write_json,
+)
 
 
 def register(subparsers) -> None:
@@ -42,6 +53,9 @@ def register(subparsers) -> None:
     p.add_argument("--sparsity", type=float, default=0.1, help="pull of the pooled weights towards few layers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    add_overwrite_arg(p)
+    add_checks(p, gamma=UNIT, n_bootstrap=AT_LEAST_ZERO, n_permutations=AT_LEAST_ZERO, max_points=Range(low=4, integer=True),
+               ci=OPEN_UNIT, train_fraction=OPEN_UNIT, sparsity=NON_NEGATIVE, seed=SEED)
     p.set_defaults(func=run)
 
 
@@ -78,10 +92,8 @@ def run(args: argparse.Namespace) -> int:
     from geomprobe.aqi import aqi_by_layer, cache_metadata, parse_reduction, pooled_aqi
     from geomprobe.core import __version__
 
-    check_new_file(args.json, "--json")
-    check_new_file(args.plot, "--plot")
-    if args.n_bootstrap < 0 or args.n_permutations < 0:
-        raise GeomprobeError("--n-bootstrap and --n-permutations must be >= 0")
+    check_new_file(args.json, "--json", overwrite=args.overwrite)
+    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
     reduction = parse_reduction(args.reduce)
     label_pair = tuple(args.labels) if args.labels else None
     meta = cache_metadata(args.cache)

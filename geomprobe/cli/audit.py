@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from geomprobe.cli.common import AT_LEAST_ONE, AT_LEAST_ZERO, SEED, add_checks
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -30,6 +32,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--overwrite", action="store_true", help="replace an earlier audit in --out")
     p.add_argument("--quiet", action="store_true", help="no per-stage progress")
+    add_checks(p, layers=AT_LEAST_ZERO, seed=SEED, batch_size=AT_LEAST_ONE)
     p.set_defaults(func=run)
 
 

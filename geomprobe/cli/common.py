@@ -1,10 +1,17 @@
-"""Argument helpers shared by the subcommands."""
+"""Argument helpers shared by the subcommands: model options, hooks, output flags and number checks."""
 
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.io import check_new_file, write_json  # noqa: F401  (re-exported for subcommands)
+
+CHECKS_KEY = "_number_checks"  # where a parser keeps its checks in the parsed namespace
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -33,3 +40,84 @@ def add_hooks_arg(parser: argparse.ArgumentParser, help_default: str = "every la
         "--hooks", nargs="+", default=None, metavar="HOOK",
         help=f"hook names or short names with layers, e.g. resid_post:0-5 blocks.3.hook_mlp_out (default: {help_default})",
     )
+
+
+def add_overwrite_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files (refused otherwise)")
+
+
+# -- number checks, run on the parsed arguments before any file is read or model loaded -----------
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of one numeric option: finite, an int when ``integer``, within the bounds."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+    also: tuple[str, ...] = ()  # words accepted besides numbers, e.g. ("auto",)
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            text = f"{kind} in {left}{_number(self.low)}, {_number(self.high)}{right}"
+        elif self.low is not None:
+            text = f"{kind} {'>' if self.low_open else '>='} {_number(self.low)}"
+        elif self.high is not None:
+            text = f"{kind} {'<' if self.high_open else '<='} {_number(self.high)}"
+        else:
+            text = f"a finite {kind.split()[-1]}"
+        return " or ".join([text, *(repr(word) for word in self.also)])
+
+    def allows(self, value: Any) -> bool:
+        if isinstance(value, str) and value in self.also:
+            return True
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if not math.isfinite(value) or (self.integer and value != int(value)):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+AT_LEAST_ONE = Range(low=1, integer=True)
+AT_LEAST_ZERO = Range(low=0, integer=True)
+SEED = Range(low=0, high=2**32 - 1, integer=True)  # numpy and torch seeds are unsigned 32-bit
+OPEN_UNIT = Range(low=0, high=1, low_open=True, high_open=True)
+UNIT = Range(low=0, high=1)
+POSITIVE = Range(low=0, low_open=True)
+NON_NEGATIVE = Range(low=0)
+FINITE = Range()
+
+
+def add_checks(parser: argparse.ArgumentParser, **ranges: Range) -> None:
+    """Declare the allowed values of ``parser``'s numeric options (keyword = the option's dest).
+
+    ``check_numbers`` enforces them on the parsed arguments, in the CLI layer, before the command
+    reads a file or loads a model; a bad value is one ``GeomprobeError`` line naming the option.
+    """
+    known = {action.dest: action for action in parser._actions}
+    checks = dict(parser.get_default(CHECKS_KEY) or {})
+    for dest, allowed in ranges.items():
+        if dest not in known:
+            raise ValueError(f"no option {dest!r} on parser {parser.prog!r}")
+        checks[dest] = (known[dest].option_strings[-1] if known[dest].option_strings else dest, allowed)
+    parser.set_defaults(**{CHECKS_KEY: checks})
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Raise one ``GeomprobeError`` line for the first option outside its declared range."""
+    checks: dict[str, tuple[str, Range]] = getattr(args, CHECKS_KEY, None) or {}
+    for dest, (flag, allowed) in checks.items():
+        value = getattr(args, dest, None)
+        values: Sequence[Any] = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            if item is not None and not allowed.allows(item):
+                raise GeomprobeError(f"{flag} must be {allowed.describe()}, got {item!r}; pass a value in that range")

@@ -7,9 +7,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from geomprobe.cli.common import add_hooks_arg, check_new_file, write_json
+from geomprobe.cli.common import (
+    AT_LEAST_ZERO,
+    OPEN_UNIT,
+    POSITIVE,
+    SEED,
+    Range,
+    add_checks,
+    add_hooks_arg,
+    add_overwrite_arg,
+    check_new_file,
+    write_json,
+)
 from geomprobe.core.errors import GeomprobeError
-from geomprobe.core.io import check_output_folder
+from geomprobe.core.io import check_output_folder, removed_if_failed
 
 
 def _float_or_auto(text: str) -> float | str:
@@ -46,7 +57,8 @@ def register(subparsers) -> None:
     t.add_argument("--device", default="auto")
     t.add_argument("--json", default=None, help="write held-out per-layer metrics here")
     t.add_argument("--plot", default=None, help="write a per-layer metrics plot (PNG) here")
-    t.add_argument("--overwrite", action="store_true")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing probe and output files")
+    add_checks(t, C=POSITIVE, shrinkage=Range(low=0, high=1, also=("auto",)), test_size=OPEN_UNIT, fpr=OPEN_UNIT, seed=SEED)
     t.set_defaults(func=run_train)
 
     e = sub.add_parser("eval", help="evaluate a saved probe on a cache")
@@ -62,6 +74,8 @@ def register(subparsers) -> None:
     e.add_argument("--json", required=True, help="output JSON (per_layer records)")
     e.add_argument("--plot", default=None, help="output PNG with AUROC and recall by layer")
     e.add_argument("--device", default="auto")
+    add_overwrite_arg(e)
+    add_checks(e, fpr=OPEN_UNIT)
     e.set_defaults(func=run_eval)
 
     x = sub.add_parser("transfer", help="train on each cache and evaluate on every other")
@@ -74,6 +88,8 @@ def register(subparsers) -> None:
     x.add_argument("--fpr", type=float, default=0.01)
     x.add_argument("--json", required=True)
     x.add_argument("--plot", default=None, help="heatmap at the hook with the best mean off-diagonal AUROC")
+    add_overwrite_arg(x)
+    add_checks(x, C=POSITIVE, fpr=OPEN_UNIT, seed=SEED)
     x.set_defaults(func=run_transfer)
 
     k = sub.add_parser("tokens", help="per-token probe scores from an all-pooled cache, as HTML")
@@ -85,6 +101,8 @@ def register(subparsers) -> None:
     k.add_argument("--allow-model-mismatch", action="store_true")
     k.add_argument("--html", required=True)
     k.add_argument("--json", default=None)
+    add_overwrite_arg(k)
+    add_checks(k, rows=AT_LEAST_ZERO)
     k.set_defaults(func=run_tokens)
 
     s = sub.add_parser("score", help="score one text with a saved probe")
@@ -95,6 +113,7 @@ def register(subparsers) -> None:
     s.add_argument("--device", default="auto")
     s.add_argument("--allow-model-mismatch", action="store_true")
     s.add_argument("--json", default=None)
+    add_overwrite_arg(s)
     s.set_defaults(func=run_score)
 
 
@@ -114,8 +133,8 @@ def run_train(args: argparse.Namespace) -> int:
     from geomprobe.probes.persistence import SIDECAR
 
     out = check_output_folder(args.out, overwrite=args.overwrite, what="probe", holds=SIDECAR)
-    check_new_file(args.json, "--json")
-    check_new_file(args.plot, "--plot")
+    check_new_file(args.json, "--json", overwrite=args.overwrite)
+    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
     params: dict[str, Any] = {}
     if args.method == "logistic":
         params = {"C": args.C, "fit_intercept": args.fit_intercept}
@@ -125,7 +144,8 @@ def run_train(args: argparse.Namespace) -> int:
         args.cache, args.method, hooks=args.hooks, pooling=args.pooling, positive_label=args.positive_label,
         test_size=args.test_size, seed=args.seed, control=args.control, fpr=args.fpr, device=args.device, **params,
     )
-    save_probe(probes, out, overwrite=args.overwrite)
+    with removed_if_failed(out):
+        save_probe(probes, out, overwrite=args.overwrite)
     _table(result.records)
     best = result.best()
     _say(f"probe: {len(probes.hooks)} {probes.method} probe(s), positive={probes.positive_label!r}, "
@@ -173,8 +193,8 @@ def bundled_control_activations(probes, model: str | None, device: str = "auto")
 def run_eval(args: argparse.Namespace) -> int:
     from geomprobe.probes import evaluate_probes, load_probe
 
-    check_new_file(args.json, "--json")
-    check_new_file(args.plot, "--plot")
+    check_new_file(args.json, "--json", overwrite=args.overwrite)
+    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
     if args.control and args.no_control:
         raise GeomprobeError("pass either --control or --no-control, not both")
     probes = load_probe(args.probe_dir)
@@ -218,8 +238,8 @@ def run_transfer(args: argparse.Namespace) -> int:
     from geomprobe.core.hooks import hook_layer
     from geomprobe.probes import transfer_matrix
 
-    check_new_file(args.json, "--json")
-    check_new_file(args.plot, "--plot")
+    check_new_file(args.json, "--json", overwrite=args.overwrite)
+    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
     params = {"C": args.C} if args.method == "logistic" else {}
     result = transfer_matrix(args.caches, args.method, hooks=args.hooks, pooling=args.pooling, seed=args.seed,
                              fpr=args.fpr, **params)
@@ -259,8 +279,8 @@ def run_tokens(args: argparse.Namespace) -> int:
     from geomprobe.plots.probes import token_scores_html
     from geomprobe.probes import load_probe, token_scores
 
-    check_new_file(args.html, "--html")
-    check_new_file(args.json, "--json")
+    check_new_file(args.html, "--html", overwrite=args.overwrite)
+    check_new_file(args.json, "--json", overwrite=args.overwrite)
     probes = load_probe(args.probe_dir)
     hook = args.hook
     if hook is None:
@@ -291,7 +311,7 @@ def run_tokens(args: argparse.Namespace) -> int:
 def run_score(args: argparse.Namespace) -> int:
     from geomprobe.probes import check_compatible, load_probe
 
-    check_new_file(args.json, "--json")
+    check_new_file(args.json, "--json", overwrite=args.overwrite)
     probes = load_probe(args.probe_dir)
     try:
         from geomprobe.activations.collect import pooled_activations

@@ -5,11 +5,23 @@ from __future__ import annotations
 import argparse
 import math
 import random
-from pathlib import Path
 
-from geomprobe.cli.common import add_hooks_arg, add_model_args, check_new_file, model_from_args, write_json
+from geomprobe.cli.common import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    POSITIVE,
+    SEED,
+    Range,
+    add_checks,
+    add_hooks_arg,
+    add_model_args,
+    add_overwrite_arg,
+    check_new_file,
+    model_from_args,
+    write_json,
+)
 from geomprobe.core.errors import GeomprobeError
-from geomprobe.core.io import atomic_write_text, check_output_folder
+from geomprobe.core.io import atomic_write_text, check_output_folder, removed_if_failed
 
 
 def _finite_float(text: str) -> float:
@@ -57,6 +69,8 @@ def register(subparsers) -> None:
                         "auto: hf where every hook maps onto a module")
     g.add_argument("--json", help="also write the generations here")
     g.add_argument("--table", help="write a Markdown table of the generations here")
+    add_overwrite_arg(g)
+    add_checks(g, max_new_tokens=AT_LEAST_ONE, temperature=POSITIVE, seed=SEED)
     g.set_defaults(func=run_generate)
 
     s = sub.add_parser("search", help="sweep layers x multipliers on validation prompts")
@@ -81,6 +95,9 @@ def register(subparsers) -> None:
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--json", help="write all records and the best setting here")
     s.add_argument("--plot", help="write the dose-response plot here (.png)")
+    add_overwrite_arg(s)
+    add_checks(s, limit=AT_LEAST_ONE, seed=SEED, kl_limit=NON_NEGATIVE, batch_size=AT_LEAST_ONE,
+               max_layer_fraction=Range(low=0, high=1, low_open=True))
     s.set_defaults(func=run_search)
 
     a = sub.add_parser("ablate", help="ablate a direction; optionally bake it into the weights")
@@ -91,15 +108,17 @@ def register(subparsers) -> None:
     a.add_argument("--overwrite", action="store_true")
     a.add_argument("--prompt", action="append", help="show generations with and without the ablation")
     a.add_argument("--max-new-tokens", type=int, default=48)
+    add_checks(a, max_new_tokens=AT_LEAST_ONE)
     a.set_defaults(func=run_ablate)
 
     e = sub.add_parser("export-gguf", help="export as a llama.cpp control vector")
     e.add_argument("vector", help="steering vector folder")
     e.add_argument("--out", required=True, help="output .gguf file")
     e.add_argument("--multiplier", type=_finite_float, default=1.0, help="scale baked into the file")
-    e.add_argument("--model-hint", help="controlvector.model_hint (default: model type or id)")
+    e.add_argument("--model-hint", help="controlvector.model_hint: the architecture, config.model_type (default: read from the model)")
     e.add_argument("--overwrite", action="store_true")
-    e.add_argument("--hooks", nargs="+", metavar="HOOK", help="hooks to export (resid_post/resid_pre; default all)")
+    e.add_argument("--hooks", nargs="+", metavar="HOOK",
+                   help="hooks to export, e.g. resid_post:12 or blocks.12.hook_resid_post (default: all; block 0 is left out)")
     e.set_defaults(func=run_export)
 
     c = sub.add_parser("screen", help="fast geometric layer screen of a cache (no model)")
@@ -110,6 +129,8 @@ def register(subparsers) -> None:
     c.add_argument("--bins", type=int, default=32)
     c.add_argument("--json")
     c.add_argument("--plot")
+    add_overwrite_arg(c)
+    add_checks(c, bins=Range(low=2, integer=True))
     c.set_defaults(func=run_screen)
 
 
@@ -133,18 +154,14 @@ def read_prompts(spec: str) -> list[tuple[str, str]]:
     return rows
 
 
-def _cache_texts(vector) -> set[str]:
-    """Rendered texts the vector was built from (to keep them out of the validation split)."""
-    path = vector.metadata.get("cache_path")
-    if not path or not Path(path).is_file():
-        return set()
-    from geomprobe.activations.store import open_cache
-
-    try:
-        with open_cache(path) as cache:
-            return set(cache.texts)
-    except GeomprobeError:
-        return set()
+def search_note(best_score: float, baseline: float, minimize: bool) -> str:
+    """The remark after the best setting when it does not move the metric the way asked."""
+    change = best_score - baseline
+    if minimize and change >= 0:
+        return "; no steered setting within the KL limit lowers the metric"
+    if not minimize and change <= 0:
+        return "; no steered setting within the KL limit raises the metric"
+    return ""
 
 
 # -- actions ----------------------------------------------------------------------------------
@@ -162,7 +179,8 @@ def run_build(args: argparse.Namespace) -> int:
         )
     else:
         raise GeomprobeError("give a cache file (geomprobe steer build CACHE.h5 --out DIR) or --probe PROBE_DIR")
-    vec.save(out, overwrite=args.overwrite)
+    with removed_if_failed(out):
+        vec.save(out, overwrite=args.overwrite)
     meta = vec.metadata
     print(
         f"wrote {out} ({vec.method}, {len(vec.hooks)} hooks, pooling {vec.pooling}, d_model {vec.d_model}; "
@@ -177,10 +195,8 @@ def run_generate(args: argparse.Namespace) -> int:
     from geomprobe.steering import compare_generations, generation_table
 
     vec = _load_vector(args.vector)
-    check_new_file(args.json, "--json")
-    check_new_file(args.table, "--table")
-    if args.max_new_tokens < 1:
-        raise GeomprobeError(f"--max-new-tokens must be >= 1; got {args.max_new_tokens}")
+    check_new_file(args.json, "--json", overwrite=args.overwrite)
+    check_new_file(args.table, "--table", overwrite=args.overwrite)
     model = model_from_args(args)
     from geomprobe.steering.apply import plan_steering
 
@@ -207,13 +223,11 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def run_search(args: argparse.Namespace) -> int:
     from geomprobe.steering import choose_positive, search_layers
-    from geomprobe.steering.apply import render_prompts
+    from geomprobe.steering.search import hold_out_build_prompts
 
     vec = _load_vector(args.vector)
-    check_new_file(args.json, "--json")
-    check_new_file(args.plot, "--plot")
-    if args.limit < 1:
-        raise GeomprobeError(f"--limit must be >= 1; got {args.limit}")
+    check_new_file(args.json, "--json", overwrite=args.overwrite)
+    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
     if args.plot and args.mode == "ablate":
         raise GeomprobeError("--plot draws dose-response curves over multipliers; it needs --mode add")
     rows = read_prompts(args.dataset)
@@ -226,12 +240,8 @@ def run_search(args: argparse.Namespace) -> int:
         prompts, others = [t for t, _ in rows], []
     harmless = [t for t, _ in read_prompts(args.harmless)] if args.harmless else others
     model = model_from_args(args)
-    seen = _cache_texts(vec)
-    if seen:  # keep the vector's training prompts out of the validation split
-        rendered = render_prompts(model.tokenizer, prompts, not args.no_chat)
-        prompts = [p for p, r in zip(prompts, rendered) if r not in seen] or prompts
-        rendered_h = render_prompts(model.tokenizer, harmless, not args.no_chat)
-        harmless = [p for p, r in zip(harmless, rendered_h) if r not in seen] or harmless
+    # keep the vector's training prompts out of the validation split, or say that they are in it
+    prompts, harmless, overlap = hold_out_build_prompts(vec, model.tokenizer, prompts, harmless, not args.no_chat)
     rng = random.Random(args.seed)
     prompts = rng.sample(prompts, min(args.limit, len(prompts)))
     harmless = rng.sample(harmless, min(args.limit, len(harmless))) if harmless else []
@@ -255,6 +265,7 @@ def run_search(args: argparse.Namespace) -> int:
     )
     print(f"model {result.model_id}; metric {result.metric} on {len(prompts)} prompts (unsteered mean {result.baseline:.4f}); "
           f"KL on {len(harmless)} harmless prompts")
+    print(("warning: " if overlap.trained_on_validation else "note: ") + overlap.note)
     print(result.table())
     best = result.best(args.kl_limit, args.max_layer_fraction, maximize=not args.minimize)
     if best is None:
@@ -262,12 +273,12 @@ def run_search(args: argparse.Namespace) -> int:
     else:
         mult = "ablate" if best.multiplier is None else f"{best.multiplier:g}"
         kl = "n/a" if best.kl_mean is None else f"{best.kl_mean:.4f}"
-        change = best.score_mean - result.baseline if isinstance(result.baseline, float) else None
-        note = "" if change is None or change > 0 else "; no steered setting within the KL limit raises the metric"
-        print(f"best: {best.hook} multiplier {mult} -> {best.metric} {best.score_mean:.4f} (KL {kl}){note}")
+        print(f"best: {best.hook} multiplier {mult} -> {best.metric} {best.score_mean:.4f} (KL {kl}){search_note(best.score_mean, result.baseline, args.minimize)}")
     if args.json:
         payload = result.to_dict(args.kl_limit)
-        payload["best"] = None if best is None else best.__dict__
+        payload["best"] = None if best is None else best.to_dict()
+        payload["objective"] = "minimize" if args.minimize else "maximize"
+        payload["build_overlap"] = overlap.to_dict()
         write_json(args.json, payload)
     if args.plot:
         from geomprobe.plots._style import save_figure
@@ -308,21 +319,22 @@ def run_ablate(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from geomprobe.steering import export_gguf, gguf_layer_for_hook
+    from geomprobe.steering import export_gguf
 
     vec = _load_vector(args.vector)
-    hooks = args.hooks or vec.hooks
-    path = export_gguf(vec, args.out, multiplier=args.multiplier, hooks=hooks, model_hint=args.model_hint, overwrite=args.overwrite)
-    layers = ", ".join(f"{h} -> direction.{gguf_layer_for_hook(h)}" for h in hooks)
-    print(f"wrote {path}: {layers}")
+    result = export_gguf(vec, args.out, multiplier=args.multiplier, hooks=args.hooks, model_hint=args.model_hint, overwrite=args.overwrite)
+    layers = ", ".join(f"{h} -> direction.{k}" for h, k in result.layers.items())
+    print(f"wrote {result.path} (model hint {result.model_hint}): {layers}")
+    for hook, why in result.dropped.items():
+        print(f"note: left out {hook}: {why}")
     return 0
 
 
 def run_screen(args: argparse.Namespace) -> int:
     from geomprobe.steering import screen_cache
 
-    check_new_file(args.json, "--json")
-    check_new_file(args.plot, "--plot")
+    check_new_file(args.json, "--json", overwrite=args.overwrite)
+    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
     records = screen_cache(args.cache, hooks=args.hooks, pooling=args.pooling, positive_label=args.positive_label, bins=args.bins)
     print(f"{'hook':32s} {'JS bits':>8s} {'cohen d':>8s} {'mean cos':>9s} {'sign agr':>9s}")
     for r in records:

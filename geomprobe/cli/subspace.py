@@ -11,7 +11,16 @@ import argparse
 import sys
 from typing import Any
 
-from geomprobe.cli.common import add_hooks_arg, check_new_file, write_json
+from geomprobe.cli.common import (
+    AT_LEAST_ONE,
+    AT_LEAST_ZERO,
+    SEED,
+    add_checks,
+    add_hooks_arg,
+    add_overwrite_arg,
+    check_new_file,
+    write_json,
+)
 
 
 def _float(text: str) -> float:
@@ -35,11 +44,13 @@ def _add_size_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--svd", default="auto", choices=["auto", "exact", "gram", "randomized"], help="SVD method (default auto: float64 Gram eigendecomposition up to 4096 on the smaller side, randomized above)")
     p.add_argument("--device", default="auto", help="where the linear algebra runs: auto (cuda if available), cpu, cuda")
     p.add_argument("--seed", type=_int, default=0, help="seed for random baselines and randomized SVD (default 0)")
+    add_checks(p, k=AT_LEAST_ONE, seed=SEED)
 
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="PATH", default=None, help="write the records (one per layer/matrix) as JSON")
     p.add_argument("--plot", metavar="PNG", default=None, help="write overlap-vs-layer and heatmap panels to this image")
+    add_overwrite_arg(p)
 
 
 def _add_checkpoint_args(p: argparse.ArgumentParser, finetuned_required: bool) -> None:
@@ -69,6 +80,7 @@ def register(subparsers: Any) -> None:
     acts.add_argument("--n-draws", type=_int, default=100, help="random subspace pairs for the empirical baseline (default 100)")
     _add_size_args(acts)
     _add_output_args(acts)
+    add_checks(acts, n_draws=AT_LEAST_ZERO)
     acts.set_defaults(func=run_acts)
 
     weights = sub.add_parser("weights", help="overlap of alignment and fine-tuning weight updates, per matrix")
@@ -95,8 +107,8 @@ def _fmt(value: float) -> str:
 def run_acts(args: argparse.Namespace) -> int:
     from geomprobe.subspace import activation_overlap_by_layer, check_energy
 
-    check_new_file(args.json, "--json")
-    check_new_file(args.plot, "--plot")
+    check_new_file(args.json, "--json", overwrite=args.overwrite)
+    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
     if args.k is None:
         check_energy(args.energy)
     records = activation_overlap_by_layer(
@@ -129,8 +141,8 @@ def run_acts(args: argparse.Namespace) -> int:
 def run_weights(args: argparse.Namespace) -> int:
     from geomprobe.subspace import check_energy, grouped, weight_update_overlap
 
-    check_new_file(args.json, "--json")
-    check_new_file(args.plot, "--plot")
+    check_new_file(args.json, "--json", overwrite=args.overwrite)
+    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
     if args.k is None:
         check_energy(args.energy)
     records = weight_update_overlap(
@@ -172,7 +184,7 @@ def run_project(args: argparse.Namespace) -> int:
     from geomprobe.core.io import check_output_folder
     from geomprobe.subspace import check_energy, project_finetune_update
 
-    check_new_file(args.json, "--json")
+    check_new_file(args.json, "--json", overwrite=args.overwrite)
     check_output_folder(args.out, overwrite=args.overwrite, what="checkpoint")
     if args.k is None:
         check_energy(args.energy)

@@ -12,6 +12,7 @@ from typing import Any
 
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.io import PathLike, check_output_folder, translate_write_errors
+from geomprobe.core.validate import Fields
 
 
 def prepare_folder(folder: PathLike, sidecar: str, what: str, overwrite: bool) -> Path:
@@ -40,9 +41,15 @@ def read_sidecar(folder: str | Path, sidecar: str, tensors: str, fmt: str, versi
         raise GeomprobeError(f"{str(side_path)!r} is not valid JSON; {fix}") from None
     if not isinstance(side, dict) or side.get("format") != fmt:
         raise GeomprobeError(f"{str(side_path)!r} is not a geomprobe {what} sidecar; {fix}")
-    if int(side.get("format_version", 0)) > version:
-        raise GeomprobeError(f"{str(side_path)!r} has format version {side['format_version']}, newer than this geomprobe; upgrade it")
+    found = Fields(side, repr(str(side_path)), fix).integer("format_version", minimum=0)
+    if found > version:
+        raise GeomprobeError(f"{str(side_path)!r} has format version {found}, newer than this geomprobe; upgrade it")
     return side
+
+
+def sidecar_fields(folder: str | Path, sidecar: str, side: dict[str, Any], fix: str) -> Fields:
+    """Typed, checked access to a sidecar read by :func:`read_sidecar` (errors say it is damaged)."""
+    return Fields(side, repr(str(Path(folder) / sidecar)), fix)
 
 
 def read_safetensors(path: str | Path, fix: str, framework: str = "np") -> dict[str, Any]:

@@ -79,10 +79,25 @@ def check_output_folder(folder: PathLike, *, overwrite: bool, what: str = "outpu
     return folder
 
 
-def check_new_file(path: PathLike | None, what: str) -> None:
-    """Check an optional side output (``--json``, ``--plot``) that a run replaces when it exists."""
+def check_new_file(path: PathLike | None, what: str, *, overwrite: bool = False) -> None:
+    """Check an optional side output (``--json``, ``--plot``): like :func:`check_output_file`,
+    so an existing file is refused unless ``overwrite``; ``None`` (not asked for) passes."""
     if path is not None:
-        check_output_file(path, overwrite=True, what=what)
+        check_output_file(path, overwrite=overwrite, what=what)
+
+
+def check_free_space(folder: PathLike, needed_bytes: int, path: PathLike, retry: str = RETRY) -> None:
+    """Refuse to start a write of about ``needed_bytes`` into ``folder`` when the disk cannot hold it.
+
+    HDF5 handles a full disk badly (errors from destructors, a crash at exit), so writers that
+    go through h5py check first and report :func:`write_error` about ``path`` instead.
+    """
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # cannot tell; the write itself will report any problem
+    if free < needed_bytes:
+        raise write_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path, retry)
 
 
 # -- OSError as one line --------------------------------------------------------------------------
@@ -213,6 +228,23 @@ def write_json(path: PathLike, payload: Any) -> Path:
 
 
 # -- atomic folders ---------------------------------------------------------------------------------
+@contextmanager
+def removed_if_failed(folder: PathLike) -> Iterator[Path]:
+    """Delete ``folder`` when the block fails, if it did not exist before the block.
+
+    For artefact folders (a probe, a vector) whose files are each written atomically: a failure
+    after the folder was made would otherwise leave an empty or half-filled new folder behind.
+    """
+    folder = Path(folder)
+    existed = os.path.lexists(folder)
+    try:
+        yield folder
+    except BaseException:
+        if not existed:
+            remove_quietly(folder)
+        raise
+
+
 def _swap_in(staging: Path, folder: Path) -> None:
     """Move ``staging`` to ``folder``; an existing ``folder`` is set aside first and restored on failure."""
     aside = None

@@ -25,6 +25,7 @@ import torch
 
 from geomprobe.core.device import resolve_device, resolve_dtype
 from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.io import translate_write_errors
 from geomprobe.models.bridge import ensure_kv_cache_compat
 
 DEFAULT_MODEL = "default"
@@ -126,6 +127,29 @@ def _quiet_transformers() -> None:
     warnings.filterwarnings("ignore", module="transformers")
 
 
+def check_gguf_complete(path: str | os.PathLike) -> None:
+    """Refuse a GGUF file whose header cannot be read or whose tensor data runs past its end.
+
+    A cut download would otherwise fail deep inside the converter with a reshape error.
+    """
+    from gguf import GGUFReader
+
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        reader = GGUFReader(path, "r")
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception as exc:  # the reader fails in many ways (ValueError, IndexError...) on a cut file
+        raise GeomprobeError(
+            f"GGUF file {str(path)!r} is truncated or damaged (its header and tensor table cannot be read: "
+            f"{type(exc).__name__}); download it again"
+        ) from None
+    if end > size:
+        raise GeomprobeError(
+            f"GGUF file {str(path)!r} is truncated: its tensors need {end} bytes but the file has {size}; download it again"
+        )
+
+
 def _converted_gguf_folder(gguf: Path, sha: str) -> Path:
     """Convert a GGUF checkpoint to a safetensors folder once; return the cached folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -133,8 +157,10 @@ def _converted_gguf_folder(gguf: Path, sha: str) -> Path:
     target = geomprobe_home() / "models" / f"{gguf.stem}-{sha[:16]}"
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    check_gguf_complete(gguf)
+    with translate_write_errors(target.parent):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -144,13 +170,19 @@ def _converted_gguf_folder(gguf: Path, sha: str) -> Path:
         model.is_quantized = False
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        (staging / "geomprobe-source.txt").write_text(f"{gguf}\nsha256={sha}\n")
+        with translate_write_errors(target):  # a full disk here is one line, and staging goes
+            model.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+            (staging / "geomprobe-source.txt").write_text(f"{gguf}\nsha256={sha}\n")
         try:
             staging.rename(target)  # atomic; a concurrent converter may have won the race
         except OSError:
             pass
+    except GeomprobeError:
+        raise
+    except (ValueError, KeyError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise GeomprobeError(f"cannot convert GGUF file {str(gguf)!r} ({first}); pass a supported .gguf, a model folder or 'default'") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

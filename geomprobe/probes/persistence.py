@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from geomprobe.core.artifacts import prepare_folder, read_safetensors, read_sidecar
+from geomprobe.core.artifacts import prepare_folder, read_safetensors, read_sidecar, sidecar_fields
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.io import atomic_file, write_json
 from geomprobe.probes.sweep import LayerFit
@@ -156,31 +156,45 @@ def load_probe(
 ) -> ProbeSet:
     """Load a probe folder written by :func:`save_probe`, checking it against what it will see."""
     folder = Path(folder)
-    side_path, tensor_path = folder / SIDECAR, folder / TENSORS
+    tensor_path = folder / TENSORS
     side = read_sidecar(folder, SIDECAR, TENSORS, FORMAT, FORMAT_VERSION, "probe", _REMAKE)
-    try:
-        hooks = [str(h) for h in side["hooks"]]
-        d_model = int(side["d_model"])
-        method = str(side["method"])
-    except (KeyError, TypeError, ValueError) as exc:
-        what = exc.args[0] if isinstance(exc, KeyError) else "hooks/d_model/method"
-        raise GeomprobeError(f"{str(side_path)!r} lacks a valid {what!r} entry; the probe folder is damaged, re-save it") from None
+    fields = sidecar_fields(folder, SIDECAR, side, _REMAKE)
+    hooks = fields.string_list("hooks", non_empty=True)
+    d_model = fields.integer("d_model", minimum=1)
+    method = fields.text("method")
+    pooling = fields.text("pooling", default="last")
+    positive_label = fields.text("positive_label", default="")
+    label_names = fields.string_list("label_names", default=[])
+    model_id = fields.text("model_id", default="")
+    model_revision = fields.text("model_revision", default="")
+    params = fields.optional("params", fields.mapping) or {}
     tensors = read_safetensors(tensor_path, _REMAKE)
-    try:
-        stacked = {key: np.stack([np.asarray(tensors[f"{h}.{key}"], dtype=np.float64) for h in hooks]) for key in _KEYS}
-    except KeyError as exc:
-        raise GeomprobeError(f"{str(tensor_path)!r} lacks tensor {exc.args[0]!r}; the probe folder is damaged") from None
-    if stacked["coef"].shape != (len(hooks), d_model):
-        raise GeomprobeError(f"{str(tensor_path)!r} holds width {stacked['coef'].shape[-1]} but the sidecar says {d_model}")
-    fit = LayerFit(method, stacked["coef"], stacked["intercept"][:, 0], stacked["mean"], stacked["scale"],
-                   dict(side.get("params") or {}))
+    stacked: dict[str, np.ndarray] = {}
+    for key in _KEYS:
+        rows = []
+        for hook in hooks:
+            name = f"{hook}.{key}"
+            if name not in tensors:
+                raise GeomprobeError(f"{str(tensor_path)!r} lacks tensor {name!r}; the probe folder is damaged")
+            row = np.asarray(tensors[name], dtype=np.float64)
+            want = (1,) if key == "intercept" else (d_model,)
+            if row.shape != want:
+                raise GeomprobeError(
+                    f"{str(tensor_path)!r}: tensor {name!r} has shape {row.shape} but the sidecar's d_model={d_model} "
+                    f"needs {want}; the probe folder is damaged, {_REMAKE}"
+                )
+            rows.append(row)
+        stacked[key] = np.stack(rows)
+    for key, array in stacked.items():
+        if not np.isfinite(array).all():
+            raise GeomprobeError(f"{str(tensor_path)!r} holds NaN or inf in {key!r}; the probe folder is damaged, {_REMAKE}")
+    fit = LayerFit(method, stacked["coef"], stacked["intercept"][:, 0], stacked["mean"], stacked["scale"], dict(params))
     keep = {"format", "format_version", "method", "params", "hooks", "layers", "pooling", "positive_label",
             "label_names", "model_id", "model_revision", "d_model", "score", "n_iter", "converged",
             "geomprobe_version", "created_utc"}
     meta = {k: v for k, v in side.items() if k not in keep}
     meta["created_utc"] = side.get("created_utc")
-    probes = ProbeSet(hooks, fit, side.get("pooling", "last"), side.get("positive_label", ""), side.get("label_names", []),
-                      side.get("model_id", ""), side.get("model_revision", ""), meta)
+    probes = ProbeSet(hooks, fit, pooling, positive_label, label_names, model_id, model_revision, meta)
     check_compatible(probes, model_id=expect_model_id, d_model=expect_d_model, hooks=expect_hooks,
                      allow_model_mismatch=allow_model_mismatch, where="the expected model")
     return probes

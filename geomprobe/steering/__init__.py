@@ -31,11 +31,13 @@ from geomprobe.steering.apply import (
     steer,
     steering_site,
 )
-from geomprobe.steering.export import export_gguf, gguf_layer_for_hook, read_gguf
+from geomprobe.steering.export import GGUFExport, export_gguf, gguf_layer_for_hook, gguf_model_hint, plan_gguf_layers, read_gguf
 from geomprobe.steering.search import (
+    BuildOverlap,
     ScreenRecord,
     SearchRecord,
     SearchResult,
+    hold_out_build_prompts,
     js_divergence_1d,
     kl_divergence,
     logit_difference,
@@ -60,12 +62,12 @@ from geomprobe.steering.vectors import (
 )
 
 __all__ = [
-    "METHODS", "RENAMED_METHODS", "Generation", "ScreenRecord", "SearchRecord", "SearchResult", "SteeringSite", "SteeringVector",
+    "METHODS", "RENAMED_METHODS", "BuildOverlap", "GGUFExport", "Generation", "ScreenRecord", "SearchRecord", "SearchResult", "SteeringSite", "SteeringVector",
     "ablate",
     "bake_ablation", "build_from_arrays", "build_from_cache", "build_from_probe", "build_from_prompts",
     "choose_positive", "class_masks", "compare_generations", "direction_from_arrays", "ensure_kv_cache_compat", "export_gguf",
-    "generate", "generate_steered", "generation_table", "gguf_layer_for_hook", "js_divergence_1d", "kl_divergence",
-    "load_vector", "logit_difference", "next_token_logprobs", "orthogonalize_weights",
+    "generate", "generate_steered", "generation_table", "gguf_layer_for_hook", "gguf_model_hint", "hold_out_build_prompts", "js_divergence_1d", "kl_divergence",
+    "load_vector", "logit_difference", "next_token_logprobs", "orthogonalize_weights", "plan_gguf_layers",
     "read_gguf", "refusal_log_odds", "refusal_token_ids", "render_prompts", "screen_arrays", "screen_cache",
     "search_layers", "steer", "steering_site", "unit_direction",
 ]

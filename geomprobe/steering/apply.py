@@ -385,6 +385,8 @@ def generate(
         raise GeomprobeError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
     check_positions(positions)
     multiplier = check_multiplier(multiplier)
+    if do_sample and not (math.isfinite(temperature) and temperature > 0):
+        raise GeomprobeError(f"sampling needs a temperature > 0, got {temperature!r}; pass e.g. 0.7, or decode greedily")
     # Validate before any work; the route is fixed once for every batch.
     via = plan_steering(model, vector, hooks, via)[2]
     ensure_kv_cache_compat(model)

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geomprobe.core.artifacts import prepare_folder, read_safetensors, read_sidecar
+from geomprobe.core.artifacts import prepare_folder, read_safetensors, read_sidecar, sidecar_fields
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.hooks import hook_layer
 from geomprobe.core.io import atomic_file, atomic_write_text
@@ -168,21 +168,25 @@ class SteeringVector:
         folder = Path(folder)
         vec_path = folder / VECTOR_FILE
         info = read_sidecar(folder, SIDECAR_FILE, VECTOR_FILE, FORMAT, FORMAT_VERSION, "steering vector", _REBUILD)
+        fields = sidecar_fields(folder, SIDECAR_FILE, info, _REBUILD)
+        hooks = fields.string_list("hooks", non_empty=True)
+        d_model = fields.integer("d_model", minimum=1)
+        method = fields.text("method")
+        pooling = fields.text("pooling", default="")
+        model_id = fields.text("model_id", default="")
+        metadata = fields.optional("metadata", fields.mapping) or {}
         tensors = read_safetensors(vec_path, _REBUILD, framework="pt")
-        hooks = list(info.get("hooks", []))
         if sorted(hooks) != sorted(tensors):
             raise GeomprobeError(f"{vec_path} holds hooks {sorted(tensors)} but {SIDECAR_FILE} lists {hooks}; the pair is inconsistent")
-        d_model = int(info.get("d_model", 0))
         for hook, tensor in tensors.items():
-            if tensor.ndim != 1 or (d_model and tensor.numel() != d_model):
-                raise GeomprobeError(f"{vec_path}: {hook} has shape {tuple(tensor.shape)}, expected ({d_model},)")
-        method = str(info.get("method", ""))
+            if tensor.ndim != 1 or tensor.numel() != d_model or not tensor.dtype.is_floating_point:
+                raise GeomprobeError(
+                    f"{vec_path}: {hook} has shape {tuple(tensor.shape)} and dtype {tensor.dtype}, expected ({d_model},) "
+                    f"floats; {_REBUILD}"
+                )
         # Saved under an old name: the folder holds the renamed method's direction.
         method = RENAMED_METHODS.get(method, method)
-        return cls(
-            {h: tensors[h] for h in hooks}, method, str(info.get("pooling", "")),
-            str(info.get("model_id", "")), d_model, metadata=dict(info.get("metadata") or {}),
-        )
+        return cls({h: tensors[h] for h in hooks}, method, pooling, model_id, d_model, metadata=dict(metadata))
 
 
 def _jsonable(value: Any) -> Any:

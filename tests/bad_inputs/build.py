@@ -112,7 +112,94 @@ def build_corpus_root(root: Path, model_dir: Path) -> dict[str, str]:
     (root / "project_out").mkdir()
     (root / "project_out" / "keep.txt").write_text("keep me\n")
 
+    # -- outputs, disks and arguments (issue 16 part 2) ------------------------------------------
+    (root / "existing.md").write_text("| keep | me |\n")
+    (root / "existing.html").write_text("<p>keep me</p>\n")
+    (root / "old_audit").mkdir()
+    (root / "old_audit" / "metrics.json").write_text('{"keep": "me"}\n')
+    _write_gguf_files(root)
+    _write_hostile_inputs(root)  # issue 16 part 1
+
     paths = {p.name.replace(" ", "_"): str(p) for p in root.iterdir()}
     paths.update(root=str(root), model=str(model_dir), spaced_bad=str(spaced / "cache ünïcødé.h5"),
                  spaced_missing=str(spaced / "nöt thére.h5"))
     return {k.replace(".", "_").replace("-", "_"): v for k, v in paths.items()}
+
+
+def _write_gguf_files(root: Path) -> None:
+    """A small well-formed GGUF (llama arch, two tensors), a copy cut inside its tensor data, and one cut in its header."""
+    import gguf
+
+    whole = root / "small_whole.gguf"
+    writer = gguf.GGUFWriter(str(whole), arch="llama")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.ones((16, 8), dtype=np.float32))
+    writer.add_tensor("output_norm.weight", np.ones(8, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    data = whole.read_bytes()
+    (root / "truncated.gguf").write_bytes(data[: len(data) - 200])  # header intact, tensor data cut short
+    (root / "header_cut.gguf").write_bytes(data[:40])
+    whole.unlink()
+
+
+# == hostile input (issue 16 part 1) =================================================================
+def _write_hostile_inputs(root: Path) -> None:
+    """Datasets with text HDF5 or the tokenizer cannot take, and caches/sidecars damaged field by field."""
+    from geomprobe.activations.format import CHECKSUM_ATTR
+
+    good_row = '{"text": "a fine prompt", "label": 0}\n'
+    (root / "nul.jsonl").write_text(good_row + '{"text": "a\\u0000b", "label": 1}\n')
+    (root / "nul_label.jsonl").write_text(good_row + '{"text": "b", "label": "evil\\u0000"}\n')
+    (root / "surrogate.jsonl").write_text(good_row + '{"text": "bad \\ud800 text", "label": 1}\n')
+    (root / "surrogate_note.jsonl").write_text(good_row + '{"text": "ok", "label": 1, "note": "x\\udfff"}\n')
+    (root / "nul.csv").write_text("text,label\nfine,0\na\x00b,1\n")
+    (root / "empty_response.jsonl").write_text(
+        '{"prompt": "q", "response": "an answer", "label": 0}\n{"prompt": "q", "response": "", "label": 1}\n'
+    )
+    (root / "long_prompt.jsonl").write_text(good_row + json.dumps({"text": "many words " * 300, "label": 1}) + "\n")
+
+    def cache_copy(name: str, edit) -> None:
+        shutil.copyfile(root / "good.h5", root / name)
+        with h5py.File(root / name, "r+") as f:
+            edit(f)
+
+    def set_row(dataset: str, value: int, keep_checksum: bool):
+        def edit(f) -> None:
+            data = f[dataset][()]
+            data[0] = value
+            f[dataset][...] = data
+            if not keep_checksum:
+                del f.attrs[CHECKSUM_ATTR]
+        return edit
+
+    def set_attr(key: str, value):
+        def edit(f) -> None:
+            f.attrs[key] = value
+        return edit
+
+    def short_pairs(f) -> None:
+        del f["pair_ids"]
+        f.create_dataset("pair_ids", data=np.zeros(5, dtype=np.int64))
+
+    cache_copy("label_range.h5", set_row("labels", 7, keep_checksum=False))
+    cache_copy("label_tampered.h5", set_row("labels", 1, keep_checksum=True))
+    cache_copy("pair_tampered.h5", set_row("pair_ids", 5, keep_checksum=True))
+    cache_copy("d_model_string.h5", set_attr("d_model", "64"))
+    cache_copy("version_string.h5", set_attr("format_version", "x"))
+    cache_copy("version_newer.h5", set_attr("format_version", 9))
+    cache_copy("no_hooks_attr.h5", lambda f: f.attrs.__delitem__("hooks"))
+    cache_copy("short_pairs.h5", short_pairs)
+
+    def sidecar_copy(src: str, dst: str, sidecar: str, key: str, value) -> None:
+        shutil.copytree(root / src, root / dst)
+        side = json.loads((root / dst / sidecar).read_text())
+        side[key] = value
+        (root / dst / sidecar).write_text(json.dumps(side))
+
+    sidecar_copy("probe", "probe_d_model_string", "probe.json", "d_model", "64")
+    sidecar_copy("probe", "probe_version_string", "probe.json", "format_version", "x")
+    sidecar_copy("vector", "vector_hooks_numbers", "vector.json", "hooks", [0, 1])
+    sidecar_copy("vector", "vector_metadata_list", "vector.json", "metadata", [1, 2])

@@ -22,6 +22,8 @@ class Case:
     outputs: tuple[str, ...] = ()
     model: bool = False
     xfail: str = ""  # a known bug whose fix lies outside the corpus owner's files
+    fault: str = ""  # "erofs" / "enospc": every rename into the corpus folder fails so (a read-only or full disk)
+    hold_lock: str = ""  # an output whose parts lock another run holds while the case runs
 
 
 def C(id: str, argv: str | list[str], expect: str, **kw) -> Case:
@@ -67,7 +69,7 @@ CASES: list[Case] = [
     C("aqi-dir", "aqi {dir_h5}", "is a directory"),
     C("aqi-unicode-bad-file", ["aqi", "{spaced_bad}"], "cache ünïcødé.h5"),
     C("aqi-one-class", "aqi {one_class_h5} --n-bootstrap 0 --n-permutations 0", "harmless"),
-    C("aqi-nan", "aqi {nan_h5} --n-bootstrap 0 --n-permutations 0 --json {existing_json}", "NaN",
+    C("aqi-nan", "aqi {nan_h5} --n-bootstrap 0 --n-permutations 0 --json {existing_json} --overwrite", "NaN",
       outputs=("{existing_json}",)),
     C("aqi-hook-layer-out-of-range", "aqi {good_h5} --hooks resid_post:5", "out of range"),
     C("aqi-unknown-hook", "aqi {good_h5} --hooks blocks.0.hook_mlp_out", "no hook"),
@@ -104,7 +106,7 @@ CASES: list[Case] = [
     C("probe-eval-sidecar-no-hooks", "probe eval {probe_no_hooks} {good_h5} --no-control --json {root}/e.json", "hooks"),
     C("probe-eval-truncated-tensors", "probe eval {probe_truncated} {good_h5} --no-control --json {root}/e.json",
       "not a valid safetensors"),
-    C("probe-eval-width-mismatch", "probe eval {probe32} {good_h5} --no-control --json {existing_json}", "d_model",
+    C("probe-eval-width-mismatch", "probe eval {probe32} {good_h5} --no-control --json {existing_json} --overwrite", "d_model",
       outputs=("{existing_json}",)),
     C("probe-eval-model-mismatch", "probe eval {probe} {other_h5} --no-control --json {root}/e.json", "--allow-model-mismatch"),
     C("probe-eval-control-and-no-control",
@@ -147,6 +149,245 @@ CASES: list[Case] = [
     C("audit-out-is-file", "audit --model {model} --out {existing_json}", "is a file", outputs=("{existing_json}",)),
     C("steer-screen-truncated", "steer screen {truncated_h5}", "not a readable HDF5"),
 ]
+
+
+# == Outputs, disks and arguments (issue 16 part 2) ===============================================
+# Every output flag refuses an existing file without --overwrite; a read-only or full disk is one
+# line; another run writing the same cache is refused; numbers are checked before any model load.
+G = "{good_h5}"
+Q = "--n-bootstrap 0 --n-permutations 0"  # keep aqi fast
+EXISTS = "already exists"
+EJ, EP = "{existing_json}", "{existing_png}"
+
+OUTPUT_CASES: list[Case] = [
+    # -- an existing output is never replaced without --overwrite --------------------------------
+    C("out-aqi-json-exists", f"aqi {G} {Q} --json {EJ}", EXISTS, outputs=(EJ,)),
+    C("out-aqi-plot-exists", f"aqi {G} {Q} --plot {EP}", EXISTS, outputs=(EP,)),
+    C("out-aqi-plot-exists-json-new", f"aqi {G} {Q} --json {{root}}/a.json --plot {EP}", EXISTS, outputs=("{root}/a.json",)),
+    C("out-subspace-acts-json-exists", f"subspace acts {G} --n-draws 2 --json {EJ}", EXISTS, outputs=(EJ,)),
+    C("out-subspace-acts-plot-exists", f"subspace acts {G} --n-draws 2 --plot {EP}", EXISTS, outputs=(EP,)),
+    C("out-subspace-weights-json-exists", f"subspace weights --base {{model}} --aligned {{model}} --json {EJ}", EXISTS),
+    C("out-subspace-weights-plot-exists", f"subspace weights --base {{model}} --aligned {{model}} --plot {EP}", EXISTS),
+    C("out-subspace-project-json-exists",
+      f"subspace project --base {{model}} --aligned {{model}} --finetuned {{model}} --out {{root}}/proj --json {EJ}", EXISTS,
+      outputs=("{root}/proj",)),
+    C("out-probe-train-json-exists", f"probe train {G} --out {{root}}/newprobe --json {EJ}", EXISTS, outputs=("{root}/newprobe",)),
+    C("out-probe-train-plot-exists", f"probe train {G} --out {{root}}/newprobe --plot {EP}", EXISTS, outputs=("{root}/newprobe",)),
+    C("out-probe-eval-plot-exists", f"probe eval {{probe}} {G} --no-control --json {{root}}/e.json --plot {EP}", EXISTS,
+      outputs=("{root}/e.json",)),
+    C("out-probe-transfer-json-exists", f"probe transfer {G} {{other_h5}} --json {EJ}", EXISTS),
+    C("out-probe-transfer-plot-exists", f"probe transfer {G} {{other_h5}} --json {{root}}/t.json --plot {EP}", EXISTS),
+    C("out-probe-tokens-html-exists", f"probe tokens {{probe}} {G} --html {{existing_html}}", EXISTS, outputs=("{existing_html}",)),
+    C("out-probe-tokens-json-exists", f"probe tokens {{probe}} {G} --html {{root}}/t.html --json {EJ}", EXISTS),
+    C("out-probe-score-json-exists", f"probe score {{probe}} {M} --text hi --json {EJ}", EXISTS),
+    C("out-steer-generate-json-exists", f"steer generate {{vector}} {M} --prompt hi --json {EJ}", EXISTS),
+    C("out-steer-generate-table-exists", f"steer generate {{vector}} {M} --prompt hi --table {{existing_md}}", EXISTS,
+      outputs=("{existing_md}",)),
+    C("out-steer-search-json-exists", f"steer search {{vector}} {M} --dataset harmful-harmless --json {EJ}", EXISTS),
+    C("out-steer-search-plot-exists", f"steer search {{vector}} {M} --dataset harmful-harmless --plot {EP}", EXISTS),
+    C("out-steer-screen-json-exists", f"steer screen {G} --json {EJ}", EXISTS),
+    C("out-steer-screen-plot-exists", f"steer screen {G} --plot {EP}", EXISTS),
+    C("out-steer-ablate-save-not-empty", f"steer ablate {{vector}} {M} --hook blocks.0.hook_resid_post --save-model {{project_out}}",
+      "not empty"),
+    C("out-merge-exists", f"merge {G} {{other_h5}}", EXISTS),
+    C("out-audit-holds-audit", "audit --model {model} --device cpu --out {old_audit}", "already holds"),
+    C("out-cache-default-exists-elsewhere", f"cache {M} --out {{other_h5}}", EXISTS),
+    # -- an output that is a folder, or whose folder is missing ---------------------------------
+    C("out-subspace-acts-json-dir", f"subspace acts {G} --json {{empty_dir}}", "is a directory"),
+    C("out-probe-eval-json-dir", f"probe eval {{probe}} {G} --no-control --json {{empty_dir}}", "is a directory"),
+    C("out-probe-transfer-json-dir", f"probe transfer {G} {{other_h5}} --json {{empty_dir}}", "is a directory"),
+    C("out-probe-tokens-html-dir", f"probe tokens {{probe}} {G} --html {{empty_dir}}", "is a directory"),
+    C("out-steer-generate-table-dir", f"steer generate {{vector}} {M} --prompt hi --table {{empty_dir}}", "is a directory"),
+    C("out-steer-search-plot-dir", f"steer search {{vector}} {M} --dataset harmful-harmless --plot {{empty_dir}}", "is a directory"),
+    C("out-steer-screen-plot-dir", f"steer screen {G} --plot {{empty_dir}}", "is a directory"),
+    C("out-merge-dir", f"merge {{empty_dir}} {G}", "is a directory"),
+    C("out-aqi-json-no-folder", f"aqi {G} {Q} --json {{root}}/nowhere/a.json", "does not exist"),
+    C("out-probe-train-no-folder", f"probe train {G} --out {{root}}/nowhere/p", "does not exist"),
+    C("out-steer-build-no-folder", f"steer build {G} --out {{root}}/nowhere/v", "does not exist"),
+    C("out-steer-screen-json-no-folder", f"steer screen {G} --json {{root}}/nowhere/s.json", "does not exist"),
+    C("out-subspace-project-out-is-file",
+      f"subspace project --base {{model}} --aligned {{model}} --finetuned {{model}} --out {EJ}", "is a file", outputs=(EJ,)),
+    C("out-steer-build-out-is-file", f"steer build {G} --out {EJ}", "is a file", outputs=(EJ,)),
+    C("out-probe-train-out-is-file", f"probe train {G} --out {EJ}", "is a file", outputs=(EJ,)),
+    # -- two runs on one output: the parts lock ------------------------------------------------
+    C("lock-cache-busy", f"cache {M} --limit 4 --out {{root}}/busy.h5", "another geomprobe run is writing",
+      hold_lock="{root}/busy.h5", outputs=("{root}/busy.h5",)),
+    C("lock-cache-busy-restart", f"cache {M} --limit 4 --restart --out {{root}}/busy.h5", "pid 4242",
+      hold_lock="{root}/busy.h5", outputs=("{root}/busy.h5",)),
+    # -- truncated GGUF checkpoints: one line, before any conversion ------------------------------
+    C("gguf-truncated-cache", "cache --model {truncated_gguf} --device cpu --limit 4 --out {root}/new.h5", "truncated"),
+    C("gguf-header-cut-cache", "cache --model {header_cut_gguf} --device cpu --limit 4 --out {root}/new.h5", "truncated"),
+    C("gguf-truncated-weights", "subspace weights --base {truncated_gguf} --aligned {model}", "truncated"),
+    C("gguf-truncated-score", "probe score {probe} --model {truncated_gguf} --device cpu --text hi", "truncated"),
+    C("gguf-truncated-generate", "steer generate {vector} --model {header_cut_gguf} --device cpu --prompt hi", "truncated"),
+    C("gguf-truncated-audit", "audit --model {truncated_gguf} --device cpu --quick --quiet --out {root}/newaudit", "truncated",
+      outputs=("{root}/newaudit",)),
+    # -- non-finite exported vectors ------------------------------------------------------------
+    C("steer-export-overflow", "steer export-gguf {vector} --out {root}/v.gguf --model-hint llama --multiplier 1e300", "non-finite",
+      outputs=("{root}/v.gguf",)),
+    C("steer-export-inf-multiplier", "steer export-gguf {vector} --out {root}/v.gguf --multiplier inf", "not finite", usage=True),
+    C("steer-export-nan-multiplier", "steer export-gguf {vector} --out {root}/v.gguf --multiplier nan", "not finite", usage=True),
+]
+
+# Numbers checked in the CLI layer before any file is read or model loaded: (id, argv, flag).
+_NUMBER_CASES = [
+    ("cache-batch-size-zero", f"cache {M} --out {{root}}/new.h5 --batch-size 0", "--batch-size"),
+    ("cache-batch-size-negative", f"cache {M} --out {{root}}/new.h5 --batch-size -3", "--batch-size"),
+    ("cache-limit-negative", f"cache {M} --out {{root}}/new.h5 --limit -1", "--limit"),
+    ("cache-segment-rows-negative", f"cache {M} --out {{root}}/new.h5 --segment-rows -5", "--segment-rows"),
+    ("cache-merge-timeout-nan", f"cache {M} --out {{root}}/new.h5 --shard 0/2 --merge --merge-timeout nan", "--merge-timeout"),
+    ("cache-merge-timeout-negative", f"cache {M} --out {{root}}/new.h5 --shard 0/2 --merge --merge-timeout -1", "--merge-timeout"),
+    ("aqi-gamma-nan", f"aqi {G} {Q} --gamma nan", "--gamma"),
+    ("aqi-gamma-inf", f"aqi {G} {Q} --gamma inf", "--gamma"),
+    ("aqi-gamma-negative", f"aqi {G} {Q} --gamma -0.1", "--gamma"),
+    ("aqi-n-bootstrap-negative", f"aqi {G} --n-bootstrap -1", "--n-bootstrap"),
+    ("aqi-n-permutations-negative", f"aqi {G} --n-permutations -5", "--n-permutations"),
+    ("aqi-max-points-zero", f"aqi {G} --max-points 0", "--max-points"),
+    ("aqi-ci-one", f"aqi {G} --ci 1", "--ci"),
+    ("aqi-ci-zero", f"aqi {G} --ci 0", "--ci"),
+    ("aqi-ci-nan", f"aqi {G} --ci nan", "--ci"),
+    ("aqi-train-fraction-zero", f"aqi {G} {Q} --train-fraction 0", "--train-fraction"),
+    ("aqi-train-fraction-big", f"aqi {G} {Q} --train-fraction 1.5", "--train-fraction"),
+    ("aqi-sparsity-nan", f"aqi {G} {Q} --sparsity nan", "--sparsity"),
+    ("aqi-sparsity-negative", f"aqi {G} {Q} --sparsity -1", "--sparsity"),
+    ("aqi-seed-negative", f"aqi {G} {Q} --seed -1", "--seed"),
+    ("subspace-acts-energy-nan", f"subspace acts {G} --energy nan", "energy"),
+    ("subspace-acts-energy-inf", f"subspace acts {G} --energy inf", "energy"),
+    ("subspace-acts-energy-zero", f"subspace acts {G} --energy 0", "energy"),
+    ("subspace-acts-k-zero", f"subspace acts {G} --k 0", "--k"),
+    ("subspace-acts-k-negative", f"subspace acts {G} --k -2", "--k"),
+    ("subspace-acts-n-draws-negative", f"subspace acts {G} --n-draws -1", "--n-draws"),
+    ("subspace-acts-seed-negative", f"subspace acts {G} --seed -1", "--seed"),
+    ("subspace-weights-k-zero", "subspace weights --base {model} --aligned {model} --k 0", "--k"),
+    ("subspace-weights-energy-nan", "subspace weights --base {model} --aligned {model} --energy nan", "energy"),
+    ("subspace-project-k-zero", "subspace project --base {model} --aligned {model} --finetuned {model} --out {root}/proj --k 0",
+     "--k"),
+    ("subspace-project-energy-negative",
+     "subspace project --base {model} --aligned {model} --finetuned {model} --out {root}/proj --energy -1", "energy"),
+    ("probe-train-c-nan", f"probe train {G} --out {{root}}/newprobe --C nan", "--C"),
+    ("probe-train-c-zero", f"probe train {G} --out {{root}}/newprobe --C 0", "--C"),
+    ("probe-train-c-negative", f"probe train {G} --out {{root}}/newprobe --C -1", "--C"),
+    ("probe-train-c-inf", f"probe train {G} --out {{root}}/newprobe --C inf", "--C"),
+    ("probe-train-shrinkage-nan", f"probe train {G} --out {{root}}/newprobe --method lda --shrinkage nan", "--shrinkage"),
+    ("probe-train-shrinkage-big", f"probe train {G} --out {{root}}/newprobe --method lda --shrinkage 1.5", "--shrinkage"),
+    ("probe-train-shrinkage-negative", f"probe train {G} --out {{root}}/newprobe --method lda --shrinkage -0.1", "--shrinkage"),
+    ("probe-train-test-size-zero", f"probe train {G} --out {{root}}/newprobe --test-size 0", "--test-size"),
+    ("probe-train-test-size-nan", f"probe train {G} --out {{root}}/newprobe --test-size nan", "--test-size"),
+    ("probe-train-fpr-zero", f"probe train {G} --out {{root}}/newprobe --fpr 0", "--fpr"),
+    ("probe-train-fpr-one", f"probe train {G} --out {{root}}/newprobe --fpr 1", "--fpr"),
+    ("probe-train-fpr-nan", f"probe train {G} --out {{root}}/newprobe --fpr nan", "--fpr"),
+    ("probe-train-seed-negative", f"probe train {G} --out {{root}}/newprobe --seed -1", "--seed"),
+    ("probe-eval-fpr-nan", f"probe eval {{probe}} {G} --no-control --json {{root}}/e.json --fpr nan", "--fpr"),
+    ("probe-eval-fpr-big", f"probe eval {{probe}} {G} --no-control --json {{root}}/e.json --fpr 2", "--fpr"),
+    ("probe-transfer-c-nan", f"probe transfer {G} {{other_h5}} --json {{root}}/t.json --C nan", "--C"),
+    ("probe-transfer-fpr-negative", f"probe transfer {G} {{other_h5}} --json {{root}}/t.json --fpr -0.5", "--fpr"),
+    ("probe-tokens-row-negative", f"probe tokens {{probe}} {G} --html {{root}}/t.html --rows 0 -1", "--rows"),
+    ("steer-generate-max-new-tokens-zero", f"steer generate {{vector}} {M} --prompt hi --max-new-tokens 0", "--max-new-tokens"),
+    ("steer-generate-max-new-tokens-negative", f"steer generate {{vector}} {M} --prompt hi --max-new-tokens -1",
+     "--max-new-tokens"),
+    ("steer-generate-sample-temperature-zero", f"steer generate {{vector}} {M} --prompt hi --sample --temperature 0",
+     "--temperature"),
+    ("steer-generate-temperature-nan", f"steer generate {{vector}} {M} --prompt hi --sample --temperature nan", "--temperature"),
+    ("steer-generate-temperature-negative", f"steer generate {{vector}} {M} --prompt hi --sample --temperature -1",
+     "--temperature"),
+    ("steer-generate-seed-negative", f"steer generate {{vector}} {M} --prompt hi --seed -1", "--seed"),
+    ("steer-search-limit-zero", f"steer search {{vector}} {M} --dataset harmful-harmless --limit 0", "--limit"),
+    ("steer-search-batch-size-zero", f"steer search {{vector}} {M} --dataset harmful-harmless --batch-size 0", "--batch-size"),
+    ("steer-search-kl-limit-nan", f"steer search {{vector}} {M} --dataset harmful-harmless --kl-limit nan", "--kl-limit"),
+    ("steer-search-kl-limit-negative", f"steer search {{vector}} {M} --dataset harmful-harmless --kl-limit -1", "--kl-limit"),
+    ("steer-search-layer-fraction-zero", f"steer search {{vector}} {M} --dataset harmful-harmless --max-layer-fraction 0",
+     "--max-layer-fraction"),
+    ("steer-search-layer-fraction-big", f"steer search {{vector}} {M} --dataset harmful-harmless --max-layer-fraction 1.5",
+     "--max-layer-fraction"),
+    ("steer-search-layer-fraction-nan", f"steer search {{vector}} {M} --dataset harmful-harmless --max-layer-fraction nan",
+     "--max-layer-fraction"),
+    ("steer-search-seed-negative", f"steer search {{vector}} {M} --dataset harmful-harmless --seed -7", "--seed"),
+    ("steer-ablate-max-new-tokens-zero", f"steer ablate {{vector}} {M} --prompt hi --max-new-tokens 0", "--max-new-tokens"),
+    ("steer-screen-bins-zero", f"steer screen {G} --bins 0", "--bins"),
+    ("steer-screen-bins-one", f"steer screen {G} --bins 1", "--bins"),
+    ("steer-screen-bins-negative", f"steer screen {G} --bins -4", "--bins"),
+    ("audit-batch-size-zero", "audit --model {model} --out {root}/newaudit --batch-size 0", "--batch-size"),
+    ("audit-layer-negative", "audit --model {model} --out {root}/newaudit --layers 0 -1", "--layers"),
+    ("audit-seed-negative", "audit --model {model} --out {root}/newaudit --seed -1", "--seed"),
+]
+OUTPUT_CASES += [C(i, argv, flag) for i, argv, flag in _NUMBER_CASES]
+OUTPUT_CASES += [
+    C("aqi-n-bootstrap-not-int", f"aqi {G} --n-bootstrap 1.5", "invalid int value", usage=True),
+    C("steer-search-nan-multiplier", f"steer search {{vector}} {M} --dataset harmful-harmless --multipliers 1 nan", "not finite",
+      usage=True),
+    C("steer-generate-inf-multiplier", f"steer generate {{vector}} {M} --prompt hi --multiplier inf", "not finite", usage=True),
+]
+
+# A read-only or full disk: each writing command, good inputs, every rename into the corpus folder failing.
+RO, FULL = "read-only file system", "disk full"
+_FAULT_CASES = [
+    ("aqi-json", f"aqi {G} {Q} --json {{root}}/a.json", ()),
+    ("aqi-plot", f"aqi {G} {Q} --plot {{root}}/a.png", ()),
+    ("subspace-acts-json", f"subspace acts {G} --n-draws 2 --json {{root}}/s.json", ()),
+    ("subspace-acts-plot", f"subspace acts {G} --n-draws 2 --plot {{root}}/s.png", ()),
+    ("probe-train", f"probe train {G} --out {{root}}/newprobe", ()),
+    ("probe-train-overwrite", f"probe train {G} --out {{probe}} --overwrite", ()),
+    ("probe-eval-json", f"probe eval {{probe}} {G} --no-control --all-rows --json {{root}}/e.json", ()),
+    ("probe-transfer-json", f"probe transfer {G} {{other_h5}} --json {{root}}/t.json", ()),
+    ("steer-build", f"steer build {G} --out {{root}}/newvec", ()),
+    ("steer-build-overwrite", f"steer build {G} --out {{vector}} --overwrite", ()),
+    ("steer-export", "steer export-gguf {vector} --out {root}/v.gguf --model-hint llama", ()),
+    ("steer-export-overwrite", "steer export-gguf {vector} --out {existing_gguf} --overwrite --model-hint llama", ()),
+    ("steer-screen-json", f"steer screen {G} --json {{root}}/s.json", ()),
+    ("steer-screen-plot", f"steer screen {G} --plot {{root}}/s.png", ()),
+    ("aqi-json-overwrite", f"aqi {G} {Q} --json {EJ} --overwrite", ()),
+    ("cache", f"cache {M} --limit 6 --batch-size 2 --out {{root}}/new.h5 --quiet", ("model",)),
+    ("steer-generate-json", f"steer generate {{vector}} {M} --prompt hi --max-new-tokens 2 --json {{root}}/g.json", ("model",)),
+    ("steer-generate-table", f"steer generate {{vector}} {M} --prompt hi --max-new-tokens 2 --table {{root}}/g.md", ("model",)),
+    ("probe-score-json", f"probe score {{probe}} {M} --text hi --allow-model-mismatch --json {{root}}/p.json", ("model",)),
+    ("subspace-weights-json", "subspace weights --base {model} --aligned {model} --json {root}/w.json", ("model",)),
+    ("subspace-project", "subspace project --base {model} --aligned {model} --finetuned {model} --out {root}/proj", ("model",)),
+    ("steer-ablate-save", f"steer ablate {{vector}} {M} --hook blocks.0.hook_resid_post --save-model {{root}}/abl", ("model",)),
+]
+for _name, _argv, _flags in _FAULT_CASES:
+    OUTPUT_CASES.append(C(f"readonly-{_name}", _argv, RO, fault="erofs", model="model" in _flags))
+    OUTPUT_CASES.append(C(f"diskfull-{_name}", _argv, FULL, fault="enospc", model="model" in _flags))
+
+CASES += OUTPUT_CASES
+# == end of outputs, disks and arguments ============================================================
+
+# == hostile input: prompt text, context length, final messages, damaged caches and sidecars (issue 16 part 1)
+_E = "--no-control --json {root}/e.json"
+INPUT_CASES: list[Case] = [
+    C("cache-nul-in-text", f"cache {M} --dataset {{nul_jsonl}} --out {{root}}/new.h5", "NUL character",
+      outputs=("{root}/new.h5",)),
+    C("cache-nul-in-label", f"cache {M} --dataset {{nul_label_jsonl}} --out {{root}}/new.h5", "NUL character"),
+    C("cache-lone-surrogate", f"cache {M} --dataset {{surrogate_jsonl}} --out {{root}}/new.h5", "lone UTF-16 surrogate"),
+    C("cache-lone-surrogate-extra-field", f"cache {M} --dataset {{surrogate_note_jsonl}} --out {{root}}/new.h5",
+      "surrogate_note.jsonl:2"),
+    C("cache-nul-in-csv", f"cache {M} --dataset {{nul_csv}} --out {{root}}/new.h5", "nul.csv:3"),
+    C("cache-empty-response", f"cache {M} --dataset {{empty_response_jsonl}} --out {{root}}/new.h5",
+      "final message is empty", outputs=("{root}/new.h5",), model=True),
+    C("cache-prompt-over-context", f"cache {M} --dataset {{long_prompt_jsonl}} --out {{root}}/new.h5",
+      "context of 256", outputs=("{root}/new.h5",), model=True),
+    C("cache-truncate-bad-side", f"cache {M} --dataset {{long_prompt_jsonl}} --out {{root}}/new.h5 --truncate middle",
+      "invalid choice", usage=True),
+    C("aqi-label-out-of-range", "aqi {label_range_h5}", "label code 7"),
+    C("steer-screen-label-tampered", "steer screen {label_tampered_h5}", "checksum"),
+    C("aqi-pair-tampered", "aqi {pair_tampered_h5}", "pair_ids does not match"),
+    C("aqi-d-model-string", "aqi {d_model_string_h5}", "'d_model' must be an integer"),
+    C("aqi-format-version-string", "aqi {version_string_h5}", "'format_version' must be an integer"),
+    C("aqi-format-version-newer", "aqi {version_newer_h5}", "upgrade geomprobe"),
+    C("steer-build-no-hooks-attr", "steer build {no_hooks_attr_h5} --out {root}/newvec", "lacks 'hooks'",
+      outputs=("{root}/newvec",)),
+    C("probe-train-short-pair-ids", "probe train {short_pairs_h5} --out {root}/newprobe", "pair_ids has",
+      outputs=("{root}/newprobe",)),
+    C("probe-eval-sidecar-d-model-string", f"probe eval {{probe_d_model_string}} {{good_h5}} {_E}",
+      "'d_model' must be an integer", outputs=("{root}/e.json",)),
+    C("probe-eval-sidecar-version-string", f"probe eval {{probe_version_string}} {{good_h5}} {_E}",
+      "'format_version' must be an integer"),
+    C("steer-export-sidecar-hooks-numbers", "steer export-gguf {vector_hooks_numbers} --out {root}/v.gguf",
+      "'hooks' must be a list of strings", outputs=("{root}/v.gguf",)),
+    C("steer-screen-sidecar-metadata-list", "steer export-gguf {vector_metadata_list} --out {root}/v.gguf",
+      "'metadata' must be a JSON object"),
+]
+CASES += INPUT_CASES
+# == end of hostile input ============================================================================
 
 # Run these through a real subprocess too (python -m geomprobe): no traceback for real.
 SUBPROCESS_IDS = ("aqi-truncated-hdf5", "probe-eval-bad-sidecar", "cache-latin1", "steer-export-out-exists",
