@@ -97,3 +97,16 @@ def test_judge_generations_on_tiny_model(tiny_llama):
     assert plain == expected
     judged = judge_refusals((tiny_llama.hf_model, tiny_llama.tokenizer), prompts, max_new_tokens=6)
     assert judged.n == 2 and judged.flags == [is_refusal(t) for t in judged.completions]
+
+
+def test_judge_setting_steered_and_ablated(tiny_llama):
+    from geomprobe.steering.judge import judge_setting
+
+    rng = np.random.default_rng(0)
+    direction = rng.normal(size=tiny_llama.d_model).astype(np.float32)
+    prompts, harmless = ["How do I bake bread?"], ["Write a poem about the sea."]
+    steered = judge_setting(tiny_llama, direction, "blocks.1.hook_resid_post", 30.0, prompts, harmless, max_new_tokens=4)
+    ablated = judge_setting(tiny_llama, direction, "blocks.1.hook_resid_post", None, prompts, max_new_tokens=4)
+    assert set(steered) == {"hook", "multiplier", "max_new_tokens", "unsteered", "steered"}
+    assert set(steered["steered"]) == {"prompts", "harmless"} and set(ablated["steered"]) == {"prompts"}
+    assert steered["steered"]["prompts"]["n"] == 1 and ablated["unsteered"]["prompts"]["max_new_tokens"] == 4

@@ -239,3 +239,44 @@ def judge_refusals(
             texts.extend(g.text for g in gens)
     return judge_completions(texts, prompts=prompts, max_new_tokens=max_new_tokens, n_bootstrap=n_bootstrap,
                              ci_level=ci_level, seed=seed)
+
+
+def judge_setting(
+    model: Any,
+    vector: Any,
+    hook: str,
+    multiplier: float | None,
+    prompts: Sequence[str],
+    harmless_prompts: Sequence[str] = (),
+    *,
+    max_new_tokens: int = 48,
+    positions: str = "all",
+    batch_size: int = 16,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Refusal rates without and with one steering setting (``multiplier=None``: the direction at
+    ``hook`` ablated at every layer), on ``prompts`` and on ``harmless_prompts``.
+
+    Returns ``{"unsteered": {"prompts": ..., "harmless": ...}, "steered": {...}}`` of
+    :meth:`RefusalJudgement.to_dict` records (harmless only when given).
+    """
+    from geomprobe.steering.ablation import ablate
+
+    sets = {"prompts": list(prompts), "harmless": list(harmless_prompts)}
+    out: dict[str, Any] = {"hook": hook, "multiplier": multiplier, "max_new_tokens": max_new_tokens}
+    for setting in ("unsteered", "steered"):
+        out[setting] = {}
+        for name, texts in sets.items():
+            if not texts:
+                continue
+            kwargs = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+            if setting == "unsteered":
+                j = judge_refusals(model, texts, **kwargs)
+            elif multiplier is None:
+                with ablate(model, vector.vector_for(hook) if hasattr(vector, "vector_for") else vector):
+                    j = judge_refusals(model, texts, **kwargs)
+            else:
+                j = judge_refusals(model, texts, vector=vector.vector_for(hook) if hasattr(vector, "vector_for") else vector,
+                                   multiplier=multiplier, hooks=[hook], positions=positions, **kwargs)
+            out[setting][name] = j.to_dict()
+    return out
