@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from geomprobe.core.errors import GeomprobeError
 
 # Pipeline order; a module listed here that is absent is simply not offered.
-SUBCOMMAND_MODULES = ("cache", "aqi", "subspace", "probe", "steer", "audit", "merge")
+SUBCOMMAND_MODULES = ("cache", "aqi", "subspace", "probe", "steer", "organisms", "audit", "merge")
 
 
 def build_parser() -> argparse.ArgumentParser:

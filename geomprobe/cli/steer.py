@@ -79,6 +79,8 @@ def register(subparsers) -> None:
     s.add_argument("--minimize", action="store_true", help="best = lowest metric (e.g. to suppress refusal)")
     s.add_argument("--no-chat", action="store_true")
     s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--judge-tokens", type=int, default=40,
+                   help="judge the best setting by refusal rate over this many greedy tokens (0: skip)")
     s.add_argument("--json", help="write all records and the best setting here")
     s.add_argument("--plot", help="write the dose-response plot here (.png)")
     s.set_defaults(func=run_search)
@@ -214,6 +216,8 @@ def run_search(args: argparse.Namespace) -> int:
     check_new_file(args.plot, "--plot")
     if args.limit < 1:
         raise GeomprobeError(f"--limit must be >= 1; got {args.limit}")
+    if args.judge_tokens < 0:
+        raise GeomprobeError(f"--judge-tokens must be >= 0; got {args.judge_tokens}")
     if args.plot and args.mode == "ablate":
         raise GeomprobeError("--plot draws dose-response curves over multipliers; it needs --mode add")
     rows = read_prompts(args.dataset)
@@ -265,9 +269,20 @@ def run_search(args: argparse.Namespace) -> int:
         change = best.score_mean - result.baseline if isinstance(result.baseline, float) else None
         note = "" if change is None or change > 0 else "; no steered setting within the KL limit raises the metric"
         print(f"best: {best.hook} multiplier {mult} -> {best.metric} {best.score_mean:.4f} (KL {kl}){note}")
+    judged = None
+    if best is not None and args.judge_tokens > 0:
+        from geomprobe.steering.judge import judge_setting
+
+        judged = judge_setting(model, vec, best.hook, best.multiplier, prompts, harmless,
+                               max_new_tokens=args.judge_tokens, batch_size=args.batch_size, seed=args.seed)
+        for setting in ("unsteered", "steered"):
+            rates = ", ".join(f"{name} {j['rate']:.0%} [{j['ci'][0]:.0%}, {j['ci'][1]:.0%}] of {j['n']}"
+                              for name, j in judged[setting].items())
+            print(f"judge ({args.judge_tokens} greedy tokens, refusal phrases) {setting}: {rates}")
     if args.json:
         payload = result.to_dict(args.kl_limit)
         payload["best"] = None if best is None else best.__dict__
+        payload["judge"] = judged
         write_json(args.json, payload)
     if args.plot:
         from geomprobe.plots._style import save_figure
