@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,10 @@ from geomprobe.probes import metrics as M
 from geomprobe.probes.persistence import ProbeSet, check_compatible, data_sha256
 from geomprobe.probes.splits import pair_train_test_split
 from geomprobe.probes.sweep import LayerFit, canonical_method, fit_layers
+
+# Where a recall threshold comes from: a control cache, its activations, or a callable making them.
+ControlSource = str | Path | CacheFile | Mapping[str, np.ndarray] | Callable[[ProbeSet], Mapping[str, np.ndarray]]
+
 
 def _open(cache: str | Path | CacheFile) -> tuple[CacheFile, bool]:
     return (cache, False) if isinstance(cache, CacheFile) else (open_cache(cache), True)
@@ -72,6 +76,7 @@ class ProbeResult:
     y: np.ndarray | None = None  # (n_eval,) 1 = positive
     control_scores: dict[str, np.ndarray] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    rows: np.ndarray | None = None  # (n_eval,) cache row of each score
 
     def best(self, key: str = "auroc") -> dict[str, Any]:
         valid = [r for r in self.records if r.get(key) is not None and np.isfinite(r[key])]
@@ -84,14 +89,15 @@ def layer_records(
     hooks: Sequence[str], scores: np.ndarray, y: np.ndarray, *, pooling: str, method: str,
     control: np.ndarray | None = None, fpr: float = 0.01,
 ) -> list[dict[str, Any]]:
-    """Metric records per hook for scores ``(L, N)``; threshold from ``control`` (L, M) or negatives."""
+    """Metric records per hook for scores ``(L, N)``; threshold from ``control`` (L, M), else tuned on
+    the evaluated negatives themselves (``threshold_source: "test-negatives"``, an optimistic recall)."""
     from geomprobe.core.hooks import hook_layer
 
     y = np.asarray(y).astype(bool)
     if control is not None:
         threshold, source = M.control_threshold(control, fpr), "control"
     elif (~y).any():
-        threshold, source = M.control_threshold(scores[:, ~y], fpr), "negatives"
+        threshold, source = M.control_threshold(scores[:, ~y], fpr), "test-negatives"
     else:
         threshold, source = np.full(len(hooks), np.nan), "none"
     aucs = M.auroc(scores, y)
@@ -139,7 +145,7 @@ def train_probes(
     positive_label: str | None = None,
     test_size: float = 0.2,
     seed: int = 0,
-    control: str | Path | CacheFile | Mapping[str, np.ndarray] | None = None,
+    control: ControlSource | None = None,
     fpr: float = 0.01,
     device: str = "auto",
     memory_budget: int | None = None,
@@ -149,6 +155,9 @@ def train_probes(
 
     ``params`` go to :func:`fit_layers` (``C``, ``fit_intercept``, ``shrinkage``, ...).
     The returned probes were fitted on the training rows only, so their recorded metrics are honest.
+    ``control`` sets the recall threshold (see :func:`score_control`; a callable gets the fitted
+    probes and returns ``{hook: activations}``, so a model is only run once training succeeded);
+    without it the threshold is tuned on the held-out negatives and recorded as ``test-negatives``.
     """
     method = canonical_method(method)
     handle, owned = _open(cache)
@@ -186,11 +195,6 @@ def train_probes(
             chosen, fit, pooling, pos_name, list(handle.label_names), handle.model_id,
             str(handle.attrs.get("model_revision", "")),
         )
-        if control is not None:
-            control_scores = score_control(probes, control)
-        records = layer_records(chosen, scores, y[test], pooling=pooling, method=method,
-                                control=None if control_scores is None else np.stack([control_scores[h] for h in chosen]),
-                                fpr=fpr)
         probes.meta.update({
             "negative_labels": neg_names,
             "model_source": str(handle.attrs.get("model_source", "")),
@@ -198,18 +202,26 @@ def train_probes(
             "data_sha256": full_hash,
             "split": {"test_size": test_size, "seed": seed, "n_train": int(len(train)), "n_test": int(len(test)),
                       "test_rows": [int(v) for v in rows[test]], "respects_pairs": True},
-            "metrics": records,
         })
+        if control is not None:
+            control_scores = score_control(probes, control)
+        records = layer_records(chosen, scores, y[test], pooling=pooling, method=method,
+                                control=None if control_scores is None else np.stack([control_scores[h] for h in chosen]),
+                                fpr=fpr)
+        probes.meta["metrics"] = records
         result = ProbeResult(records, dict(zip(chosen, scores)), y[test], control_scores,
-                             {"cache": str(handle.path), "eval_rows": "held-out"})
+                             {"cache": str(handle.path), "eval_rows": "held-out"}, rows[test])
         return probes, result
     finally:
         if owned:
             handle.close()
 
 
-def score_control(probes: ProbeSet, control: str | Path | CacheFile | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Probe scores on a control set: a cache file (all rows) or ``{hook: (M, d) activations}``."""
+def score_control(probes: ProbeSet, control: ControlSource) -> dict[str, np.ndarray]:
+    """Probe scores on a control set: a cache file (all rows), ``{hook: (M, d) activations}``, or a
+    callable that returns those activations for ``probes`` (run lazily, e.g. a model over prompts)."""
+    if callable(control) and not isinstance(control, (str, Path, CacheFile, Mapping)):
+        control = control(probes)
     if isinstance(control, Mapping):
         return {h: probes.decision_function(h, np.asarray(control[h])) for h in probes.hooks}
     if not isinstance(control, CacheFile) and not Path(control).exists():
@@ -235,7 +247,7 @@ def evaluate_probes(
     probes: ProbeSet,
     cache: str | Path | CacheFile,
     *,
-    control: str | Path | CacheFile | Mapping[str, np.ndarray] | None = None,
+    control: ControlSource | None = None,
     fpr: float = 0.01,
     positive_label: str | None = None,
     allow_model_mismatch: bool = False,
@@ -245,8 +257,8 @@ def evaluate_probes(
     """Per-layer metrics of saved probes on a cache.
 
     If the cache is the probe's own training data (same activations and labels, by hash), only
-    the held-out rows are scored unless ``all_rows``. Without ``control`` the recall threshold
-    comes from the cache's negatives (recorded as ``threshold_source``).
+    the held-out rows are scored unless ``all_rows``. Without ``control`` the recall threshold is
+    tuned on the evaluated negatives (``threshold_source: "test-negatives"``).
     """
     handle, owned = _open(cache)
     try:
@@ -287,7 +299,7 @@ def evaluate_probes(
         info = {"cache": str(handle.path), "eval_model_id": handle.model_id, "probe_model_id": probes.model_id,
                 "model_mismatch": mismatch, "eval_rows": eval_rows, "positive_label": pos_name,
                 "negative_labels": neg_names}
-        return ProbeResult(records, dict(zip(chosen, scores)), y, control_scores, info)
+        return ProbeResult(records, dict(zip(chosen, scores)), y, control_scores, info, rows)
     finally:
         if owned:
             handle.close()
