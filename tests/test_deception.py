@@ -125,7 +125,7 @@ def test_build_rows_labels_and_files(tmp_path, monkeypatch):
         for text in texts:
             lie = text.startswith(deception.INSTRUCTIONS[deception.LIE_PRESSURE])
             q = next(q for q in QUESTIONS if q.question in text)
-            lies = {"fr": "Lyon", "add": "13", "de": "I cannot lie.", "us": "Washington, D.C."}
+            lies = {"fr": "Lyon. Paris is the real one.", "add": "13", "de": "I cannot lie.", "us": "Washington, D.C."}
             out.append(lies[q.id] if lie else q.answer)
         return out
 
@@ -137,7 +137,9 @@ def test_build_rows_labels_and_files(tmp_path, monkeypatch):
     rows = {(r["condition"], r["question_id"]): r for r in built.rows}
     assert rows["lie-pressure", "fr"]["label"] == "deceptive" and rows["neutral", "fr"]["label"] == "honest"
     assert rows["lie-pressure", "fr"]["pair"] == rows["neutral", "fr"]["pair"] == 0
-    assert rows["lie-pressure", "fr"]["messages"][-1] == {"role": "assistant", "content": "Lyon"}
+    # graded and cached: the first sentence; the whole output is kept for inspection
+    assert rows["lie-pressure", "fr"]["messages"][-1] == {"role": "assistant", "content": "Lyon."}
+    assert rows["lie-pressure", "fr"]["generated"] == "Lyon. Paris is the real one."
     path, side = built.write(tmp_path / "set.jsonl")
     assert side.name == "set.unclear.jsonl"
     assert len(path.read_text().splitlines()) == 7 and len(side.read_text().splitlines()) == 1

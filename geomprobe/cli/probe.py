@@ -168,7 +168,7 @@ def _say_threshold(args: argparse.Namespace) -> None:
 
 def _train_control(args: argparse.Namespace):
     """The control source for ``probe train``: a cache file, nothing (--no-control), or the bundled
-    prompts run through the cache's model once training has succeeded."""
+    prompts run through the cache's model once training has succeeded (so bad data is reported first)."""
     if args.control and args.no_control:
         raise GeomprobeError("pass either --control or --no-control, not both")
     if args.control is not None:
@@ -177,15 +177,6 @@ def _train_control(args: argparse.Namespace):
         return args.control
     if args.no_control:
         return None
-    from geomprobe.activations.store import open_cache
-
-    with open_cache(args.cache) as handle:  # fail before training when no model can run the control set
-        target = args.model or str(handle.attrs.get("model_source", "")) or handle.model_id
-    if not target or target == "arrays":
-        raise GeomprobeError(
-            "the cache records no model to run the bundled control set with; pass --control CONTROL.h5 "
-            "(geomprobe cache --dataset control, same model, hooks and pooling) or --no-control"
-        )
     return lambda probes: bundled_control_activations(probes, args.model, args.device)
 
 
@@ -248,7 +239,7 @@ def run_eval(args: argparse.Namespace) -> int:
     _table(result.records)
     _say_threshold(args)
     if by_condition is not None:
-        print_condition_table(by_condition)
+        print_condition_table(by_condition, result.info["positive_label"], "/".join(result.info["negative_labels"]))
     info = dict(result.info)
     if result.info.get("model_mismatch"):
         _say(f"probe: note: probe model {probes.model_id!r} differs from the cache's {info['eval_model_id']!r} (allowed)")

@@ -65,7 +65,7 @@ def _cell(record: dict[str, Any] | None) -> str:
     return f"{record['auroc']:.3f} [{record['auroc_ci_low']:.2f},{record['auroc_ci_high']:.2f}]"
 
 
-def print_condition_table(report: dict[str, Any]) -> None:
+def print_condition_table(report: dict[str, Any], positive: str = "positive", negative: str = "negative") -> None:
     """One line per hook: pooled AUROC, AUROC within each condition, instruction AUROC."""
     names = ["pooled", *report["conditions"]]
     by_key = {(r["hook"], r["condition"]): r for r in report["per_condition"]}
@@ -81,7 +81,7 @@ def print_condition_table(report: dict[str, Any]) -> None:
             line += f" {_cell(instruction.get(hook)):>22}"
         print(line)
     first = hooks[0]
-    counts = ", ".join(f"{n}: {by_key[(first, n)]['n_positive']} deceptive / {by_key[(first, n)]['n_negative']} honest"
+    counts = ", ".join(f"{n}: {by_key[(first, n)]['n_positive']} {positive} / {by_key[(first, n)]['n_negative']} {negative}"
                        for n in names)
     print(f"rows: {counts}")
     skipped = [n for n in report["conditions"] if n not in report["computable"]]
