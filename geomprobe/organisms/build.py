@@ -70,7 +70,7 @@ class OrganismSettings:
     ablation_kl_limit: float = 0.1
 
     @classmethod
-    def quick_settings(cls, seed: int = 0) -> "OrganismSettings":
+    def quick_settings(cls, seed: int = 0) -> OrganismSettings:
         """A few steps on a few pairs: for tests and notebooks, not for measuring behaviour."""
         return cls(seed=seed, quick=True, train_pairs=12, answer_tokens=16, max_tokens=96, align_steps=6,
                    align_batch=4, dealign_steps=3, dealign_batch=4, ablation_candidates=2, ablation_prompts=8)
