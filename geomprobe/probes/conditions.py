@@ -94,9 +94,9 @@ def condition_metrics(
     hooks: Sequence[str],
     scores: np.ndarray,
     y: np.ndarray,
-    conditions: Sequence[str],
+    conditions: Sequence[str] | np.ndarray,
     *,
-    thresholds: Sequence[float] | None = None,
+    thresholds: Sequence[float] | np.ndarray | None = None,
     pressure: str | None = None,
     n_bootstrap: int = 1000,
     ci: float = 0.95,
@@ -113,20 +113,20 @@ def condition_metrics(
     """
     scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
     y = np.asarray(y).astype(bool)
-    conditions = np.asarray(conditions, dtype=object)
-    if scores.shape != (len(hooks), len(y)) or len(conditions) != len(y):
-        raise GeomprobeError(f"scores {scores.shape}, {len(y)} labels and {len(conditions)} conditions do not line up")
-    names = sorted({str(c) for c in conditions if c})
-    unlabelled = int(sum(1 for c in conditions if not c))
+    condition_of = np.asarray(conditions, dtype=object)
+    if scores.shape != (len(hooks), len(y)) or len(condition_of) != len(y):
+        raise GeomprobeError(f"scores {scores.shape}, {len(y)} labels and {len(condition_of)} conditions do not line up")
+    names = sorted({str(c) for c in condition_of if c})
+    unlabelled = int(sum(1 for c in condition_of if not c))
     if not names:
         raise GeomprobeError("no row carries a condition; build the set with geomprobe probe deception-set")
-    both = [c for c in names if y[conditions == c].any() and (~y[conditions == c]).any()]
+    both = [c for c in names if y[condition_of == c].any() and (~y[condition_of == c]).any()]
     if not both:
-        counts = ", ".join(f"{c}: {int(y[conditions == c].sum())} positive / {int((~y[conditions == c]).sum())} negative"
+        counts = ", ".join(f"{c}: {int(y[condition_of == c].sum())} positive / {int((~y[condition_of == c]).sum())} negative"
                            for c in names)
         raise GeomprobeError(f"no condition has both grades ({counts}); within-condition AUROC needs true and false answers under one instruction")
-    thresholds = np.full(len(hooks), np.nan) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-    groups = [(POOLED, np.ones(len(y), bool))] + [(c, conditions == c) for c in names]
+    limits = np.full(len(hooks), np.nan) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    groups = [(POOLED, np.ones(len(y), bool))] + [(c, condition_of == c) for c in names]
     intervals = {}
     for k, (name, mask) in enumerate(groups):
         intervals[name] = bootstrap_auroc(scores[:, mask], y[mask], n_bootstrap=n_bootstrap, ci=ci, seed=seed + k)
@@ -135,11 +135,11 @@ def condition_metrics(
         layer = _layer(hook)
         for name, mask in groups:
             low, high = intervals[name][0][i], intervals[name][1][i]
-            per_condition.append(_group_record(hook, layer, name, scores[i, mask], y[mask], thresholds[i], low, high))
+            per_condition.append(_group_record(hook, layer, name, scores[i, mask], y[mask], limits[i], low, high))
     if pressure is not None and pressure in names and len(names) > 1:
-        is_pressure = conditions == pressure
-        low, high = bootstrap_auroc(scores, is_pressure, n_bootstrap=n_bootstrap, ci=ci, seed=seed + len(groups))
-        aucs = M.auroc(scores, is_pressure)
+        is_pressure = condition_of == pressure
+        low, high = bootstrap_auroc(scores, np.asarray(is_pressure), n_bootstrap=n_bootstrap, ci=ci, seed=seed + len(groups))
+        aucs = np.atleast_1d(M.auroc(scores, np.asarray(is_pressure)))
         instruction = [{"hook": h, "layer": _layer(h), "auroc": float(aucs[i]), "auroc_ci_low": float(low[i]),
                         "auroc_ci_high": float(high[i]), "positive": pressure} for i, h in enumerate(hooks)]
     return {"conditions": names, "computable": both, "rows_without_condition": unlabelled, "ci": ci,
@@ -166,4 +166,6 @@ def result_condition_metrics(result: ProbeResult, cache: str | Path | CacheFile,
     hooks = [r["hook"] for r in result.records]
     scores = np.stack([result.scores[h] for h in hooks])
     kwargs.setdefault("thresholds", [r["threshold"] for r in result.records])
+    if result.y is None:
+        return None
     return condition_metrics(hooks, scores, result.y, conditions, **kwargs)

@@ -188,7 +188,8 @@ def build_deception_set(
     plan = [(cond, i, q) for cond in instructions for i, q in enumerate(asked)]
     texts = [user_message(instructions[cond], q.question) for cond, _, q in plan]
     answers = generate_answers(model, texts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
-    rows, unclear = [], []
+    rows: list[dict[str, Any]] = []
+    unclear: list[dict[str, Any]] = []
     for (cond, i, q), text, generated in zip(plan, texts, answers):
         answer = first_sentence(generated)
         grade = grader.grade(q, answer)

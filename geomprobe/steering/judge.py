@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -143,6 +143,20 @@ def judge_completions(
     )
 
 
+@overload
+def greedy_completions(
+    hf_model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = ..., batch_size: int = ...,
+    chat: bool = ..., progress: bool = ..., desc: str = ..., with_finished: Literal[False] = ...,
+) -> list[str]: ...
+
+
+@overload
+def greedy_completions(
+    hf_model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = ..., batch_size: int = ...,
+    chat: bool = ..., progress: bool = ..., desc: str = ..., with_finished: Literal[True],
+) -> tuple[list[str], list[bool]]: ...
+
+
 def greedy_completions(
     hf_model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 48, batch_size: int = 16,
     chat: bool = True, progress: bool = False, desc: str = "generating", with_finished: bool = False,
@@ -220,7 +234,7 @@ def judge_refusals(
         if vector is not None:
             raise GeomprobeError("steering needs a loaded model (geomprobe.models.load_model), not a plain HF model")
         hf_model, tokenizer = model
-        texts = greedy_completions(hf_model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+        texts: list[str] = greedy_completions(hf_model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                    batch_size=batch_size, progress=progress, desc="judging")
     else:
         from geomprobe.steering.apply import generate
@@ -269,7 +283,7 @@ def judge_setting(
         for name, texts in sets.items():
             if not texts:
                 continue
-            kwargs = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+            kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
             if setting == "unsteered":
                 j = judge_refusals(model, texts, **kwargs)
             elif multiplier is None:
