@@ -396,7 +396,7 @@ class SteeringSection(AuditSection):
                 f"Behaviour: the judge's refusal rate beside the next-token log-odds at {st.get('hook', '')}",
                 ["setting", "refusal log-odds (harmful)", "refusal rate, harmful", "refusal rate, harmless"], rows,
                 note=f"Greedy generations of {fmt(jd.get('max_new_tokens'))} tokens, refusal-phrase matcher "
-                     f"{jd.get('matcher_version', '')}; {fmt(jd.get('ci_level'))} bootstrap intervals over prompts.",
+                     f"{jd.get('matcher_version', '')}; {float(jd.get('ci_level') or 0.95):.0%} bootstrap intervals over prompts.",
             ))
         cands = st.get("candidates") or []
         if cands:
