@@ -251,7 +251,7 @@ def test_sections_declare_what_they_write(audit_a):
     assert list(m)[-len(writers):] == writers  # after the header, in registry order
     keyed = [s.settings_key for s in SECTIONS if s.settings_key]
     assert list(m["settings"])[-len(keyed):] == keyed == ["datasets", "aqi", "subspace", "probes", "steering"]
-    assert m["comparison"] is None and AGAINST_ONLY == ("against", "comparison")
+    assert m["comparison"] is None and m["delta"] is None and AGAINST_ONLY == ("against", "comparison", "delta")
     # exactly the declared figures, in drawing order; the comparison's only with --against
     assert list(audit_a.figures) == [k for s in SECTIONS if not s.needs_against for k in s.figure_keys]
     page = audit_a.html_path.read_text()
