@@ -19,7 +19,7 @@ from geomprobe.audit import (
     SECTIONS,
     AuditSizes,
     audited_layers,
-    choose_steering_layer,
+    candidate_layers,
     evaluate_conditions,
     load_metrics,
     parse_condition,
@@ -384,9 +384,9 @@ def test_layer_choices():
     assert audited_layers(30, 1, [-1, 4, 4]) == [4, 29]
     with pytest.raises(GeomprobeError):
         audited_layers(30, 1, [30])
-    aqi = {"per_layer": [{"layer": 0, "aqi": 0.2}, {"layer": 10, "aqi": 0.5}, {"layer": 25, "aqi": 0.9}]}
-    assert choose_steering_layer(aqi, 30)[0] == 10  # 25 is in the last 20% of the depth
-    assert choose_steering_layer({"per_layer": [{"layer": 29, "aqi": 0.4}]}, 30)[0] == 29
+    # steering candidates: audited layers below 80% of the depth, else the shallowest audited one
+    assert candidate_layers([0, 10, 25], 30, 0.8) == [0, 10]
+    assert candidate_layers([29, 27], 30, 0.8) == [27]
 
 
 # -- --against: the ablated twin has known answers -----------------------------------------------------

@@ -10,7 +10,6 @@ the log-odds for the unsteered model, the ablation and the strongest multiplier 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,18 +104,6 @@ class SteeringResult:
 
     def to_dict(self) -> dict[str, Any]:
         return as_metrics(self)
-
-
-def choose_steering_layer(aqi_section: Mapping[str, Any], n_layers: int, max_layer_fraction: float = 0.8) -> tuple[int, str]:
-    """The audited layer of highest AQI below ``max_layer_fraction`` of the depth (fallback: shallowest)."""
-    limit = int(math.floor(max_layer_fraction * n_layers))
-    candidates = [r for r in aqi_section["per_layer"] if r["layer"] < limit and r["aqi"] is not None]
-    how = f"highest AQI among audited layers below {max_layer_fraction:.0%} of depth"
-    if not candidates:
-        candidates = sorted(aqi_section["per_layer"], key=lambda r: r["layer"])[:1]
-        how = "shallowest audited layer (no audited layer below the depth limit)"
-    best = max(candidates, key=lambda r: (r["aqi"] if r["aqi"] is not None else -1.0, -r["layer"]))
-    return int(best["layer"]), how
 
 
 def steering_rows(prompts: Any, n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
