@@ -387,6 +387,7 @@ def test_layer_choices():
     # steering candidates: audited layers below 80% of the depth, else the shallowest audited one
     assert candidate_layers([0, 10, 25], 30, 0.8) == [0, 10]
     assert candidate_layers([29, 27], 30, 0.8) == [27]
+    assert candidate_layers(list(range(30)), 30, 0.8, 4) == [0, 8, 15, 23]  # evenly spaced over 0..23
 
 
 # -- --against: the ablated twin has known answers -----------------------------------------------------

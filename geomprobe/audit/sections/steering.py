@@ -196,6 +196,7 @@ class SteeringSection(AuditSection):
         ("settings.steering.positions", "string", "positions the vector is added at"),
         ("settings.steering.judge_tokens", "integer", "greedy tokens generated per prompt for the judge's refusal rate"),
         ("settings.steering.judge_candidates", "integer", "candidate layers judged by generation after the ablation screen"),
+        ("settings.steering.screen_layers", "integer", "candidate layers screened at most (evenly spaced)"),
     )
     fields = (
         ("steering", "object", "dose-response of the harmful-harmless direction at one layer"),
@@ -289,7 +290,7 @@ class SteeringSection(AuditSection):
         positive = hh.label_names.index("harmful") if "harmful" in hh.label_names else 1
         harmful = [user_text(hh.prompts[i]) for i in held_rows if hh.prompts[i].label == positive]
         harmless = [user_text(hh.prompts[i]) for i in held_rows if hh.prompts[i].label != positive]
-        layers = candidate_layers(ctx.layers, ctx.model.n_layers, sizes.max_layer_fraction)
+        layers = candidate_layers(ctx.layers, ctx.model.n_layers, sizes.max_layer_fraction, sizes.screen_layers)
         vector = build_vector(ctx.caches["harmful_harmless"], [f"blocks.{layer}.hook_resid_post" for layer in layers],
                               train_rows)
         unsteered = ctx.clock.run("steering", f"judging the unsteered model ({len(harmful)} + {len(harmless)} prompts, "
@@ -325,7 +326,8 @@ class SteeringSection(AuditSection):
         return {"pooling": "last", "vector_method": "mean-diff", "metric": "refusal",
                 "multipliers": sorted(float(m) for m in sizes.multipliers), "n_prompts_per_class": sizes.steering_prompts,
                 "kl_limit": sizes.kl_limit, "max_layer_fraction": sizes.max_layer_fraction, "positions": "all",
-                "judge_tokens": sizes.judge_tokens, "judge_candidates": sizes.judge_candidates}
+                "judge_tokens": sizes.judge_tokens, "judge_candidates": sizes.judge_candidates,
+                "screen_layers": sizes.screen_layers}
 
     def figures(self, ctx: AuditContext, result: SteeringResult, metrics: dict[str, Any]) -> list[FigureRef]:
         from geomprobe.plots.steering import dose_response
