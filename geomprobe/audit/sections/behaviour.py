@@ -131,7 +131,7 @@ def choose_layer_by_behaviour(
         best = min(judged, key=lambda c: (c.rate_delta, drop(c)))
         selection = "behaviour"
         selected_by = (f"largest drop in the judge's refusal rate on {len(harmful)} held-out harmful prompts with the "
-                       f"direction ablated, among the {len(judged)} layers of strongest next-token refusal drop "
+                       f"direction ablated, among the {len(judged)} layer(s) of strongest next-token refusal drop "
                        f"{'within the KL limit' if pool is not cands else '(none within the KL limit)'}")
     else:
         best = judged[0]
