@@ -19,7 +19,7 @@ from geomprobe.audit import (
     SECTIONS,
     AuditSizes,
     audited_layers,
-    choose_steering_layer,
+    candidate_layers,
     evaluate_conditions,
     load_metrics,
     parse_condition,
@@ -251,7 +251,7 @@ def test_sections_declare_what_they_write(audit_a):
     assert list(m)[-len(writers):] == writers  # after the header, in registry order
     keyed = [s.settings_key for s in SECTIONS if s.settings_key]
     assert list(m["settings"])[-len(keyed):] == keyed == ["datasets", "aqi", "subspace", "probes", "steering"]
-    assert m["comparison"] is None and AGAINST_ONLY == ("against", "comparison")
+    assert m["comparison"] is None and m["delta"] is None and AGAINST_ONLY == ("against", "comparison", "delta")
     # exactly the declared figures, in drawing order; the comparison's only with --against
     assert list(audit_a.figures) == [k for s in SECTIONS if not s.needs_against for k in s.figure_keys]
     page = audit_a.html_path.read_text()
@@ -384,9 +384,10 @@ def test_layer_choices():
     assert audited_layers(30, 1, [-1, 4, 4]) == [4, 29]
     with pytest.raises(GeomprobeError):
         audited_layers(30, 1, [30])
-    aqi = {"per_layer": [{"layer": 0, "aqi": 0.2}, {"layer": 10, "aqi": 0.5}, {"layer": 25, "aqi": 0.9}]}
-    assert choose_steering_layer(aqi, 30)[0] == 10  # 25 is in the last 20% of the depth
-    assert choose_steering_layer({"per_layer": [{"layer": 29, "aqi": 0.4}]}, 30)[0] == 29
+    # steering candidates: audited layers below 80% of the depth, else the shallowest audited one
+    assert candidate_layers([0, 10, 25], 30, 0.8) == [0, 10]
+    assert candidate_layers([29, 27], 30, 0.8) == [27]
+    assert candidate_layers(list(range(30)), 30, 0.8, 4) == [0, 8, 15, 23]  # evenly spaced over 0..23
 
 
 # -- --against: the ablated twin has known answers -----------------------------------------------------

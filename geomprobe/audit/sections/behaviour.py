@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import numpy as np
+
 from geomprobe.audit.context import AuditContext, finite, hook_at, internal
 
 
@@ -70,11 +72,15 @@ class LayerChoice:
     ablation_record: Any  # the screen's record at the chosen hook (log-odds and KL)
 
 
-def candidate_layers(layers: Sequence[int], n_layers: int, max_layer_fraction: float) -> list[int]:
-    """Audited layers below ``max_layer_fraction`` of the depth (the shallowest one if none is)."""
+def candidate_layers(layers: Sequence[int], n_layers: int, max_layer_fraction: float, max_count: int | None = None) -> list[int]:
+    """Audited layers below ``max_layer_fraction`` of the depth (the shallowest one if none is);
+    at most ``max_count`` of them, evenly spaced, because each one costs a forward pass per prompt."""
     limit = int(math.floor(max_layer_fraction * n_layers))
-    below = [layer for layer in layers if layer < limit]
-    return below or sorted(layers)[:1]
+    below = sorted(layer for layer in layers if layer < limit) or sorted(layers)[:1]
+    if max_count is None or len(below) <= max_count:
+        return below
+    picks = sorted({int(round(i)) for i in np.linspace(0, len(below) - 1, max_count)})
+    return [below[i] for i in picks]
 
 
 def judge(ctx: AuditContext, prompts: list[str], **steering: Any) -> Rate:
@@ -125,7 +131,7 @@ def choose_layer_by_behaviour(
         best = min(judged, key=lambda c: (c.rate_delta, drop(c)))
         selection = "behaviour"
         selected_by = (f"largest drop in the judge's refusal rate on {len(harmful)} held-out harmful prompts with the "
-                       f"direction ablated, among the {len(judged)} layers of strongest next-token refusal drop "
+                       f"direction ablated, among the {len(judged)} layer(s) of strongest next-token refusal drop "
                        f"{'within the KL limit' if pool is not cands else '(none within the KL limit)'}")
     else:
         best = judged[0]

@@ -227,7 +227,7 @@ class DeltaSection(AuditSection):
         block = ReportBlock(self.name, self.title)
         block.paragraphs.append(
             f"Paired bootstrap ({d['n_bootstrap']} replicates; a replicate resamples {d['resampling']}); "
-            f"{fmt(d['ci_level'])} percentile intervals of b − a; p-value = {d['p_value_rule']}.")
+            f"{float(d['ci_level']):.0%} percentile intervals of b − a; p-value = {d['p_value_rule']}.")
         rows = [[fmt(r["layer"]), fmt(r["a"]), fmt(r["b"]), fmt(r["delta"]), f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]",
                  fmt(r["p_value"])] for r in d["aqi"]["per_layer"]]
         block.tables.append(Table("AQI per layer", ["layer", "a", "b", "Δ", "interval", "p"], rows))

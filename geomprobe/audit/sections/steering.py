@@ -10,7 +10,6 @@ the log-odds for the unsteered model, the ablation and the strongest multiplier 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,18 +106,6 @@ class SteeringResult:
         return as_metrics(self)
 
 
-def choose_steering_layer(aqi_section: Mapping[str, Any], n_layers: int, max_layer_fraction: float = 0.8) -> tuple[int, str]:
-    """The audited layer of highest AQI below ``max_layer_fraction`` of the depth (fallback: shallowest)."""
-    limit = int(math.floor(max_layer_fraction * n_layers))
-    candidates = [r for r in aqi_section["per_layer"] if r["layer"] < limit and r["aqi"] is not None]
-    how = f"highest AQI among audited layers below {max_layer_fraction:.0%} of depth"
-    if not candidates:
-        candidates = sorted(aqi_section["per_layer"], key=lambda r: r["layer"])[:1]
-        how = "shallowest audited layer (no audited layer below the depth limit)"
-    best = max(candidates, key=lambda r: (r["aqi"] if r["aqi"] is not None else -1.0, -r["layer"]))
-    return int(best["layer"]), how
-
-
 def steering_rows(prompts: Any, n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, held-out rows) of the harmful-harmless cache: ``n_per_class`` held out per class."""
     labels = prompts.labels
@@ -209,6 +196,7 @@ class SteeringSection(AuditSection):
         ("settings.steering.positions", "string", "positions the vector is added at"),
         ("settings.steering.judge_tokens", "integer", "greedy tokens generated per prompt for the judge's refusal rate"),
         ("settings.steering.judge_candidates", "integer", "candidate layers judged by generation after the ablation screen"),
+        ("settings.steering.screen_layers", "integer", "candidate layers screened at most (evenly spaced)"),
     )
     fields = (
         ("steering", "object", "dose-response of the harmful-harmless direction at one layer"),
@@ -302,7 +290,7 @@ class SteeringSection(AuditSection):
         positive = hh.label_names.index("harmful") if "harmful" in hh.label_names else 1
         harmful = [user_text(hh.prompts[i]) for i in held_rows if hh.prompts[i].label == positive]
         harmless = [user_text(hh.prompts[i]) for i in held_rows if hh.prompts[i].label != positive]
-        layers = candidate_layers(ctx.layers, ctx.model.n_layers, sizes.max_layer_fraction)
+        layers = candidate_layers(ctx.layers, ctx.model.n_layers, sizes.max_layer_fraction, sizes.screen_layers)
         vector = build_vector(ctx.caches["harmful_harmless"], [f"blocks.{layer}.hook_resid_post" for layer in layers],
                               train_rows)
         unsteered = ctx.clock.run("steering", f"judging the unsteered model ({len(harmful)} + {len(harmless)} prompts, "
@@ -338,7 +326,8 @@ class SteeringSection(AuditSection):
         return {"pooling": "last", "vector_method": "mean-diff", "metric": "refusal",
                 "multipliers": sorted(float(m) for m in sizes.multipliers), "n_prompts_per_class": sizes.steering_prompts,
                 "kl_limit": sizes.kl_limit, "max_layer_fraction": sizes.max_layer_fraction, "positions": "all",
-                "judge_tokens": sizes.judge_tokens, "judge_candidates": sizes.judge_candidates}
+                "judge_tokens": sizes.judge_tokens, "judge_candidates": sizes.judge_candidates,
+                "screen_layers": sizes.screen_layers}
 
     def figures(self, ctx: AuditContext, result: SteeringResult, metrics: dict[str, Any]) -> list[FigureRef]:
         from geomprobe.plots.steering import dose_response
@@ -396,7 +385,7 @@ class SteeringSection(AuditSection):
                 f"Behaviour: the judge's refusal rate beside the next-token log-odds at {st.get('hook', '')}",
                 ["setting", "refusal log-odds (harmful)", "refusal rate, harmful", "refusal rate, harmless"], rows,
                 note=f"Greedy generations of {fmt(jd.get('max_new_tokens'))} tokens, refusal-phrase matcher "
-                     f"{jd.get('matcher_version', '')}; {fmt(jd.get('ci_level'))} bootstrap intervals over prompts.",
+                     f"{jd.get('matcher_version', '')}; {float(jd.get('ci_level') or 0.95):.0%} bootstrap intervals over prompts.",
             ))
         cands = st.get("candidates") or []
         if cands:
