@@ -303,7 +303,7 @@ def weight_rows(sources: dict[str, str], provenance: dict, args) -> list[dict]:
         energy = np.array([r.energy_b_in_a for r in records])
         base = np.array([r.energy_baseline_b_in_a for r in records])
 
-        def pooled(idx):
+        def pooled(idx, nb2=nb2, energy=energy, base=base):
             w = nb2[idx]
             return float((energy[idx] * w).sum() / w.sum() - (base[idx] * w).sum() / w.sum())
 

@@ -24,7 +24,7 @@ from geomprobe.core.errors import GeomprobeError
 IGNORE = -100
 # Projection names per architecture family: attention in/out and the MLP.
 _LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-_TARGETS = {t: _LLAMA_TARGETS for t in ("llama", "mistral", "qwen2", "qwen3", "phi3")}
+_TARGETS: dict[str, tuple[str, ...]] = {t: _LLAMA_TARGETS for t in ("llama", "mistral", "qwen2", "qwen3", "phi3")}
 _TARGETS["gpt2"] = ("c_attn", "c_proj", "c_fc")
 
 
@@ -160,7 +160,8 @@ def finetune_lora(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     config = LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=list(lora_targets(hf_model) or []) or None,
+        r=rank, lora_alpha=alpha,  # type: ignore[arg-type]  # peft scales by alpha / r; a float is fine
+        lora_dropout=0.0, bias="none", target_modules=list(lora_targets(hf_model) or []) or None,
         layers_to_transform=list(range(first_layer, n_layers)) if n_layers else None,
     )
     peft_model = get_peft_model(hf_model, config)

@@ -19,7 +19,7 @@ SECTIONS: tuple[AuditSection, ...] = (
     GeometrySection(),
     SubspaceSection(),
     ProbesSection(),
-    SteeringSection(),  # reads the AQI result to choose its layer
+    SteeringSection(),  # chooses its layer by behaviour (judge on held-out prompts), not by AQI
     ComparisonSection(),  # reruns the stages on the --against checkpoint and reads all of the above
     DeltaSection(),  # paired bootstrap of the changes over the same prompts (needs steering's judged prompts)
 )
