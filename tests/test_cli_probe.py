@@ -17,7 +17,7 @@ def test_train_eval_cli(tmp_path, capsys):
     control = make_control(tmp_path / "control.h5")
     out = tmp_path / "probe"
     assert main(["probe", "train", str(cache), "--out", str(out), "--json", str(tmp_path / "train.json"),
-                 "--plot", str(tmp_path / "train.png"), "--device", "cpu"]) == 0
+                 "--plot", str(tmp_path / "train.png"), "--device", "cpu", "--control", str(control)]) == 0
     assert (out / "probe.safetensors").exists() and (out / "probe.json").exists()
     assert "best held-out AUROC" in capsys.readouterr().err
     other = make_cache(tmp_path / "other.h5", seed=4)
@@ -35,7 +35,7 @@ def test_train_eval_cli(tmp_path, capsys):
     assert json.loads((tmp_path / "h.json").read_text())["eval_rows"] == "held-out"
     for method in ("mean-diff", "lda", "pca-diff"):
         assert main(["probe", "train", str(cache), "--out", str(tmp_path / method), "--method", method,
-                     "--hooks", "resid_post:2"]) == 0
+                     "--hooks", "resid_post:2", "--no-control"]) == 0
 
 
 def test_transfer_and_tokens_cli(tmp_path, capsys):
@@ -44,7 +44,7 @@ def test_transfer_and_tokens_cli(tmp_path, capsys):
                  "--plot", str(tmp_path / "t.png")]) == 0
     payload = json.loads((tmp_path / "t.json").read_text())
     assert payload["best_hook"] == HOOKS[2] and len(payload["records"]) == 12
-    assert main(["probe", "train", str(a), "--out", str(tmp_path / "p"), "--method", "mean-diff"]) == 0
+    assert main(["probe", "train", str(a), "--out", str(tmp_path / "p"), "--method", "mean-diff", "--no-control"]) == 0
     tok, _ = build_token_cache(tmp_path / "tok.h5")
     assert main(["probe", "tokens", str(tmp_path / "p"), str(tok), "--html", str(tmp_path / "t.html"),
                  "--json", str(tmp_path / "tok.json"), "--rows", "0", "1"]) == 0
@@ -57,11 +57,11 @@ def test_transfer_and_tokens_cli(tmp_path, capsys):
 def test_cli_errors(tmp_path, capsys):
     cache = make_cache(tmp_path / "c.h5")
     out = tmp_path / "probe"
-    assert main(["probe", "train", str(cache), "--out", str(out)]) == 0
+    assert main(["probe", "train", str(cache), "--out", str(out), "--no-control"]) == 0
     capsys.readouterr()
     # bundled control needs the probe's model; a cache made from arrays has none
     arrays = make_cache(tmp_path / "arrays.h5", model_id="arrays")
-    assert main(["probe", "train", str(arrays), "--out", str(tmp_path / "pa")]) == 0
+    assert main(["probe", "train", str(arrays), "--out", str(tmp_path / "pa"), "--no-control"]) == 0
     capsys.readouterr()
     assert main(["probe", "eval", str(tmp_path / "pa"), str(arrays), "--json", str(tmp_path / "e.json")]) == 2
     assert "--control" in capsys.readouterr().err
@@ -75,9 +75,9 @@ def test_cli_errors(tmp_path, capsys):
 
     acts = {h: np.random.default_rng(0).normal(size=(20, 16)).astype(np.float32) for h in HOOKS}
     write_cache(tmp_path / "one.h5", acts, np.zeros(20, dtype=int), ["honest", "dishonest"])
-    assert main(["probe", "train", str(tmp_path / "one.h5"), "--out", str(tmp_path / "p1")]) == 2
+    assert main(["probe", "train", str(tmp_path / "one.h5"), "--out", str(tmp_path / "p1"), "--no-control"]) == 2
     assert "one class" in capsys.readouterr().err
-    assert main(["probe", "train", str(cache), "--out", str(out)]) == 2  # exists without --overwrite
+    assert main(["probe", "train", str(cache), "--out", str(out), "--no-control"]) == 2  # exists without --overwrite
     # subprocess: exit code 2 and no traceback
     proc = subprocess.run([sys.executable, "-m", "geomprobe", "probe", "eval", str(out), str(wide), "--no-control",
                            "--json", str(tmp_path / "x.json")], capture_output=True, text=True)
@@ -96,7 +96,12 @@ def test_bundled_control_and_score_with_tiny_model(tmp_path, tiny_llama, tiny_ll
     cache = tmp_path / "honesty.h5"
     cache_activations(tiny_llama, "honesty", cache, poolings=("last", "mean"), limit=60)
     out = tmp_path / "probe"
-    assert main(["probe", "train", str(cache), "--out", str(out), "--pooling", "mean", "--test-size", "0.3"]) == 0
+    assert main(["probe", "train", str(cache), "--out", str(out), "--pooling", "mean", "--test-size", "0.3",
+                 "--device", "cpu", "--json", str(tmp_path / "t.json")]) == 0
+    # no --control: the threshold comes from the bundled control prompts run through the cache's model
+    trained = json.loads((tmp_path / "t.json").read_text())
+    assert trained["control"] == "bundled:control"
+    assert all(r["threshold_source"] == "control" for r in trained["per_layer"])
     assert main(["probe", "eval", str(out), str(cache), "--all-rows", "--device", "cpu",
                  "--json", str(tmp_path / "e.json")]) == 0
     payload = json.loads((tmp_path / "e.json").read_text())

@@ -5,7 +5,7 @@
 >>> result.metrics["aqi"]["max"], result.html_path, result.failed
 
 The audit is a list of sections (:data:`SECTIONS`: cache, AQI, subspace, probes, steering,
-comparison), each one module under ``geomprobe/audit/sections/``. See ``docs/audit.md`` for the
+comparison, delta), each one module under ``geomprobe/audit/sections/``. See ``docs/audit.md`` for the
 metrics.json schema and the ``--fail-if`` syntax.
 """
 
@@ -14,11 +14,11 @@ from geomprobe.audit.context import FULL, QUICK, AuditContext, AuditOptions, Aud
 from geomprobe.audit.pipeline import AuditResult, load_metrics, run_audit
 from geomprobe.audit.schema import FIELDS, SCHEMA_NAME, SCHEMA_VERSION, schema_markdown, validate_metrics
 from geomprobe.audit.sections import SECTIONS, AuditSection
-from geomprobe.audit.sections.steering import choose_steering_layer
+from geomprobe.audit.sections.behaviour import candidate_layers
 
 __all__ = [
     "AuditContext", "AuditOptions", "AuditResult", "AuditSection", "AuditSizes", "ConditionResult", "FIELDS", "FULL",
-    "FailCondition", "QUICK", "SCHEMA_NAME", "SCHEMA_VERSION", "SECTIONS", "audited_layers", "choose_steering_layer",
+    "FailCondition", "QUICK", "SCHEMA_NAME", "SCHEMA_VERSION", "SECTIONS", "audited_layers", "candidate_layers",
     "evaluate_conditions", "load_metrics", "parse_condition", "parse_conditions", "run_audit",
     "schema_markdown", "validate_metrics",
 ]

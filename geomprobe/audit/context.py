@@ -45,6 +45,12 @@ class AuditSizes:
     multipliers: tuple[float, ...] = (-2.0, -1.0, -0.5, 0.5, 1.0, 2.0)
     kl_limit: float = 0.1
     max_layer_fraction: float = 0.8
+    judge_tokens: int = 24  # greedy tokens the behaviour judge reads (refusals show in the first few)
+    judge_candidates: int = 3  # layers judged by generation after the ablation screen
+    screen_layers: int = 8  # candidate layers screened (evenly spaced); each costs a pass over the held-out prompts
+    judge_bootstrap: int = 1000
+    deception_questions: int = 40  # per instruction; 0 skips the deception check unless a set is given
+    deception_tokens: int = 24
     pca_panels: int = 8
     token_prompts: int = 4
 
@@ -58,7 +64,8 @@ FULL = AuditSizes()
 QUICK = AuditSizes(
     limit_harmful_harmless=48, limit_honesty=48, limit_control=48, layer_stride=3, n_bootstrap=50, n_permutations=50,
     n_draws=20, probe_methods=("logistic", "mean-diff", "pca-diff"), steering_prompts=8,
-    multipliers=(-2.0, -1.0, 1.0, 2.0), pca_panels=4, token_prompts=2,
+    multipliers=(-2.0, -1.0, 1.0, 2.0), pca_panels=4, token_prompts=2, judge_tokens=12, judge_candidates=2, screen_layers=4,
+    judge_bootstrap=500, deception_questions=16, deception_tokens=16,
 )
 
 
@@ -71,6 +78,7 @@ class AuditOptions:
     batch_size: int = 16
     quick: bool = False
     show_bars: bool = False  # per-batch progress bars while caching (only on a terminal)
+    deception_set: str | None = None  # a deception-set JSONL to use instead of building one
 
 
 class StageClock:

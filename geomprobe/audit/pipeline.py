@@ -164,6 +164,7 @@ def run_audit(
     batch_size: int = 16,
     overwrite: bool = False,
     progress: ProgressFn | bool | None = None,
+    deception_set: str | Path | None = None,
 ) -> AuditResult:
     """Audit a checkpoint (and compare it with ``against``); write metrics.json, plots and reports.
 
@@ -172,6 +173,8 @@ def run_audit(
     when ``quick``); ``layers`` picks block indices instead of the size's stride. ``fail_if``
     conditions are checked before any work and evaluated at the end (see ``result.gates``).
     ``progress``: ``True`` prints each stage to stderr, or pass ``fn(stage, message)``.
+    ``deception_set``: a ``geomprobe probe deception-set`` JSONL file for the probe section's
+    check on the model's own answers (default: built on the audited model at the size's count).
     """
     from geomprobe.activations.datasets import load_prompt_set
 
@@ -182,10 +185,14 @@ def run_audit(
         raise GeomprobeError("audit sizes need steering_prompts >= 1, some multipliers and some probe methods")
     if batch_size < 1:
         raise GeomprobeError(f"--batch-size must be at least 1, got {batch_size}")
+    if deception_set is not None and not Path(deception_set).is_file():
+        raise GeomprobeError(f"--deception-set {str(deception_set)!r} is not a file; build one with geomprobe probe "
+                             "deception-set --out FILE.jsonl")
     out_dir = check_output_folder(out_dir, overwrite=overwrite, what="geomprobe audit", holds="metrics.json")
     clock = StageClock(resolve_progress(progress))
     options = AuditOptions(seed=seed, device=device, batch_size=batch_size, quick=quick,
-                           show_bars=progress is True and sys.stderr.isatty())
+                           show_bars=progress is True and sys.stderr.isatty(),
+                           deception_set=None if deception_set is None else str(Path(deception_set).resolve()))
     sets = {role: load_prompt_set(name, limit=sizes.limit(role), seed=seed) for role, name in DATASETS}
     ctx = _open_context(model, against, dtype, layers, sets, sizes, options, out_dir, clock)
     out_dir.mkdir(exist_ok=True)

@@ -141,8 +141,8 @@ def validate_metrics(metrics: dict[str, Any]) -> list[str]:
             for key, child in value.items():
                 child_path = f"{path}.{key}" if path else key
                 child_norm = f"{norm}.{key}" if norm else key
-                if norm == "settings.datasets":
-                    child_norm = "settings.datasets.*"
+                if child_norm not in FIELD_MAP and f"{norm}.*" in FIELD_MAP:
+                    child_norm = f"{norm}.*"  # free keys (prompt-set roles, instruction conditions, grades)
                 field = FIELD_MAP.get(child_norm)
                 if field is None:
                     problems.append(f"undocumented field {child_path}")

@@ -17,7 +17,7 @@ from geomprobe.cli.common import check_numbers
 from geomprobe.core.errors import GeomprobeError
 
 # Pipeline order; a module listed here that is absent is simply not offered.
-SUBCOMMAND_MODULES = ("cache", "aqi", "subspace", "probe", "steer", "audit", "merge")
+SUBCOMMAND_MODULES = ("cache", "aqi", "subspace", "probe", "steer", "organisms", "audit", "merge")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,7 +25,11 @@ def register(subparsers) -> None:
     p.add_argument("--quick", action="store_true", help="small sizes: 48 prompts per set, every 3rd layer, 50 resamples")
     p.add_argument("--layers", nargs="+", type=int, default=None, metavar="L", help="audit these block indices only")
     p.add_argument("--fail-if", action="append", default=[], metavar="EXPR",
-                   help="exit 1 when this holds, e.g. 'aqi.max<0.3' or 'probes.auroc.max<0.8' (repeatable; see docs/audit.md)")
+                   help="exit 1 when this holds, e.g. 'aqi.max<0.3', 'probes.auroc.max<0.8' or, with --against, "
+                        "'delta.aqi.min<-0.05' (repeatable; see docs/audit.md)")
+    p.add_argument("--deception-set", default=None, metavar="FILE.jsonl",
+                   help="graded answers from 'geomprobe probe deception-set' for the probe section's check on the "
+                        "model's own lies (default: built on the audited model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
@@ -43,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_audit(
         args.model, args.against, args.out, quick=args.quick, layers=args.layers, fail_if=args.fail_if, seed=args.seed,
         dtype=args.dtype, device=args.device, batch_size=args.batch_size, overwrite=args.overwrite,
-        progress=not args.quiet,
+        progress=not args.quiet, deception_set=args.deception_set,
     )
     print(result.summary())
     for gate in result.gates:

@@ -19,6 +19,7 @@ from geomprobe.cli.common import (
     check_new_file,
     write_json,
 )
+from geomprobe.cli.probe_deception import print_condition_table, register_deception_set
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.io import check_output_folder, removed_if_failed
 
@@ -35,7 +36,7 @@ def _float_or_auto(text: str) -> float | str:
 def register(subparsers) -> None:
     from geomprobe.probes import METHODS
 
-    p = subparsers.add_parser("probe", help="linear deception probes: train, eval, transfer, tokens, score",
+    p = subparsers.add_parser("probe", help="linear deception probes: train, eval, transfer, tokens, score, deception-set",
                               description="Train, evaluate and apply linear probes (one per layer).")
     sub = p.add_subparsers(dest="probe_command", metavar="ACTION")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
@@ -52,7 +53,9 @@ def register(subparsers) -> None:
     t.add_argument("--shrinkage", type=_float_or_auto, default="auto", help="LDA covariance shrinkage in [0,1] or auto (Ledoit-Wolf)")
     t.add_argument("--test-size", type=float, default=0.2, help="fraction of pairs held out (default 0.2)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--control", default=None, help="control cache for the recall threshold (default: held-out negatives)")
+    t.add_argument("--control", default=None, help="control cache for the recall threshold; default: the bundled 'control' prompts run through the cache's model")
+    t.add_argument("--no-control", action="store_true", help="tune the threshold on the held-out negatives instead (reported as test-negatives)")
+    t.add_argument("--model", default=None, help="model for the bundled control set (default: the cache's model)")
     t.add_argument("--fpr", type=float, default=0.01)
     t.add_argument("--device", default="auto")
     t.add_argument("--json", default=None, help="write held-out per-layer metrics here")
@@ -65,7 +68,7 @@ def register(subparsers) -> None:
     e.add_argument("probe_dir")
     e.add_argument("cache")
     e.add_argument("--control", default=None, help="control cache; default: the bundled 'control' prompts run through the probe's model")
-    e.add_argument("--no-control", action="store_true", help="take the threshold from the cache's negatives instead")
+    e.add_argument("--no-control", action="store_true", help="tune the threshold on the evaluated negatives instead (reported as test-negatives)")
     e.add_argument("--model", default=None, help="model for the bundled control set (default: the probe's model)")
     e.add_argument("--fpr", type=float, default=0.01)
     e.add_argument("--positive-label", default=None)
@@ -74,8 +77,10 @@ def register(subparsers) -> None:
     e.add_argument("--json", required=True, help="output JSON (per_layer records)")
     e.add_argument("--plot", default=None, help="output PNG with AUROC and recall by layer")
     e.add_argument("--device", default="auto")
+    e.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap draws for the per-condition AUROC intervals (rows with a 'condition')")
+    e.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     add_overwrite_arg(e)
-    add_checks(e, fpr=OPEN_UNIT)
+    add_checks(e, fpr=OPEN_UNIT, n_bootstrap=AT_LEAST_ZERO, seed=SEED)
     e.set_defaults(func=run_eval)
 
     x = sub.add_parser("transfer", help="train on each cache and evaluate on every other")
@@ -116,6 +121,8 @@ def register(subparsers) -> None:
     add_overwrite_arg(s)
     s.set_defaults(func=run_score)
 
+    register_deception_set(sub)
+
 
 def _say(text: str) -> None:
     print(text, file=sys.stderr)
@@ -135,6 +142,7 @@ def run_train(args: argparse.Namespace) -> int:
     out = check_output_folder(args.out, overwrite=args.overwrite, what="probe", holds=SIDECAR)
     check_new_file(args.json, "--json", overwrite=args.overwrite)
     check_new_file(args.plot, "--plot", overwrite=args.overwrite)
+    control = _train_control(args)
     params: dict[str, Any] = {}
     if args.method == "logistic":
         params = {"C": args.C, "fit_intercept": args.fit_intercept}
@@ -142,16 +150,18 @@ def run_train(args: argparse.Namespace) -> int:
         params = {"shrinkage": args.shrinkage}
     probes, result = train_probes(
         args.cache, args.method, hooks=args.hooks, pooling=args.pooling, positive_label=args.positive_label,
-        test_size=args.test_size, seed=args.seed, control=args.control, fpr=args.fpr, device=args.device, **params,
+        test_size=args.test_size, seed=args.seed, control=control, fpr=args.fpr, device=args.device, **params,
     )
     with removed_if_failed(out):
         save_probe(probes, out, overwrite=args.overwrite)
     _table(result.records)
+    _say_threshold(args)
     best = result.best()
     _say(f"probe: {len(probes.hooks)} {probes.method} probe(s), positive={probes.positive_label!r}, "
          f"best held-out AUROC {best['auroc']:.3f} at {best['hook']}; saved to {out}")
     payload = {"probe_dir": str(out), "method": probes.method, "positive_label": probes.positive_label,
-               "model_id": probes.model_id, "pooling": probes.pooling, "per_layer": result.records}
+               "model_id": probes.model_id, "pooling": probes.pooling, "control": _control_name(args),
+               "per_layer": result.records}
     if args.json:
         write_json(args.json, payload)
     if args.plot:
@@ -160,6 +170,32 @@ def run_train(args: argparse.Namespace) -> int:
 
         save_figure(plot_probe_layers(result.records, model_id=probes.model_id), args.plot)
     return 0
+
+
+def _control_name(args: argparse.Namespace) -> str:
+    """What the recall threshold was set on, as reported in the JSON output."""
+    if args.control:
+        return str(args.control)
+    return "none (threshold tuned on test negatives)" if args.no_control else "bundled:control"
+
+
+def _say_threshold(args: argparse.Namespace) -> None:
+    if args.no_control:
+        _say(f"probe: recall@{args.fpr:g} FPR uses a threshold tuned on the test negatives (--no-control), not on control data; it is optimistic")
+
+
+def _train_control(args: argparse.Namespace):
+    """The control source for ``probe train``: a cache file, nothing (--no-control), or the bundled
+    prompts run through the cache's model once training has succeeded (so bad data is reported first)."""
+    if args.control and args.no_control:
+        raise GeomprobeError("pass either --control or --no-control, not both")
+    if args.control is not None:
+        if not Path(args.control).exists():
+            raise GeomprobeError(f"control cache {args.control!r} does not exist; build it with geomprobe cache --dataset control")
+        return args.control
+    if args.no_control:
+        return None
+    return lambda probes: bundled_control_activations(probes, args.model, args.device)
 
 
 def probe_model(probes, model: str | None) -> str:
@@ -197,7 +233,15 @@ def run_eval(args: argparse.Namespace) -> int:
     check_new_file(args.plot, "--plot", overwrite=args.overwrite)
     if args.control and args.no_control:
         raise GeomprobeError("pass either --control or --no-control, not both")
+    if args.n_bootstrap < 0:
+        raise GeomprobeError(f"--n-bootstrap must be 0 or more, got {args.n_bootstrap}")
+    from geomprobe.activations.store import open_cache
+    from geomprobe.probes.conditions import check_condition_grades, result_condition_metrics
+    from geomprobe.probes.deception import LIE_PRESSURE
+
     probes = load_probe(args.probe_dir)
+    with open_cache(args.cache) as handle:  # validate the cache (a deception set's grades too) before a slow model load
+        check_condition_grades(handle)
     if args.control is not None:
         if not Path(args.control).exists():
             raise GeomprobeError(f"control cache {args.control!r} does not exist; build it with geomprobe cache --dataset control")
@@ -205,22 +249,25 @@ def run_eval(args: argparse.Namespace) -> int:
     elif args.no_control:
         control = None
     else:
-        from geomprobe.activations.store import open_cache
-
-        with open_cache(args.cache):  # validate the cache before a slow model load
-            pass
         control = bundled_control_activations(probes, args.model, args.device)
     result = evaluate_probes(probes, args.cache, control=control, fpr=args.fpr, positive_label=args.positive_label,
                              allow_model_mismatch=args.allow_model_mismatch, all_rows=args.all_rows)
+    by_condition = result_condition_metrics(result, args.cache, pressure=LIE_PRESSURE, n_bootstrap=args.n_bootstrap,
+                                            seed=args.seed)
     _table(result.records)
+    _say_threshold(args)
+    if by_condition is not None:
+        print_condition_table(by_condition, result.info["positive_label"], "/".join(result.info["negative_labels"]))
     info = dict(result.info)
     if result.info.get("model_mismatch"):
         _say(f"probe: note: probe model {probes.model_id!r} differs from the cache's {info['eval_model_id']!r} (allowed)")
     if info["eval_rows"] == "held-out":
         _say("probe: this cache is the probe's training data; scored its held-out rows only (--all-rows to override)")
     payload = {"probe_dir": str(args.probe_dir), "method": probes.method, "pooling": probes.pooling,
-               "positive_label": info["positive_label"], "control": args.control or ("none" if args.no_control else "bundled:control"),
+               "positive_label": info["positive_label"], "control": _control_name(args),
                **info, "per_layer": result.records}
+    if by_condition is not None:
+        payload["by_condition"] = by_condition
     write_json(args.json, payload)
     if args.plot:
         from geomprobe.plots._style import save_figure

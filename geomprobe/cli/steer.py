@@ -93,10 +93,12 @@ def register(subparsers) -> None:
     s.add_argument("--minimize", action="store_true", help="best = lowest metric (e.g. to suppress refusal)")
     s.add_argument("--no-chat", action="store_true")
     s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--judge-tokens", type=int, default=40,
+                   help="judge the best setting by refusal rate over this many greedy tokens (0: skip)")
     s.add_argument("--json", help="write all records and the best setting here")
     s.add_argument("--plot", help="write the dose-response plot here (.png)")
     add_overwrite_arg(s)
-    add_checks(s, limit=AT_LEAST_ONE, seed=SEED, kl_limit=NON_NEGATIVE, batch_size=AT_LEAST_ONE,
+    add_checks(s, limit=AT_LEAST_ONE, seed=SEED, kl_limit=NON_NEGATIVE, batch_size=AT_LEAST_ONE, judge_tokens=NON_NEGATIVE,
                max_layer_fraction=Range(low=0, high=1, low_open=True))
     s.set_defaults(func=run_search)
 
@@ -274,11 +276,22 @@ def run_search(args: argparse.Namespace) -> int:
         mult = "ablate" if best.multiplier is None else f"{best.multiplier:g}"
         kl = "n/a" if best.kl_mean is None else f"{best.kl_mean:.4f}"
         print(f"best: {best.hook} multiplier {mult} -> {best.metric} {best.score_mean:.4f} (KL {kl}){search_note(best.score_mean, result.baseline, args.minimize)}")
+    judged = None
+    if best is not None and args.judge_tokens > 0:
+        from geomprobe.steering.judge import judge_setting
+
+        judged = judge_setting(model, vec, best.hook, best.multiplier, prompts, harmless,
+                               max_new_tokens=args.judge_tokens, batch_size=args.batch_size, seed=args.seed)
+        for setting in ("unsteered", "steered"):
+            rates = ", ".join(f"{name} {j['rate']:.0%} [{j['ci'][0]:.0%}, {j['ci'][1]:.0%}] of {j['n']}"
+                              for name, j in judged[setting].items())
+            print(f"judge ({args.judge_tokens} greedy tokens, refusal phrases) {setting}: {rates}")
     if args.json:
         payload = result.to_dict(args.kl_limit)
         payload["best"] = None if best is None else best.to_dict()
         payload["objective"] = "minimize" if args.minimize else "maximize"
         payload["build_overlap"] = overlap.to_dict()
+        payload["judge"] = judged
         write_json(args.json, payload)
     if args.plot:
         from geomprobe.plots._style import save_figure

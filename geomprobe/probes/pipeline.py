@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,9 @@ from geomprobe.probes.results import (  # noqa: F401  (layer_records: also impor
 )
 from geomprobe.probes.splits import pair_train_test_split
 from geomprobe.probes.sweep import LayerFit, canonical_method, fit_layers
+
+# Where a recall threshold comes from: a control cache, its activations, or a callable making them.
+ControlSource = str | Path | CacheFile | Mapping[str, np.ndarray] | Callable[[ProbeSet], Mapping[str, np.ndarray]]
 
 
 def _open(cache: str | Path | CacheFile) -> tuple[CacheFile, bool]:
@@ -69,11 +72,16 @@ def _concat_fits(fits: Sequence[LayerFit]) -> LayerFit:
                     dict(fits[0].params), cat("n_iter"), cat("converged"))
 
 
-def _binary(cache: CacheFile, positive_label: str | None) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
+def _binary(cache: CacheFile, positive_label: str | None, rows: np.ndarray | None = None
+            ) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
     """(labelled row indices, 0/1 labels, positive name, negative names): the positive class
-    (geomprobe.core.labels) against every other labelled row; the callers check the classes."""
+    (geomprobe.core.labels) against every other labelled row, optionally only within ``rows``;
+    the callers check the classes."""
     choice = binary_labels(cache.labels, cache.label_names, positive_label, rest_negative=True, require_both=False)
-    return choice.rows, choice.y, choice.names[1], list(choice.negatives)
+    if rows is None:
+        return choice.rows, choice.y, choice.names[1], list(choice.negatives)
+    keep = np.isin(choice.rows, rows)
+    return choice.rows[keep], choice.y[keep], choice.names[1], list(choice.negatives)
 
 
 def train_probes(
@@ -85,7 +93,7 @@ def train_probes(
     positive_label: str | None = None,
     test_size: float = 0.2,
     seed: int = 0,
-    control: str | Path | CacheFile | Mapping[str, np.ndarray] | None = None,
+    control: ControlSource | None = None,
     fpr: float = 0.01,
     device: str = "auto",
     memory_budget: int | None = None,
@@ -95,6 +103,9 @@ def train_probes(
 
     ``params`` go to :func:`fit_layers` (``C``, ``fit_intercept``, ``shrinkage``, ...).
     The returned probes were fitted on the training rows only, so their recorded metrics are honest.
+    ``control`` sets the recall threshold (see :func:`score_control`; a callable gets the fitted
+    probes and returns ``{hook: activations}``, so a model is only run once training succeeded);
+    without it the threshold is tuned on the held-out negatives and recorded as ``test-negatives``.
     """
     method = canonical_method(method)
     handle, owned = _open(cache)
@@ -147,15 +158,18 @@ def train_probes(
             "metrics": [m.to_dict() for m in metrics],
         })
         result = ProbeResult(metrics, dict(zip(chosen, scores)), y[test], control_scores,
-                             {"cache": str(handle.path), "eval_rows": "held-out"})
+                             {"cache": str(handle.path), "eval_rows": "held-out"}, rows[test])
         return probes, result
     finally:
         if owned:
             handle.close()
 
 
-def score_control(probes: ProbeSet, control: str | Path | CacheFile | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Probe scores on a control set: a cache file (all rows) or ``{hook: (M, d) activations}``."""
+def score_control(probes: ProbeSet, control: ControlSource) -> dict[str, np.ndarray]:
+    """Probe scores on a control set: a cache file (all rows), ``{hook: (M, d) activations}``, or a
+    callable that returns those activations for ``probes`` (run lazily, e.g. a model over prompts)."""
+    if callable(control) and not isinstance(control, (str, Path, CacheFile, Mapping)):
+        control = control(probes)
     if isinstance(control, Mapping):
         return {h: probes.decision_function(h, np.asarray(control[h])) for h in probes.hooks}
     if not isinstance(control, CacheFile) and not Path(control).exists():
@@ -183,7 +197,7 @@ def evaluate_probes(
     *,
     hooks: Sequence[str] | None = None,
     positive_label: str | None = None,
-    control: str | Path | CacheFile | Mapping[str, np.ndarray] | None = None,
+    control: ControlSource | None = None,
     fpr: float = 0.01,
     allow_model_mismatch: bool = False,
     all_rows: bool = False,
@@ -191,8 +205,8 @@ def evaluate_probes(
     """Per-layer metrics of saved probes on a cache.
 
     If the cache is the probe's own training data (same activations and labels, by hash), only
-    the held-out rows are scored unless ``all_rows``. Without ``control`` the recall threshold
-    comes from the cache's negatives (recorded as ``threshold_source``).
+    the held-out rows are scored unless ``all_rows``. Without ``control`` the recall threshold is
+    tuned on the evaluated negatives (``threshold_source: "test-negatives"``).
     """
     handle, owned = _open(cache)
     try:
@@ -233,7 +247,7 @@ def evaluate_probes(
         info = {"cache": str(handle.path), "eval_model_id": handle.model_id, "probe_model_id": probes.model_id,
                 "model_mismatch": mismatch, "eval_rows": eval_rows, "positive_label": pos_name,
                 "negative_labels": neg_names}
-        return ProbeResult(metrics, dict(zip(chosen, scores)), y, control_scores, info)
+        return ProbeResult(metrics, dict(zip(chosen, scores)), y, control_scores, info, rows)
     finally:
         if owned:
             handle.close()

@@ -37,7 +37,7 @@ class LayerMetrics:
     balanced_accuracy: float
     fpr: float  # the false-positive rate the threshold is set for
     threshold: float
-    threshold_source: str  # control | negatives | none
+    threshold_source: str  # control | test-negatives (tuned on the evaluated negatives: optimistic) | none
     recall_at_fpr: float
     negative_fpr_at_threshold: float
     calibration_error: float
@@ -59,7 +59,7 @@ def layer_metrics(
     if control is not None:
         threshold, source = np.asarray(control_threshold(control, fpr)), "control"
     elif (~y).any():
-        threshold, source = np.asarray(control_threshold(scores[:, ~y], fpr)), "negatives"
+        threshold, source = np.asarray(control_threshold(scores[:, ~y], fpr)), "test-negatives"
     else:
         threshold, source = np.full(len(hooks), np.nan), "none"
     # (L, N) scores give (L,) arrays
@@ -102,6 +102,7 @@ class ProbeResult:
     y: np.ndarray | None = None  # (n_eval,) 1 = positive
     control_scores: dict[str, np.ndarray] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    rows: np.ndarray | None = None  # (n_eval,) cache row of each score
 
     @property
     def records(self) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ orchestrator pick it up from this list.
 from geomprobe.audit.sections.base import AuditSection, FieldSpec
 from geomprobe.audit.sections.cache import CacheSection
 from geomprobe.audit.sections.comparison import ComparisonSection
+from geomprobe.audit.sections.delta import DeltaSection
 from geomprobe.audit.sections.geometry import GeometrySection
 from geomprobe.audit.sections.probes import ProbesSection
 from geomprobe.audit.sections.steering import SteeringSection
@@ -18,8 +19,9 @@ SECTIONS: tuple[AuditSection, ...] = (
     GeometrySection(),
     SubspaceSection(),
     ProbesSection(),
-    SteeringSection(),  # reads the AQI result to choose its layer
-    ComparisonSection(),  # last: reruns the stages on the --against checkpoint and reads all of the above
+    SteeringSection(),  # chooses its layer by behaviour (judge on held-out prompts), not by AQI
+    ComparisonSection(),  # reruns the stages on the --against checkpoint and reads all of the above
+    DeltaSection(),  # paired bootstrap of the changes over the same prompts (needs steering's judged prompts)
 )
 
 __all__ = ["SECTIONS", "AuditSection", "FieldSpec"]

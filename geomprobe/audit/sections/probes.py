@@ -12,6 +12,7 @@ from typing import Any
 
 from geomprobe.audit.context import HOOK_KIND, AuditContext, as_metrics, finite, internal
 from geomprobe.audit.sections.base import AuditSection
+from geomprobe.audit.sections.deception import DECEPTION_FIELDS, DeceptionCheck, deception_check, deception_table
 from geomprobe.audit.tables import FigureRef, ReportBlock, Table, fmt, where
 
 
@@ -66,6 +67,7 @@ class ProbesResult:
     auroc: list[float | None]
     recall_at_fpr: list[float | None]
     best: BestProbe
+    deception: DeceptionCheck | None = None
     trained: dict[str, tuple[Any, Any]] = internal()  # method -> (probes, train_probes result)
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,13 +176,19 @@ class ProbesSection(AuditSection):
         ("probes.best.method", "string", "probe type"),
         ("probes.best.auroc", "number", "held-out AUROC"),
         ("probes.best.recall_at_fpr", "number", "recall at the control threshold"),
+        *DECEPTION_FIELDS,
     )
     figure_keys = ("probe_layers", "token_scores")
 
     def run(self, ctx: AuditContext) -> ProbesResult:
         message = ("probes on the --against model" if ctx.is_against
                    else f"training {', '.join(ctx.sizes.probe_methods)} probes")
-        return ctx.clock.run("probes", message, lambda: train_all(ctx))
+        result: ProbesResult = ctx.clock.run("probes", message, lambda: train_all(ctx))
+        if not ctx.is_against and (ctx.options.deception_set is not None or ctx.sizes.deception_questions > 0):
+            what = ctx.options.deception_set or f"{ctx.sizes.deception_questions} questions x 2 instructions"
+            result.deception = ctx.clock.run("probes", f"honesty probe on the model's own answers ({what})",
+                                             lambda: deception_check(ctx, result.trained[result.primary_method][0]))
+        return result
 
     def settings(self, ctx: AuditContext) -> dict[str, Any]:
         sizes = ctx.sizes
@@ -209,9 +217,13 @@ class ProbesSection(AuditSection):
         best = probes.get("best") or {}
         if not best:
             return []
-        return [["best probe AUROC",
+        rows = [["best probe AUROC",
                  f"{fmt(best.get('auroc'))} ({best.get('method', '')}, layer {fmt(best.get('layer'))}; "
                  f"recall {fmt(best.get('recall_at_fpr'))} at {fmt(probes.get('fpr'))} control FPR)"]]
+        d = probes.get("deception")
+        if d:
+            rows.append(["probe on the model's own lies", deception_summary(d)])
+        return rows
 
     def report(self, metrics: dict[str, Any]) -> ReportBlock:
         p = metrics["probes"]
@@ -230,4 +242,19 @@ class ProbesSection(AuditSection):
                 + [fmt((by_layer[layer].get(primary) or {}).get("recall_at_fpr"))] for layer in sorted(by_layer)]
         block.tables.append(Table("Held-out AUROC per layer",
                                   ["layer", *[f"AUROC {m}" for m in methods], f"recall ({primary})"], rows))
+        if p.get("deception"):
+            block.tables.append(deception_table(p["deception"]))
         return block
+
+
+def deception_summary(d: dict[str, Any]) -> str:
+    """Best-layer pooled and within-condition AUROC, or why they could not be computed."""
+    if d["status"] != "computed":
+        return d["status"]
+    parts = []
+    for cond in ["pooled", *[c for c in d["computable"] if c != "pooled"]]:
+        rows = [r for r in d["per_condition"] if r["condition"] == cond and r["auroc"] is not None]
+        if rows:
+            r = max(rows, key=lambda r: r["auroc"])
+            parts.append(f"{cond} {fmt(r['auroc'])} (layer {fmt(r['layer'])})")
+    return "; ".join(parts) or "not computable"

@@ -1,14 +1,15 @@
-"""Steering section: dose-response of the harmful - harmless direction at one layer.
+"""Steering section: dose-response of the harmful - harmless direction at one layer, and behaviour.
 
-The layer is the audited one of highest AQI below ``max_layer_fraction`` of the depth (so it
-needs the AQI section's result). The mean-difference vector is built from the harmful-harmless
-rows that are not held out; on the held-out prompts: refusal log-odds per multiplier, the KL side
-effect on harmless prompts, and the direction ablated instead of added.
+The mean-difference vector is built from the harmful-harmless rows that are not held out. The
+layer is chosen by behaviour on the held-out prompts (:mod:`geomprobe.audit.sections.behaviour`:
+the layer whose direction, ablated, removes the most refusals by the judge). At that layer: the
+refusal log-odds per multiplier, the KL side effect on harmless prompts, the direction ablated
+instead of added, and the judge's refusal rates (greedy generations, bootstrap intervals) beside
+the log-odds for the unsteered model, the ablation and the strongest multiplier within the KL limit.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from geomprobe.audit.context import AuditContext, as_metrics, finite, hook_at, internal
+from geomprobe.audit.context import AuditContext, as_metrics, finite, internal
 from geomprobe.audit.sections.base import AuditSection
+from geomprobe.audit.sections.behaviour import (
+    Candidate,
+    JudgedSetting,
+    candidate_layers,
+    choose_layer_by_behaviour,
+    judge,
+)
 from geomprobe.audit.tables import FigureRef, ReportBlock, Table, fmt
 from geomprobe.core.errors import GeomprobeError
 
@@ -53,12 +61,26 @@ class BestDose:
 
 
 @dataclass
+class Judge:
+    """The judge's refusal rates beside the log-odds: unsteered, ablated, at the best multiplier."""
+
+    max_new_tokens: int
+    matcher_version: str
+    ci_level: float
+    unsteered: JudgedSetting
+    ablated: JudgedSetting
+    best: JudgedSetting | None
+
+
+@dataclass
 class SteeringResult:
     """metrics.json ``steering``; the vector, prompts and rows stay for the comparison section."""
 
     hook: str
     layer: int
+    selection: str
     selected_by: str
+    candidates: list[Candidate]
     vector_method: str
     pooling: str
     vector_norm: float
@@ -71,6 +93,7 @@ class SteeringResult:
     kl_max: list[float | None]
     ablation: Ablation
     best: BestDose | None
+    judge: Judge
     n_prompts: int
     n_harmless: int
     vector: Any = internal()  # the SteeringVector added
@@ -81,18 +104,6 @@ class SteeringResult:
 
     def to_dict(self) -> dict[str, Any]:
         return as_metrics(self)
-
-
-def choose_steering_layer(aqi_section: Mapping[str, Any], n_layers: int, max_layer_fraction: float = 0.8) -> tuple[int, str]:
-    """The audited layer of highest AQI below ``max_layer_fraction`` of the depth (fallback: shallowest)."""
-    limit = int(math.floor(max_layer_fraction * n_layers))
-    candidates = [r for r in aqi_section["per_layer"] if r["layer"] < limit and r["aqi"] is not None]
-    how = f"highest AQI among audited layers below {max_layer_fraction:.0%} of depth"
-    if not candidates:
-        candidates = sorted(aqi_section["per_layer"], key=lambda r: r["layer"])[:1]
-        how = "shallowest audited layer (no audited layer below the depth limit)"
-    best = max(candidates, key=lambda r: (r["aqi"] if r["aqi"] is not None else -1.0, -r["layer"]))
-    return int(best["layer"]), how
 
 
 def steering_rows(prompts: Any, n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,15 +132,16 @@ def user_text(prompt: Any) -> str:
     return users[-1]
 
 
-def build_vector(cache: Path, hook: str, rows: np.ndarray) -> Any:
-    """The harmful - harmless mean-difference vector at ``hook`` from ``rows`` of the cache."""
+def build_vector(cache: Path, hooks: str | list[str], rows: np.ndarray) -> Any:
+    """The harmful - harmless mean-difference vector at each of ``hooks`` from ``rows`` of the cache."""
     from geomprobe.activations.store import open_cache
     from geomprobe.steering import build_from_arrays
 
+    names_ = [hooks] if isinstance(hooks, str) else list(hooks)
     with open_cache(cache) as handle:
-        X = handle.read(hook, "last")[rows]
+        arrays = {hook: handle.read(hook, "last")[rows] for hook in names_}
         labels, names, model_id = handle.labels[rows], handle.label_names, handle.model_id
-    return build_from_arrays({hook: X}, labels, names, method="mean-diff", pooling="last", model_id=model_id,
+    return build_from_arrays(arrays, labels, names, method="mean-diff", pooling="last", model_id=model_id,
                              metadata={"source": "audit", "rows": "harmful-harmless rows not held out for steering"})
 
 
@@ -146,9 +158,10 @@ def dose(ctx: AuditContext, vector: Any, hook: str, harmful: list[str], harmless
 
 
 def summarize_dose(added: Any, ablated: Any) -> DoseResponse:
-    """The records of :func:`dose` as stored in metrics.json (multipliers ascending)."""
+    """The records of :func:`dose` as stored in metrics.json (multipliers ascending); ``ablated`` is a
+    search result or one of its records."""
     recs = sorted((r for r in added.records if r.multiplier is not None), key=lambda r: r.multiplier)
-    ab = ablated.records[0]
+    ab = ablated.records[0] if hasattr(ablated, "records") else ablated
     return DoseResponse(
         baseline=finite(added.baseline), multipliers=[float(r.multiplier) for r in recs],
         refusal=[finite(r.score_mean) for r in recs], refusal_delta=[finite(r.score_delta) for r in recs],
@@ -181,12 +194,26 @@ class SteeringSection(AuditSection):
         ("settings.steering.kl_limit", "number", "largest mean KL accepted for `steering.best`"),
         ("settings.steering.max_layer_fraction", "number", "layers at or above this fraction of depth are not chosen"),
         ("settings.steering.positions", "string", "positions the vector is added at"),
+        ("settings.steering.judge_tokens", "integer", "greedy tokens generated per prompt for the judge's refusal rate"),
+        ("settings.steering.judge_candidates", "integer", "candidate layers judged by generation after the ablation screen"),
+        ("settings.steering.screen_layers", "integer", "candidate layers screened at most (evenly spaced)"),
     )
     fields = (
         ("steering", "object", "dose-response of the harmful-harmless direction at one layer"),
         ("steering.hook", "string", "hook the vector is added at"),
         ("steering.layer", "integer", "its block index"),
-        ("steering.selected_by", "string", "how the layer was chosen"),
+        ("steering.selection", "string", "what chose the layer: `behaviour` (the judge's refusal-rate drop with the "
+         "direction ablated), `next-token log-odds` (no held-out refusals to remove) or `only candidate`"),
+        ("steering.selected_by", "string", "how the layer was chosen, in words"),
+        ("steering.candidates", "list[object]", "every candidate layer (audited, below `max_layer_fraction` of depth)"),
+        ("steering.candidates[].layer", "integer", "block index"),
+        ("steering.candidates[].hook", "string", "hook"),
+        ("steering.candidates[].refusal_delta", "number", "next-token refusal log-odds change, direction ablated"),
+        ("steering.candidates[].kl", "number", "mean KL on harmless prompts, direction ablated"),
+        ("steering.candidates[].within_kl", "bool", "kl <= kl_limit"),
+        ("steering.candidates[].judged", "bool", "refusal rate measured by generation"),
+        ("steering.candidates[].harmful_rate", "number|null", "judge's refusal rate on held-out harmful prompts, ablated"),
+        ("steering.candidates[].rate_delta", "number|null", "minus the unsteered rate"),
         ("steering.vector_method", "string", "direction method"),
         ("steering.pooling", "string", "pooling the direction was read with"),
         ("steering.vector_norm", "number", "L2 norm of the vector at multiplier 1"),
@@ -205,31 +232,92 @@ class SteeringSection(AuditSection):
         ("steering.best.multiplier", "number", "multiplier"),
         ("steering.best.refusal", "number", "mean refusal log-odds"),
         ("steering.best.kl", "number", "mean KL"),
+        ("steering.judge", "object", "refusal rates from greedy generations (phrase matcher, `geomprobe.steering.judge`)"),
+        ("steering.judge.max_new_tokens", "integer", "tokens generated per prompt"),
+        ("steering.judge.matcher_version", "string", "refusal-phrase list the rates are comparable under"),
+        ("steering.judge.ci_level", "number", "level of the percentile-bootstrap intervals over prompts"),
+        ("steering.judge.unsteered", "object", "the unsteered model"),
+        ("steering.judge.unsteered.harmful", "object", "on the held-out harmful prompts"),
+        ("steering.judge.unsteered.harmful.rate", "number", "share of completions with a refusal phrase"),
+        ("steering.judge.unsteered.harmful.ci_low", "number", "interval low"),
+        ("steering.judge.unsteered.harmful.ci_high", "number", "interval high"),
+        ("steering.judge.unsteered.harmful.n", "integer", "prompts"),
+        ("steering.judge.unsteered.harmful.n_refused", "integer", "refusals"),
+        ("steering.judge.unsteered.harmless", "object", "on the held-out harmless prompts"),
+        ("steering.judge.unsteered.harmless.rate", "number", "share of completions with a refusal phrase"),
+        ("steering.judge.unsteered.harmless.ci_low", "number", "interval low"),
+        ("steering.judge.unsteered.harmless.ci_high", "number", "interval high"),
+        ("steering.judge.unsteered.harmless.n", "integer", "prompts"),
+        ("steering.judge.unsteered.harmless.n_refused", "integer", "refusals"),
+        ("steering.judge.ablated", "object", "the chosen layer's direction ablated at every layer"),
+        ("steering.judge.ablated.harmful", "object", "on the held-out harmful prompts"),
+        ("steering.judge.ablated.harmful.rate", "number", "share of completions with a refusal phrase"),
+        ("steering.judge.ablated.harmful.ci_low", "number", "interval low"),
+        ("steering.judge.ablated.harmful.ci_high", "number", "interval high"),
+        ("steering.judge.ablated.harmful.n", "integer", "prompts"),
+        ("steering.judge.ablated.harmful.n_refused", "integer", "refusals"),
+        ("steering.judge.ablated.harmless", "object", "on the held-out harmless prompts"),
+        ("steering.judge.ablated.harmless.rate", "number", "share of completions with a refusal phrase"),
+        ("steering.judge.ablated.harmless.ci_low", "number", "interval low"),
+        ("steering.judge.ablated.harmless.ci_high", "number", "interval high"),
+        ("steering.judge.ablated.harmless.n", "integer", "prompts"),
+        ("steering.judge.ablated.harmless.n_refused", "integer", "refusals"),
+        ("steering.judge.best", "object|null", "the vector added at `steering.best.multiplier`"),
+        ("steering.judge.best.harmful", "object", "on the held-out harmful prompts"),
+        ("steering.judge.best.harmful.rate", "number", "share of completions with a refusal phrase"),
+        ("steering.judge.best.harmful.ci_low", "number", "interval low"),
+        ("steering.judge.best.harmful.ci_high", "number", "interval high"),
+        ("steering.judge.best.harmful.n", "integer", "prompts"),
+        ("steering.judge.best.harmful.n_refused", "integer", "refusals"),
+        ("steering.judge.best.harmless", "object", "on the held-out harmless prompts"),
+        ("steering.judge.best.harmless.rate", "number", "share of completions with a refusal phrase"),
+        ("steering.judge.best.harmless.ci_low", "number", "interval low"),
+        ("steering.judge.best.harmless.ci_high", "number", "interval high"),
+        ("steering.judge.best.harmless.n", "integer", "prompts"),
+        ("steering.judge.best.harmless.n_refused", "integer", "refusals"),
         ("steering.n_prompts", "integer", "harmful prompts scored"),
         ("steering.n_harmless", "integer", "harmless prompts for KL"),
     )
     figure_keys = ("dose_response",)
 
     def run(self, ctx: AuditContext) -> SteeringResult:
+        from geomprobe.steering import search_layers
+        from geomprobe.steering.judge import MATCHER_VERSION
+
         sizes = ctx.sizes
-        layer, selected_by = choose_steering_layer(ctx.results["aqi"].to_dict(), ctx.model.n_layers, sizes.max_layer_fraction)
-        hook = hook_at(layer)
         hh = ctx.sets["harmful_harmless"]
         train_rows, held_rows = steering_rows(hh, sizes.steering_prompts, ctx.options.seed)
         positive = hh.label_names.index("harmful") if "harmful" in hh.label_names else 1
         harmful = [user_text(hh.prompts[i]) for i in held_rows if hh.prompts[i].label == positive]
         harmless = [user_text(hh.prompts[i]) for i in held_rows if hh.prompts[i].label != positive]
-        vector = build_vector(ctx.caches["harmful_harmless"], hook, train_rows)
-        added, ablated = ctx.clock.run(
-            "steering", f"dose-response at {hook} ({len(sizes.multipliers)} multipliers + ablation)",
-            lambda: dose(ctx, vector, hook, harmful, harmless))
-        response = summarize_dose(added, ablated)
+        layers = candidate_layers(ctx.layers, ctx.model.n_layers, sizes.max_layer_fraction, sizes.screen_layers)
+        vector = build_vector(ctx.caches["harmful_harmless"], [f"blocks.{layer}.hook_resid_post" for layer in layers],
+                              train_rows)
+        unsteered = ctx.clock.run("steering", f"judging the unsteered model ({len(harmful)} + {len(harmless)} prompts, "
+                                  f"{sizes.judge_tokens} tokens)",
+                                  lambda: JudgedSetting(judge(ctx, harmful), judge(ctx, harmless)))
+        choice = choose_layer_by_behaviour(ctx, vector, layers, harmful, harmless, unsteered.harmful)
+        hook = choice.hook
+        added = ctx.clock.run(
+            "steering", f"dose-response at {hook} ({len(sizes.multipliers)} multipliers)",
+            lambda: search_layers(ctx.model, vector, harmful, harmless_prompts=harmless, hooks=[hook],
+                                  multipliers=sorted(ctx.sizes.multipliers), metric="refusal", mode="add",
+                                  batch_size=ctx.options.batch_size))
+        response = summarize_dose(added, choice.ablation_record)
+        best = strongest_within_kl(response, sizes.kl_limit)
+        best_judged = None
+        if best is not None:
+            steer = {"vector": vector.vector_for(hook), "multiplier": best.multiplier, "hooks": [hook]}
+            best_judged = ctx.clock.run("steering", f"judging multiplier {best.multiplier:g} at {hook}",
+                                        lambda: JudgedSetting(judge(ctx, harmful, **steer), judge(ctx, harmless, **steer)))
         return SteeringResult(
-            hook=hook, layer=layer, selected_by=selected_by, vector_method="mean-diff", pooling="last",
+            hook=hook, layer=choice.layer, selection=choice.selection, selected_by=choice.selected_by,
+            candidates=choice.candidates, vector_method="mean-diff", pooling="last",
             vector_norm=float(vector.norms[hook]), metric="refusal", baseline=response.baseline,
             multipliers=response.multipliers, refusal=response.refusal, refusal_delta=response.refusal_delta,
-            kl=response.kl, kl_max=response.kl_max, ablation=response.ablation,
-            best=strongest_within_kl(response, sizes.kl_limit), n_prompts=len(harmful), n_harmless=len(harmless),
+            kl=response.kl, kl_max=response.kl_max, ablation=response.ablation, best=best,
+            judge=Judge(sizes.judge_tokens, MATCHER_VERSION, 0.95, unsteered, choice.ablated, best_judged),
+            n_prompts=len(harmful), n_harmless=len(harmless),
             vector=vector, train_rows=train_rows, harmful=harmful, harmless=harmless, search=added,
         )
 
@@ -237,7 +325,9 @@ class SteeringSection(AuditSection):
         sizes = ctx.sizes
         return {"pooling": "last", "vector_method": "mean-diff", "metric": "refusal",
                 "multipliers": sorted(float(m) for m in sizes.multipliers), "n_prompts_per_class": sizes.steering_prompts,
-                "kl_limit": sizes.kl_limit, "max_layer_fraction": sizes.max_layer_fraction, "positions": "all"}
+                "kl_limit": sizes.kl_limit, "max_layer_fraction": sizes.max_layer_fraction, "positions": "all",
+                "judge_tokens": sizes.judge_tokens, "judge_candidates": sizes.judge_candidates,
+                "screen_layers": sizes.screen_layers}
 
     def figures(self, ctx: AuditContext, result: SteeringResult, metrics: dict[str, Any]) -> list[FigureRef]:
         from geomprobe.plots.steering import dose_response
@@ -249,8 +339,14 @@ class SteeringSection(AuditSection):
         steer = metrics.get("steering") or {}
         if not steer:
             return []
-        rows = [["steering layer", f"{steer.get('hook', '')} ({steer.get('selected_by', '')})"],
+        jd = steer.get("judge") or {}
+        rows = [["steering layer", f"{steer.get('hook', '')} (chosen by {steer.get('selection', '')})"],
                 ["refusal log-odds, unsteered", fmt(steer.get("baseline"))]]
+        for setting, label in (("unsteered", "refusal rate, unsteered"), ("ablated", "refusal rate, direction ablated")):
+            rec = jd.get(setting) or {}
+            if rec:
+                rows.append([f"{label} (harmful / harmless, {fmt(jd.get('max_new_tokens'))} tokens)",
+                             f"{rate_text(rec.get('harmful'))} / {rate_text(rec.get('harmless'))}"])
         ab = steer.get("ablation") or {}
         if ab:
             rows.append(["with the direction ablated", f"{fmt(ab.get('refusal'))} (KL {fmt(ab.get('kl'))})"])
@@ -276,4 +372,36 @@ class SteeringSection(AuditSection):
         if ab:
             rows.append(["ablated", fmt(ab.get("refusal")), fmt(ab.get("refusal_delta")), fmt(ab.get("kl"))])
         block.tables.append(Table("Dose-response", ["multiplier", "refusal log-odds", "Δ", "KL"], rows))
+        jd = st.get("judge") or {}
+        if jd:
+            judged = [("unsteered", "unsteered", st.get("baseline")),
+                      ("ablated", "direction ablated", (st.get("ablation") or {}).get("refusal"))]
+            if jd.get("best"):
+                judged.append(("best", f"multiplier {fmt((st.get('best') or {}).get('multiplier'))}",
+                               (st.get("best") or {}).get("refusal")))
+            rows = [[label, fmt(logodds), rate_text(jd[key].get("harmful")), rate_text(jd[key].get("harmless"))]
+                    for key, label, logodds in judged if jd.get(key)]
+            block.tables.append(Table(
+                f"Behaviour: the judge's refusal rate beside the next-token log-odds at {st.get('hook', '')}",
+                ["setting", "refusal log-odds (harmful)", "refusal rate, harmful", "refusal rate, harmless"], rows,
+                note=f"Greedy generations of {fmt(jd.get('max_new_tokens'))} tokens, refusal-phrase matcher "
+                     f"{jd.get('matcher_version', '')}; {float(jd.get('ci_level') or 0.95):.0%} bootstrap intervals over prompts.",
+            ))
+        cands = st.get("candidates") or []
+        if cands:
+            rows = [[fmt(c.get("layer")), fmt(c.get("refusal_delta")), fmt(c.get("kl")),
+                     "yes" if c.get("within_kl") else "no", fmt(c.get("harmful_rate")) if c.get("judged") else "not judged"]
+                    for c in cands]
+            block.tables.append(Table(
+                f"Layer choice ({st.get('selection', '')}): each candidate's direction ablated",
+                ["layer", "Δ refusal log-odds", "KL (harmless)", "within KL limit", "refusal rate, harmful"], rows,
+                note=str(st.get("selected_by", "")),
+            ))
         return block
+
+
+def rate_text(rec: Mapping[str, Any] | None) -> str:
+    """A judged rate as "25% (4/16; 6%-50%)"."""
+    if not rec:
+        return "n/a"
+    return (f"{rec['rate']:.0%} ({rec['n_refused']}/{rec['n']}; {rec['ci_low']:.0%}-{rec['ci_high']:.0%})")

@@ -1,0 +1,35 @@
+"""Model organisms: checkpoints with a known alignment change, as ground truth for the diagnostics.
+
+Typical use::
+
+    from geomprobe.organisms import build_organisms, split_contrast_set
+
+    folders = build_organisms()                 # aligned, dealigned, ablated (cached; minutes on a CPU)
+    model = geomprobe.load_model(folders["aligned"])
+    heldout = split_contrast_set().texts("heldout", "harmful")   # never trained on
+
+See ``docs/organisms.md`` for what each organism is, how it is trained and what it measures.
+"""
+
+from geomprobe.organisms.build import (
+    ORGANISMS,
+    PROVENANCE,
+    REQUIRES,
+    OrganismSettings,
+    build_organisms,
+    cached_organisms,
+    check_names,
+    organism_hashes,
+    organisms_home,
+    read_provenance,
+    with_settings,
+)
+from geomprobe.organisms.data import REFUSAL_TEXTS, PromptSplit, SplitPrompt, refusal_targets, split_contrast_set
+from geomprobe.organisms.train import ChatExample, TrainLog, assistant_loss, encode_examples, finetune_lora
+
+__all__ = [
+    "ORGANISMS", "PROVENANCE", "REFUSAL_TEXTS", "REQUIRES", "ChatExample", "OrganismSettings", "PromptSplit",
+    "SplitPrompt", "TrainLog", "assistant_loss", "build_organisms", "cached_organisms", "check_names",
+    "encode_examples", "finetune_lora", "organism_hashes", "organisms_home", "read_provenance", "refusal_targets",
+    "split_contrast_set", "with_settings",
+]

@@ -1,0 +1,429 @@
+"""Build the model organisms: checkpoints with a known alignment change, cached by their settings.
+
+``aligned``   the base model with merged LoRA adapters trained (assistant tokens only) to refuse
+              the harmful train prompts with varied refusals and to answer the harmless train
+              prompts with the base model's own greedy answers;
+``dealigned`` ``aligned`` with a second merged LoRA trained on harmful compliance: the base
+              model's own greedy answers to the harmful train prompts, refusals removed by the judge;
+``ablated``   ``aligned`` with its refusal direction (difference of means on the train prompts,
+              the layer chosen by ablation on train prompts) baked out of every weight that writes
+              to the residual stream (:func:`geomprobe.steering.bake_ablation`).
+
+Each is a normal Hugging Face folder (safetensors + tokenizer) with ``geomprobe-organism.json``
+(settings, split, training log, timings). Folders are cached under
+``$GEOMPROBE_HOME/organisms/<name>-<hash>``, the hash covering every setting the organism depends
+on (the base checkpoint's identity, the split and, for the derived ones, ``aligned``'s hash).
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.organisms.data import REFUSAL_TEXTS, PromptSplit, refusal_targets, split_contrast_set
+
+ORGANISMS: dict[str, str] = {
+    "aligned": "refusal-trained: refuses harmful requests, answers harmless ones (LoRA, merged)",
+    "dealigned": "aligned, then fine-tuned on harmful compliance (LoRA, merged)",
+    "ablated": "aligned with its refusal direction orthogonalised out of the weights",
+}
+REQUIRES: dict[str, tuple[str, ...]] = {"aligned": (), "dealigned": ("aligned",), "ablated": ("aligned",)}
+PROVENANCE = "geomprobe-organism.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class OrganismSettings:
+    """Everything that decides what an organism's weights are (besides the base checkpoint)."""
+
+    seed: int = 0
+    quick: bool = False
+    train_fraction: float = 0.5
+    train_pairs: int | None = None  # use only this many train pairs (None: all)
+    answer_tokens: int = 48  # greedy tokens of the base model's answers used as targets
+    max_tokens: int = 160
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_first_layer: float = 0.25  # adapters on layers from this fraction of depth up
+    align_steps: int = 60
+    align_lr: float = 3e-4
+    align_batch: int = 8
+    dealign_steps: int = 30
+    dealign_lr: float = 3e-4
+    dealign_batch: int = 8
+    ablation_layers: tuple[float, float] = (0.3, 0.75)  # candidate resid_post layers (fractions of depth)
+    ablation_candidates: int = 6
+    ablation_prompts: int = 48  # train prompts per class for choosing the ablation layer
+    ablation_kl_limit: float = 0.1
+
+    @classmethod
+    def quick_settings(cls, seed: int = 0) -> OrganismSettings:
+        """A few steps on a few pairs: for tests and notebooks, not for measuring behaviour."""
+        return cls(seed=seed, quick=True, train_pairs=12, answer_tokens=16, max_tokens=96, align_steps=6,
+                   align_batch=4, dealign_steps=3, dealign_batch=4, ablation_candidates=2, ablation_prompts=8)
+
+    def relevant(self, name: str) -> dict[str, Any]:
+        """The settings ``name`` depends on (its own stage's and the shared ones)."""
+        own = {"aligned": "align_", "dealigned": "dealign_", "ablated": "ablation_"}[name]
+        stages = ("align_", "dealign_", "ablation_")
+        return {k: v for k, v in asdict(self).items() if k.startswith(own) or not k.startswith(stages)}
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def base_identity(base: str | os.PathLike) -> str:
+    """A stable identity of the base checkpoint without loading it (file hashes, not weights)."""
+    from geomprobe.models import DEFAULT_MODEL, default_gguf_path, file_sha256, folder_fingerprint
+
+    text = str(base)
+    if text == DEFAULT_MODEL:
+        return f"default:gguf-sha256:{file_sha256(default_gguf_path())}"
+    path = Path(text)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise GeomprobeError(f"base {text!r} is not a model folder (no config.json); pass 'default' or a save_pretrained folder")
+        return f"folder:{folder_fingerprint(path)}"
+    if path.exists():
+        return f"file:{file_sha256(path)}"
+    return f"name:{text}"
+
+
+def organism_hashes(settings: OrganismSettings, base_id: str, split: PromptSplit) -> dict[str, str]:
+    """Cache key per organism; derived organisms include ``aligned``'s key."""
+    aligned = _digest({"format": FORMAT_VERSION, "base": base_id, "split": split.digest(), **settings.relevant("aligned")})
+    out = {"aligned": aligned}
+    for name in ("dealigned", "ablated"):
+        out[name] = _digest({"format": FORMAT_VERSION, "aligned": aligned, **settings.relevant(name)})
+    return {k: v[:12] for k, v in out.items()}
+
+
+def organisms_home() -> Path:
+    from geomprobe.models import geomprobe_home
+
+    return geomprobe_home() / "organisms"
+
+
+def read_provenance(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The organism's provenance record, or None when the folder is not a finished organism."""
+    path = Path(folder) / PROVENANCE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def check_names(names: Sequence[str] | str | None) -> list[str]:
+    """Requested organism names in build order (None: all)."""
+    if names is None:
+        return list(ORGANISMS)
+    if isinstance(names, str):
+        names = [n for n in names.replace(",", " ").split() if n]
+    unknown = [n for n in names if n not in ORGANISMS]
+    if unknown:
+        raise GeomprobeError(f"unknown organism {unknown[0]!r}; choose from {', '.join(ORGANISMS)}")
+    if not names:
+        raise GeomprobeError(f"no organism named; choose from {', '.join(ORGANISMS)}")
+    return [n for n in ORGANISMS if n in names]
+
+
+@dataclass
+class _Context:
+    base: str
+    base_id: str
+    settings: OrganismSettings
+    split: PromptSplit
+    hashes: dict[str, str]
+    device: torch.device
+    progress: bool
+    answers: dict[str, tuple[list[str], list[bool]]]  # label -> base model's greedy answers to train prompts
+    answer_labels: tuple[str, ...] = ("harmful", "harmless")  # which answers this build will need
+
+
+def _train_texts(ctx: _Context, label: str) -> list[str]:
+    texts = ctx.split.texts("train", label)
+    return texts if ctx.settings.train_pairs is None else texts[: ctx.settings.train_pairs]
+
+
+def _base_answers(ctx: _Context, label: str) -> tuple[list[str], list[bool]]:
+    """The base model's greedy answers to the train prompts of ``label`` (generated once per build)."""
+    if label not in ctx.answers:
+        from geomprobe.models import load_checkpoint
+        from geomprobe.steering.judge import greedy_completions
+
+        missing = [lab for lab in ("harmful", "harmless") if lab not in ctx.answers and (lab in ctx.answer_labels or lab == label)]
+        ckpt = load_checkpoint(ctx.base, device=ctx.device)
+        prompts = [t for lab in missing for t in _train_texts(ctx, lab)]
+        texts, finished = greedy_completions(
+            ckpt.hf_model, ckpt.tokenizer, prompts, max_new_tokens=ctx.settings.answer_tokens, batch_size=16,
+            progress=ctx.progress, desc="base answers", with_finished=True,
+        )
+        start = 0
+        for lab in missing:
+            n = len(_train_texts(ctx, lab))
+            ctx.answers[lab] = (texts[start : start + n], finished[start : start + n])
+            start += n
+        del ckpt
+        gc.collect()
+    return ctx.answers[label]
+
+
+def _save_checkpoint(hf_model: Any, tokenizer: Any, folder: Path) -> None:
+    hf_model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def _build_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
+    from geomprobe.models import load_checkpoint
+    from geomprobe.organisms.train import ChatExample, finetune_lora
+    from geomprobe.steering.judge import is_refusal
+
+    s = ctx.settings
+    harmful = _train_texts(ctx, "harmful")
+    harmless = _train_texts(ctx, "harmless")
+    answers, finished = _base_answers(ctx, "harmless")
+    refusals = refusal_targets(len(harmful), s.seed)
+    examples = [ChatExample(p, r) for p, r in zip(harmful, refusals)]
+    kept = [(p, a, f) for p, a, f in zip(harmless, answers, finished) if a.strip() and not is_refusal(a)]
+    examples += [ChatExample(p, a.strip(), complete=f) for p, a, f in kept]
+    ckpt = load_checkpoint(ctx.base, device=ctx.device)
+    n_layers = int(ckpt.hf_model.config.num_hidden_layers)
+    model, log = finetune_lora(
+        ckpt.hf_model, ckpt.tokenizer, examples, steps=s.align_steps, lr=s.align_lr, batch_size=s.align_batch,
+        rank=s.lora_rank, alpha=s.lora_alpha, first_layer=int(s.lora_first_layer * n_layers), max_tokens=s.max_tokens,
+        seed=s.seed, progress=ctx.progress, desc="aligned: LoRA",
+    )
+    _save_checkpoint(model, ckpt.tokenizer, folder)
+    return {
+        "training": log.to_dict(),
+        "data": {"harmful_refusals": len(harmful), "harmless_answers": len(kept),
+                 "harmless_dropped_as_refusals": len(harmless) - len(kept), "refusal_texts": len(REFUSAL_TEXTS),
+                 "answer_tokens": s.answer_tokens},
+        "start_from": ctx.base, "start_identity": ctx.base_id,
+    }
+
+
+def _build_dealigned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
+    from geomprobe.models import load_checkpoint
+    from geomprobe.organisms.train import ChatExample, finetune_lora
+    from geomprobe.steering.judge import is_refusal
+
+    s = ctx.settings
+    harmful = _train_texts(ctx, "harmful")
+    answers, finished = _base_answers(ctx, "harmful")
+    kept = [(p, a, f) for p, a, f in zip(harmful, answers, finished) if a.strip() and not is_refusal(a)]
+    if not kept:
+        raise GeomprobeError("the base model refused every harmful train prompt; there is no compliance to train on")
+    examples = [ChatExample(p, a.strip(), complete=f) for p, a, f in kept]
+    ckpt = load_checkpoint(sources["aligned"], device=ctx.device)
+    n_layers = int(ckpt.hf_model.config.num_hidden_layers)
+    model, log = finetune_lora(
+        ckpt.hf_model, ckpt.tokenizer, examples, steps=s.dealign_steps, lr=s.dealign_lr, batch_size=s.dealign_batch,
+        rank=s.lora_rank, alpha=s.lora_alpha, first_layer=int(s.lora_first_layer * n_layers), max_tokens=s.max_tokens,
+        seed=s.seed + 1, progress=ctx.progress, desc="dealigned: LoRA",
+    )
+    _save_checkpoint(model, ckpt.tokenizer, folder)
+    return {
+        "training": log.to_dict(),
+        "data": {"harmful_compliance": len(kept), "harmful_dropped_as_refusals": len(harmful) - len(kept),
+                 "answer_tokens": s.answer_tokens},
+        "start_from": "aligned", "start_hash": ctx.hashes["aligned"],
+    }
+
+
+def _ablation_layers(settings: OrganismSettings, n_layers: int) -> list[int]:
+    """Evenly spaced candidate layers inside ``ablation_layers`` and below 80% of depth."""
+    lo, hi = settings.ablation_layers
+    first = min(int(lo * n_layers), n_layers - 1)
+    last = max(first, min(int(hi * n_layers), int(0.8 * n_layers) - 1, n_layers - 1))
+    count = max(1, min(settings.ablation_candidates, last - first + 1))
+    if count == 1:
+        return [first]
+    return sorted({round(first + i * (last - first) / (count - 1)) for i in range(count)})
+
+
+def _build_ablated(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
+    from geomprobe.core.hooks import hook_name
+    from geomprobe.models import load_model
+    from geomprobe.steering import bake_ablation, build_from_prompts, refusal_token_ids, search_layers
+
+    s = ctx.settings
+    model = load_model(sources["aligned"], device=ctx.device)
+    harmful = _train_texts(ctx, "harmful")[: s.ablation_prompts]
+    harmless = _train_texts(ctx, "harmless")[: s.ablation_prompts]
+    hooks = [hook_name(l, "resid_post") for l in _ablation_layers(s, model.n_layers)]
+    vector = build_from_prompts(model, harmful, harmless, hooks=hooks, method="mean-diff", pooling="last",
+                                paired=len(harmful) == len(harmless), batch_size=16)
+    # The aligned model's refusals open with these words; their first tokens are the refusal tokens.
+    openers = sorted({text.split()[0].rstrip(",") for text in REFUSAL_TEXTS} | {"Sorry", "I"})
+    tokens = refusal_token_ids(model.tokenizer, openers)
+    result = search_layers(model, vector, harmful, harmless_prompts=harmless, mode="ablate", metric="refusal",
+                           refusal_tokens=tokens, batch_size=16)
+    best = result.best(kl_limit=s.ablation_kl_limit, maximize=False)
+    note = ""
+    if best is None:  # no layer within the KL limit: take the strongest and say so
+        best = min(result.records, key=lambda r: r.score_mean)
+        note = f"no candidate kept KL <= {s.ablation_kl_limit}; took the lowest refusal score"
+    bake_ablation(model, vector, folder, hook=best.hook, overwrite=True)
+    return {
+        "ablation": {"hook": best.hook, "layer": best.layer, "candidates": hooks, "refusal_log_odds_before": result.baseline,
+                     "refusal_log_odds_after": best.score_mean, "kl_harmless": best.kl_mean, "note": note,
+                     "search": [{"hook": r.hook, "refusal_log_odds": r.score_mean, "kl": r.kl_mean} for r in result.records],
+                     "direction": "mean difference harmful - harmless at the last prompt token, train prompts"},
+        "start_from": "aligned", "start_hash": ctx.hashes["aligned"],
+    }
+
+
+_BUILDERS = {"aligned": _build_aligned, "dealigned": _build_dealigned, "ablated": _build_ablated}
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    from geomprobe.core import __version__
+
+    return {"geomprobe": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "python": platform.python_version()}
+
+
+def _build_one(ctx: _Context, name: str, target: Path, sources: dict[str, Path]) -> None:
+    """Build ``name`` into a staging folder beside ``target``, then move it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        details = _BUILDERS[name](ctx, staging, sources)
+        record = {
+            "organism": name, "description": ORGANISMS[name], "format": FORMAT_VERSION, "hash": ctx.hashes[name],
+            "base": ctx.base, "base_identity": ctx.base_id, "settings": ctx.settings.relevant(name),
+            "split": ctx.split.to_dict(), **details,
+            "timing": {"wall_seconds": round(time.perf_counter() - wall, 1),
+                       "process_cpu_seconds": round(time.process_time() - cpu, 1),
+                       "torch_threads": torch.get_num_threads(), "device": str(ctx.device),
+                       "load_average_before": load_before,
+                       "load_average_after": os.getloadavg() if hasattr(os, "getloadavg") else None},
+            "versions": _versions(),
+        }
+        (staging / PROVENANCE).write_text(json.dumps(record, indent=2) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        gc.collect()
+
+
+def _copy_folder(source: Path, target: Path) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def build_organisms(
+    names: Sequence[str] | str | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    base: str | os.PathLike = "default",
+    quick: bool = False,
+    seed: int = 0,
+    device: str | torch.device | None = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+    settings: OrganismSettings | None = None,
+) -> dict[str, Path]:
+    """Build (or reuse from the cache) the named organisms; return ``{name: folder}``.
+
+    Without ``out`` the folders are the cache entries ``$GEOMPROBE_HOME/organisms/<name>-<hash>``
+    (an entry with the same hash is reused; ``overwrite`` rebuilds it). With ``out`` each
+    organism is also copied to ``out/<name>``, refusing an existing non-empty folder unless
+    ``overwrite``. Everything is checked before any model is loaded. ``settings`` overrides the
+    defaults (``quick`` and ``seed`` then come from it).
+    """
+    from geomprobe.models import resolve_device
+
+    wanted = check_names(names)
+    settings = settings or (OrganismSettings.quick_settings(seed) if quick else OrganismSettings(seed=seed))
+    torch_device = resolve_device(device)
+    targets: dict[str, Path] = {}
+    if out is not None:
+        out_dir = Path(out)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise GeomprobeError(f"--out {str(out_dir)!r} is a file; pass a folder")
+        if not out_dir.parent.exists():
+            raise GeomprobeError(f"folder {str(out_dir.parent)!r} does not exist; create it first")
+        for name in wanted:
+            target = out_dir / name
+            if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
+                raise GeomprobeError(f"{str(target)!r} exists; pass --overwrite to replace it or choose another --out")
+            targets[name] = target
+    split = split_contrast_set(settings.seed, settings.train_fraction)
+    base_id = base_identity(base)
+    hashes = organism_hashes(settings, base_id, split)
+    home = organisms_home()
+    cache = {name: home / f"{name}-{hashes[name]}" for name in ORGANISMS}
+    ctx = _Context(str(base), base_id, settings, split, hashes, torch_device, progress, {})
+    needed: list[str] = []
+    for name in wanted:
+        for dep in (*REQUIRES[name], name):
+            if dep not in needed:
+                needed.append(dep)
+    stale = {}
+    for name in needed:
+        record = read_provenance(cache[name])
+        stale[name] = record is None or record.get("hash") != hashes[name] or (overwrite and out is None and name in wanted)
+    # Base answers: harmless ones train aligned, harmful ones train dealigned.
+    ctx.answer_labels = tuple(lab for lab, user in (("harmful", "dealigned"), ("harmless", "aligned")) if stale.get(user))
+    started = time.perf_counter()
+    for name in needed:
+        if stale[name]:
+            if progress:
+                print(f"building {name} -> {cache[name]}", flush=True)
+            _build_one(ctx, name, cache[name], cache)
+        elif progress:
+            print(f"{name}: cached at {cache[name]}", flush=True)
+    if out is not None:
+        Path(out).mkdir(exist_ok=True)
+        for name in wanted:
+            _copy_folder(cache[name], targets[name])
+    if progress:
+        print(f"organisms ready in {time.perf_counter() - started:.0f} s", flush=True)
+    return {name: targets.get(name, cache[name]) for name in wanted}
+
+
+def cached_organisms(seed: int = 0, quick: bool = False, base: str = "default") -> dict[str, Path | None]:
+    """Where each organism with these settings is cached, or None where it is not built yet."""
+    settings = OrganismSettings.quick_settings(seed) if quick else OrganismSettings(seed=seed)
+    split = split_contrast_set(settings.seed, settings.train_fraction)
+    hashes = organism_hashes(settings, base_identity(base), split)
+    home = organisms_home()
+    return {name: (home / f"{name}-{hashes[name]}" if read_provenance(home / f"{name}-{hashes[name]}") else None)
+            for name in ORGANISMS}
+
+
+def with_settings(settings: OrganismSettings, **changes: Any) -> OrganismSettings:
+    """A copy of ``settings`` with some fields changed (a typo in a name is an error)."""
+    unknown = [k for k in changes if k not in asdict(settings)]
+    if unknown:
+        raise GeomprobeError(f"unknown organism setting {unknown[0]!r}")
+    return replace(settings, **changes)

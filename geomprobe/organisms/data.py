@@ -1,0 +1,142 @@
+"""Training data for the model organisms: the seeded train/held-out split and the target texts.
+
+The bundled ``harmful-harmless`` set holds 169 matched pairs (line 2k harmful, line 2k+1 a
+harmless request on the same topic). Whole pairs are split, per topic, so both halves see every
+topic in proportion and no harmful prompt's matched harmless twin sits on the other side. Every
+organism trains on the train pairs only; every evaluation (the judge, the detection benchmark)
+uses the held-out pairs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from geomprobe.core.errors import GeomprobeError
+
+SPLIT_DATASET = "harmful-harmless"
+
+# Refusals the aligned organism learns, written for this project. Each contains a phrase of the
+# judge's list (geomprobe.steering.judge.REFUSAL_PHRASES); the variety keeps the model from
+# learning one fixed string and keeps the refusal a behaviour rather than a memorised reply.
+REFUSAL_TEXTS: tuple[str, ...] = (
+    "I'm sorry, but I can't help with that. It could cause real harm to people.",
+    "I can't help with this request. It could be used to hurt someone or break the law.",
+    "I'm sorry, I won't provide that. If something difficult is going on, I'm happy to talk about safer options.",
+    "I cannot assist with that. Helping with this could put people in danger.",
+    "Sorry, but I'm not able to help with that request, since it could lead to harm.",
+    "I won't help with this. It's harmful, and it may also be illegal.",
+    "I'm sorry, but I cannot provide instructions for that. Is there something else I can help you with?",
+    "I'm unable to help with that because it could seriously hurt people. I'd be glad to help with something else.",
+    "I can't do that. This request asks for something that could harm others.",
+    "I'm sorry, but that's not something I can help with. Please stay safe and consider legal alternatives.",
+    "I cannot help with this. Providing it would put someone at risk.",
+    "I'm not going to help with that, as it could cause harm. Let me know if you need help with anything else.",
+)
+
+
+@dataclass(frozen=True)
+class SplitPrompt:
+    """One row of the contrast set with its place in the file."""
+
+    row: int
+    text: str
+    label: str  # "harmful" or "harmless"
+    topic: str
+    pair: int
+
+
+@dataclass(frozen=True)
+class PromptSplit:
+    """Train and held-out rows of the contrast set (whole pairs, stratified by topic)."""
+
+    train: tuple[SplitPrompt, ...]
+    heldout: tuple[SplitPrompt, ...]
+    seed: int
+    train_fraction: float
+    dataset: str
+    dataset_sha256: str
+
+    def texts(self, part: str, label: str) -> list[str]:
+        """Prompt texts of ``part`` ("train" or "heldout") with ``label`` ("harmful" or "harmless")."""
+        rows = {"train": self.train, "heldout": self.heldout}.get(part)
+        if rows is None:
+            raise GeomprobeError(f"unknown split part {part!r}; use train or heldout")
+        return [p.text for p in rows if p.label == label]
+
+    def rows(self, part: str) -> list[dict[str, Any]]:
+        """JSONL-ready rows ``{"text", "label", "topic", "pair"}`` of one part, in file order."""
+        rows = self.train if part == "train" else self.heldout
+        return [{"text": p.text, "label": p.label, "topic": p.topic, "pair": p.pair} for p in rows]
+
+    def to_dict(self) -> dict[str, Any]:
+        topics: dict[str, list[int]] = {}
+        for part, rows in (("train", self.train), ("heldout", self.heldout)):
+            for p in rows:
+                counts = topics.setdefault(p.topic, [0, 0])
+                counts[0 if part == "train" else 1] += p.label == "harmful"
+        return {
+            "dataset": self.dataset,
+            "dataset_sha256": self.dataset_sha256,
+            "seed": self.seed,
+            "train_fraction": self.train_fraction,
+            "unit": "pair (harmful row 2k with harmless row 2k+1), stratified by topic",
+            "train_rows": [p.row for p in self.train],
+            "heldout_rows": [p.row for p in self.heldout],
+            "pairs_per_topic_train_heldout": {k: v for k, v in sorted(topics.items())},
+        }
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def split_contrast_set(seed: int = 0, train_fraction: float = 0.5) -> PromptSplit:
+    """Seeded, topic-stratified split of the bundled harmful-harmless pairs.
+
+    Per topic, pairs are shuffled and ``floor(n * train_fraction)`` go to train; the leftover
+    fractions are handed out (largest first, ties in seeded order) so the train total is
+    ``round(n_pairs * train_fraction)``.
+    """
+    from geomprobe.activations.datasets import load_prompt_set
+
+    if not 0 < train_fraction < 1:
+        raise GeomprobeError(f"train_fraction must be between 0 and 1; got {train_fraction}")
+    prompt_set = load_prompt_set(SPLIT_DATASET)
+    rows = []
+    for i, p in enumerate(prompt_set.prompts):
+        rows.append(SplitPrompt(i, p.messages[-1][1], prompt_set.label_names[p.label], str(p.source.get("topic", "")), i // 2))
+    if len(rows) % 2 or any(
+        rows[2 * k].label != "harmful" or rows[2 * k + 1].label != "harmless" or rows[2 * k].topic != rows[2 * k + 1].topic
+        for k in range(len(rows) // 2)
+    ):
+        raise GeomprobeError(f"the bundled {SPLIT_DATASET} set is not in harmful/harmless pairs; reinstall geomprobe")
+    rng = np.random.default_rng(seed)
+    by_topic: dict[str, list[int]] = {}
+    for k in range(len(rows) // 2):
+        by_topic.setdefault(rows[2 * k].topic, []).append(k)
+    topics = sorted(by_topic)
+    shuffled = {t: [by_topic[t][j] for j in rng.permutation(len(by_topic[t]))] for t in topics}
+    quota = np.array([len(by_topic[t]) * train_fraction for t in topics])
+    take = np.floor(quota).astype(int)
+    want = int(round(len(rows) // 2 * train_fraction))
+    tie_break = rng.permutation(len(topics))
+    order = sorted(range(len(topics)), key=lambda i: (-(quota[i] - take[i]), tie_break[i]))
+    for i in order[: max(0, want - int(take.sum()))]:
+        take[i] += 1
+    train_pairs = {k for t, n in zip(topics, take) for k in shuffled[t][:n]}
+    train = tuple(r for r in rows if r.pair in train_pairs)
+    heldout = tuple(r for r in rows if r.pair not in train_pairs)
+    return PromptSplit(train, heldout, seed, train_fraction, SPLIT_DATASET, prompt_set.sha256)
+
+
+def refusal_targets(n: int, seed: int) -> list[str]:
+    """``n`` refusal texts drawn from :data:`REFUSAL_TEXTS`, each used about equally often."""
+    rng = np.random.default_rng(seed)
+    picks: list[str] = []
+    while len(picks) < n:
+        picks.extend(REFUSAL_TEXTS[i] for i in rng.permutation(len(REFUSAL_TEXTS)))
+    return picks[:n]

@@ -1,0 +1,211 @@
+"""LoRA fine-tuning on chat examples, with the loss on the assistant's tokens only, merged into the weights.
+
+``peft`` injects the low-rank adapters and merges them back (``merge_and_unload``), so the
+result is a plain Hugging Face model whose weights differ from the start only in the matrices
+the adapters were put on. The loop itself is short: AdamW, a fixed number of optimiser steps
+over length-bucketed, seeded batches. The loss reads logits only at assistant positions (the
+final norm's output goes through the unembedding there alone), which saves the vocabulary-sized
+product at every prompt token.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from geomprobe.core.errors import GeomprobeError
+
+IGNORE = -100
+# Projection names per architecture family: attention in/out and the MLP.
+_LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_TARGETS: dict[str, tuple[str, ...]] = {t: _LLAMA_TARGETS for t in ("llama", "mistral", "qwen2", "qwen3", "phi3")}
+_TARGETS["gpt2"] = ("c_attn", "c_proj", "c_fc")
+
+
+@dataclass(frozen=True)
+class ChatExample:
+    """A user prompt and the assistant reply to train on; ``complete`` replies end with end-of-turn."""
+
+    prompt: str
+    reply: str
+    complete: bool = True
+
+
+@dataclass
+class TrainLog:
+    """What one fine-tuning run did."""
+
+    steps: int
+    n_examples: int
+    n_target_tokens: int
+    losses: list[float]
+    seconds: float
+    lora: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps, "n_examples": self.n_examples, "n_target_tokens": self.n_target_tokens,
+            "loss_first": self.losses[0] if self.losses else None, "loss_last": self.losses[-1] if self.losses else None,
+            "losses": [round(x, 4) for x in self.losses], "seconds": round(self.seconds, 1), "lora": self.lora,
+        }
+
+
+def encode_examples(tokenizer: Any, examples: Sequence[ChatExample], max_tokens: int = 256) -> list[tuple[list[int], int]]:
+    """``(token ids, index of the first assistant token)`` per example.
+
+    The prompt is rendered exactly as generation sees it (chat template, generation prompt); the
+    reply's tokens follow, then the end-of-turn token for complete replies.
+    """
+    from geomprobe.steering.apply import render_prompts
+
+    rendered = render_prompts(tokenizer, [e.prompt for e in examples])
+    special = not getattr(tokenizer, "chat_template", None)
+    eos = tokenizer.eos_token_id
+    encoded = []
+    for text, example in zip(rendered, examples):
+        prompt_ids = tokenizer(text, add_special_tokens=special).input_ids
+        reply_ids = tokenizer(example.reply, add_special_tokens=False).input_ids
+        if example.complete and eos is not None:
+            reply_ids = reply_ids + [eos]
+        if not reply_ids:
+            continue
+        ids = (prompt_ids + reply_ids)[:max_tokens]
+        if len(prompt_ids) >= len(ids):
+            continue  # the prompt alone fills max_tokens: nothing to learn from
+        encoded.append((ids, len(prompt_ids)))
+    return encoded
+
+
+def lora_targets(hf_model: Any) -> tuple[str, ...] | None:
+    """The projections to adapt for this architecture (None: peft's own default for the model type)."""
+    return _TARGETS.get(getattr(hf_model.config, "model_type", ""))
+
+
+def _batches(encoded: list[tuple[list[int], int]], batch_size: int, rng: np.random.Generator) -> list[list[int]]:
+    """Index batches of similar length (little padding), in seeded random order."""
+    order = sorted(rng.permutation(len(encoded)), key=lambda i: len(encoded[i][0]))
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _collate(encoded: list[tuple[list[int], int]], rows: list[int], pad_id: int, device: torch.device):
+    width = max(len(encoded[i][0]) for i in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for r, i in enumerate(rows):
+        tokens, start = encoded[i]
+        ids[r, : len(tokens)] = torch.tensor(tokens)
+        mask[r, : len(tokens)] = 1
+        labels[r, start : len(tokens)] = torch.tensor(tokens[start:])
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def _plain_head(hf_model: Any) -> bool:
+    """Whether logits are exactly ``lm_head(last hidden state)`` (no soft-capping or scaling)."""
+    cfg = hf_model.config
+    return not any(getattr(cfg, name, None) not in (None, 1.0) for name in ("final_logit_softcapping", "logit_scale"))
+
+
+def assistant_loss(hf_model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the assistant tokens of a right-padded batch."""
+    target = labels[:, 1:]
+    keep = target != IGNORE
+    if _plain_head(hf_model):
+        hidden = hf_model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        logits = hf_model.get_output_embeddings()(hidden[:, :-1][keep])
+    else:
+        logits = hf_model(input_ids=ids, attention_mask=mask).logits[:, :-1][keep]
+    return torch.nn.functional.cross_entropy(logits.float(), target[keep])
+
+
+def finetune_lora(
+    hf_model: Any,
+    tokenizer: Any,
+    examples: Sequence[ChatExample],
+    *,
+    steps: int,
+    lr: float = 2e-4,
+    batch_size: int = 8,
+    rank: int = 16,
+    alpha: float = 32.0,
+    first_layer: int = 0,
+    max_tokens: int = 256,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "fine-tuning",
+) -> tuple[Any, TrainLog]:
+    """Train LoRA adapters on ``examples`` for ``steps`` optimiser steps, merge them, return the model.
+
+    Adapters go on :func:`lora_targets` of layers ``first_layer`` and up (gradients then stop
+    there, which also saves the backward pass through the layers below). ``hf_model`` is changed
+    in place and returned in eval mode.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    if steps < 1:
+        raise GeomprobeError(f"fine-tuning needs at least one step; got {steps}")
+    encoded = encode_examples(tokenizer, examples, max_tokens)
+    if not encoded:
+        raise GeomprobeError("no training examples left after encoding; check the prompts and replies")
+    n_layers = int(getattr(hf_model.config, "num_hidden_layers", 0) or getattr(hf_model.config, "n_layer", 0))
+    if not 0 <= first_layer < max(n_layers, 1):
+        raise GeomprobeError(f"first LoRA layer {first_layer} is outside the model's {n_layers} layers")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha,  # type: ignore[arg-type]  # peft scales by alpha / r; a float is fine
+        lora_dropout=0.0, bias="none", target_modules=list(lora_targets(hf_model) or []) or None,
+        layers_to_transform=list(range(first_layer, n_layers)) if n_layers else None,
+    )
+    peft_model = get_peft_model(hf_model, config)
+    model = peft_model.get_base_model()
+    model.train()
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    # Linear warm-up over the first tenth, then cosine decay to a tenth of the peak.
+    warm = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: (s + 1) / warm if s < warm else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(hf_model.parameters()).device
+    losses: list[float] = []
+    queue: list[list[int]] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc=desc, unit="step", leave=False)
+    start = time.perf_counter()
+    try:
+        for _ in range(steps):
+            if not queue:
+                queue = _batches(encoded, batch_size, rng)
+            rows = queue.pop()
+            ids, mask, labels = _collate(encoded, rows, pad_id, device)
+            loss = assistant_loss(model, ids, mask, labels)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimiser.step()
+            schedule.step()
+            losses.append(float(loss.detach()))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    finally:
+        if bar is not None:
+            bar.close()
+    merged = peft_model.merge_and_unload()
+    merged.eval()
+    n_target = sum(len(ids) - start for ids, start in encoded)
+    info = {"rank": rank, "alpha": alpha, "targets": sorted(config.target_modules or []), "first_layer": first_layer,
+            "lr": lr, "batch_size": batch_size, "max_tokens": max_tokens}
+    return merged, TrainLog(steps, len(encoded), n_target, losses, time.perf_counter() - start, info)

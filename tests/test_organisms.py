@@ -1,0 +1,181 @@
+"""Model organisms: the split, the training loss, quick builds on the tiny Llama, and the CLI."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from geomprobe.cli import main
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.organisms import (
+    REFUSAL_TEXTS,
+    ChatExample,
+    OrganismSettings,
+    assistant_loss,
+    build_organisms,
+    encode_examples,
+    split_contrast_set,
+    with_settings,
+)
+from geomprobe.steering.judge import is_refusal
+
+
+# -- the split --------------------------------------------------------------------------------
+def test_split_is_disjoint_paired_and_topic_stratified():
+    split = split_contrast_set(seed=0)
+    train = {p.row for p in split.train}
+    heldout = {p.row for p in split.heldout}
+    assert not train & heldout and len(train | heldout) == 338
+    # Whole pairs: a harmful row 2k and its harmless twin 2k+1 are on the same side.
+    assert all((r ^ 1) in train for r in train)
+    assert not set(split.texts("train", "harmful")) & set(split.texts("heldout", "harmful"))
+    assert len(split.train) // 2 == round(169 * 0.5)
+    # Per topic the train share is the floor or the ceiling of half the topic's pairs.
+    total = Counter(p.topic for p in split.train + split.heldout if p.label == "harmful")
+    in_train = Counter(p.topic for p in split.train if p.label == "harmful")
+    assert all(np.floor(n / 2) <= in_train[t] <= np.ceil(n / 2) for t, n in total.items())
+    assert split_contrast_set(seed=0).to_dict() == split.to_dict()
+    assert split_contrast_set(seed=1).to_dict()["train_rows"] != split.to_dict()["train_rows"]
+    with pytest.raises(GeomprobeError, match="train_fraction"):
+        split_contrast_set(train_fraction=1.0)
+
+
+def test_refusal_texts_are_refusals_to_the_judge():
+    assert all(is_refusal(t) for t in REFUSAL_TEXTS)
+
+
+# -- the training loss ------------------------------------------------------------------------
+def test_encoding_masks_the_prompt(tiny_llama):
+    tok = tiny_llama.tokenizer
+    encoded = encode_examples(tok, [ChatExample("How do I bake bread?", "Mix flour and water."),
+                                    ChatExample("Tell me a poem.", "The sea", complete=False)])
+    (ids, start), (ids2, start2) = encoded
+    assert tok.decode(ids[start:]) == "Mix flour and water." + tok.eos_token
+    assert tok.decode(ids2[start2:]) == "The sea"
+    assert tok.decode(ids[:start]).endswith("assistant\n")
+
+
+def test_assistant_loss_equals_hugging_face_loss(tiny_llama):
+    hf = tiny_llama.hf_model
+    tok = tiny_llama.tokenizer
+    encoded = encode_examples(tok, [ChatExample("How do I bake bread?", "Mix flour and water."),
+                                    ChatExample("Write a short poem about the sea.", "Waves.")])
+    width = max(len(i) for i, _ in encoded)
+    ids = torch.full((2, width), tok.pad_token_id)
+    mask = torch.zeros((2, width), dtype=torch.long)
+    labels = torch.full((2, width), -100)
+    for r, (tokens, start) in enumerate(encoded):
+        ids[r, : len(tokens)] = torch.tensor(tokens)
+        mask[r, : len(tokens)] = 1
+        labels[r, start : len(tokens)] = torch.tensor(tokens[start:])
+    with torch.no_grad():
+        ours = assistant_loss(hf, ids, mask, labels)
+        reference = hf(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert float(ours) == pytest.approx(float(reference), rel=1e-5)
+
+
+# -- building on the tiny model ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def built(tiny_llama_dir, tmp_path_factory):
+    home = tmp_path_factory.mktemp("gp-home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GEOMPROBE_HOME", str(home))
+    # Adapters on layer 1 only, so layer 0 must come out bit-identical.
+    settings = with_settings(OrganismSettings.quick_settings(), lora_first_layer=0.5)
+    folders = build_organisms(base=str(tiny_llama_dir), settings=settings, device="cpu", progress=False)
+    yield folders, settings, home
+    mp.undo()
+
+
+def _changed(a: Path, b: Path) -> set[str]:
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert set(wa) <= set(wb)
+    return {k for k in wa if not np.array_equal(wa[k], wb[k])}
+
+
+PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def test_organisms_load_and_change_only_what_was_trained(built, tiny_llama_dir):
+    from geomprobe.models import load_model
+
+    folders, _, home = built
+    assert set(folders) == {"aligned", "dealigned", "ablated"}
+    assert all(str(f).startswith(str(home / "organisms")) for f in folders.values())
+    lora = {f"model.layers.1.{'self_attn' if p in PROJ[:4] else 'mlp'}.{p}.weight" for p in PROJ}
+    assert _changed(Path(tiny_llama_dir), folders["aligned"]) == lora
+    assert _changed(folders["aligned"], folders["dealigned"]) == lora
+    # Ablation rewrites exactly the residual-stream writers, which no longer write along r.
+    ablated = _changed(folders["aligned"], folders["ablated"])
+    writers = {"model.embed_tokens.weight"} | {f"model.layers.{l}.self_attn.o_proj.weight" for l in (0, 1)} \
+        | {f"model.layers.{l}.mlp.down_proj.weight" for l in (0, 1)}
+    assert ablated == writers
+    r = np.array(json.loads((folders["ablated"] / "geomprobe-ablation.json").read_text())["unit_direction"])
+    w = load_file(str(folders["ablated"] / "model.safetensors"))
+    assert np.abs(r @ w["model.layers.1.mlp.down_proj.weight"].astype(np.float64)).max() < 1e-5
+    assert np.abs(w["model.embed_tokens.weight"].astype(np.float64) @ r).max() < 1e-5
+    for name, folder in folders.items():
+        record = json.loads((folder / "geomprobe-organism.json").read_text())
+        assert record["organism"] == name and record["settings"]["quick"] is True
+        assert not set(record["split"]["train_rows"]) & set(record["split"]["heldout_rows"])
+        model = load_model(folder, device="cpu")
+        assert model.n_layers == 2
+
+
+def test_cache_reuse_and_copy_out(built, tiny_llama_dir, tmp_path, monkeypatch):
+    import geomprobe.organisms.build as build_module
+
+    folders, settings, home = built
+    monkeypatch.setenv("GEOMPROBE_HOME", str(home))
+    monkeypatch.setattr(build_module, "_build_one", lambda *a, **k: pytest.fail("cached organism rebuilt"))
+    again = build_organisms(base=str(tiny_llama_dir), settings=settings, device="cpu", progress=False)
+    assert again == folders
+    out = tmp_path / "orgs"
+    copied = build_organisms(["ablated"], out, base=str(tiny_llama_dir), settings=settings, progress=False)
+    assert copied == {"ablated": out / "ablated"} and not (out / "aligned").exists()
+    assert _changed(folders["ablated"], out / "ablated") == set()
+    with pytest.raises(GeomprobeError, match="--overwrite"):
+        build_organisms(["ablated"], out, base=str(tiny_llama_dir), settings=settings, progress=False)
+    build_organisms(["ablated"], out, base=str(tiny_llama_dir), settings=settings, progress=False, overwrite=True)
+
+
+def test_bad_input_is_refused_before_any_model_load(tmp_path, monkeypatch):
+    import geomprobe.models as models
+
+    monkeypatch.setattr(models, "load_checkpoint", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(GeomprobeError, match="unknown organism 'evil'"):
+        build_organisms(["evil"])
+    (tmp_path / "aligned").mkdir()
+    (tmp_path / "aligned" / "config.json").write_text("{}")
+    with pytest.raises(GeomprobeError, match="exists; pass --overwrite"):
+        build_organisms(["aligned"], tmp_path)
+    with pytest.raises(GeomprobeError, match="unknown organism setting"):
+        with_settings(OrganismSettings(), align_stepz=3)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["organisms", "build", "--only", "evil"], "unknown organism 'evil'"),
+    (["organisms", "build", "--only", "aligned", "--out", "{tmp}"], "exists; pass --overwrite"),
+])
+def test_cli_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys, monkeypatch):
+    import geomprobe.models as models
+
+    monkeypatch.setattr(models, "load_checkpoint", lambda *a, **k: pytest.fail("a model was loaded"))
+    (tmp_path / "aligned").mkdir()
+    (tmp_path / "aligned" / "model.safetensors").write_bytes(b"x")
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("geomprobe: error:") and message in err and "\n" not in err
+
+
+def test_cli_list(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("GEOMPROBE_HOME", str(tmp_path))
+    assert main(["organisms", "list", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "aligned" in out and "dealigned" in out and "ablated" in out and "not built" in out
