@@ -140,3 +140,16 @@ def test_cli(tmp_path, capsys):
     proc = subprocess.run([sys.executable, "-m", "geomprobe", "merge", str(tmp_path / "x.h5"), str(tmp_path / "nope*.h5")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "matches no file" in proc.stderr
+
+
+def test_copy_merge_refuses_a_disk_too_small_before_writing(tmp_path, monkeypatch):
+    import shutil as shutil_module
+
+    paths = make_shards(tmp_path)[0]
+    real = shutil_module.disk_usage
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda p: real(p)._replace(free=1024))
+    with pytest.raises(GeomprobeError, match="disk full while writing") as err:
+        merge_shards(tmp_path / "copy.h5", paths, copy=True)
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)  # nothing written
+    merge_shards(tmp_path / "virtual.h5", paths)  # a virtual merge copies nothing: no space needed

@@ -33,7 +33,7 @@ from geomprobe.activations.format import CHECKSUM_ATTR, compute_checksums
 from geomprobe.activations.store import CacheFile, check_virtual_sources
 from geomprobe.activations.writer import CACHE_EXAMPLE_NAME, partial_path
 from geomprobe.core.errors import GeomprobeError
-from geomprobe.core.io import atomic_file, check_output_file
+from geomprobe.core.io import atomic_file, check_free_space, check_output_file
 
 # Must agree between shards for the merge to mean anything.
 MATCH_ATTRS = (
@@ -175,6 +175,8 @@ def merge_shards(
     mode = "copy" if copy else "virtual"
     n_rows = sum(i.n_prompts for i in infos)
     n_tokens = sum(i.n_tokens for i in infos)
+    if copy:  # HDF5 handles a full disk badly: refuse before writing when the copy cannot fit
+        check_free_space(out.parent, sum(i.path.stat().st_size for i in infos), out, retry="rerun geomprobe merge")
     handles = [h5py.File(i.path, "r") for i in infos]
     try:
         with atomic_file(out, temp=partial_path(out), retry="rerun geomprobe merge") as tmp, h5py.File(tmp, "w") as dst:
