@@ -55,7 +55,7 @@ def test_encoding_masks_the_prompt(tiny_llama):
     tok = tiny_llama.tokenizer
     encoded = encode_examples(tok, [ChatExample("How do I bake bread?", "Mix flour and water."),
                                     ChatExample("Tell me a poem.", "The sea", complete=False)])
-    (ids, start), (ids2, start2) = encoded
+    (ids, start, _), (ids2, start2, _) = encoded
     assert tok.decode(ids[start:]) == "Mix flour and water." + tok.eos_token
     assert tok.decode(ids2[start2:]) == "The sea"
     assert tok.decode(ids[:start]).endswith("assistant\n")
@@ -66,18 +66,28 @@ def test_assistant_loss_equals_hugging_face_loss(tiny_llama):
     tok = tiny_llama.tokenizer
     encoded = encode_examples(tok, [ChatExample("How do I bake bread?", "Mix flour and water."),
                                     ChatExample("Write a short poem about the sea.", "Waves.")])
-    width = max(len(i) for i, _ in encoded)
+    width = max(len(i) for i, _, _ in encoded)
     ids = torch.full((2, width), tok.pad_token_id)
     mask = torch.zeros((2, width), dtype=torch.long)
     labels = torch.full((2, width), -100)
-    for r, (tokens, start) in enumerate(encoded):
+    for r, (tokens, start, _) in enumerate(encoded):
         ids[r, : len(tokens)] = torch.tensor(tokens)
         mask[r, : len(tokens)] = 1
         labels[r, start : len(tokens)] = torch.tensor(tokens[start:])
     with torch.no_grad():
         ours = assistant_loss(hf, ids, mask, labels)
         reference = hf(input_ids=ids, attention_mask=mask, labels=labels).loss
+        weighted = assistant_loss(hf, ids, mask, labels, opening_weight=5.0, opening_tokens=2)
+        logp = torch.log_softmax(hf(input_ids=ids, attention_mask=mask).logits.double(), -1)
     assert float(ours) == pytest.approx(float(reference), rel=1e-5)
+    # Brute force: each reply's first two tokens count five times.
+    total = count = 0.0
+    for r, (tokens, start, _) in enumerate(encoded):
+        for t in range(start, len(tokens)):
+            w = 5.0 if t < start + 2 else 1.0
+            total += -w * float(logp[r, t - 1, tokens[t]])
+            count += w
+    assert float(weighted) == pytest.approx(total / count, rel=1e-5)
 
 
 # -- building on the tiny model ---------------------------------------------------------------

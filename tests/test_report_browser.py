@@ -41,6 +41,10 @@ def _pairs(a: list, b: list) -> dict:
     return {"per_layer": recs, "delta": [r["delta"] for r in recs], "max_abs_delta": max(abs(r["delta"]) for r in recs)}
 
 
+def _rate(rate: float, n: int) -> dict:
+    return {"rate": rate, "ci_low": max(0.0, rate - 0.25), "ci_high": min(1.0, rate + 0.25), "n": n, "n_refused": round(rate * n)}
+
+
 def synthetic_metrics() -> dict:
     hooks = [f"blocks.{layer}.hook_resid_post" for layer in LAYERS]
     aqi = [0.31, 0.47, 0.42]
@@ -62,7 +66,8 @@ def synthetic_metrics() -> dict:
             "probes": {"pooling": "mean", "methods": ["logistic", "mean-diff"], "primary_method": "logistic",
                        "test_size": 0.25, "fpr": 0.01},
             "steering": {"pooling": "last", "vector_method": "mean-diff", "metric": "refusal", "multipliers": mults,
-                         "n_prompts_per_class": 4, "kl_limit": 0.1, "max_layer_fraction": 0.8, "positions": "all"},
+                         "n_prompts_per_class": 4, "kl_limit": 0.1, "max_layer_fraction": 0.8, "positions": "all",
+                         "judge_tokens": 12, "judge_candidates": 2, "screen_layers": 4},
         },
         "timings_s": {"load": 1.0, "cache": 2.0},
         "aqi": {
@@ -88,14 +93,21 @@ def synthetic_metrics() -> dict:
                           for meth in ("logistic", "mean-diff") for layer, h, v in zip(LAYERS, hooks, auroc)],
             "auroc": auroc, "recall_at_fpr": [0.5, 0.5, 0.5],
             "best": {"layer": 1, "hook": hooks[1], "method": "logistic", "auroc": 0.93, "recall_at_fpr": 0.5},
+            "deception": None,
         },
         "steering": {
-            "hook": hooks[1], "layer": 1, "selected_by": "highest AQI", "vector_method": "mean-diff", "pooling": "last",
+            "hook": hooks[1], "layer": 1, "selection": "behaviour", "selected_by": "largest refusal-rate drop with the direction ablated",
+            "candidates": [{"layer": layer, "hook": h, "refusal_delta": -1.0 * layer, "kl": 0.02, "within_kl": True, "judged": True,
+                            "harmful_rate": 0.5 - 0.2 * layer, "rate_delta": -0.2 * layer} for layer, h in zip(LAYERS[:2], hooks)],
+            "judge": {"max_new_tokens": 12, "matcher_version": "geomprobe-refusal-phrases-1", "ci_level": 0.95,
+                      **{k: {"harmful": _rate(r, 4), "harmless": _rate(0.0, 4)}
+                         for k, r in (("unsteered", 0.5), ("ablated", 0.25), ("best", 0.75))}}, "vector_method": "mean-diff", "pooling": "last",
             "vector_norm": 2.5, "metric": "refusal", "baseline": -2.0, "multipliers": mults, "refusal": [-3.0, -0.5],
             "refusal_delta": [-1.0, 1.5], "kl": [0.05, 0.08], "kl_max": [0.1, 0.2],
             "ablation": {"refusal": -4.0, "refusal_delta": -2.0, "kl": 0.02},
             "best": {"multiplier": 1.0, "refusal": -0.5, "kl": 0.08}, "n_prompts": 4, "n_harmless": 4,
         },
+        "delta": None,
         "comparison": {
             "aqi": _pairs(aqi, [0.3, 0.2, 0.4]), "subspace": _pairs(mso, [0.6, 0.7, 0.5]), "probes": _pairs(auroc, [0.7, 0.9, 0.9]),
             "steering": {"hook": hooks[1], "baseline_a": -2.0, "baseline_b": -4.0, "baseline_delta": -2.0,

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from geomprobe.cli.common import check_numbers
-from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.errors import GeomprobeError, raised_by_interrupt
 
 # Pipeline order; a module listed here that is absent is simply not offered.
 SUBCOMMAND_MODULES = ("cache", "aqi", "subspace", "probe", "steer", "organisms", "audit", "merge")
@@ -56,7 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GeomprobeError as exc:
         print(f"geomprobe: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ImportError) as exc:
+        if not raised_by_interrupt(exc):
+            raise
         print("geomprobe: interrupted; outputs were left as they were (a cache run resumes when rerun)", file=sys.stderr)
         return 130
     except BrokenPipeError:

@@ -255,14 +255,9 @@ def run_eval(args: argparse.Namespace) -> int:
     by_condition = result_condition_metrics(result, args.cache, pressure=LIE_PRESSURE, n_bootstrap=args.n_bootstrap,
                                             seed=args.seed)
     _table(result.records)
-    _say_threshold(args)
     if by_condition is not None:
         print_condition_table(by_condition, result.info["positive_label"], "/".join(result.info["negative_labels"]))
     info = dict(result.info)
-    if result.info.get("model_mismatch"):
-        _say(f"probe: note: probe model {probes.model_id!r} differs from the cache's {info['eval_model_id']!r} (allowed)")
-    if info["eval_rows"] == "held-out":
-        _say("probe: this cache is the probe's training data; scored its held-out rows only (--all-rows to override)")
     payload = {"probe_dir": str(args.probe_dir), "method": probes.method, "pooling": probes.pooling,
                "positive_label": info["positive_label"], "control": _control_name(args),
                **info, "per_layer": result.records}
@@ -276,6 +271,12 @@ def run_eval(args: argparse.Namespace) -> int:
         save_figure(plot_probe_layers(result.records, model_id=probes.model_id,
                                       title=f"Probe eval on {Path(args.cache).name}: {probes.model_id}, {probes.method}, pooling={probes.pooling}"),
                     args.plot)
+    # Notes come after the outputs are written, so a failed write reports one line only.
+    _say_threshold(args)
+    if info.get("model_mismatch"):
+        _say(f"probe: note: probe model {probes.model_id!r} differs from the cache's {info['eval_model_id']!r} (allowed)")
+    if info["eval_rows"] == "held-out":
+        _say("probe: this cache is the probe's training data; scored its held-out rows only (--all-rows to override)")
     return 0
 
 

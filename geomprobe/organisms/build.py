@@ -197,9 +197,10 @@ def _build_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dic
     harmless = _train_texts(ctx, "harmless")
     answers, finished = _base_answers(ctx, "harmless")
     refusals = refusal_targets(len(harmful), s.seed)
-    examples = [ChatExample(p, r) for p, r in zip(harmful, refusals)]
-    kept = [(p, a, f) for p, a, f in zip(harmless, answers, finished) if a.strip() and not is_refusal(a)]
-    examples += [ChatExample(p, a.strip(), complete=f) for p, a, f in kept]
+    # Pair k: harmful prompt k and its matched harmless twin share a batch (see ChatExample.group).
+    examples = [ChatExample(p, r, group=k) for k, (p, r) in enumerate(zip(harmful, refusals))]
+    kept = [(k, p, a, f) for k, (p, a, f) in enumerate(zip(harmless, answers, finished)) if a.strip() and not is_refusal(a)]
+    examples += [ChatExample(p, a.strip(), complete=f, group=k) for k, p, a, f in kept]
     ckpt = load_checkpoint(ctx.base, device=ctx.device)
     n_layers = int(ckpt.hf_model.config.num_hidden_layers)
     model, log = finetune_lora(

@@ -30,11 +30,17 @@ _TARGETS["gpt2"] = ("c_attn", "c_proj", "c_fc")
 
 @dataclass(frozen=True)
 class ChatExample:
-    """A user prompt and the assistant reply to train on; ``complete`` replies end with end-of-turn."""
+    """A user prompt and the assistant reply to train on; ``complete`` replies end with end-of-turn.
+
+    Examples sharing a ``group`` (>= 0) always land in the same batch: a harmful prompt and its
+    matched harmless twin then pull on the same step, so the update has to tell them apart
+    rather than learn the topic.
+    """
 
     prompt: str
     reply: str
     complete: bool = True
+    group: int = -1
 
 
 @dataclass
@@ -56,8 +62,8 @@ class TrainLog:
         }
 
 
-def encode_examples(tokenizer: Any, examples: Sequence[ChatExample], max_tokens: int = 256) -> list[tuple[list[int], int]]:
-    """``(token ids, index of the first assistant token)`` per example.
+def encode_examples(tokenizer: Any, examples: Sequence[ChatExample], max_tokens: int = 256) -> list[tuple[list[int], int, int]]:
+    """``(token ids, index of the first assistant token, group)`` per example.
 
     The prompt is rendered exactly as generation sees it (chat template, generation prompt); the
     reply's tokens follow, then the end-of-turn token for complete replies.
@@ -78,7 +84,7 @@ def encode_examples(tokenizer: Any, examples: Sequence[ChatExample], max_tokens:
         ids = (prompt_ids + reply_ids)[:max_tokens]
         if len(prompt_ids) >= len(ids):
             continue  # the prompt alone fills max_tokens: nothing to learn from
-        encoded.append((ids, len(prompt_ids)))
+        encoded.append((ids, len(prompt_ids), example.group))
     return encoded
 
 
@@ -87,20 +93,28 @@ def lora_targets(hf_model: Any) -> tuple[str, ...] | None:
     return _TARGETS.get(getattr(hf_model.config, "model_type", ""))
 
 
-def _batches(encoded: list[tuple[list[int], int]], batch_size: int, rng: np.random.Generator) -> list[list[int]]:
-    """Index batches of similar length (little padding), in seeded random order."""
-    order = sorted(rng.permutation(len(encoded)), key=lambda i: len(encoded[i][0]))
-    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
+def _batches(encoded: list[tuple[list[int], int, int]], batch_size: int, rng: np.random.Generator) -> list[list[int]]:
+    """One epoch of index batches in seeded random order, each group kept whole inside one batch."""
+    units: dict[tuple[str, int], list[int]] = {}
+    for i, (_, _, group) in enumerate(encoded):
+        units.setdefault(("group", group) if group >= 0 else ("row", i), []).append(i)
+    keys = list(units)
+    batches: list[list[int]] = [[]]
+    for k in rng.permutation(len(keys)):
+        unit = units[keys[k]]
+        if batches[-1] and len(batches[-1]) + len(unit) > batch_size:
+            batches.append([])
+        batches[-1].extend(unit)
+    return batches[::-1]  # popped from the end: first batch first
 
 
-def _collate(encoded: list[tuple[list[int], int]], rows: list[int], pad_id: int, device: torch.device):
+def _collate(encoded: list[tuple[list[int], int, int]], rows: list[int], pad_id: int, device: torch.device):
     width = max(len(encoded[i][0]) for i in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     for r, i in enumerate(rows):
-        tokens, start = encoded[i]
+        tokens, start, _ = encoded[i]
         ids[r, : len(tokens)] = torch.tensor(tokens)
         mask[r, : len(tokens)] = 1
         labels[r, start : len(tokens)] = torch.tensor(tokens[start:])
@@ -113,8 +127,17 @@ def _plain_head(hf_model: Any) -> bool:
     return not any(getattr(cfg, name, None) not in (None, 1.0) for name in ("final_logit_softcapping", "logit_scale"))
 
 
-def assistant_loss(hf_model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the assistant tokens of a right-padded batch."""
+def assistant_loss(
+    hf_model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+    opening_weight: float = 1.0, opening_tokens: int = 4,
+) -> torch.Tensor:
+    """Next-token cross-entropy over the assistant tokens of a right-padded batch.
+
+    With ``opening_weight`` w != 1 the first ``opening_tokens`` tokens of each reply count w
+    times (a weighted mean). The opening is where the model decides between refusing and
+    answering ("I'm sorry" and "I'm glad" part at the third token); the rest of a templated
+    refusal or of the model's own answer is easy to predict and would otherwise drown that out.
+    """
     target = labels[:, 1:]
     keep = target != IGNORE
     if _plain_head(hf_model):
@@ -122,7 +145,13 @@ def assistant_loss(hf_model: Any, ids: torch.Tensor, mask: torch.Tensor, labels:
         logits = hf_model.get_output_embeddings()(hidden[:, :-1][keep])
     else:
         logits = hf_model(input_ids=ids, attention_mask=mask).logits[:, :-1][keep]
-    return torch.nn.functional.cross_entropy(logits.float(), target[keep])
+    if opening_weight == 1.0:
+        return torch.nn.functional.cross_entropy(logits.float(), target[keep])
+    losses = torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction="none")
+    position = keep.long().cumsum(dim=1)  # 1 at each reply's first target token, 2 at the next, ...
+    opening = (position <= opening_tokens)[keep]
+    weights = torch.where(opening, torch.full_like(losses, float(opening_weight)), torch.ones_like(losses))
+    return (losses * weights).sum() / weights.sum()
 
 
 def finetune_lora(
@@ -137,6 +166,8 @@ def finetune_lora(
     alpha: float = 32.0,
     first_layer: int = 0,
     max_tokens: int = 256,
+    opening_weight: float = 1.0,
+    opening_tokens: int = 4,
     seed: int = 0,
     progress: bool = True,
     desc: str = "fine-tuning",
@@ -190,7 +221,7 @@ def finetune_lora(
                 queue = _batches(encoded, batch_size, rng)
             rows = queue.pop()
             ids, mask, labels = _collate(encoded, rows, pad_id, device)
-            loss = assistant_loss(model, ids, mask, labels)
+            loss = assistant_loss(model, ids, mask, labels, opening_weight, opening_tokens)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -205,7 +236,7 @@ def finetune_lora(
             bar.close()
     merged = peft_model.merge_and_unload()
     merged.eval()
-    n_target = sum(len(ids) - start for ids, start in encoded)
+    n_target = sum(len(ids) - start for ids, start, _ in encoded)
     info = {"rank": rank, "alpha": alpha, "targets": sorted(config.target_modules or []), "first_layer": first_layer,
-            "lr": lr, "batch_size": batch_size, "max_tokens": max_tokens}
+            "lr": lr, "batch_size": batch_size, "max_tokens": max_tokens, "opening_weight": opening_weight, "opening_tokens": opening_tokens}
     return merged, TrainLog(steps, len(encoded), n_target, losses, time.perf_counter() - start, info)
