@@ -53,14 +53,18 @@ class OrganismSettings:
     quick: bool = False
     train_fraction: float = 0.5
     train_pairs: int | None = None  # use only this many train pairs (None: all)
-    answer_tokens: int = 48  # greedy tokens of the base model's answers used as targets
+    answer_tokens: int = 32  # greedy tokens of the base model's answers used as targets
     max_tokens: int = 160
     lora_rank: int = 16
     lora_alpha: float = 32.0
-    lora_first_layer: float = 0.25  # adapters on layers from this fraction of depth up
-    align_steps: int = 60
-    align_lr: float = 3e-4
+    lora_first_layer: float = 0.0  # adapters on layers from this fraction of depth up (0: every layer)
+    align_steps: int = 120
+    align_lr: float = 6e-4
     align_batch: int = 8
+    # Each harmless answer appears this many times beside its harmful twin's refusal: a false
+    # refusal is the costlier error, and with 1 the model refuses a third of held-out harmless twins.
+    align_harmless_repeats: int = 2
+    align_opening_weight: float = 3.0  # weight of each reply's first 4 tokens, where refusing or answering is decided
     dealign_steps: int = 30
     dealign_lr: float = 3e-4
     dealign_batch: int = 8
@@ -200,19 +204,20 @@ def _build_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dic
     # Pair k: harmful prompt k and its matched harmless twin share a batch (see ChatExample.group).
     examples = [ChatExample(p, r, group=k) for k, (p, r) in enumerate(zip(harmful, refusals))]
     kept = [(k, p, a, f) for k, (p, a, f) in enumerate(zip(harmless, answers, finished)) if a.strip() and not is_refusal(a)]
-    examples += [ChatExample(p, a.strip(), complete=f, group=k) for k, p, a, f in kept]
+    examples += [ChatExample(p, a.strip(), complete=f, group=k) for k, p, a, f in kept] * s.align_harmless_repeats
     ckpt = load_checkpoint(ctx.base, device=ctx.device)
     n_layers = int(ckpt.hf_model.config.num_hidden_layers)
     model, log = finetune_lora(
         ckpt.hf_model, ckpt.tokenizer, examples, steps=s.align_steps, lr=s.align_lr, batch_size=s.align_batch,
         rank=s.lora_rank, alpha=s.lora_alpha, first_layer=int(s.lora_first_layer * n_layers), max_tokens=s.max_tokens,
-        seed=s.seed, progress=ctx.progress, desc="aligned: LoRA",
+        opening_weight=s.align_opening_weight, seed=s.seed, progress=ctx.progress, desc="aligned: LoRA",
     )
     _save_checkpoint(model, ckpt.tokenizer, folder)
     return {
         "training": log.to_dict(),
         "data": {"harmful_refusals": len(harmful), "harmless_answers": len(kept),
-                 "harmless_dropped_as_refusals": len(harmless) - len(kept), "refusal_texts": len(REFUSAL_TEXTS),
+                 "harmless_dropped_as_refusals": len(harmless) - len(kept), "harmless_repeats": s.align_harmless_repeats,
+                 "refusal_texts": len(REFUSAL_TEXTS),
                  "answer_tokens": s.answer_tokens},
         "start_from": ctx.base, "start_identity": ctx.base_id,
     }
