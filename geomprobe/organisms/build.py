@@ -68,7 +68,10 @@ class OrganismSettings:
     dealign_steps: int = 30
     dealign_lr: float = 3e-4
     dealign_batch: int = 8
-    ablation_layers: tuple[float, float] = (0.3, 0.75)  # candidate resid_post layers (fractions of depth)
+    # Candidate resid_post layers (fractions of depth, and below 80%). In the aligned default model
+    # every mid-depth direction wrecks harmless text when ablated (KL 5-10 nats); only the layers
+    # near 0.8 of depth stay under the KL limit, so the range must reach them.
+    ablation_layers: tuple[float, float] = (0.3, 0.8)
     ablation_candidates: int = 6
     ablation_prompts: int = 48  # train prompts per class for choosing the ablation layer
     ablation_kl_limit: float = 0.1
@@ -281,9 +284,11 @@ def _build_ablated(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dic
                            refusal_tokens=tokens, batch_size=16)
     best = result.best(kl_limit=s.ablation_kl_limit, maximize=False)
     note = ""
-    if best is None:  # no layer within the KL limit: take the strongest and say so
+    if best is None:  # no layer within the KL limit: take the strongest and say so, loudly
         best = min(result.records, key=lambda r: r.score_mean)
-        note = f"no candidate kept KL <= {s.ablation_kl_limit}; took the lowest refusal score"
+        note = (f"no candidate kept KL <= {s.ablation_kl_limit} on harmless prompts; took the lowest refusal score "
+                f"(KL {best.kl_mean:.2f}): the ablated model may no longer write coherent text")
+        print(f"ablated: warning: {note}", flush=True)
     bake_ablation(model, vector, folder, hook=best.hook, overwrite=True)
     return {
         "ablation": {"hook": best.hook, "layer": best.layer, "candidates": hooks, "refusal_log_odds_before": result.baseline,
