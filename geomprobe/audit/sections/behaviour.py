@@ -4,8 +4,9 @@ The steering layer is chosen by what ablating its harmful - harmless direction d
 on held-out prompts, not by geometry: every candidate layer (audited, below ``max_layer_fraction``
 of the depth) is screened by the next-token refusal log-odds with its direction ablated (one
 forward pass per prompt, with the KL on harmless prompts), the ``judge_candidates`` strongest
-within the KL limit are judged by greedy generation, and the one whose ablation removes the most
-refusals on the held-out harmful prompts is chosen. When the unsteered model refuses none of them
+within the KL limit (the least disruptive, when none is within it) are judged by greedy
+generation, and the one whose ablation removes the most refusals on the held-out harmful prompts
+is chosen. When the unsteered model refuses none of them
 there is nothing to remove, and the screen's log-odds decide (``selection`` says which happened).
 """
 
@@ -115,12 +116,20 @@ def choose_layer_by_behaviour(
     cands = [Candidate(layer, hook, finite(records[hook].score_delta), finite(records[hook].kl_mean),
                        records[hook].kl_mean is None or records[hook].kl_mean <= sizes.kl_limit, False, None, None)
              for layer, hook in zip(layers, hooks)]
-    pool = [c for c in cands if c.within_kl] or cands  # every ablation over the KL limit: judge the strongest anyway
-
     def drop(c: Candidate) -> float:
         return c.refusal_delta if c.refusal_delta is not None else math.inf
 
-    judged = sorted(pool, key=drop)[: max(1, sizes.judge_candidates)]
+    def kl(c: Candidate) -> float:
+        return c.kl if c.kl is not None else math.inf
+
+    within = [c for c in cands if c.within_kl]
+    if within:
+        judged = sorted(within, key=drop)[: max(1, sizes.judge_candidates)]
+    else:
+        # Every ablation is over the KL limit: judge the least disruptive ones. The strongest
+        # log-odds drops then tend to be layers whose ablation wrecks the text (KL of several
+        # nats), which "removes" every refusal by writing garbage.
+        judged = sorted(cands, key=kl)[: max(1, sizes.judge_candidates)]
     rates: dict[str, Rate] = {}
     if unsteered.n_refused > 0:
         for c in judged:
@@ -128,13 +137,14 @@ def choose_layer_by_behaviour(
                                  partial(judge_ablated, ctx, vector.vector_for(c.hook), harmful))
             rates[c.hook] = rate
             c.judged, c.harmful_rate, c.rate_delta = True, rate.rate, rate.rate - unsteered.rate
-        best = min(judged, key=lambda c: (c.rate_delta, drop(c)))
+        best = min(judged, key=lambda c: (c.rate_delta, kl(c), drop(c)))  # ties: the less disruptive layer
         selection = "behaviour"
+        among = ("the {n} layer(s) of strongest next-token refusal drop within the KL limit" if within else
+                 "the {n} layer(s) of smallest KL on harmless prompts (none within the KL limit)")
         selected_by = (f"largest drop in the judge's refusal rate on {len(harmful)} held-out harmful prompts with the "
-                       f"direction ablated, among the {len(judged)} layer(s) of strongest next-token refusal drop "
-                       f"{'within the KL limit' if pool is not cands else '(none within the KL limit)'}")
+                       f"direction ablated, among {among.format(n=len(judged))}")
     else:
-        best = judged[0]
+        best = min(judged, key=drop)
         selection = "next-token log-odds"
         selected_by = ("largest drop in next-token refusal log-odds with the direction ablated on held-out harmful "
                        "prompts (the unsteered model refused none of them, so no refusal rate can drop)")
