@@ -61,16 +61,12 @@ EXPECTED = {
 }
 
 
-def p_two_sided(deltas: np.ndarray) -> float:
-    deltas = deltas[np.isfinite(deltas)]
-    below, above = int((deltas <= 0).sum()), int((deltas >= 0).sum())
-    return min(1.0, 2 * (1 + min(below, above)) / (1 + len(deltas)))
-
-
 def summarise(name: str, pair: tuple[str, str], a: float, b: float, change: float, deltas: np.ndarray, level: float = 0.95) -> dict:
     finite = deltas[np.isfinite(deltas)]
     low, high = (np.quantile(finite, [(1 - level) / 2, (1 + level) / 2]) if len(finite) else (math.nan, math.nan))
-    p = p_two_sided(deltas)
+    from geomprobe.audit.sections.delta import bootstrap_p_value
+
+    p = bootstrap_p_value(deltas)
     expected = EXPECTED.get(name, {}).get(pair, 0)
     detected = bool(expected != 0 and np.sign(change) == expected and p < 0.05)
     return {"diagnostic": name, "pair": f"{pair[0]} -> {pair[1]}", "a": a, "b": b, "change": change,

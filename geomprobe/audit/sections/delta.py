@@ -106,9 +106,16 @@ def paired_bootstrap(
     if not len(deltas):
         return PairedChange(finite(a), finite(b), finite(b - a), None, None, None, len(labels))
     low, high = np.quantile(deltas, [(1 - level) / 2, (1 + level) / 2])
+    return PairedChange(finite(a), finite(b), finite(b - a), float(low), float(high), bootstrap_p_value(deltas), len(labels))
+
+
+def bootstrap_p_value(deltas: np.ndarray) -> float:
+    """Two-sided p-value of "no change" from replicate changes: ``min(1, 2 (1 + #far side of 0) / (1 + B))``
+    over the finite replicates."""
+    deltas = np.asarray(deltas, dtype=float)
+    deltas = deltas[np.isfinite(deltas)]
     tail = min(int((deltas <= 0).sum()), int((deltas >= 0).sum()))
-    p_value = min(1.0, 2.0 * (1 + tail) / (1 + len(deltas)))
-    return PairedChange(finite(a), finite(b), finite(b - a), float(low), float(high), p_value, len(labels))
+    return min(1.0, 2.0 * (1 + tail) / (1 + len(deltas)))
 
 
 def aqi_statistic(Xa: np.ndarray, Xb: np.ndarray, labels: np.ndarray, gamma: float = 0.5) -> Callable[[np.ndarray], tuple[float, float]]:
