@@ -171,6 +171,8 @@ def test_bad_settings_are_one_line_errors():
 def test_paired_bootstrap_without_finite_changes_gives_nan():
     res = stats.paired_bootstrap(lambda rows: (0.0, math.inf), 4, n_bootstrap=20)
     assert math.isnan(res.low) and math.isnan(res.p_value) and len(res.replicates) == 0
+    res = stats.paired_bootstrap(lambda rows: (1.0, float(rows.sum())), [np.array([2, 0]), np.array([1])], n_bootstrap=0)
+    assert (res.a, res.b, res.delta, res.n) == (1.0, 3.0, 2.0, 3) and math.isnan(res.high)
 
 
 # --- (3) regression: the numbers the hand-written copies gave before core.stats -------------------------

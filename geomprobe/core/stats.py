@@ -50,10 +50,10 @@ def _strata(strata: Strata) -> list[np.ndarray]:
     return out
 
 
-def check_settings(n_bootstrap: int, level: float) -> None:
+def check_settings(n_bootstrap: int, level: float, *, min_bootstrap: int = 1) -> None:
     """Refuse a replicate count or interval level no bootstrap can run with (one line naming it)."""
-    if n_bootstrap < 1:
-        raise GeomprobeError(f"n_bootstrap must be >= 1; got {n_bootstrap}")
+    if n_bootstrap < min_bootstrap:
+        raise GeomprobeError(f"n_bootstrap must be >= {min_bootstrap}; got {n_bootstrap}")
     if not 0 < level < 1:
         raise GeomprobeError(f"the interval level must be between 0 and 1 (e.g. 0.95); got {level}")
 
@@ -200,9 +200,10 @@ def paired_bootstrap(
     """``statistic(rows) -> (value on a, value on b)``; every replicate uses the same rows for both arms.
 
     That keeps the row-to-row variation common to both arms out of the interval of the change.
-    Percentile interval and :func:`bootstrap_p_value` of the finite replicate changes.
+    Percentile interval and :func:`bootstrap_p_value` of the finite replicate changes; ``n_bootstrap=0``
+    gives the change alone (NaN interval and p-value), as the audit's delta section always allowed.
     """
-    check_settings(n_bootstrap, level)
+    check_settings(n_bootstrap, level, min_bootstrap=0)
     groups = _strata(strata)
     a, b = statistic(np.sort(np.concatenate(groups)))
     deltas = np.array([np.subtract(*statistic(rows)[::-1]) for rows in bootstrap_indices(groups, n_bootstrap, seed)],
