@@ -13,7 +13,7 @@ on these with ``--fail-if "delta.aqi.min<-0.05"`` (see docs/audit.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -24,6 +24,8 @@ from geomprobe.audit.context import AuditContext, as_metrics, finite
 from geomprobe.audit.sections.base import AuditSection
 from geomprobe.audit.sections.behaviour import judge
 from geomprobe.audit.tables import ReportBlock, Table, fmt
+from geomprobe.core import stats
+from geomprobe.core.stats import bootstrap_p_value  # noqa: F401  (kept importable from here)
 
 P_RULE = "min(1, 2 * (1 + min(#{delta* <= 0}, #{delta* >= 0})) / (1 + n_bootstrap))"
 
@@ -85,37 +87,15 @@ class DeltaResult:
         return as_metrics(self)
 
 
-def paired_indices(labels: np.ndarray, n_bootstrap: int, seed: int) -> Iterator[np.ndarray]:
-    """Replicate row indices: each class resampled with replacement to its own size (same for both models)."""
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(labels)
-    groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
-    for _ in range(n_bootstrap):
-        yield np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
-
-
 def paired_bootstrap(
     statistic: Callable[[np.ndarray], tuple[float, float]], labels: np.ndarray, *, n_bootstrap: int, level: float = 0.95,
     seed: int = 0,
 ) -> PairedChange:
-    """``statistic(rows) -> (value on a, value on b)``, on all rows and on each paired replicate."""
-    labels = np.asarray(labels)
-    a, b = statistic(np.arange(len(labels)))
-    deltas = np.array([np.subtract(*statistic(rows)[::-1]) for rows in paired_indices(labels, n_bootstrap, seed)])
-    deltas = deltas[np.isfinite(deltas)]
-    if not len(deltas):
-        return PairedChange(finite(a), finite(b), finite(b - a), None, None, None, len(labels))
-    low, high = np.quantile(deltas, [(1 - level) / 2, (1 + level) / 2])
-    return PairedChange(finite(a), finite(b), finite(b - a), float(low), float(high), bootstrap_p_value(deltas), len(labels))
-
-
-def bootstrap_p_value(deltas: np.ndarray) -> float:
-    """Two-sided p-value of "no change" from replicate changes: ``min(1, 2 (1 + #far side of 0) / (1 + B))``
-    over the finite replicates."""
-    deltas = np.asarray(deltas, dtype=float)
-    deltas = deltas[np.isfinite(deltas)]
-    tail = min(int((deltas <= 0).sum()), int((deltas >= 0).sum()))
-    return min(1.0, 2.0 * (1 + tail) / (1 + len(deltas)))
+    """``statistic(rows) -> (value on a, value on b)``, on all rows and on each paired replicate
+    (:func:`geomprobe.core.stats.paired_bootstrap`, stratified by class); JSON-ready (None for non-finite)."""
+    ch = stats.paired_bootstrap(statistic, stats.strata_from_labels(labels), n_bootstrap=n_bootstrap, level=level, seed=seed)
+    return PairedChange(finite(ch.a), finite(ch.b), finite(ch.delta), finite(ch.low), finite(ch.high), finite(ch.p_value),
+                        ch.n)
 
 
 def aqi_statistic(Xa: np.ndarray, Xb: np.ndarray, labels: np.ndarray, gamma: float = 0.5) -> Callable[[np.ndarray], tuple[float, float]]:
