@@ -556,6 +556,13 @@ def test_toy_section_end_to_end(tiny_llama_dir, tmp_path, capsys):
         parse_conditions(["norms.max<0"], against=False)
 
 
+def test_architecture_doc_shows_the_toy_section():
+    """docs/architecture.md's worked example is the section the test above runs, verbatim."""
+    code = (ROOT / "tests" / "toy_section.py").read_text()
+    code = code[code.index("from __future__ import annotations"):]
+    assert f"```python\n{code}```" in (ROOT / "docs" / "architecture.md").read_text()
+
+
 def test_register_section_refuses_bad_sections():
     from dataclasses import dataclass
 

@@ -1,6 +1,6 @@
 """A whole audit section in one file: the mean residual-stream norm per audited layer.
 
-docs/architecture.md ("Adding an audit section") shows this file; tests/test_audit_sections.py
+docs/architecture.md ("Adding an audit section") shows this file; tests/test_audit.py
 registers it (``register_section(NormsSection())``) and checks it end to end against a
 brute-force reference: CLI output, metrics.json, the schema, the report, and ``--against``.
 """

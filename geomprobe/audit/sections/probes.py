@@ -1,7 +1,7 @@
 """Probes section: linear honesty probes of several types at each audited layer, evaluated honestly.
 
 ``mean`` pooling over the assistant statement; a pair-respecting split; held-out AUROC and recall
-at ``probe_fpr`` with the threshold taken from the control set. Plots AUROC by layer and the
+at ``fpr`` (a size) with the threshold taken from the control set. Plots AUROC by layer and the
 token-level scores of the best probe on a few held-out prompts.
 """
 

@@ -1,6 +1,6 @@
 """Subspace section: overlap of the harmful and harmless activation subspaces at each audited layer.
 
-Per class a centred basis holding ``subspace_energy`` of the energy (``last`` pooling); mode
+Per class a centred basis holding ``energy`` (a size) of the energy (``last`` pooling); mode
 subspace overlap with the analytic and an empirical random baseline.
 """
 
