@@ -580,7 +580,7 @@ def test_register_section_refuses_bad_sections():
 
     with pytest.raises(TypeError, match="Undocumented.value has no doc"):
         register_section(Bad())
-    for name in ("aqi", "settings", ""):
+    for name in ("aqi", "settings", "", "replace"):
         taken = NormsSection()
         taken.name = name
         with pytest.raises(GeomprobeError, match="reserved or taken"):
@@ -649,6 +649,31 @@ def test_cli_quick_with_gates(tiny_llama_dir, tmp_path, capsys):
     assert code == 0
     assert "[audit]" not in captured.err
     assert "wrote" in captured.out
+
+
+def test_cli_model_options_apply_to_both_checkpoints(tiny_llama, tmp_path, capsys, monkeypatch):
+    """The audit takes the shared model options (add_model_args) and loads --against with them too."""
+    import geomprobe.models
+
+    calls = []
+
+    def fake_load(ref, **options):
+        calls.append((ref, options))
+        if len(calls) == 1:
+            return tiny_llama
+        raise GeomprobeError("stop after the second load")
+
+    monkeypatch.setattr(geomprobe.models, "load_model", fake_load)
+    code = main(["audit", "--model", "first", "--against", "second", "--out", str(tmp_path / "o"), "--quiet",
+                 "--dtype", "bfloat16", "--trust-remote-code", "--device-map", "cpu"])
+    assert code == 2 and "stop after the second load" in capsys.readouterr().err
+    assert [ref for ref, _ in calls] == ["first", "second"]
+    assert calls[0][1] == calls[1][1] == {"dtype": "bfloat16", "device": "auto", "trust_remote_code": True,
+                                          "device_map": {"": "cpu"}}
+    with pytest.raises(SystemExit):
+        main(["audit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "1% control FPR" in text and "%%" not in text and "--device-map" in text
 
 
 def test_cli_bad_fail_if_before_any_work(tmp_path, capsys):

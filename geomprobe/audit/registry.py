@@ -51,7 +51,7 @@ def register_section(section: Any, *, before: str | None = None) -> Any:
     ``--against`` (those read every other section's results), else last.
     """
     name = getattr(section, "name", "")
-    if not name or name in RESERVED or any(s.name == name for s in SECTIONS):
+    if not name or name in RESERVED or hasattr(AuditSizes, name) or any(s.name == name for s in SECTIONS):
         raise GeomprobeError(f"cannot register audit section {name!r}: the name is empty, reserved or taken")
     section.schema_fields()  # every field documented, every type known: fail here, not in the middle of an audit
     section.settings_fields()
