@@ -187,6 +187,8 @@ def run_audit(
     # Cheap checks first: a bad condition, size or folder must not cost a model load.
     conditions = parse_conditions(fail_if, against=against is not None)
     sizes = sizes or (QUICK if quick else FULL)  # each section's sizes check themselves when made
+    if not isinstance(sizes, AuditSizes):
+        raise GeomprobeError(f"sizes must be an AuditSizes (e.g. QUICK.replace(aqi={{...}})), got {type(sizes).__name__}")
     if batch_size < 1:
         raise GeomprobeError(f"--batch-size must be at least 1, got {batch_size}")
     if deception_set is not None and not Path(deception_set).is_file():
