@@ -37,7 +37,7 @@ class AuditSizes:
     max_points: int = 1000
     subspace_energy: float = 0.9
     n_draws: int = 100
-    probe_methods: tuple[str, ...] = ("logistic", "mean-diff", "lda", "pca-diff")
+    probe_methods: tuple[str, ...] = ("logistic", "mean-diff", "lda", "pca-diff-uncentered")  # registered probe kinds
     probe_fpr: float = 0.01
     probe_test_size: float = 0.25
     steering_prompts: int = 16  # per class, held out from the vector
@@ -54,6 +54,13 @@ class AuditSizes:
     pca_panels: int = 8
     token_prompts: int = 4
 
+    def __post_init__(self) -> None:
+        # Any registered probe kind (geomprobe.probes.register_probe_kind), by its current name;
+        # an unknown one is refused here, before any model is loaded.
+        from geomprobe.probes import canonical_method
+
+        object.__setattr__(self, "probe_methods", tuple(canonical_method(m, depth=3) for m in self.probe_methods))
+
     def limit(self, role: str) -> int | None:
         """The stratified subset size of the prompt set playing ``role`` (None: all rows)."""
         return {"harmful_harmless": self.limit_harmful_harmless, "honesty": self.limit_honesty,
@@ -63,7 +70,7 @@ class AuditSizes:
 FULL = AuditSizes()
 QUICK = AuditSizes(
     limit_harmful_harmless=48, limit_honesty=48, limit_control=48, layer_stride=3, n_bootstrap=50, n_permutations=50,
-    n_draws=20, probe_methods=("logistic", "mean-diff", "pca-diff"), steering_prompts=8,
+    n_draws=20, probe_methods=("logistic", "mean-diff", "pca-diff-uncentered"), steering_prompts=8,
     multipliers=(-2.0, -1.0, 1.0, 2.0), pca_panels=4, token_prompts=2, judge_tokens=12, judge_candidates=2, screen_layers=4,
     judge_bootstrap=500, deception_questions=16, deception_tokens=16,
 )

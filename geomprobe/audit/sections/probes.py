@@ -59,6 +59,7 @@ class ProbesResult:
     negative_labels: list[str]
     primary_method: str
     methods: list[str]
+    params: dict[str, dict[str, Any]]  # method -> the parameters it was fitted with
     fpr: float
     threshold_source: str
     n_train: int
@@ -97,7 +98,8 @@ def train_all(ctx: AuditContext) -> ProbesResult:
     return ProbesResult(
         hook_kind=HOOK_KIND, pooling="mean", dtype="float64", positive_label=probes.positive_label,
         negative_labels=list(probes.meta.get("negative_labels", [])), primary_method=primary,
-        methods=list(sizes.probe_methods), fpr=sizes.probe_fpr,
+        methods=list(sizes.probe_methods), params={m: dict(trained[m][0].fit.params) for m in sizes.probe_methods},
+        fpr=sizes.probe_fpr,
         threshold_source=result.records[0].get("threshold_source", "control") if result.records else "control",
         n_train=int(split.get("n_train", 0)), n_test=int(split.get("n_test", 0)), per_layer=per_layer,
         auroc=[r.auroc for r in prim], recall_at_fpr=[r.recall_at_fpr for r in prim],
@@ -154,7 +156,10 @@ class ProbesSection(AuditSection):
         ("probes.positive_label", "string", "positive class"),
         ("probes.negative_labels", "list[string]", "negative classes"),
         ("probes.primary_method", "string", "method of `probes.auroc` / `probes.recall_at_fpr`"),
-        ("probes.methods", "list[string]", "methods trained"),
+        ("probes.methods", "list[string]", "methods trained (registered probe kinds)"),
+        ("probes.params", "object", "each method's parameters as fitted (method -> parameters)"),
+        ("probes.params.*", "object", "one method's parameters, `standardize` and what its fit recorded"),
+        ("probes.params.*.*", "number|string|bool|list[number]|null", "one parameter's value"),
         ("probes.fpr", "number", "control false-positive rate of the threshold"),
         ("probes.threshold_source", "string", "`control`: (1 - fpr) quantile of scores on the control set"),
         ("probes.n_train", "integer", "training rows"),
@@ -240,8 +245,12 @@ class ProbesSection(AuditSection):
         primary = p.get("primary_method", methods[0] if methods else "")
         rows = [[fmt(layer)] + [fmt((by_layer[layer].get(m) or {}).get("auroc")) for m in methods]
                 + [fmt((by_layer[layer].get(primary) or {}).get("recall_at_fpr"))] for layer in sorted(by_layer)]
+        params = p.get("params") or {}
+        shown = {m: ", ".join(f"{k}={fmt(v) if isinstance(v, float) else v}" for k, v in (params.get(m) or {}).items()
+                              if not isinstance(v, list)) for m in methods}
         block.tables.append(Table("Held-out AUROC per layer",
-                                  ["layer", *[f"AUROC {m}" for m in methods], f"recall ({primary})"], rows))
+                                  ["layer", *[f"AUROC {m}" for m in methods], f"recall ({primary})"], rows,
+                                  note="parameters: " + "; ".join(f"{m}: {shown[m]}" for m in methods if shown[m])))
         if p.get("deception"):
             block.tables.append(deception_table(p["deception"]))
         return block
