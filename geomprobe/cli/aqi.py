@@ -89,7 +89,7 @@ def _table(results, pooled) -> str:
         lines.append(
             f"{r.hook:<28} {r.layer:>5} {r.n:>6} {_fmt(r.davies_bouldin)} {_fmt(r.dunn)} {_fmt(r.xie_beni)} "
             f"{_fmt(r.calinski_harabasz)} {r.aqi:>7.4f}  {ci:<17} {_fmt(r.p_value, 7)}"
-            + "".join(f"  {cell:<{w}}" for cell, w in zip(row, widths))
+            + "".join(f"  {cell:<{w}}" for cell, w in zip(row, widths)).rstrip()
         )
         for note in r.notes:
             lines.append(f"    note: {note}")

@@ -273,9 +273,7 @@ def transfer_matrix(
     """Train on each cache, evaluate on every cache (own held-out split on the diagonal)."""
     if len(caches) < 2:
         raise GeomprobeError("a transfer matrix needs at least two caches")
-    kind = probe_kind(method, depth=2)
-    method = kind.name
-    kind.make_params(**params)
+    method = probe_kind(method, depth=2).name  # its params are checked by train_probes, before any fit
     names = [Path(c).name for c in caches]
     trained, model_ids = [], []
     common: list[str] | None = None
