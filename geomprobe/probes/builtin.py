@@ -6,6 +6,7 @@ once that calls its solver in :mod:`geomprobe.probes.solvers`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,11 +29,11 @@ class LogisticParams:
     tol: float = 1e-4
 
     def __post_init__(self) -> None:
-        if not self.C > 0:
-            raise GeomprobeError(f"logistic C must be positive; got {self.C}")
+        if not (math.isfinite(self.C) and self.C > 0):
+            raise GeomprobeError(f"logistic C must be a positive finite number; got {self.C}")
         if self.class_weight not in (None, "balanced"):
             raise GeomprobeError(f"class_weight must be None or 'balanced'; got {self.class_weight!r}")
-        if self.max_iter < 1 or not self.tol > 0:
+        if self.max_iter < 1 or not (math.isfinite(self.tol) and self.tol > 0):
             raise GeomprobeError(f"logistic needs max_iter >= 1 and tol > 0; got {self.max_iter} and {self.tol}")
 
 
