@@ -279,7 +279,7 @@ def test_sizes_are_owned_by_sections():
 
     assert FULL.aqi.n_bootstrap == 100 and QUICK.aqi.n_bootstrap == 50
     assert FULL.cache.limit_honesty is None and QUICK["cache"].limit_honesty == 48 and QUICK.cache.layer_stride == 3
-    assert QUICK.probes.methods == ("logistic", "mean-diff", "pca-diff")
+    assert QUICK.probes.methods == ("logistic", "mean-diff", "pca-diff-uncentered")
     smaller = QUICK.replace(aqi={"n_bootstrap": 7})
     assert smaller.aqi.n_bootstrap == 7 and smaller.aqi.n_permutations == 50 and QUICK.aqi.n_bootstrap == 50
     assert SMALL.delta.n_bootstrap == 20 and SMALL.steering.kl_limit == FULL.steering.kl_limit

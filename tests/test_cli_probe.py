@@ -33,7 +33,7 @@ def test_train_eval_cli(tmp_path, capsys):
     # the same cache as training: held-out rows only
     assert main(["probe", "eval", str(out), str(cache), "--no-control", "--json", str(tmp_path / "h.json")]) == 0
     assert json.loads((tmp_path / "h.json").read_text())["eval_rows"] == "held-out"
-    for method in ("mean-diff", "lda", "pca-diff"):
+    for method in ("mean-diff", "lda", "pca-diff-uncentered"):
         assert main(["probe", "train", str(cache), "--out", str(tmp_path / method), "--method", method,
                      "--hooks", "resid_post:2", "--no-control"]) == 0
 

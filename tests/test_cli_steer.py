@@ -32,11 +32,11 @@ def cache_file(tmp_path):
 
 def test_build_export_generate_search_ablate(cache_file, tiny_llama_dir, tmp_path, capsys):
     vec_dir = tmp_path / "vec"
-    assert main(["steer", "build", str(cache_file), "--out", str(vec_dir), "--method", "pca-center"]) == 0
+    assert main(["steer", "build", str(cache_file), "--out", str(vec_dir), "--method", "pca-diff-uncentered"]) == 0
     out = capsys.readouterr().out
-    assert "pca-center" in out and "blocks.1.hook_resid_post" in out
+    assert "pca-diff-uncentered" in out and "blocks.1.hook_resid_post" in out
     vec = SteeringVector.load(vec_dir)
-    assert vec.method == "pca-center" and vec.metadata["positive_label"] == "harmful"
+    assert vec.method == "pca-diff-uncentered" and vec.metadata["positive_label"] == "harmful"
 
     gguf_path = tmp_path / "cv.gguf"
     assert main(["steer", "export-gguf", str(vec_dir), "--out", str(gguf_path), "--hooks", "blocks.1.hook_resid_post",

@@ -180,7 +180,7 @@ def test_positive_against_the_rest_with_three_labels(tmp_path):
     assert evaluated.records[2]["auroc"] == pytest.approx(result.records[2]["auroc"])
 
 
-@pytest.mark.parametrize("method", ["mean-diff", "lda", "pca-diff"])
+@pytest.mark.parametrize("method", ["mean-diff", "lda", "pca-diff-uncentered"])
 def test_other_methods_on_cache(tmp_path, method):
     cache = make_cache(tmp_path / "c.h5")
     probes, result = train_probes(cache, method, device="cpu")

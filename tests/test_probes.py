@@ -22,7 +22,7 @@ from geomprobe.probes import (
     pair_kfold,
     pair_train_test_split,
 )
-from geomprobe.probes.sweep import ledoit_wolf_shrinkage
+from geomprobe.probes.solvers import ledoit_wolf_shrinkage
 
 
 def make_layers(L=4, N=240, d=24, seed=0, paired=True):
@@ -141,11 +141,11 @@ def test_pca_diff_needs_pairs():
         PCADiffProbe().fit(X[0], y)
 
 
-@pytest.mark.parametrize("method", ["mean-diff", "lda", "pca-diff"])
+@pytest.mark.parametrize("method", ["mean-diff", "lda", "pca-diff-uncentered"])
 def test_closed_form_sweep_equals_single_layer(method):
     X, y, pairs = make_layers(L=3)
     sweep = ProbeSweep(method, device="cpu").fit(X, y, pairs=pairs)
-    cls = {"mean-diff": MeanDiffProbe, "lda": LDAProbe, "pca-diff": PCADiffProbe}[method]
+    cls = {"mean-diff": MeanDiffProbe, "lda": LDAProbe, "pca-diff-uncentered": PCADiffProbe}[method]
     for l in range(3):
         single = cls().fit(X[l], y, pairs=pairs)
         np.testing.assert_allclose(sweep.direction_[l], single.direction_, rtol=1e-6, atol=1e-9)

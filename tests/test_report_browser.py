@@ -72,8 +72,10 @@ def synthetic_metrics() -> dict:
         "timings_s": {"load": 1.0, "cache": 2.0},
         "aqi": {
             "hook_kind": "resid_post", "pooling": "last", "dtype": "float64", "labels": ["harmless", "harmful"],
+            "extra_indices": {},
             "per_layer": [{"layer": layer, "hook": h, "n": 12, "aqi": v, "ci_low": v - 0.05, "ci_high": v + 0.05, "p_value": 0.04,
-                           "davies_bouldin": 1.5, "dunn": 0.3, "xie_beni": None, "calinski_harabasz": 4.0}
+                           "davies_bouldin": 1.5, "dunn": 0.3, "xie_beni": None, "calinski_harabasz": 4.0,
+                           "extra": {}, "extra_ci": {}}
                           for layer, h, v in zip(LAYERS, hooks, aqi)],
             "aqi": aqi, "max": max(aqi), "argmax_layer": 1, "min": min(aqi), "mean": float(np.mean(aqi)),
         },
@@ -86,7 +88,8 @@ def synthetic_metrics() -> dict:
         },
         "probes": {
             "hook_kind": "resid_post", "pooling": "mean", "dtype": "float64", "positive_label": "dishonest",
-            "negative_labels": ["honest"], "primary_method": "logistic", "methods": ["logistic", "mean-diff"], "fpr": 0.01,
+            "negative_labels": ["honest"], "primary_method": "logistic", "methods": ["logistic", "mean-diff"],
+            "params": {"logistic": {"standardize": True, "C": 0.1}, "mean-diff": {"standardize": False}}, "fpr": 0.01,
             "threshold_source": "control", "n_train": 8, "n_test": 4,
             "per_layer": [{"layer": layer, "hook": h, "method": meth, "auroc": v - (0.05 if meth != "logistic" else 0),
                            "recall_at_fpr": 0.5, "balanced_accuracy": 0.75, "threshold": 1.2, "n_eval": 4}

@@ -71,7 +71,7 @@ def test_pca_methods_match_sklearn():
     assert (diffs @ unit).mean() > 0  # positive class projects higher
     assert np.linalg.norm(vec) == pytest.approx(np.abs(diffs @ unit).mean(), rel=1e-6)
 
-    vec_c, _ = direction_from_arrays(X, labels == 1, labels == 0, pairs, "pca-center")
+    vec_c, _ = direction_from_arrays(X, labels == 1, labels == 0, pairs, "pca-diff-uncentered")
     centres = (X[labels == 1] + X[labels == 0]) / 2.0
     rows = np.concatenate([X[labels == 1] - centres, X[labels == 0] - centres]).astype(np.float64)
     ref_c = PCA(n_components=1).fit(rows).components_[0]
@@ -81,33 +81,47 @@ def test_pca_methods_match_sklearn():
 
 
 def test_pca_names_mean_one_method_across_stages(tmp_path):
-    """'pca-diff' is the probes' uncentred method; steering's centred one is 'pca-diff-centered'."""
-    from geomprobe.probes import PCADiffProbe, canonical_method
+    """'pca-diff-uncentered' and 'pca-diff-centered' mean one method each in probes and steering; the old
+    spellings ('pca-diff': centred in steering, uncentred in probes; 'pca-center') warn and keep their result."""
+    from geomprobe.probes import PCADiffProbe, canonical_method, fit_layers
 
     X, labels, pairs = _paired_data(seed=2)
-    # The old steering name still works, warns, and gives the centred result as before.
     centred, _ = direction_from_arrays(X, labels == 1, labels == 0, pairs, "pca-diff-centered")
-    with pytest.warns(FutureWarning, match="pca-diff-centered"):
+    uncentred, _ = direction_from_arrays(X, labels == 1, labels == 0, pairs, "pca-diff-uncentered")
+    # Old steering spellings still work, warn with the new name, and give the same result as before.
+    with pytest.warns(FutureWarning, match="'pca-diff-centered'"):
         old, _ = direction_from_arrays(X, labels == 1, labels == 0, pairs, "pca-diff")
     np.testing.assert_array_equal(old, centred)
-    # Steering's pca-center and the probes' pca-diff find the same (uncentred) direction.
-    center, _ = direction_from_arrays(X, labels == 1, labels == 0, pairs, "pca-center")
+    with pytest.warns(FutureWarning, match="'pca-diff-uncentered'"):
+        old_center, _ = direction_from_arrays(X, labels == 1, labels == 0, pairs, "pca-center")
+    np.testing.assert_array_equal(old_center, uncentred)
+    # The probes' pca-diff-uncentered finds steering's pca-diff-uncentered direction.
     probe = PCADiffProbe().fit(X, labels, pairs=pairs)
-    assert abs(center / np.linalg.norm(center) @ probe.direction_ / np.linalg.norm(probe.direction_)) == pytest.approx(1.0, abs=1e-9)
-    assert canonical_method("pca-center") == "pca-diff"
+    assert probe._method == "pca-diff-uncentered"
+    cos = uncentred / np.linalg.norm(uncentred) @ probe.direction_ / np.linalg.norm(probe.direction_)
+    assert cos == pytest.approx(1.0, abs=1e-9)
+    # In the probes both old spellings meant the uncentred method; they warn and fit it.
+    for old_name in ("pca-diff", "pca-center"):
+        with pytest.warns(FutureWarning, match="'pca-diff-uncentered'"):
+            assert canonical_method(old_name) == "pca-diff-uncentered"
+        with pytest.warns(FutureWarning):
+            fit = fit_layers(X[None], labels, old_name, pairs=pairs, device="cpu")
+        assert fit.method == "pca-diff-uncentered"
+        np.testing.assert_array_equal(fit.direction[0], probe.direction_)
     with pytest.raises(GeomprobeError, match="steering method only"):
         canonical_method("pca-diff-centered")
     # The centred and uncentred directions differ on this data (a shared offset in the differences).
-    assert abs(center / np.linalg.norm(center) @ centred / np.linalg.norm(centred)) < 0.999
-    # A vector saved under the old name loads as the renamed method; new builds record the new name.
+    assert abs(uncentred / np.linalg.norm(uncentred) @ centred / np.linalg.norm(centred)) < 0.999
+    # Vectors saved under an old spelling load under the new name; new builds record the new name.
     with pytest.warns(FutureWarning):
         vec = build_from_arrays_old_name(X, labels, pairs)
     assert vec.method == "pca-diff-centered"
     folder = vec.save(tmp_path / "v")
     side = json.loads((folder / "vector.json").read_text())
-    side["method"] = "pca-diff"
-    (folder / "vector.json").write_text(json.dumps(side))
-    assert SteeringVector.load(folder).method == "pca-diff-centered"
+    for old_name, new_name in (("pca-diff", "pca-diff-centered"), ("pca-center", "pca-diff-uncentered")):
+        side["method"] = old_name
+        (folder / "vector.json").write_text(json.dumps(side))
+        assert SteeringVector.load(folder).method == new_name
 
 
 def build_from_arrays_old_name(X, labels, pairs):
@@ -399,7 +413,7 @@ def test_gguf_export_roundtrip(tmp_path):
     rng = np.random.default_rng(0)
     vec = SteeringVector(
         {"blocks.1.hook_resid_post": rng.normal(size=16), "blocks.3.hook_resid_pre": rng.normal(size=16)},
-        "pca-center", "last", "toy-model",
+        "pca-diff-uncentered", "last", "toy-model",
     )
     result = export_gguf(vec, tmp_path / "cv.gguf", multiplier=2.0, model_hint="llama")
     path = result.path

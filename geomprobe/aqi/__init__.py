@@ -21,17 +21,20 @@ from __future__ import annotations
 from geomprobe.aqi.cache import aqi_by_layer, cache_metadata, pooled_aqi
 from geomprobe.aqi.indices import (
     DEFAULT_GAMMA,
+    INDEX_INFO,
     INDEX_NAMES,
     INDICES,
     METRIC_DTYPE,
     ClusterReport,
     DegenerateClustersWarning,
+    IndexInfo,
     aqi_from_indices,
     calinski_harabasz,
     cluster_indices,
     cluster_report,
     davies_bouldin,
     dunn_index,
+    extra_index_names,
     register_index,
     unregister_index,
     xie_beni,
@@ -62,6 +65,9 @@ __all__ = [
     "aqi_from_indices",
     # the index registry
     "INDICES",
+    "INDEX_INFO",
+    "IndexInfo",
+    "extra_index_names",
     "register_index",
     "unregister_index",
     # paper variants

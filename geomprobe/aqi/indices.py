@@ -49,24 +49,48 @@ IndexFunction = Callable[[ClusterStats], float]
 INDICES: dict[str, IndexFunction] = {}
 
 
+@dataclass(frozen=True)
+class IndexInfo:
+    """How outputs show a registered index: a short label, which way is better, a log axis or not."""
+
+    label: str
+    better: str = ""  # "higher", "lower" or "" (neither)
+    log_scale: bool = False
+
+    @property
+    def title(self) -> str:
+        return f"{self.label} ({self.better} = better)" if self.better else self.label
+
+
+INDEX_INFO: dict[str, IndexInfo] = {}
+
+
 class DegenerateClustersWarning(UserWarning):
     """An index took one of its documented limit values (inf or 0) because of degenerate geometry."""
 
 
-def register_index(name: str) -> Callable[[IndexFunction], IndexFunction]:
+def register_index(
+    name: str, *, label: str | None = None, better: str = "", log_scale: bool = False
+) -> Callable[[IndexFunction], IndexFunction]:
     """Decorator: add ``fn(stats: ClusterStats) -> float`` to :data:`INDICES` under ``name``.
 
-    :func:`cluster_report` then reports it in ``ClusterReport.extra`` and :func:`cluster_indices`
-    in its dictionary. Use the statistics' properties (``within_scatter``, ``between_scatter``,
-    ``centroid_distances``, ``min_between_sq``, ...) so every path computes it the same way.
+    :func:`cluster_report` then reports it in ``ClusterReport.extra``, :func:`cluster_indices` in its
+    dictionary, and every per-layer record (:class:`~geomprobe.aqi.LayerAQI` ``extra``, with a bootstrap
+    interval in ``ci``) carries it to ``geomprobe aqi``'s table, JSON and plot and to the audit. Use the
+    statistics' properties (``within_scatter``, ``between_scatter``, ``centroid_distances``,
+    ``min_between_sq``, ...) so every path computes it the same way. ``label``, ``better``
+    (``"higher"``/``"lower"``) and ``log_scale`` only change how plots and tables show it.
     """
     if not name.isidentifier():
         raise GeomprobeError(f"index name {name!r} must be a Python identifier, e.g. 'my_ratio'")
     if name in INDICES or name == "aqi":
         raise GeomprobeError(f"a cluster index named {name!r} is already registered; choose another name")
+    if better not in ("", "higher", "lower"):
+        raise GeomprobeError(f"better={better!r} for index {name!r}; use 'higher', 'lower' or ''")
 
     def decorator(fn: IndexFunction) -> IndexFunction:
         INDICES[name] = fn
+        INDEX_INFO[name] = IndexInfo(label or name, better, log_scale)
         return fn
 
     return decorator
@@ -79,12 +103,18 @@ def unregister_index(name: str) -> None:
     if name not in INDICES:
         raise GeomprobeError(f"no cluster index named {name!r} is registered; registered: {', '.join(INDICES)}")
     del INDICES[name]
+    INDEX_INFO.pop(name, None)
+
+
+def extra_index_names() -> tuple[str, ...]:
+    """The registered indices beyond the paper's four, in registration order."""
+    return tuple(name for name in INDICES if name not in INDEX_NAMES)
 
 
 # ---------------------------------------------------------------------------------------------
 # The paper's four indices, from the shared statistics
 # ---------------------------------------------------------------------------------------------
-@register_index("davies_bouldin")
+@register_index("davies_bouldin", label="Davies-Bouldin", better="lower")
 def _davies_bouldin(stats: ClusterStats) -> float:
     cdist, off = stats.centroid_distances, stats.off_diagonal
     # coinciding centroids are the worst case (ratio inf), not skipped
@@ -95,7 +125,7 @@ def _davies_bouldin(stats: ClusterStats) -> float:
     return float(ratio.max(axis=1).mean())
 
 
-@register_index("dunn")
+@register_index("dunn", label="Dunn", better="higher")
 def _dunn(stats: ClusterStats) -> float:
     min_between_sq, max_diameter_sq = stats.min_between_sq, stats.max_diameter_sq
     if min_between_sq == 0:
@@ -105,13 +135,13 @@ def _dunn(stats: ClusterStats) -> float:
     return math.sqrt(min_between_sq) / math.sqrt(max_diameter_sq)
 
 
-@register_index("xie_beni")
+@register_index("xie_beni", label="Xie-Beni", better="lower", log_scale=True)
 def _xie_beni(stats: ClusterStats) -> float:
     min_c_sq = float((stats.centroid_distances[stats.off_diagonal] ** 2).min())
     return stats.within_scatter / (stats.n * min_c_sq) if min_c_sq > 0 else math.inf
 
 
-@register_index("calinski_harabasz")
+@register_index("calinski_harabasz", label="Calinski-Harabasz", better="higher", log_scale=True)
 def _calinski_harabasz(stats: ClusterStats) -> float:
     ssb, ssw, n, k = stats.between_scatter, stats.within_scatter, stats.n, stats.k
     if ssw > 0:
@@ -153,6 +183,13 @@ def aqi_indices(stats: ClusterStats, gamma: float = DEFAULT_GAMMA) -> dict[str, 
     return indices
 
 
+def all_indices(stats: ClusterStats, gamma: float = DEFAULT_GAMMA) -> dict[str, float]:
+    """:func:`aqi_indices` plus every registered index: what a report and each bootstrap replicate score."""
+    values = aqi_indices(stats, gamma)
+    values.update({name: float(INDICES[name](stats)) for name in extra_index_names()})
+    return values
+
+
 # ---------------------------------------------------------------------------------------------
 # Reports
 # ---------------------------------------------------------------------------------------------
@@ -192,8 +229,9 @@ class ClusterReport:
 
 def report_from_stats(stats: ClusterStats, classes: list, gamma: float = DEFAULT_GAMMA) -> ClusterReport:
     """The report of statistics with Dunn's extremes: the combine step of every AQI path."""
-    indices = aqi_indices(stats, gamma)
-    extra = {name: float(fn(stats)) for name, fn in INDICES.items() if name not in INDEX_NAMES}
+    values = all_indices(stats, gamma)
+    indices = {name: values[name] for name in (*INDEX_NAMES, "aqi")}
+    extra = {name: values[name] for name in extra_index_names()}
     between_sq, diameter_sq = stats.extremes()
     between = np.sqrt(between_sq)
     np.fill_diagonal(between, 0.0)

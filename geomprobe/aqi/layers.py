@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from geomprobe.aqi.indices import DEFAULT_GAMMA, INDEX_NAMES, METRIC_DTYPE, ClusterReport, cluster_report
+from geomprobe.aqi.indices import DEFAULT_GAMMA, INDEX_NAMES, METRIC_DTYPE, ClusterReport, cluster_report, extra_index_names
 from geomprobe.aqi.resampling import Resampling, check_resampling_settings, resample_indices
 from geomprobe.aqi.validation import as_matrix
 from geomprobe.aqi.variants import parse_reduction, reduce_activations
@@ -19,7 +19,11 @@ from geomprobe.core.hooks import hook_layer
 
 @dataclass
 class LayerAQI:
-    """One layer's indices, AQI, bootstrap intervals and permutation p-value (one output record)."""
+    """One layer's indices, AQI, bootstrap intervals and permutation p-value (one output record).
+
+    ``extra``: the value of every index registered with :func:`geomprobe.aqi.register_index` beyond
+    the paper's four; ``ci`` holds an interval for each of them as for the four.
+    """
 
     hook: str
     layer: int
@@ -51,6 +55,7 @@ class LayerAQI:
     seed: int = 0
     variants: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    extra: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)
@@ -60,6 +65,9 @@ class LayerAQI:
             value = record[name]
             if isinstance(value, float) and math.isinf(value):
                 record[f"{name}_is"] = "inf" if value > 0 else "-inf"
+        infinite = {k: ("inf" if v > 0 else "-inf") for k, v in self.extra.items() if math.isinf(v)}
+        if infinite:
+            record["extra_is"] = infinite
         return record
 
     to_record = to_dict  # the name the CLI and plots have used
@@ -111,7 +119,7 @@ def layer_result(
     """The record of one layer from its report and resampling (shared by the in-memory and streamed paths)."""
     names = list(class_names) if class_names is not None else [str(c) for c in report.classes]
     nan2 = (math.nan, math.nan)
-    ci = res.ci if res else {name: nan2 for name in (*INDEX_NAMES, "aqi")}
+    ci = res.ci if res else {name: nan2 for name in (*INDEX_NAMES, "aqi", *extra_index_names())}
     return LayerAQI(
         hook=hook, layer=layer, pooling=pooling, n=report.n,
         n_per_class={names[i]: c for i, c in enumerate(report.counts)},
@@ -121,7 +129,7 @@ def layer_result(
         p_value=res.p_value if res else None, n_bootstrap=n_bootstrap, n_permutations=n_permutations,
         resample_n=res.resample_n if res else 0, subsampled=res.subsampled if res else False,
         subsample_aqi=res.subsample_aqi if res else math.nan, min_between=report.min_between,
-        max_diameter=report.max_diameter, reduction=reduction, seed=seed, notes=report.notes,
+        max_diameter=report.max_diameter, reduction=reduction, seed=seed, notes=report.notes, extra=dict(report.extra),
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geomprobe.aqi.indices import DEFAULT_GAMMA, INDEX_NAMES, aqi_indices
+from geomprobe.aqi.indices import DEFAULT_GAMMA, INDEX_NAMES, all_indices, extra_index_names
 from geomprobe.aqi.stats import cluster_stats
 from geomprobe.aqi.validation import validate_clusters
 from geomprobe.core.errors import GeomprobeError
@@ -59,7 +59,8 @@ def exact_square_distances(Z: np.ndarray) -> np.ndarray:
 
 
 def replicate_indices(Z: np.ndarray, D: np.ndarray, members: list[np.ndarray], gamma: float) -> dict[str, float]:
-    """Indices of the multiset given by per-cluster row indices into Z (duplicates allowed)."""
+    """Indices (the four, AQI and every registered one) of the multiset given by per-cluster row
+    indices into Z (duplicates allowed)."""
     stats = cluster_stats([torch.from_numpy(Z[idx]) for idx in members])
     uniq = [np.unique(idx) for idx in members]
     k = len(uniq)
@@ -68,7 +69,7 @@ def replicate_indices(Z: np.ndarray, D: np.ndarray, members: list[np.ndarray], g
     for i in range(k):
         for j in range(i + 1, k):
             between_sq[i, j] = between_sq[j, i] = float(D[np.ix_(uniq[i], uniq[j])].min())
-    return aqi_indices(stats.with_extremes(between_sq, diameter_sq), gamma)
+    return all_indices(stats.with_extremes(between_sq, diameter_sq), gamma)
 
 
 def check_resampling_settings(n_bootstrap: int, n_permutations: int, ci_level: float, ci_method: str, max_points: int) -> None:
@@ -138,7 +139,7 @@ def resample_rows(
     members = [np.flatnonzero(y == i) for i in range(k)]
     observed = replicate_indices(Z, D, members, gamma)
 
-    names = (*INDEX_NAMES, "aqi")
+    names = (*INDEX_NAMES, "aqi", *extra_index_names())  # registered indices get intervals the same way
     boot = {name: np.empty(n_bootstrap) for name in names}
     # the bootstrap's draws come from core.stats (class-stratified) on this function's one Generator,
     # after the subsample and before the permutations; each replicate is scored from the one matrix D

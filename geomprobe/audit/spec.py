@@ -25,9 +25,10 @@ FieldSpec = tuple[str, str, str]
 _SCALARS: dict[Any, str] = {bool: "bool", int: "integer", float: "number", str: "string", Path: "string"}
 
 
-def doc(text: str, *, default: Any = MISSING, type: str | None = None, items: tuple[str, ...] = ()) -> Any:
+def doc(text: str, *, default: Any = MISSING, type: str | None = None, items: tuple[Any, ...] = ()) -> Any:
     """A documented dataclass field: ``text`` is its meaning in the schema. ``type`` overrides the
-    type read from the annotation; ``items`` documents the values of a ``dict`` field, level by level."""
+    type read from the annotation; ``items`` documents the values of a ``dict`` field, level by level
+    (a ``(meaning, type)`` pair where the annotation says ``Any``)."""
     metadata = {"doc": text, "type": type, "items": items}
     return field(metadata=metadata) if default is MISSING else field(default=default, metadata=metadata)
 
@@ -85,7 +86,7 @@ def dataclass_rows(cls: type, path: str) -> list[FieldSpec]:
     return rows
 
 
-def type_rows(tp: Any, path: str, text: str, kind: str | None = None, items: tuple[str, ...] = ()) -> list[FieldSpec]:
+def type_rows(tp: Any, path: str, text: str, kind: str | None = None, items: tuple[Any, ...] = ()) -> list[FieldSpec]:
     """The row of ``path`` (annotation ``tp``, meaning ``text``) and the rows of everything under it."""
     rows: list[FieldSpec] = [(path, kind or kind_of(tp), text)]
     inner, _ = _optional(tp)
@@ -99,5 +100,6 @@ def type_rows(tp: Any, path: str, text: str, kind: str | None = None, items: tup
     elif origin is dict:
         if not items:
             raise TypeError(f"{path} is a dict: document its values with doc(..., items=(...))")
-        rows += type_rows(typing.get_args(inner)[1], path + ".*", items[0], None, items[1:])
+        item_text, item_kind = items[0] if isinstance(items[0], tuple) else (items[0], None)
+        rows += type_rows(typing.get_args(inner)[1], path + ".*", item_text, item_kind, items[1:])
     return rows

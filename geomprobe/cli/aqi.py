@@ -67,14 +67,29 @@ def _fmt(value, width: int = 8) -> str:
     return f"{value:>{width}.4g}"
 
 
+def _with_interval(value, ci) -> str:
+    """``value [low, high]`` of a registered index (its bootstrap interval, when one was drawn)."""
+    text = _fmt(value, 0).strip()
+    if ci is not None and not any(isinstance(v, float) and math.isnan(v) for v in ci):
+        text += f" [{_fmt(ci[0], 0).strip()}, {_fmt(ci[1], 0).strip()}]"
+    return text
+
+
 def _table(results, pooled) -> str:
-    head = f"{'hook':<28} {'layer':>5} {'n':>6} {'DBS':>8} {'Dunn':>8} {'XBI':>8} {'CHI':>8} {'AQI':>7}  {'CI':<17} {'p':>7}"
+    # one column per index registered beyond the paper's four (geomprobe.aqi.register_index)
+    extra = list(results[0].extra) if results else []
+    cells = [[_with_interval(r.extra.get(name), r.ci.get(name)) for name in extra] for r in results]
+    widths = [max([len(name)] + [len(row[i]) for row in cells]) for i, name in enumerate(extra)]
+    extra_head = "".join(f"  {name:<{w}}" for name, w in zip(extra, widths))
+    head = (f"{'hook':<28} {'layer':>5} {'n':>6} {'DBS':>8} {'Dunn':>8} {'XBI':>8} {'CHI':>8} {'AQI':>7}  {'CI':<17} {'p':>7}"
+            + extra_head)
     lines = [head, "-" * len(head)]
-    for r in results:
+    for r, row in zip(results, cells):
         ci = f"[{r.aqi_ci_low:.3f}, {r.aqi_ci_high:.3f}]" if not math.isnan(r.aqi_ci_low) else "-"
         lines.append(
             f"{r.hook:<28} {r.layer:>5} {r.n:>6} {_fmt(r.davies_bouldin)} {_fmt(r.dunn)} {_fmt(r.xie_beni)} "
             f"{_fmt(r.calinski_harabasz)} {r.aqi:>7.4f}  {ci:<17} {_fmt(r.p_value, 7)}"
+            + "".join(f"  {cell:<{w}}" for cell, w in zip(row, widths)).rstrip()
         )
         for note in r.notes:
             lines.append(f"    note: {note}")
@@ -89,7 +104,15 @@ def _table(results, pooled) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from geomprobe.aqi import aqi_by_layer, cache_metadata, parse_reduction, pooled_aqi
+    from geomprobe.aqi import (
+        INDEX_INFO,
+        INDEX_NAMES,
+        aqi_by_layer,
+        cache_metadata,
+        extra_index_names,
+        parse_reduction,
+        pooled_aqi,
+    )
     from geomprobe.core import __version__
 
     check_new_file(args.json, "--json", overwrite=args.overwrite)
@@ -124,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
             "pooling": args.pooling,
             "metric_dtype": "float64",
             "classes": list(results[0].n_per_class),
+            "indices": [*INDEX_NAMES, *extra_index_names()],
+            "extra_indices": {name: INDEX_INFO[name].title for name in extra_index_names()},
             "formula": f"aqi = {args.gamma:g} / (1 + davies_bouldin) + {1 - args.gamma:g} * dunn / (1 + dunn)",
             "gamma": args.gamma,
             "reduction": reduction[0] if reduction[0] == "none" else f"{reduction[0]}:{reduction[1]}",
@@ -141,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
         from geomprobe.plots._style import save_figure
         from geomprobe.plots.geometry import plot_aqi_layers
 
-        save_figure(plot_aqi_layers(results, model_id=meta["model_id"], pooled=pooled), args.plot)
+        titles = {name: INDEX_INFO[name].title for name in extra_index_names()}
+        logs = [name for name in titles if INDEX_INFO[name].log_scale]
+        save_figure(plot_aqi_layers(results, model_id=meta["model_id"], pooled=pooled, index_titles=titles, log_indices=logs),
+                    args.plot)
         print(f"wrote {args.plot}")
     return 0

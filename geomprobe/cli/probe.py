@@ -33,9 +33,40 @@ def _float_or_auto(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
-def register(subparsers) -> None:
-    from geomprobe.probes import METHODS
+def _add_kind_args(parser: argparse.ArgumentParser) -> None:
+    """``--method`` (any registered probe kind) and ``--param KEY=VALUE`` (that kind's parameters)."""
+    from geomprobe.core.methods import RENAMED
+    from geomprobe.probes import PROBE_KINDS, method_names
 
+    kinds = "; ".join(f"{name}: {', '.join(kind.param_names()) or 'no parameters'}" for name, kind in PROBE_KINDS.items())
+    parser.add_argument("--method", default="logistic", choices=[*method_names(), *RENAMED["probes"]], metavar="KIND",
+                        help=f"probe kind (registered: {', '.join(method_names())}; default logistic)")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"a parameter of the probe kind, repeatable, typed by the kind ({kinds})")
+
+
+def kind_params(args: argparse.Namespace, deprecated: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """The probe kind's canonical name and its parameters from ``--param`` and the deprecated per-kind
+    flags (``deprecated``: dest -> parameter), each flag noted once on stderr with its ``--param`` form."""
+    from geomprobe.probes import parse_param_args, probe_kind
+
+    kind = probe_kind(args.method)
+    params = parse_param_args(kind, args.param)
+    for dest, key in deprecated.items():
+        value = getattr(args, dest, None)
+        if value is None or value is False:
+            continue
+        flag = "--" + dest.replace("_", "-") if dest != "C" else "--C"
+        shown = str(value).lower() if isinstance(value, bool) else value
+        _say(f"probe: {flag} is deprecated; use --param {key}={shown}")
+        if key in params:
+            raise GeomprobeError(f"{flag} and --param {key}=... both set {key}; keep only --param {key}=...")
+        params.update(parse_param_args(kind, [f"{key}={shown}"]))
+    kind.make_params(**params)  # a bad value is one line before any data is read
+    return kind.name, params
+
+
+def register(subparsers) -> None:
     p = subparsers.add_parser("probe", help="linear deception probes: train, eval, transfer, tokens, score, deception-set",
                               description="Train, evaluate and apply linear probes (one per layer).")
     sub = p.add_subparsers(dest="probe_command", metavar="ACTION")
@@ -44,13 +75,13 @@ def register(subparsers) -> None:
     t = sub.add_parser("train", help="train one probe per hook with a pair-respecting held-out split")
     t.add_argument("cache", help="activation cache (.h5) with two classes")
     t.add_argument("--out", required=True, help="probe folder to write (probe.safetensors + probe.json)")
-    t.add_argument("--method", default="logistic", choices=METHODS)
+    _add_kind_args(t)
     add_hooks_arg(t, help_default="every hook in the cache")
     t.add_argument("--pooling", default="last", help="which pooled activations to train on (last, mean)")
     t.add_argument("--positive-label", default=None, help="label treated as positive (default: dishonest/deceptive/harmful/unsafe if present, else the second label)")
-    t.add_argument("--C", type=float, default=0.1, help="inverse L2 strength for logistic (default 0.1)")
-    t.add_argument("--fit-intercept", action="store_true", help="fit an intercept (logistic; off in the reference)")
-    t.add_argument("--shrinkage", type=_float_or_auto, default="auto", help="LDA covariance shrinkage in [0,1] or auto (Ledoit-Wolf)")
+    t.add_argument("--C", type=float, default=None, help="deprecated: --param C=VALUE (logistic)")
+    t.add_argument("--fit-intercept", action="store_true", help="deprecated: --param fit_intercept=true (logistic)")
+    t.add_argument("--shrinkage", type=_float_or_auto, default=None, help="deprecated: --param shrinkage=VALUE (lda)")
     t.add_argument("--test-size", type=float, default=0.2, help="fraction of pairs held out (default 0.2)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--control", default=None, help="control cache for the recall threshold; default: the bundled 'control' prompts run through the cache's model")
@@ -85,10 +116,10 @@ def register(subparsers) -> None:
 
     x = sub.add_parser("transfer", help="train on each cache and evaluate on every other")
     x.add_argument("caches", nargs="+")
-    x.add_argument("--method", default="logistic", choices=METHODS)
+    _add_kind_args(x)
     add_hooks_arg(x, help_default="hooks shared by all caches")
     x.add_argument("--pooling", default="last")
-    x.add_argument("--C", type=float, default=0.1)
+    x.add_argument("--C", type=float, default=None, help="deprecated: --param C=VALUE (logistic)")
     x.add_argument("--seed", type=int, default=0)
     x.add_argument("--fpr", type=float, default=0.01)
     x.add_argument("--json", required=True)
@@ -142,14 +173,10 @@ def run_train(args: argparse.Namespace) -> int:
     out = check_output_folder(args.out, overwrite=args.overwrite, what="probe", holds=SIDECAR)
     check_new_file(args.json, "--json", overwrite=args.overwrite)
     check_new_file(args.plot, "--plot", overwrite=args.overwrite)
+    method, params = kind_params(args, {"C": "C", "fit_intercept": "fit_intercept", "shrinkage": "shrinkage"})
     control = _train_control(args)
-    params: dict[str, Any] = {}
-    if args.method == "logistic":
-        params = {"C": args.C, "fit_intercept": args.fit_intercept}
-    elif args.method == "lda":
-        params = {"shrinkage": args.shrinkage}
     probes, result = train_probes(
-        args.cache, args.method, hooks=args.hooks, pooling=args.pooling, positive_label=args.positive_label,
+        args.cache, method, hooks=args.hooks, pooling=args.pooling, positive_label=args.positive_label,
         test_size=args.test_size, seed=args.seed, control=control, fpr=args.fpr, device=args.device, **params,
     )
     with removed_if_failed(out):
@@ -159,7 +186,8 @@ def run_train(args: argparse.Namespace) -> int:
     best = result.best()
     _say(f"probe: {len(probes.hooks)} {probes.method} probe(s), positive={probes.positive_label!r}, "
          f"best held-out AUROC {best['auroc']:.3f} at {best['hook']}; saved to {out}")
-    payload = {"probe_dir": str(out), "method": probes.method, "positive_label": probes.positive_label,
+    payload = {"probe_dir": str(out), "method": probes.method, "params": probes.fit.params,
+               "positive_label": probes.positive_label,
                "model_id": probes.model_id, "pooling": probes.pooling, "control": _control_name(args),
                "per_layer": result.records}
     if args.json:
@@ -258,7 +286,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if by_condition is not None:
         print_condition_table(by_condition, result.info["positive_label"], "/".join(result.info["negative_labels"]))
     info = dict(result.info)
-    payload = {"probe_dir": str(args.probe_dir), "method": probes.method, "pooling": probes.pooling,
+    payload = {"probe_dir": str(args.probe_dir), "method": probes.method, "params": probes.fit.params,
+               "pooling": probes.pooling,
                "positive_label": info["positive_label"], "control": _control_name(args),
                **info, "per_layer": result.records}
     if by_condition is not None:
@@ -288,8 +317,8 @@ def run_transfer(args: argparse.Namespace) -> int:
 
     check_new_file(args.json, "--json", overwrite=args.overwrite)
     check_new_file(args.plot, "--plot", overwrite=args.overwrite)
-    params = {"C": args.C} if args.method == "logistic" else {}
-    result = transfer_matrix(args.caches, args.method, hooks=args.hooks, pooling=args.pooling, seed=args.seed,
+    method, params = kind_params(args, {"C": "C"})
+    result = transfer_matrix(args.caches, method, hooks=args.hooks, pooling=args.pooling, seed=args.seed,
                              fpr=args.fpr, **params)
     n = len(result.names)
     off = ~np.eye(n, dtype=bool)
@@ -298,7 +327,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     print(f"transfer AUROC at {result.hooks[best]} (rows: trained on, cols: evaluated on; diagonal = held-out)")
     for i, name in enumerate(result.names):
         print(f"{name:<24} " + " ".join(f"{v:6.3f}" for v in result.auroc[i, :, best]))
-    write_json(args.json, {"method": args.method, "caches": result.names, "model_ids": result.model_ids,
+    write_json(args.json, {"method": method, "params": params, "caches": result.names, "model_ids": result.model_ids,
                            "hooks": result.hooks, "best_hook": result.hooks[best], "records": result.records(),
                            "per_layer": [{"hook": h, "layer": hook_layer(h), "auroc": float(mean_off[k]),
                                           "auroc_is": "mean off-diagonal transfer AUROC"}

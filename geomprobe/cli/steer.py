@@ -22,6 +22,7 @@ from geomprobe.cli.common import (
 )
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.io import atomic_write_text, check_output_folder, removed_if_failed
+from geomprobe.core.methods import CENTERED, RENAMED, UNCENTERED
 
 
 def _finite_float(text: str) -> float:
@@ -43,7 +44,8 @@ def register(subparsers) -> None:
     b = sub.add_parser("build", help="build a steering vector from a cache file or a saved probe")
     b.add_argument("cache", nargs="?", help="activation cache (.h5) with two labelled classes")
     b.add_argument("--out", required=True, help="folder to write vector.safetensors + vector.json")
-    b.add_argument("--method", default="mean-diff", choices=["mean-diff", "pca-diff-centered", "pca-center", "pca-diff"])
+    b.add_argument("--method", default="mean-diff", choices=["mean-diff", CENTERED, UNCENTERED, *RENAMED["steering"]],
+                   help=f"direction method (old spellings {', '.join(RENAMED['steering'])} warn; see docs/steering.md)")
     b.add_argument("--pooling", default="last", help="cache pooling to read (last or mean)")
     b.add_argument("--positive-label", help="label the vector points toward (default: harmful/dishonest/... else the second)")
     b.add_argument("--negative-label", help="label to contrast with (default: every other label)")

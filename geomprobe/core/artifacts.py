@@ -58,8 +58,11 @@ def read_safetensors(path: str | Path, fix: str, framework: str = "np") -> dict[
 
     path = Path(path)
     with open(path, "rb") as handle:
-        head = handle.read(8)
-    if head[:1] == b"\x80" or head[:2] == b"PK":
+        head = handle.read(9)
+    # A safetensors file starts with its header's length (u64, little-endian) and then "{"; that length
+    # can itself begin with byte 0x80 or "PK", so only a file that is not laid out so is called a pickle.
+    plausible = head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size
+    if not plausible and (head[:1] == b"\x80" or head[:2] == b"PK"):
         raise GeomprobeError(f"{str(path)!r} looks like a pickle/torch.save file, which geomprobe never loads; {fix}")
     try:
         with safe_open(str(path), framework=framework) as f:

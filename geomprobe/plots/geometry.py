@@ -1,9 +1,9 @@
-"""AQI plots: layer-wise AQI with its bootstrap band, the four indices, and pooled layer weights."""
+"""AQI plots: layer-wise AQI with its bootstrap band, one panel per cluster index, and pooled layer weights."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,21 @@ def _value(record: Mapping, key: str) -> float:
     return float(value)
 
 
+def _extra_value(record: Mapping, name: str) -> float:
+    """A registered index's value (``record["extra"]``; JSON null is inf when ``extra_is`` says so)."""
+    value = (record.get("extra") or {}).get(name)
+    if value is None:
+        return math.inf if (record.get("extra_is") or {}).get(name) == "inf" else math.nan
+    return float(value)
+
+
+def _interval(record: Mapping, name: str) -> tuple[float, float]:
+    ci = (record.get("ci") or {}).get(name)
+    if not ci:
+        return math.nan, math.nan
+    return tuple(math.nan if v is None else float(v) for v in ci)  # type: ignore[return-value]
+
+
 def _x_axis(records: list[dict]) -> tuple[np.ndarray, str, list[str]]:
     layers = [r.get("layer", -1) for r in records]
     if all(isinstance(v, int) and v >= 0 for v in layers) and len(set(layers)) == len(layers):
@@ -43,10 +58,14 @@ def plot_aqi_layers(
     model_id: str = "",
     pooled: Any = None,
     alpha: float = 0.05,
+    index_titles: Mapping[str, str] | None = None,
+    log_indices: Collection[str] = (),
 ) -> Figure:
-    """AQI per layer with its bootstrap interval band, and DBS, Dunn, XBI and CHI in small panels.
+    """AQI per layer with its bootstrap interval band, and one small panel per cluster index.
 
     ``results``: :class:`geomprobe.aqi.LayerAQI` objects or their records (as in the JSON).
+    The panels are DBS, Dunn, XBI and CHI, then one per registered index in the records' ``extra``
+    (titled by ``index_titles``, log axis for names in ``log_indices``, with its bootstrap band).
     Filled markers: permutation p-value < ``alpha``. Infinite index values are drawn as triangles
     on the panel's upper edge. ``pooled`` (a PooledAQI or its record) adds its held-out AQI.
     """
@@ -54,7 +73,11 @@ def plot_aqi_layers(
     if not records:
         raise ValueError("no AQI results to plot")
     x, xlabel, ticklabels = _x_axis(records)
-    fig, axes = new_figure(2, 4, width=12.5, height=6.6, gridspec_kw={"height_ratios": [1.6, 1.0]})
+    titles = dict(index_titles or {})
+    panels = [(key, label, log, False) for key, label, log in _INDEX_PANELS] + [
+        (name, titles.get(name, name), name in log_indices, True) for name in (records[0].get("extra") or {})]
+    ncols = len(panels)
+    fig, axes = new_figure(2, ncols, width=12.5 * ncols / 4, height=6.6, gridspec_kw={"height_ratios": [1.6, 1.0]})
     grid = axes[0, 0].get_gridspec()
     for ax in axes[0]:
         ax.remove()
@@ -88,9 +111,14 @@ def plot_aqi_layers(
     top.legend(fontsize=8, loc="best")
     top.grid(alpha=0.3)
 
-    for ax, (key, label, log) in zip(axes[1], _INDEX_PANELS):
-        values = np.array([_value(r, key) for r in records])
+    for ax, (key, label, log, registered) in zip(axes[1], panels):
+        values = np.array([_extra_value(r, key) if registered else _value(r, key) for r in records])
         finite = np.isfinite(values)
+        if registered:  # a registered index's bootstrap interval, drawn like AQI's
+            band = np.array([_interval(r, key) for r in records])
+            if np.isfinite(band).all(axis=1).any():
+                ok = np.isfinite(band).all(axis=1)
+                ax.fill_between(x[ok], band[ok, 0], band[ok, 1], color=BASELINE_COLOR, alpha=0.18, linewidth=0)
         ax.plot(x[finite], values[finite], color=BASELINE_COLOR, marker="o", markersize=3, linewidth=1.2)
         if (~finite & ~np.isnan(values)).any():
             ymax = values[finite].max() if finite.any() else 1.0

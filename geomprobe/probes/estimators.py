@@ -16,6 +16,7 @@ from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.methods import UNCENTERED
 from geomprobe.probes.sweep import LayerFit, fit_layers
 
 
@@ -24,6 +25,9 @@ class _LinearProbe(ClassifierMixin, BaseEstimator):
 
     def _fit_kwargs(self) -> dict[str, Any]:
         return {}
+
+    def _kind(self) -> str:
+        return self._method
 
     def fit(self, X, y, pairs=None) -> _LinearProbe:
         X = np.asarray(X)
@@ -37,7 +41,7 @@ class _LinearProbe(ClassifierMixin, BaseEstimator):
             raise GeomprobeError(f"probes are binary; got {len(classes)} classes ({', '.join(map(str, classes[:5]))})")
         self.classes_ = classes
         y01 = (y == classes[1]).astype(np.int64)
-        fit = fit_layers(X[None], y01, self._method, pairs=pairs, device=getattr(self, "device", "cpu"),
+        fit = fit_layers(X[None], y01, self._kind(), pairs=pairs, device=getattr(self, "device", "cpu"),
                          **self._fit_kwargs())
         self._set_fit(fit)
         return self
@@ -79,6 +83,23 @@ class _LinearProbe(ClassifierMixin, BaseEstimator):
         from geomprobe.probes.metrics import auroc
 
         return float(auroc(self.decision_function(X), np.asarray(y) == self.classes_[1]))
+
+
+class ProbeEstimator(_LinearProbe):
+    """Any registered probe kind on one layer: ``params`` is its params dataclass or a dict of its fields."""
+
+    def __init__(self, method: str = "logistic", params: Any = None, standardize: bool | None = None,
+                 device: str = "cpu") -> None:
+        self.method = method
+        self.params = params
+        self.standardize = standardize
+        self.device = device
+
+    def _kind(self) -> str:
+        return self.method
+
+    def _fit_kwargs(self) -> dict[str, Any]:
+        return dict(params=self.params, standardize=self.standardize)
 
 
 class LogisticProbe(_LinearProbe):
@@ -141,7 +162,7 @@ class PCADiffProbe(_LinearProbe):
     which is what PCA after random sign flips estimates. The result is a unit vector.
     """
 
-    _method = "pca-diff"
+    _method = UNCENTERED
 
     def __init__(self, standardize: bool = False, device: str = "cpu") -> None:
         self.standardize = standardize
@@ -151,4 +172,15 @@ class PCADiffProbe(_LinearProbe):
         return dict(standardize=self.standardize)
 
 
-ESTIMATORS = {"logistic": LogisticProbe, "mean-diff": MeanDiffProbe, "lda": LDAProbe, "pca-diff": PCADiffProbe}
+ESTIMATORS = {"logistic": LogisticProbe, "mean-diff": MeanDiffProbe, "lda": LDAProbe, UNCENTERED: PCADiffProbe}
+
+
+def make_estimator(method: str, **params: Any) -> _LinearProbe:
+    """A single-layer estimator of any registered kind: the named class for a built-in kind, else
+    :class:`ProbeEstimator` (``params`` are the kind's fields, checked when fitting)."""
+    from geomprobe.probes.kinds import canonical_method
+
+    name = canonical_method(method)
+    if name in ESTIMATORS:
+        return ESTIMATORS[name](**params)
+    return ProbeEstimator(name, params=params or None)

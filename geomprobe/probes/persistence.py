@@ -4,7 +4,8 @@ A probe folder holds::
 
     probe.safetensors   float64 tensors per hook: "{hook}.coef", "{hook}.intercept" (1,),
                         "{hook}.mean", "{hook}.scale", "{hook}.direction" (raw-space weights)
-    probe.json          format, format_version, method, params, hooks, layers, pooling,
+    probe.json          format, format_version, method (the probe kind), params (the kind's params,
+                        standardize and what the fit recorded), hooks, layers, pooling,
                         positive_label, label_names, model_id, model_revision, d_model,
                         data_sha256, split, metrics, geomprobe_version, created_utc
 """
@@ -22,6 +23,7 @@ import numpy as np
 from geomprobe.core.artifacts import prepare_folder, read_safetensors, read_sidecar, sidecar_fields
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.io import atomic_file, write_json
+from geomprobe.core.methods import current_name
 from geomprobe.probes.sweep import LayerFit
 
 FORMAT = "geomprobe-probe"
@@ -61,6 +63,14 @@ class ProbeSet:
     @property
     def d_model(self) -> int:
         return self.fit.d_model
+
+    @property
+    def kind_params(self) -> Any:
+        """The kind's params dataclass as the probe was fitted with (its kind must be registered)."""
+        from geomprobe.probes.kinds import probe_kind
+
+        kind = probe_kind(self.method, warn=False)
+        return kind.make_params({k: self.fit.params[k] for k in kind.param_names() if k in self.fit.params})
 
     @property
     def layers(self) -> list[int]:
@@ -161,7 +171,9 @@ def load_probe(
     fields = sidecar_fields(folder, SIDECAR, side, _REMAKE)
     hooks = fields.string_list("hooks", non_empty=True)
     d_model = fields.integer("d_model", minimum=1)
-    method = fields.text("method")
+    # A folder saved under an old spelling (e.g. "pca-diff") loads under the current name; a kind that is
+    # not registered here (a plugin not imported) still loads: scoring needs only the saved direction.
+    method = current_name(fields.text("method"), "probes", warn=False)
     pooling = fields.text("pooling", default="last")
     positive_label = fields.text("positive_label", default="")
     label_names = fields.string_list("label_names", default=[])

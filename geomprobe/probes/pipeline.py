@@ -12,6 +12,7 @@ import numpy as np
 from geomprobe.activations.store import CacheFile, open_cache
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.labels import binary_labels
+from geomprobe.probes.kinds import probe_kind
 from geomprobe.probes.persistence import ProbeSet, check_compatible
 from geomprobe.probes.results import (  # noqa: F401  (layer_records: also imported from here)
     ProbeResult,
@@ -21,7 +22,7 @@ from geomprobe.probes.results import (  # noqa: F401  (layer_records: also impor
     layer_records,
 )
 from geomprobe.probes.splits import pair_train_test_split
-from geomprobe.probes.sweep import LayerFit, canonical_method, fit_layers
+from geomprobe.probes.sweep import LayerFit, fit_layers
 
 # Where a recall threshold comes from: a control cache, its activations, or a callable making them.
 ControlSource = str | Path | CacheFile | Mapping[str, np.ndarray] | Callable[[ProbeSet], Mapping[str, np.ndarray]]
@@ -101,13 +102,17 @@ def train_probes(
 ) -> tuple[ProbeSet, ProbeResult]:
     """Train one probe per hook on a pair-respecting training split; report held-out metrics.
 
-    ``params`` go to :func:`fit_layers` (``C``, ``fit_intercept``, ``shrinkage``, ...).
+    ``method``: any registered probe kind; ``params`` are its parameters (``C``, ``fit_intercept``,
+    ``shrinkage``, ... or ``params=`` the kind's params dataclass), checked before the cache is read and
+    passed to :func:`fit_layers`; the saved probe records the kind and its params.
     The returned probes were fitted on the training rows only, so their recorded metrics are honest.
     ``control`` sets the recall threshold (see :func:`score_control`; a callable gets the fitted
     probes and returns ``{hook: activations}``, so a model is only run once training succeeded);
     without it the threshold is tuned on the held-out negatives and recorded as ``test-negatives``.
     """
-    method = canonical_method(method)
+    kind = probe_kind(method, depth=2)  # an old spelling warns here, once per call
+    method = kind.name
+    kind.make_params(**params)  # a bad key or value is refused before any data is read
     handle, owned = _open(cache)
     try:
         chosen = handle.hooks_for(hooks)
@@ -268,6 +273,7 @@ def transfer_matrix(
     """Train on each cache, evaluate on every cache (own held-out split on the diagonal)."""
     if len(caches) < 2:
         raise GeomprobeError("a transfer matrix needs at least two caches")
+    method = probe_kind(method, depth=2).name  # its params are checked by train_probes, before any fit
     names = [Path(c).name for c in caches]
     trained, model_ids = [], []
     common: list[str] | None = None

@@ -7,16 +7,16 @@ default the vector is *applied* at the same hook. Methods:
 ``mean-diff``   contrastive activation addition: mean(positive) - mean(negative); with pair ids,
                 the mean over pairs of (positive - negative) inside each pair.
 ``pca-diff-centered``  first principal component of the paired differences, centred first
-                (the control-vector "pca_diff" recipe).
-``pca-center``  first principal component of the pair members centred on their pair midpoint,
-                i.e. of the rows ``+-(pos - neg)/2``; their mean is zero, so this is the top
-                singular vector of the uncentred differences: the direction the probes'
-                ``pca-diff`` finds.
+                (the control-vector recipe).
+``pca-diff-uncentered``  first principal direction of the paired differences *not* centred: the top
+                singular vector of the rows ``+-(pos - neg)/2`` (the pair members centred on their pair
+                midpoint, whose mean is zero); the direction the probes' ``pca-diff-uncentered`` finds.
 ``probe``       a saved linear probe's direction (``geomprobe.probes.probe_directions``).
 
-One name, one method across stages: ``pca-diff`` means the uncentred PCA of pair differences in
-:mod:`geomprobe.probes`, so steering no longer uses it for the centred one. ``pca-diff`` is still
-accepted here for a while, with a warning, as the old name of ``pca-diff-centered`` (same result).
+One name, one method across stages (:mod:`geomprobe.core.methods`): the old spellings ``pca-diff``
+(steering's centred method) and ``pca-center`` (the uncentred one) are still accepted, with a
+FutureWarning naming the new name and the same result as before; vector folders saved under them
+load under the new names.
 
 PCA directions are unit vectors signed so the positive class projects higher, scaled by the mean
 absolute projection of the pair differences on them: multiplier 1 then moves an activation by one
@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,13 +42,14 @@ from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.hooks import hook_layer
 from geomprobe.core.io import atomic_file, atomic_write_text
 from geomprobe.core.labels import binary_labels, choose_positive
+from geomprobe.core.methods import CENTERED, RENAMED, UNCENTERED, current_name
 
 FORMAT = "geomprobe-steering-vector"
 FORMAT_VERSION = 1
-METHODS = ("mean-diff", "pca-diff-centered", "pca-center")
-# Old steering names -> current ones. "pca-diff" is the probes' (uncentred) method, so steering's
-# centred one was renamed; vectors saved under the old name hold the centred direction.
-RENAMED_METHODS = {"pca-diff": "pca-diff-centered"}
+METHODS = ("mean-diff", CENTERED, UNCENTERED)
+# Old steering spellings -> current names (geomprobe.core.methods); a vector saved under an old
+# spelling holds the direction its new name computes.
+RENAMED_METHODS = RENAMED["steering"]
 VECTOR_FILE = "vector.safetensors"
 SIDECAR_FILE = "vector.json"
 _REBUILD = "rebuild the vector with geomprobe steer build"
@@ -209,16 +209,8 @@ def load_vector(folder: str | os.PathLike) -> SteeringVector:
 
 # -- direction math ---------------------------------------------------------------------------
 def canonical_method(method: str) -> str:
-    """The current name of a steering method; an old name is accepted with a FutureWarning."""
-    if method in RENAMED_METHODS:
-        new = RENAMED_METHODS[method]
-        warnings.warn(
-            f"steering method {method!r} is now called {new!r} (PCA of the centred pair differences, the same "
-            f"result as before); in geomprobe.probes {method!r} is the uncentred method, which steering calls "
-            f"'pca-center'. Pass {new!r} or 'pca-center'.",
-            FutureWarning, stacklevel=3,
-        )
-        return new
+    """The current name of a steering method; an old spelling is accepted with a FutureWarning."""
+    method = current_name(method, "steering", stacklevel=4)
     if method not in METHODS:
         raise GeomprobeError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     return method
@@ -295,7 +287,7 @@ def direction_from_arrays(
         )
     if method == "pca-diff-centered":
         rows = diffs - diffs.mean(0)
-    else:  # pca-center: pair members centred on their pair midpoint, i.e. +-diff/2
+    else:  # pca-diff-uncentered: pair members centred on their pair midpoint, i.e. +-diff/2
         rows = np.concatenate([diffs / 2.0, -diffs / 2.0])
     _, svals, vt = np.linalg.svd(rows, full_matrices=False)
     unit = vt[0]

@@ -21,8 +21,9 @@ from geomprobe.core.errors import GeomprobeError
 
 @dataclass(frozen=True)
 class ProbesSizes:
-    methods: tuple[str, ...] = size(("logistic", "mean-diff", "lda", "pca-diff"), ("logistic", "mean-diff", "pca-diff"),
-                                    doc="probe types trained at every layer (the first is the primary one)")
+    methods: tuple[str, ...] = size(("logistic", "mean-diff", "lda", "pca-diff-uncentered"),
+                                    ("logistic", "mean-diff", "pca-diff-uncentered"),
+                                    doc="registered probe kinds trained at every layer (the first is the primary one)")
     fpr: float = size(0.01, doc="false-positive rate on the control set that sets the recall threshold")
     test_size: float = size(0.25, doc="held-out fraction (pairs kept together)")
     token_prompts: int = size(4, 2, doc="held-out prompts in the token-score plot")
@@ -34,6 +35,11 @@ class ProbesSizes:
     def __post_init__(self) -> None:
         if not self.methods:
             raise GeomprobeError("audit sizes need some probe methods")
+        # Any registered probe kind (geomprobe.probes.register_probe_kind), by its current name;
+        # an unknown one is refused here, before any model is loaded.
+        from geomprobe.probes import canonical_method
+
+        object.__setattr__(self, "methods", tuple(canonical_method(m, depth=3) for m in self.methods))
 
 
 @dataclass
@@ -87,7 +93,10 @@ class ProbesResult:
     positive_label: str = doc("positive class")
     negative_labels: list[str] = doc("negative classes")
     primary_method: str = doc("method of `probes.auroc` / `probes.recall_at_fpr`")
-    methods: list[str] = doc("methods trained")
+    methods: list[str] = doc("methods trained (registered probe kinds)")
+    params: dict[str, dict[str, Any]] = doc("each method's parameters as fitted (method -> parameters)", items=(
+        "one method's parameters, `standardize` and what its fit recorded",
+        ("one parameter's value", "number|string|bool|list[number]|null")))
     fpr: float = doc("control false-positive rate of the threshold")
     threshold_source: str = doc("`control`: (1 - fpr) quantile of scores on the control set")
     n_train: int = doc("training rows")
@@ -127,7 +136,8 @@ def train_all(ctx: AuditContext) -> ProbesResult:
     return ProbesResult(
         hook_kind=HOOK_KIND, pooling="mean", dtype="float64", positive_label=probes.positive_label,
         negative_labels=list(probes.meta.get("negative_labels", [])), primary_method=primary,
-        methods=list(sizes.methods), fpr=sizes.fpr,
+        methods=list(sizes.methods), params={m: dict(trained[m][0].fit.params) for m in sizes.methods},
+        fpr=sizes.fpr,
         threshold_source=result.records[0].get("threshold_source", "control") if result.records else "control",
         n_train=int(split.get("n_train", 0)), n_test=int(split.get("n_test", 0)), per_layer=per_layer,
         auroc=[r.auroc for r in prim], recall_at_fpr=[r.recall_at_fpr for r in prim],
@@ -247,8 +257,12 @@ class ProbesSection(AuditSection):
         primary = p.get("primary_method", methods[0] if methods else "")
         rows = [[fmt(layer)] + [fmt((by_layer[layer].get(m) or {}).get("auroc")) for m in methods]
                 + [fmt((by_layer[layer].get(primary) or {}).get("recall_at_fpr"))] for layer in sorted(by_layer)]
+        params = p.get("params") or {}
+        shown = {m: ", ".join(f"{k}={fmt(v) if isinstance(v, float) else v}" for k, v in (params.get(m) or {}).items()
+                              if not isinstance(v, list)) for m in methods}
         block.tables.append(Table("Held-out AUROC per layer",
-                                  ["layer", *[f"AUROC {m}" for m in methods], f"recall ({primary})"], rows))
+                                  ["layer", *[f"AUROC {m}" for m in methods], f"recall ({primary})"], rows,
+                                  note="parameters: " + "; ".join(f"{m}: {shown[m]}" for m in methods if shown[m])))
         if p.get("deception"):
             block.tables.append(deception_table(p["deception"]))
         return block
