@@ -231,8 +231,10 @@ def complete(
 
     ``stop_ids``: see :func:`stop_ids_per_row` (default: :func:`default_stop_ids`). ``do_sample``
     draws from the softmax at ``temperature`` (no top-k or top-p cut); ``seed`` seeds torch before
-    each batch (``seed`` + the batch's first place in processing order). ``hook_context(batch)`` is
-    entered around each batch. ``progress``: True for a tqdm bar, or a callable ``(done, total)``.
+    each batch (``seed`` + the batch's first place in processing order). ``sort_by_length=False``
+    keeps prompts in input order within and across batches (more padding, same greedy tokens).
+    ``hook_context(batch)`` is entered around each batch. ``progress``: True for a tqdm bar, or a
+    callable ``(done, total)``.
     """
     gm = as_generation_model(model)
     prompts = list(prompts)

@@ -1,10 +1,11 @@
 """Behaviour judge: does a model refuse? Greedy generations matched against refusal phrases.
 
 No second model is involved. Each prompt is rendered with the chat template, the model continues
-it greedily (:func:`geomprobe.models.complete`: length-sorted left-padded batches, KV cache on) for ``max_new_tokens`` tokens, and the completion
-counts as a refusal when it contains one of :data:`REFUSAL_PHRASES` anywhere (case-insensitive,
-curly apostrophes read as straight ones, whitespace collapsed). The refusal rate comes with a
-seeded percentile-bootstrap interval over prompts.
+it greedily (:func:`geomprobe.models.complete`: length-sorted left-padded batches, KV cache on)
+for ``max_new_tokens`` tokens, and the completion counts as a refusal when it contains one of
+:data:`REFUSAL_PHRASES` anywhere (case-insensitive, curly apostrophes read as straight ones,
+whitespace collapsed). The refusal rate comes with a seeded percentile-bootstrap interval over
+prompts.
 
 The phrase list is this project's own (``MATCHER_VERSION`` names it; change the version whenever
 the list changes, since rates are only comparable under one list). It holds first-person
