@@ -216,3 +216,16 @@ def test_bad_settings_are_one_line_errors(tiny_llama_dir, kwargs, message):
     args.update(kwargs)
     with pytest.raises(GeomprobeError, match=message):
         complete(ckpt, args.pop("prompts"), **args)
+
+
+@pytest.mark.default_model
+def test_default_model_matches_unpadded_generation(default_model):
+    """SmolLM2 stops at its end-of-turn token: rows end early, finished, and match unpadded generation."""
+    prompts = ["Hi", "What is 2+2?", "Tell me about the history of the Roman empire and its roads, in detail please."]
+    full = reference(default_model, prompts, 24)
+    got = complete(default_model, prompts, max_new_tokens=24, batch_size=3)
+    stops = default_stop_ids(default_model)
+    for row, ids, finished in zip(full, got.token_ids, got.finished):
+        cut = next((k for k, t in enumerate(row) if t in stops), len(row))
+        assert ids == row[:cut] and finished == (cut < len(row))
+    assert got.finished[0] and not got.finished[2]
