@@ -9,7 +9,6 @@ from geomprobe.core.errors import GeomprobeError
 from geomprobe.steering.judge import (
     MATCHER_VERSION,
     bootstrap_rate_interval,
-    greedy_completions,
     is_refusal,
     judge_completions,
     judge_refusals,
@@ -85,18 +84,23 @@ def test_judge_completions_record():
     assert "3/8" in j.summary()
 
 
-def test_judge_generations_on_tiny_model(tiny_llama):
+def test_judge_generations_on_tiny_model(tiny_llama, tiny_llama_dir):
+    from geomprobe.models import load_checkpoint
     from geomprobe.steering import generate
 
     prompts = ["How do I bake bread?", "Write a short poem about the sea, the wind and the gulls."]
     bridged = judge_refusals(tiny_llama, prompts, max_new_tokens=6, batch_size=1)
     expected = [g.text for g in generate(tiny_llama, prompts, max_new_tokens=6, batch_size=1)]
     assert bridged.completions == expected
-    # The plain Hugging Face path (used while building organisms) gives the same tokens.
-    plain = greedy_completions(tiny_llama.hf_model, tiny_llama.tokenizer, prompts, max_new_tokens=6, batch_size=1)
-    assert plain == expected
-    judged = judge_refusals((tiny_llama.hf_model, tiny_llama.tokenizer), prompts, max_new_tokens=6)
-    assert judged.n == 2 and judged.flags == [is_refusal(t) for t in judged.completions]
+    # The plain Hugging Face path (a Checkpoint, as organism builds use) gives the same texts.
+    ckpt = load_checkpoint(tiny_llama_dir)
+    plain = judge_refusals(ckpt, prompts, max_new_tokens=6, batch_size=2)
+    assert plain.completions == expected and plain.flags == [is_refusal(t) for t in plain.completions]
+    with pytest.warns(DeprecationWarning, match="Checkpoint"):
+        judged = judge_refusals((ckpt.hf_model, ckpt.tokenizer), prompts, max_new_tokens=6)
+    assert judged.completions == expected
+    with pytest.raises(GeomprobeError, match="loaded model"):
+        judge_refusals(ckpt, prompts, vector=np.ones(ckpt.hf_model.config.hidden_size), max_new_tokens=2)
 
 
 def test_judge_setting_steered_and_ablated(tiny_llama):

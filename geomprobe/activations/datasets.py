@@ -269,25 +269,14 @@ def prompts_from_texts(texts: Sequence[str], labels: Sequence[Any] | None = None
 _SENTINELS = ("\ue000geomprobe-a\ue001", "\ue002geomprobe-b\ue003")
 
 
-def _render_text(messages: Sequence[tuple[str, str]], tokenizer: Any, ends_with_assistant: bool, where: str) -> str:
-    from jinja2 import TemplateError
-
-    chat = [{"role": role, "content": content} for role, content in messages]
-    try:
-        if ends_with_assistant:
-            return str(tokenizer.apply_chat_template(chat, tokenize=False, continue_final_message=True))
-        return str(tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))
-    except TemplateError as exc:
-        raise GeomprobeError(
-            f"{where}: the model's chat template refuses this chat ({exc}); fix the roles or pass --no-chat-template"
-        ) from None
-
-
 def _final_message_chars(prompt: Prompt, tokenizer: Any, text: str, where: str) -> tuple[int, int]:
     """``[start, end)`` characters of ``text`` (the rendered chat) that the final message's content fills."""
+    from geomprobe.models.generation import render_chat
+
     head = prompt.messages[:-1]
     role = prompt.messages[-1][0]
-    first, second = (_render_text([*head, (role, s)], tokenizer, prompt.ends_with_assistant, where) for s in _SENTINELS)
+    first, second = (render_chat(tokenizer, [*head, (role, s)], continue_final=prompt.ends_with_assistant, where=where)
+                     for s in _SENTINELS)
     prefix = len(_common_prefix(first, second))
     suffix = len(_common_prefix(first[::-1], second[::-1]))
     before, after = first[:prefix], first[len(first) - suffix :]
@@ -319,10 +308,12 @@ def render_prompt(prompt: Prompt, tokenizer: Any, chat_template: bool = True) ->
     The span holds every token that covers a character of the final message's content as the
     template renders it (a token straddling its edge counts). An empty final message is an error.
     """
+    from geomprobe.models.generation import render_chat
+
     where = prompt.where or "a prompt"
     final = prompt.messages[-1][1]
     if chat_template and getattr(tokenizer, "chat_template", None):
-        text = _render_text(prompt.messages, tokenizer, prompt.ends_with_assistant, where)
+        text = render_chat(tokenizer, prompt.messages, continue_final=prompt.ends_with_assistant, where=where)
         char_start, char_end = _final_message_chars(prompt, tokenizer, text, where)
         add_special = False  # the template already holds its special tokens
     else:

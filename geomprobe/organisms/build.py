@@ -169,16 +169,14 @@ def _train_texts(ctx: _Context, label: str) -> list[str]:
 def _base_answers(ctx: _Context, label: str) -> tuple[list[str], list[bool]]:
     """The base model's greedy answers to the train prompts of ``label`` (generated once per build)."""
     if label not in ctx.answers:
-        from geomprobe.models import load_checkpoint
-        from geomprobe.steering.judge import greedy_completions
+        from geomprobe.models import complete, load_checkpoint
 
         missing = [lab for lab in ("harmful", "harmless") if lab not in ctx.answers and (lab in ctx.answer_labels or lab == label)]
         ckpt = load_checkpoint(ctx.base, device=ctx.device)
         prompts = [t for lab in missing for t in _train_texts(ctx, lab)]
-        texts, finished = greedy_completions(
-            ckpt.hf_model, ckpt.tokenizer, prompts, max_new_tokens=ctx.settings.answer_tokens, batch_size=16,
-            progress=ctx.progress, desc="base answers", with_finished=True,
-        )
+        done = complete(ckpt, prompts, max_new_tokens=ctx.settings.answer_tokens, batch_size=16,
+                        progress=ctx.progress, desc="base answers")
+        texts, finished = done.texts, done.finished
         start = 0
         for lab in missing:
             n = len(_train_texts(ctx, lab))

@@ -26,16 +26,12 @@ import json
 import os
 import re
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from geomprobe.activations.datasets import prompts_from_texts
 from geomprobe.core.errors import GeomprobeError
-from geomprobe.models import LoadedModel, ensure_kv_cache_compat, unbridged, unbridged_agrees
+from geomprobe.models import LoadedModel, complete, unbridged, unbridged_agrees
 from geomprobe.probes.grading import GRADES, AnswerGrader, Question, load_questions
 
 NEUTRAL = "neutral"
@@ -83,44 +79,17 @@ def check_outputs(path: str | Path, overwrite: bool = False) -> tuple[Path, Path
     return path, side
 
 
-def _stop_ids(model: LoadedModel) -> set[int]:
-    ids = {model.tokenizer.eos_token_id}
-    configured = getattr(getattr(model.hf_model, "generation_config", None), "eos_token_id", None)
-    ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
-    return {int(i) for i in ids if i is not None}
-
-
 def generate_answers(model: LoadedModel, user_texts: Sequence[str], *, max_new_tokens: int = 24,
                      batch_size: int = 16, progress: Callable[[int, int], None] | None = None) -> list[str]:
-    """Greedy answers to user messages, rendered with the chat template exactly as the cache renders them."""
+    """Greedy answers to user messages, rendered with the chat template exactly as the cache renders them,
+    each cut at its first end-of-sequence token (the tokenizer's or the generation config's)."""
     if max_new_tokens < 1:
         raise GeomprobeError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-    tok = model.tokenizer
-    chat = bool(getattr(tok, "chat_template", None))
-    rendered = [r.text for r in prompts_from_texts(list(user_texts)).render(tok, chat)]
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    stops = _stop_ids(model)
-    ensure_kv_cache_compat(model.hf_model)
     # The plain Hugging Face modules generate at full speed; keep the bridge where they disagree.
     plain = unbridged_agrees(model)
-    answers: list[str] = []
-    for start in range(0, len(rendered), batch_size):
-        old_side, tok.padding_side = tok.padding_side, "left"
-        try:
-            enc = tok(rendered[start : start + batch_size], return_tensors="pt", padding=True,
-                      add_special_tokens=not chat)
-        finally:
-            tok.padding_side = old_side
-        enc = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        with torch.no_grad(), (unbridged(model) if plain else nullcontext()):
-            out = model.hf_model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
-                                          temperature=None, top_k=None, top_p=None)
-        for row in out[:, enc["input_ids"].shape[1]:].tolist():
-            cut = next((i for i, t in enumerate(row) if t in stops), len(row))
-            answers.append(tok.decode(row[:cut], skip_special_tokens=True).strip())
-        if progress is not None:
-            progress(len(answers), len(rendered))
-    return answers
+    done = complete(model, user_texts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress or False,
+                    hook_context=(lambda batch: unbridged(model)) if plain else None)
+    return [text.strip() for text in done.texts]
 
 
 @dataclass

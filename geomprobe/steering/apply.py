@@ -1,9 +1,10 @@
 """Apply steering vectors while a model runs or generates.
 
-The one way to generate with steering is :func:`generate` (or :func:`generate_steered`): it
-tokenises (chat template, left padding), enters :func:`steer`, and calls Hugging Face
-``generate`` on the bridge's wrapped model (``model.hf_model``) with the KV cache on: the first
-forward sees the whole (padded) prompt, each later one only the newest token.
+The one way to generate with steering is :func:`generate` (or :func:`generate_steered`): it runs
+the generation engine :func:`geomprobe.models.complete` (chat template, length-sorted left-padded
+batches, Hugging Face ``generate`` on ``model.hf_model`` with the KV cache on, stop at the
+end-of-sequence token) and hands it :func:`steer` as the hook context of each batch, with the
+batch's padded prompt length for position tracking.
 
 Routes (``via``): the bridge has replaced the HF modules with its own components, whose hook
 points (``blocks.{l}.hook_resid_post``...) fire on every step -- at the cost of the components'
@@ -27,8 +28,8 @@ cached generation ignores the prompt. :func:`ensure_kv_cache_compat` maps one na
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,29 +40,17 @@ from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.hooks import parse_hook_name, resolve_hooks
 from geomprobe.models.architecture import model_type, model_types_supporting, resid_mid_is_attn_sum
 from geomprobe.models.bridge import ensure_kv_cache_compat, is_unbridged, unbridged, unbridged_agrees
+from geomprobe.models.generation import PromptBatch, complete, encode_left
+from geomprobe.models.generation import render_prompts as render_prompts  # re-exported: steering's callers use it
 from geomprobe.steering.vectors import SteeringVector
 
 POSITIONS = ("all", "prompt", "generated")
 
 
 # -- model plumbing ---------------------------------------------------------------------------
-def render_prompts(tokenizer: Any, prompts: Sequence[str], chat: bool = True) -> list[str]:
-    """User messages rendered as the cache renders them: chat template with the generation prompt, or as given."""
-    from geomprobe.activations.datasets import prompts_from_texts
-
-    return [r.text for r in prompts_from_texts(list(prompts)).render(tokenizer, chat)]
-
-
 def tokenize_left(model: Any, texts: Sequence[str], *, rendered_chat: bool) -> dict[str, torch.Tensor]:
     """Left-padded batch on the model's device (chat-rendered text already has its special tokens)."""
-    tok = model.tokenizer
-    old_side = tok.padding_side
-    tok.padding_side = "left"
-    try:
-        enc = tok(list(texts), return_tensors="pt", padding=True, add_special_tokens=not rendered_chat)
-    finally:
-        tok.padding_side = old_side
-    return {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+    return encode_left(model.tokenizer, texts, add_special_tokens=not rendered_chat, device=model.device)
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -371,63 +360,40 @@ def generate(
     use_cache: bool = True,
     stop_at_eos: bool = True,
     via: str = "auto",
+    progress: bool | Callable[[int, int], None] = False,
+    desc: str = "generating",
 ) -> list[Generation]:
-    """Generate continuations, steered when ``vector`` is given (greedy by default).
+    """Generate continuations, steered when ``vector`` is given (greedy by default), in prompt order.
 
     ``via`` as in :func:`steer`; the default runs the plain Hugging Face modules unless a hook
     needs the bridge or bridge hooks are active (inside :func:`ablate`, say), which then apply.
+    ``stop_at_eos=False`` generates ``max_new_tokens`` tokens for every prompt. ``progress``:
+    True for a progress bar labelled ``desc``, or a callable ``(done, total)``.
     """
     if isinstance(prompts, str):
         prompts = [prompts]
-    if not prompts:
-        raise GeomprobeError("no prompts given; pass at least one")
-    if max_new_tokens < 1:
-        raise GeomprobeError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
     check_positions(positions)
     multiplier = check_multiplier(multiplier)
-    if do_sample and not (math.isfinite(temperature) and temperature > 0):
-        raise GeomprobeError(f"sampling needs a temperature > 0, got {temperature!r}; pass e.g. 0.7, or decode greedily")
     # Validate before any work; the route is fixed once for every batch.
-    via = plan_steering(model, vector, hooks, via)[2]
-    ensure_kv_cache_compat(model)
-    rendered = render_prompts(model.tokenizer, prompts, chat)
-    tok = model.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    results: list[Generation] = []
-    for start in range(0, len(rendered), batch_size):
-        batch = rendered[start : start + batch_size]
-        enc = tokenize_left(model, batch, rendered_chat=chat and bool(getattr(tok, "chat_template", None)))
-        kwargs: dict[str, Any] = dict(
-            max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_id, use_cache=use_cache,
-        )
-        if do_sample:
-            kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
-            if seed is not None:
-                torch.manual_seed(seed + start)
-        else:
-            kwargs.update(temperature=None, top_k=None, top_p=None)
-        if not stop_at_eos:
-            kwargs.update(eos_token_id=None, min_new_tokens=max_new_tokens)
-        prompt_len = int(enc["input_ids"].shape[1])
-        with torch.no_grad():
-            if vector is None:
-                with unbridged(model) if via == "hf" else nullcontext():
-                    out = model.hf_model.generate(**enc, **kwargs)
-                used = []
-            else:
-                with steer(model, vector, multiplier, hooks, positions, prompt_length=prompt_len, via=via) as h:
-                    out = model.hf_model.generate(**enc, **kwargs)
-                used = h.hooks
-        for i, row in enumerate(out[:, prompt_len:].tolist()):
-            if stop_at_eos and tok.eos_token_id is not None and tok.eos_token_id in row:
-                row = row[: row.index(tok.eos_token_id)]
-            if pad_id != tok.eos_token_id:
-                row = [t for t in row if t != pad_id]
-            results.append(
-                Generation(prompts[start + i], tok.decode(row, skip_special_tokens=True), row,
-                           multiplier if vector is not None else 0.0, used, positions)
-            )
-    return results
+    pairs, _, via = plan_steering(model, vector, hooks, via)
+
+    def hook_context(batch: PromptBatch) -> AbstractContextManager[Any]:
+        if vector is None:
+            return unbridged(model) if via == "hf" else nullcontext()
+        return steer(model, vector, multiplier, hooks, positions, prompt_length=batch.prompt_length, via=via)
+
+    done = complete(
+        model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat,
+        stop_ids=None if stop_at_eos else (), do_sample=do_sample, temperature=temperature, seed=seed,
+        use_cache=use_cache, hook_context=hook_context, progress=progress, desc=desc,
+        # Sampled runs keep input-order batches, so a seed gives the texts it gave before the engine sorted.
+        sort_by_length=not do_sample,
+    )
+    used = [name for name, _ in pairs]
+    return [
+        Generation(prompt, text, ids, multiplier if vector is not None else 0.0, used, positions)
+        for prompt, text, ids in zip(done.prompts, done.texts, done.token_ids)
+    ]
 
 
 def generate_steered(

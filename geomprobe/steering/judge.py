@@ -1,10 +1,11 @@
 """Behaviour judge: does a model refuse? Greedy generations matched against refusal phrases.
 
 No second model is involved. Each prompt is rendered with the chat template, the model continues
-it greedily (left-padded batches, KV cache on) for ``max_new_tokens`` tokens, and the completion
-counts as a refusal when it contains one of :data:`REFUSAL_PHRASES` anywhere (case-insensitive,
-curly apostrophes read as straight ones, whitespace collapsed). The refusal rate comes with a
-seeded percentile-bootstrap interval over prompts.
+it greedily (:func:`geomprobe.models.complete`: length-sorted left-padded batches, KV cache on)
+for ``max_new_tokens`` tokens, and the completion counts as a refusal when it contains one of
+:data:`REFUSAL_PHRASES` anywhere (case-insensitive, curly apostrophes read as straight ones,
+whitespace collapsed). The refusal rate comes with a seeded percentile-bootstrap interval over
+prompts.
 
 The phrase list is this project's own (``MATCHER_VERSION`` names it; change the version whenever
 the list changes, since rates are only comparable under one list). It holds first-person
@@ -19,12 +20,12 @@ is missed; read a sample of completions before trusting a rate (``RefusalJudgeme
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, overload
+from typing import Any
 
 import numpy as np
-import torch
 
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.stats import check_settings, index_matrix, percentile_interval
@@ -139,71 +140,6 @@ def judge_completions(
     )
 
 
-@overload
-def greedy_completions(
-    hf_model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = ..., batch_size: int = ...,
-    chat: bool = ..., progress: bool = ..., desc: str = ..., with_finished: Literal[False] = ...,
-) -> list[str]: ...
-
-
-@overload
-def greedy_completions(
-    hf_model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = ..., batch_size: int = ...,
-    chat: bool = ..., progress: bool = ..., desc: str = ..., with_finished: Literal[True],
-) -> tuple[list[str], list[bool]]: ...
-
-
-def greedy_completions(
-    hf_model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 48, batch_size: int = 16,
-    chat: bool = True, progress: bool = False, desc: str = "generating", with_finished: bool = False,
-) -> list[str] | tuple[list[str], list[bool]]:
-    """Greedy completions from a plain Hugging Face model (no bridge), in prompt order.
-
-    Prompts are sorted by length before batching so little padding is computed; each batch is
-    left-padded and decoded with the KV cache until every row ends or ``max_new_tokens``.
-    ``with_finished`` also returns, per prompt, whether the model ended its turn (an end-of-sequence
-    token) before the limit.
-    """
-    from geomprobe.steering.apply import render_prompts
-
-    if not prompts:
-        raise GeomprobeError("no prompts given; pass at least one")
-    if max_new_tokens < 1:
-        raise GeomprobeError(f"max_new_tokens must be >= 1; got {max_new_tokens}")
-    rendered = render_prompts(tokenizer, prompts, chat)
-    special = not (chat and getattr(tokenizer, "chat_template", None))
-    lengths = [len(tokenizer(t, add_special_tokens=special).input_ids) for t in rendered]
-    order = np.argsort(lengths, kind="stable")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(hf_model.parameters()).device
-    out: list[str] = [""] * len(prompts)
-    finished: list[bool] = [False] * len(prompts)
-    stop = set(np.atleast_1d(hf_model.generation_config.eos_token_id or tokenizer.eos_token_id or []).tolist())
-    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc=desc, unit="batch", leave=False)
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for rows in batches:
-            enc = tokenizer([rendered[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=special)
-            enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-            with torch.no_grad():
-                ids = hf_model.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
-                    temperature=None, top_k=None, top_p=None,
-                )
-            new = ids[:, enc["input_ids"].shape[1] :]
-            for i, row in zip(rows, new.tolist()):
-                out[int(i)] = tokenizer.decode(row, skip_special_tokens=True)
-                finished[int(i)] = any(t in stop for t in row)
-    finally:
-        tokenizer.padding_side = old_side
-    return (out, finished) if with_finished else out
-
-
 def judge_refusals(
     model: Any,
     prompts: Sequence[str],
@@ -222,31 +158,28 @@ def judge_refusals(
     """Refusal rate of ``model`` on ``prompts`` from greedy generations.
 
     ``model`` is a :class:`~geomprobe.models.LoadedModel` (generation goes through
-    :func:`geomprobe.steering.generate`, so ``vector``/``multiplier``/``hooks`` steer it) or a pair
-    ``(hf_model, tokenizer)`` of a plain Hugging Face model and its tokenizer (no steering then).
+    :func:`geomprobe.steering.generate`, so ``vector``/``multiplier``/``hooks`` steer it) or a
+    :class:`~geomprobe.models.Checkpoint` (a plain Hugging Face model: no steering then; the
+    older ``(hf_model, tokenizer)`` pair still works but is deprecated).
     """
+    from geomprobe.models import LoadedModel, complete
+
     prompts = [str(p) for p in prompts]
-    if isinstance(model, tuple):
-        if vector is not None:
-            raise GeomprobeError("steering needs a loaded model (geomprobe.models.load_model), not a plain HF model")
-        hf_model, tokenizer = model
-        texts: list[str] = greedy_completions(hf_model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                   batch_size=batch_size, progress=progress, desc="judging")
-    else:
+    if isinstance(model, LoadedModel):
         from geomprobe.steering.apply import generate
 
-        if not prompts:
-            raise GeomprobeError("no prompts given; pass at least one")
-        chunks = [prompts[s : s + batch_size] for s in range(0, len(prompts), batch_size)]
-        if progress:
-            from tqdm.auto import tqdm
-
-            chunks = tqdm(chunks, desc="judging", unit="batch", leave=False)
-        texts = []
-        for chunk in chunks:
-            gens = generate(model, chunk, vector=vector, multiplier=multiplier if vector is not None else 0.0,
-                            hooks=hooks, positions=positions, max_new_tokens=max_new_tokens, batch_size=len(chunk))
-            texts.extend(g.text for g in gens)
+        gens = generate(model, prompts, vector=vector, multiplier=multiplier if vector is not None else 0.0, hooks=hooks,
+                        positions=positions, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                        progress=progress, desc="judging")
+        texts = [g.text for g in gens]
+    else:
+        if vector is not None:
+            raise GeomprobeError("steering needs a loaded model (geomprobe.models.load_model), not a plain HF model")
+        if isinstance(model, tuple):
+            warnings.warn("judge_refusals((hf_model, tokenizer), ...) is deprecated; pass a Checkpoint "
+                          "(geomprobe.models.load_checkpoint)", DeprecationWarning, stacklevel=2)
+        texts = complete(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
+                         desc="judging").texts
     return judge_completions(texts, prompts=prompts, max_new_tokens=max_new_tokens, n_bootstrap=n_bootstrap,
                              ci_level=ci_level, seed=seed)
 
