@@ -192,7 +192,9 @@ class CHESResult:
         lines = [
             f"CHES of {len(self)} pairs under {self.model_id or 'the model'} ({self.model_dtype}; sums in {self.math_dtype})",
             f"layer {layer} ({self.hooks[0]}); pooling: sum over the positions predicting each response token"
-            + (" incl. end-of-turn" if self.include_end else "") + f"; ranked by {by}",
+            + (" incl. end-of-turn" if self.include_end else "")
+            + ("; chat template applied" if self.chat_template_applied else "; no chat template (prompt\\nresponse)")
+            + f"; ranked by {by}",
             f"{'rank':>4} {'pair':>5} {'ches':>12} {'ln_ches':>10} {'n+':>4} {'n-':>4} {'top':>3}  prompt",
         ]
         for rank, i in enumerate(self.rank(by)[:rows], start=1):
