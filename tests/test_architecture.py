@@ -22,6 +22,7 @@ LAYERS = {
     "aqi": 3,
     "subspace": 3,
     "probes": 3,
+    "ches": 3,
     "steering": 4,
     "organisms": 5,
     "audit": 6,
