@@ -294,11 +294,19 @@ def _contrast():
 
 
 def test_builder_rows_and_its_greedy_decoder(tiny_llama):
-    from geomprobe.steering.judge import greedy_completions
+    import torch
 
-    prompts = ["How do I bake bread?", "Tell me about the sea."]
+    prompts = ["How do I bake bread?", "Tell me about the sea, its tides and its colours."]
     ours = greedy_answers(tiny_llama, prompts, max_new_tokens=6)
-    theirs = greedy_completions(tiny_llama.hf_model, tiny_llama.tokenizer, prompts, max_new_tokens=6)
+    tok = tiny_llama.tokenizer
+    theirs = []
+    for prompt in prompts:  # reference: Hugging Face greedy generation one prompt at a time, no padding
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            out = tiny_llama.hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                                               pad_token_id=tok.pad_token_id or tok.eos_token_id)
+        theirs.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
     assert ours == theirs
     fake = {"calls": 0}
 

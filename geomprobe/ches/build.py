@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from geomprobe.activations.datasets import bundled_path, prompts_from_texts
+from geomprobe.activations.datasets import bundled_path
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.io import atomic_write_text, check_output_file
-from geomprobe.models import unbridged
+from geomprobe.models import complete
 
 # The project's own refusals (chosen side of the compliance pairs), used in turn.
 REFUSALS = (
@@ -67,25 +66,9 @@ def first_sentences(text: str, min_chars: int = 20) -> str:
 
 
 def greedy_answers(model: Any, prompts: Sequence[str], *, max_new_tokens: int = 32, batch_size: int = 8) -> list[str]:
-    """Greedy answers of ``model`` (a LoadedModel) to user prompts, chat template applied, in prompt order."""
-    tok = model.tokenizer
-    chat = bool(getattr(tok, "chat_template", None))
-    texts = [r.text for r in prompts_from_texts(list(prompts)).render(tok, chat)]
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    answers: list[str] = []
-    old_side, tok.padding_side = tok.padding_side, "left"  # left padding: every row's answer starts at one column
-    try:
-        with unbridged(model) as hf, torch.no_grad():
-            for start in range(0, len(texts), batch_size):
-                enc = tok(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat)
-                enc = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-                out = hf.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
-                                  temperature=None, top_k=None, top_p=None)
-                new = out[:, enc["input_ids"].shape[1] :]
-                answers.extend(tok.decode(row, skip_special_tokens=True) for row in new.tolist())
-    finally:
-        tok.padding_side = old_side
-    return answers
+    """Greedy answers of ``model`` to user prompts (chat template applied when it has one), in prompt order."""
+    chat = bool(getattr(model.tokenizer, "chat_template", None))
+    return complete(model, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat).texts
 
 
 def harmful_prompts() -> list[dict[str, Any]]:
