@@ -7,6 +7,13 @@
 """
 
 from geomprobe.core.labels import choose_positive
+from geomprobe.probes.control import (
+    BUNDLED_CONTROL,
+    bundled_control_activations,
+    choose_control,
+    control_name,
+    probe_model_source,
+)
 from geomprobe.probes.estimators import ESTIMATORS, LDAProbe, LogisticProbe, MeanDiffProbe, PCADiffProbe
 from geomprobe.probes.metrics import accuracy, auroc, balanced_accuracy, calibration_error, control_threshold, recall_at_threshold
 from geomprobe.probes.persistence import ProbeSet, check_compatible, data_sha256, load_probe, probe_directions, save_probe
@@ -31,6 +38,7 @@ from geomprobe.probes.splits import pair_groups, pair_kfold, pair_train_test_spl
 from geomprobe.probes.sweep import METHODS, LayerFit, ProbeSweep, batched_logistic, canonical_method, fit_layers
 
 __all__ = [
+    "BUNDLED_CONTROL", "bundled_control_activations", "choose_control", "control_name", "probe_model_source",
     "ESTIMATORS", "LDAProbe", "LogisticProbe", "MeanDiffProbe", "PCADiffProbe",
     "accuracy", "auroc", "balanced_accuracy", "calibration_error", "control_threshold", "recall_at_threshold",
     "ProbeSet", "check_compatible", "data_sha256", "load_probe", "probe_directions", "save_probe",
