@@ -58,8 +58,10 @@ def read_safetensors(path: str | Path, fix: str, framework: str = "np") -> dict[
 
     path = Path(path)
     with open(path, "rb") as handle:
-        head = handle.read(8)
-    if head[:1] == b"\x80" or head[:2] == b"PK":
+        head = handle.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header's "{"; a length whose
+    # low byte is 0x80 (384, 640, ... bytes) must not be read as the pickle PROTO opcode
+    if (head[:1] == b"\x80" or head[:2] == b"PK") and head[8:9] != b"{":
         raise GeomprobeError(f"{str(path)!r} looks like a pickle/torch.save file, which geomprobe never loads; {fix}")
     try:
         with safe_open(str(path), framework=framework) as f:

@@ -184,11 +184,12 @@ class SearchResult:
         }
 
     def table(self) -> str:
-        lines = [f"{'hook':28s} {'mult':>7s} {self.metric:>11s} {'delta':>9s} {'KL':>9s}"]
+        width = max(11, len(self.metric))
+        lines = [f"{'hook':28s} {'mult':>7s} {self.metric:>{width}s} {'delta':>9s} {'KL':>9s}"]
         for r in self.records:
             mult = "ablate" if r.multiplier is None else f"{r.multiplier:g}"
             kl = "-" if r.kl_mean is None else f"{r.kl_mean:.4f}"
-            lines.append(f"{r.hook:28s} {mult:>7s} {r.score_mean:11.4f} {r.score_delta:+9.4f} {kl:>9s}")
+            lines.append(f"{r.hook:28s} {mult:>7s} {r.score_mean:{width}.4f} {r.score_delta:+9.4f} {kl:>9s}")
         return "\n".join(lines)
 
 
