@@ -235,7 +235,7 @@ def _selected_by(rule: LayerRule, words: _Words, selection: str, any_within: boo
              f"the {n_short} {unit} of smallest KL on harmless prompts (none within the KL limit)")
     prompts = f"{words.n_prompts} held-out" if words.n_prompts is not None else "the"
     if selection == BEHAVIOUR:
-        return f"largest {change} in the judge's refusal rate on {prompts} prompts {how}, among {among}"
+        return f"largest {change} in the judge's refusal rate on {prompts} prompts {how} (ties: smaller KL), among {among}"
     text = f"largest {change} in {phrase} {how}, among {among}"
     if had_judge:
         bound = "all" if rule.maximize else "none"
