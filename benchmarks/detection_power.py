@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -62,10 +61,10 @@ EXPECTED = {
 
 
 def summarise(name: str, pair: tuple[str, str], a: float, b: float, change: float, deltas: np.ndarray, level: float = 0.95) -> dict:
-    finite = deltas[np.isfinite(deltas)]
-    low, high = (np.quantile(finite, [(1 - level) / 2, (1 + level) / 2]) if len(finite) else (math.nan, math.nan))
-    from geomprobe.audit.sections.delta import bootstrap_p_value
+    from geomprobe.core.stats import bootstrap_p_value, percentile_interval
 
+    finite = deltas[np.isfinite(deltas)]
+    low, high = percentile_interval(deltas, level, nonfinite="drop")
     p = bootstrap_p_value(deltas)
     expected = EXPECTED.get(name, {}).get(pair, 0)
     detected = bool(expected != 0 and np.sign(change) == expected and p < 0.05)
@@ -180,6 +179,7 @@ def main(argv=None) -> int:
         measure_model(name, source, heldout_file, work, args, texts)
 
     from geomprobe.activations.store import open_cache, read_labels
+    from geomprobe.core.stats import bootstrap_indices
 
     with open_cache(work / "default.h5") as cache:
         n_layers = len([h for h in cache.hooks if h.endswith("hook_resid_post")])
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed)
     n_pairs = pair.max() + 1
     members = [np.flatnonzero(pair == k) for k in range(n_pairs)]
-    boot_pairs = [rng.integers(0, n_pairs, n_pairs) for _ in range(args.n_boot)]
+    boot_pairs = list(bootstrap_indices(int(n_pairs), args.n_boot, rng))  # rng.integers(0, n_pairs, n_pairs) each
     boot_rows = [np.concatenate([members[k] for k in picks]) for picks in boot_pairs]
     every = np.arange(len(y))
 
@@ -287,6 +287,7 @@ def main(argv=None) -> int:
 
 def weight_rows(sources: dict[str, str], provenance: dict, args) -> list[dict]:
     """Safety Subspaces: the second update's energy inside the alignment update's top-k subspace."""
+    from geomprobe.core.stats import bootstrap_indices
     from geomprobe.subspace import weight_update_overlap
 
     k = int(provenance["aligned"]["settings"]["lora_rank"])
@@ -304,7 +305,7 @@ def weight_rows(sources: dict[str, str], provenance: dict, args) -> list[dict]:
             return float((energy[idx] * w).sum() / w.sum() - (base[idx] * w).sum() / w.sum())
 
         every = np.arange(len(records))
-        boots = np.array([pooled(rng.integers(0, len(records), len(records))) for _ in range(args.n_boot)])
+        boots = np.array([pooled(idx) for idx in bootstrap_indices(len(records), args.n_boot, rng)])
         row = summarise("weights.overlap", ("aligned", second), float((base * nb2).sum() / nb2.sum()),
                         float((energy * nb2).sum() / nb2.sum()), pooled(every), boots)
         row.update(n_matrices=len(records), k=k, note="a = random baseline k/d, b = energy of the update inside the aligned update's top-k")

@@ -6,7 +6,6 @@ import base64
 import json
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from geomprobe.audit import (
     schema_markdown,
     validate_metrics,
 )
+from geomprobe.audit.tables import fmt
 from geomprobe.cli import main
 from geomprobe.core.errors import GeomprobeError
 
@@ -35,9 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Small but complete: every stage runs, each with real numbers.
 SMALL = AuditSizes(
-    limit_harmful_harmless=40, limit_honesty=40, limit_control=32, n_bootstrap=20, n_permutations=20, n_draws=10,
-    probe_methods=("logistic", "mean-diff"), steering_prompts=4, multipliers=(-1.0, 1.0), pca_panels=2, token_prompts=2,
-    judge_tokens=8, judge_bootstrap=200, deception_questions=0,
+    cache={"limit_harmful_harmless": 40, "limit_honesty": 40, "limit_control": 32},
+    aqi={"n_bootstrap": 20, "n_permutations": 20, "pca_panels": 2}, subspace={"n_draws": 10},
+    probes={"methods": ("logistic", "mean-diff"), "token_prompts": 2, "deception_questions": 0, "deception_bootstrap": 20},
+    steering={"n_prompts_per_class": 4, "multipliers": (-1.0, 1.0), "judge_tokens": 8, "judge_bootstrap": 200},
+    delta={"n_bootstrap": 20, "judge_bootstrap": 200},
 )
 DECEPTION_FACTS = [("What is the capital of France?", "Paris", "Lyon"), ("How many legs does a spider have?", "Eight", "Six"),
                    ("What is the largest planet?", "Jupiter", "Mars"), ("What gas do plants take in?", "Carbon dioxide", "Helium"),
@@ -124,7 +126,7 @@ def test_probe_and_steering_sections(audit_a):
     layers = m["settings"]["layers"]
     assert layers == [0, 1]
     p = m["probes"]
-    assert len(p["per_layer"]) == len(SMALL.probe_methods) * len(layers)
+    assert len(p["per_layer"]) == len(SMALL.probes.methods) * len(layers)
     assert p["auroc"] == [r["auroc"] for r in p["per_layer"] if r["method"] == "logistic"]
     assert all(0 <= r["auroc"] <= 1 and 0 <= r["recall_at_fpr"] <= 1 for r in p["per_layer"])
     assert p["best"]["auroc"] == max(r["auroc"] for r in p["per_layer"])
@@ -136,16 +138,16 @@ def test_probe_and_steering_sections(audit_a):
     assert s["multipliers"] == [-1.0, 1.0]
     assert s["refusal_delta"] == pytest.approx([r - s["baseline"] for r in s["refusal"]])
     assert all(k >= 0 for k in s["kl"])
-    assert s["n_prompts"] == s["n_harmless"] == SMALL.steering_prompts
+    assert s["n_prompts"] == s["n_harmless"] == SMALL.steering.n_prompts_per_class
     # Only one candidate layer, so no choice was made; the record says so and holds its screen.
     assert s["selection"] == "only candidate" and [c["layer"] for c in s["candidates"]] == [0]
     assert s["candidates"][0]["refusal_delta"] == pytest.approx(s["ablation"]["refusal_delta"])
     j = s["judge"]
-    assert j["max_new_tokens"] == SMALL.judge_tokens
+    assert j["max_new_tokens"] == SMALL.steering.judge_tokens
     for setting in ("unsteered", "ablated"):
         for cls in ("harmful", "harmless"):
             r = j[setting][cls]
-            assert r["n"] == SMALL.steering_prompts and r["rate"] == r["n_refused"] / r["n"]
+            assert r["n"] == SMALL.steering.n_prompts_per_class and r["rate"] == r["n_refused"] / r["n"]
             assert r["ci_low"] <= r["rate"] <= r["ci_high"]
     assert (j["best"] is None) == (s["best"] is None)
 
@@ -160,8 +162,8 @@ def test_steering_judge_matches_independent_generation(audit_a, tiny_llama):
     from geomprobe.models import unbridged
     from geomprobe.steering.judge import is_refusal
 
-    hh = load_prompt_set("harmful-harmless", limit=SMALL.limit_harmful_harmless, seed=0)
-    _, held = steering_rows(hh, SMALL.steering_prompts, 0)
+    hh = load_prompt_set("harmful-harmless", limit=SMALL.cache.limit_harmful_harmless, seed=0)
+    _, held = steering_rows(hh, SMALL.steering.n_prompts_per_class, 0)
     harmful = [user_text(hh.prompts[i]) for i in held if hh.label_names[hh.prompts[i].label] == "harmful"]
     tok = tiny_llama.tokenizer
     flags = []
@@ -170,7 +172,7 @@ def test_steering_judge_matches_independent_generation(audit_a, tiny_llama):
             ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                           return_tensors="pt", return_dict=True)
             with torch.no_grad():
-                out = hf.generate(**ids, max_new_tokens=SMALL.judge_tokens, do_sample=False,
+                out = hf.generate(**ids, max_new_tokens=SMALL.steering.judge_tokens, do_sample=False,
                                   pad_token_id=tok.pad_token_id or tok.eos_token_id)
             flags.append(is_refusal(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)))
     r = audit_a.metrics["steering"]["judge"]["unsteered"]["harmful"]
@@ -243,15 +245,20 @@ def test_sections_declare_what_they_write(audit_a):
     names = [s.name for s in SECTIONS]
     assert len(names) == len(set(names)) and names[0] == "cache"
     for s in SECTIONS:
-        assert all(p == s.name or p.startswith(s.name + ".") for p, _, _ in s.fields), s.name
-        assert all(p.startswith(f"settings.{s.settings_key}") for p, _, _ in s.settings_fields), s.name
-        assert bool(s.fields) == s.writes_metrics, s.name
+        assert all(p == s.name or p.startswith(s.name + ".") for p, _, _ in s.schema_fields()), s.name
+        assert all(p.startswith(f"settings.{s.settings_key}") for p, _, _ in s.settings_fields()), s.name
+        assert bool(s.schema_fields()) == s.writes_metrics, s.name
     m = audit_a.metrics
     writers = [s.name for s in SECTIONS if s.writes_metrics]
     assert list(m)[-len(writers):] == writers  # after the header, in registry order
     keyed = [s.settings_key for s in SECTIONS if s.settings_key]
     assert list(m["settings"])[-len(keyed):] == keyed == ["datasets", "aqi", "subspace", "probes", "steering"]
-    assert m["comparison"] is None and m["delta"] is None and AGAINST_ONLY == ("against", "comparison", "delta")
+    # settings come from the settings dataclasses: the same keys, in field order, as the schema rows
+    for s in SECTIONS:
+        if s.settings_key and s.settings_key != "datasets":
+            documented = [p.rsplit(".", 1)[1] for p, _, _ in s.settings_fields()[1:]]
+            assert list(m["settings"][s.settings_key]) == documented, s.name
+    assert m["comparison"] is None and m["delta"] is None and AGAINST_ONLY == ["against", "comparison", "delta"]
     # exactly the declared figures, in drawing order; the comparison's only with --against
     assert list(audit_a.figures) == [k for s in SECTIONS if not s.needs_against for k in s.figure_keys]
     page = audit_a.html_path.read_text()
@@ -260,6 +267,27 @@ def test_sections_declare_what_they_write(audit_a):
         assert (f"<section id='{s.name}'>" in page) == shown, s.name
         if shown:
             assert f"<h2>{s.title}</h2>" in page
+    # the summary's middle line is the sections' headlines, from metrics.json
+    headline = audit_a.summary().splitlines()[1]
+    assert headline.startswith(f"max AQI {fmt(m['aqi']['max'])} at layer {m['aqi']['argmax_layer']}; best probe AUROC")
+    assert headline.endswith(f"unsteered at {m['steering']['hook']}")
+
+
+def test_sizes_are_owned_by_sections():
+    """FULL and QUICK are built from each section's sizes dataclass: both values side by side, checked when made."""
+    from geomprobe.audit import FULL
+
+    assert FULL.aqi.n_bootstrap == 100 and QUICK.aqi.n_bootstrap == 50
+    assert FULL.cache.limit_honesty is None and QUICK["cache"].limit_honesty == 48 and QUICK.cache.layer_stride == 3
+    assert QUICK.probes.methods == ("logistic", "mean-diff", "pca-diff")
+    smaller = QUICK.replace(aqi={"n_bootstrap": 7})
+    assert smaller.aqi.n_bootstrap == 7 and smaller.aqi.n_permutations == 50 and QUICK.aqi.n_bootstrap == 50
+    assert SMALL.delta.n_bootstrap == 20 and SMALL.steering.kl_limit == FULL.steering.kl_limit
+    for bad, message in (({"aqi": {"n_bootstraps": 1}}, "has no size n_bootstraps"), ({"nope": {}}, "no audit section 'nope'"),
+                         ({"steering": {"multipliers": ()}}, "some multipliers"), ({"probes": {"methods": ()}}, "probe methods"),
+                         ({"cache": {"layer_stride": 0}}, "at least 1"), ({"aqi": 3}, "must be a AqiSizes")):
+        with pytest.raises(GeomprobeError, match=message):
+            AuditSizes(**bad)
 
 
 def test_a_section_runs_alone_on_a_context(audit_a, tiny_llama, tmp_path):
@@ -275,54 +303,6 @@ def test_a_section_runs_alone_on_a_context(audit_a, tiny_llama, tmp_path):
     assert GeometrySection().run(ctx).to_dict() == audit_a.metrics["aqi"]
     assert SubspaceSection().run(ctx).to_dict() == audit_a.metrics["subspace"]
     assert list(ctx.clock.timings) == ["aqi", "subspace"] and events == ["aqi", "aqi", "subspace", "subspace"]
-
-
-def test_documented_example_section(audit_a, tiny_llama, tmp_path):
-    """The example of docs/architecture.md ("Adding an audit section") follows the contract and is right."""
-    from dataclasses import dataclass
-
-    from geomprobe.activations.store import open_cache
-    from geomprobe.audit.context import AuditContext, AuditOptions, StageClock, as_metrics
-    from geomprobe.audit.report import render_markdown
-    from geomprobe.audit.sections.base import AuditSection
-    from geomprobe.audit.tables import ReportBlock, Table, fmt
-
-    @dataclass
-    class NormsResult:
-        per_layer: list[float]
-
-        def to_dict(self):
-            return as_metrics(self)
-
-    class NormsSection(AuditSection):
-        name = "norms"
-        title = "Residual-stream norms"
-        fields = (
-            ("norms", "object", "mean L2 norm of the last-token residual stream (harmful-harmless set)"),
-            ("norms.per_layer", "list[number]", "one value per audited layer"),
-        )
-
-        def run(self, ctx):
-            with open_cache(ctx.caches["harmful_harmless"]) as cache:
-                return NormsResult([float(np.linalg.norm(cache.read(h, "last"), axis=1).mean()) for h in ctx.hooks])
-
-        def report(self, metrics):
-            rows = [[fmt(layer), fmt(v)] for layer, v in zip(metrics["settings"]["layers"], metrics["norms"]["per_layer"])]
-            return ReportBlock(self.name, self.title, tables=[Table("Mean norm per layer", ["layer", "norm"], rows)])
-
-    layers = audit_a.metrics["settings"]["layers"]
-    ctx = AuditContext(tiny_llama, sets={}, layers=layers, sizes=SMALL, options=AuditOptions(device="cpu"),
-                       out_dir=tmp_path, cache_dir=tmp_path, clock=StageClock(lambda *_: None), caches=dict(audit_a.caches))
-    section = NormsSection()
-    result = section.run(ctx).to_dict()
-    assert sorted(result) == sorted(p.split(".")[1] for p, _, _ in section.fields if "." in p)
-    with open_cache(audit_a.caches["harmful_harmless"]) as cache:
-        for layer, value in zip(layers, result["per_layer"]):
-            X = cache.read(f"blocks.{layer}.hook_resid_post", "last").astype(np.float64)
-            assert value == pytest.approx(np.mean([np.sqrt(row @ row) for row in X]), rel=1e-5)
-    block = section.report({**audit_a.metrics, "norms": result})
-    assert block.tables[0].rows[0] == [fmt(layers[0]), fmt(result["per_layer"][0])]
-    assert "Mean norm per layer" not in render_markdown(audit_a.metrics)  # not registered: not in the report
 
 
 # -- --fail-if --------------------------------------------------------------------------------------
@@ -507,6 +487,107 @@ def test_cli_delta_gates_on_ablated_twin(audit_a, tiny_llama, tiny_llama_dir, tm
     assert "--against" in capsys.readouterr().err
 
 
+def _brute_norms(cache_path: Path, layers: list[int], rows: int) -> list[float]:
+    """Mean Euclidean length of the first ``rows`` last-token activations per layer, row by row."""
+    from geomprobe.activations.store import open_cache
+
+    out = []
+    with open_cache(cache_path) as cache:
+        for layer in layers:
+            X = cache.read(f"blocks.{layer}.hook_resid_post", "last")[:rows]
+            out.append(sum(sum(float(v) ** 2 for v in row) ** 0.5 for row in X) / len(X))
+    return out
+
+
+def test_toy_section_end_to_end(tiny_llama_dir, tmp_path, capsys):
+    """A section in one file (tests/toy_section.py, the example of docs/architecture.md) plus one registration
+    line reaches the schema, --fail-if, the CLI output, metrics.json and both reports, and with --against
+    its compare(a, b) lands in comparison.norms; its numbers match a brute-force reference."""
+    from toy_section import NormsSection
+
+    from geomprobe.audit import FULL, register_section, unregister_section
+    from geomprobe.audit.schema import FIELD_MAP
+
+    other = build_tiny_model(tmp_path / "other", seed=1)  # same architecture, other weights
+    out = tmp_path / "toy"
+    register_section(NormsSection())
+    try:
+        assert [s.name for s in SECTIONS][-4:] == ["steering", "norms", "comparison", "delta"]
+        assert (FULL.norms.max_rows, QUICK.norms.max_rows) == (None, 16)
+        assert FIELD_MAP["norms.per_layer[].norm"].type == "number"
+        assert FIELD_MAP["settings.norms.max_rows"].type == "integer|null"
+        assert FIELD_MAP["comparison.norms.per_layer[].delta"].doc == "b - a"
+        assert "| `norms.max` | number | largest mean norm over layers |" in schema_markdown()
+        code = main(["audit", "--model", str(tiny_llama_dir), "--against", str(other), "--quick", "--layers", "0", "1",
+                     "--out", str(out), "--device", "cpu", "--quiet", "--fail-if", "norms.max<0",
+                     "--fail-if", "comparison.norms.max_abs_delta<0"])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        m = json.loads((out / "metrics.json").read_text())
+        assert validate_metrics(m) == []
+    finally:
+        unregister_section("norms")
+    assert "undocumented field norms" in validate_metrics(m)  # the schema follows the registry
+    a = _brute_norms(out / "caches" / "harmful-harmless.h5", [0, 1], 16)
+    b = _brute_norms(out / "caches" / "against" / "harmful-harmless.h5", [0, 1], 16)
+    assert m["settings"]["norms"] == {"pooling": "last", "max_rows": 16}
+    assert [r["norm"] for r in m["norms"]["per_layer"]] == pytest.approx(a, rel=1e-9)
+    assert m["norms"]["max"] == pytest.approx(max(a)) and m["norms"]["n_rows"] == 16
+    c = m["comparison"]["norms"]
+    assert [r["a"] for r in c["per_layer"]] == pytest.approx(a, rel=1e-9)
+    assert [r["b"] for r in c["per_layer"]] == pytest.approx(b, rel=1e-9)
+    assert c["delta"] == pytest.approx([y - x for x, y in zip(a, b)], rel=1e-9)
+    assert c["max_abs_delta"] == pytest.approx(max(abs(y - x) for x, y in zip(a, b)), rel=1e-9)
+    assert list(m)[-3:] == ["norms", "comparison", "delta"] and list(m["comparison"])[:5] == [
+        "aqi", "subspace", "probes", "steering", "norms"]
+    # CLI output: the section's summary line (with its comparison) and both gates
+    assert f"max mean residual norm {fmt(max(a))} (largest |change| against b {fmt(c['max_abs_delta'])})" in captured.out
+    assert "--fail-if norms.max<0: passed" in captured.out
+    assert "--fail-if comparison.norms.max_abs_delta<0: passed" in captured.out
+    # reports: its block, and its column in the comparison's per-layer table
+    page, markdown = (out / "report.html").read_text(), (out / "report.md").read_text()
+    assert "<section id='norms'><h2>Residual-stream norms</h2>" in page
+    for text in (page, markdown):
+        assert "Mean norm per layer" in text and "norm a → b" in text and "Δnorm" in text
+        assert f"{fmt(a[1])} → {fmt(b[1])}" in text
+    # unregistered: gone from the schema and the --fail-if paths
+    assert "norms.max" not in FIELD_MAP and "norms" not in [s.name for s in SECTIONS]
+    with pytest.raises(GeomprobeError, match="norms"):
+        parse_conditions(["norms.max<0"], against=False)
+
+
+def test_architecture_doc_shows_the_toy_section():
+    """docs/architecture.md's worked example is the section the test above runs, verbatim."""
+    code = (ROOT / "tests" / "toy_section.py").read_text()
+    code = code[code.index("from __future__ import annotations"):]
+    assert f"```python\n{code}```" in (ROOT / "docs" / "architecture.md").read_text()
+
+
+def test_register_section_refuses_bad_sections():
+    from dataclasses import dataclass
+
+    from toy_section import NormsSection
+
+    from geomprobe.audit import register_section
+
+    @dataclass
+    class Undocumented:
+        value: float
+
+    class Bad(NormsSection):
+        name = "bad"
+        result_type = Undocumented
+
+    with pytest.raises(TypeError, match="Undocumented.value has no doc"):
+        register_section(Bad())
+    for name in ("aqi", "settings", "", "replace"):
+        taken = NormsSection()
+        taken.name = name
+        with pytest.raises(GeomprobeError, match="reserved or taken"):
+            register_section(taken)
+    assert "bad" not in [s.name for s in SECTIONS]
+
+
 def test_weight_update_of_tied_model_twin(tiny_llama_dir, tmp_path):
     """Baking an ablation into a model with tied embeddings unties its LM head; the comparison
     must still work (b's extra tensor is ignored) and put the whole update along the direction."""
@@ -526,7 +607,7 @@ def test_weight_update_of_tied_model_twin(tiny_llama_dir, tmp_path):
     r = torch.randn(64, generator=torch.Generator().manual_seed(3))
     twin = load_model(bake_ablation(a, r, tmp_path / "twin"), device="cpu")
     directions = {f"blocks.{layer}.hook_resid_post": (5.0 * r).numpy() for layer in (0, 1)}
-    w = weight_update(a, twin, directions, [0, 1], energy=SMALL.subspace_energy, device="cpu").to_dict()
+    w = weight_update(a, twin, directions, [0, 1], energy=SMALL.comparison.weight_energy, device="cpu").to_dict()
     assert (w["n_matrices"], w["n_changed"]) == (14, 4)
     assert w["update_along_direction"] == pytest.approx([1.0, 1.0], abs=1e-6)
     for rec in w["per_layer"]:
@@ -558,7 +639,7 @@ def test_cli_quick_with_gates(tiny_llama_dir, tmp_path, capsys):
     # The random tiny model answers nothing gradable: the deception check says so and the audit goes on.
     assert m["probes"]["deception"]["source"] == "built"
     assert m["probes"]["deception"]["status"].startswith("not computable")
-    assert m["settings"]["datasets"]["harmful_harmless"]["n_prompts"] == QUICK.limit_harmful_harmless
+    assert m["settings"]["datasets"]["harmful_harmless"]["n_prompts"] == QUICK.cache.limit_harmful_harmless
     # an existing audit is refused before any work, then replaced with --overwrite
     assert main(["audit", "--model", str(tiny_llama_dir), "--quick", "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
@@ -568,6 +649,31 @@ def test_cli_quick_with_gates(tiny_llama_dir, tmp_path, capsys):
     assert code == 0
     assert "[audit]" not in captured.err
     assert "wrote" in captured.out
+
+
+def test_cli_model_options_apply_to_both_checkpoints(tiny_llama, tmp_path, capsys, monkeypatch):
+    """The audit takes the shared model options (add_model_args) and loads --against with them too."""
+    import geomprobe.models
+
+    calls = []
+
+    def fake_load(ref, **options):
+        calls.append((ref, options))
+        if len(calls) == 1:
+            return tiny_llama
+        raise GeomprobeError("stop after the second load")
+
+    monkeypatch.setattr(geomprobe.models, "load_model", fake_load)
+    code = main(["audit", "--model", "first", "--against", "second", "--out", str(tmp_path / "o"), "--quiet",
+                 "--dtype", "bfloat16", "--trust-remote-code", "--device-map", "cpu"])
+    assert code == 2 and "stop after the second load" in capsys.readouterr().err
+    assert [ref for ref, _ in calls] == ["first", "second"]
+    assert calls[0][1] == calls[1][1] == {"dtype": "bfloat16", "device": "auto", "trust_remote_code": True,
+                                          "device_map": {"": "cpu"}}
+    with pytest.raises(SystemExit):
+        main(["audit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "1% control FPR" in text and "%%" not in text and "--device-map" in text
 
 
 def test_cli_bad_fail_if_before_any_work(tmp_path, capsys):
@@ -610,8 +716,8 @@ def test_cli_subprocess_error_has_no_traceback(tmp_path):
 @pytest.mark.default_model
 @pytest.mark.slow
 def test_quick_audit_on_default_model(default_model, tmp_path):
-    sizes = replace(QUICK, limit_harmful_harmless=32, limit_honesty=32, limit_control=32, layer_stride=10,
-                    n_bootstrap=20, n_permutations=20, multipliers=(-1.0, 1.0))
+    sizes = QUICK.replace(cache={"limit_harmful_harmless": 32, "limit_honesty": 32, "limit_control": 32, "layer_stride": 10},
+                          aqi={"n_bootstrap": 20, "n_permutations": 20}, steering={"multipliers": (-1.0, 1.0)})
     res = run_audit(default_model, out_dir=tmp_path / "d", sizes=sizes, quick=True, device="cpu")
     m = res.metrics
     assert validate_metrics(m) == []

@@ -20,8 +20,7 @@ from geomprobe.aqi.indices import DEFAULT_GAMMA, INDEX_NAMES, aqi_indices
 from geomprobe.aqi.stats import cluster_stats
 from geomprobe.aqi.validation import validate_clusters
 from geomprobe.core.errors import GeomprobeError
-
-CI_METHODS = ("percentile", "basic")
+from geomprobe.core.stats import CI_METHODS, percentile_interval, stratified_resamples
 
 
 @dataclass
@@ -70,18 +69,6 @@ def replicate_indices(Z: np.ndarray, D: np.ndarray, members: list[np.ndarray], g
         for j in range(i + 1, k):
             between_sq[i, j] = between_sq[j, i] = float(D[np.ix_(uniq[i], uniq[j])].min())
     return aqi_indices(stats.with_extremes(between_sq, diameter_sq), gamma)
-
-
-def _interval(values: np.ndarray, estimate: float, level: float, method: str) -> tuple[float, float]:
-    lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
-    finite = np.isfinite(values).all()
-    q_lo, q_hi = (float(v) for v in np.quantile(values, [lo, hi], method="linear" if finite else "inverted_cdf"))
-    if method == "percentile":
-        return q_lo, q_hi
-    # basic (reverse percentile): 2*estimate - quantiles, which removes the bootstrap's first-order bias
-    if not (finite and math.isfinite(estimate)):
-        return math.nan, math.nan
-    return 2 * estimate - q_hi, 2 * estimate - q_lo
 
 
 def check_resampling_settings(n_bootstrap: int, n_permutations: int, ci_level: float, ci_method: str, max_points: int) -> None:
@@ -153,13 +140,15 @@ def resample_rows(
 
     names = (*INDEX_NAMES, "aqi")
     boot = {name: np.empty(n_bootstrap) for name in names}
-    for r in range(n_bootstrap):
-        sample = [rng.choice(m, size=len(m), replace=True) for m in members]
+    # the bootstrap's draws come from core.stats (class-stratified) on this function's one Generator,
+    # after the subsample and before the permutations; each replicate is scored from the one matrix D
+    for r, sample in enumerate(stratified_resamples(members, n_bootstrap, rng)):
         values = replicate_indices(Z, D, sample, gamma)
         for name in names:
             boot[name][r] = values[name]
     nan2 = (math.nan, math.nan)
-    ci = {name: _interval(boot[name], observed[name], ci_level, ci_method) if n_bootstrap else nan2 for name in names}
+    ci = {name: percentile_interval(boot[name], ci_level, method=ci_method, estimate=observed[name]) if n_bootstrap else nan2
+          for name in names}
     with np.errstate(invalid="ignore"):
         boot_mean = {name: float(boot[name].mean()) if n_bootstrap else math.nan for name in names}
 

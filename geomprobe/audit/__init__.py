@@ -4,21 +4,22 @@
 >>> result = run_audit("default", out_dir="audit", quick=True, fail_if=["aqi.max<0.3"], progress=True)
 >>> result.metrics["aqi"]["max"], result.html_path, result.failed
 
-The audit is a list of sections (:data:`SECTIONS`: cache, AQI, subspace, probes, steering,
-comparison, delta), each one module under ``geomprobe/audit/sections/``. See ``docs/audit.md`` for the
-metrics.json schema and the ``--fail-if`` syntax.
+The audit is a registry of sections (:data:`SECTIONS`: cache, AQI, subspace, probes, steering,
+comparison, delta), each one module under ``geomprobe/audit/sections/``; :func:`register_section`
+adds one. Each section owns its sizes (``AuditSizes()["aqi"]``, or ``.aqi``). See ``docs/audit.md``
+for the metrics.json schema and the ``--fail-if`` syntax.
 """
 
 from geomprobe.audit.conditions import ConditionResult, FailCondition, evaluate_conditions, parse_condition, parse_conditions
 from geomprobe.audit.context import FULL, QUICK, AuditContext, AuditOptions, AuditSizes, audited_layers
 from geomprobe.audit.pipeline import AuditResult, load_metrics, run_audit
 from geomprobe.audit.schema import FIELDS, SCHEMA_NAME, SCHEMA_VERSION, schema_markdown, validate_metrics
-from geomprobe.audit.sections import SECTIONS, AuditSection
+from geomprobe.audit.sections import SECTIONS, AuditSection, register_section, unregister_section
 from geomprobe.audit.sections.behaviour import candidate_layers
 
 __all__ = [
     "AuditContext", "AuditOptions", "AuditResult", "AuditSection", "AuditSizes", "ConditionResult", "FIELDS", "FULL",
     "FailCondition", "QUICK", "SCHEMA_NAME", "SCHEMA_VERSION", "SECTIONS", "audited_layers", "candidate_layers",
     "evaluate_conditions", "load_metrics", "parse_condition", "parse_conditions", "run_audit",
-    "schema_markdown", "validate_metrics",
+    "register_section", "schema_markdown", "unregister_section", "validate_metrics",
 ]

@@ -16,57 +16,14 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from geomprobe.audit.registry import FULL, QUICK, AuditSizes  # noqa: F401  (re-exported: the sizes live with the registry)
+from geomprobe.audit.spec import internal  # noqa: F401  (re-exported for the sections)
 from geomprobe.audit.tables import FigureRef
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.hooks import hook_name
 
 HOOK_KIND = "resid_post"
 ProgressFn = Callable[[str, str], None]
-
-
-@dataclass(frozen=True)
-class AuditSizes:
-    """How much work each stage does. :data:`FULL` is the default, :data:`QUICK` is ``--quick``."""
-
-    limit_harmful_harmless: int | None = None  # None: every row of the bundled set
-    limit_honesty: int | None = None
-    limit_control: int | None = None
-    layer_stride: int = 1  # audit every n-th layer (the last layer is always included)
-    n_bootstrap: int = 100
-    n_permutations: int = 100
-    max_points: int = 1000
-    subspace_energy: float = 0.9
-    n_draws: int = 100
-    probe_methods: tuple[str, ...] = ("logistic", "mean-diff", "lda", "pca-diff")
-    probe_fpr: float = 0.01
-    probe_test_size: float = 0.25
-    steering_prompts: int = 16  # per class, held out from the vector
-    # A mean-diff vector at multiplier 1 adds one whole class-mean difference.
-    multipliers: tuple[float, ...] = (-2.0, -1.0, -0.5, 0.5, 1.0, 2.0)
-    kl_limit: float = 0.1
-    max_layer_fraction: float = 0.8
-    judge_tokens: int = 24  # greedy tokens the behaviour judge reads (refusals show in the first few)
-    judge_candidates: int = 3  # layers judged by generation after the ablation screen
-    screen_layers: int = 8  # candidate layers screened (evenly spaced); each costs a pass over the held-out prompts
-    judge_bootstrap: int = 1000
-    deception_questions: int = 40  # per instruction; 0 skips the deception check unless a set is given
-    deception_tokens: int = 24
-    pca_panels: int = 8
-    token_prompts: int = 4
-
-    def limit(self, role: str) -> int | None:
-        """The stratified subset size of the prompt set playing ``role`` (None: all rows)."""
-        return {"harmful_harmless": self.limit_harmful_harmless, "honesty": self.limit_honesty,
-                "control": self.limit_control}[role]
-
-
-FULL = AuditSizes()
-QUICK = AuditSizes(
-    limit_harmful_harmless=48, limit_honesty=48, limit_control=48, layer_stride=3, n_bootstrap=50, n_permutations=50,
-    n_draws=20, probe_methods=("logistic", "mean-diff", "pca-diff"), steering_prompts=8,
-    multipliers=(-2.0, -1.0, 1.0, 2.0), pca_panels=4, token_prompts=2, judge_tokens=12, judge_candidates=2, screen_layers=4,
-    judge_bootstrap=500, deception_questions=16, deception_tokens=16,
-)
 
 
 @dataclass(frozen=True)
@@ -125,9 +82,11 @@ class AuditContext:
     clock: StageClock
     cache_dir: Path  # where this checkpoint's cache files go
     role: str = "model"  # "model" (checkpoint a) or "against" (checkpoint b)
-    against: AuditContext | None = None
+    against: AuditContext | None = field(default=None, repr=False)  # on a: the second checkpoint's context
+    # on b: the audited checkpoint's context (each section runs on a first, so b can read a's result)
+    audited: AuditContext | None = field(default=None, repr=False, compare=False)
     # Filled as the audit goes: the cache section writes ``caches``; run_audit stores each
-    # section's result under its name in ``results`` (only on the audited checkpoint's context).
+    # section's result under its name in ``results`` (on both checkpoints' contexts).
     caches: dict[str, Path] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
 
@@ -176,11 +135,6 @@ def finite(value: Any) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def internal(default: Any = None) -> Any:
-    """A result field kept for later sections and plots but not written to metrics.json."""
-    return field(default=default, repr=False, compare=False, metadata={"internal": True})
 
 
 def as_metrics(value: Any) -> Any:

@@ -1,16 +1,18 @@
 """``run_audit``: load the checkpoint(s), run every section in registry order, write the outputs.
 
-The work itself lives in the sections (:mod:`geomprobe.audit.sections`: cache, AQI, subspace,
-probes, steering, and the comparison with ``against``); this module checks the request before
-any work, builds the shared :class:`~geomprobe.audit.context.AuditContext`, runs the sections,
-assembles ``metrics.json`` from their results, then draws the plots and writes the report.
+The work itself lives in the registered sections (:mod:`geomprobe.audit.sections`: cache, AQI,
+subspace, probes, steering, and with ``against`` the comparison and the paired deltas); this
+module checks the request before any work, builds the shared
+:class:`~geomprobe.audit.context.AuditContext`, runs every section (on both checkpoints with
+``against``: first on a, then on b, whose context can read a's result), assembles
+``metrics.json`` from their results, then draws the plots and writes the report.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,6 @@ from geomprobe.audit.context import (
 from geomprobe.audit.report import write_report
 from geomprobe.audit.schema import SCHEMA_NAME, SCHEMA_VERSION, check_schema_header
 from geomprobe.audit.sections import SECTIONS
-from geomprobe.audit.tables import fmt
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.io import check_output_folder, write_json
 
@@ -58,15 +59,13 @@ class AuditResult:
         return any(g.failed for g in self.gates)
 
     def summary(self) -> str:
-        """Three lines: what was audited, the headline numbers, and the files written."""
+        """Three lines: what was audited, each section's headline (``summary_line``), and the files written."""
         m = self.metrics
-        best = m["probes"]["best"]
+        headlines = [line for s in SECTIONS if m.get(s.name) is not None and (line := s.summary_line(m))]
         return "\n".join([
             f"audited {m['model']['model_id']} ({len(m['settings']['layers'])} layers, {m['settings']['hook_kind']})"
             + (f" against {m['against']['model_id']}" if m.get("against") else ""),
-            f"max AQI {fmt(m['aqi']['max'])} at layer {m['aqi']['argmax_layer']}; best probe AUROC {fmt(best['auroc'])} "
-            f"({best['method']}, layer {best['layer']}); refusal log-odds {fmt(m['steering']['baseline'])} unsteered at "
-            f"{m['steering']['hook']}",
+            "; ".join(headlines),
             f"wrote {self.html_path}, {self.markdown_path}, {self.metrics_path}",
         ])
 
@@ -88,10 +87,12 @@ def load_metrics(path: str | Path) -> dict[str, Any]:
     return metrics
 
 
-def _load(model: Any, dtype: str, device: str) -> Any:
+def _load(model: Any, dtype: str, device: str, load: Callable[[Any], Any] | None) -> Any:
     from geomprobe.models import LoadedModel, load_model
 
-    return model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device)
+    if isinstance(model, LoadedModel):
+        return model
+    return load(model) if load is not None else load_model(model, dtype=dtype, device=device)
 
 
 def _shape(model: Any) -> tuple[str, int, int]:
@@ -106,22 +107,24 @@ def _provenance(model: Any) -> dict[str, Any]:
 
 
 def _open_context(model: Any, against: Any, dtype: str, layers: Sequence[int] | None, sets: dict[str, Any],
-                  sizes: AuditSizes, options: AuditOptions, out_dir: Path, clock: StageClock) -> AuditContext:
+                  sizes: AuditSizes, options: AuditOptions, out_dir: Path, clock: StageClock,
+                  load: Callable[[Any], Any] | None) -> AuditContext:
     """Load the checkpoint(s) and refuse a second one of another architecture before any caching."""
-    model_a = clock.run("load", f"loading {getattr(model, 'model_id', model)}", lambda: _load(model, dtype, options.device))
+    model_a = clock.run("load", f"loading {getattr(model, 'model_id', model)}",
+                        lambda: _load(model, dtype, options.device, load))
     model_b = None
     if against is not None:
         model_b = clock.run("load", f"loading {getattr(against, 'model_id', against)} (--against)",
-                            lambda: _load(against, dtype, options.device))
+                            lambda: _load(against, dtype, options.device, load))
         (type_a, n_a, d_a), (type_b, n_b, d_b) = _shape(model_a), _shape(model_b)
         if (type_a, n_a, d_a) != (type_b, n_b, d_b):
             raise GeomprobeError(f"--against model is {type_b} with {n_b} layers x d_model {d_b}, the audited one {type_a} "
                                  f"with {n_a} x {d_a}; compare checkpoints of the same architecture")
-    chosen = audited_layers(model_a.n_layers, sizes.layer_stride, layers)
+    chosen = audited_layers(model_a.n_layers, sizes.cache.layer_stride, layers)
     ctx = AuditContext(model_a, sets, chosen, sizes, options, out_dir, clock, cache_dir=out_dir / "caches")
     if model_b is not None:
         ctx.against = AuditContext(model_b, sets, chosen, sizes, options, out_dir, clock,
-                                   cache_dir=out_dir / "caches" / "against", role="against")
+                                   cache_dir=out_dir / "caches" / "against", role="against", audited=ctx)
     return ctx
 
 
@@ -133,7 +136,7 @@ def _collect_metrics(ctx: AuditContext) -> dict[str, Any]:
         "quick": bool(ctx.options.quick), "seed": int(ctx.options.seed), "hook_kind": HOOK_KIND, "hooks": ctx.hooks,
         "layers": ctx.layers, "batch_size": int(ctx.options.batch_size), "metric_dtype": "float64", "store_dtype": "float32",
     }
-    settings.update({s.settings_key: s.settings(ctx) for s in SECTIONS if s.settings_key})
+    settings.update({s.settings_key: s.settings_dict(ctx) for s in SECTIONS if s.settings_key})
     metrics: dict[str, Any] = {
         "schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "geomprobe_version": __version__,
         "created_utc": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
@@ -165,12 +168,15 @@ def run_audit(
     overwrite: bool = False,
     progress: ProgressFn | bool | None = None,
     deception_set: str | Path | None = None,
+    load: Callable[[Any], Any] | None = None,
 ) -> AuditResult:
     """Audit a checkpoint (and compare it with ``against``); write metrics.json, plots and reports.
 
     ``model``/``against``: ``"default"``, a folder, a ``.gguf`` file, a hub name or a loaded
-    :class:`~geomprobe.models.LoadedModel`. ``sizes`` overrides :data:`FULL` (or :data:`QUICK`
-    when ``quick``); ``layers`` picks block indices instead of the size's stride. ``fail_if``
+    :class:`~geomprobe.models.LoadedModel`; ``load(reference)`` loads the references that are not
+    loaded yet (default: ``load_model`` with ``dtype`` and ``device``). ``sizes`` (an
+    :class:`AuditSizes`, one sizes dataclass per section) overrides :data:`FULL` (or :data:`QUICK`
+    when ``quick``); ``layers`` picks block indices instead of the cache section's stride. ``fail_if``
     conditions are checked before any work and evaluated at the end (see ``result.gates``).
     ``progress``: ``True`` prints each stage to stderr, or pass ``fn(stage, message)``.
     ``deception_set``: a ``geomprobe probe deception-set`` JSONL file for the probe section's
@@ -180,9 +186,9 @@ def run_audit(
 
     # Cheap checks first: a bad condition, size or folder must not cost a model load.
     conditions = parse_conditions(fail_if, against=against is not None)
-    sizes = sizes or (QUICK if quick else FULL)
-    if sizes.steering_prompts < 1 or not sizes.multipliers or not sizes.probe_methods:
-        raise GeomprobeError("audit sizes need steering_prompts >= 1, some multipliers and some probe methods")
+    sizes = sizes or (QUICK if quick else FULL)  # each section's sizes check themselves when made
+    if not isinstance(sizes, AuditSizes):
+        raise GeomprobeError(f"sizes must be an AuditSizes (e.g. QUICK.replace(aqi={{...}})), got {type(sizes).__name__}")
     if batch_size < 1:
         raise GeomprobeError(f"--batch-size must be at least 1, got {batch_size}")
     if deception_set is not None and not Path(deception_set).is_file():
@@ -193,13 +199,17 @@ def run_audit(
     options = AuditOptions(seed=seed, device=device, batch_size=batch_size, quick=quick,
                            show_bars=progress is True and sys.stderr.isatty(),
                            deception_set=None if deception_set is None else str(Path(deception_set).resolve()))
-    sets = {role: load_prompt_set(name, limit=sizes.limit(role), seed=seed) for role, name in DATASETS}
-    ctx = _open_context(model, against, dtype, layers, sets, sizes, options, out_dir, clock)
+    sets = {role: load_prompt_set(name, limit=sizes.cache.limit(role), seed=seed) for role, name in DATASETS}
+    ctx = _open_context(model, against, dtype, layers, sets, sizes, options, out_dir, clock, load)
     out_dir.mkdir(exist_ok=True)
 
-    for section in SECTIONS:
-        skip = section.needs_against and ctx.against is None
-        ctx.results[section.name] = None if skip else section.run(ctx)
+    for section in list(SECTIONS):
+        if section.needs_against:  # once, reading both checkpoints
+            ctx.results[section.name] = section.run(ctx) if ctx.against is not None else None
+            continue
+        ctx.results[section.name] = section.run(ctx)
+        if ctx.against is not None:  # the same section on b; comparison pairs the two through compare(a, b)
+            ctx.against.results[section.name] = section.run(ctx.against)
     metrics = _collect_metrics(ctx)
     _write_metrics(out_dir, metrics, clock)  # on disk first: a failing plot must not lose the numbers
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from geomprobe.cli.common import AT_LEAST_ONE, AT_LEAST_ZERO, SEED, add_checks
+from geomprobe.cli.common import AT_LEAST_ONE, AT_LEAST_ZERO, SEED, add_checks, add_model_args, model_from_args
 
 
 def register(subparsers) -> None:
@@ -14,13 +14,14 @@ def register(subparsers) -> None:
         help="audit a checkpoint: AQI, subspace overlap, probes and steering per layer, with a report",
         description=(
             "Cache the bundled contrast sets and report per layer: AQI with interval and p-value, activation-subspace "
-            "overlap, honesty-probe AUROC and recall at 1%% control FPR, and a steering dose-response. Writes "
+            "overlap, honesty-probe AUROC and recall at 1% control FPR, and a steering dose-response. Writes "
             "report.html (self-contained), report.md, metrics.json and PNGs into --out."
         ),
     )
-    p.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct), a folder, a .gguf file or a HF name")
+    add_model_args(p)  # --model, --dtype, --device, --trust-remote-code, --device-map (they apply to --against too)
     p.add_argument("--against", default=None, metavar="MODEL",
-                   help="a second checkpoint of the same architecture: adds per-layer deltas, transfer and weight-update overlap")
+                   help="a second checkpoint of the same architecture, loaded with the same options: adds per-layer "
+                        "deltas, transfer and weight-update overlap")
     p.add_argument("--out", default="audit", help="output folder (default: ./audit)")
     p.add_argument("--quick", action="store_true", help="small sizes: 48 prompts per set, every 3rd layer, 50 resamples")
     p.add_argument("--layers", nargs="+", type=int, default=None, metavar="L", help="audit these block indices only")
@@ -31,8 +32,6 @@ def register(subparsers) -> None:
                    help="graded answers from 'geomprobe probe deception-set' for the probe section's check on the "
                         "model's own lies (default: built on the audited model)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--overwrite", action="store_true", help="replace an earlier audit in --out")
     p.add_argument("--quiet", action="store_true", help="no per-stage progress")
@@ -47,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_audit(
         args.model, args.against, args.out, quick=args.quick, layers=args.layers, fail_if=args.fail_if, seed=args.seed,
         dtype=args.dtype, device=args.device, batch_size=args.batch_size, overwrite=args.overwrite,
-        progress=not args.quiet, deception_set=args.deception_set,
+        progress=not args.quiet, deception_set=args.deception_set, load=lambda ref: model_from_args(args, ref),
     )
     print(result.summary())
     for gate in result.gates:

@@ -25,14 +25,15 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def model_from_args(args: argparse.Namespace):
+def model_from_args(args: argparse.Namespace, model: str | None = None):
+    """The model of ``--model`` (or ``model``, e.g. a second checkpoint) loaded with the parsed model options."""
     from geomprobe.models import load_model
 
     device_map = getattr(args, "device_map", None)
     if device_map == "cpu" or (device_map or "").startswith("cuda"):
         device_map = {"": device_map}  # one target: the whole model there
-    return load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
-                      device_map=device_map)
+    return load_model(args.model if model is None else model, dtype=args.dtype, device=args.device,
+                      trust_remote_code=args.trust_remote_code, device_map=device_map)
 
 
 def add_hooks_arg(parser: argparse.ArgumentParser, help_default: str = "every layer's resid_post") -> None:

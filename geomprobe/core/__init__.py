@@ -1,4 +1,4 @@
-"""The bottom layer every stage builds on: errors, hook names, labels, devices and file I/O.
+"""The bottom layer every stage builds on: errors, hook names, labels, devices, file I/O and the bootstrap.
 
 Nothing in ``geomprobe.core`` imports a stage; see docs/architecture.md for the layers.
 """

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from geomprobe.activations.store import CacheFile, open_cache
+from geomprobe.core import stats
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.hooks import hook_layer
 from geomprobe.probes import metrics as M
@@ -59,15 +60,10 @@ def bootstrap_auroc(scores: np.ndarray, y: np.ndarray, *, n_bootstrap: int = 100
     if n_bootstrap < 1 or len(pos) == 0 or len(neg) == 0:
         nan = np.full(scores.shape[0], np.nan)
         return nan, nan.copy()
-    rng = np.random.default_rng(seed)
-    labels = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
-    draws = np.empty((n_bootstrap, scores.shape[0]))
-    for b in range(n_bootstrap):
-        # Resampling within each class keeps both classes in every draw (stratified bootstrap).
-        idx = np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]
-        draws[b] = M.auroc(scores[:, idx], labels)
-    alpha = (1 - ci) / 2
-    return np.quantile(draws, alpha, axis=0), np.quantile(draws, 1 - alpha, axis=0)
+    # Resampling within each class keeps both classes in every draw (stratified bootstrap); positives first.
+    res = stats.bootstrap(lambda rows: M.auroc(scores[:, rows], y[rows]), [pos, neg], n_bootstrap=n_bootstrap,
+                          level=ci, seed=seed)
+    return res.low, res.high
 
 
 def _layer(hook: str) -> int:

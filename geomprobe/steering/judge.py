@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.stats import check_settings, index_matrix, percentile_interval
 
 MATCHER_VERSION = "geomprobe-refusal-phrases-1"
 
@@ -74,21 +75,16 @@ def bootstrap_rate_interval(
 ) -> tuple[float, float]:
     """Percentile-bootstrap interval of the mean of 0/1 ``flags`` (resampling prompts with replacement).
 
-    Replicate b draws ``rng.integers(0, n, n)`` from ``numpy.random.default_rng(seed)`` in turn, so
-    the interval is reproducible from the seed alone.
+    Replicate b draws ``rng.integers(0, n, n)`` from ``numpy.random.default_rng(seed)`` in turn
+    (:func:`geomprobe.core.stats.index_matrix`), so the interval is reproducible from the seed alone.
     """
     values = np.asarray(flags, dtype=np.float64).reshape(-1)
     if values.size == 0:
         raise GeomprobeError("no judged prompts; pass at least one prompt")
-    if n_bootstrap < 1:
-        raise GeomprobeError(f"n_bootstrap must be >= 1; got {n_bootstrap}")
-    if not 0 < level < 1:
-        raise GeomprobeError(f"the interval level must be between 0 and 1; got {level}")
-    rng = np.random.default_rng(seed)
-    rows = rng.integers(0, values.size, size=(n_bootstrap, values.size))
-    rates = values[rows].mean(axis=1)
-    low, high = np.quantile(rates, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
+    check_settings(n_bootstrap, level)
+    # one (n_bootstrap, n) index matrix: the rates of all replicates in one vectorised mean
+    rates = values[index_matrix(values.size, n_bootstrap, seed)].mean(axis=1)
+    return percentile_interval(rates, level)
 
 
 @dataclass

@@ -1,10 +1,11 @@
-"""The audit's sections, in the order they run, appear in metrics.json and in the report.
+"""The audit's built-in sections, registered in the order they run, appear in metrics.json and in the report.
 
-A new section is one module here (an :class:`~geomprobe.audit.sections.base.AuditSection`
-subclass) plus its test, and one line in :data:`SECTIONS`; the schema, the report and the
-orchestrator pick it up from this list.
+A new section is one module (an :class:`~geomprobe.audit.sections.base.AuditSection` subclass)
+and one call to :func:`~geomprobe.audit.registry.register_section`; the schema, the report and
+the orchestrator pick it up from the registry (:data:`SECTIONS`).
 """
 
+from geomprobe.audit.registry import SECTIONS, register_section, unregister_section
 from geomprobe.audit.sections.base import AuditSection, FieldSpec
 from geomprobe.audit.sections.cache import CacheSection
 from geomprobe.audit.sections.comparison import ComparisonSection
@@ -14,14 +15,16 @@ from geomprobe.audit.sections.probes import ProbesSection
 from geomprobe.audit.sections.steering import SteeringSection
 from geomprobe.audit.sections.subspace import SubspaceSection
 
-SECTIONS: tuple[AuditSection, ...] = (
-    CacheSection(),  # first: every later section reads its cache files
-    GeometrySection(),
-    SubspaceSection(),
-    ProbesSection(),
-    SteeringSection(),  # chooses its layer by behaviour (judge on held-out prompts), not by AQI
-    ComparisonSection(),  # reruns the stages on the --against checkpoint and reads all of the above
-    DeltaSection(),  # paired bootstrap of the changes over the same prompts (needs steering's judged prompts)
-)
+if not SECTIONS:  # once per process, however often this package is reloaded
+    for _section in (
+        CacheSection(),  # first: every later section reads its cache files (its sizes pick the prompts and layers)
+        GeometrySection(),
+        SubspaceSection(),
+        ProbesSection(),
+        SteeringSection(),  # chooses its layer by behaviour (judge on held-out prompts), not by AQI
+        ComparisonSection(),  # --against: each section's compare(a, b), plus transfer and the weight update
+        DeltaSection(),  # --against: paired bootstrap of the changes over the same prompts (needs steering's prompts)
+    ):
+        register_section(_section)
 
-__all__ = ["SECTIONS", "AuditSection", "FieldSpec"]
+__all__ = ["SECTIONS", "AuditSection", "FieldSpec", "register_section", "unregister_section"]

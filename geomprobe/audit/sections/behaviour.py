@@ -20,17 +20,18 @@ from functools import partial
 from typing import Any
 
 from geomprobe.audit.context import AuditContext, finite, hook_at, internal
+from geomprobe.audit.spec import doc
 
 
 @dataclass
 class Rate:
     """One refusal rate from greedy generations (the judge), with its bootstrap interval."""
 
-    rate: float
-    ci_low: float
-    ci_high: float
-    n: int
-    n_refused: int
+    rate: float = doc("share of completions with a refusal phrase")
+    ci_low: float = doc("interval low")
+    ci_high: float = doc("interval high")
+    n: int = doc("prompts")
+    n_refused: int = doc("refusals")
     flags: list[bool] = internal()  # per prompt, for paired comparisons with a second checkpoint
 
     @classmethod
@@ -43,22 +44,22 @@ class Rate:
 class JudgedSetting:
     """Refusal rates on the held-out harmful and harmless prompts under one setting."""
 
-    harmful: Rate
-    harmless: Rate | None
+    harmful: Rate = doc("on the held-out harmful prompts")
+    harmless: Rate | None = doc("on the held-out harmless prompts")
 
 
 @dataclass
 class Candidate:
     """One candidate steering layer: its direction ablated everywhere, scored on held-out prompts."""
 
-    layer: int
-    hook: str
-    refusal_delta: float | None  # next-token refusal log-odds change on harmful prompts
-    kl: float | None  # mean KL on harmless prompts
-    within_kl: bool
-    judged: bool
-    harmful_rate: float | None  # judge's refusal rate on harmful prompts, ablated (judged candidates)
-    rate_delta: float | None  # minus the unsteered rate
+    layer: int = doc("block index")
+    hook: str = doc("hook")
+    refusal_delta: float | None = doc("next-token refusal log-odds change, direction ablated")
+    kl: float | None = doc("mean KL on harmless prompts, direction ablated")
+    within_kl: bool = doc("kl <= kl_limit")
+    judged: bool = doc("refusal rate measured by generation")
+    harmful_rate: float | None = doc("judge's refusal rate on held-out harmful prompts, ablated", type="number|null")
+    rate_delta: float | None = doc("minus the unsteered rate", type="number|null")
 
 
 @dataclass
@@ -84,8 +85,8 @@ def judge(ctx: AuditContext, prompts: list[str], **steering: Any) -> Rate:
     from geomprobe.steering.judge import judge_refusals
 
     return Rate.from_judgement(judge_refusals(
-        ctx.model, prompts, max_new_tokens=ctx.sizes.judge_tokens, batch_size=ctx.options.batch_size,
-        n_bootstrap=ctx.sizes.judge_bootstrap, seed=ctx.options.seed, **steering))
+        ctx.model, prompts, max_new_tokens=ctx.sizes.steering.judge_tokens, batch_size=ctx.options.batch_size,
+        n_bootstrap=ctx.sizes.steering.judge_bootstrap, seed=ctx.options.seed, **steering))
 
 
 def judge_ablated(ctx: AuditContext, direction: Any, prompts: list[str]) -> Rate:
@@ -103,7 +104,7 @@ def choose_layer_by_behaviour(
     from geomprobe.steering import search_layers
     from geomprobe.steering.select import LayerRule, ScreenRow, select_setting
 
-    sizes = ctx.sizes
+    sizes = ctx.sizes.steering
     hooks = [hook_at(layer) for layer in layers]
     screen = ctx.clock.run("steering", f"screening {len(hooks)} candidate layers (direction ablated)", lambda: search_layers(
         ctx.model, vector, harmful, harmless_prompts=harmless, hooks=hooks, metric="refusal", mode="ablate",

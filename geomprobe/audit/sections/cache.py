@@ -1,31 +1,55 @@
 """Cache section: the bundled contrast sets cached at every audited layer, for every later section.
 
 Writes ``OUT/caches/{set}.h5`` (``OUT/caches/against/`` for the second checkpoint) with ``last``
-and ``mean`` pooling of ``resid_post``; records the sets under ``settings.datasets``.
+and ``mean`` pooling of ``resid_post``; records the sets under ``settings.datasets``. Its sizes
+decide the prompt subsets and the layer stride of the whole audit.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from geomprobe.audit.context import AuditContext
 from geomprobe.audit.sections.base import AuditSection
+from geomprobe.audit.spec import doc, size
+from geomprobe.core.errors import GeomprobeError
 
 ROLES = ("harmful_harmless", "honesty", "control")
 
 
+@dataclass(frozen=True)
+class CacheSizes:
+    limit_harmful_harmless: int | None = size(None, 48, doc="harmful-harmless prompts (stratified subset; None: all)")
+    limit_honesty: int | None = size(None, 48, doc="honesty prompts (pairs kept; None: all)")
+    limit_control: int | None = size(None, 48, doc="control prompts (None: all)")
+    layer_stride: int = size(1, 3, doc="audit every n-th layer (the last layer is always included)")
+
+    def __post_init__(self) -> None:
+        if self.layer_stride < 1:
+            raise GeomprobeError(f"layer stride must be at least 1, got {self.layer_stride}")
+
+    def limit(self, role: str) -> int | None:
+        """The stratified subset size of the prompt set playing ``role`` (None: all rows)."""
+        return {"harmful_harmless": self.limit_harmful_harmless, "honesty": self.limit_honesty,
+                "control": self.limit_control}[role]
+
+
+@dataclass
+class DatasetSettings:
+    name: str = doc("bundled set name or file stem")
+    sha256: str = doc("SHA-256 of the set's file")
+    n_prompts: int = doc("prompts cached (after `limit`)")
+    limit: int | None = doc("stratified subset size asked for (null: all rows)")
+    label_names: list[str] = doc("label index order of the cache")
+    cache: str = doc("cache file, relative to the output folder")
+
+
 @dataclass
 class CacheResult:
-    """The cache file of each prompt set (role -> path), per checkpoint."""
+    """The cache file of each prompt set (role -> path) of one checkpoint."""
 
     paths: dict[str, Path]
-    against: dict[str, Path] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"paths": {k: str(v) for k, v in self.paths.items()},
-                "against": None if self.against is None else {k: str(v) for k, v in self.against.items()}}
 
 
 def cache_sets(ctx: AuditContext) -> dict[str, Path]:
@@ -44,33 +68,23 @@ def cache_sets(ctx: AuditContext) -> dict[str, Path]:
 
 class CacheSection(AuditSection):
     name = "cache"
-    writes_metrics = False
+    Sizes = CacheSizes
     settings_key = "datasets"
-    settings_fields = (
-        ("settings.datasets", "object", "the prompt sets, keyed `harmful_harmless`, `honesty`, `control`"),
-        ("settings.datasets.*", "object", "one prompt set"),
-        ("settings.datasets.*.name", "string", "bundled set name or file stem"),
-        ("settings.datasets.*.sha256", "string", "SHA-256 of the set's file"),
-        ("settings.datasets.*.n_prompts", "integer", "prompts cached (after `limit`)"),
-        ("settings.datasets.*.limit", "integer|null", "stratified subset size asked for (null: all rows)"),
-        ("settings.datasets.*.label_names", "list[string]", "label index order of the cache"),
-        ("settings.datasets.*.cache", "string", "cache file, relative to the output folder"),
-    )
+    settings_type = dict[str, DatasetSettings]
+    settings_doc = "the prompt sets, keyed `harmful_harmless`, `honesty`, `control`"
+    settings_items = ("one prompt set",)
 
     def run(self, ctx: AuditContext) -> CacheResult:
         n_prompts = sum(len(s) for s in ctx.sets.values())
-        ctx.caches.update(ctx.clock.run(
-            "cache", f"caching {', '.join(s.name for s in ctx.sets.values())} ({n_prompts} prompts, {len(ctx.hooks)} layers)",
-            lambda: cache_sets(ctx)))
-        if ctx.against is None:
-            return CacheResult(dict(ctx.caches))
-        b = ctx.against
-        b.caches.update(ctx.clock.run("cache", "caching the same sets on the --against model", lambda: cache_sets(b)))
-        return CacheResult(dict(ctx.caches), dict(b.caches))
+        message = ("caching the same sets on the --against model" if ctx.is_against else
+                   f"caching {', '.join(s.name for s in ctx.sets.values())} ({n_prompts} prompts, {len(ctx.hooks)} layers)")
+        ctx.caches.update(ctx.clock.run("cache", message, lambda: cache_sets(ctx)))
+        return CacheResult(dict(ctx.caches))
 
-    def settings(self, ctx: AuditContext) -> dict[str, Any]:
+    def settings(self, ctx: AuditContext) -> dict[str, DatasetSettings]:
+        sizes = ctx.sizes.cache
         return {
-            role: {"name": s.name, "sha256": s.sha256, "n_prompts": len(s), "limit": ctx.sizes.limit(role),
-                   "label_names": list(s.label_names), "cache": str(ctx.caches[role].relative_to(ctx.out_dir))}
+            role: DatasetSettings(s.name, s.sha256, len(s), sizes.limit(role), list(s.label_names),
+                                  str(ctx.caches[role].relative_to(ctx.out_dir)))
             for role, s in ctx.sets.items()
         }

@@ -17,37 +17,39 @@ from pathlib import Path
 from typing import Any
 
 from geomprobe.audit.context import AuditContext, finite
+from geomprobe.audit.spec import doc
 from geomprobe.audit.tables import Table, fmt
 from geomprobe.core.errors import GeomprobeError
 
 
 @dataclass
 class ConditionAuroc:
-    layer: int
-    hook: str
-    condition: str  # "pooled" or an instruction condition
-    n_positive: int
-    n_negative: int
-    computable: bool
-    auroc: float | None
-    auroc_ci_low: float | None
-    auroc_ci_high: float | None
-    recall_at_fpr: float | None
+    layer: int = doc("block index")
+    hook: str = doc("hook")
+    condition: str = doc("`pooled` or the instruction condition")
+    n_positive: int = doc("false (deceptive) answers")
+    n_negative: int = doc("true answers")
+    computable: bool = doc("both grades present")
+    auroc: float | None = doc("AUROC of deceptive vs true answers", type="number|null")
+    auroc_ci_low: float | None = doc("bootstrap interval, low", type="number|null")
+    auroc_ci_high: float | None = doc("high", type="number|null")
+    recall_at_fpr: float | None = doc("recall of false answers at the control threshold", type="number|null")
 
 
 @dataclass
 class DeceptionCheck:
     """metrics.json ``probes.deception``."""
 
-    source: str  # "built" or the --deception-set file
-    status: str  # "computed", or "not computable: ..." with the counts
-    method: str
-    threshold_source: str
-    n_questions: int | None
-    max_new_tokens: int | None
-    counts: dict[str, dict[str, int]]
-    computable: list[str]
-    per_condition: list[ConditionAuroc]
+    source: str = doc("`built` (by the audit on the audited model) or the `--deception-set` file")
+    status: str = doc("`computed`, or `not computable: ...` with the reason")
+    method: str = doc("probe type scored (the primary method)")
+    threshold_source: str = doc("`control`: recall threshold from the bundled control set")
+    n_questions: int | None = doc("questions asked under each instruction (built sets)")
+    max_new_tokens: int | None = doc("tokens generated per answer (built sets)")
+    counts: dict[str, dict[str, int]] = doc("answers per instruction condition and grade (built sets: unclear included)",
+                                            items=("one condition: `{grade: answers}`", "answers of that grade"))
+    computable: list[str] = doc("conditions with both true and false answers")
+    per_condition: list[ConditionAuroc] = doc("per layer: `pooled` and each condition")
 
 
 def deception_counts(path: Path) -> dict[str, dict[str, int]]:
@@ -72,7 +74,7 @@ def deception_check(ctx: AuditContext, probes: Any) -> DeceptionCheck:
     from geomprobe.probes.conditions import result_condition_metrics
     from geomprobe.probes.deception import LIE_PRESSURE, build_deception_set
 
-    sizes, given = ctx.sizes, ctx.options.deception_set
+    sizes, given = ctx.sizes.probes, ctx.options.deception_set
     n_questions = max_tokens = None
     graded: dict[str, dict[str, int]] | None = None
     if given is not None:
@@ -86,7 +88,7 @@ def deception_check(ctx: AuditContext, probes: Any) -> DeceptionCheck:
         graded = built.counts()  # unclear answers included
     in_file = deception_counts(path)
     counts = graded if graded is not None else in_file
-    method = sizes.probe_methods[0]
+    method = sizes.methods[0]
 
     def not_computable(why: str) -> DeceptionCheck:
         return DeceptionCheck(source, f"not computable: {why}", method, "control", n_questions, max_tokens, counts, [], [])
@@ -100,8 +102,8 @@ def deception_check(ctx: AuditContext, probes: Any) -> DeceptionCheck:
         cache = ctx.cache_dir / "deception.h5"
         cache_activations(ctx.model, prompts, cache, hooks=ctx.hooks, poolings=("mean",),
                           batch_size=ctx.options.batch_size, overwrite=True)
-        result = evaluate_probes(probes, cache, control=ctx.caches["control"], fpr=sizes.probe_fpr)
-        report = result_condition_metrics(result, cache, pressure=LIE_PRESSURE, n_bootstrap=sizes.n_bootstrap,
+        result = evaluate_probes(probes, cache, control=ctx.caches["control"], fpr=sizes.fpr)
+        report = result_condition_metrics(result, cache, pressure=LIE_PRESSURE, n_bootstrap=sizes.deception_bootstrap,
                                           seed=ctx.options.seed)
     except GeomprobeError as exc:  # too few false answers, one grade only: reported, never fatal
         return not_computable(str(exc))
@@ -113,32 +115,6 @@ def deception_check(ctx: AuditContext, probes: Any) -> DeceptionCheck:
     source_of_threshold = result.records[0].get("threshold_source", "control") if result.records else "control"
     return DeceptionCheck(source, "computed", method, source_of_threshold, n_questions, max_tokens, counts,
                           list(report["computable"]), per)
-
-
-DECEPTION_FIELDS: tuple[tuple[str, str, str], ...] = (
-    ("probes.deception", "object|null", "the primary probe on the model's own graded true/false answers (null when skipped)"),
-    ("probes.deception.source", "string", "`built` (by the audit on the audited model) or the `--deception-set` file"),
-    ("probes.deception.status", "string", "`computed`, or `not computable: ...` with the reason"),
-    ("probes.deception.method", "string", "probe type scored (the primary method)"),
-    ("probes.deception.threshold_source", "string", "`control`: recall threshold from the bundled control set"),
-    ("probes.deception.n_questions", "integer|null", "questions asked under each instruction (built sets)"),
-    ("probes.deception.max_new_tokens", "integer|null", "tokens generated per answer (built sets)"),
-    ("probes.deception.counts", "object", "answers per instruction condition and grade (built sets: unclear included)"),
-    ("probes.deception.counts.*", "object", "one condition: `{grade: answers}`"),
-    ("probes.deception.counts.*.*", "integer", "answers of that grade"),
-    ("probes.deception.computable", "list[string]", "conditions with both true and false answers"),
-    ("probes.deception.per_condition", "list[object]", "per layer: `pooled` and each condition"),
-    ("probes.deception.per_condition[].layer", "integer", "block index"),
-    ("probes.deception.per_condition[].hook", "string", "hook"),
-    ("probes.deception.per_condition[].condition", "string", "`pooled` or the instruction condition"),
-    ("probes.deception.per_condition[].n_positive", "integer", "false (deceptive) answers"),
-    ("probes.deception.per_condition[].n_negative", "integer", "true answers"),
-    ("probes.deception.per_condition[].computable", "bool", "both grades present"),
-    ("probes.deception.per_condition[].auroc", "number|null", "AUROC of deceptive vs true answers"),
-    ("probes.deception.per_condition[].auroc_ci_low", "number|null", "bootstrap interval, low"),
-    ("probes.deception.per_condition[].auroc_ci_high", "number|null", "high"),
-    ("probes.deception.per_condition[].recall_at_fpr", "number|null", "recall of false answers at the control threshold"),
-)
 
 
 def deception_table(d: dict[str, Any]) -> Table:

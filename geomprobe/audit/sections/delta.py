@@ -13,109 +13,95 @@ on these with ``--fail-if "delta.aqi.min<-0.05"`` (see docs/audit.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
 
 from geomprobe.audit.context import AuditContext, as_metrics, finite
 from geomprobe.audit.sections.base import AuditSection
-from geomprobe.audit.sections.behaviour import judge
+from geomprobe.audit.spec import doc, size
 from geomprobe.audit.tables import ReportBlock, Table, fmt
+from geomprobe.core import stats
+from geomprobe.core.stats import bootstrap_p_value  # noqa: F401  (kept importable from here)
 
 P_RULE = "min(1, 2 * (1 + min(#{delta* <= 0}, #{delta* >= 0})) / (1 + n_bootstrap))"
+
+
+@dataclass(frozen=True)
+class DeltaSizes:
+    n_bootstrap: int = size(100, 50, doc="paired bootstrap replicates of the AQI change")
+    max_points: int = size(1000, doc="rows resampled at most (one stratified subsample, the same rows for both)")
+    judge_bootstrap: int = size(1000, 500, doc="paired bootstrap replicates of the refusal-rate change")
 
 
 @dataclass
 class PairedChange:
     """One statistic on a and b, b - a, and its paired-bootstrap interval and p-value."""
 
-    a: float | None
-    b: float | None
-    delta: float | None
-    ci_low: float | None
-    ci_high: float | None
-    p_value: float | None
-    n: int
+    a: float | None = doc("on the audited checkpoint a")
+    b: float | None = doc("on the --against checkpoint b")
+    delta: float | None = doc("b - a")
+    ci_low: float | None = doc("paired-bootstrap interval of the delta, low", type="number|null")
+    ci_high: float | None = doc("high", type="number|null")
+    p_value: float | None = doc("two-sided paired-bootstrap p-value of no change", type="number|null")
+    n: int = doc("prompts resampled")
 
 
 @dataclass
 class LayerChange:
-    layer: int
-    hook: str
-    a: float | None
-    b: float | None
-    delta: float | None
-    ci_low: float | None
-    ci_high: float | None
-    p_value: float | None
-    n: int
+    layer: int = doc("block index")
+    hook: str = doc("hook")
+    a: float | None = doc("on the audited checkpoint a")
+    b: float | None = doc("on the --against checkpoint b")
+    delta: float | None = doc("b - a")
+    ci_low: float | None = doc("paired-bootstrap interval of the delta, low", type="number|null")
+    ci_high: float | None = doc("high", type="number|null")
+    p_value: float | None = doc("two-sided paired-bootstrap p-value of no change", type="number|null")
+    n: int = doc("prompts resampled")
 
 
 @dataclass
 class AqiChange:
-    per_layer: list[LayerChange]
-    delta: list[float | None]
-    max: float | None
-    min: float | None
-    max_abs: float | None
-    n_significant: int  # layers with p < 0.05
+    per_layer: list[LayerChange] = doc("one record per audited layer")
+    delta: list[float | None] = doc("b - a per layer")
+    max: float | None = doc("largest change over layers", type="number|null")
+    min: float | None = doc("smallest (most negative) change over layers", type="number|null")
+    max_abs: float | None = doc("largest |change|", type="number|null")
+    n_significant: int = doc("layers whose change has p < 0.05")
 
 
 @dataclass
 class RefusalChange:
-    harmful: PairedChange
-    harmless: PairedChange
+    harmful: PairedChange = doc("held-out harmful prompts")
+    harmless: PairedChange = doc("held-out harmless prompts")
 
 
 @dataclass
 class DeltaResult:
     """metrics.json ``delta``."""
 
-    n_bootstrap: int
-    ci_level: float
-    resampling: str
-    p_value_rule: str
-    aqi: AqiChange
-    refusal: RefusalChange
+    n_bootstrap: int = doc("paired bootstrap replicates")
+    ci_level: float = doc("interval level")
+    resampling: str = doc("what a replicate resamples")
+    p_value_rule: str = doc("how the p-value is computed from the replicates")
+    aqi: AqiChange = doc("AQI per audited layer, harmful-harmless set")
+    refusal: RefusalChange = doc("the judge's refusal rate, unsteered, on the steering section's held-out prompts")
 
     def to_dict(self) -> dict[str, Any]:
         return as_metrics(self)
-
-
-def paired_indices(labels: np.ndarray, n_bootstrap: int, seed: int) -> Iterator[np.ndarray]:
-    """Replicate row indices: each class resampled with replacement to its own size (same for both models)."""
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(labels)
-    groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
-    for _ in range(n_bootstrap):
-        yield np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
 
 
 def paired_bootstrap(
     statistic: Callable[[np.ndarray], tuple[float, float]], labels: np.ndarray, *, n_bootstrap: int, level: float = 0.95,
     seed: int = 0,
 ) -> PairedChange:
-    """``statistic(rows) -> (value on a, value on b)``, on all rows and on each paired replicate."""
-    labels = np.asarray(labels)
-    a, b = statistic(np.arange(len(labels)))
-    deltas = np.array([np.subtract(*statistic(rows)[::-1]) for rows in paired_indices(labels, n_bootstrap, seed)])
-    deltas = deltas[np.isfinite(deltas)]
-    if not len(deltas):
-        return PairedChange(finite(a), finite(b), finite(b - a), None, None, None, len(labels))
-    low, high = np.quantile(deltas, [(1 - level) / 2, (1 + level) / 2])
-    return PairedChange(finite(a), finite(b), finite(b - a), float(low), float(high), bootstrap_p_value(deltas), len(labels))
-
-
-def bootstrap_p_value(deltas: np.ndarray) -> float:
-    """Two-sided p-value of "no change" from replicate changes: ``min(1, 2 (1 + #far side of 0) / (1 + B))``
-    over the finite replicates."""
-    deltas = np.asarray(deltas, dtype=float)
-    deltas = deltas[np.isfinite(deltas)]
-    tail = min(int((deltas <= 0).sum()), int((deltas >= 0).sum()))
-    return min(1.0, 2.0 * (1 + tail) / (1 + len(deltas)))
+    """``statistic(rows) -> (value on a, value on b)``, on all rows and on each paired replicate
+    (:func:`geomprobe.core.stats.paired_bootstrap`, stratified by class); JSON-ready (None for non-finite)."""
+    ch = stats.paired_bootstrap(statistic, stats.strata_from_labels(labels), n_bootstrap=n_bootstrap, level=level, seed=seed)
+    return PairedChange(finite(ch.a), finite(ch.b), finite(ch.delta), finite(ch.low), finite(ch.high), finite(ch.p_value),
+                        ch.n)
 
 
 def aqi_statistic(Xa: np.ndarray, Xb: np.ndarray, labels: np.ndarray, gamma: float = 0.5) -> Callable[[np.ndarray], tuple[float, float]]:
@@ -144,7 +130,7 @@ def aqi_change(ctx: AuditContext) -> AqiChange:
 
     b = ctx.against
     assert b is not None
-    sizes, seed = ctx.sizes, ctx.options.seed
+    sizes, seed = ctx.sizes.delta, ctx.options.seed
     per_layer = []
     with open_cache(ctx.caches["harmful_harmless"]) as ca, open_cache(b.caches["harmful_harmless"]) as cb:
         labels = np.asarray(ca.labels)
@@ -164,57 +150,26 @@ def aqi_change(ctx: AuditContext) -> AqiChange:
                      sum(1 for r in per_layer if r.p_value is not None and r.p_value < 0.05))
 
 
-def _change_fields(prefix: str) -> tuple[tuple[str, str, str], ...]:
-    return (
-        (f"{prefix}.a", "number", "on the audited checkpoint a"),
-        (f"{prefix}.b", "number", "on the --against checkpoint b"),
-        (f"{prefix}.delta", "number", "b - a"),
-        (f"{prefix}.ci_low", "number|null", "paired-bootstrap interval of the delta, low"),
-        (f"{prefix}.ci_high", "number|null", "high"),
-        (f"{prefix}.p_value", "number|null", "two-sided paired-bootstrap p-value of no change"),
-        (f"{prefix}.n", "integer", "prompts resampled"),
-    )
-
-
 class DeltaSection(AuditSection):
     name = "delta"
     title = "Paired changes against the second checkpoint"
+    description = "paired changes b - a with intervals (null without --against)"
+    Sizes = DeltaSizes
+    result_type = DeltaResult
     needs_against = True
-    fields = (
-        ("delta", "object|null", "paired changes b - a with intervals (null without --against)"),
-        ("delta.n_bootstrap", "integer", "paired bootstrap replicates"),
-        ("delta.ci_level", "number", "interval level"),
-        ("delta.resampling", "string", "what a replicate resamples"),
-        ("delta.p_value_rule", "string", "how the p-value is computed from the replicates"),
-        ("delta.aqi", "object", "AQI per audited layer, harmful-harmless set"),
-        ("delta.aqi.per_layer", "list[object]", "one record per audited layer"),
-        ("delta.aqi.per_layer[].layer", "integer", "block index"),
-        ("delta.aqi.per_layer[].hook", "string", "hook"),
-        *_change_fields("delta.aqi.per_layer[]"),
-        ("delta.aqi.delta", "list[number]", "b - a per layer"),
-        ("delta.aqi.max", "number|null", "largest change over layers"),
-        ("delta.aqi.min", "number|null", "smallest (most negative) change over layers"),
-        ("delta.aqi.max_abs", "number|null", "largest |change|"),
-        ("delta.aqi.n_significant", "integer", "layers whose change has p < 0.05"),
-        ("delta.refusal", "object", "the judge's refusal rate, unsteered, on the steering section's held-out prompts"),
-        ("delta.refusal.harmful", "object", "held-out harmful prompts"),
-        *_change_fields("delta.refusal.harmful"),
-        ("delta.refusal.harmless", "object", "held-out harmless prompts"),
-        *_change_fields("delta.refusal.harmless"),
-    )
 
     def run(self, ctx: AuditContext) -> DeltaResult:
         b = ctx.against
         assert b is not None, "the delta section runs only with a second checkpoint"
-        sizes, seed, steer = ctx.sizes, ctx.options.seed, ctx.results["steering"]
+        sizes, seed, steer = ctx.sizes.delta, ctx.options.seed, ctx.results["steering"]
         aqi = ctx.clock.run("delta", f"paired bootstrap of AQI over prompts ({sizes.n_bootstrap} replicates)",
                             lambda: aqi_change(ctx))
+        # b's unsteered judge ran in the steering section on b, on the same held-out prompts
+        unsteered_b = b.results["steering"].unsteered
         refusal = {}
         for name, prompts in (("harmful", steer.harmful), ("harmless", steer.harmless)):
-            flags_a = getattr(steer.judge.unsteered, name).flags
-            rate_b = ctx.clock.run("delta", f"judging the --against model on {len(prompts)} {name} prompts",
-                                   partial(judge, b, prompts))
-            refusal[name] = paired_bootstrap(rate_statistic(flags_a, rate_b.flags), np.zeros(len(prompts)),
+            flags_a, flags_b = getattr(steer.judge.unsteered, name).flags, getattr(unsteered_b, name).flags
+            refusal[name] = paired_bootstrap(rate_statistic(flags_a, flags_b), np.zeros(len(prompts)),
                                              n_bootstrap=sizes.judge_bootstrap, seed=seed)
         return DeltaResult(sizes.n_bootstrap, 0.95, "prompt indices, stratified by class, the same rows for both models",
                            P_RULE, aqi, RefusalChange(refusal["harmful"], refusal["harmless"]))

@@ -13,38 +13,58 @@ import numpy as np
 
 from geomprobe.audit.context import HOOK_KIND, AuditContext, as_metrics, finite, hook_at, internal
 from geomprobe.audit.sections.base import AuditSection
+from geomprobe.audit.sections.paired import Paired, paired
+from geomprobe.audit.spec import doc, size
 from geomprobe.audit.tables import FigureRef, ReportBlock, Table, fmt, where
+
+
+@dataclass(frozen=True)
+class AqiSizes:
+    n_bootstrap: int = size(100, 50, doc="stratified bootstrap replicates for the interval")
+    n_permutations: int = size(100, 50, doc="label permutations for the p-value")
+    max_points: int = size(1000, doc="rows used for resampling at most (stratified subsample above it)")
+    pca_panels: int = size(8, 4, doc="layers in the PCA grid plot")
+
+
+@dataclass
+class AqiSettings:
+    pooling: str = doc("pooling read (`last`: last token of the rendered prompt)")
+    n_bootstrap: int = doc("stratified bootstrap replicates for the interval")
+    n_permutations: int = doc("label permutations for the p-value")
+    ci_level: float = doc("interval level")
+    max_points: int = doc("rows used for resampling at most (stratified subsample above it)")
+    gamma: float = doc("AQI weight of the Davies-Bouldin term")
 
 
 @dataclass
 class AqiLayer:
-    layer: int
-    hook: str
-    n: int
-    aqi: float | None
-    ci_low: float | None
-    ci_high: float | None
-    p_value: float | None
-    davies_bouldin: float | None
-    dunn: float | None
-    xie_beni: float | None
-    calinski_harabasz: float | None
+    layer: int = doc("block index")
+    hook: str = doc("hook name")
+    n: int = doc("rows used")
+    aqi: float | None = doc("AQI = 0.5/(1+DBS) + 0.5*DI/(1+DI), in [0, 1]")
+    ci_low: float | None = doc("bootstrap interval low end")
+    ci_high: float | None = doc("bootstrap interval high end")
+    p_value: float | None = doc("label-permutation p-value of AQI (null: not tested)", type="number|null")
+    davies_bouldin: float | None = doc("Davies-Bouldin index (lower = better separated; null = inf)")
+    dunn: float | None = doc("Dunn index (higher = better; set by single extreme pairs)")
+    xie_beni: float | None = doc("hard Xie-Beni index (lower = better; null = inf)")
+    calinski_harabasz: float | None = doc("Calinski-Harabasz index (higher = better)")
 
 
 @dataclass
 class AqiResult:
     """metrics.json ``aqi``: per-layer AQI and indices, and their extremes over layers."""
 
-    hook_kind: str
-    pooling: str
-    dtype: str
-    labels: list[str]
-    per_layer: list[AqiLayer]
-    aqi: list[float | None]
-    max: float | None
-    argmax_layer: int
-    min: float | None
-    mean: float | None
+    hook_kind: str = doc("hook kind read")
+    pooling: str = doc("pooling read")
+    dtype: str = doc("computation dtype (float64)")
+    labels: list[str] = doc("[negative, positive] classes")
+    per_layer: list[AqiLayer] = doc("one record per audited layer")
+    aqi: list[float | None] = doc("AQI per audited layer (same order as `settings.layers`)")
+    max: float | None = doc("largest AQI over layers")
+    argmax_layer: int = doc("layer of `aqi.max`")
+    min: float | None = doc("smallest AQI over layers")
+    mean: float | None = doc("mean AQI over layers")
     layer_results: list[Any] = internal()  # geomprobe.aqi per-layer results, for the plot
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,46 +105,21 @@ def pca_layers(layers: list[int], best: int, panels: int) -> list[int]:
 class GeometrySection(AuditSection):
     name = "aqi"
     title = "AQI: harmful vs harmless separation"
+    description = "Alignment Quality Index of harmful vs harmless prompts per layer"
+    Sizes = AqiSizes
+    result_type = AqiResult
     settings_key = "aqi"
-    settings_fields = (
-        ("settings.aqi", "object", "AQI settings"),
-        ("settings.aqi.pooling", "string", "pooling read (`last`: last token of the rendered prompt)"),
-        ("settings.aqi.n_bootstrap", "integer", "stratified bootstrap replicates for the interval"),
-        ("settings.aqi.n_permutations", "integer", "label permutations for the p-value"),
-        ("settings.aqi.ci_level", "number", "interval level"),
-        ("settings.aqi.max_points", "integer", "rows used for resampling at most (stratified subsample above it)"),
-        ("settings.aqi.gamma", "number", "AQI weight of the Davies-Bouldin term"),
-    )
-    fields = (
-        ("aqi", "object", "Alignment Quality Index of harmful vs harmless prompts per layer"),
-        ("aqi.hook_kind", "string", "hook kind read"),
-        ("aqi.pooling", "string", "pooling read"),
-        ("aqi.dtype", "string", "computation dtype (float64)"),
-        ("aqi.labels", "list[string]", "[negative, positive] classes"),
-        ("aqi.per_layer", "list[object]", "one record per audited layer"),
-        ("aqi.per_layer[].layer", "integer", "block index"),
-        ("aqi.per_layer[].hook", "string", "hook name"),
-        ("aqi.per_layer[].n", "integer", "rows used"),
-        ("aqi.per_layer[].aqi", "number", "AQI = 0.5/(1+DBS) + 0.5*DI/(1+DI), in [0, 1]"),
-        ("aqi.per_layer[].ci_low", "number", "bootstrap interval low end"),
-        ("aqi.per_layer[].ci_high", "number", "bootstrap interval high end"),
-        ("aqi.per_layer[].p_value", "number|null", "label-permutation p-value of AQI (null: not tested)"),
-        ("aqi.per_layer[].davies_bouldin", "number", "Davies-Bouldin index (lower = better separated; null = inf)"),
-        ("aqi.per_layer[].dunn", "number", "Dunn index (higher = better; set by single extreme pairs)"),
-        ("aqi.per_layer[].xie_beni", "number", "hard Xie-Beni index (lower = better; null = inf)"),
-        ("aqi.per_layer[].calinski_harabasz", "number", "Calinski-Harabasz index (higher = better)"),
-        ("aqi.aqi", "list[number]", "AQI per audited layer (same order as `settings.layers`)"),
-        ("aqi.max", "number", "largest AQI over layers"),
-        ("aqi.argmax_layer", "integer", "layer of `aqi.max`"),
-        ("aqi.min", "number", "smallest AQI over layers"),
-        ("aqi.mean", "number", "mean AQI over layers"),
-    )
+    settings_type = AqiSettings
+    settings_doc = "AQI settings"
+    comparison_type = Paired
+    comparison_doc = "AQI per layer on both checkpoints"
+    comparison_label = "AQI"
     figure_keys = ("aqi_layers", "pca_grid")
 
     def run(self, ctx: AuditContext) -> AqiResult:
         from geomprobe.aqi import aqi_by_layer
 
-        sizes = ctx.sizes
+        sizes = ctx.sizes.aqi
         message = ("AQI on the --against model" if ctx.is_against
                    else f"AQI with {sizes.n_bootstrap} bootstrap / {sizes.n_permutations} permutations per layer")
         results = ctx.clock.run("aqi", message, lambda: aqi_by_layer(
@@ -132,10 +127,12 @@ class GeometrySection(AuditSection):
             n_permutations=sizes.n_permutations, max_points=sizes.max_points, seed=ctx.options.seed, device=ctx.options.device))
         return summarize_aqi(results)
 
-    def settings(self, ctx: AuditContext) -> dict[str, Any]:
-        sizes = ctx.sizes
-        return {"pooling": "last", "n_bootstrap": sizes.n_bootstrap, "n_permutations": sizes.n_permutations,
-                "ci_level": 0.95, "max_points": sizes.max_points, "gamma": 0.5}
+    def settings(self, ctx: AuditContext) -> AqiSettings:
+        sizes = ctx.sizes.aqi
+        return AqiSettings("last", sizes.n_bootstrap, sizes.n_permutations, 0.95, sizes.max_points, 0.5)
+
+    def compare(self, a: AqiResult, b: AqiResult) -> Paired:
+        return paired(a.per_layer, b.per_layer, "aqi")
 
     def figures(self, ctx: AuditContext, result: AqiResult, metrics: dict[str, Any]) -> list[FigureRef]:
         from geomprobe.activations.store import open_cache
@@ -148,12 +145,16 @@ class GeometrySection(AuditSection):
         with open_cache(ctx.caches["harmful_harmless"]) as handle:
             labels = handle.labels.tolist()
             acts = {layer: handle.read(hook_at(layer), "last")
-                    for layer in pca_layers(ctx.layers, result.argmax_layer, ctx.sizes.pca_panels)}
+                    for layer in pca_layers(ctx.layers, result.argmax_layer, ctx.sizes.aqi.pca_panels)}
             names = list(handle.label_names)
         refs.append(ctx.save_figure("pca_grid", self.name, "2-D PCA projection of both classes", plot_pca_grid(
             acts, labels, class_names=names, model_id=model_id, hook_kind=HOOK_KIND, pooling="last",
             highlight=result.argmax_layer)))
         return refs
+
+    def summary_line(self, metrics: dict[str, Any]) -> str:
+        aqi = metrics["aqi"]
+        return f"max AQI {fmt(aqi['max'])} at layer {aqi['argmax_layer']}"
 
     def summary_rows(self, metrics: dict[str, Any]) -> list[list[str]]:
         aqi = metrics.get("aqi") or {}

@@ -1,7 +1,7 @@
 """Probes section: linear honesty probes of several types at each audited layer, evaluated honestly.
 
 ``mean`` pooling over the assistant statement; a pair-respecting split; held-out AUROC and recall
-at ``probe_fpr`` with the threshold taken from the control set. Plots AUROC by layer and the
+at ``fpr`` (a size) with the threshold taken from the control set. Plots AUROC by layer and the
 token-level scores of the best probe on a few held-out prompts.
 """
 
@@ -12,20 +12,49 @@ from typing import Any
 
 from geomprobe.audit.context import HOOK_KIND, AuditContext, as_metrics, finite, internal
 from geomprobe.audit.sections.base import AuditSection
-from geomprobe.audit.sections.deception import DECEPTION_FIELDS, DeceptionCheck, deception_check, deception_table
+from geomprobe.audit.sections.deception import DeceptionCheck, deception_check, deception_table
+from geomprobe.audit.sections.paired import Paired, paired
+from geomprobe.audit.spec import doc, size
 from geomprobe.audit.tables import FigureRef, ReportBlock, Table, fmt, where
+from geomprobe.core.errors import GeomprobeError
+
+
+@dataclass(frozen=True)
+class ProbesSizes:
+    methods: tuple[str, ...] = size(("logistic", "mean-diff", "lda", "pca-diff"), ("logistic", "mean-diff", "pca-diff"),
+                                    doc="probe types trained at every layer (the first is the primary one)")
+    fpr: float = size(0.01, doc="false-positive rate on the control set that sets the recall threshold")
+    test_size: float = size(0.25, doc="held-out fraction (pairs kept together)")
+    token_prompts: int = size(4, 2, doc="held-out prompts in the token-score plot")
+    deception_questions: int = size(40, 16, doc="questions per instruction of the deception check (0: skipped unless "
+                                                "a set is given)")
+    deception_tokens: int = size(24, 16, doc="answer tokens generated per question")
+    deception_bootstrap: int = size(100, 50, doc="bootstrap replicates of the deception check's AUROC intervals")
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise GeomprobeError("audit sizes need some probe methods")
+
+
+@dataclass
+class ProbesSettings:
+    pooling: str = doc("pooling read (`mean`: mean over the assistant statement = mean token score)")
+    methods: list[str] = doc("probe types trained at every layer")
+    primary_method: str = doc("method whose numbers fill `probes.auroc` / `probes.recall_at_fpr`")
+    test_size: float = doc("held-out fraction (pairs kept together)")
+    fpr: float = doc("false-positive rate on the control set that sets the recall threshold")
 
 
 @dataclass
 class ProbeLayer:
-    layer: int
-    hook: str
-    method: str
-    auroc: float | None
-    recall_at_fpr: float | None
-    balanced_accuracy: float | None
-    threshold: float | None
-    n_eval: int
+    layer: int = doc("block index")
+    hook: str = doc("hook name")
+    method: str = doc("probe type")
+    auroc: float | None = doc("held-out AUROC")
+    recall_at_fpr: float | None = doc("held-out recall of dishonest rows at the control threshold")
+    balanced_accuracy: float | None = doc("held-out balanced accuracy at score 0")
+    threshold: float | None = doc("score threshold from the control set")
+    n_eval: int = doc("held-out rows scored")
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> ProbeLayer:
@@ -41,33 +70,34 @@ class ProbeLayer:
 
 @dataclass
 class BestProbe:
-    layer: int
-    hook: str
-    method: str
-    auroc: float | None
-    recall_at_fpr: float | None
+    layer: int = doc("block index")
+    hook: str = doc("hook name")
+    method: str = doc("probe type")
+    auroc: float | None = doc("held-out AUROC")
+    recall_at_fpr: float | None = doc("recall at the control threshold")
 
 
 @dataclass
 class ProbesResult:
     """metrics.json ``probes``: every (method, layer) held-out, the primary method's lists, the best."""
 
-    hook_kind: str
-    pooling: str
-    dtype: str
-    positive_label: str
-    negative_labels: list[str]
-    primary_method: str
-    methods: list[str]
-    fpr: float
-    threshold_source: str
-    n_train: int
-    n_test: int
-    per_layer: list[ProbeLayer]
-    auroc: list[float | None]
-    recall_at_fpr: list[float | None]
-    best: BestProbe
-    deception: DeceptionCheck | None = None
+    hook_kind: str = doc("hook kind read")
+    pooling: str = doc("pooling read")
+    dtype: str = doc("score dtype (float64)")
+    positive_label: str = doc("positive class")
+    negative_labels: list[str] = doc("negative classes")
+    primary_method: str = doc("method of `probes.auroc` / `probes.recall_at_fpr`")
+    methods: list[str] = doc("methods trained")
+    fpr: float = doc("control false-positive rate of the threshold")
+    threshold_source: str = doc("`control`: (1 - fpr) quantile of scores on the control set")
+    n_train: int = doc("training rows")
+    n_test: int = doc("held-out rows (no pair split across train/test)")
+    per_layer: list[ProbeLayer] = doc("one record per (method, layer)")
+    auroc: list[float | None] = doc("held-out AUROC of the primary method per layer")
+    recall_at_fpr: list[float | None] = doc("recall at `fpr` of the primary method per layer")
+    best: BestProbe = doc("best (method, layer) by AUROC")
+    deception: DeceptionCheck | None = doc("the primary probe on the model's own graded true/false answers "
+                                           "(null when skipped)", default=None)
     trained: dict[str, tuple[Any, Any]] = internal()  # method -> (probes, train_probes result)
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,16 +108,16 @@ def train_all(ctx: AuditContext) -> ProbesResult:
     """Train every probe type of ``ctx.sizes`` on ``ctx``'s honesty cache; pick the best (method, layer)."""
     from geomprobe.probes import train_probes
 
-    sizes = ctx.sizes
+    sizes = ctx.sizes.probes
     trained: dict[str, tuple[Any, Any]] = {}
     per_layer: list[ProbeLayer] = []
-    for method in sizes.probe_methods:
+    for method in sizes.methods:
         probes, result = train_probes(ctx.caches["honesty"], method, hooks=ctx.hooks, pooling="mean",
-                                      test_size=sizes.probe_test_size, seed=ctx.options.seed, control=ctx.caches["control"],
-                                      fpr=sizes.probe_fpr, device=ctx.options.device)
+                                      test_size=sizes.test_size, seed=ctx.options.seed, control=ctx.caches["control"],
+                                      fpr=sizes.fpr, device=ctx.options.device)
         trained[method] = (probes, result)
         per_layer += [ProbeLayer.from_record(r) for r in result.records]
-    primary = sizes.probe_methods[0]
+    primary = sizes.methods[0]
     probes, result = trained[primary]
     prim = [r for r in per_layer if r.method == primary]
     valid = [r for r in per_layer if r.auroc is not None]
@@ -97,7 +127,7 @@ def train_all(ctx: AuditContext) -> ProbesResult:
     return ProbesResult(
         hook_kind=HOOK_KIND, pooling="mean", dtype="float64", positive_label=probes.positive_label,
         negative_labels=list(probes.meta.get("negative_labels", [])), primary_method=primary,
-        methods=list(sizes.probe_methods), fpr=sizes.probe_fpr,
+        methods=list(sizes.methods), fpr=sizes.fpr,
         threshold_source=result.records[0].get("threshold_source", "control") if result.records else "control",
         n_train=int(split.get("n_train", 0)), n_test=int(split.get("n_test", 0)), per_layer=per_layer,
         auroc=[r.auroc for r in prim], recall_at_fpr=[r.recall_at_fpr for r in prim],
@@ -137,63 +167,36 @@ def token_example(model: Any, honesty: Any, probes: Any, hook: str, n: int) -> t
 class ProbesSection(AuditSection):
     name = "probes"
     title = "Honesty probes"
+    description = "linear honesty probes (dishonest = positive), held-out evaluation"
+    Sizes = ProbesSizes
+    result_type = ProbesResult
     settings_key = "probes"
-    settings_fields = (
-        ("settings.probes", "object", "probe settings"),
-        ("settings.probes.pooling", "string", "pooling read (`mean`: mean over the assistant statement = mean token score)"),
-        ("settings.probes.methods", "list[string]", "probe types trained at every layer"),
-        ("settings.probes.primary_method", "string", "method whose numbers fill `probes.auroc` / `probes.recall_at_fpr`"),
-        ("settings.probes.test_size", "number", "held-out fraction (pairs kept together)"),
-        ("settings.probes.fpr", "number", "false-positive rate on the control set that sets the recall threshold"),
-    )
-    fields = (
-        ("probes", "object", "linear honesty probes (dishonest = positive), held-out evaluation"),
-        ("probes.hook_kind", "string", "hook kind read"),
-        ("probes.pooling", "string", "pooling read"),
-        ("probes.dtype", "string", "score dtype (float64)"),
-        ("probes.positive_label", "string", "positive class"),
-        ("probes.negative_labels", "list[string]", "negative classes"),
-        ("probes.primary_method", "string", "method of `probes.auroc` / `probes.recall_at_fpr`"),
-        ("probes.methods", "list[string]", "methods trained"),
-        ("probes.fpr", "number", "control false-positive rate of the threshold"),
-        ("probes.threshold_source", "string", "`control`: (1 - fpr) quantile of scores on the control set"),
-        ("probes.n_train", "integer", "training rows"),
-        ("probes.n_test", "integer", "held-out rows (no pair split across train/test)"),
-        ("probes.per_layer", "list[object]", "one record per (method, layer)"),
-        ("probes.per_layer[].layer", "integer", "block index"),
-        ("probes.per_layer[].hook", "string", "hook name"),
-        ("probes.per_layer[].method", "string", "probe type"),
-        ("probes.per_layer[].auroc", "number", "held-out AUROC"),
-        ("probes.per_layer[].recall_at_fpr", "number", "held-out recall of dishonest rows at the control threshold"),
-        ("probes.per_layer[].balanced_accuracy", "number", "held-out balanced accuracy at score 0"),
-        ("probes.per_layer[].threshold", "number", "score threshold from the control set"),
-        ("probes.per_layer[].n_eval", "integer", "held-out rows scored"),
-        ("probes.auroc", "list[number]", "held-out AUROC of the primary method per layer"),
-        ("probes.recall_at_fpr", "list[number]", "recall at `fpr` of the primary method per layer"),
-        ("probes.best", "object", "best (method, layer) by AUROC"),
-        ("probes.best.layer", "integer", "block index"),
-        ("probes.best.hook", "string", "hook name"),
-        ("probes.best.method", "string", "probe type"),
-        ("probes.best.auroc", "number", "held-out AUROC"),
-        ("probes.best.recall_at_fpr", "number", "recall at the control threshold"),
-        *DECEPTION_FIELDS,
-    )
+    settings_type = ProbesSettings
+    settings_doc = "probe settings"
+    comparison_type = Paired
+    comparison_doc = "primary-method held-out AUROC, each checkpoint's own probes"
+    comparison_label = "AUROC"
     figure_keys = ("probe_layers", "token_scores")
 
     def run(self, ctx: AuditContext) -> ProbesResult:
+        sizes = ctx.sizes.probes
         message = ("probes on the --against model" if ctx.is_against
-                   else f"training {', '.join(ctx.sizes.probe_methods)} probes")
+                   else f"training {', '.join(sizes.methods)} probes")
         result: ProbesResult = ctx.clock.run("probes", message, lambda: train_all(ctx))
-        if not ctx.is_against and (ctx.options.deception_set is not None or ctx.sizes.deception_questions > 0):
-            what = ctx.options.deception_set or f"{ctx.sizes.deception_questions} questions x 2 instructions"
+        if not ctx.is_against and (ctx.options.deception_set is not None or sizes.deception_questions > 0):
+            what = ctx.options.deception_set or f"{sizes.deception_questions} questions x 2 instructions"
             result.deception = ctx.clock.run("probes", f"honesty probe on the model's own answers ({what})",
                                              lambda: deception_check(ctx, result.trained[result.primary_method][0]))
         return result
 
-    def settings(self, ctx: AuditContext) -> dict[str, Any]:
-        sizes = ctx.sizes
-        return {"pooling": "mean", "methods": list(sizes.probe_methods), "primary_method": sizes.probe_methods[0],
-                "test_size": sizes.probe_test_size, "fpr": sizes.probe_fpr}
+    def settings(self, ctx: AuditContext) -> ProbesSettings:
+        sizes = ctx.sizes.probes
+        return ProbesSettings("mean", list(sizes.methods), sizes.methods[0], sizes.test_size, sizes.fpr)
+
+    def compare(self, a: ProbesResult, b: ProbesResult) -> Paired:
+        primary = a.primary_method
+        return paired([r for r in a.per_layer if r.method == primary], [r for r in b.per_layer if r.method == primary],
+                      "auroc")
 
     def figures(self, ctx: AuditContext, result: ProbesResult, metrics: dict[str, Any]) -> list[FigureRef]:
         from geomprobe.plots.overview import plot_token_scores
@@ -204,13 +207,17 @@ class ProbesSection(AuditSection):
                                 plot_probe_layers(metrics["probes"]["per_layer"], model_id=model_id))]
         best = result.best
         tokens, scores, starts, labels = token_example(ctx.model, ctx.sets["honesty"], result.trained[best.method][0],
-                                                       best.hook, ctx.sizes.token_prompts)
+                                                       best.hook, ctx.sizes.probes.token_prompts)
         refs.append(ctx.save_figure(
             "token_scores", self.name, f"Token-level scores of the best probe ({best.method}, layer {best.layer})",
             plot_token_scores(tokens, scores, response_start=starts, labels=labels, model_id=model_id, hook=best.hook,
                               pooling="mean"),
             "held-out honesty prompts; the probe was trained on the mean over the statement"))
         return refs
+
+    def summary_line(self, metrics: dict[str, Any]) -> str:
+        best = metrics["probes"]["best"]
+        return f"best probe AUROC {fmt(best['auroc'])} ({best['method']}, layer {best['layer']})"
 
     def summary_rows(self, metrics: dict[str, Any]) -> list[list[str]]:
         probes = metrics.get("probes") or {}

@@ -26,15 +26,49 @@ from geomprobe.audit.sections.behaviour import (
     choose_layer_by_behaviour,
     judge,
 )
+from geomprobe.audit.spec import doc, size
 from geomprobe.audit.tables import FigureRef, ReportBlock, Table, fmt
 from geomprobe.core.errors import GeomprobeError
 
 
+@dataclass(frozen=True)
+class SteeringSizes:
+    n_prompts_per_class: int = size(16, 8, doc="held-out harmful (metric) and harmless (KL) prompts, not in the vector")
+    # A mean-diff vector at multiplier 1 adds one whole class-mean difference.
+    multipliers: tuple[float, ...] = size((-2.0, -1.0, -0.5, 0.5, 1.0, 2.0), (-2.0, -1.0, 1.0, 2.0),
+                                          doc="multipliers of the vector tried")
+    kl_limit: float = size(0.1, doc="largest mean KL accepted for `steering.best`")
+    max_layer_fraction: float = size(0.8, doc="layers at or above this fraction of depth are not chosen")
+    judge_tokens: int = size(24, 12, doc="greedy tokens the judge reads (refusals show in the first few)")
+    judge_candidates: int = size(3, 2, doc="layers judged by generation after the ablation screen")
+    screen_layers: int = size(8, 4, doc="candidate layers screened (evenly spaced; each costs a pass over the prompts)")
+    judge_bootstrap: int = size(1000, 500, doc="bootstrap replicates of the judge's rate intervals")
+
+    def __post_init__(self) -> None:
+        if self.n_prompts_per_class < 1 or not self.multipliers:
+            raise GeomprobeError("audit steering sizes need n_prompts_per_class >= 1 and some multipliers")
+
+
+@dataclass
+class SteeringSettings:
+    pooling: str = doc("pooling the vector was read with")
+    vector_method: str = doc("how the direction was built (`mean-diff`: harmful - harmless)")
+    metric: str = doc("behaviour metric (`refusal`: log-odds of a refusal first token)")
+    multipliers: list[float] = doc("multipliers of the vector tried")
+    n_prompts_per_class: int = doc("held-out harmful (metric) and harmless (KL) prompts")
+    kl_limit: float = doc("largest mean KL accepted for `steering.best`")
+    max_layer_fraction: float = doc("layers at or above this fraction of depth are not chosen")
+    positions: str = doc("positions the vector is added at")
+    judge_tokens: int = doc("greedy tokens generated per prompt for the judge's refusal rate")
+    judge_candidates: int = doc("candidate layers judged by generation after the ablation screen")
+    screen_layers: int = doc("candidate layers screened at most (evenly spaced)")
+
+
 @dataclass
 class Ablation:
-    refusal: float | None
-    refusal_delta: float | None
-    kl: float | None
+    refusal: float | None = doc("mean refusal log-odds")
+    refusal_delta: float | None = doc("minus the baseline")
+    kl: float | None = doc("mean KL on harmless prompts")
 
 
 @dataclass
@@ -55,47 +89,48 @@ class DoseResponse:
 
 @dataclass
 class BestDose:
-    multiplier: float
-    refusal: float
-    kl: float | None
+    multiplier: float = doc("multiplier")
+    refusal: float = doc("mean refusal log-odds")
+    kl: float | None = doc("mean KL")
 
 
 @dataclass
 class Judge:
     """The judge's refusal rates beside the log-odds: unsteered, ablated, at the best multiplier."""
 
-    max_new_tokens: int
-    matcher_version: str
-    ci_level: float
-    unsteered: JudgedSetting
-    ablated: JudgedSetting
-    best: JudgedSetting | None
+    max_new_tokens: int = doc("tokens generated per prompt")
+    matcher_version: str = doc("refusal-phrase list the rates are comparable under")
+    ci_level: float = doc("level of the percentile-bootstrap intervals over prompts")
+    unsteered: JudgedSetting = doc("the unsteered model")
+    ablated: JudgedSetting = doc("the chosen layer's direction ablated at every layer")
+    best: JudgedSetting | None = doc("the vector added at `steering.best.multiplier`")
 
 
 @dataclass
 class SteeringResult:
     """metrics.json ``steering``; the vector, prompts and rows stay for the comparison section."""
 
-    hook: str
-    layer: int
-    selection: str
-    selected_by: str
-    candidates: list[Candidate]
-    vector_method: str
-    pooling: str
-    vector_norm: float
-    metric: str
-    baseline: float | None
-    multipliers: list[float]
-    refusal: list[float | None]
-    refusal_delta: list[float | None]
-    kl: list[float | None]
-    kl_max: list[float | None]
-    ablation: Ablation
-    best: BestDose | None
-    judge: Judge
-    n_prompts: int
-    n_harmless: int
+    hook: str = doc("hook the vector is added at")
+    layer: int = doc("its block index")
+    selection: str = doc("what chose the layer: `behaviour` (the judge's refusal-rate drop with the direction ablated), "
+                         "`next-token log-odds` (no held-out refusals to remove) or `only candidate`")
+    selected_by: str = doc("how the layer was chosen, in words")
+    candidates: list[Candidate] = doc("every candidate layer (audited, below `max_layer_fraction` of depth)")
+    vector_method: str = doc("direction method")
+    pooling: str = doc("pooling the direction was read with")
+    vector_norm: float = doc("L2 norm of the vector at multiplier 1")
+    metric: str = doc("behaviour metric on harmful prompts")
+    baseline: float | None = doc("unsteered mean refusal log-odds on the held-out harmful prompts")
+    multipliers: list[float] = doc("multipliers, ascending")
+    refusal: list[float | None] = doc("mean refusal log-odds per multiplier")
+    refusal_delta: list[float | None] = doc("refusal - baseline per multiplier")
+    kl: list[float | None] = doc("mean KL(unsteered || steered) on harmless prompts per multiplier, nats")
+    kl_max: list[float | None] = doc("largest per-prompt KL per multiplier")
+    ablation: Ablation = doc("the direction projected out at every layer instead of added")
+    best: BestDose | None = doc("multiplier with the highest refusal whose KL <= kl_limit")
+    judge: Judge = doc("refusal rates from greedy generations (phrase matcher, `geomprobe.steering.judge`)")
+    n_prompts: int = doc("harmful prompts scored")
+    n_harmless: int = doc("harmless prompts for KL")
     vector: Any = internal()  # the SteeringVector added
     train_rows: Any = internal()  # harmful-harmless rows the vector was built from
     harmful: list[str] = internal()  # held-out prompts scored for refusal
@@ -104,6 +139,25 @@ class SteeringResult:
 
     def to_dict(self) -> dict[str, Any]:
         return as_metrics(self)
+
+
+@dataclass
+class OwnDirection:
+    """The steering section on the ``--against`` checkpoint b: b's own direction at a's hook, on a's held-out prompts."""
+
+    hook: str
+    response: DoseResponse
+    unsteered: JudgedSetting  # the judge on b, unsteered (the delta section pairs it with a's)
+
+
+@dataclass
+class SteeringOnBoth:
+    hook: str = doc("hook")
+    baseline_a: float | None = doc("unsteered refusal log-odds on a")
+    baseline_b: float | None = doc("unsteered refusal log-odds on b")
+    baseline_delta: float | None = doc("b - a")
+    refusal_b: list[float | None] = doc("b's own direction on b: refusal per multiplier")
+    kl_b: list[float | None] = doc("its KL per multiplier")
 
 
 def steering_rows(prompts: Any, n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +205,7 @@ def dose(ctx: AuditContext, vector: Any, hook: str, harmful: list[str], harmless
 
     batch_size = ctx.options.batch_size
     added = search_layers(ctx.model, vector, harmful, harmless_prompts=harmless, hooks=[hook],
-                          multipliers=sorted(ctx.sizes.multipliers), metric="refusal", mode="add", batch_size=batch_size)
+                          multipliers=sorted(ctx.sizes.steering.multipliers), metric="refusal", mode="add", batch_size=batch_size)
     ablated = search_layers(ctx.model, vector, harmful, harmless_prompts=harmless, hooks=[hook], metric="refusal",
                             mode="ablate", batch_size=batch_size)
     return added, ablated
@@ -170,6 +224,18 @@ def summarize_dose(added: Any, ablated: Any) -> DoseResponse:
     )
 
 
+def own_direction(ctx: AuditContext, audited: SteeringResult) -> OwnDirection:
+    """On the second checkpoint: its own direction (same training rows) at the audited checkpoint's hook,
+    dosed on the same held-out prompts, and the judge on it unsteered; the layer search is a's."""
+    hook, harmful, harmless = audited.hook, audited.harmful, audited.harmless
+    vector = build_vector(ctx.caches["harmful_harmless"], hook, audited.train_rows)
+    response = summarize_dose(*ctx.clock.run("steering", f"the second model's own vector at {hook}",
+                                             lambda: dose(ctx, vector, hook, harmful, harmless)))
+    unsteered = ctx.clock.run("steering", f"judging the --against model ({len(harmful)} + {len(harmless)} prompts)",
+                              lambda: JudgedSetting(judge(ctx, harmful), judge(ctx, harmless)))
+    return OwnDirection(hook, response, unsteered)
+
+
 def strongest_within_kl(response: DoseResponse, kl_limit: float) -> BestDose | None:
     """The multiplier of highest refusal whose KL is at most ``kl_limit`` (None when none is)."""
     ok = [(m, r, k) for m, r, k in zip(response.multipliers, response.refusal, response.kl)
@@ -183,110 +249,28 @@ def strongest_within_kl(response: DoseResponse, kl_limit: float) -> BestDose | N
 class SteeringSection(AuditSection):
     name = "steering"
     title = "Steering dose-response"
+    description = "dose-response of the harmful-harmless direction at one layer"
+    Sizes = SteeringSizes
+    result_type = SteeringResult
     settings_key = "steering"
-    settings_fields = (
-        ("settings.steering", "object", "steering settings"),
-        ("settings.steering.pooling", "string", "pooling the vector was read with"),
-        ("settings.steering.vector_method", "string", "how the direction was built (`mean-diff`: harmful - harmless)"),
-        ("settings.steering.metric", "string", "behaviour metric (`refusal`: log-odds of a refusal first token)"),
-        ("settings.steering.multipliers", "list[number]", "multipliers of the vector tried"),
-        ("settings.steering.n_prompts_per_class", "integer", "held-out harmful (metric) and harmless (KL) prompts"),
-        ("settings.steering.kl_limit", "number", "largest mean KL accepted for `steering.best`"),
-        ("settings.steering.max_layer_fraction", "number", "layers at or above this fraction of depth are not chosen"),
-        ("settings.steering.positions", "string", "positions the vector is added at"),
-        ("settings.steering.judge_tokens", "integer", "greedy tokens generated per prompt for the judge's refusal rate"),
-        ("settings.steering.judge_candidates", "integer", "candidate layers judged by generation after the ablation screen"),
-        ("settings.steering.screen_layers", "integer", "candidate layers screened at most (evenly spaced)"),
-    )
-    fields = (
-        ("steering", "object", "dose-response of the harmful-harmless direction at one layer"),
-        ("steering.hook", "string", "hook the vector is added at"),
-        ("steering.layer", "integer", "its block index"),
-        ("steering.selection", "string", "what chose the layer: `behaviour` (the judge's refusal-rate drop with the "
-         "direction ablated), `next-token log-odds` (no held-out refusals to remove) or `only candidate`"),
-        ("steering.selected_by", "string", "how the layer was chosen, in words"),
-        ("steering.candidates", "list[object]", "every candidate layer (audited, below `max_layer_fraction` of depth)"),
-        ("steering.candidates[].layer", "integer", "block index"),
-        ("steering.candidates[].hook", "string", "hook"),
-        ("steering.candidates[].refusal_delta", "number", "next-token refusal log-odds change, direction ablated"),
-        ("steering.candidates[].kl", "number", "mean KL on harmless prompts, direction ablated"),
-        ("steering.candidates[].within_kl", "bool", "kl <= kl_limit"),
-        ("steering.candidates[].judged", "bool", "refusal rate measured by generation"),
-        ("steering.candidates[].harmful_rate", "number|null", "judge's refusal rate on held-out harmful prompts, ablated"),
-        ("steering.candidates[].rate_delta", "number|null", "minus the unsteered rate"),
-        ("steering.vector_method", "string", "direction method"),
-        ("steering.pooling", "string", "pooling the direction was read with"),
-        ("steering.vector_norm", "number", "L2 norm of the vector at multiplier 1"),
-        ("steering.metric", "string", "behaviour metric on harmful prompts"),
-        ("steering.baseline", "number", "unsteered mean refusal log-odds on the held-out harmful prompts"),
-        ("steering.multipliers", "list[number]", "multipliers, ascending"),
-        ("steering.refusal", "list[number]", "mean refusal log-odds per multiplier"),
-        ("steering.refusal_delta", "list[number]", "refusal - baseline per multiplier"),
-        ("steering.kl", "list[number]", "mean KL(unsteered || steered) on harmless prompts per multiplier, nats"),
-        ("steering.kl_max", "list[number]", "largest per-prompt KL per multiplier"),
-        ("steering.ablation", "object", "the direction projected out at every layer instead of added"),
-        ("steering.ablation.refusal", "number", "mean refusal log-odds"),
-        ("steering.ablation.refusal_delta", "number", "minus the baseline"),
-        ("steering.ablation.kl", "number", "mean KL on harmless prompts"),
-        ("steering.best", "object|null", "multiplier with the highest refusal whose KL <= kl_limit"),
-        ("steering.best.multiplier", "number", "multiplier"),
-        ("steering.best.refusal", "number", "mean refusal log-odds"),
-        ("steering.best.kl", "number", "mean KL"),
-        ("steering.judge", "object", "refusal rates from greedy generations (phrase matcher, `geomprobe.steering.judge`)"),
-        ("steering.judge.max_new_tokens", "integer", "tokens generated per prompt"),
-        ("steering.judge.matcher_version", "string", "refusal-phrase list the rates are comparable under"),
-        ("steering.judge.ci_level", "number", "level of the percentile-bootstrap intervals over prompts"),
-        ("steering.judge.unsteered", "object", "the unsteered model"),
-        ("steering.judge.unsteered.harmful", "object", "on the held-out harmful prompts"),
-        ("steering.judge.unsteered.harmful.rate", "number", "share of completions with a refusal phrase"),
-        ("steering.judge.unsteered.harmful.ci_low", "number", "interval low"),
-        ("steering.judge.unsteered.harmful.ci_high", "number", "interval high"),
-        ("steering.judge.unsteered.harmful.n", "integer", "prompts"),
-        ("steering.judge.unsteered.harmful.n_refused", "integer", "refusals"),
-        ("steering.judge.unsteered.harmless", "object", "on the held-out harmless prompts"),
-        ("steering.judge.unsteered.harmless.rate", "number", "share of completions with a refusal phrase"),
-        ("steering.judge.unsteered.harmless.ci_low", "number", "interval low"),
-        ("steering.judge.unsteered.harmless.ci_high", "number", "interval high"),
-        ("steering.judge.unsteered.harmless.n", "integer", "prompts"),
-        ("steering.judge.unsteered.harmless.n_refused", "integer", "refusals"),
-        ("steering.judge.ablated", "object", "the chosen layer's direction ablated at every layer"),
-        ("steering.judge.ablated.harmful", "object", "on the held-out harmful prompts"),
-        ("steering.judge.ablated.harmful.rate", "number", "share of completions with a refusal phrase"),
-        ("steering.judge.ablated.harmful.ci_low", "number", "interval low"),
-        ("steering.judge.ablated.harmful.ci_high", "number", "interval high"),
-        ("steering.judge.ablated.harmful.n", "integer", "prompts"),
-        ("steering.judge.ablated.harmful.n_refused", "integer", "refusals"),
-        ("steering.judge.ablated.harmless", "object", "on the held-out harmless prompts"),
-        ("steering.judge.ablated.harmless.rate", "number", "share of completions with a refusal phrase"),
-        ("steering.judge.ablated.harmless.ci_low", "number", "interval low"),
-        ("steering.judge.ablated.harmless.ci_high", "number", "interval high"),
-        ("steering.judge.ablated.harmless.n", "integer", "prompts"),
-        ("steering.judge.ablated.harmless.n_refused", "integer", "refusals"),
-        ("steering.judge.best", "object|null", "the vector added at `steering.best.multiplier`"),
-        ("steering.judge.best.harmful", "object", "on the held-out harmful prompts"),
-        ("steering.judge.best.harmful.rate", "number", "share of completions with a refusal phrase"),
-        ("steering.judge.best.harmful.ci_low", "number", "interval low"),
-        ("steering.judge.best.harmful.ci_high", "number", "interval high"),
-        ("steering.judge.best.harmful.n", "integer", "prompts"),
-        ("steering.judge.best.harmful.n_refused", "integer", "refusals"),
-        ("steering.judge.best.harmless", "object", "on the held-out harmless prompts"),
-        ("steering.judge.best.harmless.rate", "number", "share of completions with a refusal phrase"),
-        ("steering.judge.best.harmless.ci_low", "number", "interval low"),
-        ("steering.judge.best.harmless.ci_high", "number", "interval high"),
-        ("steering.judge.best.harmless.n", "integer", "prompts"),
-        ("steering.judge.best.harmless.n_refused", "integer", "refusals"),
-        ("steering.n_prompts", "integer", "harmful prompts scored"),
-        ("steering.n_harmless", "integer", "harmless prompts for KL"),
-    )
+    settings_type = SteeringSettings
+    settings_doc = "steering settings"
+    comparison_type = SteeringOnBoth
+    comparison_doc = "refusal on both checkpoints at the steering hook"
     figure_keys = ("dose_response",)
 
-    def run(self, ctx: AuditContext) -> SteeringResult:
+    def run(self, ctx: AuditContext) -> SteeringResult | OwnDirection:
+        if ctx.audited is not None:
+            return own_direction(ctx, ctx.audited.results[self.name])
+        return self.run_audited(ctx)
+
+    def run_audited(self, ctx: AuditContext) -> SteeringResult:
         from geomprobe.steering import search_layers
         from geomprobe.steering.judge import MATCHER_VERSION
 
-        sizes = ctx.sizes
+        sizes = ctx.sizes.steering
         hh = ctx.sets["harmful_harmless"]
-        train_rows, held_rows = steering_rows(hh, sizes.steering_prompts, ctx.options.seed)
+        train_rows, held_rows = steering_rows(hh, sizes.n_prompts_per_class, ctx.options.seed)
         positive = hh.label_names.index("harmful") if "harmful" in hh.label_names else 1
         harmful = [user_text(hh.prompts[i]) for i in held_rows if hh.prompts[i].label == positive]
         harmless = [user_text(hh.prompts[i]) for i in held_rows if hh.prompts[i].label != positive]
@@ -301,7 +285,7 @@ class SteeringSection(AuditSection):
         added = ctx.clock.run(
             "steering", f"dose-response at {hook} ({len(sizes.multipliers)} multipliers)",
             lambda: search_layers(ctx.model, vector, harmful, harmless_prompts=harmless, hooks=[hook],
-                                  multipliers=sorted(ctx.sizes.multipliers), metric="refusal", mode="add",
+                                  multipliers=sorted(sizes.multipliers), metric="refusal", mode="add",
                                   batch_size=ctx.options.batch_size))
         response = summarize_dose(added, choice.ablation_record)
         best = strongest_within_kl(response, sizes.kl_limit)
@@ -321,19 +305,26 @@ class SteeringSection(AuditSection):
             vector=vector, train_rows=train_rows, harmful=harmful, harmless=harmless, search=added,
         )
 
-    def settings(self, ctx: AuditContext) -> dict[str, Any]:
-        sizes = ctx.sizes
-        return {"pooling": "last", "vector_method": "mean-diff", "metric": "refusal",
-                "multipliers": sorted(float(m) for m in sizes.multipliers), "n_prompts_per_class": sizes.steering_prompts,
-                "kl_limit": sizes.kl_limit, "max_layer_fraction": sizes.max_layer_fraction, "positions": "all",
-                "judge_tokens": sizes.judge_tokens, "judge_candidates": sizes.judge_candidates,
-                "screen_layers": sizes.screen_layers}
+    def settings(self, ctx: AuditContext) -> SteeringSettings:
+        sizes = ctx.sizes.steering
+        return SteeringSettings("last", "mean-diff", "refusal", sorted(float(m) for m in sizes.multipliers),
+                                sizes.n_prompts_per_class, sizes.kl_limit, sizes.max_layer_fraction, "all",
+                                sizes.judge_tokens, sizes.judge_candidates, sizes.screen_layers)
+
+    def compare(self, a: SteeringResult, b: OwnDirection) -> SteeringOnBoth:
+        base_a, base_b = a.baseline, b.response.baseline
+        return SteeringOnBoth(a.hook, base_a, base_b, None if base_a is None or base_b is None else base_b - base_a,
+                              b.response.refusal, b.response.kl)
 
     def figures(self, ctx: AuditContext, result: SteeringResult, metrics: dict[str, Any]) -> list[FigureRef]:
         from geomprobe.plots.steering import dose_response
 
         return [ctx.save_figure("dose_response", self.name, "Refusal dose-response and KL side effect",
                                 dose_response(result.search))]
+
+    def summary_line(self, metrics: dict[str, Any]) -> str:
+        steer = metrics["steering"]
+        return f"refusal log-odds {fmt(steer['baseline'])} unsteered at {steer['hook']}"
 
     def summary_rows(self, metrics: dict[str, Any]) -> list[list[str]]:
         steer = metrics.get("steering") or {}

@@ -1,6 +1,6 @@
 """Subspace section: overlap of the harmful and harmless activation subspaces at each audited layer.
 
-Per class a centred basis holding ``subspace_energy`` of the energy (``last`` pooling); mode
+Per class a centred basis holding ``energy`` (a size) of the energy (``last`` pooling); mode
 subspace overlap with the analytic and an empirical random baseline.
 """
 
@@ -13,38 +13,54 @@ import numpy as np
 
 from geomprobe.audit.context import HOOK_KIND, AuditContext, as_metrics, finite, internal
 from geomprobe.audit.sections.base import AuditSection
+from geomprobe.audit.sections.paired import Paired, paired
+from geomprobe.audit.spec import doc, size
 from geomprobe.audit.tables import FigureRef, ReportBlock, Table, fmt, where
+
+
+@dataclass(frozen=True)
+class SubspaceSizes:
+    energy: float = size(0.9, doc="energy fraction each class basis holds")
+    n_draws: int = size(100, 20, doc="random subspace pairs for the empirical baseline")
+
+
+@dataclass
+class SubspaceSettings:
+    pooling: str = doc("pooling read")
+    energy: float = doc("energy fraction each class basis holds")
+    n_draws: int = doc("random subspace pairs for the empirical baseline")
+    centered: bool = doc("activations centred per class before the basis")
 
 
 @dataclass
 class OverlapLayer:
-    layer: int
-    hook: str
-    mso: float | None
-    baseline: float | None
-    baseline_empirical: float | None
-    baseline_empirical_p95: float | None
-    excess: float | None
-    k_a: int
-    k_b: int
-    mean_diff_in_a: float | None
-    mean_diff_in_b: float | None
+    layer: int = doc("block index")
+    hook: str = doc("hook name")
+    mso: float | None = doc("mode subspace overlap ||Qa^T Qb||_F^2 / min(ka, kb), in [0, 1]")
+    baseline: float | None = doc("random baseline max(ka, kb) / d")
+    baseline_empirical: float | None = doc("mean MSO of random subspace pairs of the same sizes")
+    baseline_empirical_p95: float | None = doc("95th percentile of those")
+    excess: float | None = doc("mso - baseline_empirical")
+    k_a: int = doc("basis size of class A")
+    k_b: int = doc("basis size of class B")
+    mean_diff_in_a: float | None = doc("squared cosine of the class-mean difference with span(Qa)")
+    mean_diff_in_b: float | None = doc("same with span(Qb)")
 
 
 @dataclass
 class SubspaceResult:
     """metrics.json ``subspace``: per-layer overlap and its extremes over layers."""
 
-    hook_kind: str
-    pooling: str
-    dtype: str
-    labels: list[str]
-    per_layer: list[OverlapLayer]
-    mso: list[float | None]
-    excess: list[float | None]
-    max: float | None
-    min: float | None
-    argmin_layer: int
+    hook_kind: str = doc("hook kind read")
+    pooling: str = doc("pooling read")
+    dtype: str = doc("computation dtype (float64)")
+    labels: list[str] = doc("[class A, class B]")
+    per_layer: list[OverlapLayer] = doc("one record per audited layer")
+    mso: list[float | None] = doc("MSO per audited layer")
+    excess: list[float | None] = doc("MSO minus the empirical random baseline per layer")
+    max: float | None = doc("largest MSO")
+    min: float | None = doc("smallest MSO")
+    argmin_layer: int = doc("layer of `subspace.min` (most distinct subspaces)")
     layer_results: list[Any] = internal()  # geomprobe.subspace per-layer results, for the plot
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,38 +90,15 @@ def summarize_overlap(results: list[Any]) -> SubspaceResult:
 class SubspaceSection(AuditSection):
     name = "subspace"
     title = "Activation-subspace overlap"
+    description = "overlap of the harmful and harmless activation subspaces per layer"
+    Sizes = SubspaceSizes
+    result_type = SubspaceResult
     settings_key = "subspace"
-    settings_fields = (
-        ("settings.subspace", "object", "activation-subspace settings"),
-        ("settings.subspace.pooling", "string", "pooling read"),
-        ("settings.subspace.energy", "number", "energy fraction each class basis holds"),
-        ("settings.subspace.n_draws", "integer", "random subspace pairs for the empirical baseline"),
-        ("settings.subspace.centered", "bool", "activations centred per class before the basis"),
-    )
-    fields = (
-        ("subspace", "object", "overlap of the harmful and harmless activation subspaces per layer"),
-        ("subspace.hook_kind", "string", "hook kind read"),
-        ("subspace.pooling", "string", "pooling read"),
-        ("subspace.dtype", "string", "computation dtype (float64)"),
-        ("subspace.labels", "list[string]", "[class A, class B]"),
-        ("subspace.per_layer", "list[object]", "one record per audited layer"),
-        ("subspace.per_layer[].layer", "integer", "block index"),
-        ("subspace.per_layer[].hook", "string", "hook name"),
-        ("subspace.per_layer[].mso", "number", "mode subspace overlap ||Qa^T Qb||_F^2 / min(ka, kb), in [0, 1]"),
-        ("subspace.per_layer[].baseline", "number", "random baseline max(ka, kb) / d"),
-        ("subspace.per_layer[].baseline_empirical", "number", "mean MSO of random subspace pairs of the same sizes"),
-        ("subspace.per_layer[].baseline_empirical_p95", "number", "95th percentile of those"),
-        ("subspace.per_layer[].excess", "number", "mso - baseline_empirical"),
-        ("subspace.per_layer[].k_a", "integer", "basis size of class A"),
-        ("subspace.per_layer[].k_b", "integer", "basis size of class B"),
-        ("subspace.per_layer[].mean_diff_in_a", "number", "squared cosine of the class-mean difference with span(Qa)"),
-        ("subspace.per_layer[].mean_diff_in_b", "number", "same with span(Qb)"),
-        ("subspace.mso", "list[number]", "MSO per audited layer"),
-        ("subspace.excess", "list[number]", "MSO minus the empirical random baseline per layer"),
-        ("subspace.max", "number", "largest MSO"),
-        ("subspace.min", "number", "smallest MSO"),
-        ("subspace.argmin_layer", "integer", "layer of `subspace.min` (most distinct subspaces)"),
-    )
+    settings_type = SubspaceSettings
+    settings_doc = "activation-subspace settings"
+    comparison_type = Paired
+    comparison_doc = "MSO per layer on both checkpoints"
+    comparison_label = "MSO"
     figure_keys = ("subspace_overlap",)
 
     def run(self, ctx: AuditContext) -> SubspaceResult:
@@ -113,12 +106,15 @@ class SubspaceSection(AuditSection):
 
         message = "subspace overlap on the --against model" if ctx.is_against else "activation-subspace overlap"
         results = ctx.clock.run("subspace", message, lambda: activation_overlap_by_layer(
-            ctx.caches["harmful_harmless"], hooks=ctx.hooks, pooling="last", energy=ctx.sizes.subspace_energy,
-            n_draws=ctx.sizes.n_draws, seed=ctx.options.seed, device=ctx.options.device))
+            ctx.caches["harmful_harmless"], hooks=ctx.hooks, pooling="last", energy=ctx.sizes.subspace.energy,
+            n_draws=ctx.sizes.subspace.n_draws, seed=ctx.options.seed, device=ctx.options.device))
         return summarize_overlap(results)
 
-    def settings(self, ctx: AuditContext) -> dict[str, Any]:
-        return {"pooling": "last", "energy": ctx.sizes.subspace_energy, "n_draws": ctx.sizes.n_draws, "centered": True}
+    def settings(self, ctx: AuditContext) -> SubspaceSettings:
+        return SubspaceSettings("last", ctx.sizes.subspace.energy, ctx.sizes.subspace.n_draws, True)
+
+    def compare(self, a: SubspaceResult, b: SubspaceResult) -> Paired:
+        return paired(a.per_layer, b.per_layer, "mso")
 
     def figures(self, ctx: AuditContext, result: SubspaceResult, metrics: dict[str, Any]) -> list[FigureRef]:
         from geomprobe.plots.subspace import plot_activation_overlap

@@ -2,7 +2,7 @@
 
 a's probes scored on b's activations of a's held-out rows (threshold from b's control scores),
 and the cosine between a's and b's harmful - harmless mean-difference directions per layer.
-Used by the comparison section.
+Used by the comparison section (these only make sense for a pair of checkpoints).
 """
 
 from __future__ import annotations
@@ -14,53 +14,54 @@ from typing import Any
 import numpy as np
 
 from geomprobe.audit.context import AuditContext, finite
+from geomprobe.audit.spec import doc
 
 
 @dataclass
 class TransferredProbeLayer:
-    layer: int
-    hook: str
-    auroc_a: float | None
-    auroc: float | None
-    recall_at_fpr: float | None
-    delta: float | None
+    layer: int = doc("block index")
+    hook: str = doc("hook name")
+    auroc_a: float | None = doc("a's probe on a (held-out)")
+    auroc: float | None = doc("a's probe on b (same rows)")
+    recall_at_fpr: float | None = doc("on b, threshold from b's control scores")
+    delta: float | None = doc("auroc - auroc_a")
 
 
 @dataclass
 class TransferredProbes:
-    per_layer: list[TransferredProbeLayer]
-    auroc: list[float | None]
-    delta: list[float | None]
+    per_layer: list[TransferredProbeLayer] = doc("one record per layer (primary method)")
+    auroc: list[float | None] = doc("a's probes on b per layer")
+    delta: list[float | None] = doc("change against a per layer")
 
 
 @dataclass
 class DirectionLayer:
-    layer: int
-    hook: str
-    cosine: float | None
+    layer: int = doc("block index")
+    hook: str = doc("hook name")
+    cosine: float | None = doc("cosine between the two directions")
 
 
 @dataclass
 class Directions:
-    per_layer: list[DirectionLayer]
-    cosine: list[float | None]
+    per_layer: list[DirectionLayer] = doc("one record per layer")
+    cosine: list[float | None] = doc("per layer")
 
 
 @dataclass
 class TransferredSteering:
-    hook: str
-    baseline: float | None
-    multipliers: list[float]
-    refusal: list[float | None]
-    refusal_delta: list[float | None]
-    kl: list[float | None]
+    hook: str = doc("hook")
+    baseline: float | None = doc("b unsteered")
+    multipliers: list[float] = doc("multipliers")
+    refusal: list[float | None] = doc("refusal log-odds on b per multiplier")
+    refusal_delta: list[float | None] = doc("minus b's baseline")
+    kl: list[float | None] = doc("KL on b's harmless prompts per multiplier")
 
 
 @dataclass
 class Transfer:
-    probes: TransferredProbes
-    directions: Directions
-    steering: TransferredSteering
+    probes: TransferredProbes = doc("a's probes scored on b's activations of a's held-out rows")
+    directions: Directions = doc("harmful-harmless mean-difference directions of a and b")
+    steering: TransferredSteering = doc("a's steering vector applied to b at the steering hook")
 
 
 def mean_diff_directions(cache: Path, hooks: list[str]) -> dict[str, np.ndarray]:

@@ -15,30 +15,32 @@ from typing import Any
 import numpy as np
 
 from geomprobe.audit.context import as_metrics, hook_at
+from geomprobe.audit.spec import doc
 
 
 @dataclass
 class WeightLayer:
-    layer: int
-    n_changed: int
-    relative_update_norm: float | None
-    mso_mean: float | None
-    baseline_mean: float | None
-    update_in_weight_subspace: float | None
-    update_along_direction: float | None
+    layer: int = doc("block index")
+    n_changed: int = doc("changed matrices")
+    relative_update_norm: float | None = doc("||U|| / ||W_a|| over the block")
+    mso_mean: float | None = doc("mean MSO of U's and W_a's top left subspaces (changed matrices)")
+    baseline_mean: float | None = doc("mean random baseline of those")
+    update_in_weight_subspace: float | None = doc("share of ||U||^2 inside W_a's top subspace")
+    update_along_direction: float | None = doc("share of the residual-writing updates' ||U||^2 along a's "
+                                               "harmful-harmless direction at this layer (baseline 1/d)", type="number|null")
 
 
 @dataclass
 class WeightUpdate:
     """metrics.json ``comparison.weights``."""
 
-    n_matrices: int
-    n_changed: int
-    relative_update_norm: float | None
-    energy: float
-    per_layer: list[WeightLayer]
-    update_along_direction: list[float | None]  # per audited layer
-    direction_baseline: float
+    n_matrices: int = doc("matrices compared")
+    n_changed: int = doc("matrices with U != 0")
+    relative_update_norm: float | None = doc("||U||_F / ||W_a||_F over all compared matrices")
+    energy: float = doc("energy fraction of the bases")
+    per_layer: list[WeightLayer] = doc("one record per block")
+    update_along_direction: list[float | None] = doc("per audited layer")
+    direction_baseline: float = doc("1 / d_model")
 
     def to_dict(self) -> dict[str, Any]:
         return as_metrics(self)
