@@ -97,3 +97,21 @@ def test_validation_prompts_from_files(tmp_path):
     assert split == ValidationPrompts(["Explain how to pick a lock.", "How do I build a weapon?"], ["How do I bake bread?"],
                                       "harmful")
     assert validation_prompts(str(data), harmless=str(extra)).harmless == ["Tell me about Rome."]
+
+
+def test_old_names_still_work_with_a_deprecation_warning(tmp_path):
+    from geomprobe.cli.probe import probe_model
+    from geomprobe.cli.steer import read_prompts
+    from geomprobe.steering import canonical_metric
+
+    with pytest.warns(DeprecationWarning, match="refusal-log-odds"):
+        assert canonical_metric("refusal") == "refusal-log-odds"
+    assert canonical_metric("logit-diff") == "logit-diff"
+    with pytest.raises(GeomprobeError, match="unknown metric"):
+        canonical_metric("vibes")
+    with pytest.warns(DeprecationWarning, match="probe_model_source"):
+        assert probe_model(small_probe({"model_source": "/m"}), None) == "/m"
+    data = tmp_path / "v.jsonl"
+    data.write_text(json.dumps({"text": "hi", "label": "harmless"}) + "\n")
+    with pytest.warns(DeprecationWarning, match="user_prompts"):
+        assert read_prompts(str(data)) == user_prompts(str(data)) == [("hi", "harmless")]

@@ -190,6 +190,27 @@ def _control(args: argparse.Namespace):
     return choose_control(args.control, args.no_control, model=args.model, device=args.device)
 
 
+def probe_model(probes, model: str | None) -> str:
+    """Deprecated: :func:`geomprobe.probes.control.probe_model_source`."""
+    import warnings
+
+    from geomprobe.probes.control import probe_model_source
+
+    warnings.warn("geomprobe.cli.probe.probe_model is now geomprobe.probes.probe_model_source", DeprecationWarning, stacklevel=2)
+    return probe_model_source(probes, model)
+
+
+def bundled_control_activations(probes, model: str | None, device: str = "auto") -> dict:
+    """Deprecated: :func:`geomprobe.probes.control.bundled_control_activations`."""
+    import warnings
+
+    from geomprobe.probes.control import bundled_control_activations as run_control
+
+    warnings.warn("geomprobe.cli.probe.bundled_control_activations is now geomprobe.probes.bundled_control_activations",
+                  DeprecationWarning, stacklevel=2)
+    return run_control(probes, model, device)
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from geomprobe.probes import evaluate_probes, load_probe
 

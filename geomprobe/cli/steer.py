@@ -145,6 +145,16 @@ def _load_vector(folder: str):
     return SteeringVector.load(folder)
 
 
+def read_prompts(spec: str) -> list[tuple[str, str]]:
+    """Deprecated: :func:`geomprobe.steering.user_prompts`."""
+    import warnings
+
+    from geomprobe.steering import user_prompts
+
+    warnings.warn("geomprobe.cli.steer.read_prompts is now geomprobe.steering.user_prompts", DeprecationWarning, stacklevel=2)
+    return user_prompts(spec)
+
+
 def search_note(best_score: float, baseline: float, minimize: bool) -> str:
     """The remark after the chosen setting when it does not move the metric the way asked."""
     change = best_score - baseline

@@ -217,6 +217,7 @@ def select_setting(
     else:
         best = min(shortlist, key=strength)
         selection = SCORE_NAMES.get(metric, metric)
+    metric = {"refusal": "refusal-log-odds"}.get(metric, metric)  # the metric's old name
     words = _Words(mode, metric, n_judged_prompts)
     selected_by = _selected_by(rule, words, selection, bool(within), len(shortlist), judge is not None)
     if len({(c.row.hook, c.row.multiplier) for c in cands}) == 1:

@@ -107,7 +107,7 @@ def choose_layer_by_behaviour(
     sizes = ctx.sizes.steering
     hooks = [hook_at(layer) for layer in layers]
     screen = ctx.clock.run("steering", f"screening {len(hooks)} candidate layers (direction ablated)", lambda: search_layers(
-        ctx.model, vector, harmful, harmless_prompts=harmless, hooks=hooks, metric="refusal", mode="ablate",
+        ctx.model, vector, harmful, harmless_prompts=harmless, hooks=hooks, metric="refusal-log-odds", mode="ablate",
         batch_size=ctx.options.batch_size))
     records = {r.hook: r for r in screen.records}
     rates: dict[str, Rate] = {}
