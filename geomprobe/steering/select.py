@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from geomprobe.core.errors import GeomprobeError
@@ -148,7 +148,7 @@ class _Words:
     mode: str = "ablate"
     metric: str = "refusal-log-odds"
     n_prompts: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    prompt_kind: str = ""
 
 
 def candidate_layers(layers: Sequence[int], n_layers: int, max_layer_fraction: float,
@@ -175,12 +175,13 @@ def select_setting(
     mode: str = "ablate",
     metric: str = "refusal-log-odds",
     n_judged_prompts: int | None = None,
+    prompt_kind: str = "",
 ) -> LayerSelection:
     """Apply the layer-choice rule to a screen (see the module docstring).
 
     ``judge(row)`` returns the judge's rate with that setting; it is called once per shortlisted
     setting, in shortlist order, and only when ``unsteered_rate`` can still move the asked way.
-    ``mode``, ``metric`` and ``n_judged_prompts`` only word ``selected_by``.
+    ``mode``, ``metric``, ``n_judged_prompts`` and ``prompt_kind`` (e.g. "harmful") only word ``selected_by``.
     """
     steered = [r for r in rows if r.multiplier != 0]
     if not steered:
@@ -218,7 +219,7 @@ def select_setting(
         best = min(shortlist, key=strength)
         selection = SCORE_NAMES.get(metric, metric)
     metric = {"refusal": "refusal-log-odds"}.get(metric, metric)  # the metric's old name
-    words = _Words(mode, metric, n_judged_prompts)
+    words = _Words(mode, metric, n_judged_prompts, prompt_kind)
     selected_by = _selected_by(rule, words, selection, bool(within), len(shortlist), judge is not None)
     if len({(c.row.hook, c.row.multiplier) for c in cands}) == 1:
         selection = ONLY_CANDIDATE
@@ -234,7 +235,8 @@ def _selected_by(rule: LayerRule, words: _Words, selection: str, any_within: boo
     phrase = METRIC_PHRASES.get(words.metric, words.metric)
     among = (f"the {n_short} {unit} of strongest {phrase} {change} within the KL limit" if any_within else
              f"the {n_short} {unit} of smallest KL on harmless prompts (none within the KL limit)")
-    prompts = f"{words.n_prompts} held-out" if words.n_prompts is not None else "the"
+    kind = f" {words.prompt_kind}" if words.prompt_kind else ""
+    prompts = f"{words.n_prompts} held-out{kind}" if words.n_prompts is not None else f"the{kind}"
     if selection == BEHAVIOUR:
         return f"largest {change} in the judge's refusal rate on {prompts} prompts {how} (ties: smaller KL), among {among}"
     text = f"largest {change} in {phrase} {how}, among {among}"

@@ -123,7 +123,8 @@ def choose_layer_by_behaviour(
                      judge_candidates=max(1, sizes.judge_candidates), maximize=False)
     chosen = select_setting([ScreenRow.from_record(records[hook]) for hook in hooks], rule, n_layers=ctx.model.n_layers,
                             judge=judge_row, unsteered_rate=unsteered.rate,
-                            mode="ablate", metric="refusal-log-odds", n_judged_prompts=len(harmful))
+                            mode="ablate", metric="refusal-log-odds", n_judged_prompts=len(harmful),
+                            prompt_kind="harmful")
     cands = [Candidate(c.row.layer, c.row.hook, finite(c.row.score_delta), finite(c.row.kl), c.within_kl, c.judged,
                        c.rate, c.rate_delta) for c in chosen.candidates]
     best = next(c for c in cands if c.hook == chosen.hook)
