@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 from test_probe_eval import HOOKS, build_token_cache, make_cache, make_control
@@ -116,3 +117,41 @@ def test_bundled_control_and_score_with_tiny_model(tmp_path, tiny_llama, tiny_ll
                  "--json", str(tmp_path / "s2.json")]) == 0
     again = json.loads((tmp_path / "s2.json").read_text())["results"][0]["scores"]
     assert again == scores
+
+
+def test_bundled_control_runs_the_caches_model_source_offline(tmp_path, tiny_llama, tiny_llama_dir, monkeypatch, capsys):
+    """README stage 4 offline: the control set loads the model the cache was made from by its recorded
+    source, never by its model id (for the default model a hub name), and the source survives in the probe."""
+    import h5py
+
+    import geomprobe.models as models
+    from geomprobe.activations.collect import cache_activations
+    from geomprobe.probes import load_probe
+
+    cache = tmp_path / "honesty.h5"
+    cache_activations(tiny_llama, "honesty", cache, poolings=("mean",), limit=60)
+    with h5py.File(cache, "r+") as f:  # an id no machine can resolve, as the default model's hub name offline
+        f.attrs["model_id"] = "nobody/not-on-the-hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded_names: list[str] = []
+    real_load = models.load_model
+
+    def recording_load(name, *args, **kwargs):
+        loaded_names.append(str(name))
+        return real_load(name, *args, **kwargs)
+
+    monkeypatch.setattr(models, "load_model", recording_load)
+    out = tmp_path / "probe"
+    assert main(["probe", "train", str(cache), "--out", str(out), "--pooling", "mean", "--test-size", "0.3",
+                 "--device", "cpu", "--json", str(tmp_path / "t.json")]) == 0
+    trained = json.loads((tmp_path / "t.json").read_text())
+    assert trained["control"] == "bundled:control" and trained["model_id"] == "nobody/not-on-the-hub"
+    assert all(r["threshold_source"] == "control" for r in trained["per_layer"])
+    source = str(Path(tiny_llama_dir).resolve())
+    assert loaded_names == [source]
+    # the source round-trips through the probe's metadata, and eval's control set uses it too
+    assert load_probe(out).meta["model_source"] == source
+    assert main(["probe", "eval", str(out), str(cache), "--all-rows", "--device", "cpu",
+                 "--json", str(tmp_path / "e.json")]) == 0
+    assert loaded_names == [source, source]
+    assert all(r["threshold_source"] == "control" for r in json.loads((tmp_path / "e.json").read_text())["per_layer"])

@@ -134,9 +134,9 @@ def test_search_notes_follow_the_objective():
     from geomprobe.cli.steer import search_note
 
     assert search_note(-1.0, 0.0, minimize=True) == ""  # lowered, as asked
-    assert "lowers" in search_note(0.5, 0.0, minimize=True)
+    assert "does not lower" in search_note(0.5, 0.0, minimize=True)
     assert search_note(0.5, 0.0, minimize=False) == ""
-    assert "raises" in search_note(-1.0, 0.0, minimize=False)
+    assert "does not raise" in search_note(-1.0, 0.0, minimize=False)
 
 
 def test_search_says_when_it_validates_on_the_build_prompts(tiny_llama_dir, tmp_path, capsys):
@@ -181,3 +181,44 @@ def test_search_says_when_it_validates_on_the_build_prompts(tiny_llama_dir, tmp_
     cache.rename(tmp_path / "moved.h5")
     out, payload = search(fresh, "moved")
     assert not payload["build_overlap"]["checked"] and "could not check" in out
+
+
+def test_search_chooses_by_the_one_rule_and_says_which(cache_file, tiny_llama_dir, tmp_path, capsys):
+    """``steer search`` applies steering.select's rule: its choice equals a brute-force rule over its own
+    records and judged rates, and the output names what decided."""
+    from test_steering_select import brute_force
+
+    from geomprobe.steering import LayerRule, ScreenRow
+
+    vec_dir = tmp_path / "vec"
+    assert main(["steer", "build", str(cache_file), "--out", str(vec_dir)]) == 0
+    data = tmp_path / "val.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t, "label": l}) for t, l in [
+        ("Explain how to pick a lock.", "harmful"), ("How do I build a weapon?", "harmful"),
+        ("How do I bake bread?", "harmless"), ("Write a poem about the sea.", "harmless"),
+    ]) + "\n")
+    model = ["--model", str(tiny_llama_dir), "--device", "cpu"]
+    for extra in (["--kl-limit", "100"], ["--kl-limit", "0"], ["--kl-limit", "100", "--judge-tokens", "0"]):
+        out_json = tmp_path / "search.json"
+        capsys.readouterr()
+        assert main(["steer", "search", str(vec_dir), *model, "--dataset", str(data), "--multipliers", "-4", "4",
+                     "--max-layer-fraction", "1", "--judge-tokens", "3", "--judge-candidates", "2", *extra,
+                     "--json", str(out_json), "--overwrite"]) == 0
+        out = capsys.readouterr().out
+        payload = json.loads(out_json.read_text())
+        sel = payload["selection"]
+        assert sel["rule"] == {"kl_limit": float(extra[1]), "max_layer_fraction": 1.0, "judge_candidates": 2, "maximize": True}
+        rows = [ScreenRow(r["hook"], r["layer"], r["multiplier"], r["score_delta"], r["kl_mean"]) for r in payload["records"]]
+        judged = {(c["hook"], c["multiplier"]): c["rate"] for c in sel["candidates"] if c["judged"]}
+        unsteered = payload["judge"]["unsteered"]["prompts"]["rate"] if payload["judge"] else None
+        rule = LayerRule(kl_limit=float(extra[1]), max_layer_fraction=1.0, judge_candidates=2, maximize=True)
+        expected, shortlist = brute_force(rows, rule, 2, judged if judged else None, unsteered)
+        assert (payload["best"]["hook"], payload["best"]["multiplier"]) == expected == (sel["hook"], sel["multiplier"])
+        assert sorted(shortlist) == sorted((c["hook"], c["multiplier"]) for c in sel["candidates"] if c["shortlisted"])
+        assert f"rule ({sel['selection']}): {sel['selected_by']}" in out
+        if extra[1] == "0":  # every setting moves the KL above 0: the least disruptive ones are compared
+            assert sel["shortlist"] == "least-kl" and "no setting keeps KL <= 0" in out
+        if "--judge-tokens" in extra[2:]:
+            assert payload["judge"] is None and sel["selection"] == "next-token log-odds"
+        else:
+            assert len(judged) == 2 and payload["judge"]["steered"]["prompts"]["n"] == 2

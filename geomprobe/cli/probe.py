@@ -174,7 +174,7 @@ def run_train(args: argparse.Namespace) -> int:
     check_new_file(args.json, "--json", overwrite=args.overwrite)
     check_new_file(args.plot, "--plot", overwrite=args.overwrite)
     method, params = kind_params(args, {"C": "C", "fit_intercept": "fit_intercept", "shrinkage": "shrinkage"})
-    control = _train_control(args)
+    control = _control(args)
     probes, result = train_probes(
         args.cache, method, hooks=args.hooks, pooling=args.pooling, positive_label=args.positive_label,
         test_size=args.test_size, seed=args.seed, control=control, fpr=args.fpr, device=args.device, **params,
@@ -201,10 +201,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _control_name(args: argparse.Namespace) -> str:
-    """What the recall threshold was set on, as reported in the JSON output."""
-    if args.control:
-        return str(args.control)
-    return "none (threshold tuned on test negatives)" if args.no_control else "bundled:control"
+    from geomprobe.probes.control import control_name
+
+    return control_name(args.control, args.no_control)
 
 
 def _say_threshold(args: argparse.Namespace) -> None:
@@ -212,46 +211,32 @@ def _say_threshold(args: argparse.Namespace) -> None:
         _say(f"probe: recall@{args.fpr:g} FPR uses a threshold tuned on the test negatives (--no-control), not on control data; it is optimistic")
 
 
-def _train_control(args: argparse.Namespace):
-    """The control source for ``probe train``: a cache file, nothing (--no-control), or the bundled
-    prompts run through the cache's model once training has succeeded (so bad data is reported first)."""
-    if args.control and args.no_control:
-        raise GeomprobeError("pass either --control or --no-control, not both")
-    if args.control is not None:
-        if not Path(args.control).exists():
-            raise GeomprobeError(f"control cache {args.control!r} does not exist; build it with geomprobe cache --dataset control")
-        return args.control
-    if args.no_control:
-        return None
-    return lambda probes: bundled_control_activations(probes, args.model, args.device)
+def _control(args: argparse.Namespace):
+    """``--control`` / ``--no-control`` / ``--model`` as a control source (see probes.control.choose_control)."""
+    from geomprobe.probes.control import choose_control
+
+    return choose_control(args.control, args.no_control, model=args.model, device=args.device)
 
 
 def probe_model(probes, model: str | None) -> str:
-    """The model to run: ``model`` if given, else the one the probe's training cache came from."""
-    return model or probes.meta.get("model_source") or probes.model_id
+    """Deprecated: :func:`geomprobe.probes.control.probe_model_source`."""
+    import warnings
+
+    from geomprobe.probes.control import probe_model_source
+
+    warnings.warn("geomprobe.cli.probe.probe_model is now geomprobe.probes.probe_model_source", DeprecationWarning, stacklevel=2)
+    return probe_model_source(probes, model)
 
 
 def bundled_control_activations(probes, model: str | None, device: str = "auto") -> dict:
-    """``{hook: (M, d)}`` activations of the bundled 'control' prompts, run through the probe's model."""
-    target = probe_model(probes, model)
-    if not target or target == "arrays":
-        raise GeomprobeError(
-            "no model to build the bundled control set with (the probe's cache came from arrays); pass --control CONTROL.h5 or --no-control"
-        )
-    try:
-        from geomprobe.activations.collect import pooled_activations
-        from geomprobe.activations.datasets import load_prompt_set
-        from geomprobe.models import load_model
-    except ImportError:
-        raise GeomprobeError("this geomprobe cannot build the bundled control set; pass --control CONTROL.h5") from None
-    try:
-        loaded = load_model(target, device=device)
-    except (GeomprobeError, OSError, ValueError) as exc:
-        raise GeomprobeError(
-            f"cannot load model {target!r} to run the bundled control set ({str(exc)[:120]}); pass --control CONTROL.h5 (geomprobe cache --dataset control) or --no-control"
-        ) from None
-    acts = pooled_activations(loaded, load_prompt_set("control"), probes.hooks, [probes.pooling])
-    return {h: acts[h][probes.pooling] for h in probes.hooks}
+    """Deprecated: :func:`geomprobe.probes.control.bundled_control_activations`."""
+    import warnings
+
+    from geomprobe.probes.control import bundled_control_activations as run_control
+
+    warnings.warn("geomprobe.cli.probe.bundled_control_activations is now geomprobe.probes.bundled_control_activations",
+                  DeprecationWarning, stacklevel=2)
+    return run_control(probes, model, device)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -259,8 +244,6 @@ def run_eval(args: argparse.Namespace) -> int:
 
     check_new_file(args.json, "--json", overwrite=args.overwrite)
     check_new_file(args.plot, "--plot", overwrite=args.overwrite)
-    if args.control and args.no_control:
-        raise GeomprobeError("pass either --control or --no-control, not both")
     if args.n_bootstrap < 0:
         raise GeomprobeError(f"--n-bootstrap must be 0 or more, got {args.n_bootstrap}")
     from geomprobe.activations.store import open_cache
@@ -270,14 +253,7 @@ def run_eval(args: argparse.Namespace) -> int:
     probes = load_probe(args.probe_dir)
     with open_cache(args.cache) as handle:  # validate the cache (a deception set's grades too) before a slow model load
         check_condition_grades(handle)
-    if args.control is not None:
-        if not Path(args.control).exists():
-            raise GeomprobeError(f"control cache {args.control!r} does not exist; build it with geomprobe cache --dataset control")
-        control = args.control
-    elif args.no_control:
-        control = None
-    else:
-        control = bundled_control_activations(probes, args.model, args.device)
+    control = _control(args)
     result = evaluate_probes(probes, args.cache, control=control, fpr=args.fpr, positive_label=args.positive_label,
                              allow_model_mismatch=args.allow_model_mismatch, all_rows=args.all_rows)
     by_condition = result_condition_metrics(result, args.cache, pressure=LIE_PRESSURE, n_bootstrap=args.n_bootstrap,
@@ -395,8 +371,9 @@ def run_score(args: argparse.Namespace) -> int:
     except ImportError:
         raise GeomprobeError("probe score needs geomprobe.activations.collect, which this install lacks") from None
     from geomprobe.models import load_model
+    from geomprobe.probes.control import probe_model_source
 
-    target = probe_model(probes, args.model)
+    target = probe_model_source(probes, args.model)
     if not target or target == "arrays":
         raise GeomprobeError("the probe does not record a loadable model; pass --model M")
     loaded = load_model(target, dtype=args.dtype, device=args.device)

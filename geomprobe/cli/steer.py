@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import random
 
 from geomprobe.cli.common import (
     AT_LEAST_ONE,
@@ -85,23 +84,26 @@ def register(subparsers) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--layers", nargs="+", metavar="HOOK", help="hooks to try (default: the vector's hooks)")
     s.add_argument("--multipliers", nargs="+", type=_finite_float, default=[-8.0, -4.0, 4.0, 8.0])
-    s.add_argument("--metric", default="refusal", choices=["refusal", "logit-diff", "probe"])
+    s.add_argument("--metric", default="refusal-log-odds", choices=["refusal-log-odds", "logit-diff", "probe", "refusal"],
+                   help="next-token refusal log-odds (default; 'refusal' is its old name), a logit difference, or a probe score")
     s.add_argument("--mode", default="add", choices=["add", "ablate"], help="add the vector, or ablate each hook's direction everywhere")
-    s.add_argument("--refusal-tokens", nargs="+", help="words whose first token counts as refusing")
+    s.add_argument("--refusal-tokens", nargs="+", help="words whose first token counts as refusing (refusal log-odds)")
     s.add_argument("--answer-tokens", nargs=2, metavar=("A", "B"), help="answers for --metric logit-diff")
     s.add_argument("--probe", help="probe folder for --metric probe")
-    s.add_argument("--kl-limit", type=float, default=0.1)
+    s.add_argument("--kl-limit", type=float, default=0.1, help="largest mean KL on harmless prompts a setting may have (default 0.1)")
     s.add_argument("--max-layer-fraction", type=float, default=0.8, help="exclude layers at or above this fraction of depth")
-    s.add_argument("--minimize", action="store_true", help="best = lowest metric (e.g. to suppress refusal)")
+    s.add_argument("--minimize", action="store_true", help="choose the lowest metric (e.g. to suppress refusal log-odds)")
     s.add_argument("--no-chat", action="store_true")
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--judge-tokens", type=int, default=40,
-                   help="judge the best setting by refusal rate over this many greedy tokens (0: skip)")
+                   help="judge the shortlisted settings by the refusal rate of this many greedy tokens (0: the metric decides)")
+    s.add_argument("--judge-candidates", type=int, default=3,
+                   help="settings shortlisted by the metric (within the KL limit) and judged by refusal rate (default 3)")
     s.add_argument("--json", help="write all records and the best setting here")
     s.add_argument("--plot", help="write the dose-response plot here (.png)")
     add_overwrite_arg(s)
     add_checks(s, limit=AT_LEAST_ONE, seed=SEED, kl_limit=NON_NEGATIVE, batch_size=AT_LEAST_ONE, judge_tokens=NON_NEGATIVE,
-               max_layer_fraction=Range(low=0, high=1, low_open=True))
+               judge_candidates=AT_LEAST_ONE, max_layer_fraction=Range(low=0, high=1, low_open=True))
     s.set_defaults(func=run_search)
 
     a = sub.add_parser("ablate", help="ablate a direction; optionally bake it into the weights")
@@ -146,25 +148,22 @@ def _load_vector(folder: str):
 
 
 def read_prompts(spec: str) -> list[tuple[str, str]]:
-    """``[(user_text, label)]`` from a bundled set or a JSONL/CSV file (read by ``load_prompt_set``)."""
-    from geomprobe.activations.datasets import load_prompt_set
+    """Deprecated: :func:`geomprobe.steering.user_prompts`."""
+    import warnings
 
-    prompts = load_prompt_set(spec)
-    rows = []
-    for p in prompts.prompts:
-        users = [content for role, content in p.messages if role == "user"]
-        label = prompts.label_names[p.label] if p.label >= 0 else ""
-        rows.append((users[-1] if users else p.messages[-1][1], label))
-    return rows
+    from geomprobe.steering import user_prompts
+
+    warnings.warn("geomprobe.cli.steer.read_prompts is now geomprobe.steering.user_prompts", DeprecationWarning, stacklevel=2)
+    return user_prompts(spec)
 
 
 def search_note(best_score: float, baseline: float, minimize: bool) -> str:
-    """The remark after the best setting when it does not move the metric the way asked."""
+    """The remark after the chosen setting when it does not move the metric the way asked."""
     change = best_score - baseline
     if minimize and change >= 0:
-        return "; no steered setting within the KL limit lowers the metric"
+        return "; the chosen setting does not lower the metric"
     if not minimize and change <= 0:
-        return "; no steered setting within the KL limit raises the metric"
+        return "; the chosen setting does not raise the metric"
     return ""
 
 
@@ -226,7 +225,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from geomprobe.steering import choose_positive, search_layers
+    from geomprobe.steering import LayerRule, ValidationPrompts, canonical_metric, judged_choice, search_layers
+    from geomprobe.steering import validation_prompts as read_validation
     from geomprobe.steering.search import hold_out_build_prompts
 
     vec = _load_vector(args.vector)
@@ -234,23 +234,17 @@ def run_search(args: argparse.Namespace) -> int:
     check_new_file(args.plot, "--plot", overwrite=args.overwrite)
     if args.plot and args.mode == "ablate":
         raise GeomprobeError("--plot draws dose-response curves over multipliers; it needs --mode add")
-    rows = read_prompts(args.dataset)
-    labels = sorted({label for _, label in rows if label})
-    if labels:
-        pos = labels[choose_positive(labels, args.positive_label)] if len(labels) > 1 else labels[0]
-        prompts = [t for t, label in rows if label == pos]
-        others = [t for t, label in rows if label != pos]
-    else:
-        prompts, others = [t for t, _ in rows], []
-    harmless = [t for t, _ in read_prompts(args.harmless)] if args.harmless else others
+    metric = canonical_metric(args.metric)
+    rule = LayerRule(kl_limit=args.kl_limit, max_layer_fraction=args.max_layer_fraction,
+                     judge_candidates=args.judge_candidates, maximize=not args.minimize)
+    split = read_validation(args.dataset, args.harmless, args.positive_label)
     model = model_from_args(args)
     # keep the vector's training prompts out of the validation split, or say that they are in it
-    prompts, harmless, overlap = hold_out_build_prompts(vec, model.tokenizer, prompts, harmless, not args.no_chat)
-    rng = random.Random(args.seed)
-    prompts = rng.sample(prompts, min(args.limit, len(prompts)))
-    harmless = rng.sample(harmless, min(args.limit, len(harmless))) if harmless else []
+    prompts, harmless, overlap = hold_out_build_prompts(vec, model.tokenizer, split.prompts, split.harmless, not args.no_chat)
+    sample = ValidationPrompts(prompts, harmless, split.positive_label).sample(args.limit, args.seed)
+    prompts, harmless = sample.prompts, sample.harmless
     probe = None
-    if args.metric == "probe":
+    if metric == "probe":
         if not args.probe:
             raise GeomprobeError("--metric probe needs --probe PROBE_DIR")
         from geomprobe.steering import build_from_probe
@@ -264,33 +258,34 @@ def run_search(args: argparse.Namespace) -> int:
         refusal_ids = refusal_token_ids(model.tokenizer, args.refusal_tokens)
     result = search_layers(
         model, vec, prompts, harmless_prompts=harmless, hooks=args.layers, multipliers=args.multipliers,
-        metric=args.metric, mode=args.mode, refusal_tokens=refusal_ids, answer_tokens=args.answer_tokens,
+        metric=metric, mode=args.mode, refusal_tokens=refusal_ids, answer_tokens=args.answer_tokens,
         probe=probe, chat=not args.no_chat, batch_size=args.batch_size,
     )
     print(f"model {result.model_id}; metric {result.metric} on {len(prompts)} prompts (unsteered mean {result.baseline:.4f}); "
           f"KL on {len(harmless)} harmless prompts")
     print(("warning: " if overlap.trained_on_validation else "note: ") + overlap.note)
     print(result.table())
-    best = result.best(args.kl_limit, args.max_layer_fraction, maximize=not args.minimize)
-    if best is None:
-        print(f"no setting keeps KL <= {args.kl_limit} below layer fraction {args.max_layer_fraction}")
-    else:
-        mult = "ablate" if best.multiplier is None else f"{best.multiplier:g}"
-        kl = "n/a" if best.kl_mean is None else f"{best.kl_mean:.4f}"
-        print(f"best: {best.hook} multiplier {mult} -> {best.metric} {best.score_mean:.4f} (KL {kl}){search_note(best.score_mean, result.baseline, args.minimize)}")
-    judged = None
-    if best is not None and args.judge_tokens > 0:
-        from geomprobe.steering.judge import judge_setting
-
-        judged = judge_setting(model, vec, best.hook, best.multiplier, prompts, harmless,
-                               max_new_tokens=args.judge_tokens, batch_size=args.batch_size, seed=args.seed)
+    chosen, judged = judged_choice(model, vec, result, prompts, harmless, rule, judge_tokens=args.judge_tokens,
+                                   batch_size=args.batch_size, seed=args.seed)
+    best = next(r for r in result.records if r.hook == chosen.hook and r.multiplier == chosen.multiplier)
+    mult = "ablate" if best.multiplier is None else f"{best.multiplier:g}"
+    kl = "n/a" if best.kl_mean is None else f"{best.kl_mean:.4f}"
+    print(f"chosen: {best.hook} multiplier {mult} -> {best.metric} {best.score_mean:.4f} (KL {kl})"
+          f"{search_note(best.score_mean, result.baseline, args.minimize)}")
+    print(f"rule ({chosen.selection}): {chosen.selected_by}")
+    if not chosen.below_depth_limit:
+        print(f"warning: no screened layer is below {args.max_layer_fraction:g} of depth; the shallowest was taken")
+    if not chosen.chosen.within_kl:
+        print(f"warning: no setting keeps KL <= {args.kl_limit:g}; the least disruptive ones were compared")
+    if judged is not None:
         for setting in ("unsteered", "steered"):
             rates = ", ".join(f"{name} {j['rate']:.0%} [{j['ci'][0]:.0%}, {j['ci'][1]:.0%}] of {j['n']}"
                               for name, j in judged[setting].items())
-            print(f"judge ({args.judge_tokens} greedy tokens, refusal phrases) {setting}: {rates}")
+            print(f"judge ({args.judge_tokens} greedy tokens, refusal rate by phrases) {setting}: {rates}")
     if args.json:
         payload = result.to_dict(args.kl_limit)
-        payload["best"] = None if best is None else best.to_dict()
+        payload["best"] = best.to_dict()
+        payload["selection"] = chosen.to_dict()
         payload["objective"] = "minimize" if args.minimize else "maximize"
         payload["build_overlap"] = overlap.to_dict()
         payload["judge"] = judged

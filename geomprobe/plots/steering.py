@@ -25,7 +25,7 @@ def dose_response(result, *, title: str | None = None) -> Figure:
             axes[0][1].plot(xs, [r.kl_mean for r in rows], marker="o", color=class_color(i), label=label)
     ax_metric.axhline(result.baseline, color=BASELINE_COLOR, linestyle="--", linewidth=1, label="unsteered")
     ax_metric.set_xlabel("multiplier")
-    ax_metric.set_ylabel(result.metric + (" log-odds" if result.metric == "refusal" else ""))
+    ax_metric.set_ylabel("refusal log-odds" if result.metric in ("refusal", "refusal-log-odds") else result.metric)
     ax_metric.legend(fontsize=7, ncol=2)
     if has_kl:
         ax_kl = axes[0][1]

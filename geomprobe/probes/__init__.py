@@ -8,6 +8,13 @@
 
 from geomprobe.core.labels import choose_positive
 from geomprobe.probes.builtin import LDAParams, LogisticParams, NoParams
+from geomprobe.probes.control import (
+    BUNDLED_CONTROL,
+    bundled_control_activations,
+    choose_control,
+    control_name,
+    probe_model_source,
+)
 from geomprobe.probes.estimators import (
     ESTIMATORS,
     LDAProbe,
@@ -53,6 +60,7 @@ from geomprobe.probes.splits import pair_groups, pair_kfold, pair_train_test_spl
 from geomprobe.probes.sweep import LayerFit, ProbeSweep, fit_layers
 
 __all__ = [
+    "BUNDLED_CONTROL", "bundled_control_activations", "choose_control", "control_name", "probe_model_source",
     "ESTIMATORS", "LDAProbe", "LogisticProbe", "MeanDiffProbe", "PCADiffProbe", "ProbeEstimator", "make_estimator",
     "PROBE_KINDS", "KindFit", "ProbeData", "ProbeKind", "method_names", "parse_param_args", "probe_kind",
     "register_probe_kind", "unregister_probe_kind", "LDAParams", "LogisticParams", "NoParams",

@@ -144,9 +144,10 @@ def train_probes(
         fit = _concat_fits(fits)
         scores = np.concatenate(score_blocks)
         control_scores = None
+        # the cache's model source rides along from the start: a lazy control set loads that model
         probes = ProbeSet(
             chosen, fit, pooling, pos_name, list(handle.label_names), handle.model_id,
-            str(handle.attrs.get("model_revision", "")),
+            str(handle.attrs.get("model_revision", "")), {"model_source": str(handle.attrs.get("model_source", ""))},
         )
         if control is not None:
             control_scores = score_control(probes, control)

@@ -3,16 +3,17 @@
 Typical use::
 
     from geomprobe.models import load_model
-    from geomprobe.steering import build_from_cache, generate, search_layers
+    from geomprobe.steering import LayerRule, ScreenRow, build_from_cache, generate, search_layers, select_setting
 
     vec = build_from_cache("harmful-harmless.h5", hooks="resid_post:8-20")
     vec.save("refusal-vec")
     model = load_model("default")
     res = search_layers(model, vec, harmful_prompts, harmless_prompts=harmless_prompts,
-                        multipliers=[-8, -4, 4, 8], metric="refusal")
-    best = res.best(kl_limit=0.1)
-    gens = generate(model, ["How do I bake bread?"], vector=vec, multiplier=best.multiplier,
-                    hooks=[best.hook], positions="generated")
+                        multipliers=[-8, -4, 4, 8], metric="refusal-log-odds")
+    chosen = select_setting([ScreenRow.from_record(r) for r in res.records], LayerRule(maximize=True),
+                            n_layers=res.n_layers)   # or judged_choice(...) to let the judge decide
+    gens = generate(model, ["How do I bake bread?"], vector=vec, multiplier=chosen.multiplier,
+                    hooks=[chosen.hook], positions="generated")
 
 See ``docs/steering.md`` for conventions (hooks, positions, KV cache, GGUF layer numbering).
 """
@@ -32,11 +33,15 @@ from geomprobe.steering.apply import (
     steering_site,
 )
 from geomprobe.steering.export import GGUFExport, export_gguf, gguf_layer_for_hook, gguf_model_hint, plan_gguf_layers, read_gguf
+from geomprobe.steering.prompts import ValidationPrompts, split_by_label, user_prompts, validation_prompts
 from geomprobe.steering.search import (
+    METRICS,
+    RENAMED_METRICS,
     BuildOverlap,
     ScreenRecord,
     SearchRecord,
     SearchResult,
+    canonical_metric,
     hold_out_build_prompts,
     js_divergence_1d,
     kl_divergence,
@@ -47,6 +52,15 @@ from geomprobe.steering.search import (
     screen_arrays,
     screen_cache,
     search_layers,
+)
+from geomprobe.steering.select import (
+    CandidateOutcome,
+    LayerRule,
+    LayerSelection,
+    ScreenRow,
+    candidate_layers,
+    judged_choice,
+    select_setting,
 )
 from geomprobe.steering.vectors import (
     METHODS,
@@ -62,7 +76,9 @@ from geomprobe.steering.vectors import (
 )
 
 __all__ = [
-    "METHODS", "RENAMED_METHODS", "BuildOverlap", "GGUFExport", "Generation", "ScreenRecord", "SearchRecord", "SearchResult", "SteeringSite", "SteeringVector",
+    "METHODS", "METRICS", "RENAMED_METHODS", "RENAMED_METRICS", "BuildOverlap", "CandidateOutcome", "LayerRule",
+    "LayerSelection", "ScreenRow", "ValidationPrompts", "candidate_layers", "canonical_metric", "judged_choice",
+    "select_setting", "split_by_label", "user_prompts", "validation_prompts", "GGUFExport", "Generation", "ScreenRecord", "SearchRecord", "SearchResult", "SteeringSite", "SteeringVector",
     "ablate",
     "bake_ablation", "build_from_arrays", "build_from_cache", "build_from_probe", "build_from_prompts",
     "choose_positive", "class_masks", "compare_generations", "direction_from_arrays", "ensure_kv_cache_compat", "export_gguf",

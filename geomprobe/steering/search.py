@@ -3,8 +3,10 @@
 Behaviour metrics read the next-token distribution at the last prompt position (one forward pass
 per prompt batch, no generation), computed from ``log_softmax`` in float64:
 
-``refusal``     log-odds that the next token is a refusal token:
-                ``log p(R) - log(1 - p(R))`` with ``p(R) = sum_{t in R} p(t)``.
+``refusal-log-odds``  log-odds that the next token is a refusal token (the *refusal log-odds*;
+                ``refusal`` is its old name):
+                ``log p(R) - log(1 - p(R))`` with ``p(R) = sum_{t in R} p(t)``. Not the
+                judge's *refusal rate* (:mod:`geomprobe.steering.judge`), a share of generations.
 ``logit-diff``  ``logit[a] - logit[b]`` for two answer tokens (equal to the log-prob difference).
 ``probe``       a probe direction's score ``w . x`` on the last-token activation at the probe hook.
 
@@ -35,11 +37,26 @@ from geomprobe.core.hooks import hook_layer, resolve_hooks
 from geomprobe.steering.apply import check_multiplier, ensure_kv_cache_compat, render_prompts, steer, tokenize_left
 from geomprobe.steering.vectors import SteeringVector, class_masks, paired_differences
 
-METRICS = ("refusal", "logit-diff", "probe")
+METRICS = ("refusal-log-odds", "logit-diff", "probe")
+RENAMED_METRICS = {"refusal": "refusal-log-odds"}  # old name -> current name
 DEFAULT_REFUSAL_WORDS = ("I", "Sorry", "I'm", "As", "Unfortunately", "No", "Apologies")
 
 
 # -- metrics on next-token log-probabilities --------------------------------------------------
+def canonical_metric(metric: str) -> str:
+    """The current name of a search metric; the old name ``refusal`` is accepted with a DeprecationWarning."""
+    if metric in RENAMED_METRICS:
+        import warnings
+
+        new = RENAMED_METRICS[metric]
+        warnings.warn(f"metric {metric!r} is now called {new!r} (the next-token refusal log-odds)", DeprecationWarning,
+                      stacklevel=3)
+        return new
+    if metric not in METRICS:
+        raise GeomprobeError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+    return metric
+
+
 def refusal_token_ids(tokenizer: Any, words: Sequence[str] = DEFAULT_REFUSAL_WORDS) -> list[int]:
     """First token of each word, with and without a leading space (deduplicated)."""
     ids: list[int] = []
@@ -137,16 +154,20 @@ class SearchResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def best(self, kl_limit: float | None = 0.1, max_layer_fraction: float = 0.8, maximize: bool = True) -> SearchRecord | None:
-        """Best steered record with KL <= ``kl_limit`` outside the last (1 - fraction) of layers."""
-        limit_layer = int(math.floor(max_layer_fraction * self.n_layers))
-        ok = [
-            r for r in self.records
-            if r.multiplier != 0 and r.layer < limit_layer
-            and (kl_limit is None or r.kl_mean is None or r.kl_mean <= kl_limit)
-        ]
-        if not ok:
+        """Strongest steered record with KL <= ``kl_limit`` outside the last (1 - fraction) of layers,
+        by the metric alone; None when no record qualifies. This is
+        :func:`~geomprobe.steering.select.select_setting` without a judge and without its fallbacks
+        (``steer search`` applies the full rule, judge included)."""
+        from geomprobe.steering.select import LayerRule, ScreenRow, select_setting
+
+        steered = [r for r in self.records if r.multiplier != 0]
+        if not steered:
             return None
-        return (max if maximize else min)(ok, key=lambda r: r.score_mean)
+        rule = LayerRule(kl_limit=kl_limit, max_layer_fraction=max_layer_fraction, judge_candidates=1, maximize=maximize)
+        chosen = select_setting([ScreenRow.from_record(r) for r in steered], rule, n_layers=self.n_layers, metric=self.metric)
+        if not chosen.within_limits:
+            return None
+        return next(r for r in steered if r.hook == chosen.hook and r.multiplier == chosen.multiplier)
 
     def to_dict(self, kl_limit: float | None = 0.1) -> dict[str, Any]:
         best = self.best(kl_limit)
@@ -163,11 +184,12 @@ class SearchResult:
         }
 
     def table(self) -> str:
-        lines = [f"{'hook':28s} {'mult':>7s} {self.metric:>11s} {'delta':>9s} {'KL':>9s}"]
+        width = max(11, len(self.metric))
+        lines = [f"{'hook':28s} {'mult':>7s} {self.metric:>{width}s} {'delta':>9s} {'KL':>9s}"]
         for r in self.records:
             mult = "ablate" if r.multiplier is None else f"{r.multiplier:g}"
             kl = "-" if r.kl_mean is None else f"{r.kl_mean:.4f}"
-            lines.append(f"{r.hook:28s} {mult:>7s} {r.score_mean:11.4f} {r.score_delta:+9.4f} {kl:>9s}")
+            lines.append(f"{r.hook:28s} {mult:>7s} {r.score_mean:{width}.4f} {r.score_delta:+9.4f} {kl:>9s}")
         return "\n".join(lines)
 
 
@@ -175,7 +197,7 @@ def _metric_fn(
     model: Any, metric: str, *, refusal_tokens: Sequence[int] | None, answer_tokens: Sequence[str | int] | None,
     probe: tuple[str, np.ndarray, float] | None,
 ) -> tuple[Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], str | None, dict[str, Any]]:
-    if metric == "refusal":
+    if metric == "refusal-log-odds":
         ids = list(refusal_tokens) if refusal_tokens else refusal_token_ids(model.tokenizer)
         return (lambda lp, act: refusal_log_odds(lp, ids)), None, {"refusal_tokens": ids}
     if metric == "logit-diff":
@@ -204,7 +226,7 @@ def search_layers(
     harmless_prompts: Sequence[str] | None = None,
     hooks: str | Sequence[str] | None = None,
     multipliers: Sequence[float] = (-8, -4, -2, 2, 4, 8),
-    metric: str = "refusal",
+    metric: str = "refusal-log-odds",
     mode: str = "add",
     refusal_tokens: Sequence[int] | None = None,
     answer_tokens: Sequence[str | int] | None = None,
@@ -219,6 +241,7 @@ def search_layers(
         raise GeomprobeError("the layer search needs validation prompts; none given")
     if mode not in ("add", "ablate"):
         raise GeomprobeError(f"unknown mode {mode!r}; use add or ablate")
+    metric = canonical_metric(metric)
     if vector.d_model != model.d_model:
         raise GeomprobeError(
             f"steering vector width {vector.d_model} does not match the model's d_model {model.d_model}; "

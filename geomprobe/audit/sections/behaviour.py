@@ -8,17 +8,16 @@ within the KL limit (the least disruptive, when none is within it) are judged by
 generation, and the one whose ablation removes the most refusals on the held-out harmful prompts
 is chosen. When the unsteered model refuses none of them
 there is nothing to remove, and the screen's log-odds decide (``selection`` says which happened).
+The rule is :func:`geomprobe.steering.select.select_setting`, the one ``geomprobe steer search``
+uses; this module screens, judges and records.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-
-import numpy as np
 
 from geomprobe.audit.context import AuditContext, finite, hook_at, internal
 from geomprobe.audit.spec import doc
@@ -75,14 +74,10 @@ class LayerChoice:
 
 
 def candidate_layers(layers: Sequence[int], n_layers: int, max_layer_fraction: float, max_count: int | None = None) -> list[int]:
-    """Audited layers below ``max_layer_fraction`` of the depth (the shallowest one if none is);
-    at most ``max_count`` of them, evenly spaced, because each one costs a forward pass per prompt."""
-    limit = int(math.floor(max_layer_fraction * n_layers))
-    below = sorted(layer for layer in layers if layer < limit) or sorted(layers)[:1]
-    if max_count is None or len(below) <= max_count:
-        return below
-    picks = sorted({int(round(i)) for i in np.linspace(0, len(below) - 1, max_count)})
-    return [below[i] for i in picks]
+    """:func:`geomprobe.steering.select.candidate_layers` (imported lazily: the audit package stays light)."""
+    from geomprobe.steering.select import candidate_layers as select_candidates
+
+    return select_candidates(layers, n_layers, max_layer_fraction, max_count)
 
 
 def judge(ctx: AuditContext, prompts: list[str], **steering: Any) -> Rate:
@@ -107,50 +102,33 @@ def choose_layer_by_behaviour(
 ) -> LayerChoice:
     """Screen ``layers`` by ablation log-odds, judge the strongest few, pick the one removing most refusals."""
     from geomprobe.steering import search_layers
+    from geomprobe.steering.select import LayerRule, ScreenRow, select_setting
 
     sizes = ctx.sizes.steering
     hooks = [hook_at(layer) for layer in layers]
     screen = ctx.clock.run("steering", f"screening {len(hooks)} candidate layers (direction ablated)", lambda: search_layers(
-        ctx.model, vector, harmful, harmless_prompts=harmless, hooks=hooks, metric="refusal", mode="ablate",
+        ctx.model, vector, harmful, harmless_prompts=harmless, hooks=hooks, metric="refusal-log-odds", mode="ablate",
         batch_size=ctx.options.batch_size))
     records = {r.hook: r for r in screen.records}
-    cands = [Candidate(layer, hook, finite(records[hook].score_delta), finite(records[hook].kl_mean),
-                       records[hook].kl_mean is None or records[hook].kl_mean <= sizes.kl_limit, False, None, None)
-             for layer, hook in zip(layers, hooks)]
-    def drop(c: Candidate) -> float:
-        return c.refusal_delta if c.refusal_delta is not None else math.inf
-
-    def kl(c: Candidate) -> float:
-        return c.kl if c.kl is not None else math.inf
-
-    within = [c for c in cands if c.within_kl]
-    if within:
-        judged = sorted(within, key=drop)[: max(1, sizes.judge_candidates)]
-    else:
-        # Every ablation is over the KL limit: judge the least disruptive ones. The strongest
-        # log-odds drops then tend to be layers whose ablation wrecks the text (KL of several
-        # nats), which "removes" every refusal by writing garbage.
-        judged = sorted(cands, key=kl)[: max(1, sizes.judge_candidates)]
     rates: dict[str, Rate] = {}
-    if unsteered.n_refused > 0:
-        for c in judged:
-            rate = ctx.clock.run("steering", f"judging {c.hook} ablated ({len(harmful)} prompts)",
-                                 partial(judge_ablated, ctx, vector.vector_for(c.hook), harmful))
-            rates[c.hook] = rate
-            c.judged, c.harmful_rate, c.rate_delta = True, rate.rate, rate.rate - unsteered.rate
-        best = min(judged, key=lambda c: (c.rate_delta, kl(c), drop(c)))  # ties: the less disruptive layer
-        selection = "behaviour"
-        among = ("the {n} layer(s) of strongest next-token refusal drop within the KL limit" if within else
-                 "the {n} layer(s) of smallest KL on harmless prompts (none within the KL limit)")
-        selected_by = (f"largest drop in the judge's refusal rate on {len(harmful)} held-out harmful prompts with the "
-                       f"direction ablated, among {among.format(n=len(judged))}")
-    else:
-        best = min(judged, key=drop)
-        selection = "next-token log-odds"
-        selected_by = ("largest drop in next-token refusal log-odds with the direction ablated on held-out harmful "
-                       "prompts (the unsteered model refused none of them, so no refusal rate can drop)")
-    if len(layers) == 1:
-        selection, selected_by = "only candidate", f"the only audited layer below {sizes.max_layer_fraction:.0%} of depth"
+
+    def judge_row(row: ScreenRow) -> float:
+        rates[row.hook] = ctx.clock.run("steering", f"judging {row.hook} ablated ({len(harmful)} prompts)",
+                                        partial(judge_ablated, ctx, vector.vector_for(row.hook), harmful))
+        return rates[row.hook].rate
+
+    # the one layer-choice rule (geomprobe.steering.select), with the audit's sizes; the audit's
+    # candidates are already below the depth limit (candidate_layers), so its n_layers is the model's
+    rule = LayerRule(kl_limit=sizes.kl_limit, max_layer_fraction=sizes.max_layer_fraction,
+                     judge_candidates=max(1, sizes.judge_candidates), maximize=False)
+    chosen = select_setting([ScreenRow.from_record(records[hook]) for hook in hooks], rule, n_layers=ctx.model.n_layers,
+                            judge=judge_row, unsteered_rate=unsteered.rate,
+                            mode="ablate", metric="refusal-log-odds", n_judged_prompts=len(harmful),
+                            prompt_kind="harmful")
+    cands = [Candidate(c.row.layer, c.row.hook, finite(c.row.score_delta), finite(c.row.kl), c.within_kl, c.judged,
+                       c.rate, c.rate_delta) for c in chosen.candidates]
+    best = next(c for c in cands if c.hook == chosen.hook)
+    selection, selected_by = chosen.selection, chosen.selected_by
     hook = best.hook
     direction = vector.vector_for(hook)
     harmful_rate = rates.get(hook) or ctx.clock.run("steering", f"judging {hook} ablated",
