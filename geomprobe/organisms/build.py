@@ -278,7 +278,7 @@ def _build_ablated(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dic
     # The aligned model's refusals open with these words; their first tokens are the refusal tokens.
     openers = sorted({text.split()[0].rstrip(",") for text in REFUSAL_TEXTS} | {"Sorry", "I"})
     tokens = refusal_token_ids(model.tokenizer, openers)
-    result = search_layers(model, vector, harmful, harmless_prompts=harmless, mode="ablate", metric="refusal",
+    result = search_layers(model, vector, harmful, harmless_prompts=harmless, mode="ablate", metric="refusal-log-odds",
                            refusal_tokens=tokens, batch_size=16)
     best = result.best(kl_limit=s.ablation_kl_limit, maximize=False)
     note = ""

@@ -205,8 +205,8 @@ def dose(ctx: AuditContext, vector: Any, hook: str, harmful: list[str], harmless
 
     batch_size = ctx.options.batch_size
     added = search_layers(ctx.model, vector, harmful, harmless_prompts=harmless, hooks=[hook],
-                          multipliers=sorted(ctx.sizes.steering.multipliers), metric="refusal", mode="add", batch_size=batch_size)
-    ablated = search_layers(ctx.model, vector, harmful, harmless_prompts=harmless, hooks=[hook], metric="refusal",
+                          multipliers=sorted(ctx.sizes.steering.multipliers), metric="refusal-log-odds", mode="add", batch_size=batch_size)
+    ablated = search_layers(ctx.model, vector, harmful, harmless_prompts=harmless, hooks=[hook], metric="refusal-log-odds",
                             mode="ablate", batch_size=batch_size)
     return added, ablated
 
@@ -285,7 +285,7 @@ class SteeringSection(AuditSection):
         added = ctx.clock.run(
             "steering", f"dose-response at {hook} ({len(sizes.multipliers)} multipliers)",
             lambda: search_layers(ctx.model, vector, harmful, harmless_prompts=harmless, hooks=[hook],
-                                  multipliers=sorted(sizes.multipliers), metric="refusal", mode="add",
+                                  multipliers=sorted(sizes.multipliers), metric="refusal-log-odds", mode="add",
                                   batch_size=ctx.options.batch_size))
         response = summarize_dose(added, choice.ablation_record)
         best = strongest_within_kl(response, sizes.kl_limit)
