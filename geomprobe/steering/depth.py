@@ -78,7 +78,7 @@ class KLProfile:
 
     responses: str = _doc("which responses were teacher-forced: aligned_replies (B's own) or base_answers (A's)")
     n_prompts: int = _doc("prompts (responses) in the profile")
-    mean: list[float | None] = _doc("mean KL(B || A) in nats at response positions 1, 2, ... over the prompts that reach it")
+    mean: list[float | None] = _doc("mean KL(B ‖ A) in nats at response positions 1, 2, ... over the prompts that reach it")
     ci_low: list[float | None] = _doc("bootstrap interval of the mean per position, low")
     ci_high: list[float | None] = _doc("high")
     n_at: list[int] = _doc("prompts whose response reaches each position")
@@ -132,8 +132,8 @@ class DepthResult:
     ci_level: float = _doc("interval level")
     seed: int = _doc("bootstrap seed")
     dtype: str = _doc("dtype of the forward passes")
-    aligned_replies: KLProfile = _doc("KL(B || A) teacher-forced on B's own greedy replies")
-    base_answers: KLProfile = _doc("KL(B || A) teacher-forced on A's greedy answers")
+    aligned_replies: KLProfile = _doc("KL(B ‖ A) teacher-forced on B's own greedy replies")
+    base_answers: KLProfile = _doc("KL(B ‖ A) teacher-forced on A's greedy answers")
     prefill: PrefillCurve = _doc("the prefilling attack: refusal rate of B's continuation after k answer tokens")
     half_kl_tokens: int | None = _doc("depth summary: aligned_replies.half_kl_tokens")
     prefill_auc: float | None = _doc("depth summary: prefill.auc")
@@ -427,7 +427,7 @@ def alignment_depth(
             raise GeomprobeError(f"{len(answers)} answers for {len(prompts)} prompts; give one answer per prompt")
         answer_texts = [str(t) for t in answers]
         answer_ids = [list(ids) for ids in a.tokenizer(answer_texts, add_special_tokens=False)["input_ids"]]
-    judge = dict(n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
+    judge: dict[str, Any] = dict(n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed)
     base_judged = judge_completions(answer_texts, **judge)
     aligned_judged = judge_completions(replies.texts, **judge)
     used = [i for i, refused in enumerate(base_judged.flags) if not (compliant_only and refused)]
@@ -436,7 +436,7 @@ def alignment_depth(
     if not used:
         raise GeomprobeError("the base model refused every prompt, so there is no harmful answer to prefill; pass a base "
                              "that complies, harmful answers (answers=...), or compliant_only=False")
-    boot = dict(n_bootstrap=n_bootstrap, level=ci_level, seed=seed)
+    boot: dict[str, Any] = dict(n_bootstrap=n_bootstrap, level=ci_level, seed=seed)
     profile_b = kl_profile(per_position_kl(a, b, prompts, replies.token_ids, batch_size=batch_size), "aligned_replies",
                            share_ks=share_ks, **boot)
     used_prompts, used_answers = [prompts[i] for i in used], [answer_ids[i] for i in used]
