@@ -235,3 +235,8 @@ def test_cli_bad_inputs_exit_2_with_one_line(tiny_llama_dir, tiny_gpt2_dir, twin
     assert proc.stderr.strip().splitlines() == [
         "geomprobe: error: the base model is a llama and the aligned one a gpt2; alignment depth compares two checkpoints "
         "of one architecture and tokenizer"]
+
+
+def test_complete_refuses_a_prefill_count_that_does_not_match(twin):
+    with pytest.raises(GeomprobeError, match="1 prefills for 2 prompts"):
+        complete(twin, PROMPTS[:2], max_new_tokens=2, prefill_ids=[[5]])
