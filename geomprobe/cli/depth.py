@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
           f"{result.n_prompts} harmful prompts used ({result.n_used} with a compliant base answer), "
           f"{result.max_tokens} tokens")
     print(result.table())
-    print(f"depth: half the KL on B's replies by token {result.half_kl_tokens}; prefill AUC "
-          + ("n/a" if result.prefill_auc is None else f"{result.prefill_auc:.3f}"))
+    half = "n/a (no KL)" if result.half_kl_tokens is None else str(result.half_kl_tokens)
+    auc = "n/a" if result.prefill_auc is None else f"{result.prefill_auc:.3f}"
+    print(f"depth: half the KL on B's replies by token {half}; prefill AUC {auc}")
     print(f"wrote {json_path}, {png_path}")
     return 0
