@@ -180,7 +180,7 @@ def check_ks(ks: Sequence[int], max_tokens: int | None = None, *, generated: boo
     """Sorted, distinct, non-negative prefill lengths; refuse a k no generated answer can reach."""
     try:
         out = sorted({int(k) for k in ks})
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise GeomprobeError(f"prefill lengths must be integers, e.g. 0,1,2,5,10,20; got {list(ks)!r}") from None
     if not out or out[0] < 0 or any(float(k) != int(k) for k in ks):
         raise GeomprobeError(f"prefill lengths must be integers >= 0, e.g. 0,1,2,5,10,20; got {list(ks)!r}")
@@ -200,9 +200,12 @@ def check_pair_configs(base: Any, aligned: Any) -> None:
         if not isinstance(ref, (str, Path)) or not path.is_file():
             return  # not a folder (default, .gguf, hub name, loaded model): checked after loading
         try:
-            configs.append(json.loads(path.read_text()))
+            config = json.loads(path.read_text())
         except (OSError, ValueError):
             return  # the loader reports an unreadable config
+        if not isinstance(config, dict):
+            return
+        configs.append(config)
     (a, b) = configs
     _compare_shapes(a.get("model_type"), b.get("model_type"), a.get("vocab_size"), b.get("vocab_size"))
 
