@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from tiny import build_tiny_model
 
+from geomprobe.activations.datasets import load_prompt_set
 from geomprobe.audit import (
     FIELDS,
+    FULL,
     QUICK,
     SECTIONS,
     AuditSizes,
@@ -30,6 +32,8 @@ from geomprobe.audit import (
 from geomprobe.audit.tables import fmt
 from geomprobe.cli import main
 from geomprobe.core.errors import GeomprobeError
+from geomprobe.models import load_model
+from geomprobe.steering.depth import alignment_depth, harmful_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -258,7 +262,8 @@ def test_sections_declare_what_they_write(audit_a):
         if s.settings_key and s.settings_key != "datasets":
             documented = [p.rsplit(".", 1)[1] for p, _, _ in s.settings_fields()[1:]]
             assert list(m["settings"][s.settings_key]) == documented, s.name
-    assert m["comparison"] is None and m["delta"] is None and AGAINST_ONLY == ["against", "comparison", "delta"]
+    assert m["comparison"] is None and m["delta"] is None and m["depth"] is None
+    assert AGAINST_ONLY == ["against", "comparison", "delta", "depth"]
     # exactly the declared figures, in drawing order; the comparison's only with --against
     assert list(audit_a.figures) == [k for s in SECTIONS if not s.needs_against for k in s.figure_keys]
     page = audit_a.html_path.read_text()
@@ -423,6 +428,18 @@ def test_against_ablated_twin(audit_a, tiny_llama, tmp_path):
         assert rec["ci_low"] <= rec["ci_high"] and 0 < rec["p_value"] <= 1 and rec["n"] == 40
     assert d["aqi"]["min"] == min(d["aqi"]["delta"]) and d["aqi"]["max"] == max(d["aqi"]["delta"])
     assert d["refusal"]["harmful"]["a"] == m["steering"]["judge"]["unsteered"]["harmful"]["rate"]
+    # Alignment depth of b against a: the harmful prompts the cache section kept, b's replies teacher-forced.
+    depth = m["depth"]
+    prompts = harmful_prompts(load_prompt_set("harmful-harmless", limit=SMALL.cache.limit("harmful_harmless")),
+                              FULL.depth.n_prompts)
+    assert depth["n_prompts"] == len(prompts) and depth["ks"] == list(FULL.depth.ks) and "depth" in res.figures
+    ref = alignment_depth(tiny_llama, load_model(twin, device="cpu"), prompts, ks=FULL.depth.ks,
+                          max_tokens=FULL.depth.max_tokens, n_bootstrap=FULL.depth.n_bootstrap, clamp=True,
+                          compliant_only="if-any", batch_size=16).to_dict()
+    assert depth["aligned_replies"]["mean"] == pytest.approx(ref["aligned_replies"]["mean"], rel=1e-9)
+    assert depth["base_answers"]["share_first"] == ref["base_answers"]["share_first"]
+    assert depth["prefill"] == ref["prefill"] and depth["half_kl_tokens"] == ref["half_kl_tokens"]
+    assert "Alignment depth against the second checkpoint" in res.markdown_path.read_text()
 
 
 def _brute_paired(Xa, Xb, y, n_bootstrap, seed):
@@ -474,17 +491,24 @@ def test_cli_delta_gates_on_ablated_twin(audit_a, tiny_llama, tiny_llama_dir, tm
     out = tmp_path / "gated"
     code = main(["audit", "--model", str(tiny_llama_dir), "--against", str(twin), "--quick", "--layers", "1",
                  "--out", str(out), "--device", "cpu", "--quiet",
-                 "--fail-if", "delta.aqi.min<0", "--fail-if", "delta.aqi.max>0.5"])
+                 "--fail-if", "delta.aqi.min<0", "--fail-if", "delta.aqi.max>0.5",
+                 "--fail-if", "depth.prefill_auc<0.5", "--fail-if", "depth.aligned_replies.share_first.k.max>10"])
     captured = capsys.readouterr()
     m = json.loads((out / "metrics.json").read_text())
     assert m["delta"]["aqi"]["min"] < 0  # the direction is gone from the twin's layer-1 stream
     assert code == 1
-    assert "audit failed: delta.aqi.min<0" in captured.err
+    assert "audit failed: delta.aqi.min<0, depth.prefill_auc<0.5" in captured.err
     assert "--fail-if delta.aqi.max>0.5: passed" in captured.out
+    assert "--fail-if depth.aligned_replies.share_first.k.max>10: passed" in captured.out
+    # a random twin never says a refusal phrase: its prefill curve is flat at 0 (the gate above trips on it)
+    assert m["depth"]["prefill_auc"] == 0 and [p["k"] for p in m["depth"]["prefill"]["points"]] == list(QUICK.depth.ks)
+    assert "half the KL(b || a) of b's replies by token" in captured.out
+    assert (out / "depth.png").is_file() and "Prefilling attack" in (out / "report.html").read_text()
     assert validate_metrics(m) == []
-    # without --against a delta gate is refused before any work
-    assert main(["audit", "--model", str(tiny_llama_dir), "--out", str(tmp_path / "x"), "--fail-if", "delta.aqi.min<0"]) == 2
-    assert "--against" in capsys.readouterr().err
+    # without --against a delta or depth gate is refused before any work
+    for gate in ("delta.aqi.min<0", "depth.prefill_auc<0.5"):
+        assert main(["audit", "--model", str(tiny_llama_dir), "--out", str(tmp_path / "x"), "--fail-if", gate]) == 2
+        assert "--against" in capsys.readouterr().err
 
 
 def _brute_norms(cache_path: Path, layers: list[int], rows: int) -> list[float]:
@@ -512,7 +536,7 @@ def test_toy_section_end_to_end(tiny_llama_dir, tmp_path, capsys):
     out = tmp_path / "toy"
     register_section(NormsSection())
     try:
-        assert [s.name for s in SECTIONS][-4:] == ["steering", "norms", "comparison", "delta"]
+        assert [s.name for s in SECTIONS][-5:] == ["steering", "norms", "comparison", "delta", "depth"]
         assert (FULL.norms.max_rows, QUICK.norms.max_rows) == (None, 16)
         assert FIELD_MAP["norms.per_layer[].norm"].type == "number"
         assert FIELD_MAP["settings.norms.max_rows"].type == "integer|null"
@@ -538,7 +562,7 @@ def test_toy_section_end_to_end(tiny_llama_dir, tmp_path, capsys):
     assert [r["b"] for r in c["per_layer"]] == pytest.approx(b, rel=1e-9)
     assert c["delta"] == pytest.approx([y - x for x, y in zip(a, b)], rel=1e-9)
     assert c["max_abs_delta"] == pytest.approx(max(abs(y - x) for x, y in zip(a, b)), rel=1e-9)
-    assert list(m)[-3:] == ["norms", "comparison", "delta"] and list(m["comparison"])[:5] == [
+    assert list(m)[-4:] == ["norms", "comparison", "delta", "depth"] and list(m["comparison"])[:5] == [
         "aqi", "subspace", "probes", "steering", "norms"]
     # CLI output: the section's summary line (with its comparison) and both gates
     assert f"max mean residual norm {fmt(max(a))} (largest |change| against b {fmt(c['max_abs_delta'])})" in captured.out

@@ -23,7 +23,7 @@ from geomprobe.cli.common import check_numbers
 from geomprobe.core.errors import GeomprobeError, raised_by_interrupt
 
 # Pipeline order; a module listed here that is absent is simply not offered.
-SUBCOMMAND_MODULES = ("cache", "aqi", "subspace", "probe", "ches", "steer", "organisms", "audit", "merge")
+SUBCOMMAND_MODULES = ("cache", "aqi", "subspace", "probe", "ches", "steer", "depth", "organisms", "audit", "merge")
 
 
 def build_parser() -> argparse.ArgumentParser:

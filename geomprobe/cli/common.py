@@ -16,6 +16,12 @@ CHECKS_KEY = "_number_checks"  # where a parser keeps its checks in the parsed n
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct), a HF name, a folder or a .gguf file")
+    add_model_options(parser)
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """How a model is loaded (dtype, device, remote code, device map), without naming it: for commands
+    that load several checkpoints with the same options (``model_from_args(args, reference)``)."""
     parser.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint (off by default)")

@@ -223,6 +223,7 @@ def complete(
     seed: int | None = None,
     use_cache: bool = True,
     sort_by_length: bool = True,
+    prefill_ids: Sequence[Sequence[int]] | None = None,
     hook_context: HookContext | None = None,
     progress: bool | Callable[[int, int], None] = False,
     desc: str = "generating",
@@ -233,6 +234,8 @@ def complete(
     draws from the softmax at ``temperature`` (no top-k or top-p cut); ``seed`` seeds torch before
     each batch (``seed`` + the batch's first place in processing order). ``sort_by_length=False``
     keeps prompts in input order within and across batches (more padding, same greedy tokens).
+    ``prefill_ids``: per prompt, token ids forced after the rendered prompt (the start of the reply,
+    as ids so no re-tokenisation can merge them differently); the results hold only what follows.
     ``hook_context(batch)`` is entered around each batch. ``progress``: True for a tqdm bar, or a
     callable ``(done, total)``.
     """
@@ -251,8 +254,14 @@ def complete(
     special = not uses_chat_template(tok, chat)
     stops = stop_ids_per_row(stop_ids, len(prompts), default_stop_ids(gm))
     order = list(range(len(prompts)))
+    prompt_ids: list[list[int]] | None = None
+    if prefill_ids is not None:
+        if len(prefill_ids) != len(prompts):
+            raise GeomprobeError(f"{len(prefill_ids)} prefills for {len(prompts)} prompts; give one (maybe empty) per prompt")
+        prompt_ids = [list(ids) + [int(t) for t in extra]
+                      for ids, extra in zip(tok(rendered, add_special_tokens=special)["input_ids"], prefill_ids)]
     if sort_by_length:
-        lengths = [len(ids) for ids in tok(rendered, add_special_tokens=special)["input_ids"]]
+        lengths = [len(ids) for ids in (prompt_ids or tok(rendered, add_special_tokens=special)["input_ids"])]
         order.sort(key=lambda i: lengths[i])  # stable: equal lengths keep input order
     ensure_kv_cache_compat(gm.hf_model)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -268,7 +277,12 @@ def complete(
     try:
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            enc = encode_left(tok, [rendered[i] for i in rows], add_special_tokens=special, device=gm.device)
+            if prompt_ids is None:
+                enc = encode_left(tok, [rendered[i] for i in rows], add_special_tokens=special, device=gm.device)
+            else:
+                padded = tok.pad({"input_ids": [prompt_ids[i] for i in rows]}, padding=True, padding_side="left",
+                                 return_tensors="pt")
+                enc = {k: padded[k].to(gm.device) for k in ("input_ids", "attention_mask")}
             batch = PromptBatch(rows, enc["input_ids"], enc["attention_mask"])
             if do_sample and seed is not None:
                 torch.manual_seed(seed + start)

@@ -32,6 +32,7 @@ from geomprobe.steering.apply import (
     steer,
     steering_site,
 )
+from geomprobe.steering.depth import DepthResult, alignment_depth
 from geomprobe.steering.export import GGUFExport, export_gguf, gguf_layer_for_hook, gguf_model_hint, plan_gguf_layers, read_gguf
 from geomprobe.steering.prompts import ValidationPrompts, split_by_label, user_prompts, validation_prompts
 from geomprobe.steering.search import (
@@ -87,3 +88,4 @@ __all__ = [
     "read_gguf", "refusal_log_odds", "refusal_token_ids", "render_prompts", "screen_arrays", "screen_cache",
     "search_layers", "steer", "steering_site", "unit_direction",
 ]
+__all__ += ["DepthResult", "alignment_depth"]  # the alignment-depth diagnostic (docs/depth.md)

@@ -10,6 +10,7 @@ from geomprobe.audit.sections.base import AuditSection, FieldSpec
 from geomprobe.audit.sections.cache import CacheSection
 from geomprobe.audit.sections.comparison import ComparisonSection
 from geomprobe.audit.sections.delta import DeltaSection
+from geomprobe.audit.sections.depth import DepthSection
 from geomprobe.audit.sections.geometry import GeometrySection
 from geomprobe.audit.sections.probes import ProbesSection
 from geomprobe.audit.sections.steering import SteeringSection
@@ -24,6 +25,7 @@ if not SECTIONS:  # once per process, however often this package is reloaded
         SteeringSection(),  # chooses its layer by behaviour (judge on held-out prompts), not by AQI
         ComparisonSection(),  # --against: each section's compare(a, b), plus transfer and the weight update
         DeltaSection(),  # --against: paired bootstrap of the changes over the same prompts (needs steering's prompts)
+        DepthSection(),  # --against: alignment depth of b against a (KL profile, prefilling attack)
     ):
         register_section(_section)
 
