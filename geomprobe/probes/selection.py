@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from geomprobe.core import stats
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.hooks import hook_layer
 from geomprobe.probes.metrics import auroc
@@ -116,8 +117,6 @@ def headline(result: Any, hook: str | None, chosen_on: str, *, n_bootstrap: int 
              seed: int = 0) -> Headline:
     """``result`` (a :class:`ProbeResult`) read at ``hook`` with a stratified bootstrap interval, beside its
     maximum over layers."""
-    from geomprobe.probes.conditions import bootstrap_auroc
-
     records = [r for r in result.records if r.get("auroc") is not None and np.isfinite(r["auroc"])]
     top = max(records, key=lambda r: r["auroc"]) if records else None
     value = low = high = None
@@ -125,7 +124,9 @@ def headline(result: Any, hook: str | None, chosen_on: str, *, n_bootstrap: int 
         scores, y = np.asarray(result.scores[hook], dtype=np.float64), np.asarray(result.y).astype(bool)
         if y.any() and (~y).any():
             value = float(auroc(scores, y))
-            lo, hi = bootstrap_auroc(scores[None], y, n_bootstrap=n_bootstrap, ci=level, seed=seed)
-            low, high = (None, None) if not np.isfinite(lo[0]) else (float(lo[0]), float(hi[0]))
+            if n_bootstrap > 0:  # resampled within each class (positives first), as every AUROC interval here
+                res = stats.bootstrap(lambda rows: float(auroc(scores[rows], y[rows])), [np.flatnonzero(y), np.flatnonzero(~y)],
+                                      n_bootstrap=n_bootstrap, level=level, seed=seed)
+                low, high = (float(res.low), float(res.high)) if np.isfinite(res.low) else (None, None)
     return Headline(hook, None if hook is None else _layer(hook), chosen_on, value, low, high, len(result.records),
                     None if top is None else float(top["auroc"]), None if top is None else top["hook"])
