@@ -161,3 +161,26 @@ def test_probe_eval_prints_the_layer_chosen_on_training_rows(tmp_path, capsys):
     line = next(line for line in printed.splitlines() if line.startswith("headline:"))
     assert line.startswith(f"headline: AUROC {aurocs[HOOKS[1]]:.3f} [") and f"at {HOOKS[1]} " in line
     assert f"max over 3 layers {aurocs[HOOKS[2]]:.3f} at {HOOKS[2]} (chosen on these rows: optimistic" in line
+
+
+def test_without_a_validation_split_nothing_is_chosen_on_the_reported_rows():
+    from geomprobe.audit.sections.probes import choose_headline
+    from geomprobe.probes.selection import chosen_hook, selection_record, validation_auroc
+
+    # two positives among unpaired rows: no validation split with both classes on each side
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(3, 12, 4)), np.r_[np.ones(2), np.zeros(10)].astype(int)
+    assert validation_auroc(X, y, None, "mean-diff", device="cpu") is None
+    record = selection_record(HOOKS, None, reason="too few training rows for a validation split")
+    assert record["rule"] == "none" and record["hook"] is None and "too few" in record["reason"]
+    # the audit then fixes the primary method's middle layer in advance, whatever the held-out AUROC says
+    per_layer = [ProbeLayer(k, h, m, a, 0.5, 0.7, 0.0, 4) for m in ("logistic", "lda")
+                 for k, (h, a) in enumerate(zip(HOOKS, [0.9, 0.6, 1.0]))]
+    chosen, rule = choose_headline(per_layer, "logistic")
+    assert (chosen.method, chosen.layer) == ("logistic", 1) and rule.startswith("fixed in advance")
+    # an older probe without a selection: its held-out training metrics choose only for another cache's rows
+    metrics = [{"hook": h, "auroc": a} for h, a in zip(HOOKS, [0.6, 0.95, 0.7])]
+    old = SimpleNamespace(hooks=HOOKS, meta={"metrics": metrics, "train_cache": "train.h5"})
+    assert chosen_hook(old, eval_rows="all", eval_cache="other.h5") == (HOOKS[1], "probe's held-out training split (another cache)")
+    assert chosen_hook(old, eval_rows="held-out", eval_cache="train.h5")[0] is None
+    assert chosen_hook(old, eval_rows="all", eval_cache="train.h5")[0] is None  # --all-rows on its own training cache

@@ -143,7 +143,7 @@ def train_probes(
             block_fit = fit_layers(X[:, train], y[train], method, pairs=pairs[train], device=device, **params)
             fits.append(block_fit)
             score_blocks.append(block_fit.decision_function(X[:, test]))
-            chosen_by = validation_auroc(X[:, train], y[train], pairs[train], method, seed=seed, device=device, **params)
+            chosen_by = validation_auroc(X, y, pairs, method, rows=train, seed=seed, device=device, **params)
             if chosen_by is None or validation is None:
                 validation = None  # too few training rows to carve a validation split
             else:

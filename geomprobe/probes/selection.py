@@ -11,6 +11,7 @@ beside the maximum over layers, labelled as one.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -28,16 +29,22 @@ VALIDATION_SIZE = 0.25  # share of the training pairs held back to choose the la
 VALIDATION_RULE = "validation split of the training rows"
 
 
-def validation_auroc(X: np.ndarray, y: np.ndarray, pairs: np.ndarray | None, method: str, *,
+def validation_auroc(X: np.ndarray, y: np.ndarray, pairs: np.ndarray | None, method: str, *, rows: np.ndarray | None = None,
                      val_size: float = VALIDATION_SIZE, seed: int = 0, device: str = "auto",
                      **params: Any) -> tuple[np.ndarray, int, int] | None:
-    """AUROC per layer on a validation split of training rows ``X`` (L, N, d): probes fitted on the
-    other training rows. ``(aurocs (L,), n_fit, n_validation)``, or None when the rows are too few
-    to carve a validation split with both classes on each side."""
+    """AUROC per layer on a validation split of the training rows ``rows`` (default: all) of ``X`` (L, N, d),
+    with probes fitted on the other training rows. ``(aurocs (L,), n_fit, n_validation)``, or None when the
+    rows are too few to carve a validation split with both classes on each side. ``X`` is indexed once per
+    side, so no copy of all training rows is made."""
     y = np.asarray(y)
+    rows = np.arange(len(y)) if rows is None else np.asarray(rows)
+    groups = None if pairs is None else np.asarray(pairs)[rows]
     try:
-        fit_rows, val_rows = pair_train_test_split(y, pairs, test_size=val_size, seed=seed)
-        fit = fit_layers(X[:, fit_rows], y[fit_rows], method, pairs=None if pairs is None else pairs[fit_rows],
+        with warnings.catch_warnings():  # a class smaller than the folds is handled below, not worth a warning
+            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+            fit_part, val_part = pair_train_test_split(y[rows], groups, test_size=val_size, seed=seed)
+        fit_rows, val_rows = rows[fit_part], rows[val_part]
+        fit = fit_layers(X[:, fit_rows], y[fit_rows], method, pairs=None if pairs is None else np.asarray(pairs)[fit_rows],
                          device=device, **params)
     except GeomprobeError:
         return None
