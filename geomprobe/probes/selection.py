@@ -100,8 +100,8 @@ class Headline:
                 "optimistic, a maximum over layers)")
         if self.hook is None:
             return f"no layer chosen on disjoint data ({self.chosen_on}); {most}"
-        return (f"AUROC {f(self.auroc)} [{f(self.auroc_ci_low)}, {f(self.auroc_ci_high)}] at {self.hook} "
-                f"(layer chosen on the {self.chosen_on}); {most}")
+        interval = "" if self.auroc_ci_low is None else f" [{f(self.auroc_ci_low)}, {f(self.auroc_ci_high)}]"
+        return f"AUROC {f(self.auroc)}{interval} at {self.hook} (layer chosen on the {self.chosen_on}); {most}"
 
 
 def chosen_hook(probes: Any, *, eval_rows: str = "held-out", eval_cache: str | None = None) -> tuple[str | None, str]:

@@ -288,8 +288,9 @@ class ProbesSection(AuditSection):
         head = p.get("headline")
         if not head:  # an audit written before the headline existed
             return f"max held-out probe AUROC {fmt(p['best']['auroc'])} ({p['best']['method']}, layer {p['best']['layer']})"
+        how = "chosen on a validation split" if head["chosen_on"].startswith("validation") else "fixed in advance"
         return (f"probe AUROC {fmt(head['auroc'])} [{fmt(head['auroc_ci_low'])}, {fmt(head['auroc_ci_high'])}] "
-                f"({head['method']}, layer {head['layer']}, chosen on a validation split)")
+                f"({head['method']}, layer {head['layer']}, {how})")
 
     def summary_rows(self, metrics: dict[str, Any]) -> list[list[str]]:
         probes = metrics.get("probes") or {}
