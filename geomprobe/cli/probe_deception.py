@@ -65,8 +65,10 @@ def _cell(record: dict[str, Any] | None) -> str:
     return f"{record['auroc']:.3f} [{record['auroc_ci_low']:.2f},{record['auroc_ci_high']:.2f}]"
 
 
-def print_condition_table(report: dict[str, Any], positive: str = "positive", negative: str = "negative") -> None:
-    """One line per hook: pooled AUROC, AUROC within each condition, instruction AUROC."""
+def print_condition_table(report: dict[str, Any], positive: str = "positive", negative: str = "negative", *,
+                          chosen: str | None = None, chosen_on: str = "") -> None:
+    """One line per hook: pooled AUROC, AUROC within each condition, instruction AUROC; then the headline at
+    ``chosen`` (a hook chosen on other rows), or the pooled maximum over hooks labelled as one."""
     names = ["pooled", *report["conditions"]]
     by_key = {(r["hook"], r["condition"]): r for r in report["per_condition"]}
     instruction = {r["hook"]: r for r in report["instruction_auroc"]}
@@ -84,6 +86,14 @@ def print_condition_table(report: dict[str, Any], positive: str = "positive", ne
     counts = ", ".join(f"{n}: {by_key[(first, n)]['n_positive']} {positive} / {by_key[(first, n)]['n_negative']} {negative}"
                        for n in names)
     print(f"rows: {counts}")
+    pooled = [r for r in report["per_condition"] if r["condition"] == "pooled" and r["auroc"] is not None]
+    if chosen is not None and chosen in hooks:
+        print(f"headline at {chosen} (chosen on the {chosen_on}): "
+              + "; ".join(f"{n} {_cell(by_key.get((chosen, n)))}" for n in names))
+    if pooled:
+        top = max(pooled, key=lambda r: r["auroc"])
+        print(f"max over {len(hooks)} hooks: pooled {top['auroc']:.3f} at {top['hook']} (chosen on these rows: optimistic, "
+              "multiple comparisons)")
     skipped = [n for n in report["conditions"] if n not in report["computable"]]
     if skipped:
         print(f"probe: condition(s) {', '.join(skipped)} hold one grade only: not computable", file=sys.stderr)
