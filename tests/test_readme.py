@@ -60,7 +60,8 @@ class Block:
 
     @property
     def name(self) -> str:
-        return self.heading if self.index == 0 else f"{self.heading} ({self.index + 1})"
+        short = self.heading.split(" (`")[0]  # "Stage 2: AQI cluster indices (`docs/aqi.md`)" -> "Stage 2: AQI cluster indices"
+        return short if self.index == 0 else f"{short} ({self.index + 1})"
 
 
 def _parse_directive(block: Block) -> None:
@@ -162,8 +163,7 @@ def test_readme_ci_comments_are_read():
     assert len(BLOCKS) == README.read_text().count("```bash")
     scripts = {b.name: trial_script(b) for b in BLOCKS if not b.skip}
     assert "--limit 16" in scripts["Stage 1: activation cache"]
-    assert "--base $TINY_MODEL --aligned $TINY_MODEL_2 --finetuned $TINY_MODEL_3" in scripts[
-        "Stage 3: safety-subspace overlap (`docs/subspace.md`)"]
+    assert "--base $TINY_MODEL --aligned $TINY_MODEL_2 --finetuned $TINY_MODEL_3" in scripts["Stage 3: safety-subspace overlap"]
     assert [b.name for b in BLOCKS if b.skip] == ["Two commands (2)"]
 
 
@@ -222,8 +222,8 @@ def readme_runs(tmp_path_factory) -> dict[str, Ran]:
 
 def _param(block: Block):
     marks = [pytest.mark.skip(reason=block.skip)] if block.skip else []
-    if block.heading.split(" (`")[0] in KNOWN_FAILURES:
-        marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[block.heading.split(" (`")[0]]))
+    if block.name in KNOWN_FAILURES:
+        marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[block.name]))
     return pytest.param(block.name, marks=marks, id=block.name)
 
 
