@@ -15,7 +15,7 @@ those edits and nothing else:
 - ``skip (reason)``: not run.
 A clause that matches nothing is an error, so the comments cannot go stale.
 
-The blocks run with bash -e in a temporary folder with ``geomprobe`` and ``python`` (this
+The blocks run with bash -e in a temporary folder laid out like the repository root, with ``geomprobe`` and ``python`` (this
 interpreter) first on PATH, ``.venv``, ``dev/`` and ``benchmarks/`` as in a checkout, a private
 ``$GEOMPROBE_HOME`` (the converted default model linked in) and ``$TINY_MODEL``, ``$TINY_MODEL_2``,
 ``$TINY_MODEL_3``: tiny random Llama checkpoints of one architecture.
@@ -204,6 +204,7 @@ def readme_runs(tmp_path_factory) -> dict[str, Ran]:
         path = root / name
         path.mkdir()
         (path / ".venv").symlink_to(sys.prefix)
+        (path / "activations").mkdir()  # in the checkout, with its README.md
         for shared in ("dev", "benchmarks"):
             (path / shared).symlink_to(REPO / shared)
         return path
@@ -217,6 +218,7 @@ def readme_runs(tmp_path_factory) -> dict[str, Ran]:
         proc = subprocess.run(["bash", "-c", script], cwd=folder(f"work{n}") if block.new_folder else shared, env=env,
                               capture_output=True, text=True, timeout=900)
         runs[block.name] = Ran(script, proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - start)
+    print("\nREADME blocks: " + ", ".join(f"{name} {ran.seconds:.0f} s" for name, ran in runs.items()))  # with -s
     return runs
 
 
