@@ -41,7 +41,9 @@ README = REPO / "README.md"
 KNOWN_FAILURES = {
     # `probe train` thresholds on the bundled control set, which it caches with the probe's model
     # by its hub name (HuggingFaceTB/SmolLM2-135M-Instruct) instead of the embedded 'default': offline
-    # it fails with "cannot load model ...". Issue 19 (the control-set model bug).
+    # it fails with "cannot load model ...". Issue 19 (the control-set model bug). The rest of the
+    # block was checked by hand with --no-control on train: it passes at these trial sizes (12
+    # questions give each instruction both grades; 4 did not).
     "Stage 4: deception probes": "probe train asks the hub for the control set's model (offline bug)",
 }
 
