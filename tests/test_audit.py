@@ -761,7 +761,6 @@ def test_cli_subprocess_error_has_no_traceback(tmp_path):
 
 
 # -- the default model -------------------------------------------------------------------------------
-@pytest.mark.default_model
 @pytest.mark.slow
 def test_quick_audit_on_default_model(default_model, tmp_path):
     sizes = QUICK.replace(cache={"limit_harmful_harmless": 32, "limit_honesty": 32, "limit_control": 32, "layer_stride": 10},

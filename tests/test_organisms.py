@@ -184,6 +184,7 @@ def test_cli_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys, mo
     assert err.startswith("geomprobe: error:") and message in err and "\n" not in err
 
 
+@pytest.mark.default_model  # no --base: the embedded model's GGUF (its SHA-256 keys the cache)
 def test_cli_list(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("GEOMPROBE_HOME", str(tmp_path))
     assert main(["organisms", "list", "--quick"]) == 0

@@ -49,7 +49,7 @@ def check_virtual_sources(path: str | Path) -> list[str]:
         if f.attrs.get("merge_mode") != "virtual":
             return []
 
-        def visit(name, obj):
+        def visit(name: str, obj: object) -> None:
             if isinstance(obj, h5py.Dataset) and obj.is_virtual:
                 for vds in obj.virtual_sources():
                     source = Path(vds.file_name)
