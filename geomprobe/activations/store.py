@@ -132,13 +132,13 @@ class CacheFile:
                 f"cache {str(self.path)!r} has format version {version}, newer than this geomprobe reads "
                 f"({FORMAT_VERSION}); upgrade geomprobe"
             )
-        fields.integer("format_minor", default=0, minimum=0)
+        self.format_minor = fields.integer("format_minor", default=0, minimum=0)
         self.hooks: list[str] = fields.string_list("hooks", as_json=True, non_empty=True)
         self.poolings: list[str] = fields.string_list("poolings", as_json=True, non_empty=True)
         unknown = [p for p in self.poolings if p not in POOLINGS]
         if unknown:
             raise self._damaged(f"unknown pooling {unknown[0]!r} in 'poolings'")
-        self.label_names: list[str] = fields.string_list("label_names", as_json=True)
+        self.label_names: list[str] = fields.string_list("label_names", as_json=True, unique=True)
         self.d_model = fields.integer("d_model", minimum=1)
         if "n_layers" in self.attrs:
             fields.integer("n_layers", minimum=1)
@@ -189,7 +189,11 @@ class CacheFile:
 
     def _check_digest(self, name: str, values: Any) -> None:
         raw = self.attrs.get(CHECKSUM_ATTR)
-        if raw is None:  # written before format minor 1: nothing to check against
+        if raw is None:
+            # Minor 1 writes the digests with every file, so a 1.1 file without them was edited:
+            # deleting the attribute must not switch the check off. Only 1.0 files are read unchecked.
+            if self.format_minor >= 1:
+                raise self._damaged(f"format 1.{self.format_minor} requires the {CHECKSUM_ATTR!r} attribute, which is missing")
             return
         digests = Fields({CHECKSUM_ATTR: raw}, f"cache {str(self.path)!r}", _RECREATE).text(CHECKSUM_ATTR)
         try:

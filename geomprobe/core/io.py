@@ -16,12 +16,14 @@ Every output of geomprobe goes through three steps:
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import math
 import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,6 +100,52 @@ def check_free_space(folder: PathLike, needed_bytes: int, path: PathLike, retry:
         return  # cannot tell; the write itself will report any problem
     if free < needed_bytes:
         raise write_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path, retry)
+
+
+# -- reading files whose content decides something --------------------------------------------------
+def check_regular_file(path: PathLike, what: str = "input") -> Path:
+    """Refuse a path that is not a regular file (after links): a device such as /dev/zero, a FIFO
+    or a socket never ends or blocks, so reading or hashing it would hang."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise GeomprobeError(f"{what} {str(path)!r} cannot be read ({exc.strerror or type(exc).__name__}); check the path") from None
+    if stat.S_ISDIR(mode):
+        raise GeomprobeError(f"{what} {str(path)!r} is a directory; pass a file")
+    if not stat.S_ISREG(mode):
+        raise GeomprobeError(f"{what} {str(path)!r} is a device, pipe or socket, not a regular file; pass a file")
+    return path
+
+
+def file_sha256(path: PathLike, *, what: str = "input", chunk: int = 1 << 22) -> str:
+    """SHA-256 of a regular file's whole content, read in chunks (memory stays flat for large weights)."""
+    path = check_regular_file(path, what)
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
+    except OSError as exc:
+        raise GeomprobeError(f"{what} {str(path)!r} cannot be read ({exc.strerror or type(exc).__name__}); check the file") from None
+    return digest.hexdigest()
+
+
+def folder_sha256(folder: PathLike, *, what: str = "folder") -> str:
+    """SHA-256 over every file under ``folder``: relative names, sizes and whole contents.
+
+    Cache keys and resume decisions use it, so two folders that differ anywhere (not only in the
+    first bytes of a file) never share a key. Devices, pipes and sockets inside are refused.
+    """
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_dir():
+            continue
+        name = path.relative_to(folder).as_posix().encode()
+        file_digest = file_sha256(path, what=f"{what} file")
+        digest.update(len(name).to_bytes(8, "little") + name + bytes.fromhex(file_digest))
+    return digest.hexdigest()
 
 
 # -- OSError as one line --------------------------------------------------------------------------

@@ -82,8 +82,11 @@ class Fields:
             raise self.damaged(f"{key!r} is {value!r}, not one of {', '.join(allowed)}")
         return value
 
-    def string_list(self, key: str, default: Any = _MISSING, *, as_json: bool = False, non_empty: bool = False) -> list[str]:
-        """A list of strings; ``as_json``: stored as a JSON text (how HDF5 attributes keep lists)."""
+    def string_list(
+        self, key: str, default: Any = _MISSING, *, as_json: bool = False, non_empty: bool = False, unique: bool = False
+    ) -> list[str]:
+        """A list of strings; ``as_json``: stored as a JSON text (how HDF5 attributes keep lists);
+        ``unique``: no name twice (label names index classes, so a repeat would swap or merge them)."""
         value = self._get(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -98,6 +101,10 @@ class Fields:
             raise self.damaged(f"{key!r} must be a list of strings, got {_shown(value)}")
         if non_empty and not value:
             raise self.damaged(f"{key!r} is an empty list")
+        if unique:
+            repeated = first_repeat(value)
+            if repeated is not None:
+                raise self.damaged(f"{key!r} names {repeated!r} twice; names must be unique")
         return value
 
     def mapping(self, key: str, default: Any = _MISSING) -> dict[str, Any]:
@@ -113,6 +120,23 @@ class Fields:
         if self._get(key, None) is None:
             return None
         return read(key)
+
+
+def first_repeat(names: Iterable[Any]) -> Any:
+    """The first item that occurs twice in ``names``, or None."""
+    seen: set[Any] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
+
+
+def check_unique_names(names: Iterable[Any], what: str = "label names") -> None:
+    """Refuse a repeated name: label codes index the list, so a repeat would swap or merge two classes."""
+    repeated = first_repeat(names)
+    if repeated is not None:
+        raise GeomprobeError(f"{what} hold {str(repeated)!r} twice; give each class one unique name")
 
 
 def _shown(value: Any) -> str:
