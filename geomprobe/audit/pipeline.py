@@ -34,7 +34,7 @@ from geomprobe.audit.schema import SCHEMA_NAME, SCHEMA_VERSION, check_schema_hea
 from geomprobe.audit.sections import SECTIONS
 from geomprobe.audit.tables import fmt
 from geomprobe.core.errors import GeomprobeError
-from geomprobe.core.io import check_output_folder, write_json
+from geomprobe.core.io import Output, check_outputs, write_json
 
 DATASETS = (("harmful_harmless", "harmful-harmless"), ("honesty", "honesty"), ("control", "control"))
 
@@ -144,6 +144,9 @@ def _collect_metrics(ctx: AuditContext) -> dict[str, Any]:
     return metrics
 
 
+AUDIT_FILES = ("metrics.json", "report.html", "report.md", "*.png", "caches")  # what an audit writes into --out
+
+
 def _write_metrics(out_dir: Path, metrics: dict[str, Any], clock: StageClock) -> Path:
     metrics["timings_s"] = {k: round(v, 3) for k, v in clock.timings.items()}
     return write_json(out_dir / "metrics.json", metrics)
@@ -188,7 +191,10 @@ def run_audit(
     if deception_set is not None and not Path(deception_set).is_file():
         raise GeomprobeError(f"--deception-set {str(deception_set)!r} is not a file; build one with geomprobe probe "
                              "deception-set --out FILE.jsonl")
-    out_dir = check_output_folder(out_dir, overwrite=overwrite, what="geomprobe audit", holds="metrics.json")
+    # metrics.json marks an audit folder; the other files an audit writes are refused too (a user's own report.html).
+    check_outputs([Output(out_dir, "--out", "folder", what="geomprobe audit", holds="metrics.json", owns=AUDIT_FILES)],
+                  inputs=[deception_set], overwrite=overwrite)
+    out_dir = Path(out_dir)
     clock = StageClock(resolve_progress(progress))
     options = AuditOptions(seed=seed, device=device, batch_size=batch_size, quick=quick,
                            show_bars=progress is True and sys.stderr.isatty(),

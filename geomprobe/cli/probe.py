@@ -12,16 +12,17 @@ from geomprobe.cli.common import (
     OPEN_UNIT,
     POSITIVE,
     SEED,
+    Output,
     Range,
     add_checks,
     add_hooks_arg,
     add_overwrite_arg,
-    check_new_file,
+    check_command_outputs,
     write_json,
 )
 from geomprobe.cli.probe_deception import print_condition_table, register_deception_set
 from geomprobe.core.errors import GeomprobeError
-from geomprobe.core.io import check_output_folder, removed_if_failed
+from geomprobe.core.io import removed_if_failed
 
 
 def _float_or_auto(text: str) -> float | str:
@@ -137,11 +138,9 @@ def _table(records: list[dict[str, Any]]) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from geomprobe.probes import save_probe, train_probes
-    from geomprobe.probes.persistence import SIDECAR
+    from geomprobe.probes.persistence import SIDECAR, TENSORS
 
-    out = check_output_folder(args.out, overwrite=args.overwrite, what="probe", holds=SIDECAR)
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
-    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
+    [out] = check_command_outputs(args, Output(args.out, "--out", "folder", what="probe", holds=SIDECAR, owns=(SIDECAR, TENSORS)))
     control = _train_control(args)
     params: dict[str, Any] = {}
     if args.method == "logistic":
@@ -229,8 +228,7 @@ def bundled_control_activations(probes, model: str | None, device: str = "auto")
 def run_eval(args: argparse.Namespace) -> int:
     from geomprobe.probes import evaluate_probes, load_probe
 
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
-    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
+    check_command_outputs(args)
     if args.control and args.no_control:
         raise GeomprobeError("pass either --control or --no-control, not both")
     if args.n_bootstrap < 0:
@@ -286,8 +284,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     from geomprobe.core.hooks import hook_layer
     from geomprobe.probes import transfer_matrix
 
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
-    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
+    check_command_outputs(args)
     params = {"C": args.C} if args.method == "logistic" else {}
     result = transfer_matrix(args.caches, args.method, hooks=args.hooks, pooling=args.pooling, seed=args.seed,
                              fpr=args.fpr, **params)
@@ -327,8 +324,7 @@ def run_tokens(args: argparse.Namespace) -> int:
     from geomprobe.plots.probes import token_scores_html
     from geomprobe.probes import load_probe, token_scores
 
-    check_new_file(args.html, "--html", overwrite=args.overwrite)
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
+    check_command_outputs(args)
     probes = load_probe(args.probe_dir)
     hook = args.hook
     if hook is None:
@@ -359,7 +355,7 @@ def run_tokens(args: argparse.Namespace) -> int:
 def run_score(args: argparse.Namespace) -> int:
     from geomprobe.probes import check_compatible, load_probe
 
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
+    check_command_outputs(args)
     probes = load_probe(args.probe_dir)
     try:
         from geomprobe.activations.collect import pooled_activations
