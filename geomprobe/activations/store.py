@@ -198,7 +198,7 @@ class CacheFile:
         digests = Fields({CHECKSUM_ATTR: raw}, f"cache {str(self.path)!r}", _RECREATE).text(CHECKSUM_ATTR)
         try:
             expected = json.loads(digests)[name]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise self._damaged(f"the {CHECKSUM_ATTR!r} attribute is not a JSON object with a digest of {name}") from None
         if checksum(name, values) != expected:
             raise self._damaged(f"{name} does not match its SHA-256 checksum (changed after it was written)")
@@ -243,7 +243,7 @@ class CacheFile:
         for i, s in enumerate(raw):
             try:
                 value = json.loads(s.decode() if isinstance(s, bytes) else s) if len(s) else {}
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise self._damaged(f"prompts/source row {i} is not valid JSON") from None
             out.append(value if isinstance(value, dict) else {"value": value})
         return out

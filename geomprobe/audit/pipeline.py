@@ -73,7 +73,7 @@ class AuditResult:
 
 def load_metrics(path: str | Path) -> dict[str, Any]:
     """Read an audit's metrics.json (a folder holding one works too) and check its schema version."""
-    import json
+    from geomprobe.core.validate import parse_json
 
     path = Path(path)
     if path.is_dir():
@@ -81,9 +81,10 @@ def load_metrics(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise GeomprobeError(f"{path} does not exist; run geomprobe audit first")
     try:
-        metrics = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise GeomprobeError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise GeomprobeError(f"{path} is not UTF-8 text; re-save it or rerun geomprobe audit") from None
+    metrics = parse_json(text, str(path), "rerun geomprobe audit")
     check_schema_header(metrics, str(path))
     return metrics
 

@@ -293,13 +293,31 @@ def write_error(exc: OSError, path: PathLike, retry: str = RETRY) -> GeomprobeEr
     return GeomprobeError(f"cannot write {where} ({reason}); fix the cause and {retry}")
 
 
+def _os_error_inside(exc: BaseException) -> OSError | None:
+    """The OS error a library reports in its own exception type: safetensors raises
+    ``SafetensorError("... No space left on device (os error 28)")`` for a full disk."""
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    if found is None:
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code))
+
+
 @contextmanager
 def translate_write_errors(path: PathLike, retry: str = RETRY) -> Iterator[None]:
-    """Turn an ``OSError`` raised inside the block into :func:`write_error` about ``path``."""
+    """Turn an ``OSError`` raised inside the block (or a library error wrapping one) into
+    :func:`write_error` about ``path``."""
     try:
         yield
     except OSError as exc:
         raise write_error(exc, path, retry) from None
+    except GeomprobeError:
+        raise
+    except Exception as exc:
+        wrapped = _os_error_inside(exc)
+        if wrapped is None:
+            raise
+        raise write_error(wrapped, path, retry) from None
 
 
 def remove_quietly(path: Path) -> None:

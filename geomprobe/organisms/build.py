@@ -135,9 +135,10 @@ def read_provenance(folder: str | os.PathLike) -> dict[str, Any] | None:
     """The organism's provenance record, or None when the folder is not a finished organism."""
     path = Path(folder) / PROVENANCE
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # not a finished organism: rebuilt, never trusted
         return None
+    return record if isinstance(record, dict) else None
 
 
 def check_names(names: Sequence[str] | str | None) -> list[str]:
