@@ -245,3 +245,50 @@ def test_a_fitting_checkpoint_still_loads_its_own_weights(tiny_llama_dir):
     stored = load_file(str(tiny_llama_dir / "model.safetensors"))
     for name, value in ckpt.hf_model.state_dict().items():
         assert torch.equal(value, stored[name]), name
+
+
+# -- reading and writing safetensors -----------------------------------------------------------------------
+def test_safetensors_whose_header_length_starts_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    from geomprobe.core.artifacts import read_safetensors
+
+    tensors = {"w": np.arange(6, dtype=np.float64)}
+    for pad in range(400):  # find metadata that makes the header length's low byte 0x80
+        path = tmp_path / "t.safetensors"
+        save_numpy(tensors, str(path), metadata={"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("no header length with low byte 0x80 found")
+    np.testing.assert_array_equal(read_safetensors(path, "fix")["w"], tensors["w"])
+    path.write_bytes(b"\x80\x04\x95" + b"\x00" * 20)  # a pickle's opening bytes
+    with pytest.raises(GeomprobeError, match="looks like a pickle"):
+        read_safetensors(path, "fix")
+
+
+def test_safetensors_write_failure_is_one_line(tmp_path):
+    """A file-size limit makes the safetensors writer fail as a full disk does (its own error type)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import resource, signal
+import numpy as np
+from geomprobe.activations.store import write_cache
+from geomprobe.probes import save_probe, train_probes
+from geomprobe.core.errors import GeomprobeError
+labels = np.repeat([0, 1], 20)
+acts = {{"blocks.0.hook_resid_post": np.random.default_rng(0).normal(size=(40, 512)).astype(np.float32)}}
+cache = write_cache({str(tmp_path / "c.h5")!r}, acts, labels, ["harmless", "harmful"])
+probes, _ = train_probes(cache, "mean-diff", device="cpu")
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (3000, resource.RLIM_INFINITY))
+try:
+    save_probe(probes, {str(tmp_path / "p")!r})
+except GeomprobeError as exc:
+    print("ERROR", exc)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert "Traceback" not in out.stderr, out.stderr
+    assert "ERROR cannot write" in out.stdout and "probe.safetensors' (File too large)" in out.stdout, out.stdout
+    assert not (tmp_path / "p" / "probe.safetensors").exists()

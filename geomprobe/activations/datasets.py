@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.io import check_regular_file
 from geomprobe.core.validate import check_json_strings, check_text, jsonl_lines, parse_json
 
 BUNDLED = ("harmful-harmless", "honesty", "control")
@@ -219,7 +220,7 @@ def load_prompt_set(source: str | Path, limit: int | None = None, seed: int = 0)
             raise GeomprobeError(f"dataset {text!r} is neither {hint} nor an existing file; check the name or path")
         if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
             raise GeomprobeError(f"dataset {text!r} must be .jsonl or .csv")
-    data = path.read_bytes()
+    data = check_regular_file(path, "dataset").read_bytes()  # a FIFO or device would never end
     rows = _read_rows(path, data)
     parsed = [(_row_to_prompt(row, where), row) for row, where in rows]
     raw_labels = [label for (_, label, _), _ in parsed]

@@ -32,7 +32,7 @@ from geomprobe.activations.format import (  # noqa: F401  (re-exported)
 from geomprobe.activations.writer import CacheWriter, partial_path, write_cache  # noqa: F401  (re-exported)
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.hooks import hook_layer
-from geomprobe.core.io import PathLike
+from geomprobe.core.io import PathLike, check_regular_file
 from geomprobe.core.validate import Fields
 
 _RECREATE = "re-create it with geomprobe cache"
@@ -84,6 +84,7 @@ class CacheFile:
             raise GeomprobeError(f"{str(self.path)!r} is a directory; pass a cache .h5 file")
         if not self.path.exists():
             raise GeomprobeError(f"cache file {str(self.path)!r} does not exist; create it with geomprobe cache")
+        check_regular_file(self.path, "cache file")  # HDF5 would block on a FIFO for ever
         try:
             self.file = h5py.File(self.path, "r")
         except OSError:

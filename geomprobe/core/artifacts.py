@@ -58,8 +58,11 @@ def read_safetensors(path: str | Path, fix: str, framework: str = "np") -> dict[
 
     path = Path(path)
     with open(path, "rb") as handle:
-        head = handle.read(8)
-    if head[:1] == b"\x80" or head[:2] == b"PK":
+        head = handle.read(9)
+    # A safetensors file starts with its header's length (8 bytes, little-endian) and then the
+    # header's "{"; that length's first byte can be 0x80 too, so the pickle test looks further.
+    looks_like_safetensors = len(head) == 9 and head[8:9] == b"{"
+    if not looks_like_safetensors and (head[:1] == b"\x80" or head[:2] == b"PK"):
         raise GeomprobeError(f"{str(path)!r} looks like a pickle/torch.save file, which geomprobe never loads; {fix}")
     try:
         with safe_open(str(path), framework=framework) as f:

@@ -56,6 +56,8 @@ def check_output_file(path: PathLike, *, overwrite: bool, what: str = "output", 
     if path.is_dir():
         such_as = f" such as {path / example_name}" if example_name else ""
         raise GeomprobeError(f"{what} {str(path)!r} is a directory; give a file name{such_as}")
+    if path.exists() and not path.is_file():  # a rename onto /dev/null or a FIFO would replace the node itself
+        raise GeomprobeError(f"{what} {str(path)!r} is a device, pipe or socket, not a file; give a file name")
     if path.exists() and not overwrite:
         raise GeomprobeError(f"{what} {str(path)!r} already exists; pass --overwrite (overwrite=True) to replace it")
     _check_parent(path, what)
