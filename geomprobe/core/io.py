@@ -184,7 +184,10 @@ def check_outputs(outputs: Sequence[Output], *, inputs: Sequence[PathLike | None
     with ``overwrite``. Then each is checked as by :func:`check_output_file` /
     :func:`check_output_folder`, plus its extension and the files it owns in a folder.
     """
-    given = [o for o in outputs if o.path is not None and str(o.path) != ""]
+    given = [o for o in outputs if o.path is not None]
+    for output in given:
+        if not str(output.path).strip():  # "" would become "." (the current folder)
+            raise GeomprobeError(f"{output.flag} {str(output.path)!r} names no file or folder; give a path")
     for i, first in enumerate(given):
         for second in given[i + 1:]:
             if _collides(first, second):

@@ -72,8 +72,9 @@ def unclear_path(path: str | Path) -> Path:
 def deception_outputs(path: str | Path) -> list[Output]:
     """The two files a deception set is written to: ``path`` (.jsonl) and the unclear rows beside it."""
     path = Path(path)
+    unclear = unclear_path(path) if path.name else None  # an empty name fails the check of the first output
     return [Output(path, "--out", suffixes=(".jsonl",), example_name="deception.jsonl"),
-            Output(unclear_path(path), "--out (its unclear rows)", example_name="deception.unclear.jsonl")]
+            Output(unclear, "--out (its unclear rows)", example_name="deception.unclear.jsonl")]
 
 
 def check_outputs(path: str | Path, overwrite: bool = False) -> tuple[Path, Path]:
