@@ -334,6 +334,7 @@ def run_ablate(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from geomprobe.steering import export_gguf
 
+    check_command_outputs(args, Output(args.out, "--out", example_name="vector.gguf"))
     vec = _load_vector(args.vector)
     result = export_gguf(vec, args.out, multiplier=args.multiplier, hooks=args.hooks, model_hint=args.model_hint, overwrite=args.overwrite)
     layers = ", ".join(f"{h} -> direction.{k}" for h, k in result.layers.items())

@@ -519,6 +519,8 @@ R3 += [
     C("r3-in-subspace-project-out-is-model",
       "subspace project --base {model} --aligned {model} --finetuned {model} --out {model} --overwrite", INPUT),
     C("r3-in-cache-out-is-dataset", f"cache {M} --dataset {{nul_jsonl}} --out {{nul_jsonl}} --overwrite", INPUT),
+    C("r3-in-export-out-in-vector", "steer export-gguf {vector} --out {vector}/vector.safetensors --overwrite", INPUT),
+    C("r3-out-export-is-dev-null", "steer export-gguf {vector} --out /dev/null --overwrite", "device, pipe or socket"),
     C("r3-owned-audit-report-html", "audit --model {model} --out {user_report}", "already holds report.html"),
     C("r3-owned-audit-plot", "audit --model {model} --out {user_plots}", "already holds aqi_layers.png"),
     C("r3-owned-probe-tensors", f"probe train {G} --out {{half_probe}}", "already holds probe.safetensors"),
