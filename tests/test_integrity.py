@@ -292,3 +292,31 @@ except GeomprobeError as exc:
     assert "Traceback" not in out.stderr, out.stderr
     assert "ERROR cannot write" in out.stdout and "probe.safetensors' (File too large)" in out.stdout, out.stdout
     assert not (tmp_path / "p" / "probe.safetensors").exists()
+
+
+def test_multiplier_that_overflows_the_dtype_is_refused(tiny_llama):
+    from geomprobe.steering.apply import check_multiplier_fits, steer
+
+    vector = np.zeros(64, dtype=np.float32)
+    vector[3] = 2.0  # norm 2
+    limit = float(np.sqrt(np.finfo(np.float32).max))
+    assert check_multiplier_fits(vector, 0.49 * limit) == pytest.approx(0.49 * limit)
+    with pytest.raises(GeomprobeError, match="overflows float32"):
+        check_multiplier_fits(vector, 0.51 * limit)
+    with pytest.raises(GeomprobeError, match="overflows float16"):
+        check_multiplier_fits(vector, 200.0, "float16")  # 400 > 256
+    # What the limit protects against: past it the norm layer's square overflows and the tiny model's
+    # logits collapse (all equal, or not finite): nothing it generates depends on the prompt any more.
+    ids = tiny_llama.tokenizer("hello there", return_tensors="pt")["input_ids"]
+    scaled = torch.from_numpy(vector * np.float32(0.51 * limit))
+    hook = tiny_llama.hf_model.model.layers[0].register_forward_hook(lambda m, i, o: (o[0] + scaled,) + tuple(o[1:])
+                                                                       if isinstance(o, tuple) else o + scaled)
+    try:
+        with torch.no_grad():
+            logits = tiny_llama.hf_model(ids).logits
+    finally:
+        hook.remove()
+    assert not torch.isfinite(logits).all() or bool((logits == logits.flatten()[0]).all())
+    with pytest.raises(GeomprobeError, match="overflows float32"):
+        with steer(tiny_llama, torch.from_numpy(vector), 0.51 * limit, hooks="blocks.0.hook_resid_post"):
+            pass
