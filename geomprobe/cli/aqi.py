@@ -16,7 +16,7 @@ from geomprobe.cli.common import (
     add_checks,
     add_hooks_arg,
     add_overwrite_arg,
-    check_new_file,
+    check_command_outputs,
     write_json,
 )
 
@@ -120,8 +120,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from geomprobe.core import __version__
 
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
-    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
+    check_command_outputs(args)
     reduction = parse_reduction(args.reduce)
     label_pair = tuple(args.labels) if args.labels else None
     meta = cache_metadata(args.cache)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from geomprobe.core.errors import GeomprobeError
+from geomprobe.cli.common import SEED, add_checks
 
 
 def register(subparsers) -> None:
@@ -20,12 +20,14 @@ def register(subparsers) -> None:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     b.add_argument("--overwrite", action="store_true", help="replace existing OUT/<name> folders (or rebuild cache entries)")
+    add_checks(b, seed=SEED)
     b.set_defaults(func=run_build)
 
     ls = sub.add_parser("list", help="the organisms and where they are cached")
     ls.add_argument("--base", default="default")
     ls.add_argument("--quick", action="store_true")
     ls.add_argument("--seed", type=int, default=0)
+    add_checks(ls, seed=SEED)  # the same settings as build, so the same checks
     ls.set_defaults(func=run_list)
 
 
@@ -38,8 +40,6 @@ def _names(args: argparse.Namespace) -> list[str] | None:
 def run_build(args: argparse.Namespace) -> int:
     from geomprobe.organisms import build_organisms
 
-    if args.seed < 0:
-        raise GeomprobeError(f"--seed must be >= 0; got {args.seed}")
     folders = build_organisms(_names(args), args.out, base=args.base, quick=args.quick, seed=args.seed,
                               device=args.device, overwrite=args.overwrite, progress=True)
     for name, folder in folders.items():

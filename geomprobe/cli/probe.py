@@ -12,16 +12,17 @@ from geomprobe.cli.common import (
     OPEN_UNIT,
     POSITIVE,
     SEED,
+    Output,
     Range,
     add_checks,
     add_hooks_arg,
     add_overwrite_arg,
-    check_new_file,
+    check_command_outputs,
     write_json,
 )
 from geomprobe.cli.probe_deception import print_condition_table, register_deception_set
 from geomprobe.core.errors import GeomprobeError
-from geomprobe.core.io import check_output_folder, removed_if_failed
+from geomprobe.core.io import removed_if_failed
 
 
 def _float_or_auto(text: str) -> float | str:
@@ -168,11 +169,9 @@ def _table(records: list[dict[str, Any]]) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from geomprobe.probes import save_probe, train_probes
-    from geomprobe.probes.persistence import SIDECAR
+    from geomprobe.probes.persistence import SIDECAR, TENSORS
 
-    out = check_output_folder(args.out, overwrite=args.overwrite, what="probe", holds=SIDECAR)
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
-    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
+    [out] = check_command_outputs(args, Output(args.out, "--out", "folder", what="probe", holds=SIDECAR, owns=(SIDECAR, TENSORS)))
     method, params = kind_params(args, {"C": "C", "fit_intercept": "fit_intercept", "shrinkage": "shrinkage"})
     control = _control(args)
     probes, result = train_probes(
@@ -244,8 +243,9 @@ def bundled_control_activations(probes, model: str | None, device: str = "auto")
 def run_eval(args: argparse.Namespace) -> int:
     from geomprobe.probes import evaluate_probes, load_probe
 
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
-    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
+    check_command_outputs(args)
+    if args.control and args.no_control:
+        raise GeomprobeError("pass either --control or --no-control, not both")
     if args.n_bootstrap < 0:
         raise GeomprobeError(f"--n-bootstrap must be 0 or more, got {args.n_bootstrap}")
     from geomprobe.activations.store import open_cache
@@ -299,8 +299,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     from geomprobe.core.hooks import hook_layer
     from geomprobe.probes import transfer_matrix
 
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
-    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
+    check_command_outputs(args)
     method, params = kind_params(args, {"C": "C"})
     result = transfer_matrix(args.caches, method, hooks=args.hooks, pooling=args.pooling, seed=args.seed,
                              fpr=args.fpr, **params)
@@ -341,8 +340,7 @@ def run_tokens(args: argparse.Namespace) -> int:
     from geomprobe.plots.probes import token_scores_html
     from geomprobe.probes import load_probe, token_scores
 
-    check_new_file(args.html, "--html", overwrite=args.overwrite)
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
+    check_command_outputs(args)
     probes = load_probe(args.probe_dir)
     hook = args.hook
     if hook is None:
@@ -373,7 +371,7 @@ def run_tokens(args: argparse.Namespace) -> int:
 def run_score(args: argparse.Namespace) -> int:
     from geomprobe.probes import check_compatible, load_probe
 
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
+    check_command_outputs(args)
     probes = load_probe(args.probe_dir)
     try:
         from geomprobe.activations.collect import pooled_activations

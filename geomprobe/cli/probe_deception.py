@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from geomprobe.cli.common import add_model_args, check_new_file, model_from_args, write_json
+from geomprobe.cli.common import add_model_args, check_command_outputs, model_from_args, write_json
 from geomprobe.core.errors import GeomprobeError
 
 
@@ -29,14 +29,13 @@ def register_deception_set(sub) -> None:
 
 
 def run_deception_set(args: argparse.Namespace) -> int:
-    from geomprobe.probes.deception import build_deception_set, check_outputs
+    from geomprobe.probes.deception import build_deception_set, deception_outputs
     from geomprobe.probes.grading import load_questions
 
     for name, value in (("--limit", args.limit), ("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise GeomprobeError(f"{name} must be at least 1, got {value}")
-    check_outputs(args.out, args.overwrite)
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
+    check_command_outputs(args, *deception_outputs(args.out))
     load_questions(args.questions, args.limit)  # bad questions fail before the model loads
     model = model_from_args(args)
 

@@ -88,12 +88,12 @@ def deception_headline(per_condition: list[ConditionAuroc], layer: int, hook: st
 
 def deception_counts(path: Path) -> dict[str, dict[str, int]]:
     """``{condition: {grade: rows}}`` of a deception-set JSONL file."""
-    import json
+    from geomprobe.core.validate import jsonl_lines, parse_json
 
     counts: dict[str, dict[str, int]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for n, line in jsonl_lines(path.read_text(encoding="utf-8")):
         if line.strip():
-            row = json.loads(line)
+            row = parse_json(line, f"{path} line {n}", "rebuild it with geomprobe probe deception-set")
             grade = str(row.get("grade", row.get("label", "")))
             by_grade = counts.setdefault(str(row.get("condition", "")), {})
             by_grade[grade] = by_grade.get(grade, 0) + 1
