@@ -227,9 +227,16 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from geomprobe.steering import LayerRule, ValidationPrompts, canonical_metric, judged_choice, search_layers
+    from geomprobe.steering import (
+        LayerRule,
+        ValidationPrompts,
+        canonical_metric,
+        hold_out_build_prompts,
+        judged_choice,
+        search_layers,
+    )
     from geomprobe.steering import validation_prompts as read_validation
-    from geomprobe.steering.search import check_search_settings, hold_out_build_prompts
+    from geomprobe.steering.search import check_search_settings
 
     vec = _load_vector(args.vector)
     check_command_outputs(args)

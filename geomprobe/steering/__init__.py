@@ -34,16 +34,21 @@ from geomprobe.steering.apply import (
 )
 from geomprobe.steering.depth import DepthResult, alignment_depth
 from geomprobe.steering.export import GGUFExport, export_gguf, gguf_layer_for_hook, gguf_model_hint, plan_gguf_layers, read_gguf
-from geomprobe.steering.prompts import ValidationPrompts, split_by_label, user_prompts, validation_prompts
+from geomprobe.steering.prompts import (
+    BuildOverlap,
+    ValidationPrompts,
+    hold_out_build_prompts,
+    split_by_label,
+    user_prompts,
+    validation_prompts,
+)
 from geomprobe.steering.search import (
     METRICS,
     RENAMED_METRICS,
-    BuildOverlap,
     ScreenRecord,
     SearchRecord,
     SearchResult,
     canonical_metric,
-    hold_out_build_prompts,
     js_divergence_1d,
     kl_divergence,
     logit_difference,
