@@ -475,6 +475,12 @@ def test_gguf_export_refuses_non_finite_vectors(tmp_path):
     assert not (tmp_path / "big.gguf").exists()
 
 
+@pytest.mark.default_model  # reads the embedded GGUF's general.architecture
+def test_gguf_model_hint_of_the_default_model_id(tmp_path):
+    default = SteeringVector({"blocks.1.hook_resid_post": np.ones(8)}, "mean-diff", "last", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert export_gguf(default, tmp_path / "d.gguf").model_hint == "llama"
+
+
 def test_gguf_model_hint_is_the_architecture(tmp_path, tiny_llama_dir):
     import gguf
 
@@ -484,8 +490,6 @@ def test_gguf_model_hint_is_the_architecture(tmp_path, tiny_llama_dir):
     assert read_gguf(result.path)[1]["model_hint"] == "llama"
     field = gguf.GGUFReader(str(result.path)).fields["controlvector.model_hint"]
     assert bytes(field.parts[field.data[0]]).decode() == "llama"
-    default = SteeringVector({"blocks.1.hook_resid_post": np.ones(8)}, "mean-diff", "last", "HuggingFaceTB/SmolLM2-135M-Instruct")
-    assert export_gguf(default, tmp_path / "d.gguf").model_hint == "llama"
     recorded = SteeringVector({"blocks.1.hook_resid_post": np.ones(8)}, "mean-diff", "last", "x", metadata={"model_type": "qwen2"})
     assert export_gguf(recorded, tmp_path / "q.gguf").model_hint == "qwen2"
     unknown = SteeringVector({"blocks.1.hook_resid_post": np.ones(8)}, "mean-diff", "last", "no-such-model-anywhere")

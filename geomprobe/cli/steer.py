@@ -247,9 +247,7 @@ def run_search(args: argparse.Namespace) -> int:
                      judge_candidates=args.judge_candidates, maximize=not args.minimize)
     split = read_validation(args.dataset, args.harmless, args.positive_label)
     probe = None
-    if metric == "probe":
-        if not args.probe:
-            raise GeomprobeError("--metric probe needs --probe PROBE_DIR")
+    if metric == "probe" and args.probe:  # without --probe, check_search_settings says what is missing
         from geomprobe.steering import build_from_probe
 
         pv = build_from_probe(args.probe)
