@@ -1,4 +1,4 @@
-"""``geomprobe organisms``: build and list the model organisms (checkpoints with known alignment changes)."""
+"""``geomprobe organisms``: build, list and measure the model organisms (checkpoints with known alignment changes)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from geomprobe.core.errors import GeomprobeError
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("organisms", help="model organisms: aligned, dealigned and ablated checkpoints")
+    p = subparsers.add_parser("organisms", help="model organisms: aligned, dealigned, ablated and deep-aligned checkpoints")
     sub = p.add_subparsers(dest="organisms_command", metavar="ACTION")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -27,6 +27,19 @@ def register(subparsers) -> None:
     ls.add_argument("--quick", action="store_true")
     ls.add_argument("--seed", type=int, default=0)
     ls.set_defaults(func=run_list)
+
+    m = sub.add_parser("measure", help="refusal rates of built organisms on both held-out sets, with intervals")
+    m.add_argument("--only", nargs="+", metavar="NAME", help="organisms to measure (default: all; each must be built)")
+    m.add_argument("--with-base", action="store_true", help="also measure the base model")
+    m.add_argument("--base", default="default", help="the organisms' base model: 'default' or a save_pretrained folder")
+    m.add_argument("--quick", action="store_true", help="the --quick organisms")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--limit", type=int, help="judge only the first N prompts per set and label")
+    m.add_argument("--max-new-tokens", type=int, default=48, help="greedy tokens the judge reads (default 48)")
+    m.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    m.add_argument("--json", help="write every rate, interval and per-prompt flag here")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    m.set_defaults(func=run_measure)
 
 
 def _names(args: argparse.Namespace) -> list[str] | None:
@@ -54,4 +67,36 @@ def run_list(args: argparse.Namespace) -> int:
     for name, description in ORGANISMS.items():
         print(f"{name:10s} {description}")
         print(f"{'':10s} {where[name] or 'not built (geomprobe organisms build)'}")
+    return 0
+
+
+def run_measure(args: argparse.Namespace) -> int:
+    from geomprobe.core.io import check_output_file, write_json
+    from geomprobe.organisms import cached_organisms, check_names, measure_refusals
+
+    if args.seed < 0:
+        raise GeomprobeError(f"--seed must be >= 0; got {args.seed}")
+    if args.limit is not None and args.limit < 1:
+        raise GeomprobeError(f"--limit must be >= 1; got {args.limit}")
+    if args.max_new_tokens < 1:
+        raise GeomprobeError(f"--max-new-tokens must be >= 1; got {args.max_new_tokens}")
+    if args.json:
+        check_output_file(args.json, overwrite=args.overwrite, what="--json")
+    names = check_names(_names(args))
+    where = cached_organisms(seed=args.seed, quick=args.quick, base=args.base)
+    missing = [n for n in names if where[n] is None]
+    if missing:
+        flags = " --quick" * args.quick + (f" --base {args.base}" if args.base != "default" else "")
+        raise GeomprobeError(f"organism {missing[0]!r} is not built with these settings; "
+                             f"run: geomprobe organisms build --only {' '.join(missing)}{flags}")
+    models = {"base": args.base} if args.with_base else {}
+    models.update({n: str(where[n]) for n in names})
+    results = {}
+    for name, source in models.items():
+        r = measure_refusals(source, seed=args.seed, limit=args.limit, max_new_tokens=args.max_new_tokens,
+                             device=args.device, progress=True, model_id=source)
+        print(f"{name}  ({source})\n{r.table()}", flush=True)
+        results[name] = r.to_dict()
+    if args.json:
+        write_json(args.json, results)
     return 0
