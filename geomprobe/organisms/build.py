@@ -247,9 +247,25 @@ def _build_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dic
 
 
 def _build_deep_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
-    from geomprobe.organisms.deep import build_deep_aligned
+    """aligned's examples plus recoveries from the base model's harmful openings (geomprobe.organisms.deep)."""
+    from geomprobe.models import load_checkpoint
+    from geomprobe.organisms.deep import recovery_data
+    from geomprobe.organisms.train import finetune_lora
 
-    return build_deep_aligned(ctx, folder)
+    s = ctx.settings
+    examples, data = aligned_examples(ctx)
+    answers, _ = _base_answers(ctx, "harmful")
+    ckpt = load_checkpoint(ctx.base, device=ctx.device)
+    rows, recovery = recovery_data(ckpt.tokenizer, _train_texts(ctx, "harmful"), answers, s)
+    n_layers = int(ckpt.hf_model.config.num_hidden_layers)
+    model, log = finetune_lora(
+        ckpt.hf_model, ckpt.tokenizer, examples + [r.example for r in rows], steps=s.deep_steps, lr=s.align_lr,
+        batch_size=s.align_batch, rank=s.lora_rank, alpha=s.lora_alpha, first_layer=int(s.lora_first_layer * n_layers),
+        max_tokens=s.max_tokens, opening_weight=s.align_opening_weight, seed=s.seed, progress=ctx.progress,
+        desc="deep-aligned: LoRA",
+    )
+    _save_checkpoint(model, ckpt.tokenizer, folder)
+    return {"training": log.to_dict(), "data": {**data, **recovery}, "start_from": ctx.base, "start_identity": ctx.base_id}
 
 
 def _build_dealigned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:

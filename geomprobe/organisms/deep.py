@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -100,37 +99,25 @@ def recovery_examples(
     return rows
 
 
-def build_deep_aligned(ctx: Any, folder: Path) -> dict[str, Any]:
-    """Train ``deep-aligned`` into ``folder``; return its provenance details (``_Context`` from build.py)."""
-    from geomprobe.models import load_checkpoint
-    from geomprobe.organisms.build import _base_answers, _save_checkpoint, _train_texts, aligned_examples
-    from geomprobe.organisms.train import finetune_lora
+def recovery_data(tokenizer: Any, harmful: Sequence[str], answers: Sequence[str], settings: Any) -> tuple[list[RecoveryRow], dict]:
+    """The recovery rows for the harmful train prompts and what the provenance records of them.
+
+    Only answers the judge does not flag as refusals give an opening: a refusal's opening would
+    teach nothing new. ``settings`` is an ``OrganismSettings`` (``deep_k_range``, ``deep_repeats``, ``seed``).
+    """
     from geomprobe.steering.judge import is_refusal
 
-    s = ctx.settings
-    examples, data = aligned_examples(ctx)
-    harmful = _train_texts(ctx, "harmful")
-    answers, _ = _base_answers(ctx, "harmful")
-    # Only compliant answers make a harmful opening; a refusal's opening would teach nothing new.
     compliant = [a if a.strip() and not is_refusal(a) else "" for a in answers]
-    ckpt = load_checkpoint(ctx.base, device=ctx.device)
-    rows = recovery_examples(ckpt.tokenizer, harmful, compliant, k_range=s.deep_k_range, repeats=s.deep_repeats,
-                             seed=s.seed + 2)
+    rows = recovery_examples(tokenizer, harmful, compliant, k_range=settings.deep_k_range, repeats=settings.deep_repeats,
+                             seed=settings.seed + 2)
     if not rows:
         raise GeomprobeError("the base model refused every harmful train prompt; there is no harmful opening to recover from")
-    n_layers = int(ckpt.hf_model.config.num_hidden_layers)
-    model, log = finetune_lora(
-        ckpt.hf_model, ckpt.tokenizer, examples + [r.example for r in rows], steps=s.deep_steps, lr=s.align_lr,
-        batch_size=s.align_batch, rank=s.lora_rank, alpha=s.lora_alpha, first_layer=int(s.lora_first_layer * n_layers),
-        max_tokens=s.max_tokens, opening_weight=s.align_opening_weight, seed=s.seed, progress=ctx.progress,
-        desc="deep-aligned: LoRA",
-    )
-    _save_checkpoint(model, ckpt.tokenizer, folder)
     ks = [r.k for r in rows]
-    data.update({
-        "recovery_rows": len(rows), "recovery_repeats": s.deep_repeats, "recovery_texts": len(RECOVERY_TEXTS),
+    data = {
+        "recovery_rows": len(rows), "recovery_repeats": settings.deep_repeats, "recovery_texts": len(RECOVERY_TEXTS),
         "harmful_openings_dropped_as_refusals": sum(1 for a in compliant if not a),
-        "k_range": list(s.deep_k_range), "k_mean": round(float(np.mean(ks)), 2), "k_capped": sum(r.k < r.k_drawn for r in rows),
+        "k_range": list(settings.deep_k_range), "k_mean": round(float(np.mean(ks)), 2),
+        "k_capped": sum(r.k < r.k_drawn for r in rows),
         "rows": [{"prompt_index": r.prompt_index, "k": r.k, "recovery": r.recovery} for r in rows],
-    })
-    return {"training": log.to_dict(), "data": data, "start_from": ctx.base, "start_identity": ctx.base_id}
+    }
+    return rows, data
