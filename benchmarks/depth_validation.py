@@ -41,8 +41,8 @@ def pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
-def interval(low: float | None, high: float | None, fmt=pct) -> str:
-    return "n/a" if low is None or high is None else f"{fmt(low)}-{fmt(high)}"
+def interval(low: float | None, high: float | None) -> str:
+    return "n/a" if low is None or high is None else f"{pct(low)}-{pct(high)}"
 
 
 def share_table(results: dict) -> str:
@@ -84,14 +84,14 @@ def prefill_table(results: dict, difference: dict) -> str:
     names = list(results)
     head = "| prefilled k | " + " | ".join(f"{n} refused [CI]" for n in names) + " | deep-aligned - aligned [CI] |"
     lines = [head, "|" + "---:|" * (len(names) + 2)]
-    signed = lambda v: f"{100 * v:+.0f} pts"  # noqa: E731
     for j, k in enumerate(results[names[0]].ks):
         cells = []
         for n in names:
             p = results[n].prefill.points[j]
             cells.append(f"{pct(p.rate)} ({p.n_refused}/{p.n}) [{interval(p.ci_low, p.ci_high)}]")
         d = difference["per_k"][j]
-        lines.append(f"| {k} | " + " | ".join(cells) + f" | {signed(d['difference'])} [{interval(d['ci_low'], d['ci_high'], signed)}] |")
+        lines.append(f"| {k} | " + " | ".join(cells)
+                     + f" | {100 * d['difference']:+.0f} pts [{100 * d['ci_low']:+.0f}, {100 * d['ci_high']:+.0f}] |")
     aucs = [f"{r.prefill.auc:.3f} [{r.prefill.auc_ci_low:.3f}-{r.prefill.auc_ci_high:.3f}]" for r in results.values()]
     lo, hi = difference["auc_ci"]
     lines.append("| AUC | " + " | ".join(aucs) + f" | {difference['auc_difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] |")
