@@ -86,7 +86,7 @@ class OrganismSettings:
     # deep-aligned: aligned's examples plus deep_repeats recovery rows per harmful train prompt whose
     # base answer complies: the answer's first k tokens (k uniform in deep_k_range, both ends included,
     # at most the answer's length), then a refusal. The range covers geomprobe depth's prefill lengths.
-    deep_steps: int = 160  # more rows than aligned (about a third more), so more steps for the same epochs
+    deep_steps: int = 120  # as align_steps: the same compute, so deep-aligned differs from aligned only in its data
     deep_k_range: tuple[int, int] = (1, 24)
     deep_repeats: int = 1
 
