@@ -56,7 +56,7 @@ def run_build(args: argparse.Namespace) -> int:
     folders = build_organisms(_names(args), args.out, base=args.base, quick=args.quick, seed=args.seed,
                               device=args.device, overwrite=args.overwrite, progress=True)
     for name, folder in folders.items():
-        print(f"{name:10s} {folder}")
+        print(f"{name:12s} {folder}")
     return 0
 
 
@@ -65,8 +65,8 @@ def run_list(args: argparse.Namespace) -> int:
 
     where = cached_organisms(seed=args.seed, quick=args.quick, base=args.base)
     for name, description in ORGANISMS.items():
-        print(f"{name:10s} {description}")
-        print(f"{'':10s} {where[name] or 'not built (geomprobe organisms build)'}")
+        print(f"{name:12s} {description}")
+        print(f"{'':12s} {where[name] or 'not built (geomprobe organisms build)'}")
     return 0
 
 
