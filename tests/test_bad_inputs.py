@@ -68,13 +68,22 @@ def _outputs_unchanged(case, paths, before: dict[str, str], root: Path, model: P
 
 
 def test_corpus_is_big_and_covers_every_command():
-    assert len(CASES) >= 200
+    assert len(CASES) >= 400
     assert len({c.id for c in CASES}) == len(CASES)
     commands = {c.argv[0] if c.argv[0] in ("aqi", "cache") else " ".join(c.argv[:2]) for c in CASES}
     for needed in ("cache", "aqi", "subspace acts", "subspace weights", "subspace project", "probe train", "probe eval",
                    "probe transfer", "probe tokens", "probe score", "steer build", "steer generate", "steer search",
-                   "steer ablate", "steer export-gguf", "steer screen"):
+                   "steer ablate", "steer export-gguf", "steer screen", "organisms list", "organisms build",
+                   "probe deception-set", "audit --model"):
         assert needed in commands, needed
+
+
+def test_corpus_covers_issue_21_classes():
+    """Forged integrity, broken models, outputs checked together, parser limits and late checks each have cases."""
+    ids = {c.id for c in CASES}
+    for prefix, at_least in (("r3-aqi-", 5), ("r3-probedir-", 20), ("r3-model-", 30), ("r3-out-", 10), ("r3-in-", 10),
+                             ("r3-owned-", 4), ("r3-plot-ext-", 8), ("r3-jsonl-", 6), ("r3-organisms-", 8)):
+        assert sum(i.startswith(prefix) for i in ids) >= at_least, prefix
 
 
 def test_corpus_covers_outputs_disks_and_arguments():

@@ -166,7 +166,6 @@ def test_incomplete_or_foreign_files_are_refused(tmp_path):
         geomprobe.open_cache(path)
 
 
-@pytest.mark.default_model
 def test_default_model_last_and_mean_equal_hidden_states(default_model, tmp_path):
     model = default_model
     ps = load_prompt_set("honesty", limit=6)

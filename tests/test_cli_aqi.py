@@ -47,6 +47,9 @@ def test_cli_writes_table_json_and_plot(cache, tmp_path, capsys):
         for key, value in ref.items():
             assert r[key] == pytest.approx(value, rel=1e-9)
     assert records[2]["p_value"] == pytest.approx(1 / 31)
+    # the largest AQI is printed as a maximum over layers, never as a bare headline
+    top = max(records, key=lambda r: r["aqi"])
+    assert f"max over 3 layers: AQI {top['aqi']:.4f} at {top['hook']} (chosen on the rows it is computed on: optimistic" in out
     pooled = payload["pooled"]
     assert len(pooled["weights"]) == 3 and abs(sum(pooled["weights"]) - 1) < 1e-9 and "heldout_aqi" in pooled
     assert out_png.stat().st_size > 10_000

@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -22,6 +25,7 @@ from hypothesis import strategies as st
 import geomprobe.cli
 import geomprobe.models
 import geomprobe.models.loading
+from geomprobe.activations.format import CHECKSUM_ATTR
 from geomprobe.activations.store import write_cache
 from geomprobe.core.errors import GeomprobeError
 
@@ -32,7 +36,10 @@ HOSTILE = ["nan", "inf", "-inf", "NaN", "0", "-1", "-0.0", "1e309", "1e-320", "2
            "x" * 300]
 # File names, relative to the run's temporary folder (placeholders filled per run).
 FILES = ["{good}", "{good}", "{missing}", "{folder}", "{existing}", "{text}", "{deep}/x.json", "out.json", "out.png",
-         "new.h5", "newdir"]
+         "new.h5", "newdir",
+         # issue 21: a forged cache (checksums deleted, labels flipped), JSONL with U+2028 inside strings and one
+         # nested past the recursion limit, a link to the good cache, a device, an unknown plot extension
+         "{forged}", "{u2028}", "{deepjsonl}", "{link}", "/dev/zero", "/dev/null", "out.xyz"]
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -114,6 +121,14 @@ def fuzz_base(tmp_path_factory):
     acts = {"blocks.0.hook_resid_post": (rng.normal(size=(16, 4)) + labels[:, None]).astype(np.float32)}
     write_cache(base / "good.h5", acts, labels, ["harmless", "harmful"], pair_ids=np.tile(np.arange(8), 2),
                 attrs={"n_layers": 1})
+    shutil.copyfile(base / "good.h5", base / "forged.h5")
+    with h5py.File(base / "forged.h5", "r+") as f:
+        f["labels"][...] = 1 - f["labels"][()]
+        del f.attrs[CHECKSUM_ATTR]
+    rows = [json.dumps({"text": f"row {i}\u2028more\u0085", "label": i % 2}, ensure_ascii=False) for i in range(6)]
+    (base / "u2028.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (base / "deep.jsonl").write_text('{"text": ' + "[" * 50_000 + "]" * 50_000 + ', "label": 0}\n')
+    (base / "link.h5").symlink_to(base / "good.h5")
     return base
 
 
@@ -137,7 +152,9 @@ def test_cli_fuzz(argv, fuzz_base, monkeypatch):
         (run / "existing.json").write_text("{}\n")
         (run / "notes.txt").write_text("not a cache\n")
         names = {"good": str(fuzz_base / "good.h5"), "missing": str(run / "missing.h5"), "folder": str(run / "folder"),
-                 "existing": str(run / "existing.json"), "text": str(run / "notes.txt"), "deep": str(run / "no" / "such")}
+                 "existing": str(run / "existing.json"), "text": str(run / "notes.txt"), "deep": str(run / "no" / "such"),
+                 "forged": str(fuzz_base / "forged.h5"), "u2028": str(fuzz_base / "u2028.jsonl"),
+                 "deepjsonl": str(fuzz_base / "deep.jsonl"), "link": str(fuzz_base / "link.h5")}
         filled = [token.format(**names) if token in FILES else token for token in argv]
         monkeypatch.chdir(run)
         monkeypatch.setenv("GEOMPROBE_HOME", str(run / "home"))
@@ -156,3 +173,6 @@ def test_cli_fuzz(argv, fuzz_base, monkeypatch):
     assert len(error_lines) <= 1, f"{len(error_lines)} error lines for {filled}:\n{text}"
     assert _repo_listing() == repo_before, f"{filled} wrote into the repository"
     assert set(os.listdir(fuzz_base)) == home_before, f"{filled} wrote beside its folder"
+    assert Path("/dev/zero").is_char_device() and Path("/dev/null").is_char_device(), f"{filled} replaced a device"
+    if code == 0 and str(fuzz_base / "forged.h5") in filled and filled[0] in ("aqi", "probe", "steer", "subspace"):
+        assert "--help" in filled or "-h" in filled, f"{filled} read a forged cache and exited 0"

@@ -20,7 +20,7 @@ def test_train_eval_cli(tmp_path, capsys):
     assert main(["probe", "train", str(cache), "--out", str(out), "--json", str(tmp_path / "train.json"),
                  "--plot", str(tmp_path / "train.png"), "--device", "cpu", "--control", str(control)]) == 0
     assert (out / "probe.safetensors").exists() and (out / "probe.json").exists()
-    assert "best held-out AUROC" in capsys.readouterr().err
+    assert "layer chosen on the validation split of the training rows" in capsys.readouterr().err
     other = make_cache(tmp_path / "other.h5", seed=4)
     code = main(["probe", "eval", str(out), str(other), "--control", str(control), "--json", str(tmp_path / "e.json"),
                  "--plot", str(tmp_path / "e.png")])

@@ -397,3 +397,59 @@ def test_probe_tensor_of_the_wrong_width_is_damaged(artefacts):
     save_file(tensors, str(folder / "probe.safetensors"))
     with pytest.raises(GeomprobeError, match=r"'blocks.0.hook_resid_post.mean' has shape \(5,\)"):
         load_probe(folder)
+
+
+# -- 5. JSON Lines split at \n only; parser limits as one line (issue 21 part 5) ----------------------
+SEPARATORS = ["\u2028", "\u2029", "\u0085", "\x1c", "\x1d", "\x1e", "\x0b", "\x0c"]  # str.splitlines splits at each
+
+
+@pytest.mark.parametrize("sep", SEPARATORS)
+def test_jsonl_keeps_line_separators_inside_strings(tmp_path, sep):
+    rows = [{"text": f"first{sep}half", "label": "harmless"}, {"text": f"x{sep}", "label": "harmful", "note": sep}]
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    ps = load_prompt_set(path)
+    assert [p.messages[-1][1] for p in ps.prompts] == [r["text"] for r in rows]
+    assert ps.label_names == ["harmful", "harmless"] or sorted(ps.label_names) == ["harmful", "harmless"]
+
+
+def test_jsonl_crlf_and_blank_lines(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"text": "a", "label": 0}\r\n\r\n   \r\n{"text": "b", "label": 1}\r\n')
+    assert [p.messages[-1][1] for p in load_prompt_set(path).prompts] == ["a", "b"]
+
+
+@pytest.mark.parametrize("body, expect", [
+    ('{"text": ' + "[" * 50_000 + "]" * 50_000 + ', "label": 0}', "nested too deeply"),
+    ('{"text": "a", "label": ' + "7" * 5000 + "}", "integer longer than Python's limit"),
+    ('{"text": "a", "label": 0, "x": ' + "{\"a\": " * 30_000 + "1" + "}" * 30_000 + "}", "nested too deeply"),
+])
+def test_parser_limits_are_one_line(tmp_path, body, expect):
+    from geomprobe.probes.grading import load_questions
+
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "ok", "label": 0}\n' + body + "\n")
+    with pytest.raises(GeomprobeError, match=expect) as info:
+        load_prompt_set(path)
+    assert "line 2" in str(info.value) and "\n" not in str(info.value)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(body.replace('"text"', '"question"') + "\n")
+    with pytest.raises(GeomprobeError, match=expect):
+        load_questions(questions)
+
+
+def test_parser_limits_in_sidecars_and_metrics(tmp_path, good_cache):
+    from geomprobe.audit import load_metrics
+    from geomprobe.probes import load_probe, save_probe, train_probes
+
+    probes, _ = train_probes(good_cache, "mean-diff", test_size=0.34, device="cpu")
+    folder = save_probe(probes, tmp_path / "probe")
+    (folder / "probe.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(GeomprobeError, match="nested too deeply"):
+        load_probe(folder)
+    (folder / "probe.json").write_text('{"format": "geomprobe-probe", "format_version": ' + "1" * 5000 + "}")
+    with pytest.raises(GeomprobeError, match="integer longer"):
+        load_probe(folder)
+    (tmp_path / "metrics.json").write_text('{"schema_version": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(GeomprobeError, match="nested too deeply"):
+        load_metrics(tmp_path)

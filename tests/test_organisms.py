@@ -164,15 +164,27 @@ def test_bad_input_is_refused_before_any_model_load(tmp_path, monkeypatch):
         build_organisms(["evil"])
     (tmp_path / "aligned").mkdir()
     (tmp_path / "aligned" / "config.json").write_text("{}")
-    with pytest.raises(GeomprobeError, match="exists; pass --overwrite"):
+    with pytest.raises(GeomprobeError, match="already holds aligned, which this command writes; pass --overwrite"):
         build_organisms(["aligned"], tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(GeomprobeError, match="is a file; give a folder name"):
+        build_organisms(["aligned"], tmp_path / "file")
+    with pytest.raises(GeomprobeError, match="does not exist"):
+        build_organisms(["aligned"], tmp_path / "no" / "out")
+    with pytest.raises(GeomprobeError, match="seed must be an integer"):
+        build_organisms(["aligned"], seed=-1)
     with pytest.raises(GeomprobeError, match="unknown organism setting"):
         with_settings(OrganismSettings(), align_stepz=3)
 
 
 @pytest.mark.parametrize("argv, message", [
     (["organisms", "build", "--only", "evil"], "unknown organism 'evil'"),
-    (["organisms", "build", "--only", "aligned", "--out", "{tmp}"], "exists; pass --overwrite"),
+    (["organisms", "build", "--only", "aligned", "--out", "{tmp}"], "already holds aligned"),
+    (["organisms", "build", "--seed", "-1"], "--seed"),
+    (["organisms", "list", "--seed", "-1"], "--seed"),
+    (["organisms", "list", "--seed", "4294967296"], "--seed"),
+    (["organisms", "list", "--base", "/dev/zero"], "device, pipe or socket"),
+    (["organisms", "build", "--only", "aligned", "--base", "{tmp}", "--out", "{tmp}/aligned"], "would overwrite the input"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys, monkeypatch):
     import geomprobe.models as models
@@ -185,6 +197,7 @@ def test_cli_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys, mo
     assert err.startswith("geomprobe: error:") and message in err and "\n" not in err
 
 
+@pytest.mark.default_model  # no --base: the embedded model's GGUF (its SHA-256 keys the cache)
 def test_cli_list(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("GEOMPROBE_HOME", str(tmp_path))
     assert main(["organisms", "list", "--quick"]) == 0

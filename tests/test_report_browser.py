@@ -92,10 +92,15 @@ def synthetic_metrics() -> dict:
             "params": {"logistic": {"standardize": True, "C": 0.1}, "mean-diff": {"standardize": False}}, "fpr": 0.01,
             "threshold_source": "control", "n_train": 8, "n_test": 4,
             "per_layer": [{"layer": layer, "hook": h, "method": meth, "auroc": v - (0.05 if meth != "logistic" else 0),
-                           "recall_at_fpr": 0.5, "balanced_accuracy": 0.75, "threshold": 1.2, "n_eval": 4}
+                           "recall_at_fpr": 0.5, "balanced_accuracy": 0.75, "threshold": 1.2, "n_eval": 4,
+                           "validation_auroc": v - 0.1}
                           for meth in ("logistic", "mean-diff") for layer, h, v in zip(LAYERS, hooks, auroc)],
             "auroc": auroc, "recall_at_fpr": [0.5, 0.5, 0.5],
-            "best": {"layer": 1, "hook": hooks[1], "method": "logistic", "auroc": 0.93, "recall_at_fpr": 0.5},
+            "best": {"layer": 1, "hook": hooks[1], "method": "logistic", "auroc": 0.93, "recall_at_fpr": 0.5,
+                     "n_candidates": 6},
+            "headline": {"method": "logistic", "layer": 1, "hook": hooks[1], "chosen_on": "validation split of the training rows",
+                         "validation_auroc": 0.83, "auroc": 0.93, "auroc_ci_low": 0.8, "auroc_ci_high": 1.0,
+                         "recall_at_fpr": 0.5, "n_test": 4, "n_candidates": 6},
             "deception": None,
         },
         "steering": {
@@ -111,6 +116,7 @@ def synthetic_metrics() -> dict:
             "best": {"multiplier": 1.0, "refusal": -0.5, "kl": 0.08}, "n_prompts": 4, "n_harmless": 4,
         },
         "delta": None,
+        "depth": None,
         "comparison": {
             "aqi": _pairs(aqi, [0.3, 0.2, 0.4]), "subspace": _pairs(mso, [0.6, 0.7, 0.5]), "probes": _pairs(auroc, [0.7, 0.9, 0.9]),
             "steering": {"hook": hooks[1], "baseline_a": -2.0, "baseline_b": -4.0, "baseline_delta": -2.0,

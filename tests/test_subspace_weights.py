@@ -241,7 +241,6 @@ def test_mismatched_checkpoints_and_bad_sizes(llama_trio, tiny_gpt2_dir):
         weight_update_overlap(base, str(Path(tiny_gpt2_dir) / "missing"), k=2)
 
 
-@pytest.mark.default_model
 def test_default_model_against_a_perturbed_copy(default_model):
     # base is the bridge-wrapped LoadedModel; the copies are plain Hugging Face models.
     aligned = load_checkpoint("default").hf_model

@@ -135,7 +135,7 @@ class _Pooler:
             )
         return self.by_device[device]
 
-    def hook_fn(self, name: str):
+    def hook_fn(self, name: str) -> Callable[..., torch.Tensor]:
         def fn(x: torch.Tensor, hook=None) -> torch.Tensor:
             pooled: dict[str, torch.Tensor] = {}
             rows, last, mean_weights, token_mask = self._index(x.device)
@@ -159,7 +159,9 @@ def _batches(rendered: Sequence[Rendered], batch_size: int, first: int = 0) -> I
         yield range(start, min(start + batch_size, len(rendered)))
 
 
-def _encode_batch(rendered: Sequence[Rendered], rows: range, pad_id: int, device: torch.device):
+def _encode_batch(
+    rendered: Sequence[Rendered], rows: range, pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     items = [rendered[i] for i in rows]
     width = max(len(r.token_ids) for r in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)

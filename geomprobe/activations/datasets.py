@@ -43,7 +43,8 @@ from typing import Any
 import numpy as np
 
 from geomprobe.core.errors import GeomprobeError
-from geomprobe.core.validate import check_json_strings, check_text
+from geomprobe.core.io import check_regular_file
+from geomprobe.core.validate import check_json_strings, check_text, jsonl_lines, parse_json
 
 BUNDLED = ("harmful-harmless", "honesty", "control")
 # Names that read as the reference ("negative") class come first so index 0 is the safe side.
@@ -194,13 +195,8 @@ def _read_rows(path: Path, data: bytes) -> list[tuple[dict, str]]:
         except csv.Error as exc:
             raise GeomprobeError(f"{path} line {reader.line_num} is not valid CSV ({exc}); fix that line") from None
     else:
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((json.loads(line), f"{path}:{n}"))
-            except json.JSONDecodeError as exc:
-                raise GeomprobeError(f"{path} line {n} is not valid JSON ({exc.msg}); fix or remove that line") from None
+        for n, line in jsonl_lines(text):
+            rows.append((parse_json(line, f"{path} line {n}", "fix or remove that line"), f"{path}:{n}"))
     if not rows:
         raise GeomprobeError(f"{path} has no rows; give at least one prompt")
     return rows
@@ -224,7 +220,7 @@ def load_prompt_set(source: str | Path, limit: int | None = None, seed: int = 0)
             raise GeomprobeError(f"dataset {text!r} is neither {hint} nor an existing file; check the name or path")
         if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
             raise GeomprobeError(f"dataset {text!r} must be .jsonl or .csv")
-    data = path.read_bytes()
+    data = check_regular_file(path, "dataset").read_bytes()  # a FIFO or device would never end
     rows = _read_rows(path, data)
     parsed = [(_row_to_prompt(row, where), row) for row, where in rows]
     raw_labels = [label for (_, label, _), _ in parsed]

@@ -145,7 +145,7 @@ def _relative(source: Path, out_dir: Path) -> str:
     return os.path.relpath(source.resolve(), out_dir.resolve())
 
 
-def _fill_for(ds: h5py.Dataset):
+def _fill_for(ds: h5py.Dataset) -> float | np.uint16 | None:
     """NaN where a missing shard would leave a hole in activations (never a plausible number)."""
     if ds.dtype.kind == "f":
         return np.nan

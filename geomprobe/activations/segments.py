@@ -170,23 +170,35 @@ class ResumableWriter:
 
     # -- state on disk ----------------------------------------------------------------------
     def _check_manifest(self) -> None:
+        """Resume only parts whose manifest says they came from these settings.
+
+        A manifest that cannot be read, or parts without one, cannot show which dataset or model
+        made them, so the run stops (treating them as "no manifest" would reuse another run's rows).
+        """
         manifest = self.parts / MANIFEST
-        if manifest.exists():
-            try:
-                previous = json.loads(manifest.read_text())
-            except (OSError, ValueError):
-                previous = None
-            if previous is not None and previous != self.settings:
-                differing = sorted(
-                    k for k in set(previous) | set(self.settings) if previous.get(k) != self.settings.get(k)
-                )
+        discard = f"pass --restart to discard the parts in {str(self.parts)!r}"
+        if not manifest.exists():
+            if any(_SEGMENT.match(entry.name) for entry in self.parts.iterdir()):
                 raise GeomprobeError(
-                    f"an interrupted run for {self.path} used different settings ({', '.join(differing)} differ); "
-                    "rerun it with the same settings to resume, or pass --restart to discard it"
+                    f"an interrupted run for {self.path} left parts without {MANIFEST}, so its settings are unknown; {discard}"
                 )
-            if previous is not None:
-                return
-        atomic_write_text(manifest, json.dumps(self.settings, indent=1, sort_keys=True), retry=RESUME)
+            atomic_write_text(manifest, json.dumps(self.settings, indent=1, sort_keys=True), retry=RESUME)
+            return
+        try:
+            previous = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not valid JSON"
+            raise GeomprobeError(
+                f"the manifest of an interrupted run for {self.path} cannot be read ({reason}); {discard}"
+            ) from None
+        if not isinstance(previous, dict):
+            raise GeomprobeError(f"the manifest of an interrupted run for {self.path} is not a JSON object; {discard}")
+        if previous != self.settings:
+            differing = sorted(k for k in set(previous) | set(self.settings) if previous.get(k) != self.settings.get(k))
+            raise GeomprobeError(
+                f"an interrupted run for {self.path} used different settings ({', '.join(differing)} differ); "
+                "rerun it with the same settings to resume, or pass --restart to discard it"
+            )
 
     def _complete_segments(self) -> list[tuple[int, int, Path]]:
         found = []

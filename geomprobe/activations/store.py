@@ -32,7 +32,7 @@ from geomprobe.activations.format import (  # noqa: F401  (re-exported)
 from geomprobe.activations.writer import CacheWriter, partial_path, write_cache  # noqa: F401  (re-exported)
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.hooks import hook_layer
-from geomprobe.core.io import PathLike
+from geomprobe.core.io import PathLike, check_regular_file
 from geomprobe.core.validate import Fields
 
 _RECREATE = "re-create it with geomprobe cache"
@@ -49,7 +49,7 @@ def check_virtual_sources(path: str | Path) -> list[str]:
         if f.attrs.get("merge_mode") != "virtual":
             return []
 
-        def visit(name, obj):
+        def visit(name: str, obj: object) -> None:
             if isinstance(obj, h5py.Dataset) and obj.is_virtual:
                 for vds in obj.virtual_sources():
                     source = Path(vds.file_name)
@@ -84,6 +84,7 @@ class CacheFile:
             raise GeomprobeError(f"{str(self.path)!r} is a directory; pass a cache .h5 file")
         if not self.path.exists():
             raise GeomprobeError(f"cache file {str(self.path)!r} does not exist; create it with geomprobe cache")
+        check_regular_file(self.path, "cache file")  # HDF5 would block on a FIFO for ever
         try:
             self.file = h5py.File(self.path, "r")
         except OSError:
@@ -132,13 +133,13 @@ class CacheFile:
                 f"cache {str(self.path)!r} has format version {version}, newer than this geomprobe reads "
                 f"({FORMAT_VERSION}); upgrade geomprobe"
             )
-        fields.integer("format_minor", default=0, minimum=0)
+        self.format_minor = fields.integer("format_minor", default=0, minimum=0)
         self.hooks: list[str] = fields.string_list("hooks", as_json=True, non_empty=True)
         self.poolings: list[str] = fields.string_list("poolings", as_json=True, non_empty=True)
         unknown = [p for p in self.poolings if p not in POOLINGS]
         if unknown:
             raise self._damaged(f"unknown pooling {unknown[0]!r} in 'poolings'")
-        self.label_names: list[str] = fields.string_list("label_names", as_json=True)
+        self.label_names: list[str] = fields.string_list("label_names", as_json=True, unique=True)
         self.d_model = fields.integer("d_model", minimum=1)
         if "n_layers" in self.attrs:
             fields.integer("n_layers", minimum=1)
@@ -189,12 +190,16 @@ class CacheFile:
 
     def _check_digest(self, name: str, values: Any) -> None:
         raw = self.attrs.get(CHECKSUM_ATTR)
-        if raw is None:  # written before format minor 1: nothing to check against
+        if raw is None:
+            # Minor 1 writes the digests with every file, so a 1.1 file without them was edited:
+            # deleting the attribute must not switch the check off. Only 1.0 files are read unchecked.
+            if self.format_minor >= 1:
+                raise self._damaged(f"format 1.{self.format_minor} requires the {CHECKSUM_ATTR!r} attribute, which is missing")
             return
         digests = Fields({CHECKSUM_ATTR: raw}, f"cache {str(self.path)!r}", _RECREATE).text(CHECKSUM_ATTR)
         try:
             expected = json.loads(digests)[name]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise self._damaged(f"the {CHECKSUM_ATTR!r} attribute is not a JSON object with a digest of {name}") from None
         if checksum(name, values) != expected:
             raise self._damaged(f"{name} does not match its SHA-256 checksum (changed after it was written)")
@@ -239,7 +244,7 @@ class CacheFile:
         for i, s in enumerate(raw):
             try:
                 value = json.loads(s.decode() if isinstance(s, bytes) else s) if len(s) else {}
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise self._damaged(f"prompts/source row {i} is not valid JSON") from None
             out.append(value if isinstance(value, dict) else {"value": value})
         return out

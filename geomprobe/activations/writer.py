@@ -31,7 +31,7 @@ from geomprobe.activations.format import (
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.hooks import hook_layer
 from geomprobe.core.io import check_output_file, remove_quietly, translate_write_errors
-from geomprobe.core.validate import check_text
+from geomprobe.core.validate import check_text, check_unique_names
 
 _STR = h5py.string_dtype("utf-8")
 CACHE_EXAMPLE_NAME = "cache.h5"
@@ -78,6 +78,7 @@ class CacheWriter:
                 raise GeomprobeError(f"unknown pooling {pooling!r}; use any of {', '.join(POOLINGS)}")
         if store_dtype not in STORE_DTYPES:
             raise GeomprobeError(f"unknown store dtype {store_dtype!r}; use one of {', '.join(STORE_DTYPES)}")
+        check_unique_names([str(n) for n in label_names])
         self.hooks = list(hooks)
         self.poolings = list(poolings)
         self.d_model = int(d_model)

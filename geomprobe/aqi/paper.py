@@ -166,6 +166,9 @@ def xie_beni_script_rules(stats: ClusterStats) -> float:
 # ---------------------------------------------------------------------------------------------
 # Embedding and indices of one group
 # ---------------------------------------------------------------------------------------------
+REPRODUCING_SKLEARN = "scikit-learn 1.5-1.6"
+
+
 def paper_embedding(X: Any, variant: str, *, overall: bool = False, seed: int = SCRIPT_SEED) -> np.ndarray:
     """The script's 3-D t-SNE of pooled float32 embeddings (StandardScaler first for dbs-dunn)."""
     from sklearn.manifold import TSNE
@@ -249,6 +252,7 @@ class PaperAQI:
     results: dict[str, dict[str, float]]
     settings: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    sklearn_version: str = ""  # the t-SNE layout depends on it (see reproduces_scripts)
 
     @property
     def aqi(self) -> dict[str, float]:
@@ -314,5 +318,31 @@ def paper_aqi(
         chi_xb_script_normalise(results, gamma)
         notes.append("CHI and XB are normalised within this collection (its groups and overall): not comparable across runs")
     notes.append("indices of a t-SNE embedding: distances in it are not those of the model's activations")
+    version = sklearn_version()
+    if not reproduces_scripts(version):
+        notes.append(
+            f"scikit-learn {version}: the scripts' numbers reproduce only under {REPRODUCING_SKLEARN} (their t-SNE "
+            "layouts differ under other versions, so these numbers are not comparable with theirs)"
+        )
     return PaperAQI(variant=variant, gamma=gamma, seed=seed, groups=names, results=results,
-                    settings=settings.to_dict(), notes=notes)
+                    settings=settings.to_dict(), notes=notes, sklearn_version=version)
+
+
+def sklearn_version() -> str:
+    import sklearn
+
+    return str(sklearn.__version__)
+
+
+def reproduces_scripts(version: str) -> bool:
+    """Whether this scikit-learn gives the scripts' t-SNE layouts (1.5 and 1.6, which they ran).
+
+    From 1.7 ``StandardScaler`` rounds its float32 ``mean_``/``scale_`` first and ``TSNE(init="pca")``
+    no longer forces the randomized SVD; t-SNE turns those 1-ulp differences into another layout.
+    Before 1.5 ``TSNE`` has no ``max_iter`` (the paper variants raise ``TypeError`` there).
+    """
+    try:
+        major, minor = (int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) in ((1, 5), (1, 6))

@@ -8,9 +8,12 @@ index picks one item (``steering.kl.0``). ``OP`` is one of ``< <= > >= == !=``; 
 number, ``true``/``false``, or (for ``==``/``!=``) a string.
 
 A condition that holds is a failure: ``--fail-if "aqi.max<0.3"`` fails the checkpoint when the
-best layer's AQI is below 0.3. A path whose value is null (undefined, e.g. an infinite index or
-NaN) also fails, because nothing can be vouched for. Conditions are parsed and their paths
-checked against the schema before any work is done.
+best layer's AQI is below 0.3. Any null, NaN or infinite value the expression reads also fails it,
+naming where (``min`` over ``[0.95, null, 0.91]`` fails at ``aqi.per_layer[1].aqi``): an
+aggregate that skipped it would vouch for a layer nobody measured. So does a value of the wrong
+type (a forged or hand-edited metrics.json). ``count`` reads only how many items there are and
+``first``/``last`` only that one item. Conditions are parsed and their paths checked against the
+schema before any work is done.
 """
 
 from __future__ import annotations
@@ -58,14 +61,40 @@ class FailCondition:
     def evaluate(self, metrics: dict[str, Any]) -> ConditionResult:
         try:
             actual = resolve(metrics, self.steps)
+        except Undefined as exc:
+            return ConditionResult(self, None, True, f"{self.path} reads {exc.shown} at {exc.where}: undefined, so it fails")
         except LookupError as exc:
             return ConditionResult(self, None, True, f"{self.path} is not in metrics.json ({exc})")
-        if actual is None or (isinstance(actual, float) and not math.isfinite(actual)):
-            return ConditionResult(self, actual, True, f"{self.path} is undefined (null)")
-        if isinstance(self.value, str) and not isinstance(actual, str):
-            return ConditionResult(self, actual, True, f"{self.path} = {actual!r} is not a string")
+        if isinstance(self.value, str):
+            if not isinstance(actual, str):
+                return ConditionResult(self, actual, True, f"{self.path} = {_show(actual)} is not a string")
+        elif isinstance(self.value, bool):
+            if not isinstance(actual, bool):
+                return ConditionResult(self, actual, True, f"{self.path} = {_show(actual)} is not true/false")
+        elif not _is_number(actual):
+            return ConditionResult(self, actual, True, f"{self.path} = {_show(actual)} is not a number")
         holds = bool(OPERATORS[self.op](actual, self.value))
         return ConditionResult(self, actual, holds, f"{self.path} = {_show(actual)}")
+
+
+class Undefined(Exception):
+    """A null, NaN or infinite value where an expression reads one; ``where`` is its place in metrics.json."""
+
+    def __init__(self, where: str, value: Any, shown: str | None = None) -> None:
+        super().__init__(where)
+        self.where = where
+        self.shown = shown or ("null" if value is None else _show(value))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _defined(value: Any, where: str) -> Any:
+    """``value`` unless it is null or a non-finite number (raise :class:`Undefined` naming ``where``)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        raise Undefined(where, value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -184,46 +213,73 @@ _REDUCERS: dict[str, Callable[[list[float]], float]] = {
 }
 
 
-def _aggregate(values: list[Any], how: str) -> Any:
+def _aggregate(values: list[Any], how: str, wheres: list[str]) -> Any:
+    """Aggregate a list whose items sit at ``wheres``; every item read must be a defined number."""
     if how == "count":
         return len(values)
-    numbers = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not numbers:
-        return None
-    if how == "first":
-        return None if values[0] is None else float(values[0])
-    if how == "last":
-        return None if values[-1] is None else float(values[-1])
-    return _REDUCERS[how](numbers)
+    if how in ("first", "last"):
+        at = 0 if how == "first" else -1
+        values, wheres = [values[at]], [wheres[at]]
+    numbers = []
+    for value, where in zip(values, wheres):
+        _defined(value, where)
+        if not isinstance(value, (int, float)):  # bools count as 0/1, as the schema allows
+            raise LookupError(f"{where} holds {_show(value)}, not a number")
+        numbers.append(float(value))
+    if how in ("first", "last"):
+        return numbers[0]
+    result = _REDUCERS[how](numbers)
+    return _defined(result, f"the {how} of {wheres[0].rsplit('[', 1)[0]}")  # e.g. a sum that overflowed
 
 
 def resolve(metrics: Any, steps: Sequence[Step]) -> Any:
-    """Follow parsed steps through a metrics dict (LookupError when a part is absent)."""
+    """Follow parsed steps through a metrics dict.
+
+    LookupError when a part is absent; :class:`Undefined` when a value on the way (or any item an
+    aggregation reads) is null, NaN or infinite.
+    """
     value: Any = metrics
+    where = ""
+    wheres: list[str] = []  # the place of each item once a list of records has been projected
     projected = False
     for step in steps:
         if step.kind == "aggregate":
             if not isinstance(value, list):
                 raise LookupError(f"{step.name} needs a list")
-            return _aggregate(value, step.name)
+            if not projected:
+                wheres = [f"{where}[{i}]" for i in range(len(value))]
+            if not value and step.name != "count":  # nothing measured: undefined, and so a failed gate
+                raise Undefined(where or "metrics.json", value, shown="an empty list")
+            return _aggregate(value, step.name, wheres)
         if step.kind == "index":
             if not isinstance(value, list):
                 raise LookupError("not a list")
             index = int(step.name)
             if not -len(value) <= index < len(value):
                 raise LookupError(f"index {index} out of range for {len(value)} items")
-            value = value[index]
+            where = f"{where}[{index % len(value)}]"
+            value = _defined(value[index], where)
         elif step.kind == "project" or (projected and step.kind == "key"):
             if not isinstance(value, list):
                 raise LookupError(f"{step.name} needs a list of records")
-            value = [item.get(step.name) if isinstance(item, dict) else None for item in value]
+            if not projected:
+                wheres = [f"{where}[{i}]" for i in range(len(value))]
+            items = []
+            for item, item_where in zip(value, wheres):
+                if not isinstance(item, dict):
+                    raise Undefined(item_where, item) if item is None else LookupError(f"{item_where} is not a record")
+                items.append(item.get(step.name))
+            value, wheres = items, [f"{w}.{step.name}" for w in wheres]
             projected = True
         else:
-            if value is None:
-                return None
-            if not isinstance(value, dict) or step.name not in value:
+            if not isinstance(value, dict):
+                raise LookupError(f"{where or 'metrics.json'} is not an object")
+            if step.name not in value:
                 raise LookupError(f"no {step.name!r}")
-            value = value[step.name]
+            where = f"{where}.{step.name}" if where else step.name
+            value = _defined(value[step.name], where)
+    if projected:
+        raise LookupError("a list needs an aggregation")
     return value
 
 

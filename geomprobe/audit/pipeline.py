@@ -35,7 +35,7 @@ from geomprobe.audit.report import write_report
 from geomprobe.audit.schema import SCHEMA_NAME, SCHEMA_VERSION, check_schema_header
 from geomprobe.audit.sections import SECTIONS
 from geomprobe.core.errors import GeomprobeError
-from geomprobe.core.io import check_output_folder, write_json
+from geomprobe.core.io import Output, check_outputs, write_json
 
 DATASETS = (("harmful_harmless", "harmful-harmless"), ("honesty", "honesty"), ("control", "control"))
 
@@ -72,7 +72,7 @@ class AuditResult:
 
 def load_metrics(path: str | Path) -> dict[str, Any]:
     """Read an audit's metrics.json (a folder holding one works too) and check its schema version."""
-    import json
+    from geomprobe.core.validate import parse_json
 
     path = Path(path)
     if path.is_dir():
@@ -80,9 +80,10 @@ def load_metrics(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise GeomprobeError(f"{path} does not exist; run geomprobe audit first")
     try:
-        metrics = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise GeomprobeError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise GeomprobeError(f"{path} is not UTF-8 text; re-save it or rerun geomprobe audit") from None
+    metrics = parse_json(text, str(path), "rerun geomprobe audit")
     check_schema_header(metrics, str(path))
     return metrics
 
@@ -147,6 +148,9 @@ def _collect_metrics(ctx: AuditContext) -> dict[str, Any]:
     return metrics
 
 
+AUDIT_FILES = ("metrics.json", "report.html", "report.md", "*.png", "caches")  # what an audit writes into --out
+
+
 def _write_metrics(out_dir: Path, metrics: dict[str, Any], clock: StageClock) -> Path:
     metrics["timings_s"] = {k: round(v, 3) for k, v in clock.timings.items()}
     return write_json(out_dir / "metrics.json", metrics)
@@ -194,7 +198,10 @@ def run_audit(
     if deception_set is not None and not Path(deception_set).is_file():
         raise GeomprobeError(f"--deception-set {str(deception_set)!r} is not a file; build one with geomprobe probe "
                              "deception-set --out FILE.jsonl")
-    out_dir = check_output_folder(out_dir, overwrite=overwrite, what="geomprobe audit", holds="metrics.json")
+    # metrics.json marks an audit folder; the other files an audit writes are refused too (a user's own report.html).
+    check_outputs([Output(out_dir, "--out", "folder", what="geomprobe audit", holds="metrics.json", owns=AUDIT_FILES)],
+                  inputs=[deception_set], overwrite=overwrite)
+    out_dir = Path(out_dir)
     clock = StageClock(resolve_progress(progress))
     options = AuditOptions(seed=seed, device=device, batch_size=batch_size, quick=quick,
                            show_bars=progress is True and sys.stderr.isatty(),

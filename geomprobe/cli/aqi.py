@@ -16,7 +16,7 @@ from geomprobe.cli.common import (
     add_checks,
     add_hooks_arg,
     add_overwrite_arg,
-    check_new_file,
+    check_command_outputs,
     write_json,
 )
 
@@ -93,12 +93,17 @@ def _table(results, pooled) -> str:
         )
         for note in r.notes:
             lines.append(f"    note: {note}")
+    defined = [r for r in results if not math.isnan(r.aqi)]
+    if len(results) > 1 and defined:
+        top_layer = max(defined, key=lambda r: r.aqi)
+        lines.append(f"max over {len(results)} layers: AQI {top_layer.aqi:.4f} at {top_layer.hook} (chosen on the rows it is "
+                     "computed on: optimistic, multiple comparisons; compare each layer's interval and p)")
     if pooled is not None:
         top = sorted(((w, h) for h, w in zip(pooled.hooks, pooled.weights) if w > 0), reverse=True)[:5]
         lines.append(
-            f"layer-pooled AQI (held-out, n={pooled.n_test}): {pooled.heldout_aqi:.4f}; best single layer "
-            f"{pooled.best_single_hook}: {pooled.best_single_heldout_aqi:.4f}; weights "
-            + ", ".join(f"{h}={w:.2f}" for w, h in top)
+            f"layer-pooled AQI (weights fitted on the training split, AQI on the held-out split, n={pooled.n_test}): "
+            f"{pooled.heldout_aqi:.4f}; single layer chosen on the training split {pooled.best_single_hook}: held-out "
+            f"{pooled.best_single_heldout_aqi:.4f}; weights " + ", ".join(f"{h}={w:.2f}" for w, h in top)
         )
     return "\n".join(lines)
 
@@ -115,8 +120,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from geomprobe.core import __version__
 
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
-    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
+    check_command_outputs(args)
     reduction = parse_reduction(args.reduce)
     label_pair = tuple(args.labels) if args.labels else None
     meta = cache_metadata(args.cache)

@@ -7,7 +7,16 @@ import re
 import sys
 from pathlib import Path
 
-from geomprobe.cli.common import AT_LEAST_ONE, NON_NEGATIVE, add_checks, add_hooks_arg, add_model_args, model_from_args
+from geomprobe.cli.common import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    Output,
+    add_checks,
+    add_hooks_arg,
+    add_model_args,
+    check_command_outputs,
+    model_from_args,
+)
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.io import check_output_file, translate_write_errors
 
@@ -85,7 +94,7 @@ def _run(args: argparse.Namespace, out: Path) -> int:
         if args.merge and shard.rank == 0:
             check_output_file(merged_out, overwrite=args.overwrite, example_name=CACHE_EXAMPLE_NAME)
     # Check everything cheap before loading the model.
-    check_output_file(out, overwrite=args.overwrite, example_name=CACHE_EXAMPLE_NAME)
+    check_command_outputs(args, Output(out, "--out", example_name=CACHE_EXAMPLE_NAME))
     check_not_busy(out)
     prompts = load_prompt_set(args.dataset, limit=args.limit)
     model = model_from_args(args)

@@ -11,11 +11,12 @@ from typing import Any
 
 from geomprobe.cli.common import (
     AT_LEAST_ONE,
+    Output,
     Range,
     add_checks,
     add_model_args,
     add_overwrite_arg,
-    check_new_file,
+    check_command_outputs,
     model_from_args,
     write_json,
 )
@@ -53,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from geomprobe.core.io import atomic_write_text
 
     # Every check on files and rows runs before the model loads.
-    check_new_file(args.out, "--out", overwrite=args.overwrite)
-    check_new_file(args.csv, "--csv", overwrite=args.overwrite)
+    check_command_outputs(args, Output(args.out, "--out", suffixes=(".json",), example_name="ches.json"),
+                          Output(args.csv, "--csv", suffixes=(".csv",), example_name="ches.csv"))
     prefs = load_preferences(args.prefs, limit=args.limit)
     model = model_from_args(args)
     result = ches_scores(model, prefs, layers=args.layers, batch_size=args.batch_size, chat=args.chat,

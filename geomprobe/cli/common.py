@@ -4,14 +4,40 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from geomprobe.core.errors import GeomprobeError
-from geomprobe.core.io import check_new_file, write_json  # noqa: F401  (re-exported for subcommands)
+from geomprobe.core.io import PLOT_SUFFIXES, Output, check_new_file, check_outputs, write_json  # noqa: F401  (re-exported for subcommands)
 
 CHECKS_KEY = "_number_checks"  # where a parser keeps its checks in the parsed namespace
+
+
+# Arguments naming what a command reads, and the side outputs every command writes the same way.
+_INPUT_ARGS = ("cache", "caches", "probe_dir", "control", "probe", "vector", "dataset", "deception_set", "tokenizer",
+               "base", "aligned", "finetuned", "model", "shards", "prefs", "prompts")
+_SIDE_OUTPUTS = {"json": (), "plot": (*PLOT_SUFFIXES, ""), "html": (), "table": ()}  # a bare plot name is a PNG
+
+
+def check_command_outputs(args: argparse.Namespace, *outputs: Output) -> list[Any]:
+    """Check every output of a command at once, before any file is read or model loaded.
+
+    ``outputs`` are the command's own (``--out`` ...); its ``--json``/``--plot``/``--html``/
+    ``--table`` flags are added here. All must be distinct, none may replace an input, an
+    existing one needs ``--overwrite``, and plots need a format matplotlib writes. Returns the
+    checked paths of ``outputs`` in order (None where not given).
+    """
+    inputs: list[str] = []
+    for name in _INPUT_ARGS:
+        value = getattr(args, name, None)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, str) and item and os.path.lexists(item):
+                inputs.append(item)
+    side = [Output(getattr(args, name), f"--{name}", suffixes=suffixes)
+            for name, suffixes in _SIDE_OUTPUTS.items() if hasattr(args, name)]
+    return check_outputs([*outputs, *side], inputs=inputs, overwrite=bool(getattr(args, "overwrite", False)))[: len(outputs)]
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from geomprobe.cli.common import AT_LEAST_ONE, SEED, add_checks, add_model_options, model_from_args
+from geomprobe.cli.common import (
+    AT_LEAST_ONE,
+    SEED,
+    Output,
+    add_checks,
+    add_model_options,
+    check_command_outputs,
+    model_from_args,
+)
 
 
 def _ks(text: str) -> list[int]:
@@ -52,14 +60,14 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from geomprobe.activations.datasets import load_prompt_set
-    from geomprobe.core.io import check_output_folder
     from geomprobe.plots import save_figure
     from geomprobe.plots.depth import plot_depth
     from geomprobe.steering.depth import DEFAULT_KS, alignment_depth, check_ks, check_pair_configs, harmful_prompts
 
     explicit = args.ks is not None
     ks = check_ks(args.ks if explicit else DEFAULT_KS, args.max_tokens)
-    out = check_output_folder(args.out, overwrite=args.overwrite, what="geomprobe depth", holds="depth.json")
+    [out] = check_command_outputs(args, Output(args.out, "--out", "folder", what="geomprobe depth", holds="depth.json",
+                                               owns=("depth.json", "depth.png")))
     check_pair_configs(args.base, args.aligned)
     prompts = harmful_prompts(load_prompt_set(args.prompts), args.limit)
     base = model_from_args(args, args.base)

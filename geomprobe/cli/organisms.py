@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from geomprobe.cli.common import AT_LEAST_ONE, SEED, add_checks, check_command_outputs
 from geomprobe.core.errors import GeomprobeError
 
 
@@ -20,12 +21,14 @@ def register(subparsers) -> None:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     b.add_argument("--overwrite", action="store_true", help="replace existing OUT/<name> folders (or rebuild cache entries)")
+    add_checks(b, seed=SEED)
     b.set_defaults(func=run_build)
 
     ls = sub.add_parser("list", help="the organisms and where they are cached")
     ls.add_argument("--base", default="default")
     ls.add_argument("--quick", action="store_true")
     ls.add_argument("--seed", type=int, default=0)
+    add_checks(ls, seed=SEED)  # the same settings as build, so the same checks
     ls.set_defaults(func=run_list)
 
     m = sub.add_parser("measure", help="refusal rates of built organisms on both held-out sets, with intervals")
@@ -39,6 +42,7 @@ def register(subparsers) -> None:
     m.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     m.add_argument("--json", help="write every rate, interval and per-prompt flag here")
     m.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    add_checks(m, seed=SEED, limit=AT_LEAST_ONE, max_new_tokens=AT_LEAST_ONE)
     m.set_defaults(func=run_measure)
 
 
@@ -51,8 +55,6 @@ def _names(args: argparse.Namespace) -> list[str] | None:
 def run_build(args: argparse.Namespace) -> int:
     from geomprobe.organisms import build_organisms
 
-    if args.seed < 0:
-        raise GeomprobeError(f"--seed must be >= 0; got {args.seed}")
     folders = build_organisms(_names(args), args.out, base=args.base, quick=args.quick, seed=args.seed,
                               device=args.device, overwrite=args.overwrite, progress=True)
     for name, folder in folders.items():
@@ -71,17 +73,10 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_measure(args: argparse.Namespace) -> int:
-    from geomprobe.core.io import check_output_file, write_json
+    from geomprobe.core.io import write_json
     from geomprobe.organisms import cached_organisms, check_names, measure_refusals
 
-    if args.seed < 0:
-        raise GeomprobeError(f"--seed must be >= 0; got {args.seed}")
-    if args.limit is not None and args.limit < 1:
-        raise GeomprobeError(f"--limit must be >= 1; got {args.limit}")
-    if args.max_new_tokens < 1:
-        raise GeomprobeError(f"--max-new-tokens must be >= 1; got {args.max_new_tokens}")
-    if args.json:
-        check_output_file(args.json, overwrite=args.overwrite, what="--json")
+    check_command_outputs(args)  # --json, before any model loads
     names = check_names(_names(args))
     where = cached_organisms(seed=args.seed, quick=args.quick, base=args.base)
     missing = [n for n in names if where[n] is None]

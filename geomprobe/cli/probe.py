@@ -12,16 +12,17 @@ from geomprobe.cli.common import (
     OPEN_UNIT,
     POSITIVE,
     SEED,
+    Output,
     Range,
     add_checks,
     add_hooks_arg,
     add_overwrite_arg,
-    check_new_file,
+    check_command_outputs,
     write_json,
 )
 from geomprobe.cli.probe_deception import print_condition_table, register_deception_set
 from geomprobe.core.errors import GeomprobeError
-from geomprobe.core.io import check_output_folder, removed_if_failed
+from geomprobe.core.io import removed_if_failed
 
 
 def _float_or_auto(text: str) -> float | str:
@@ -131,7 +132,7 @@ def register(subparsers) -> None:
     k = sub.add_parser("tokens", help="per-token probe scores from an all-pooled cache, as HTML")
     k.add_argument("probe_dir")
     k.add_argument("cache")
-    k.add_argument("--hook", default=None, help="hook to score (default: the probe's best held-out layer)")
+    k.add_argument("--hook", default=None, help="hook to score (default: the layer the probe chose on its training rows)")
     k.add_argument("--rows", type=int, nargs="+", default=None, help="prompt rows (default: the first 20)")
     k.add_argument("--tokenizer", default=None, help="model folder whose tokenizer decodes the token ids (default: show ids)")
     k.add_argument("--allow-model-mismatch", action="store_true")
@@ -168,11 +169,9 @@ def _table(records: list[dict[str, Any]]) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from geomprobe.probes import save_probe, train_probes
-    from geomprobe.probes.persistence import SIDECAR
+    from geomprobe.probes.persistence import SIDECAR, TENSORS
 
-    out = check_output_folder(args.out, overwrite=args.overwrite, what="probe", holds=SIDECAR)
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
-    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
+    [out] = check_command_outputs(args, Output(args.out, "--out", "folder", what="probe", holds=SIDECAR, owns=(SIDECAR, TENSORS)))
     method, params = kind_params(args, {"C": "C", "fit_intercept": "fit_intercept", "shrinkage": "shrinkage"})
     control = _control(args)
     probes, result = train_probes(
@@ -183,13 +182,15 @@ def run_train(args: argparse.Namespace) -> int:
         save_probe(probes, out, overwrite=args.overwrite)
     _table(result.records)
     _say_threshold(args)
-    best = result.best()
-    _say(f"probe: {len(probes.hooks)} {probes.method} probe(s), positive={probes.positive_label!r}, "
-         f"best held-out AUROC {best['auroc']:.3f} at {best['hook']}; saved to {out}")
+    from geomprobe.probes.selection import chosen_hook, headline
+
+    head = headline(result, *chosen_hook(probes), seed=args.seed)
+    _say(f"probe: {len(probes.hooks)} {probes.method} probe(s), positive={probes.positive_label!r}, held-out {head.line()}; "
+         f"saved to {out}")
     payload = {"probe_dir": str(out), "method": probes.method, "params": probes.fit.params,
                "positive_label": probes.positive_label,
                "model_id": probes.model_id, "pooling": probes.pooling, "control": _control_name(args),
-               "per_layer": result.records}
+               "headline": head.to_dict(), "per_layer": result.records}
     if args.json:
         write_json(args.json, payload)
     if args.plot:
@@ -242,8 +243,9 @@ def bundled_control_activations(probes, model: str | None, device: str = "auto")
 def run_eval(args: argparse.Namespace) -> int:
     from geomprobe.probes import evaluate_probes, load_probe
 
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
-    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
+    check_command_outputs(args)
+    if args.control and args.no_control:
+        raise GeomprobeError("pass either --control or --no-control, not both")
     if args.n_bootstrap < 0:
         raise GeomprobeError(f"--n-bootstrap must be 0 or more, got {args.n_bootstrap}")
     from geomprobe.activations.store import open_cache
@@ -258,14 +260,20 @@ def run_eval(args: argparse.Namespace) -> int:
                              allow_model_mismatch=args.allow_model_mismatch, all_rows=args.all_rows)
     by_condition = result_condition_metrics(result, args.cache, pressure=LIE_PRESSURE, n_bootstrap=args.n_bootstrap,
                                             seed=args.seed)
+    from geomprobe.probes.selection import chosen_hook, headline
+
+    head = headline(result, *chosen_hook(probes, eval_rows=result.info["eval_rows"], eval_cache=Path(args.cache).name),
+                    n_bootstrap=args.n_bootstrap, seed=args.seed)
     _table(result.records)
+    print(f"headline: {head.line()}")
     if by_condition is not None:
-        print_condition_table(by_condition, result.info["positive_label"], "/".join(result.info["negative_labels"]))
+        print_condition_table(by_condition, result.info["positive_label"], "/".join(result.info["negative_labels"]),
+                              chosen=head.hook, chosen_on=head.chosen_on)
     info = dict(result.info)
     payload = {"probe_dir": str(args.probe_dir), "method": probes.method, "params": probes.fit.params,
                "pooling": probes.pooling,
                "positive_label": info["positive_label"], "control": _control_name(args),
-               **info, "per_layer": result.records}
+               **info, "headline": head.to_dict(), "per_layer": result.records}
     if by_condition is not None:
         payload["by_condition"] = by_condition
     write_json(args.json, payload)
@@ -291,8 +299,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     from geomprobe.core.hooks import hook_layer
     from geomprobe.probes import transfer_matrix
 
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
-    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
+    check_command_outputs(args)
     method, params = kind_params(args, {"C": "C"})
     result = transfer_matrix(args.caches, method, hooks=args.hooks, pooling=args.pooling, seed=args.seed,
                              fpr=args.fpr, **params)
@@ -300,7 +307,8 @@ def run_transfer(args: argparse.Namespace) -> int:
     off = ~np.eye(n, dtype=bool)
     mean_off = np.nanmean(result.auroc[off], axis=0) if n > 1 else np.nanmean(result.auroc[0, 0:1], axis=0)
     best = int(np.nanargmax(mean_off))
-    print(f"transfer AUROC at {result.hooks[best]} (rows: trained on, cols: evaluated on; diagonal = held-out)")
+    print(f"transfer AUROC at {result.hooks[best]}, the hook with the highest mean off-diagonal AUROC (a maximum over "
+          f"{len(result.hooks)} hooks on these rows: optimistic) (rows: trained on, cols: evaluated on; diagonal = held-out)")
     for i, name in enumerate(result.names):
         print(f"{name:<24} " + " ".join(f"{v:6.3f}" for v in result.auroc[i, :, best]))
     write_json(args.json, {"method": method, "params": params, "caches": result.names, "model_ids": result.model_ids,
@@ -332,14 +340,13 @@ def run_tokens(args: argparse.Namespace) -> int:
     from geomprobe.plots.probes import token_scores_html
     from geomprobe.probes import load_probe, token_scores
 
-    check_new_file(args.html, "--html", overwrite=args.overwrite)
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
+    check_command_outputs(args)
     probes = load_probe(args.probe_dir)
     hook = args.hook
     if hook is None:
-        metrics = probes.meta.get("metrics") or []
-        finite = [m for m in metrics if m.get("auroc") is not None]
-        hook = max(finite, key=lambda m: m["auroc"])["hook"] if finite else probes.hooks[len(probes.hooks) // 2]
+        from geomprobe.probes.selection import chosen_hook
+
+        hook = chosen_hook(probes, eval_rows="all", eval_cache=Path(args.cache).name)[0] or probes.hooks[len(probes.hooks) // 2]
     rows = args.rows
     if rows is None:
         from geomprobe.activations.store import open_cache
@@ -364,7 +371,7 @@ def run_tokens(args: argparse.Namespace) -> int:
 def run_score(args: argparse.Namespace) -> int:
     from geomprobe.probes import check_compatible, load_probe
 
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
+    check_command_outputs(args)
     probes = load_probe(args.probe_dir)
     try:
         from geomprobe.activations.collect import pooled_activations

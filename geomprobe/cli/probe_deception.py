@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from geomprobe.cli.common import add_model_args, check_new_file, model_from_args, write_json
+from geomprobe.cli.common import add_model_args, check_command_outputs, model_from_args, write_json
 from geomprobe.core.errors import GeomprobeError
 
 
@@ -29,14 +29,13 @@ def register_deception_set(sub) -> None:
 
 
 def run_deception_set(args: argparse.Namespace) -> int:
-    from geomprobe.probes.deception import build_deception_set, check_outputs
+    from geomprobe.probes.deception import build_deception_set, deception_outputs
     from geomprobe.probes.grading import load_questions
 
     for name, value in (("--limit", args.limit), ("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise GeomprobeError(f"{name} must be at least 1, got {value}")
-    check_outputs(args.out, args.overwrite)
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
+    check_command_outputs(args, *deception_outputs(args.out))
     load_questions(args.questions, args.limit)  # bad questions fail before the model loads
     model = model_from_args(args)
 
@@ -65,8 +64,10 @@ def _cell(record: dict[str, Any] | None) -> str:
     return f"{record['auroc']:.3f} [{record['auroc_ci_low']:.2f},{record['auroc_ci_high']:.2f}]"
 
 
-def print_condition_table(report: dict[str, Any], positive: str = "positive", negative: str = "negative") -> None:
-    """One line per hook: pooled AUROC, AUROC within each condition, instruction AUROC."""
+def print_condition_table(report: dict[str, Any], positive: str = "positive", negative: str = "negative", *,
+                          chosen: str | None = None, chosen_on: str = "") -> None:
+    """One line per hook: pooled AUROC, AUROC within each condition, instruction AUROC; then the headline at
+    ``chosen`` (a hook chosen on other rows), or the pooled maximum over hooks labelled as one."""
     names = ["pooled", *report["conditions"]]
     by_key = {(r["hook"], r["condition"]): r for r in report["per_condition"]}
     instruction = {r["hook"]: r for r in report["instruction_auroc"]}
@@ -84,6 +85,14 @@ def print_condition_table(report: dict[str, Any], positive: str = "positive", ne
     counts = ", ".join(f"{n}: {by_key[(first, n)]['n_positive']} {positive} / {by_key[(first, n)]['n_negative']} {negative}"
                        for n in names)
     print(f"rows: {counts}")
+    pooled = [r for r in report["per_condition"] if r["condition"] == "pooled" and r["auroc"] is not None]
+    if chosen is not None and chosen in hooks:
+        print(f"headline at {chosen} (chosen on the {chosen_on}): "
+              + "; ".join(f"{n} {_cell(by_key.get((chosen, n)))}" for n in names))
+    if pooled:
+        top = max(pooled, key=lambda r: r["auroc"])
+        print(f"max over {len(hooks)} hooks: pooled {top['auroc']:.3f} at {top['hook']} (chosen on these rows: optimistic, "
+              "multiple comparisons)")
     skipped = [n for n in report["conditions"] if n not in report["computable"]]
     if skipped:
         print(f"probe: condition(s) {', '.join(skipped)} hold one grade only: not computable", file=sys.stderr)

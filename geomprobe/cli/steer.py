@@ -10,17 +10,18 @@ from geomprobe.cli.common import (
     NON_NEGATIVE,
     POSITIVE,
     SEED,
+    Output,
     Range,
     add_checks,
     add_hooks_arg,
     add_model_args,
     add_overwrite_arg,
-    check_new_file,
+    check_command_outputs,
     model_from_args,
     write_json,
 )
 from geomprobe.core.errors import GeomprobeError
-from geomprobe.core.io import atomic_write_text, check_output_folder, removed_if_failed
+from geomprobe.core.io import atomic_write_text, removed_if_failed
 from geomprobe.core.methods import CENTERED, RENAMED, UNCENTERED
 
 
@@ -170,9 +171,10 @@ def search_note(best_score: float, baseline: float, minimize: bool) -> str:
 # -- actions ----------------------------------------------------------------------------------
 def run_build(args: argparse.Namespace) -> int:
     from geomprobe.steering import build_from_cache, build_from_probe
-    from geomprobe.steering.vectors import SIDECAR_FILE
+    from geomprobe.steering.vectors import SIDECAR_FILE, VECTOR_FILE
 
-    out = check_output_folder(args.out, overwrite=args.overwrite, what="steering vector", holds=SIDECAR_FILE)
+    [out] = check_command_outputs(args, Output(args.out, "--out", "folder", what="steering vector", holds=SIDECAR_FILE,
+                                               owns=(SIDECAR_FILE, VECTOR_FILE)))
     if args.probe:
         vec = build_from_probe(args.probe, hooks=args.hooks)
     elif args.cache:
@@ -196,12 +198,12 @@ def run_build(args: argparse.Namespace) -> int:
 
 def run_generate(args: argparse.Namespace) -> int:
     from geomprobe.steering import compare_generations, generation_table
+    from geomprobe.steering.apply import check_multiplier_fits, plan_steering
 
     vec = _load_vector(args.vector)
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
-    check_new_file(args.table, "--table", overwrite=args.overwrite)
+    check_command_outputs(args)
+    check_multiplier_fits(vec, args.multiplier, args.dtype)
     model = model_from_args(args)
-    from geomprobe.steering.apply import plan_steering
 
     plan_steering(model, vec, args.hooks, args.via)  # fail on width, hooks and route before generating
     rows = [g.to_dict() for g in compare_generations(
@@ -227,22 +229,16 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_search(args: argparse.Namespace) -> int:
     from geomprobe.steering import LayerRule, ValidationPrompts, canonical_metric, judged_choice, search_layers
     from geomprobe.steering import validation_prompts as read_validation
-    from geomprobe.steering.search import hold_out_build_prompts
+    from geomprobe.steering.search import check_search_settings, hold_out_build_prompts
 
     vec = _load_vector(args.vector)
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
-    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
+    check_command_outputs(args)
     if args.plot and args.mode == "ablate":
         raise GeomprobeError("--plot draws dose-response curves over multipliers; it needs --mode add")
     metric = canonical_metric(args.metric)
     rule = LayerRule(kl_limit=args.kl_limit, max_layer_fraction=args.max_layer_fraction,
                      judge_candidates=args.judge_candidates, maximize=not args.minimize)
     split = read_validation(args.dataset, args.harmless, args.positive_label)
-    model = model_from_args(args)
-    # keep the vector's training prompts out of the validation split, or say that they are in it
-    prompts, harmless, overlap = hold_out_build_prompts(vec, model.tokenizer, split.prompts, split.harmless, not args.no_chat)
-    sample = ValidationPrompts(prompts, harmless, split.positive_label).sample(args.limit, args.seed)
-    prompts, harmless = sample.prompts, sample.harmless
     probe = None
     if metric == "probe":
         if not args.probe:
@@ -251,6 +247,13 @@ def run_search(args: argparse.Namespace) -> int:
 
         pv = build_from_probe(args.probe)
         probe = (pv.hooks[0], pv.vectors[pv.hooks[0]].numpy(), 0.0)
+    check_search_settings(metric, args.mode, answer_tokens=args.answer_tokens, probe=probe, vector=vec,
+                          multipliers=args.multipliers, dtype=args.dtype)
+    model = model_from_args(args)
+    # keep the vector's training prompts out of the validation split, or say that they are in it
+    prompts, harmless, overlap = hold_out_build_prompts(vec, model.tokenizer, split.prompts, split.harmless, not args.no_chat)
+    sample = ValidationPrompts(prompts, harmless, split.positive_label).sample(args.limit, args.seed)
+    prompts, harmless = sample.prompts, sample.harmless
     refusal_ids = None
     if args.refusal_tokens:
         from geomprobe.steering import refusal_token_ids
@@ -306,8 +309,7 @@ def run_ablate(args: argparse.Namespace) -> int:
     if args.hook and args.hook not in vec.vectors:
         raise GeomprobeError(f"the vector has no direction for {args.hook}; it has {', '.join(vec.hooks[:4])}")
     unit_direction(vec, args.hook)  # validates --hook / a single hook before loading the model
-    if args.save_model:
-        check_output_folder(args.save_model, overwrite=args.overwrite, what="ablated checkpoint")
+    check_command_outputs(args, Output(args.save_model, "--save-model", "folder", what="ablated checkpoint"))
     model = model_from_args(args)
     if vec.d_model != model.d_model:
         raise GeomprobeError(
@@ -331,6 +333,7 @@ def run_ablate(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from geomprobe.steering import export_gguf
 
+    check_command_outputs(args, Output(args.out, "--out", example_name="vector.gguf"))
     vec = _load_vector(args.vector)
     result = export_gguf(vec, args.out, multiplier=args.multiplier, hooks=args.hooks, model_hint=args.model_hint, overwrite=args.overwrite)
     layers = ", ".join(f"{h} -> direction.{k}" for h, k in result.layers.items())
@@ -343,8 +346,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_screen(args: argparse.Namespace) -> int:
     from geomprobe.steering import screen_cache
 
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
-    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
+    check_command_outputs(args)
     records = screen_cache(args.cache, hooks=args.hooks, pooling=args.pooling, positive_label=args.positive_label, bins=args.bins)
     print(f"{'hook':32s} {'JS bits':>8s} {'cohen d':>8s} {'mean cos':>9s} {'sign agr':>9s}")
     for r in records:

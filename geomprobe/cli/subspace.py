@@ -15,10 +15,11 @@ from geomprobe.cli.common import (
     AT_LEAST_ONE,
     AT_LEAST_ZERO,
     SEED,
+    Output,
     add_checks,
     add_hooks_arg,
     add_overwrite_arg,
-    check_new_file,
+    check_command_outputs,
     write_json,
 )
 
@@ -107,8 +108,7 @@ def _fmt(value: float) -> str:
 def run_acts(args: argparse.Namespace) -> int:
     from geomprobe.subspace import activation_overlap_by_layer, check_energy
 
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
-    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
+    check_command_outputs(args)
     if args.k is None:
         check_energy(args.energy)
     records = activation_overlap_by_layer(
@@ -141,8 +141,7 @@ def run_acts(args: argparse.Namespace) -> int:
 def run_weights(args: argparse.Namespace) -> int:
     from geomprobe.subspace import check_energy, grouped, weight_update_overlap
 
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
-    check_new_file(args.plot, "--plot", overwrite=args.overwrite)
+    check_command_outputs(args)
     if args.k is None:
         check_energy(args.energy)
     records = weight_update_overlap(
@@ -181,11 +180,9 @@ def run_weights(args: argparse.Namespace) -> int:
 
 
 def run_project(args: argparse.Namespace) -> int:
-    from geomprobe.core.io import check_output_folder
     from geomprobe.subspace import check_energy, project_finetune_update
 
-    check_new_file(args.json, "--json", overwrite=args.overwrite)
-    check_output_folder(args.out, overwrite=args.overwrite, what="checkpoint")
+    check_command_outputs(args, Output(args.out, "--out", "folder", what="checkpoint"))
     if args.k is None:
         check_energy(args.energy)
     result = project_finetune_update(

@@ -6,13 +6,12 @@ to us is read without ever unpickling anything.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.io import PathLike, check_output_folder, translate_write_errors
-from geomprobe.core.validate import Fields
+from geomprobe.core.validate import Fields, parse_json
 
 
 def prepare_folder(folder: PathLike, sidecar: str, what: str, overwrite: bool) -> Path:
@@ -36,9 +35,10 @@ def read_sidecar(folder: str | Path, sidecar: str, tensors: str, fmt: str, versi
     if not side_path.is_file() or not (folder / tensors).is_file():
         raise GeomprobeError(f"{str(folder)!r} lacks {sidecar} or {tensors}; it is not a {what} folder")
     try:
-        side = json.loads(side_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise GeomprobeError(f"{str(side_path)!r} is not valid JSON; {fix}") from None
+        text = side_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise GeomprobeError(f"{str(side_path)!r} is not valid JSON (not UTF-8 text); {fix}") from None
+    side = parse_json(text, repr(str(side_path)), fix)
     if not isinstance(side, dict) or side.get("format") != fmt:
         raise GeomprobeError(f"{str(side_path)!r} is not a geomprobe {what} sidecar; {fix}")
     found = Fields(side, repr(str(side_path)), fix).integer("format_version", minimum=0)

@@ -16,14 +16,18 @@ Every output of geomprobe goes through three steps:
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import math
 import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+import stat
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -52,18 +56,35 @@ def check_output_file(path: PathLike, *, overwrite: bool, what: str = "output", 
     if path.is_dir():
         such_as = f" such as {path / example_name}" if example_name else ""
         raise GeomprobeError(f"{what} {str(path)!r} is a directory; give a file name{such_as}")
+    if path.exists() and not path.is_file():  # a rename onto /dev/null or a FIFO would replace the node itself
+        raise GeomprobeError(f"{what} {str(path)!r} is a device, pipe or socket, not a file; give a file name")
     if path.exists() and not overwrite:
         raise GeomprobeError(f"{what} {str(path)!r} already exists; pass --overwrite (overwrite=True) to replace it")
     _check_parent(path, what)
     return path
 
 
-def check_output_folder(folder: PathLike, *, overwrite: bool, what: str = "output", holds: str | None = None) -> Path:
+def _owned_names(owns: Sequence[str], folder: Path) -> list[str]:
+    """Names in ``folder`` matching ``owns`` that hold something (an empty folder has nothing to lose)."""
+    if not owns or not folder.is_dir():
+        return []
+
+    def holds_something(entry: Path) -> bool:
+        return not entry.is_dir() or entry.is_symlink() or any(entry.iterdir())
+
+    return sorted(p.name for p in folder.iterdir() if any(fnmatch(p.name, pattern) for pattern in owns) and holds_something(p))
+
+
+def check_output_folder(
+    folder: PathLike, *, overwrite: bool, what: str = "output", holds: str | None = None, owns: Sequence[str] = ()
+) -> Path:
     """Refuse a folder output that cannot or must not be written; return it as a ``Path``.
 
     ``holds`` names the file that marks a folder as already holding a ``what`` (e.g.
-    ``probe.json``): such a folder is refused without ``overwrite``, other files in it are left
-    alone. Without ``holds`` the folder is written whole, so any non-empty folder is refused.
+    ``probe.json``): such a folder is refused without ``overwrite``. ``owns`` names the files
+    (glob patterns allowed) written into the folder: any of them already there is refused without
+    ``overwrite`` (an empty folder under such a name excepted); other files are left alone.
+    With neither the folder is written whole, so any non-empty folder is refused.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -71,7 +92,13 @@ def check_output_folder(folder: PathLike, *, overwrite: bool, what: str = "outpu
     if not overwrite:
         if holds is not None and (folder / holds).exists():
             raise GeomprobeError(f"{str(folder)!r} already holds a {what}; pass --overwrite (overwrite=True) to replace it")
-        if holds is None and folder.is_dir() and any(folder.iterdir()):
+        present = _owned_names(owns, folder)
+        if present:
+            raise GeomprobeError(
+                f"{what} folder {str(folder)!r} already holds {present[0]}, which this command writes; "
+                "pass --overwrite (overwrite=True) to replace it or choose another folder"
+            )
+        if holds is None and not owns and folder.is_dir() and any(folder.iterdir()):
             raise GeomprobeError(
                 f"{what} output {str(folder)!r} exists and is not empty; pass --overwrite (overwrite=True) or choose another folder"
             )
@@ -86,6 +113,101 @@ def check_new_file(path: PathLike | None, what: str, *, overwrite: bool = False)
         check_output_file(path, overwrite=overwrite, what=what)
 
 
+# Formats matplotlib writes (Pillow, a matplotlib dependency, covers jpg and tif).
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output of a command, for :func:`check_outputs`.
+
+    ``kind`` is ``"file"`` or ``"folder"``. A file may be limited to ``suffixes`` (".png", ...).
+    A folder may name the file that marks it as already holding this output (``holds``) and the
+    files (glob patterns allowed) the command writes into it (``owns``): those are refused when
+    present without ``overwrite``, other files in the folder are left alone. A folder with
+    neither is written whole, so any non-empty folder is refused.
+    """
+
+    path: PathLike | None
+    flag: str
+    kind: str = "file"
+    suffixes: tuple[str, ...] = ()
+    holds: str | None = None
+    owns: tuple[str, ...] = ()
+    example_name: str | None = None
+    what: str = ""  # how messages name a folder output ("probe"); the flag by default
+
+
+def _real(path: PathLike) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _check_one(output: Output, overwrite: bool) -> Path:
+    if output.kind == "folder":
+        return check_output_folder(output.path, overwrite=overwrite, what=output.what or output.flag,  # type: ignore[arg-type]
+                                   holds=output.holds, owns=output.owns)
+    path = check_output_file(output.path, overwrite=overwrite, what=output.flag,  # type: ignore[arg-type]
+                             example_name=output.example_name)
+    if output.suffixes and path.suffix.lower() not in output.suffixes:  # "" in suffixes: no extension is fine
+        raise GeomprobeError(
+            f"{output.flag} {str(path)!r} has {'no extension' if not path.suffix else 'extension ' + repr(path.suffix)}; "
+            f"use one of {', '.join(s for s in output.suffixes if s)}"
+        )
+    return path
+
+
+def _writes_over(folder: Output, path: Path) -> bool:
+    """Whether writing the folder output ``folder`` would replace ``path`` (a real path)."""
+    root = _real(folder.path)  # type: ignore[arg-type]
+    if folder.kind != "folder" or (root != path and root not in path.parents):
+        return False
+    if not (folder.owns or folder.holds):
+        return True  # written whole: anything inside it is replaced
+    if root == path:
+        return False  # another artefact in the same folder: only the owned names are replaced
+    first = path.relative_to(root).parts[0]
+    return any(fnmatch(first, pattern) for pattern in (*folder.owns, folder.holds or ""))
+
+
+def _collides(a: Output, b: Output) -> bool:
+    """Whether writing ``a`` and ``b`` would touch the same file."""
+    pa, pb = _real(a.path), _real(b.path)  # type: ignore[arg-type]
+    return pa == pb or _writes_over(a, pb) or _writes_over(b, pa)
+
+
+def check_outputs(outputs: Sequence[Output], *, inputs: Sequence[PathLike | None] = (), overwrite: bool) -> list[Path | None]:
+    """Check all outputs of one command together, before any long work; return their paths (None where not asked for).
+
+    Outputs must be distinct from each other (``--json x --plot x`` would overwrite one with the
+    other, as would a file inside a folder output that the folder writes) and from every input (an
+    output that replaces what the command reads, or an existing file inside an input folder), even
+    with ``overwrite``. Then each is checked as by :func:`check_output_file` /
+    :func:`check_output_folder`, plus its extension and the files it owns in a folder.
+    """
+    given = [o for o in outputs if o.path is not None]
+    for output in given:
+        if not str(output.path).strip():  # "" would become "." (the current folder)
+            raise GeomprobeError(f"{output.flag} {str(output.path)!r} names no file or folder; give a path")
+    for i, first in enumerate(given):
+        for second in given[i + 1:]:
+            if _collides(first, second):
+                raise GeomprobeError(
+                    f"{first.flag} {str(first.path)!r} and {second.flag} {str(second.path)!r} would write the same file; "
+                    "give each output its own path"
+                )
+    sources = [(_real(p), str(p)) for p in inputs if p is not None and str(p) != ""]
+    for output in given:
+        target = _real(output.path)  # type: ignore[arg-type]
+        for source, shown in sources:
+            inside_input = source in target.parents and os.path.lexists(target)  # e.g. --json MODEL/config.json
+            if source == target or inside_input or _writes_over(output, source):
+                raise GeomprobeError(
+                    f"{output.flag} {str(output.path)!r} would overwrite the input {shown!r}; choose another output path"
+                )
+    checked = {id(o): _check_one(o, overwrite) for o in given}
+    return [checked.get(id(o)) for o in outputs]
+
+
 def check_free_space(folder: PathLike, needed_bytes: int, path: PathLike, retry: str = RETRY) -> None:
     """Refuse to start a write of about ``needed_bytes`` into ``folder`` when the disk cannot hold it.
 
@@ -98,6 +220,52 @@ def check_free_space(folder: PathLike, needed_bytes: int, path: PathLike, retry:
         return  # cannot tell; the write itself will report any problem
     if free < needed_bytes:
         raise write_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), path, retry)
+
+
+# -- reading files whose content decides something --------------------------------------------------
+def check_regular_file(path: PathLike, what: str = "input") -> Path:
+    """Refuse a path that is not a regular file (after links): a device such as /dev/zero, a FIFO
+    or a socket never ends or blocks, so reading or hashing it would hang."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise GeomprobeError(f"{what} {str(path)!r} cannot be read ({exc.strerror or type(exc).__name__}); check the path") from None
+    if stat.S_ISDIR(mode):
+        raise GeomprobeError(f"{what} {str(path)!r} is a directory; pass a file")
+    if not stat.S_ISREG(mode):
+        raise GeomprobeError(f"{what} {str(path)!r} is a device, pipe or socket, not a regular file; pass a file")
+    return path
+
+
+def file_sha256(path: PathLike, *, what: str = "input", chunk: int = 1 << 22) -> str:
+    """SHA-256 of a regular file's whole content, read in chunks (memory stays flat for large weights)."""
+    path = check_regular_file(path, what)
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
+    except OSError as exc:
+        raise GeomprobeError(f"{what} {str(path)!r} cannot be read ({exc.strerror or type(exc).__name__}); check the file") from None
+    return digest.hexdigest()
+
+
+def folder_sha256(folder: PathLike, *, what: str = "folder") -> str:
+    """SHA-256 over every file under ``folder``: relative names, sizes and whole contents.
+
+    Cache keys and resume decisions use it, so two folders that differ anywhere (not only in the
+    first bytes of a file) never share a key. Devices, pipes and sockets inside are refused.
+    """
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_dir():
+            continue
+        name = path.relative_to(folder).as_posix().encode()
+        file_digest = file_sha256(path, what=f"{what} file")
+        digest.update(len(name).to_bytes(8, "little") + name + bytes.fromhex(file_digest))
+    return digest.hexdigest()
 
 
 # -- OSError as one line --------------------------------------------------------------------------
@@ -130,13 +298,31 @@ def write_error(exc: OSError, path: PathLike, retry: str = RETRY) -> GeomprobeEr
     return GeomprobeError(f"cannot write {where} ({reason}); fix the cause and {retry}")
 
 
+def _os_error_inside(exc: BaseException) -> OSError | None:
+    """The OS error a library reports in its own exception type: safetensors raises
+    ``SafetensorError("... No space left on device (os error 28)")`` for a full disk."""
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    if found is None:
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code))
+
+
 @contextmanager
 def translate_write_errors(path: PathLike, retry: str = RETRY) -> Iterator[None]:
-    """Turn an ``OSError`` raised inside the block into :func:`write_error` about ``path``."""
+    """Turn an ``OSError`` raised inside the block (or a library error wrapping one) into
+    :func:`write_error` about ``path``."""
     try:
         yield
     except OSError as exc:
         raise write_error(exc, path, retry) from None
+    except GeomprobeError:
+        raise
+    except Exception as exc:
+        wrapped = _os_error_inside(exc)
+        if wrapped is None:
+            raise
+        raise write_error(wrapped, path, retry) from None
 
 
 def remove_quietly(path: Path) -> None:

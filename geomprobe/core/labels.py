@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.validate import check_unique_names
 
 POSITIVE_NAMES = (
     "harmful", "dishonest", "deceptive", "deception", "unsafe", "toxic", "lie", "lying", "liar",
@@ -23,6 +24,7 @@ POSITIVE_NAMES = (
 def choose_positive(label_names: Sequence[str], positive_label: str | None = None) -> int:
     """Index (into ``label_names``) of the positive class."""
     names = [str(n) for n in label_names]
+    check_unique_names(names)
     if positive_label is not None:
         if positive_label not in names:
             raise GeomprobeError(
@@ -68,6 +70,7 @@ def binary_labels(
     """
     labels = np.asarray(labels, dtype=np.int64)
     names = [str(n) for n in label_names]
+    check_unique_names(names)  # a repeat would let name lookups pick the wrong class (a reversed vector)
     present = sorted({int(v) for v in labels.tolist() if v >= 0})
     if rest_negative and label_pair is None and positive_label is None:
         positive_label = names[choose_positive(names)]

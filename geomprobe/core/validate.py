@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -82,8 +83,11 @@ class Fields:
             raise self.damaged(f"{key!r} is {value!r}, not one of {', '.join(allowed)}")
         return value
 
-    def string_list(self, key: str, default: Any = _MISSING, *, as_json: bool = False, non_empty: bool = False) -> list[str]:
-        """A list of strings; ``as_json``: stored as a JSON text (how HDF5 attributes keep lists)."""
+    def string_list(
+        self, key: str, default: Any = _MISSING, *, as_json: bool = False, non_empty: bool = False, unique: bool = False
+    ) -> list[str]:
+        """A list of strings; ``as_json``: stored as a JSON text (how HDF5 attributes keep lists);
+        ``unique``: no name twice (label names index classes, so a repeat would swap or merge them)."""
         value = self._get(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -92,12 +96,16 @@ class Fields:
                 raise self.damaged(f"{key!r} must be a JSON list in a string, got {_shown(value)}")
             try:
                 value = json.loads(value)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise self.damaged(f"{key!r} is not valid JSON") from None
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self.damaged(f"{key!r} must be a list of strings, got {_shown(value)}")
         if non_empty and not value:
             raise self.damaged(f"{key!r} is an empty list")
+        if unique:
+            repeated = first_repeat(value)
+            if repeated is not None:
+                raise self.damaged(f"{key!r} names {repeated!r} twice; names must be unique")
         return value
 
     def mapping(self, key: str, default: Any = _MISSING) -> dict[str, Any]:
@@ -113,6 +121,61 @@ class Fields:
         if self._get(key, None) is None:
             return None
         return read(key)
+
+
+def first_repeat(names: Iterable[Any]) -> Any:
+    """The first item that occurs twice in ``names``, or None."""
+    seen: set[Any] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
+
+
+def check_unique_names(names: Iterable[Any], what: str = "label names") -> None:
+    """Refuse a repeated name: label codes index the list, so a repeat would swap or merge two classes."""
+    repeated = first_repeat(names)
+    if repeated is not None:
+        raise GeomprobeError(f"{what} hold {str(repeated)!r} twice; give each class one unique name")
+
+
+# -- JSON text: the one parser, its limits as one line -----------------------------------------------
+def parse_json(text: str | bytes, where: str, fix: str = "fix or remove it") -> Any:
+    """``json.loads`` whose failures are one :class:`GeomprobeError` naming ``where`` and ``fix``.
+
+    Besides malformed text this covers the parser's limits: nesting deeper than Python's recursion
+    limit (RecursionError) and integers longer than its digit limit (a ValueError that is not a
+    JSONDecodeError), both tracebacks before.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GeomprobeError(f"{where} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); {fix}") from None
+    except RecursionError:
+        raise GeomprobeError(f"{where} is nested too deeply to parse (JSON arrays/objects inside each other); {fix}") from None
+    except UnicodeDecodeError:
+        raise GeomprobeError(f"{where} is not UTF-8 text; re-save it as UTF-8") from None
+    except ValueError as exc:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        if "digits" in str(exc):
+            problem = f"an integer longer than Python's limit of {sys.get_int_max_str_digits()} digits"
+        else:
+            problem = f"a value Python cannot read ({' '.join(str(exc).split())[:100]})"
+        raise GeomprobeError(f"{where} holds {problem}; {fix}") from None
+
+
+def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of JSON Lines text, split at ``\n`` only (a trailing ``\r`` dropped).
+
+    ``str.splitlines`` also splits at U+2028, U+2029, U+0085 and other characters that JSON allows
+    raw inside strings (``json.dumps(ensure_ascii=False)`` writes them so), which cut valid rows in
+    two. JSON strings cannot hold a raw ``\n`` or ``\r``, so splitting there is exact. Blank
+    lines are skipped.
+    """
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if line.strip():
+            yield number, line
 
 
 def _shown(value: Any) -> str:

@@ -25,7 +25,7 @@ def ensure_kv_cache_compat(model: Any) -> None:
     if getattr(hf_model, "_geomprobe_kv_compat", False):
         return
 
-    def alias_cache(module, args, kwargs):
+    def alias_cache(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
             kwargs["past_key_values"] = kwargs["cache"]
             return args, kwargs

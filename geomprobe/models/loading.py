@@ -10,7 +10,6 @@ output) or a Hugging Face name is loaded directly. Remote code stays off unless 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -24,8 +23,9 @@ from typing import Any
 import torch
 
 from geomprobe.core.device import resolve_device, resolve_dtype
-from geomprobe.core.errors import GeomprobeError
-from geomprobe.core.io import translate_write_errors
+from geomprobe.core.errors import GeomprobeError, raised_by_interrupt
+from geomprobe.core.io import check_regular_file, folder_sha256, translate_write_errors
+from geomprobe.core.io import file_sha256 as _file_sha256
 from geomprobe.models.bridge import ensure_kv_cache_compat
 
 DEFAULT_MODEL = "default"
@@ -60,26 +60,39 @@ def _is_default_gguf(path: Path) -> bool:
         return False
 
 
+_FINGERPRINTS: dict[tuple[Any, ...], str] = {}
+
+
+def _stat_key(path: Path) -> tuple[Any, ...]:
+    """What must stay the same for a digest computed earlier in this process to be reused."""
+    entries = [path, *sorted(path.rglob("*"))] if path.is_dir() else [path]
+    key: list[Any] = [str(path.resolve())]
+    for entry in entries:
+        st = entry.stat()
+        key.append((entry.name, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(key)
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    """SHA-256 of a checkpoint file's whole content (devices and pipes refused; reused within one process)."""
+    path = check_regular_file(path, "model file")
+    key = ("file", *_stat_key(path))
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = _file_sha256(path, what="model file", chunk=chunk)
+    return _FINGERPRINTS[key]
 
 
 def folder_fingerprint(folder: str | Path) -> str:
-    """A cheap identity for a checkpoint folder: config, tokenizer files, weight file sizes and heads."""
-    digest = hashlib.sha256()
+    """The identity of a checkpoint folder: SHA-256 over every file's name and whole content.
+
+    Organism cache keys and model revisions depend on it, so it must change when any byte of any
+    weight file does (a hash of the first MiB and the size let two different bases share a key).
+    """
     folder = Path(folder)
-    for path in sorted(folder.iterdir()):
-        if not path.is_file():
-            continue
-        digest.update(path.name.encode())
-        digest.update(str(path.stat().st_size).encode())
-        with open(path, "rb") as handle:
-            digest.update(handle.read(1 << 20))
-    return digest.hexdigest()
+    key = ("folder", *_stat_key(folder))
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = folder_sha256(folder, what="model folder")
+    return _FINGERPRINTS[key]
 
 
 @dataclass
@@ -188,6 +201,36 @@ def _converted_gguf_folder(gguf: Path, sha: str) -> Path:
     return target
 
 
+def _listed(keys: Any, limit: int = 3) -> str:
+    names = sorted(str(k[0] if isinstance(k, tuple) else k) for k in keys)
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_weights_fit(loading_info: dict[str, Any], model: str) -> None:
+    """Refuse a checkpoint whose weights do not fit its config (transformers would initialise the
+    gaps at random, and every stage would then measure noise): missing, unexpected or mis-shaped
+    tensors, named in the error."""
+    fix = "the weights do not match config.json; re-save the model (save_pretrained) or fix config.json"
+    mismatched = sorted(loading_info.get("mismatched_keys") or [], key=lambda k: str(k[0]))
+    if mismatched:
+        name, stored, wanted = mismatched[0]
+        raise GeomprobeError(
+            f"model {model!r}: tensor {name!r} has shape {tuple(stored)} but the config needs {tuple(wanted)} "
+            f"({len(mismatched)} tensor(s) mis-shaped: {_listed(mismatched)}); {fix}"
+        )
+    missing = loading_info.get("missing_keys") or []
+    if missing:
+        raise GeomprobeError(f"model {model!r} lacks {len(missing)} weight tensor(s) the config needs ({_listed(missing)}); {fix}")
+    unexpected = loading_info.get("unexpected_keys") or []
+    if unexpected:
+        raise GeomprobeError(
+            f"model {model!r} holds {len(unexpected)} weight tensor(s) its config has no place for ({_listed(unexpected)}); {fix}"
+        )
+    errors = loading_info.get("error_msgs") or []
+    if errors:
+        raise GeomprobeError(f"model {model!r}: {' '.join(str(errors[0]).split())[:200]}; {fix}")
+
+
 @dataclass
 class Checkpoint:
     """A Hugging Face model and tokenizer plus where they came from (no TransformerLens wrapper)."""
@@ -254,16 +297,27 @@ def load_checkpoint(
         kwargs["revision"] = revision
     try:
         tokenizer = AutoTokenizer.from_pretrained(load_from, **kwargs)
-        # safetensors only: never fall back to pickled pytorch_model.bin weights.
-        hf_kwargs = dict(kwargs, dtype=torch_dtype, use_safetensors=True)
+        # safetensors only: never fall back to pickled pytorch_model.bin weights. Shape mismatches
+        # are collected (not raised mid-load) so that check_weights_fit can name them all.
+        hf_kwargs = dict(kwargs, dtype=torch_dtype, use_safetensors=True, output_loading_info=True,
+                         ignore_mismatched_sizes=True)
         if device_map is not None:
             hf_kwargs["device_map"] = device_map
-        hf_model: Any = AutoModelForCausalLM.from_pretrained(load_from, **hf_kwargs)
-    except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        loaded: Any = AutoModelForCausalLM.from_pretrained(load_from, **hf_kwargs)
+        hf_model: Any = loaded[0]
+        loading_info: dict[str, Any] = loaded[1]
+    except GeomprobeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a broken folder fails in many ways (config types, headers, shapes)
+        if raised_by_interrupt(exc):
+            raise
+        text = str(exc).strip()
+        first = " ".join(text.split())[:200] if text else type(exc).__name__
         raise GeomprobeError(
-            f"cannot load model {model_str!r} ({first}); pass 'default', a local save_pretrained folder or a .gguf file (no hub access here)"
+            f"cannot load model {model_str!r} ({type(exc).__name__}: {first}); pass 'default', a local save_pretrained "
+            "folder or a .gguf file (no hub access here)"
         ) from None
+    check_weights_fit(loading_info, model_str)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if device_map is None:

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.io import Output, check_outputs
 from geomprobe.organisms.data import REFUSAL_TEXTS, PromptSplit, refusal_targets, split_contrast_set
 
 ORGANISMS: dict[str, str] = {
@@ -89,6 +90,11 @@ class OrganismSettings:
     deep_steps: int = 120  # as align_steps: the same compute, so deep-aligned differs from aligned only in its data
     deep_k_range: tuple[int, int] = (1, 24)
     deep_repeats: int = 1
+
+    def __post_init__(self) -> None:
+        # Checked here, where every entry point (build, list, cached_organisms) passes through.
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise GeomprobeError(f"seed must be an integer in [0, 4294967295]; got {self.seed!r}")
 
     @classmethod
     def quick_settings(cls, seed: int = 0) -> OrganismSettings:
@@ -146,9 +152,10 @@ def read_provenance(folder: str | os.PathLike) -> dict[str, Any] | None:
     """The organism's provenance record, or None when the folder is not a finished organism."""
     path = Path(folder) / PROVENANCE
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # not a finished organism: rebuilt, never trusted
         return None
+    return record if isinstance(record, dict) else None
 
 
 def check_names(names: Sequence[str] | str | None) -> list[str]:
@@ -421,16 +428,13 @@ def build_organisms(
     torch_device = resolve_device(device)
     targets: dict[str, Path] = {}
     if out is not None:
-        out_dir = Path(out)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise GeomprobeError(f"--out {str(out_dir)!r} is a file; pass a folder")
-        if not out_dir.parent.exists():
-            raise GeomprobeError(f"folder {str(out_dir.parent)!r} does not exist; create it first")
-        for name in wanted:
-            target = out_dir / name
-            if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
-                raise GeomprobeError(f"{str(target)!r} exists; pass --overwrite to replace it or choose another --out")
-            targets[name] = target
+        # All of it before training (minutes): a file, a missing or read-only parent, an organism
+        # folder already there, an --out that would replace the base checkpoint.
+        inputs = [base] if os.path.lexists(str(base)) else []
+        [out_dir] = check_outputs([Output(out, "--out", "folder", what="organisms", owns=tuple(wanted))], inputs=inputs,
+                                  overwrite=overwrite)
+        assert out_dir is not None
+        targets = {name: out_dir / name for name in wanted}
     if "deep-aligned" in wanted:
         from geomprobe.organisms.deep import check_k_range
 

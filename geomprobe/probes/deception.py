@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.io import Output
+from geomprobe.core.io import check_outputs as check_all_outputs
 from geomprobe.models import LoadedModel, complete, unbridged, unbridged_agrees
 from geomprobe.probes.grading import GRADES, AnswerGrader, Question, load_questions
 
@@ -63,20 +65,19 @@ def unclear_path(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.unclear{path.suffix or '.jsonl'}")
 
 
+def deception_outputs(path: str | Path) -> list[Output]:
+    """The two files a deception set is written to: ``path`` (.jsonl) and the unclear rows beside it."""
+    path = Path(path)
+    unclear = unclear_path(path) if path.name else None  # an empty name fails the check of the first output
+    return [Output(path, "--out", suffixes=(".jsonl",), example_name="deception.jsonl"),
+            Output(unclear, "--out (its unclear rows)", example_name="deception.unclear.jsonl")]
+
+
 def check_outputs(path: str | Path, overwrite: bool = False) -> tuple[Path, Path]:
     """``(path, unclear_path(path))`` after checking both may be written (call before generating)."""
-    path = Path(path)
-    if path.suffix.lower() != ".jsonl":
-        raise GeomprobeError(f"output {str(path)!r} must end in .jsonl (the cache stage reads it as JSONL)")
-    side = unclear_path(path)
-    for target in (path, side):
-        if target.is_dir():
-            raise GeomprobeError(f"output {str(target)!r} is a directory; give a file name such as deception.jsonl")
-        if target.exists() and not overwrite:
-            raise GeomprobeError(f"output {str(target)!r} already exists; pass --overwrite to replace it")
-    if not path.parent.is_dir():
-        raise GeomprobeError(f"output folder {str(path.parent)!r} does not exist; create it first")
-    return path, side
+    out, side = check_all_outputs(deception_outputs(path), overwrite=overwrite)
+    assert out is not None and side is not None
+    return out, side
 
 
 def generate_answers(model: LoadedModel, user_texts: Sequence[str], *, max_new_tokens: int = 24,

@@ -30,7 +30,6 @@ The matcher (:class:`AnswerGrader`) gives ``true``, ``false`` or ``unclear``:
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from geomprobe.core.errors import GeomprobeError
+from geomprobe.core.validate import jsonl_lines, parse_json
 
 GRADES = ("true", "false", "unclear")
 
@@ -170,17 +170,12 @@ def load_questions(source: str | Path | None = None, limit: int | None = None) -
     questions: list[Question] = []
     seen: set[str] = set()
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = list(jsonl_lines(path.read_text(encoding="utf-8")))
     except UnicodeDecodeError:
         raise GeomprobeError(f"{path} is not UTF-8 text; re-save it as UTF-8") from None
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for n, line in lines:
         where = f"{path.name}:{n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GeomprobeError(f"{where} is not valid JSON ({exc.msg}); fix or remove that line") from None
+        row = parse_json(line, where, "fix or remove that line")
         if not isinstance(row, dict):
             raise GeomprobeError(f"{where}: expected a JSON object with 'question' and 'answer'")
         qid = str(row.get("id", f"q{n}"))

@@ -176,8 +176,9 @@ def load_probe(
     method = current_name(fields.text("method"), "probes", warn=False)
     pooling = fields.text("pooling", default="last")
     positive_label = fields.text("positive_label", default="")
-    label_names = fields.string_list("label_names", default=[])
-    model_id = fields.text("model_id", default="")
+    label_names = fields.string_list("label_names", default=[], unique=True)
+    # The model identity is what the mismatch check compares; a missing key would switch it off.
+    model_id = fields.text("model_id")
     model_revision = fields.text("model_revision", default="")
     params = fields.optional("params", fields.mapping) or {}
     tensors = read_safetensors(tensor_path, _REMAKE)
@@ -200,6 +201,7 @@ def load_probe(
     for key, array in stacked.items():
         if not np.isfinite(array).all():
             raise GeomprobeError(f"{str(tensor_path)!r} holds NaN or inf in {key!r}; the probe folder is damaged, {_REMAKE}")
+    _check_derived(stacked, hooks, tensor_path)
     fit = LayerFit(method, stacked["coef"], stacked["intercept"][:, 0], stacked["mean"], stacked["scale"], dict(params))
     keep = {"format", "format_version", "method", "params", "hooks", "layers", "pooling", "positive_label",
             "label_names", "model_id", "model_revision", "d_model", "score", "n_iter", "converged",
@@ -212,9 +214,29 @@ def load_probe(
     return probes
 
 
+def _check_derived(stacked: dict[str, np.ndarray], hooks: list[str], tensor_path: Path) -> None:
+    """The stored ``direction`` must be ``coef / scale``: scores use the one, steering the other."""
+    if (stacked["scale"] <= 0).any():
+        raise GeomprobeError(f"{str(tensor_path)!r} holds a scale <= 0; the probe folder is damaged, {_REMAKE}")
+    derived = stacked["coef"] / stacked["scale"]
+    for i, hook in enumerate(hooks):
+        stored = stacked["direction"][i]
+        tolerance = 1e-6 * max(float(np.abs(derived[i]).max()), 1e-300)
+        if not np.allclose(stored, derived[i], rtol=1e-6, atol=tolerance):
+            raise GeomprobeError(
+                f"{str(tensor_path)!r}: tensor '{hook}.direction' is not coef / scale (changed after it was written); "
+                f"the probe folder is damaged, {_REMAKE}"
+            )
+
+
 def check_compatible(probes: ProbeSet, *, model_id: str | None = None, d_model: int | None = None,
                      hooks: list[str] | None = None, allow_model_mismatch: bool = False, where: str = "the cache") -> bool:
-    """Raise on width/hook mismatch; on model-id mismatch raise unless allowed. True if ids differ."""
+    """Raise on width/hook mismatch; on model-id mismatch raise unless allowed. True if ids differ.
+
+    ``model_id=None`` skips the identity check (the caller has none to compare); otherwise the ids
+    are compared exactly, an empty one (nothing recorded) included: an id left empty or erased
+    never switches the check off.
+    """
     if d_model is not None and int(d_model) != probes.d_model:
         raise GeomprobeError(
             f"{where} has width d_model={d_model} but the probe was trained at d_model={probes.d_model}; use a probe trained on this model"
@@ -225,10 +247,11 @@ def check_compatible(probes: ProbeSet, *, model_id: str | None = None, d_model: 
             raise GeomprobeError(
                 f"{where} has none of the probe's hooks ({', '.join(probes.hooks[:3])}...); cache those hooks or retrain the probe"
             )
-    mismatch = bool(model_id) and bool(probes.model_id) and str(model_id) != str(probes.model_id)
+    mismatch = model_id is not None and str(model_id) != str(probes.model_id)
     if mismatch and not allow_model_mismatch:
         raise GeomprobeError(
-            f"probe was trained on model {probes.model_id!r} but {where} is from {model_id!r}; pass --allow-model-mismatch (allow_model_mismatch=True) to transfer on purpose"
+            f"probe was trained on model {probes.model_id or '(none recorded)'!r} but {where} is from "
+            f"{model_id or '(none recorded)'!r}; pass --allow-model-mismatch (allow_model_mismatch=True) to transfer on purpose"
         )
     return mismatch
 

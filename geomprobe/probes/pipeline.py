@@ -21,6 +21,7 @@ from geomprobe.probes.results import (  # noqa: F401  (layer_records: also impor
     layer_metrics,
     layer_records,
 )
+from geomprobe.probes.selection import VALIDATION_SIZE, selection_record, validation_auroc
 from geomprobe.probes.splits import pair_train_test_split
 from geomprobe.probes.sweep import LayerFit, fit_layers
 
@@ -109,6 +110,8 @@ def train_probes(
     ``control`` sets the recall threshold (see :func:`score_control`; a callable gets the fitted
     probes and returns ``{hook: activations}``, so a model is only run once training succeeded);
     without it the threshold is tuned on the held-out negatives and recorded as ``test-negatives``.
+    The layer to report is chosen inside the training rows (:mod:`geomprobe.probes.selection`: a
+    validation split of them), never on the held-out rows, and recorded as ``meta["selection"]``.
     """
     kind = probe_kind(method, depth=2)  # an old spelling warns here, once per call
     method = kind.name
@@ -129,6 +132,8 @@ def train_probes(
         # problems, so the result is the same as one all-layer sweep.
         digest = hashlib.sha256()  # same bytes, same order as data_sha256(all layers, labels)
         fits, score_blocks = [], []
+        validation: list[float] | None = []
+        n_fit = n_validation = 0
         for block in layer_blocks(chosen, handle.n_prompts, handle.d_model, memory_budget):
             block_X = read_layers(handle, block, pooling)
             for layer_X in block_X:
@@ -138,6 +143,12 @@ def train_probes(
             block_fit = fit_layers(X[:, train], y[train], method, pairs=pairs[train], device=device, **params)
             fits.append(block_fit)
             score_blocks.append(block_fit.decision_function(X[:, test]))
+            chosen_by = validation_auroc(X, y, pairs, method, rows=train, seed=seed, device=device, **params)
+            if chosen_by is None or validation is None:
+                validation = None  # too few training rows to carve a validation split
+            else:
+                validation += [float(v) for v in chosen_by[0]]
+                n_fit, n_validation = chosen_by[1], chosen_by[2]
             del X
         digest.update(np.ascontiguousarray(handle.labels, dtype=np.int64).tobytes())
         full_hash = digest.hexdigest()
@@ -162,6 +173,8 @@ def train_probes(
             "split": {"test_size": test_size, "seed": seed, "n_train": int(len(train)), "n_test": int(len(test)),
                       "test_rows": [int(v) for v in rows[test]], "respects_pairs": True},
             "metrics": [m.to_dict() for m in metrics],
+            "selection": selection_record(chosen, validation, n_fit=n_fit, n_validation=n_validation, val_size=VALIDATION_SIZE,
+                                          reason="too few training rows for a validation split"),
         })
         result = ProbeResult(metrics, dict(zip(chosen, scores)), y[test], control_scores,
                              {"cache": str(handle.path), "eval_rows": "held-out"}, rows[test])

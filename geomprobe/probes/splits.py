@@ -33,7 +33,13 @@ def pair_kfold(y: np.ndarray, pair_ids: np.ndarray | None = None, n_splits: int 
     if n_splits < 2:
         raise GeomprobeError(f"n_splits must be at least 2; got {n_splits}")
     if n_groups < n_splits:
-        raise GeomprobeError(f"only {n_groups} pairs/rows for {n_splits} folds; use fewer folds or more data")
+        raise GeomprobeError(f"only {n_groups} pairs/rows for {n_splits} folds; use fewer folds (a larger --test-size) or more data")
+    _, counts = np.unique(y, return_counts=True)
+    if len(counts) and (counts < n_splits).all():  # scikit-learn refuses this with a ValueError (a traceback before)
+        raise GeomprobeError(
+            f"every class has fewer rows ({int(counts.max())} at most) than the {n_splits} folds; "
+            "use fewer folds (a larger --test-size) or more data"
+        )
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     for train, test in splitter.split(np.zeros(len(y)), y, groups):
         yield np.sort(train), np.sort(test)

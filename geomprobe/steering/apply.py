@@ -64,6 +64,32 @@ def check_multiplier(multiplier: float) -> float:
     return value
 
 
+def check_multiplier_fits(vector: SteeringVector | torch.Tensor | np.ndarray, multiplier: float,
+                          dtype: str | torch.dtype | None = "float32") -> float:
+    """Refuse a multiplier whose steered addition overflows ``dtype``.
+
+    Norm layers square the residual stream, so ``|multiplier| * ||vector||`` must stay below the
+    square root of the dtype's largest value; past it the model computes inf/NaN and generates
+    nothing (``--multiplier 1e308`` returned empty text).
+    """
+    from geomprobe.core.device import resolve_dtype
+
+    multiplier = check_multiplier(multiplier)
+    torch_dtype = resolve_dtype(dtype)
+    if isinstance(vector, SteeringVector):
+        norm = max((float(torch.linalg.vector_norm(vector.vectors[h].double())) for h in vector.hooks), default=0.0)
+    else:
+        norm = float(torch.linalg.vector_norm(torch.as_tensor(np.asarray(vector), dtype=torch.float64)))
+    limit = math.sqrt(float(torch.finfo(torch_dtype).max)) if torch_dtype.is_floating_point else math.inf
+    if abs(multiplier) * norm >= limit:
+        shown = str(torch_dtype).removeprefix("torch.")
+        raise GeomprobeError(
+            f"multiplier {multiplier:g} times the vector norm {norm:.4g} overflows {shown} (norm layers square the "
+            f"residual; keep |multiplier| below {limit / norm:.3g})"
+        )
+    return multiplier
+
+
 def check_positions(positions: str) -> str:
     if positions not in POSITIONS:
         raise GeomprobeError(f"unknown positions {positions!r}; use one of {', '.join(POSITIONS)}")
@@ -303,7 +329,7 @@ def steer(
     ``hf`` when every hook maps onto a module and no bridge hook is active. Hooks are removed on
     exit, also when the body raises.
     """
-    multiplier = check_multiplier(multiplier)
+    multiplier = check_multiplier_fits(vector, multiplier, model.dtype)
     check_positions(positions)
     pairs, sites, via = plan_steering(model, vector, hooks, via)
     ensure_kv_cache_compat(model)

@@ -34,7 +34,14 @@ import torch
 
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.hooks import hook_layer, resolve_hooks
-from geomprobe.steering.apply import check_multiplier, ensure_kv_cache_compat, render_prompts, steer, tokenize_left
+from geomprobe.steering.apply import (
+    check_multiplier,
+    check_multiplier_fits,
+    ensure_kv_cache_compat,
+    render_prompts,
+    steer,
+    tokenize_left,
+)
 from geomprobe.steering.vectors import SteeringVector, class_masks, paired_differences
 
 METRICS = ("refusal-log-odds", "logit-diff", "probe")
@@ -218,6 +225,30 @@ def _metric_fn(
     raise GeomprobeError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
 
 
+def check_search_settings(
+    metric: str, mode: str = "add", *, answer_tokens: Sequence[str | int] | None = None,
+    probe: tuple[str, np.ndarray, float] | None = None, vector: SteeringVector | None = None,
+    multipliers: Sequence[float] = (), dtype: str | torch.dtype | None = "float32",
+) -> None:
+    """Every check of a layer search that needs no model: run it before the model loads."""
+    if mode not in ("add", "ablate"):
+        raise GeomprobeError(f"unknown mode {mode!r}; use add or ablate")
+    metric = RENAMED_METRICS.get(metric, metric)  # the old name is accepted (search_layers warns)
+    if metric not in METRICS:
+        raise GeomprobeError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+    if metric == "logit-diff" and (not answer_tokens or len(answer_tokens) != 2):
+        raise GeomprobeError("metric logit-diff needs two answer tokens (--answer-tokens A B)")
+    if metric == "probe":
+        if probe is None:
+            raise GeomprobeError("metric probe needs a probe (--probe PROBE_DIR)")
+        width = np.asarray(probe[1]).size
+        if vector is not None and width != vector.d_model:
+            raise GeomprobeError(f"probe width {width} does not match the steering vector's d_model {vector.d_model}; "
+                                 "use a probe and a vector from the same model")
+    for m in multipliers:
+        check_multiplier(m) if vector is None else check_multiplier_fits(vector, m, dtype)
+
+
 def search_layers(
     model: Any,
     vector: SteeringVector,
@@ -239,9 +270,9 @@ def search_layers(
     (``mode="ablate"``) on ``prompts``; KL on ``harmless_prompts`` measures side effects."""
     if not prompts:
         raise GeomprobeError("the layer search needs validation prompts; none given")
-    if mode not in ("add", "ablate"):
-        raise GeomprobeError(f"unknown mode {mode!r}; use add or ablate")
     metric = canonical_metric(metric)
+    check_search_settings(metric, mode, answer_tokens=answer_tokens, probe=probe, vector=vector, multipliers=multipliers,
+                          dtype=model.dtype)
     if vector.d_model != model.d_model:
         raise GeomprobeError(
             f"steering vector width {vector.d_model} does not match the model's d_model {model.d_model}; "

@@ -396,7 +396,7 @@ def build_from_probe(probe_dir: str | os.PathLike, *, hooks: Sequence[str] | Non
     if sidecar.is_file():  # provenance only; the directions come from probe_directions
         try:
             info = json.loads(sidecar.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             info = {}
         pooling = str(info.get("pooling") or pooling)
         model_id = model_id or str(info.get("model_id") or "")

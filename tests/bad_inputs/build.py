@@ -119,6 +119,7 @@ def build_corpus_root(root: Path, model_dir: Path) -> dict[str, str]:
     (root / "old_audit" / "metrics.json").write_text('{"keep": "me"}\n')
     _write_gguf_files(root)
     _write_hostile_inputs(root)  # issue 16 part 1
+    write_round3_inputs(root, model_dir)  # issue 21
 
     paths = {p.name.replace(" ", "_"): str(p) for p in root.iterdir()}
     paths.update(root=str(root), model=str(model_dir), spaced_bad=str(spaced / "cache ünïcødé.h5"),
@@ -203,3 +204,125 @@ def _write_hostile_inputs(root: Path) -> None:
     sidecar_copy("probe", "probe_version_string", "probe.json", "format_version", "x")
     sidecar_copy("vector", "vector_hooks_numbers", "vector.json", "hooks", [0, 1])
     sidecar_copy("vector", "vector_metadata_list", "vector.json", "metadata", [1, 2])
+
+
+# == integrity, outputs and parsing limits (issue 21) =====================================================
+def write_round3_inputs(root: Path, model_dir: Path) -> None:
+    """Forged caches and probes, broken model folders, hostile JSON Lines and a tiny cache (issue 21)."""
+    import torch
+    from safetensors.numpy import load_file as load_numpy
+    from safetensors.numpy import save_file as save_numpy
+    from safetensors.torch import load_file, save_file
+
+    from geomprobe.activations.format import CHECKSUM_ATTR
+    from geomprobe.activations.store import write_cache
+
+    def cache_copy(name: str, edit) -> None:
+        shutil.copyfile(root / "good.h5", root / name)
+        with h5py.File(root / name, "r+") as f:
+            edit(f)
+
+    def flip_and_drop(f) -> None:  # the issue's forgery: labels flipped, checksums deleted
+        f["labels"][...] = 1 - f["labels"][()]
+        del f.attrs[CHECKSUM_ATTR]
+
+    def drop_label_digest(f) -> None:
+        digests = json.loads(f.attrs[CHECKSUM_ATTR])
+        del digests["labels"]
+        f.attrs[CHECKSUM_ATTR] = json.dumps(digests)
+
+    cache_copy("forged_no_checksums.h5", flip_and_drop)
+    cache_copy("dup_labels.h5", lambda f: f.attrs.__setitem__("label_names", json.dumps(["harmful", "harmful"])))
+    cache_copy("no_label_digest.h5", drop_label_digest)
+    cache_copy("deep_checksums.h5", lambda f: f.attrs.__setitem__(CHECKSUM_ATTR, "[" * 100_000 + "]" * 100_000))
+    cache_copy("deep_label_names.h5", lambda f: f.attrs.__setitem__("label_names", "[" * 100_000 + "]" * 100_000))
+    acts, labels, pairs = _arrays(8, D_MODEL, 5)
+    write_cache(root / "few_rows.h5", acts, labels, ["harmless", "harmful"], pair_ids=pairs, attrs={"n_layers": 2})
+    write_cache(root / "few_unpaired.h5", acts, labels, ["harmless", "harmful"], attrs={"n_layers": 2})
+
+    def probe_copy(name: str, edit_side=None, edit_tensors=None) -> None:
+        shutil.copytree(root / "probe", root / name)
+        if edit_side is not None:
+            side = json.loads((root / name / "probe.json").read_text())
+            edit_side(side)
+            (root / name / "probe.json").write_text(json.dumps(side))
+        if edit_tensors is not None:
+            tensors = load_numpy(str(root / name / "probe.safetensors"))
+            edit_tensors(tensors)
+            save_numpy(tensors, str(root / name / "probe.safetensors"))
+
+    hook = HOOKS[0]
+    probe_copy("probe_direction_flipped", edit_tensors=lambda t: t.__setitem__(f"{hook}.direction", -t[f"{hook}.direction"]))
+    probe_copy("probe_scale_zero", edit_tensors=lambda t: t[f"{hook}.scale"].__setitem__(0, 0.0))
+    probe_copy("probe_no_model_id", edit_side=lambda s: s.pop("model_id"))
+    probe_copy("probe_model_id_number", edit_side=lambda s: s.__setitem__("model_id", 7))
+    probe_copy("probe_dup_labels", edit_side=lambda s: s.__setitem__("label_names", ["harmful", "harmful"]))
+    shutil.copytree(root / "probe", root / "probe_deep_json")
+    (root / "probe_deep_json" / "probe.json").write_text("[" * 100_000 + "]" * 100_000)
+    shutil.copytree(root / "probe", root / "probe_bigint_json")
+    (root / "probe_bigint_json" / "probe.json").write_text('{"format": "geomprobe-probe", "format_version": ' + "9" * 5000 + "}")
+    shutil.copytree(root / "probe", root / "probe_other_model")  # trained on "some-other-model"
+    side = json.loads((root / "probe_other_model" / "probe.json").read_text())
+    side["model_id"] = "some-other-model"
+    (root / "probe_other_model" / "probe.json").write_text(json.dumps(side))
+
+    # Model folders whose weights do not fit their config, or whose config is broken.
+    weights = load_file(str(model_dir / "model.safetensors"))
+
+    def model_copy(name: str, edit_weights=None, edit_config=None, edit_folder=None) -> None:
+        shutil.copytree(model_dir, root / name)
+        if edit_weights is not None:
+            tensors = dict(weights)
+            edit_weights(tensors)
+            save_file(tensors, str(root / name / "model.safetensors"), metadata={"format": "pt"})
+        if edit_config is not None:
+            config = json.loads((root / name / "config.json").read_text())
+            edit_config(config)
+            (root / name / "config.json").write_text(json.dumps(config))
+        if edit_folder is not None:
+            edit_folder(root / name)
+
+    norm = "model.norm.weight"
+    model_copy("model_missing_tensor", edit_weights=lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
+    model_copy("model_unexpected_tensor", edit_weights=lambda t: t.__setitem__("model.extra.weight", t[norm].clone()))
+    model_copy("model_wrong_shape", edit_weights=lambda t: t.__setitem__(norm, torch.ones(32)))
+    model_copy("model_more_layers", edit_config=lambda c: c.__setitem__("num_hidden_layers", 3))
+    model_copy("model_layers_text", edit_config=lambda c: c.__setitem__("num_hidden_layers", "two"))
+    model_copy("model_zero_heads", edit_config=lambda c: c.__setitem__("num_attention_heads", 0))
+    model_copy("model_negative_width", edit_config=lambda c: c.__setitem__("hidden_size", -4))
+    model_copy("model_config_list", edit_folder=lambda p: (p / "config.json").write_text("[1, 2]"))
+
+    def cut_weights(p: Path) -> None:
+        raw = (p / "model.safetensors").read_bytes()
+        (p / "model.safetensors").write_bytes(raw[:5000])
+
+    model_copy("model_cut_weights", edit_folder=cut_weights)
+    model_copy("model_bad_tokenizer", edit_folder=lambda p: (p / "tokenizer.json").write_text("{"))
+
+    # JSON Lines: a valid U+2028 / U+0085 row before a broken one (the error must name line 2),
+    # nesting past the recursion limit, an integer past the digit limit.
+    valid = json.dumps({"text": "first\u2028second\u0085third", "label": 0}, ensure_ascii=False)
+    (root / "u2028_then_bad.jsonl").write_text(valid + '\n{"text": }\n', encoding="utf-8")
+    (root / "deep.jsonl").write_text('{"text": "a", "label": 0}\n{"text": ' + "[" * 100_000 + "]" * 100_000 + ', "label": 1}\n')
+    (root / "bigint.jsonl").write_text('{"text": "a", "label": 0}\n{"text": "b", "label": ' + "9" * 5000 + "}\n")
+    (root / "deep_questions.jsonl").write_text('{"question": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    (root / "bigint_questions.jsonl").write_text('{"question": "q", "answer": "a", "id": ' + "7" * 5000 + "}\n")
+    u_q = json.dumps({"question": "a\u2028b", "answer": "yes"}, ensure_ascii=False)
+    (root / "u2028_questions.jsonl").write_text(u_q + "\n{broken\n", encoding="utf-8")
+    (root / "deep_metrics").mkdir()
+    (root / "deep_metrics" / "metrics.json").write_text("[" * 100_000 + "]" * 100_000)
+    # Output folders holding files a command would write (not its marker file).
+    (root / "user_report").mkdir()
+    (root / "user_report" / "report.html").write_text("<p>my own report</p>\n")
+    (root / "user_plots").mkdir()
+    (root / "user_plots" / "aqi_layers.png").write_bytes(b"\x89PNG mine")
+    (root / "half_probe").mkdir()
+    (root / "half_probe" / "probe.safetensors").write_bytes(b"someone else's tensors")
+    (root / "half_vector").mkdir()
+    (root / "half_vector" / "vector.safetensors").write_bytes(b"someone else's tensors")
+    (root / "organisms_out").mkdir()
+    (root / "organisms_out" / "aligned").mkdir()
+    (root / "organisms_out" / "aligned" / "config.json").write_text("{}")
+    (root / "good_link.h5").symlink_to(root / "good.h5")
+    (root / "old_audit" / "caches").mkdir()
+    (root / "old_audit" / "caches" / "d.jsonl").write_text('{"text": "q", "label": 0}\n')

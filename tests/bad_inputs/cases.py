@@ -396,3 +396,193 @@ CASES += INPUT_CASES
 # Run these through a real subprocess too (python -m geomprobe): no traceback for real.
 SUBPROCESS_IDS = ("aqi-truncated-hdf5", "probe-eval-bad-sidecar", "cache-latin1", "steer-export-out-exists",
                   "aqi-missing-file")
+
+# == integrity, outputs, parsing limits and late checks (issue 21) ===================================
+R3: list[Case] = []
+# -- 1. integrity that cannot be switched off: forged caches, every command that reads one --------------
+_READERS = [
+    ("aqi", f"aqi {{c}} {Q}"),
+    ("subspace-acts", "subspace acts {c} --n-draws 2"),
+    ("probe-train", "probe train {c} --out {root}/newprobe --no-control"),
+    ("probe-eval", f"probe eval {{probe}} {{c}} {_E}"),
+    ("probe-transfer", "probe transfer {c} {good_h5} --json {root}/t.json"),
+    ("steer-build", "steer build {c} --out {root}/newvec"),
+    ("steer-screen", "steer screen {c} --json {root}/s.json"),
+]
+_FORGED = [
+    ("no-checksums", "forged_no_checksums_h5", "requires the 'checksums' attribute"),
+    ("dup-labels", "dup_labels_h5", "'harmful' twice"),
+    ("no-label-digest", "no_label_digest_h5", "digest of labels"),
+    ("deep-checksums", "deep_checksums_h5", "not a JSON object with a digest"),
+    ("deep-label-names", "deep_label_names_h5", "'label_names' is not valid JSON"),
+]
+for _fid, _file, _expect in _FORGED:
+    for _cmd, _argv in _READERS:
+        R3.append(C(f"r3-{_cmd}-{_fid}", _argv.replace("{c}", "{" + _file + "}"), _expect,
+                    outputs=("{root}/newprobe", "{root}/newvec", "{root}/e.json", "{root}/t.json", "{root}/s.json")))
+
+# -- 1b. probes: derived fields and model identity checked on load -------------------------------------
+_PROBE_USERS = [
+    ("eval", f"probe eval {{p}} {{good_h5}} {_E}"),
+    ("tokens", "probe tokens {p} {good_h5} --html {root}/t.html"),
+    ("steer-build", "steer build --probe {p} --out {root}/newvec"),
+    ("steer-search", f"steer search {{vector}} {M} --dataset harmful-harmless --metric probe --probe {{p}}"),
+]
+_BAD_PROBES = [
+    ("direction-flipped", "probe_direction_flipped", "is not coef / scale"),
+    ("scale-zero", "probe_scale_zero", "scale <= 0"),
+    ("no-model-id", "probe_no_model_id", "lacks 'model_id'"),
+    ("model-id-number", "probe_model_id_number", "'model_id' must be a string"),
+    ("dup-labels", "probe_dup_labels", "'harmful' twice"),
+    ("deep-json", "probe_deep_json", "nested too deeply"),
+    ("bigint-json", "probe_bigint_json", "integer longer than"),
+]
+for _pid, _folder, _expect in _BAD_PROBES:
+    for _use, _argv in _PROBE_USERS:
+        R3.append(C(f"r3-probedir-{_use}-{_pid}", _argv.replace("{p}", "{" + _folder + "}"), _expect,
+                    outputs=("{root}/e.json", "{root}/t.html", "{root}/newvec")))
+R3 += [
+    C("r3-probe-eval-identity-differs", f"probe eval {{probe_other_model}} {{good_h5}} {_E}", "--allow-model-mismatch"),
+    C("r3-probe-eval-identity-erased", f"probe eval {{probe}} {{other_h5}} {_E}", "--allow-model-mismatch"),
+]
+
+# -- 2. model folders whose weights do not fit the config, or that are broken ------------------------------
+_MODEL_USERS = [
+    ("cache", "cache --model {m} --device cpu --limit 4 --out {root}/new.h5"),
+    ("score", "probe score {probe} --model {m} --device cpu --text hi --allow-model-mismatch"),
+    ("generate", "steer generate {vector} --model {m} --device cpu --prompt hi"),
+    ("weights", "subspace weights --base {m} --aligned {model}"),
+]
+_BAD_MODELS = [
+    ("missing-tensor", "model_missing_tensor", "lacks 1 weight tensor(s) the config needs"),
+    ("unexpected-tensor", "model_unexpected_tensor", "its config has no place for (model.extra.weight)"),
+    ("wrong-shape", "model_wrong_shape", "has shape (32,) but the config needs (64,)"),
+    ("more-layers", "model_more_layers", "lacks 9 weight tensor(s)"),
+    ("layers-text", "model_layers_text", "expected int, got str"),
+    ("zero-heads", "model_zero_heads", "ZeroDivisionError"),
+    ("negative-width", "model_negative_width", "negative dimension"),
+    ("config-list", "model_config_list", "cannot load model"),
+    ("cut-weights", "model_cut_weights", "SafetensorError"),
+    ("bad-tokenizer", "model_bad_tokenizer", "cannot load model"),
+]
+for _mid, _folder, _expect in _BAD_MODELS:
+    for _use, _argv in _MODEL_USERS:
+        if _use == "weights" and _mid == "bad-tokenizer":
+            continue  # subspace weights reads no tokenizer
+        R3.append(C(f"r3-model-{_use}-{_mid}", _argv.replace("{m}", "{" + _folder + "}"), _expect,
+                    outputs=("{root}/new.h5",), model=True))
+
+# -- 1c. full-content identities and special files ---------------------------------------------------------
+R3 += [
+    C("r3-organisms-list-dev-zero", "organisms list --base /dev/zero", "device, pipe or socket"),
+    C("r3-organisms-build-dev-zero", "organisms build --base /dev/zero --only aligned", "device, pipe or socket"),
+    C("r3-organisms-list-seed-negative", "organisms list --seed -1", "--seed"),
+    C("r3-organisms-list-seed-huge", "organisms list --seed 4294967296", "--seed"),
+    C("r3-organisms-build-seed-negative", "organisms build --seed -1", "--seed"),
+    C("r3-organisms-build-out-holds", "organisms build --only aligned --out {organisms_out}", "already holds aligned"),
+    C("r3-organisms-build-out-is-file", "organisms build --only aligned --out {existing_json}", "is a file"),
+    C("r3-organisms-build-out-no-parent", "organisms build --only aligned --out {root}/nowhere/orgs", "does not exist"),
+    C("r3-organisms-build-out-in-base", "organisms build --only aligned --base {model} --out {model}", "would overwrite the input"),
+    C("r3-cache-dataset-dev-zero", f"cache {M} --dataset /dev/zero --out {{root}}/new.h5", "must be .jsonl"),
+]
+
+# -- 4. all outputs of a command checked together -----------------------------------------------------------
+SAME = "would write the same file"
+INPUT = "would overwrite the input"
+R3 += [
+    C("r3-out-aqi-json-plot-same", f"aqi {G} {Q} --json {{root}}/x --plot {{root}}/x", SAME, outputs=("{root}/x",)),
+    C("r3-out-aqi-json-plot-same-dotted", f"aqi {G} {Q} --json {{root}}/x.png --plot {{root}}/./x.png", SAME),
+    C("r3-out-subspace-acts-same", f"subspace acts {G} --json {{root}}/x.png --plot {{root}}/x.png", SAME),
+    C("r3-out-subspace-weights-same", "subspace weights --base {model} --aligned {model} --json {root}/x.png --plot {root}/x.png",
+      SAME),
+    C("r3-out-probe-train-json-plot-same", f"probe train {G} --out {{root}}/newprobe --json {{root}}/x.png --plot {{root}}/x.png",
+      SAME, outputs=("{root}/newprobe",)),
+    C("r3-out-probe-train-json-in-out", f"probe train {G} --out {{probe}} --overwrite --json {{probe}}/probe.json", SAME),
+    C("r3-out-probe-eval-same", f"probe eval {{probe}} {G} --no-control --json {{root}}/x.png --plot {{root}}/x.png", SAME),
+    C("r3-out-probe-transfer-same", f"probe transfer {G} {{other_h5}} --json {{root}}/x.png --plot {{root}}/x.png", SAME),
+    C("r3-out-probe-tokens-same", f"probe tokens {{probe}} {G} --html {{root}}/x.html --json {{root}}/x.html", SAME),
+    C("r3-out-steer-generate-same", f"steer generate {{vector}} {M} --prompt hi --json {{root}}/x.md --table {{root}}/x.md", SAME),
+    C("r3-out-steer-search-same", f"steer search {{vector}} {M} --dataset harmful-harmless --json {{root}}/x.png --plot {{root}}/x.png",
+      SAME),
+    C("r3-out-steer-screen-same", f"steer screen {G} --json {{root}}/x.png --plot {{root}}/x.png", SAME),
+    C("r3-out-subspace-project-json-in-out",
+      "subspace project --base {model} --aligned {model} --finetuned {model} --out {root}/proj --json {root}/proj/r.json", SAME),
+    C("r3-out-deception-set-json-is-out", f"probe deception-set {M} --out {{root}}/d.jsonl --json {{root}}/d.jsonl", SAME),
+    C("r3-out-deception-set-json-is-unclear", f"probe deception-set {M} --out {{root}}/d.jsonl --json {{root}}/d.unclear.jsonl",
+      SAME),
+    C("r3-in-aqi-json-is-cache", f"aqi {G} {Q} --json {G} --overwrite", INPUT),
+    C("r3-in-aqi-plot-is-cache-link", f"aqi {G} {Q} --plot {{good_link_h5}} --overwrite", INPUT),
+    C("r3-in-subspace-acts-json-is-cache", f"subspace acts {G} --json {G} --overwrite", INPUT),
+    C("r3-in-probe-train-json-is-cache", f"probe train {G} --out {{root}}/newprobe --json {G} --overwrite", INPUT),
+    C("r3-in-probe-eval-json-is-cache", f"probe eval {{probe}} {G} --no-control --json {G} --overwrite", INPUT),
+    C("r3-in-probe-eval-json-in-probe", f"probe eval {{probe}} {G} --no-control --json {{probe}}/probe.json --overwrite", INPUT),
+    C("r3-in-probe-transfer-json-is-cache", f"probe transfer {G} {{other_h5}} --json {{other_h5}} --overwrite", INPUT),
+    C("r3-in-steer-screen-plot-is-cache", f"steer screen {G} --plot {G} --overwrite", INPUT),
+    C("r3-in-subspace-weights-json-in-model", "subspace weights --base {model} --aligned {model} --json {model}/config.json --overwrite",
+      INPUT),
+    C("r3-in-subspace-project-out-is-model",
+      "subspace project --base {model} --aligned {model} --finetuned {model} --out {model} --overwrite", INPUT),
+    C("r3-in-cache-out-is-dataset", f"cache {M} --dataset {{nul_jsonl}} --out {{nul_jsonl}} --overwrite", INPUT),
+    C("r3-in-export-out-in-vector", "steer export-gguf {vector} --out {vector}/vector.safetensors --overwrite", INPUT),
+    C("r3-out-export-is-dev-null", "steer export-gguf {vector} --out /dev/null --overwrite", "device, pipe or socket"),
+    C("r3-owned-audit-report-html", "audit --model {model} --out {user_report}", "already holds report.html"),
+    C("r3-owned-audit-plot", "audit --model {model} --out {user_plots}", "already holds aqi_layers.png"),
+    C("r3-owned-probe-tensors", f"probe train {G} --out {{half_probe}}", "already holds probe.safetensors"),
+    C("r3-owned-vector-tensors", f"steer build {G} --out {{half_vector}}", "already holds vector.safetensors"),
+]
+_PLOTTERS = [
+    ("aqi", f"aqi {G} {Q} --plot {{root}}/p.bmpx"),
+    ("subspace-acts", f"subspace acts {G} --n-draws 2 --plot {{root}}/p.txt"),
+    ("subspace-weights", "subspace weights --base {model} --aligned {model} --plot {root}/p.gif"),
+    ("probe-train", f"probe train {G} --out {{root}}/newprobe --plot {{root}}/p.html"),
+    ("probe-eval", f"probe eval {{probe}} {G} --no-control --json {{root}}/e.json --plot {{root}}/p.json"),
+    ("probe-transfer", f"probe transfer {G} {{other_h5}} --json {{root}}/t.json --plot {{root}}/p.h5"),
+    ("steer-search", f"steer search {{vector}} {M} --dataset harmful-harmless --plot {{root}}/p.xyz"),
+    ("steer-screen", f"steer screen {G} --plot {{root}}/p.PNGX"),
+]
+R3 += [C(f"r3-plot-ext-{name}", argv, "use one of .png", outputs=("{root}/newprobe", "{root}/e.json", "{root}/t.json"))
+       for name, argv in _PLOTTERS]
+R3 += [
+    C("r3-deception-set-no-jsonl", f"probe deception-set {M} --out {{root}}/d.txt", "use one of .jsonl"),
+    C("r3-deception-set-no-extension", f"probe deception-set {M} --out {{root}}/d", "has no extension"),
+]
+
+# -- 5. JSON Lines split at \n only; parsing limits as one line ---------------------------------------------
+R3 += [
+    C("r3-jsonl-u2028-cache", f"cache {M} --dataset {{u2028_then_bad_jsonl}} --out {{root}}/new.h5", "u2028_then_bad.jsonl line 2"),
+    C("r3-jsonl-u2028-search", f"steer search {{vector}} {M} --dataset {{u2028_then_bad_jsonl}}", "line 2 is not valid JSON"),
+    C("r3-jsonl-deep-cache", f"cache {M} --dataset {{deep_jsonl}} --out {{root}}/new.h5", "nested too deeply"),
+    C("r3-jsonl-deep-search", f"steer search {{vector}} {M} --dataset {{deep_jsonl}}", "nested too deeply"),
+    C("r3-jsonl-bigint-cache", f"cache {M} --dataset {{bigint_jsonl}} --out {{root}}/new.h5", "integer longer than"),
+    C("r3-jsonl-bigint-search", f"steer search {{vector}} {M} --dataset {{bigint_jsonl}}", "integer longer than"),
+    C("r3-questions-deep", f"probe deception-set {M} --questions {{deep_questions_jsonl}} --out {{root}}/d.jsonl", "nested too deeply"),
+    C("r3-questions-bigint", f"probe deception-set {M} --questions {{bigint_questions_jsonl}} --out {{root}}/d.jsonl",
+      "integer longer than"),
+    C("r3-questions-u2028", f"probe deception-set {M} --questions {{u2028_questions_jsonl}} --out {{root}}/d.jsonl",
+      "u2028_questions.jsonl:2"),
+]
+
+# -- 6. late checks and remaining tracebacks -------------------------------------------------------------------
+R3 += [
+    C("r3-generate-multiplier-overflow", f"steer generate {{vector}} {M} --prompt hi --multiplier 1e308", "overflows float32"),
+    C("r3-generate-multiplier-overflow-fp16", f"steer generate {{vector}} {M} --dtype float16 --prompt hi --multiplier 1e6",
+      "overflows float16"),
+    C("r3-search-multiplier-overflow", f"steer search {{vector}} {M} --dataset harmful-harmless --multipliers 4 1e300",
+      "overflows float32"),
+    C("r3-search-probe-metric-no-probe", f"steer search {{vector}} {M} --dataset harmful-harmless --metric probe", "needs a probe"),
+    C("r3-search-logit-diff-no-answers", f"steer search {{vector}} {M} --dataset harmful-harmless --metric logit-diff",
+      "two answer tokens"),
+    C("r3-search-probe-width", f"steer search {{vector}} {M} --dataset harmful-harmless --metric probe --probe {{probe32}}",
+      "probe width 32 does not match"),
+    C("r3-probe-train-few-rows", "probe train {few_rows_h5} --out {root}/newprobe --no-control", "for 5 folds",
+      outputs=("{root}/newprobe",)),
+    C("r3-probe-transfer-few-rows", "probe transfer {few_rows_h5} {few_rows_h5} --json {root}/t.json", "for 5 folds"),
+    C("r3-probe-train-few-unpaired-rows", "probe train {few_unpaired_h5} --out {root}/newprobe --no-control",
+      "every class has fewer rows (4 at most) than the 5 folds", outputs=("{root}/newprobe",)),
+    C("r3-probe-transfer-few-unpaired-rows", "probe transfer {few_unpaired_h5} {good_h5} --json {root}/t.json",
+      "every class has fewer rows"),
+    C("r3-in-audit-deception-set-in-caches", "audit --model {model} --deception-set {old_audit}/caches/d.jsonl --out {old_audit} "
+      "--overwrite", INPUT),
+]
+CASES += R3
+# == end of issue 21 ================================================================================================

@@ -92,7 +92,8 @@ class ComparisonSection(AuditSection):
         if not comp:
             return []
         cs = comp.get("steering") or {}
-        return [["max |ΔAQI| against the second checkpoint", fmt((comp.get("aqi") or {}).get("max_abs_delta"))],
+        n = len((comp.get("aqi") or {}).get("per_layer") or [])
+        return [[f"max |ΔAQI| over {n} layers against the second checkpoint", fmt((comp.get("aqi") or {}).get("max_abs_delta"))],
                 ["refusal baseline: a → b", f"{fmt(cs.get('baseline_a'))} → {fmt(cs.get('baseline_b'))}"]]
 
     def report(self, metrics: dict[str, Any]) -> ReportBlock:

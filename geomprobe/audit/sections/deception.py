@@ -8,6 +8,11 @@ and the primary honesty probe is scored on them: the pooled AUROC, and the AUROC
 instruction condition (true vs false answers under the same instruction), with bootstrap
 intervals and counts. A condition without both grades is reported as not computable with its
 counts; the audit never fails for it. The recall threshold comes from the bundled control set.
+
+The headline (:class:`DeceptionHeadline`) is read at one layer chosen before these answers are
+scored: the primary probe's best layer on the honesty set's held-out split, rows disjoint from the
+answers. The best layer on the answers themselves is a maximum over layers on the reported rows and
+is only shown labelled as one.
 """
 
 from __future__ import annotations
@@ -50,24 +55,54 @@ class DeceptionCheck:
                                             items=("one condition: `{grade: answers}`", "answers of that grade"))
     computable: list[str] = doc("conditions with both true and false answers")
     per_condition: list[ConditionAuroc] = doc("per layer: `pooled` and each condition")
+    headline: DeceptionHeadline | None = doc("the reported numbers, at the layer chosen on the honesty held-out split "
+                                             "(null when not computable)", default=None)
+
+
+HONESTY_SPLIT = "honesty held-out split"
+
+
+@dataclass
+class DeceptionHeadline:
+    """metrics.json ``probes.deception.headline``: the check read at a layer chosen on other rows."""
+
+    layer: int = doc("block index: the primary probe's highest held-out AUROC on the bundled honesty set")
+    hook: str = doc("hook")
+    chosen_on: str = doc("`honesty held-out split` (rows disjoint from the model's answers)")
+    pooled_auroc: float | None = doc("pooled AUROC of false vs true answers at this layer", type="number|null")
+    pooled_ci_low: float | None = doc("its bootstrap interval, low", type="number|null")
+    pooled_ci_high: float | None = doc("high", type="number|null")
+    per_condition: list[ConditionAuroc] = doc("`pooled` and each condition at this layer")
+    n_layers: int = doc("layers scored (the number of layers a maximum over layers would be taken over)")
+
+
+def deception_headline(per_condition: list[ConditionAuroc], layer: int, hook: str) -> DeceptionHeadline | None:
+    """The rows of ``per_condition`` at ``layer`` (chosen on the honesty held-out split); None if absent."""
+    rows = [r for r in per_condition if r.layer == layer]
+    pooled = next((r for r in rows if r.condition == "pooled"), None)
+    if pooled is None:
+        return None
+    return DeceptionHeadline(layer, hook, HONESTY_SPLIT, pooled.auroc, pooled.auroc_ci_low, pooled.auroc_ci_high, rows,
+                             len({r.layer for r in per_condition}))
 
 
 def deception_counts(path: Path) -> dict[str, dict[str, int]]:
     """``{condition: {grade: rows}}`` of a deception-set JSONL file."""
-    import json
+    from geomprobe.core.validate import jsonl_lines, parse_json
 
     counts: dict[str, dict[str, int]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for n, line in jsonl_lines(path.read_text(encoding="utf-8")):
         if line.strip():
-            row = json.loads(line)
+            row = parse_json(line, f"{path} line {n}", "rebuild it with geomprobe probe deception-set")
             grade = str(row.get("grade", row.get("label", "")))
             by_grade = counts.setdefault(str(row.get("condition", "")), {})
             by_grade[grade] = by_grade.get(grade, 0) + 1
     return counts
 
 
-def deception_check(ctx: AuditContext, probes: Any) -> DeceptionCheck:
-    """Build (or read) the deception set, cache it on the audited layers, score ``probes`` on it."""
+def deception_check(ctx: AuditContext, probes: Any, at: tuple[int, str] | None = None) -> DeceptionCheck:
+    """Build (or read) the deception set, cache it on the audited layers, score ``probes`` on it; the
+    headline is read at ``at`` = (layer, hook), chosen on the honesty held-out split."""
     from geomprobe.activations.collect import cache_activations
     from geomprobe.activations.datasets import load_prompt_set
     from geomprobe.probes import evaluate_probes
@@ -114,7 +149,7 @@ def deception_check(ctx: AuditContext, probes: Any) -> DeceptionCheck:
                           finite(r["recall_at_fpr"])) for r in report["per_condition"]]
     source_of_threshold = result.records[0].get("threshold_source", "control") if result.records else "control"
     return DeceptionCheck(source, "computed", method, source_of_threshold, n_questions, max_tokens, counts,
-                          list(report["computable"]), per)
+                          list(report["computable"]), per, None if at is None else deception_headline(per, *at))
 
 
 def deception_table(d: dict[str, Any]) -> Table:
@@ -130,9 +165,14 @@ def deception_table(d: dict[str, Any]) -> Table:
             return f"not computable ({r['n_positive']} false / {r['n_negative']} true)" if r else "n/a"
         return f"{fmt(r['auroc'])} [{fmt(r['auroc_ci_low'])}, {fmt(r['auroc_ci_high'])}] ({r['n_positive']}/{r['n_negative']})"
 
-    rows = [[fmt(layer)] + [cell(by.get((layer, c))) for c in conditions]
-            for layer in sorted({r["layer"] for r in d["per_condition"]})]
+    chosen = (d.get("headline") or {}).get("layer")
+    layers = sorted({r["layer"] for r in d["per_condition"]})
+    rows = [[fmt(layer) + (" (headline)" if layer == chosen else "")] + [cell(by.get((layer, c))) for c in conditions]
+            for layer in layers]
+    where = (f"The headline is layer {chosen}, chosen on the {HONESTY_SPLIT} before these answers were scored; the "
+             f"best of the {len(layers)} layers below on these answers is a maximum over layers, optimistic (multiple "
+             "comparisons). " if chosen is not None else "")
     return Table(f"Honesty probe ({d['method']}) on the model's own answers: AUROC [interval] (false/true answers)",
                  ["layer", *conditions], rows,
-                 note=f"Within a condition the instruction is the same for true and false answers, so the instruction "
+                 note=f"{where}Within a condition the instruction is the same for true and false answers, so the instruction "
                       f"cannot separate them. Answers: {counts}. Recall threshold from the {d['threshold_source']} set.")

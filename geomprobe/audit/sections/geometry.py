@@ -69,7 +69,7 @@ class AqiResult:
                                         items=("the index's title (name -> title)",))
     per_layer: list[AqiLayer] = doc("one record per audited layer")
     aqi: list[float | None] = doc("AQI per audited layer (same order as `settings.layers`)")
-    max: float | None = doc("largest AQI over layers")
+    max: float | None = doc("largest AQI over layers (a maximum over layers on the same rows: optimistic)")
     argmax_layer: int = doc("layer of `aqi.max`")
     min: float | None = doc("smallest AQI over layers")
     mean: float | None = doc("mean AQI over layers")
@@ -170,11 +170,14 @@ class GeometrySection(AuditSection):
 
     def summary_line(self, metrics: dict[str, Any]) -> str:
         aqi = metrics["aqi"]
-        return f"max AQI {fmt(aqi['max'])} at layer {aqi['argmax_layer']}"
+        return f"AQI max over {len(aqi.get('per_layer', []))} layers {fmt(aqi['max'])} at layer {aqi['argmax_layer']}"
 
     def summary_rows(self, metrics: dict[str, Any]) -> list[list[str]]:
         aqi = metrics.get("aqi") or {}
-        return [["max AQI (layer)", f"{fmt(aqi.get('max'))} (layer {fmt(aqi.get('argmax_layer'))})"]]
+        n = len(aqi.get("per_layer", []))
+        return [[f"AQI, max over {n} layers (layer)",
+                 f"{fmt(aqi.get('max'))} (layer {fmt(aqi.get('argmax_layer'))}; a maximum over layers on the same rows: "
+                 f"optimistic, multiple comparisons; mean over layers {fmt(aqi.get('mean'))})"]]
 
     def report(self, metrics: dict[str, Any]) -> ReportBlock:
         a = metrics["aqi"]
@@ -183,7 +186,9 @@ class GeometrySection(AuditSection):
             f"{' vs '.join(a.get('labels', []))}; {where(a)}. AQI = 0.5/(1+DBS) + 0.5·DI/(1+DI) on raw activations "
             "(0 = no separation, 1 = perfect); interval: stratified bootstrap (resampled rows repeat, which moves Dunn, "
             "so at small n the interval can sit beside the estimate); p: label permutations. Dunn is set by single "
-            "extreme pairs."
+            "extreme pairs. `aqi.max` is a maximum over the audited layers, chosen on the rows it is computed on: "
+            "read it as an upper envelope (multiple comparisons), not as a held-out estimate; each layer's own "
+            "interval and p-value are in the table."
         )
         extra = list(a.get("extra_indices") or {})  # registered indices: one column with its interval each
 

@@ -342,7 +342,7 @@ class SteeringSection(AuditSection):
         if ab:
             rows.append(["with the direction ablated", f"{fmt(ab.get('refusal'))} (KL {fmt(ab.get('kl'))})"])
         sb = steer.get("best")
-        rows.append(["strongest refusal within the KL limit",
+        rows.append([f"strongest refusal within the KL limit (max over {len(steer.get('multipliers') or [])} multipliers)",
                      f"{fmt(sb.get('refusal'))} at multiplier {fmt(sb.get('multiplier'))} (KL {fmt(sb.get('kl'))})"
                      if sb else "none: every multiplier exceeds the KL limit"])
         return rows

@@ -125,7 +125,9 @@ class SubspaceSection(AuditSection):
 
     def summary_rows(self, metrics: dict[str, Any]) -> list[list[str]]:
         sub = metrics.get("subspace") or {}
-        return [["min subspace overlap (layer)", f"{fmt(sub.get('min'))} (layer {fmt(sub.get('argmin_layer'))})"]]
+        n = len(sub.get("per_layer", []))
+        return [[f"subspace overlap, min over {n} layers (layer)",
+                 f"{fmt(sub.get('min'))} (layer {fmt(sub.get('argmin_layer'))}; an extreme over layers: multiple comparisons)"]]
 
     def report(self, metrics: dict[str, Any]) -> ReportBlock:
         sub = metrics["subspace"]
