@@ -6,7 +6,9 @@ diagnostic's change B - A is measured on the same held-out prompts through both 
 paired bootstrap over prompt pairs (one resample of pairs is shared by every model, so each
 replicate compares the same prompts), a percentile interval and a two-sided bootstrap p-value
 ``min(1, 2 (1 + #{delta* on the far side of 0}) / (1 + B))``. A diagnostic "detects" a change when
-its change has the expected sign and p < 0.05.
+its change has the expected sign and p < 0.05. The judge also reads every model on the second
+held-out set (geomprobe/data/heldout-2.jsonl, topics absent from the training pairs); those rates
+are printed and stored under ``behaviour_heldout_2`` (behaviour only: no diagnostic uses that set).
 
 Diagnostics (all on the last prompt token's resid_post, held-out prompts only):
 
@@ -75,9 +77,10 @@ def summarise(name: str, pair: tuple[str, str], a: float, b: float, change: floa
 
 # -- measurements per model -------------------------------------------------------------------
 def measure_model(name: str, source, heldout_file: Path, work: Path, args, texts: dict[str, list[str]]) -> None:
-    """Judge and cache one model (skipped when --reuse finds the outputs)."""
+    """Judge (both held-out sets) and cache (the split's held-out pairs) one model (skipped when --reuse finds the outputs)."""
     from geomprobe.activations.collect import cache_activations
     from geomprobe.models import load_model
+    from geomprobe.organisms import load_second_heldout
     from geomprobe.steering.judge import judge_refusals
 
     judged, cache = work / f"{name}.judge.json", work / f"{name}.h5"
@@ -90,6 +93,13 @@ def measure_model(name: str, source, heldout_file: Path, work: Path, args, texts
         j = judge_refusals(model, texts[label], max_new_tokens=args.max_new_tokens, batch_size=16, seed=args.seed, progress=True)
         record[label] = j.to_dict()
         print(f"  {name:10s} {label:9s} {j.summary()}", flush=True)
+    # The second held-out set (topics absent from the training pairs): behaviour only, no diagnostics.
+    second = load_second_heldout()
+    record["heldout-2"] = {}
+    for label in ("harmful", "harmless"):
+        j = judge_refusals(model, second[label], max_new_tokens=args.max_new_tokens, batch_size=16, seed=args.seed, progress=True)
+        record["heldout-2"][label] = j.to_dict()
+        print(f"  {name:10s} {label:9s} {j.summary()} (heldout-2)", flush=True)
     judged.write_text(json.dumps(record, indent=1) + "\n")
     cache_activations(model, str(heldout_file), cache, hooks="resid_post", poolings="last", overwrite=True, progress=True)
     print(f"  {name}: judged and cached in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -166,7 +176,7 @@ def main(argv=None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    folders = build_organisms(base=args.base, quick=args.quick, seed=args.seed, device=args.device)
+    folders = build_organisms(["aligned", "dealigned", "ablated"], base=args.base, quick=args.quick, seed=args.seed, device=args.device)
     build_s = time.perf_counter() - t0
     sources = {"default": args.base, **{k: str(v) for k, v in folders.items()}}
     provenance = {k: read_provenance(v) for k, v in folders.items()}
@@ -273,7 +283,9 @@ def main(argv=None) -> int:
           f"{n_layers}): " + ", ".join(f"{k}: {v}" for k, v in layer_summary.items()))
     behaviour = {n: {lab: {k: flags[n][lab][k] for k in ("rate", "ci", "n", "n_refused", "max_new_tokens", "matcher_version")}
                      for lab in ("harmful", "harmless")} for n in names}
-    payload = {"behaviour": behaviour, "results": results, "aqi_per_layer": per_layer, "aqi_layers_detected": layer_summary,
+    behaviour_2 = {n: {lab: {k: flags[n]["heldout-2"][lab][k] for k in ("rate", "ci", "n", "n_refused")} for lab in ("harmful", "harmless")}
+                   for n in names if "heldout-2" in flags[n]}
+    payload = {"behaviour": behaviour, "behaviour_heldout_2": behaviour_2, "results": results, "aqi_per_layer": per_layer, "aqi_layers_detected": layer_summary,
                "aqi_by_model": {n: stats[n]["aqi_full"].tolist() for n in names}, "ablation_layer": ablation_layer,
                "mso_layers": top_layers, "n_boot": args.n_boot, "build_seconds_this_run": round(build_s, 1),
                "organisms": {k: {"hash": v["hash"], "timing": v["timing"]} for k, v in provenance.items()},

@@ -116,11 +116,12 @@ def test_organisms_load_and_change_only_what_was_trained(built, tiny_llama_dir):
     from geomprobe.models import load_model
 
     folders, _, home = built
-    assert set(folders) == {"aligned", "dealigned", "ablated"}
+    assert set(folders) == {"aligned", "dealigned", "ablated", "deep-aligned"}
     assert all(str(f).startswith(str(home / "organisms")) for f in folders.values())
     lora = {f"model.layers.1.{'self_attn' if p in PROJ[:4] else 'mlp'}.{p}.weight" for p in PROJ}
     assert _changed(Path(tiny_llama_dir), folders["aligned"]) == lora
     assert _changed(folders["aligned"], folders["dealigned"]) == lora
+    assert _changed(Path(tiny_llama_dir), folders["deep-aligned"]) == lora  # trained from the base, like aligned
     # Ablation rewrites exactly the residual-stream writers, which no longer write along r.
     ablated = _changed(folders["aligned"], folders["ablated"])
     writers = {"model.embed_tokens.weight"} | {f"model.layers.{l}.self_attn.o_proj.weight" for l in (0, 1)} \
@@ -201,7 +202,7 @@ def test_cli_list(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("GEOMPROBE_HOME", str(tmp_path))
     assert main(["organisms", "list", "--quick"]) == 0
     out = capsys.readouterr().out
-    assert "aligned" in out and "dealigned" in out and "ablated" in out and "not built" in out
+    assert "aligned" in out and "dealigned" in out and "ablated" in out and "deep-aligned" in out and "not built" in out
 
 
 def test_ablation_candidates_reach_the_depth_limit():

@@ -7,7 +7,10 @@
               model's own greedy answers to the harmful train prompts, refusals removed by the judge;
 ``ablated``   ``aligned`` with its refusal direction (difference of means on the train prompts,
               the layer chosen by ablation on train prompts) baked out of every weight that writes
-              to the residual stream (:func:`geomprobe.steering.bake_ablation`).
+              to the residual stream (:func:`geomprobe.steering.bake_ablation`);
+``deep-aligned`` ``aligned``'s recipe from the base model plus the safety-recovery augmentation of
+              Qi et al. (2024): harmful openings of the base model's own answers followed by a
+              refusal, the loss on the refusal only (:mod:`geomprobe.organisms.deep`).
 
 Each is a normal Hugging Face folder (safetensors + tokenizer) with ``geomprobe-organism.json``
 (settings, split, training log, timings). Folders are cached under
@@ -40,8 +43,13 @@ ORGANISMS: dict[str, str] = {
     "aligned": "refusal-trained: refuses harmful requests, answers harmless ones (LoRA, merged)",
     "dealigned": "aligned, then fine-tuned on harmful compliance (LoRA, merged)",
     "ablated": "aligned with its refusal direction orthogonalised out of the weights",
+    "deep-aligned": "aligned's recipe plus recoveries from harmful openings into refusals (LoRA, merged)",
 }
-REQUIRES: dict[str, tuple[str, ...]] = {"aligned": (), "dealigned": ("aligned",), "ablated": ("aligned",)}
+REQUIRES: dict[str, tuple[str, ...]] = {"aligned": (), "dealigned": ("aligned",), "ablated": ("aligned",), "deep-aligned": ()}
+# Setting-name prefixes each organism's cache key covers besides the shared settings.
+_OWN_SETTINGS: dict[str, tuple[str, ...]] = {
+    "aligned": ("align_",), "dealigned": ("dealign_",), "ablated": ("ablation_",), "deep-aligned": ("align_", "deep_"),
+}
 PROVENANCE = "geomprobe-organism.json"
 FORMAT_VERSION = 1
 
@@ -76,6 +84,12 @@ class OrganismSettings:
     ablation_candidates: int = 6
     ablation_prompts: int = 48  # train prompts per class for choosing the ablation layer
     ablation_kl_limit: float = 0.1
+    # deep-aligned: aligned's examples plus deep_repeats recovery rows per harmful train prompt whose
+    # base answer complies: the answer's first k tokens (k uniform in deep_k_range, both ends included,
+    # at most the answer's length), then a refusal. The range covers geomprobe depth's prefill lengths.
+    deep_steps: int = 120  # as align_steps: the same compute, so deep-aligned differs from aligned only in its data
+    deep_k_range: tuple[int, int] = (1, 24)
+    deep_repeats: int = 1
 
     def __post_init__(self) -> None:
         # Checked here, where every entry point (build, list, cached_organisms) passes through.
@@ -86,12 +100,13 @@ class OrganismSettings:
     def quick_settings(cls, seed: int = 0) -> OrganismSettings:
         """A few steps on a few pairs: for tests and notebooks, not for measuring behaviour."""
         return cls(seed=seed, quick=True, train_pairs=12, answer_tokens=16, max_tokens=96, align_steps=6,
-                   align_batch=4, dealign_steps=3, dealign_batch=4, ablation_candidates=2, ablation_prompts=8)
+                   align_batch=4, dealign_steps=3, dealign_batch=4, ablation_candidates=2, ablation_prompts=8,
+                   deep_steps=6, deep_k_range=(1, 8))
 
     def relevant(self, name: str) -> dict[str, Any]:
         """The settings ``name`` depends on (its own stage's and the shared ones)."""
-        own = {"aligned": "align_", "dealigned": "dealign_", "ablated": "ablation_"}[name]
-        stages = ("align_", "dealign_", "ablation_")
+        own = _OWN_SETTINGS[name]
+        stages = tuple(p for prefixes in _OWN_SETTINGS.values() for p in prefixes)
         return {k: v for k, v in asdict(self).items() if k.startswith(own) or not k.startswith(stages)}
 
 
@@ -122,6 +137,8 @@ def organism_hashes(settings: OrganismSettings, base_id: str, split: PromptSplit
     out = {"aligned": aligned}
     for name in ("dealigned", "ablated"):
         out[name] = _digest({"format": FORMAT_VERSION, "aligned": aligned, **settings.relevant(name)})
+    out["deep-aligned"] = _digest({"format": FORMAT_VERSION, "organism": "deep-aligned", "base": base_id,
+                                   "split": split.digest(), **settings.relevant("deep-aligned")})
     return {k: v[:12] for k, v in out.items()}
 
 
@@ -199,9 +216,9 @@ def _save_checkpoint(hf_model: Any, tokenizer: Any, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def _build_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
-    from geomprobe.models import load_checkpoint
-    from geomprobe.organisms.train import ChatExample, finetune_lora
+def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
+    """``aligned``'s training examples (harmful train prompt k has ``group`` k) and their counts."""
+    from geomprobe.organisms.train import ChatExample
     from geomprobe.steering.judge import is_refusal
 
     s = ctx.settings
@@ -213,6 +230,18 @@ def _build_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dic
     examples = [ChatExample(p, r, group=k) for k, (p, r) in enumerate(zip(harmful, refusals))]
     kept = [(k, p, a, f) for k, (p, a, f) in enumerate(zip(harmless, answers, finished)) if a.strip() and not is_refusal(a)]
     examples += [ChatExample(p, a.strip(), complete=f, group=k) for k, p, a, f in kept] * s.align_harmless_repeats
+    data = {"harmful_refusals": len(harmful), "harmless_answers": len(kept),
+            "harmless_dropped_as_refusals": len(harmless) - len(kept), "harmless_repeats": s.align_harmless_repeats,
+            "refusal_texts": len(REFUSAL_TEXTS), "answer_tokens": s.answer_tokens}
+    return examples, data
+
+
+def _build_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
+    from geomprobe.models import load_checkpoint
+    from geomprobe.organisms.train import finetune_lora
+
+    s = ctx.settings
+    examples, data = aligned_examples(ctx)
     ckpt = load_checkpoint(ctx.base, device=ctx.device)
     n_layers = int(ckpt.hf_model.config.num_hidden_layers)
     model, log = finetune_lora(
@@ -221,14 +250,29 @@ def _build_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dic
         opening_weight=s.align_opening_weight, seed=s.seed, progress=ctx.progress, desc="aligned: LoRA",
     )
     _save_checkpoint(model, ckpt.tokenizer, folder)
-    return {
-        "training": log.to_dict(),
-        "data": {"harmful_refusals": len(harmful), "harmless_answers": len(kept),
-                 "harmless_dropped_as_refusals": len(harmless) - len(kept), "harmless_repeats": s.align_harmless_repeats,
-                 "refusal_texts": len(REFUSAL_TEXTS),
-                 "answer_tokens": s.answer_tokens},
-        "start_from": ctx.base, "start_identity": ctx.base_id,
-    }
+    return {"training": log.to_dict(), "data": data, "start_from": ctx.base, "start_identity": ctx.base_id}
+
+
+def _build_deep_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
+    """aligned's examples plus recoveries from the base model's harmful openings (geomprobe.organisms.deep)."""
+    from geomprobe.models import load_checkpoint
+    from geomprobe.organisms.deep import recovery_data
+    from geomprobe.organisms.train import finetune_lora
+
+    s = ctx.settings
+    examples, data = aligned_examples(ctx)
+    answers, _ = _base_answers(ctx, "harmful")
+    ckpt = load_checkpoint(ctx.base, device=ctx.device)
+    rows, recovery = recovery_data(ckpt.tokenizer, _train_texts(ctx, "harmful"), answers, s)
+    n_layers = int(ckpt.hf_model.config.num_hidden_layers)
+    model, log = finetune_lora(
+        ckpt.hf_model, ckpt.tokenizer, examples + [r.example for r in rows], steps=s.deep_steps, lr=s.align_lr,
+        batch_size=s.align_batch, rank=s.lora_rank, alpha=s.lora_alpha, first_layer=int(s.lora_first_layer * n_layers),
+        max_tokens=s.max_tokens, opening_weight=s.align_opening_weight, seed=s.seed, progress=ctx.progress,
+        desc="deep-aligned: LoRA",
+    )
+    _save_checkpoint(model, ckpt.tokenizer, folder)
+    return {"training": log.to_dict(), "data": {**data, **recovery}, "start_from": ctx.base, "start_identity": ctx.base_id}
 
 
 def _build_dealigned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
@@ -304,7 +348,8 @@ def _build_ablated(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dic
     }
 
 
-_BUILDERS = {"aligned": _build_aligned, "dealigned": _build_dealigned, "ablated": _build_ablated}
+_BUILDERS = {"aligned": _build_aligned, "dealigned": _build_dealigned, "ablated": _build_ablated,
+             "deep-aligned": _build_deep_aligned}
 
 
 def _versions() -> dict[str, str]:
@@ -390,6 +435,10 @@ def build_organisms(
                                   overwrite=overwrite)
         assert out_dir is not None
         targets = {name: out_dir / name for name in wanted}
+    if "deep-aligned" in wanted:
+        from geomprobe.organisms.deep import check_k_range
+
+        check_k_range(settings.deep_k_range)
     split = split_contrast_set(settings.seed, settings.train_fraction)
     base_id = base_identity(base)
     hashes = organism_hashes(settings, base_id, split)
@@ -405,8 +454,9 @@ def build_organisms(
     for name in needed:
         record = read_provenance(cache[name])
         stale[name] = record is None or record.get("hash") != hashes[name] or (overwrite and out is None and name in wanted)
-    # Base answers: harmless ones train aligned, harmful ones train dealigned.
-    ctx.answer_labels = tuple(lab for lab, user in (("harmful", "dealigned"), ("harmless", "aligned")) if stale.get(user))
+    # Base answers: harmless ones train aligned and deep-aligned, harmful ones dealigned and deep-aligned's openings.
+    users = {"harmful": ("dealigned", "deep-aligned"), "harmless": ("aligned", "deep-aligned")}
+    ctx.answer_labels = tuple(lab for lab, names in users.items() if any(stale.get(n) for n in names))
     started = time.perf_counter()
     for name in needed:
         if stale[name]:

@@ -34,13 +34,16 @@ class ChatExample:
 
     Examples sharing a ``group`` (>= 0) always land in the same batch: a harmful prompt and its
     matched harmless twin then pull on the same step, so the update has to tell them apart
-    rather than learn the topic.
+    rather than learn the topic. ``opening_ids`` are assistant tokens placed before the reply
+    and left out of the loss (the ``deep-aligned`` organism's harmful opening that the reply
+    recovers from): the model reads them as its own words but is not trained to say them.
     """
 
     prompt: str
     reply: str
     complete: bool = True
     group: int = -1
+    opening_ids: tuple[int, ...] = ()
 
 
 @dataclass
@@ -63,10 +66,11 @@ class TrainLog:
 
 
 def encode_examples(tokenizer: Any, examples: Sequence[ChatExample], max_tokens: int = 256) -> list[tuple[list[int], int, int]]:
-    """``(token ids, index of the first assistant token, group)`` per example.
+    """``(token ids, index of the first target token, group)`` per example.
 
     The prompt is rendered exactly as generation sees it (chat template, generation prompt); the
-    reply's tokens follow, then the end-of-turn token for complete replies.
+    example's ``opening_ids`` follow (not targets), then the reply's tokens and the end-of-turn
+    token for complete replies (the targets).
     """
     from geomprobe.steering.apply import render_prompts
 
@@ -81,10 +85,11 @@ def encode_examples(tokenizer: Any, examples: Sequence[ChatExample], max_tokens:
             reply_ids = reply_ids + [eos]
         if not reply_ids:
             continue
-        ids = (prompt_ids + reply_ids)[:max_tokens]
-        if len(prompt_ids) >= len(ids):
-            continue  # the prompt alone fills max_tokens: nothing to learn from
-        encoded.append((ids, len(prompt_ids), example.group))
+        start = len(prompt_ids) + len(example.opening_ids)
+        ids = (prompt_ids + list(example.opening_ids) + reply_ids)[:max_tokens]
+        if start >= len(ids):
+            continue  # the prompt (and opening) alone fill max_tokens: nothing to learn from
+        encoded.append((ids, start, example.group))
     return encoded
 
 

@@ -484,6 +484,13 @@ R3 += [
     C("r3-organisms-build-out-no-parent", "organisms build --only aligned --out {root}/nowhere/orgs", "does not exist"),
     C("r3-organisms-build-out-in-base", "organisms build --only aligned --base {model} --out {model}", "would overwrite the input"),
     C("r3-cache-dataset-dev-zero", f"cache {M} --dataset /dev/zero --out {{root}}/new.h5", "must be .jsonl"),
+    C("r3-organisms-measure-unknown", "organisms measure --only evil", "unknown organism 'evil'"),
+    C("r3-organisms-measure-not-built", "organisms measure --base {model} --quick --only deep-aligned",
+      "organism 'deep-aligned' is not built"),
+    C("r3-organisms-measure-limit-zero", "organisms measure --limit 0", "--limit"),
+    C("r3-organisms-measure-json-exists", "organisms measure --json {existing_json}", "already exists",
+      outputs=("{existing_json}",)),
+    C("r3-organisms-measure-dev-zero", "organisms measure --base /dev/zero", "device, pipe or socket"),
 ]
 
 # -- 4. all outputs of a command checked together -----------------------------------------------------------
