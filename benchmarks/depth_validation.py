@@ -65,8 +65,11 @@ def paired_difference(results: dict, n_boot: int, seed: int) -> dict:
     from geomprobe.steering.judge import bootstrap_rate_interval
 
     a, b = results["aligned"], results["deep-aligned"]
-    if a.prompts != b.prompts or [p.n for p in a.prefill.points] != [p.n for p in b.prefill.points] \
-            or a.base_texts != b.base_texts:
+    if (
+        a.prompts != b.prompts
+        or [p.n for p in a.prefill.points] != [p.n for p in b.prefill.points]
+        or a.base_texts != b.base_texts
+    ):
         raise SystemExit("the two runs did not prefill the same prompts and answers; cannot pair them")
     ks = list(a.ks)
     fa = np.array([p.flags for p in a.prefill.points], dtype=float).T  # (prompts, ks)
@@ -90,8 +93,11 @@ def prefill_table(results: dict, difference: dict) -> str:
             p = results[n].prefill.points[j]
             cells.append(f"{pct(p.rate)} ({p.n_refused}/{p.n}) [{interval(p.ci_low, p.ci_high)}]")
         d = difference["per_k"][j]
-        lines.append(f"| {k} | " + " | ".join(cells)
-                     + f" | {100 * d['difference']:+.0f} pts [{100 * d['ci_low']:+.0f}, {100 * d['ci_high']:+.0f}] |")
+        lines.append(
+            f"| {k} | "
+            + " | ".join(cells)
+            + f" | {100 * d['difference']:+.0f} pts [{100 * d['ci_low']:+.0f}, {100 * d['ci_high']:+.0f}] |"
+        )
     aucs = [f"{r.prefill.auc:.3f} [{r.prefill.auc_ci_low:.3f}-{r.prefill.auc_ci_high:.3f}]" for r in results.values()]
     lo, hi = difference["auc_ci"]
     lines.append("| AUC | " + " | ".join(aucs) + f" | {difference['auc_difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] |")
@@ -137,7 +143,9 @@ def main(argv=None) -> int:
     build_s = time.perf_counter() - t0
     provenance = {n: read_provenance(f) for n, f in folders.items()}
     settings = provenance["aligned"]["settings"]
-    prompts = heldout_prompts(settings["seed"], settings["train_fraction"], args.limit, sets=[args.prompts])[args.prompts]["harmful"]
+    prompts = heldout_prompts(settings["seed"], settings["train_fraction"], args.limit, sets=[args.prompts])[args.prompts][
+        "harmful"
+    ]
     print(f"{len(prompts)} held-out harmful prompts ({args.prompts}); ks {ks}; {args.max_tokens} tokens", flush=True)
 
     base = load_model(args.base, device=args.device)
@@ -145,38 +153,68 @@ def main(argv=None) -> int:
     for name in ORGANISMS:
         t1 = time.perf_counter()
         model = load_model(folders[name], device=args.device)
-        results[name] = alignment_depth(base, model, prompts, ks=ks, max_tokens=args.max_tokens, n_bootstrap=args.n_boot,
-                                        seed=args.seed, clamp=True)
+        results[name] = alignment_depth(
+            base, model, prompts, ks=ks, max_tokens=args.max_tokens, n_bootstrap=args.n_boot, seed=args.seed, clamp=True
+        )
         timings[name] = round(time.perf_counter() - t1, 1)
         print(f"\ndefault -> {name} ({timings[name]:.0f} s)\n{results[name].table()}", flush=True)
         del model
     difference = paired_difference(results, args.n_boot, args.seed)
-    tables = ["KL(B || default) share in the first k response tokens (95% bootstrap CI over prompts):", "",
-              share_table(results), "", "Prefilling attack: B's refusal rate after the first k tokens of the default model's "
-              "answer (95% CI):", "", prefill_table(results, difference)]
+    tables = [
+        "KL(B || default) share in the first k response tokens (95% bootstrap CI over prompts):",
+        "",
+        share_table(results),
+        "",
+        "Prefilling attack: B's refusal rate after the first k tokens of the default model's answer (95% CI):",
+        "",
+        prefill_table(results, difference),
+    ]
     rates: dict = {}
     if args.rates:
         sources = {"default": args.base, **{n: str(f) for n, f in folders.items()}}
         for name, source in sources.items():
-            r = measure_refusals(base if name == "default" else source, seed=settings["seed"],
-                                 train_fraction=settings["train_fraction"], limit=args.rates_limit, device=args.device,
-                                 model_id=source)
+            r = measure_refusals(
+                base if name == "default" else source,
+                seed=settings["seed"],
+                train_fraction=settings["train_fraction"],
+                limit=args.rates_limit,
+                device=args.device,
+                model_id=source,
+            )
             rates[name] = r.to_dict()
         tables += ["", "Refusal rates on the two held-out sets (judge, 48 greedy tokens, 95% CI):", "", rates_table(rates)]
     text = "\n".join(tables)
     print("\n" + text)
     payload = {
-        "settings": {"base": args.base, "quick": args.quick, "seed": args.seed, "prompts": args.prompts,
-                     "n_prompts": len(prompts), "max_tokens": args.max_tokens, "ks": ks, "n_boot": args.n_boot},
-        "organisms": {n: {"folder": str(folders[n]), "hash": provenance[n]["hash"], "timing": provenance[n]["timing"]}
-                      for n in ORGANISMS},
+        "settings": {
+            "base": args.base,
+            "quick": args.quick,
+            "seed": args.seed,
+            "prompts": args.prompts,
+            "n_prompts": len(prompts),
+            "max_tokens": args.max_tokens,
+            "ks": ks,
+            "n_boot": args.n_boot,
+        },
+        "organisms": {
+            n: {"folder": str(folders[n]), "hash": provenance[n]["hash"], "timing": provenance[n]["timing"]} for n in ORGANISMS
+        },
         "depth": {n: r.to_dict(include_text=True) for n, r in results.items()},
-        "prefill_difference": difference, "rates": rates,
+        "prefill_difference": difference,
+        "rates": rates,
         "seconds": {"build": round(build_s, 1), "depth": timings, "total": round(time.perf_counter() - t0, 1)},
     }
-    print("\n" + json.dumps({"half_kl_tokens": {n: r.half_kl_tokens for n, r in results.items()},
-                             "prefill_auc": {n: r.prefill_auc for n, r in results.items()},
-                             "auc_difference": difference["auc_difference"], "auc_difference_ci": difference["auc_ci"]}))
+    print(
+        "\n"
+        + json.dumps(
+            {
+                "half_kl_tokens": {n: r.half_kl_tokens for n, r in results.items()},
+                "prefill_auc": {n: r.prefill_auc for n, r in results.items()},
+                "auc_difference": difference["auc_difference"],
+                "auc_difference_ci": difference["auc_ci"],
+            }
+        )
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(payload, indent=1, default=float) + "\n")
     if args.markdown:

@@ -54,8 +54,15 @@ def test_heldout2_is_paired_and_disjoint_from_the_contrast_set():
     labels = [r["label"] for r in rows]
     assert labels.count("harmful") >= 60 and labels.count("harmless") >= 60
     # Consecutive pairs: harmful row 2k, harmless row 2k+1, same topic.
-    assert all(rows[2 * k]["label"] == "harmful" and rows[2 * k + 1]["label"] == "harmless"
-               and rows[2 * k]["topic"] == rows[2 * k + 1]["topic"] for k in range(len(rows) // 2)) and len(rows) % 2 == 0
+    assert (
+        all(
+            rows[2 * k]["label"] == "harmful"
+            and rows[2 * k + 1]["label"] == "harmless"
+            and rows[2 * k]["topic"] == rows[2 * k + 1]["topic"]
+            for k in range(len(rows) // 2)
+        )
+        and len(rows) % 2 == 0
+    )
     assert set(rows[0]) == set(contrast[0]) == {"text", "label", "topic"}
     assert not {r["topic"] for r in rows} & {r["topic"] for r in contrast}
     others = [r["text"] for r in contrast] + [r["text"] for r in _rows("control.jsonl")]
@@ -66,8 +73,12 @@ def test_heldout2_is_paired_and_disjoint_from_the_contrast_set():
     worst = max(_jaccard(_words(t), c) for t in texts for c in contrast_words)
     assert worst < 0.5
     # Nor of another pair in the same set (a pair's two rows are alike on purpose).
-    cross = max(_jaccard(_words(rows[i]["text"]), _words(rows[j]["text"]))
-                for i in range(len(rows)) for j in range(len(rows)) if i // 2 != j // 2)
+    cross = max(
+        _jaccard(_words(rows[i]["text"]), _words(rows[j]["text"]))
+        for i in range(len(rows))
+        for j in range(len(rows))
+        if i // 2 != j // 2
+    )
     assert cross < 0.5
     # Requests, not refusals or answers: nothing in the set reads as a refusal to the judge.
     assert not any(is_refusal(t) for t in texts)
@@ -80,7 +91,10 @@ def test_heldout_prompts_are_the_split_and_the_file():
     assert sets["heldout"]["harmless"] == split.texts("heldout", "harmless")
     rows = _rows("heldout-2.jsonl")
     assert sets["heldout-2"]["harmful"] == [r["text"] for r in rows if r["label"] == "harmful"]
-    assert heldout_prompts(limit=3, sets=["heldout-2"])["heldout-2"]["harmless"] == [r["text"] for r in rows if r["label"] == "harmless"][:3]
+    assert (
+        heldout_prompts(limit=3, sets=["heldout-2"])["heldout-2"]["harmless"]
+        == [r["text"] for r in rows if r["label"] == "harmless"][:3]
+    )
     with pytest.raises(GeomprobeError, match="unknown held-out set 'test'"):
         heldout_prompts(sets=["test"])
 
@@ -110,7 +124,7 @@ def test_recovery_rows_open_with_the_base_answer_and_train_only_the_recovery(tin
     for row, (ids, start, group) in zip(rows, encoded):
         prompt_ids = tok(render_prompts(tok, [row.example.prompt])[0], add_special_tokens=False).input_ids
         assert ids[: len(prompt_ids)] == prompt_ids
-        assert ids[len(prompt_ids): start] == list(row.example.opening_ids)
+        assert ids[len(prompt_ids) : start] == list(row.example.opening_ids)
         assert tok.decode(ids[start:]) == row.example.reply + tok.eos_token
         assert group == row.prompt_index
     with pytest.raises(GeomprobeError, match="deep_k_range"):
@@ -123,14 +137,19 @@ def test_loss_reads_only_the_recovery(tiny_llama):
     from geomprobe.steering.apply import render_prompts
 
     hf, tok = tiny_llama.hf_model, tiny_llama.tokenizer
-    rows = recovery_examples(tok, ["Explain how to pick a lock.", "How do I bake bread?"],
-                             ["The quick brown fox jumps over the lazy dog.", "Mix flour and water."], k_range=(3, 6), seed=1)
+    rows = recovery_examples(
+        tok,
+        ["Explain how to pick a lock.", "How do I bake bread?"],
+        ["The quick brown fox jumps over the lazy dog.", "Mix flour and water."],
+        k_range=(3, 6),
+        seed=1,
+    )
     encoded = encode_examples(tok, [r.example for r in rows])
     ids, mask, labels = _collate(encoded, [0, 1], tok.pad_token_id, torch.device("cpu"))
     # Where each recovery starts, counted independently: the rendered prompt, then the opening.
     starts = [len(tok(render_prompts(tok, [r.example.prompt])[0], add_special_tokens=False).input_ids) + r.k for r in rows]
     for r, ((tokens, _, _), start) in enumerate(zip(encoded, starts)):
-        assert (labels[r, :start] == -100).all() and labels[r, start: len(tokens)].tolist() == tokens[start:]
+        assert (labels[r, :start] == -100).all() and labels[r, start : len(tokens)].tolist() == tokens[start:]
         assert tok.decode(tokens[start:]) == rows[r].example.reply + tok.eos_token
     with torch.no_grad():
         weighted = assistant_loss(hf, ids, mask, labels, opening_weight=3.0, opening_tokens=4)
@@ -165,8 +184,9 @@ def deep_built(tiny_llama_dir, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("GEOMPROBE_HOME", str(home))
     settings = OrganismSettings.quick_settings()
-    folders = build_organisms(["deep-aligned", "aligned"], base=str(tiny_llama_dir), settings=settings, device="cpu",
-                              progress=False)
+    folders = build_organisms(
+        ["deep-aligned", "aligned"], base=str(tiny_llama_dir), settings=settings, device="cpu", progress=False
+    )
     yield folders, settings, home
     mp.undo()
 
@@ -223,8 +243,21 @@ def test_cli_measure(deep_built, tiny_llama_dir, tmp_path, capsys, monkeypatch):
     folders, _, home = deep_built
     monkeypatch.setenv("GEOMPROBE_HOME", str(home))
     out = tmp_path / "rates.json"
-    argv = ["organisms", "measure", "--base", str(tiny_llama_dir), "--quick", "--only", "deep-aligned",
-            "--limit", "2", "--max-new-tokens", "3", "--json", str(out)]
+    argv = [
+        "organisms",
+        "measure",
+        "--base",
+        str(tiny_llama_dir),
+        "--quick",
+        "--only",
+        "deep-aligned",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--json",
+        str(out),
+    ]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "heldout-2" in text and "deep-aligned" in text
@@ -249,11 +282,39 @@ def test_depth_validation_benchmark_runs_on_the_tiny_model(deep_built, tiny_llam
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out, md = tmp_path / "depth.json", tmp_path / "depth.md"
-    assert bench.main(["--base", str(tiny_llama_dir), "--quick", "--device", "cpu", "--limit", "4", "--max-tokens", "6",
-                       "--ks", "0,1,2", "--n-boot", "50", "--rates-limit", "2", "--json", str(out), "--markdown", str(md)]) == 0
+    assert (
+        bench.main(
+            [
+                "--base",
+                str(tiny_llama_dir),
+                "--quick",
+                "--device",
+                "cpu",
+                "--limit",
+                "4",
+                "--max-tokens",
+                "6",
+                "--ks",
+                "0,1,2",
+                "--n-boot",
+                "50",
+                "--rates-limit",
+                "2",
+                "--json",
+                str(out),
+                "--markdown",
+                str(md),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     payload = json.loads(out.read_text())
-    assert set(payload["depth"]) == {"aligned", "deep-aligned"} and set(payload["rates"]) == {"default", "aligned", "deep-aligned"}
+    assert set(payload["depth"]) == {"aligned", "deep-aligned"} and set(payload["rates"]) == {
+        "default",
+        "aligned",
+        "deep-aligned",
+    }
     for name in ("aligned", "deep-aligned"):
         depth = payload["depth"][name]
         assert depth["n_prompts"] == 4 and depth["ks"] == [0, 1, 2] and len(depth["prefill"]["points"]) == 3

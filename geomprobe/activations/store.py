@@ -36,8 +36,14 @@ from geomprobe.core.io import PathLike, check_regular_file
 from geomprobe.core.validate import Fields
 
 _RECREATE = "re-create it with geomprobe cache"
-_ROW_DATASETS = ("pair_ids", "prompts/text", "prompts/source", "prompts/n_tokens", "prompts/response_start",
-                 "prompts/response_end")
+_ROW_DATASETS = (
+    "pair_ids",
+    "prompts/text",
+    "prompts/source",
+    "prompts/n_tokens",
+    "prompts/response_start",
+    "prompts/response_end",
+)
 _FILE_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "bfloat16": np.dtype(np.uint16)}
 
 
@@ -155,7 +161,9 @@ class CacheFile:
         labels = self._integers("labels")
         if n and (labels.min() < -1 or labels.max() >= len(self.label_names)):
             bad = int(labels[(labels < -1) | (labels >= len(self.label_names))][0])
-            raise self._damaged(f"label code {bad} is outside -1..{len(self.label_names) - 1} ({len(self.label_names)} label names)")
+            raise self._damaged(
+                f"label code {bad} is outside -1..{len(self.label_names) - 1} ({len(self.label_names)} label names)"
+            )
         pairs = self._integers("pair_ids")
         if n and pairs.min() < -1:
             raise self._damaged(f"pair id {int(pairs.min())} is below -1")

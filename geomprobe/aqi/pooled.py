@@ -218,10 +218,21 @@ def pooled_aqi_arrays(
     by_layer = [cluster_report(M[te], codes[te], gamma=gamma, device=device).aqi for M in mats]
     best = int(np.argmax(pooler.single_layer_objective_))
     return PooledAQI(
-        hooks=hooks, layers=[layer_index(h) for h in hooks], weights=pooler.weights_.tolist(), pooling=pooling,
-        n_train=len(tr), n_test=len(te), train_fraction=train_fraction,
+        hooks=hooks,
+        layers=[layer_index(h) for h in hooks],
+        weights=pooler.weights_.tolist(),
+        pooling=pooling,
+        n_train=len(tr),
+        n_test=len(te),
+        train_fraction=train_fraction,
         objective="log(SSB/SSW) + sparsity*|w|^2 on the training split (layers centred, unit RMS)",
-        heldout=test_report.indices, train=train_report.indices, best_single_hook=hooks[best],
-        best_single_heldout_aqi=by_layer[best], heldout_aqi_by_layer=by_layer, sparsity=sparsity, seed=seed,
-        gamma=gamma, notes=test_report.notes,
+        heldout=test_report.indices,
+        train=train_report.indices,
+        best_single_hook=hooks[best],
+        best_single_heldout_aqi=by_layer[best],
+        heldout_aqi_by_layer=by_layer,
+        sparsity=sparsity,
+        seed=seed,
+        gamma=gamma,
+        notes=test_report.notes,
     )

@@ -55,8 +55,16 @@ def _names(args: argparse.Namespace) -> list[str] | None:
 def run_build(args: argparse.Namespace) -> int:
     from geomprobe.organisms import build_organisms
 
-    folders = build_organisms(_names(args), args.out, base=args.base, quick=args.quick, seed=args.seed,
-                              device=args.device, overwrite=args.overwrite, progress=True)
+    folders = build_organisms(
+        _names(args),
+        args.out,
+        base=args.base,
+        quick=args.quick,
+        seed=args.seed,
+        device=args.device,
+        overwrite=args.overwrite,
+        progress=True,
+    )
     for name, folder in folders.items():
         print(f"{name:12s} {folder}")
     return 0
@@ -82,14 +90,23 @@ def run_measure(args: argparse.Namespace) -> int:
     missing = [n for n in names if where[n] is None]
     if missing:
         flags = " --quick" * args.quick + (f" --base {args.base}" if args.base != "default" else "")
-        raise GeomprobeError(f"organism {missing[0]!r} is not built with these settings; "
-                             f"run: geomprobe organisms build --only {' '.join(missing)}{flags}")
+        raise GeomprobeError(
+            f"organism {missing[0]!r} is not built with these settings; "
+            f"run: geomprobe organisms build --only {' '.join(missing)}{flags}"
+        )
     models = {"base": args.base} if args.with_base else {}
     models.update({n: str(where[n]) for n in names})
     results = {}
     for name, source in models.items():
-        r = measure_refusals(source, seed=args.seed, limit=args.limit, max_new_tokens=args.max_new_tokens,
-                             device=args.device, progress=True, model_id=source)
+        r = measure_refusals(
+            source,
+            seed=args.seed,
+            limit=args.limit,
+            max_new_tokens=args.max_new_tokens,
+            device=args.device,
+            progress=True,
+            model_id=source,
+        )
         print(f"{name}  ({source})\n{r.table()}", flush=True)
         results[name] = r.to_dict()
     if args.json:

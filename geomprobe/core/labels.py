@@ -16,8 +16,21 @@ from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.validate import check_unique_names
 
 POSITIVE_NAMES = (
-    "harmful", "dishonest", "deceptive", "deception", "unsafe", "toxic", "lie", "lying", "liar",
-    "untruthful", "refusal", "refuse", "jailbreak", "misaligned", "positive",
+    "harmful",
+    "dishonest",
+    "deceptive",
+    "deception",
+    "unsafe",
+    "toxic",
+    "lie",
+    "lying",
+    "liar",
+    "untruthful",
+    "refusal",
+    "refuse",
+    "jailbreak",
+    "misaligned",
+    "positive",
 )
 
 
@@ -36,9 +49,7 @@ def choose_positive(label_names: Sequence[str], positive_label: str | None = Non
         if candidate in lowered:
             return lowered.index(candidate)
     if len(names) < 2:
-        raise GeomprobeError(
-            f"found {len(names)} label name(s) ({', '.join(names) or 'none'}); this needs two labelled classes"
-        )
+        raise GeomprobeError(f"found {len(names)} label name(s) ({', '.join(names) or 'none'}); this needs two labelled classes")
     return 1
 
 

@@ -48,7 +48,10 @@ ORGANISMS: dict[str, str] = {
 REQUIRES: dict[str, tuple[str, ...]] = {"aligned": (), "dealigned": ("aligned",), "ablated": ("aligned",), "deep-aligned": ()}
 # Setting-name prefixes each organism's cache key covers besides the shared settings.
 _OWN_SETTINGS: dict[str, tuple[str, ...]] = {
-    "aligned": ("align_",), "dealigned": ("dealign_",), "ablated": ("ablation_",), "deep-aligned": ("align_", "deep_"),
+    "aligned": ("align_",),
+    "dealigned": ("dealign_",),
+    "ablated": ("ablation_",),
+    "deep-aligned": ("align_", "deep_"),
 }
 PROVENANCE = "geomprobe-organism.json"
 FORMAT_VERSION = 1
@@ -99,9 +102,21 @@ class OrganismSettings:
     @classmethod
     def quick_settings(cls, seed: int = 0) -> OrganismSettings:
         """A few steps on a few pairs: for tests and notebooks, not for measuring behaviour."""
-        return cls(seed=seed, quick=True, train_pairs=12, answer_tokens=16, max_tokens=96, align_steps=6,
-                   align_batch=4, dealign_steps=3, dealign_batch=4, ablation_candidates=2, ablation_prompts=8,
-                   deep_steps=6, deep_k_range=(1, 8))
+        return cls(
+            seed=seed,
+            quick=True,
+            train_pairs=12,
+            answer_tokens=16,
+            max_tokens=96,
+            align_steps=6,
+            align_batch=4,
+            dealign_steps=3,
+            dealign_batch=4,
+            ablation_candidates=2,
+            ablation_prompts=8,
+            deep_steps=6,
+            deep_k_range=(1, 8),
+        )
 
     def relevant(self, name: str) -> dict[str, Any]:
         """The settings ``name`` depends on (its own stage's and the shared ones)."""
@@ -124,7 +139,9 @@ def base_identity(base: str | os.PathLike) -> str:
     path = Path(text)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise GeomprobeError(f"base {text!r} is not a model folder (no config.json); pass 'default' or a save_pretrained folder")
+            raise GeomprobeError(
+                f"base {text!r} is not a model folder (no config.json); pass 'default' or a save_pretrained folder"
+            )
         return f"folder:{folder_fingerprint(path)}"
     if path.exists():
         return f"file:{file_sha256(path)}"
@@ -137,8 +154,15 @@ def organism_hashes(settings: OrganismSettings, base_id: str, split: PromptSplit
     out = {"aligned": aligned}
     for name in ("dealigned", "ablated"):
         out[name] = _digest({"format": FORMAT_VERSION, "aligned": aligned, **settings.relevant(name)})
-    out["deep-aligned"] = _digest({"format": FORMAT_VERSION, "organism": "deep-aligned", "base": base_id,
-                                   "split": split.digest(), **settings.relevant("deep-aligned")})
+    out["deep-aligned"] = _digest(
+        {
+            "format": FORMAT_VERSION,
+            "organism": "deep-aligned",
+            "base": base_id,
+            "split": split.digest(),
+            **settings.relevant("deep-aligned"),
+        }
+    )
     return {k: v[:12] for k, v in out.items()}
 
 
@@ -195,11 +219,14 @@ def _base_answers(ctx: _Context, label: str) -> tuple[list[str], list[bool]]:
     if label not in ctx.answers:
         from geomprobe.models import complete, load_checkpoint
 
-        missing = [lab for lab in ("harmful", "harmless") if lab not in ctx.answers and (lab in ctx.answer_labels or lab == label)]
+        missing = [
+            lab for lab in ("harmful", "harmless") if lab not in ctx.answers and (lab in ctx.answer_labels or lab == label)
+        ]
         ckpt = load_checkpoint(ctx.base, device=ctx.device)
         prompts = [t for lab in missing for t in _train_texts(ctx, lab)]
-        done = complete(ckpt, prompts, max_new_tokens=ctx.settings.answer_tokens, batch_size=16,
-                        progress=ctx.progress, desc="base answers")
+        done = complete(
+            ckpt, prompts, max_new_tokens=ctx.settings.answer_tokens, batch_size=16, progress=ctx.progress, desc="base answers"
+        )
         texts, finished = done.texts, done.finished
         start = 0
         for lab in missing:
@@ -230,9 +257,14 @@ def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
     examples = [ChatExample(p, r, group=k) for k, (p, r) in enumerate(zip(harmful, refusals))]
     kept = [(k, p, a, f) for k, (p, a, f) in enumerate(zip(harmless, answers, finished)) if a.strip() and not is_refusal(a)]
     examples += [ChatExample(p, a.strip(), complete=f, group=k) for k, p, a, f in kept] * s.align_harmless_repeats
-    data = {"harmful_refusals": len(harmful), "harmless_answers": len(kept),
-            "harmless_dropped_as_refusals": len(harmless) - len(kept), "harmless_repeats": s.align_harmless_repeats,
-            "refusal_texts": len(REFUSAL_TEXTS), "answer_tokens": s.answer_tokens}
+    data = {
+        "harmful_refusals": len(harmful),
+        "harmless_answers": len(kept),
+        "harmless_dropped_as_refusals": len(harmless) - len(kept),
+        "harmless_repeats": s.align_harmless_repeats,
+        "refusal_texts": len(REFUSAL_TEXTS),
+        "answer_tokens": s.answer_tokens,
+    }
     return examples, data
 
 
@@ -245,9 +277,20 @@ def _build_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dic
     ckpt = load_checkpoint(ctx.base, device=ctx.device)
     n_layers = int(ckpt.hf_model.config.num_hidden_layers)
     model, log = finetune_lora(
-        ckpt.hf_model, ckpt.tokenizer, examples, steps=s.align_steps, lr=s.align_lr, batch_size=s.align_batch,
-        rank=s.lora_rank, alpha=s.lora_alpha, first_layer=int(s.lora_first_layer * n_layers), max_tokens=s.max_tokens,
-        opening_weight=s.align_opening_weight, seed=s.seed, progress=ctx.progress, desc="aligned: LoRA",
+        ckpt.hf_model,
+        ckpt.tokenizer,
+        examples,
+        steps=s.align_steps,
+        lr=s.align_lr,
+        batch_size=s.align_batch,
+        rank=s.lora_rank,
+        alpha=s.lora_alpha,
+        first_layer=int(s.lora_first_layer * n_layers),
+        max_tokens=s.max_tokens,
+        opening_weight=s.align_opening_weight,
+        seed=s.seed,
+        progress=ctx.progress,
+        desc="aligned: LoRA",
     )
     _save_checkpoint(model, ckpt.tokenizer, folder)
     return {"training": log.to_dict(), "data": data, "start_from": ctx.base, "start_identity": ctx.base_id}
@@ -266,9 +309,19 @@ def _build_deep_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -
     rows, recovery = recovery_data(ckpt.tokenizer, _train_texts(ctx, "harmful"), answers, s)
     n_layers = int(ckpt.hf_model.config.num_hidden_layers)
     model, log = finetune_lora(
-        ckpt.hf_model, ckpt.tokenizer, examples + [r.example for r in rows], steps=s.deep_steps, lr=s.align_lr,
-        batch_size=s.align_batch, rank=s.lora_rank, alpha=s.lora_alpha, first_layer=int(s.lora_first_layer * n_layers),
-        max_tokens=s.max_tokens, opening_weight=s.align_opening_weight, seed=s.seed, progress=ctx.progress,
+        ckpt.hf_model,
+        ckpt.tokenizer,
+        examples + [r.example for r in rows],
+        steps=s.deep_steps,
+        lr=s.align_lr,
+        batch_size=s.align_batch,
+        rank=s.lora_rank,
+        alpha=s.lora_alpha,
+        first_layer=int(s.lora_first_layer * n_layers),
+        max_tokens=s.max_tokens,
+        opening_weight=s.align_opening_weight,
+        seed=s.seed,
+        progress=ctx.progress,
         desc="deep-aligned: LoRA",
     )
     _save_checkpoint(model, ckpt.tokenizer, folder)
@@ -290,16 +343,30 @@ def _build_dealigned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> d
     ckpt = load_checkpoint(sources["aligned"], device=ctx.device)
     n_layers = int(ckpt.hf_model.config.num_hidden_layers)
     model, log = finetune_lora(
-        ckpt.hf_model, ckpt.tokenizer, examples, steps=s.dealign_steps, lr=s.dealign_lr, batch_size=s.dealign_batch,
-        rank=s.lora_rank, alpha=s.lora_alpha, first_layer=int(s.lora_first_layer * n_layers), max_tokens=s.max_tokens,
-        seed=s.seed + 1, progress=ctx.progress, desc="dealigned: LoRA",
+        ckpt.hf_model,
+        ckpt.tokenizer,
+        examples,
+        steps=s.dealign_steps,
+        lr=s.dealign_lr,
+        batch_size=s.dealign_batch,
+        rank=s.lora_rank,
+        alpha=s.lora_alpha,
+        first_layer=int(s.lora_first_layer * n_layers),
+        max_tokens=s.max_tokens,
+        seed=s.seed + 1,
+        progress=ctx.progress,
+        desc="dealigned: LoRA",
     )
     _save_checkpoint(model, ckpt.tokenizer, folder)
     return {
         "training": log.to_dict(),
-        "data": {"harmful_compliance": len(kept), "harmful_dropped_as_refusals": len(harmful) - len(kept),
-                 "answer_tokens": s.answer_tokens},
-        "start_from": "aligned", "start_hash": ctx.hashes["aligned"],
+        "data": {
+            "harmful_compliance": len(kept),
+            "harmful_dropped_as_refusals": len(harmful) - len(kept),
+            "answer_tokens": s.answer_tokens,
+        },
+        "start_from": "aligned",
+        "start_hash": ctx.hashes["aligned"],
     }
 
 
@@ -324,32 +391,62 @@ def _build_ablated(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dic
     harmful = _train_texts(ctx, "harmful")[: s.ablation_prompts]
     harmless = _train_texts(ctx, "harmless")[: s.ablation_prompts]
     hooks = [hook_name(l, "resid_post") for l in _ablation_layers(s, model.n_layers)]
-    vector = build_from_prompts(model, harmful, harmless, hooks=hooks, method="mean-diff", pooling="last",
-                                paired=len(harmful) == len(harmless), batch_size=16)
+    vector = build_from_prompts(
+        model,
+        harmful,
+        harmless,
+        hooks=hooks,
+        method="mean-diff",
+        pooling="last",
+        paired=len(harmful) == len(harmless),
+        batch_size=16,
+    )
     # The aligned model's refusals open with these words; their first tokens are the refusal tokens.
     openers = sorted({text.split()[0].rstrip(",") for text in REFUSAL_TEXTS} | {"Sorry", "I"})
     tokens = refusal_token_ids(model.tokenizer, openers)
-    result = search_layers(model, vector, harmful, harmless_prompts=harmless, mode="ablate", metric="refusal-log-odds",
-                           refusal_tokens=tokens, batch_size=16)
+    result = search_layers(
+        model,
+        vector,
+        harmful,
+        harmless_prompts=harmless,
+        mode="ablate",
+        metric="refusal-log-odds",
+        refusal_tokens=tokens,
+        batch_size=16,
+    )
     best = result.best(kl_limit=s.ablation_kl_limit, maximize=False)
     note = ""
     if best is None:  # no layer within the KL limit: take the strongest and say so, loudly
         best = min(result.records, key=lambda r: r.score_mean)
-        note = (f"no candidate kept KL <= {s.ablation_kl_limit} on harmless prompts; took the lowest refusal score "
-                f"(KL {best.kl_mean:.2f}): the ablated model may no longer write coherent text")
+        note = (
+            f"no candidate kept KL <= {s.ablation_kl_limit} on harmless prompts; took the lowest refusal score "
+            f"(KL {best.kl_mean:.2f}): the ablated model may no longer write coherent text"
+        )
         print(f"ablated: warning: {note}", flush=True)
     bake_ablation(model, vector, folder, hook=best.hook, overwrite=True)
     return {
-        "ablation": {"hook": best.hook, "layer": best.layer, "candidates": hooks, "refusal_log_odds_before": result.baseline,
-                     "refusal_log_odds_after": best.score_mean, "kl_harmless": best.kl_mean, "note": note,
-                     "search": [{"hook": r.hook, "refusal_log_odds": r.score_mean, "kl": r.kl_mean} for r in result.records],
-                     "direction": "mean difference harmful - harmless at the last prompt token, train prompts"},
-        "start_from": "aligned", "start_hash": ctx.hashes["aligned"],
+        "ablation": {
+            "hook": best.hook,
+            "layer": best.layer,
+            "candidates": hooks,
+            "refusal_log_odds_before": result.baseline,
+            "refusal_log_odds_after": best.score_mean,
+            "kl_harmless": best.kl_mean,
+            "note": note,
+            "search": [{"hook": r.hook, "refusal_log_odds": r.score_mean, "kl": r.kl_mean} for r in result.records],
+            "direction": "mean difference harmful - harmless at the last prompt token, train prompts",
+        },
+        "start_from": "aligned",
+        "start_hash": ctx.hashes["aligned"],
     }
 
 
-_BUILDERS = {"aligned": _build_aligned, "dealigned": _build_dealigned, "ablated": _build_ablated,
-             "deep-aligned": _build_deep_aligned}
+_BUILDERS = {
+    "aligned": _build_aligned,
+    "dealigned": _build_dealigned,
+    "ablated": _build_ablated,
+    "deep-aligned": _build_deep_aligned,
+}
 
 
 def _versions() -> dict[str, str]:
@@ -358,8 +455,13 @@ def _versions() -> dict[str, str]:
 
     from geomprobe.core import __version__
 
-    return {"geomprobe": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "python": platform.python_version()}
+    return {
+        "geomprobe": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _build_one(ctx: _Context, name: str, target: Path, sources: dict[str, Path]) -> None:
@@ -371,14 +473,23 @@ def _build_one(ctx: _Context, name: str, target: Path, sources: dict[str, Path])
     try:
         details = _BUILDERS[name](ctx, staging, sources)
         record = {
-            "organism": name, "description": ORGANISMS[name], "format": FORMAT_VERSION, "hash": ctx.hashes[name],
-            "base": ctx.base, "base_identity": ctx.base_id, "settings": ctx.settings.relevant(name),
-            "split": ctx.split.to_dict(), **details,
-            "timing": {"wall_seconds": round(time.perf_counter() - wall, 1),
-                       "process_cpu_seconds": round(time.process_time() - cpu, 1),
-                       "torch_threads": torch.get_num_threads(), "device": str(ctx.device),
-                       "load_average_before": load_before,
-                       "load_average_after": os.getloadavg() if hasattr(os, "getloadavg") else None},
+            "organism": name,
+            "description": ORGANISMS[name],
+            "format": FORMAT_VERSION,
+            "hash": ctx.hashes[name],
+            "base": ctx.base,
+            "base_identity": ctx.base_id,
+            "settings": ctx.settings.relevant(name),
+            "split": ctx.split.to_dict(),
+            **details,
+            "timing": {
+                "wall_seconds": round(time.perf_counter() - wall, 1),
+                "process_cpu_seconds": round(time.process_time() - cpu, 1),
+                "torch_threads": torch.get_num_threads(),
+                "device": str(ctx.device),
+                "load_average_before": load_before,
+                "load_average_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            },
             "versions": _versions(),
         }
         (staging / PROVENANCE).write_text(json.dumps(record, indent=2) + "\n")
@@ -431,8 +542,9 @@ def build_organisms(
         # All of it before training (minutes): a file, a missing or read-only parent, an organism
         # folder already there, an --out that would replace the base checkpoint.
         inputs = [base] if os.path.lexists(str(base)) else []
-        [out_dir] = check_outputs([Output(out, "--out", "folder", what="organisms", owns=tuple(wanted))], inputs=inputs,
-                                  overwrite=overwrite)
+        [out_dir] = check_outputs(
+            [Output(out, "--out", "folder", what="organisms", owns=tuple(wanted))], inputs=inputs, overwrite=overwrite
+        )
         assert out_dir is not None
         targets = {name: out_dir / name for name in wanted}
     if "deep-aligned" in wanted:
@@ -480,8 +592,10 @@ def cached_organisms(seed: int = 0, quick: bool = False, base: str = "default") 
     split = split_contrast_set(settings.seed, settings.train_fraction)
     hashes = organism_hashes(settings, base_identity(base), split)
     home = organisms_home()
-    return {name: (home / f"{name}-{hashes[name]}" if read_provenance(home / f"{name}-{hashes[name]}") else None)
-            for name in ORGANISMS}
+    return {
+        name: (home / f"{name}-{hashes[name]}" if read_provenance(home / f"{name}-{hashes[name]}") else None)
+        for name in ORGANISMS
+    }
 
 
 def with_settings(settings: OrganismSettings, **changes: Any) -> OrganismSettings:

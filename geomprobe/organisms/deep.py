@@ -99,7 +99,9 @@ def recovery_examples(
     return rows
 
 
-def recovery_data(tokenizer: Any, harmful: Sequence[str], answers: Sequence[str], settings: Any) -> tuple[list[RecoveryRow], dict]:
+def recovery_data(
+    tokenizer: Any, harmful: Sequence[str], answers: Sequence[str], settings: Any
+) -> tuple[list[RecoveryRow], dict]:
     """The recovery rows for the harmful train prompts and what the provenance records of them.
 
     Only answers the judge does not flag as refusals give an opening: a refusal's opening would
@@ -108,15 +110,19 @@ def recovery_data(tokenizer: Any, harmful: Sequence[str], answers: Sequence[str]
     from geomprobe.steering.judge import is_refusal
 
     compliant = [a if a.strip() and not is_refusal(a) else "" for a in answers]
-    rows = recovery_examples(tokenizer, harmful, compliant, k_range=settings.deep_k_range, repeats=settings.deep_repeats,
-                             seed=settings.seed + 2)
+    rows = recovery_examples(
+        tokenizer, harmful, compliant, k_range=settings.deep_k_range, repeats=settings.deep_repeats, seed=settings.seed + 2
+    )
     if not rows:
         raise GeomprobeError("the base model refused every harmful train prompt; there is no harmful opening to recover from")
     ks = [r.k for r in rows]
     data = {
-        "recovery_rows": len(rows), "recovery_repeats": settings.deep_repeats, "recovery_texts": len(RECOVERY_TEXTS),
+        "recovery_rows": len(rows),
+        "recovery_repeats": settings.deep_repeats,
+        "recovery_texts": len(RECOVERY_TEXTS),
         "harmful_openings_dropped_as_refusals": sum(1 for a in compliant if not a),
-        "k_range": list(settings.deep_k_range), "k_mean": round(float(np.mean(ks)), 2),
+        "k_range": list(settings.deep_k_range),
+        "k_mean": round(float(np.mean(ks)), 2),
         "k_capped": sum(r.k < r.k_drawn for r in rows),
         "rows": [{"prompt_index": r.prompt_index, "k": r.k, "recovery": r.recovery} for r in rows],
     }

@@ -35,8 +35,9 @@ def load_second_heldout() -> dict[str, list[str]]:
     return {lab: [p.messages[-1][1] for p in prompt_set.prompts if prompt_set.label_names[p.label] == lab] for lab in LABELS}
 
 
-def heldout_prompts(seed: int = 0, train_fraction: float = 0.5, limit: int | None = None,
-                    sets: Sequence[str] = tuple(HELDOUT_SETS)) -> dict[str, dict[str, list[str]]]:
+def heldout_prompts(
+    seed: int = 0, train_fraction: float = 0.5, limit: int | None = None, sets: Sequence[str] = tuple(HELDOUT_SETS)
+) -> dict[str, dict[str, list[str]]]:
     """``{set: {label: prompts}}`` for the held-out sets; ``limit``: the first N per set and label."""
     from geomprobe.organisms.data import split_contrast_set
 
@@ -69,15 +70,24 @@ class HeldoutRefusals:
         return float(self.judgements[part][label].rate)
 
     def to_dict(self, include_text: bool = False) -> dict[str, Any]:
-        return {"model": self.model, "max_new_tokens": self.max_new_tokens, "split_seed": self.split_seed,
-                "limit": self.limit, "sets": {s: HELDOUT_SETS[s] for s in self.judgements},
-                "rates": {s: {lab: j.to_dict(include_text) for lab, j in by_label.items()}
-                          for s, by_label in self.judgements.items()}}
+        return {
+            "model": self.model,
+            "max_new_tokens": self.max_new_tokens,
+            "split_seed": self.split_seed,
+            "limit": self.limit,
+            "sets": {s: HELDOUT_SETS[s] for s in self.judgements},
+            "rates": {
+                s: {lab: j.to_dict(include_text) for lab, j in by_label.items()} for s, by_label in self.judgements.items()
+            },
+        }
 
     def table(self) -> str:
         """One line per set and label: rate, count and interval."""
-        return "\n".join(f"  {part:10s} {label:9s} {j.summary()}"
-                         for part, by_label in self.judgements.items() for label, j in by_label.items())
+        return "\n".join(
+            f"  {part:10s} {label:9s} {j.summary()}"
+            for part, by_label in self.judgements.items()
+            for label, j in by_label.items()
+        )
 
 
 def measure_refusals(
@@ -110,8 +120,11 @@ def measure_refusals(
         model = load_model(model, device=device)
     judged: dict[str, dict[str, Any]] = {}
     for part, by_label in prompts.items():
-        judged[part] = {lab: judge_refusals(model, texts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                            n_bootstrap=n_bootstrap, progress=progress)
-                        for lab, texts in by_label.items()}
+        judged[part] = {
+            lab: judge_refusals(
+                model, texts, max_new_tokens=max_new_tokens, batch_size=batch_size, n_bootstrap=n_bootstrap, progress=progress
+            )
+            for lab, texts in by_label.items()
+        }
     name = model_id or str(getattr(model, "model_id", "") or type(model).__name__)
     return HeldoutRefusals(name, judged, max_new_tokens, seed, limit)

@@ -119,7 +119,7 @@ def weight_matrices(model: torch.nn.Module, include_embeddings: bool = False) ->
         match = _LAYER.search(name)
         if match:
             layer = int(match.group(1))
-            rest = name[match.end():]
+            rest = name[match.end() :]
         else:
             layer, rest = -1, name
         rest = rest.removesuffix(".weight")
@@ -249,9 +249,15 @@ def grouped(records: Iterable[MatrixOverlap | dict], by: str = "layer") -> list[
             eb = np.array([_rec(r, "energy_b_in_a") for r in ok])
             ea = np.array([_rec(r, "energy_a_in_b") for r in ok])
             summary = GroupSummary(
-                by, key, len(ok), len(groups[key]) - len(ok), float(mso.mean()), float(np.median(mso)),
+                by,
+                key,
+                len(ok),
+                len(groups[key]) - len(ok),
+                float(mso.mean()),
+                float(np.median(mso)),
                 float(np.mean([_rec(r, "baseline") for r in ok])),
-                float((eb * nb2).sum() / nb2.sum()), float((ea * na2).sum() / na2.sum()),
+                float((eb * nb2).sum() / nb2.sum()),
+                float((ea * na2).sum() / na2.sum()),
                 float(np.mean([_rec(r, "energy_baseline_b_in_a") for r in ok])),
             )
         else:
@@ -335,25 +341,62 @@ def weight_update_overlap(
 def _skipped(m: WeightMatrix, na: float, nb: float, nw: float, b_name: str, k: int | None, energy: float | None) -> MatrixOverlap:
     nan = float("nan")
     return MatrixOverlap(
-        name=m.name, layer=m.layer, module=m.module, shape=m.shape, a="aligned-base", b=b_name,
-        status="a_zero" if na == 0.0 else "b_zero", energy_target=energy, k_requested=k, k_a=0, k_b=0,
-        rank_a=0, rank_b=0, energy_a=nan, energy_b=nan, norm_a=na, norm_b=nb, norm_base=nw, mso=nan,
-        baseline=nan, cosines=np.zeros(0), energy_b_in_a=nan, energy_a_in_b=nan, energy_baseline_b_in_a=nan,
-        energy_baseline_a_in_b=nan, svd_method="",
+        name=m.name,
+        layer=m.layer,
+        module=m.module,
+        shape=m.shape,
+        a="aligned-base",
+        b=b_name,
+        status="a_zero" if na == 0.0 else "b_zero",
+        energy_target=energy,
+        k_requested=k,
+        k_a=0,
+        k_b=0,
+        rank_a=0,
+        rank_b=0,
+        energy_a=nan,
+        energy_b=nan,
+        norm_a=na,
+        norm_b=nb,
+        norm_base=nw,
+        mso=nan,
+        baseline=nan,
+        cosines=np.zeros(0),
+        energy_b_in_a=nan,
+        energy_a_in_b=nan,
+        energy_baseline_b_in_a=nan,
+        energy_baseline_a_in_b=nan,
+        svd_method="",
     )
 
 
 def _compare(
-    m: WeightMatrix, A: torch.Tensor, B: torch.Tensor, W0: torch.Tensor, b_name: str,
-    k: int | None, energy: float | None, method: str, seed: int,
+    m: WeightMatrix,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    W0: torch.Tensor,
+    b_name: str,
+    k: int | None,
+    energy: float | None,
+    method: str,
+    seed: int,
 ) -> MatrixOverlap:
     out = m.shape[0]
     na, nb, nw = float(torch.linalg.norm(A)), float(torch.linalg.norm(B)), float(torch.linalg.norm(W0))
     if na == 0.0 or nb == 0.0:
         return _skipped(m, na, nb, nw, b_name, k, energy)
     common: dict[str, Any] = dict(
-        name=m.name, layer=m.layer, module=m.module, shape=m.shape, a="aligned-base", b=b_name,
-        energy_target=energy, k_requested=k, norm_a=na, norm_b=nb, norm_base=nw,
+        name=m.name,
+        layer=m.layer,
+        module=m.module,
+        shape=m.shape,
+        a="aligned-base",
+        b=b_name,
+        energy_target=energy,
+        k_requested=k,
+        norm_a=na,
+        norm_b=nb,
+        norm_base=nw,
     )
     ta = top_left_singular(A, k=k, energy=energy, method=method, seed=seed)
     tb = top_left_singular(B, k=k, energy=energy, method=method, seed=seed)
@@ -364,10 +407,20 @@ def _compare(
     pb = Qa.T @ B
     pa = Qb.T @ A
     return MatrixOverlap(
-        **common, status="ok", k_a=ka, k_b=kb, rank_a=ta.rank, rank_b=tb.rank, energy_a=ta.energy,
-        energy_b=tb.energy, mso=float((cross * cross).sum()) / min(ka, kb), baseline=max(ka, kb) / out,
-        cosines=cos.cpu().numpy(), energy_b_in_a=float((pb * pb).sum()) / nb**2,
-        energy_a_in_b=float((pa * pa).sum()) / na**2, energy_baseline_b_in_a=ka / out,
+        **common,
+        status="ok",
+        k_a=ka,
+        k_b=kb,
+        rank_a=ta.rank,
+        rank_b=tb.rank,
+        energy_a=ta.energy,
+        energy_b=tb.energy,
+        mso=float((cross * cross).sum()) / min(ka, kb),
+        baseline=max(ka, kb) / out,
+        cosines=cos.cpu().numpy(),
+        energy_b_in_a=float((pb * pb).sum()) / nb**2,
+        energy_a_in_b=float((pa * pa).sum()) / na**2,
+        energy_baseline_b_in_a=ka / out,
         energy_baseline_a_in_b=kb / out,
         svd_method=ta.method if ta.method == tb.method else f"{ta.method}/{tb.method}",
     )
@@ -457,18 +510,32 @@ def project_finetune_update(
             param.copy_(W_new.T if m.transposed else W_new)
             nu = float(torch.linalg.norm(U))
             report.append(
-                {"name": m.name, "layer": m.layer, "module": m.module, "k_a": ka, "svd_method": meth,
-                 "norm_update": nu, "norm_new": float(torch.linalg.norm(new)),
-                 "energy_in_aligned": float(torch.linalg.norm(P)) ** 2 / nu**2 if nu else float("nan")}
+                {
+                    "name": m.name,
+                    "layer": m.layer,
+                    "module": m.module,
+                    "k_a": ka,
+                    "svd_method": meth,
+                    "norm_update": nu,
+                    "norm_new": float(torch.linalg.norm(new)),
+                    "energy_in_aligned": float(torch.linalg.norm(P)) ** 2 / nu**2 if nu else float("nan"),
+                }
             )
     with atomic_folder(out_dir, overwrite=overwrite, what="checkpoint") as staging:
         target.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         manifest = {
-            "geomprobe": "subspace projection", "mode": mode, "k": k, "energy": energy,
-            "include_embeddings": include_embeddings, "base": src_base.model_id, "aligned": src_al.model_id,
+            "geomprobe": "subspace projection",
+            "mode": mode,
+            "k": k,
+            "energy": energy,
+            "include_embeddings": include_embeddings,
+            "base": src_base.model_id,
+            "aligned": src_al.model_id,
             "finetuned": src_ft.model_id,
-            "matrices": [{key: (None if isinstance(v, float) and not math.isfinite(v) else v) for key, v in r.items()} for r in report],
+            "matrices": [
+                {key: (None if isinstance(v, float) and not math.isfinite(v) else v) for key, v in r.items()} for r in report
+            ],
         }
         (staging / "geomprobe-projection.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return ProjectionResult(out_dir, mode, report)
