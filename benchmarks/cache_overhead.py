@@ -98,7 +98,8 @@ def main() -> None:
         _, peak_n, base_n = run("geomprobe", args, args.prompts, out_dir)
         _, peak_2n, base_2n = run("geomprobe", args, 2 * args.prompts, out_dir)
     print(
-        f"model={args.model} prompts={args.prompts} batch={args.batch_size} hooks=every resid_post poolings=last,mean dtype=float32"
+        f"model={args.model} prompts={args.prompts} batch={args.batch_size} "
+        "hooks=every resid_post poolings=last,mean dtype=float32"
     )
     for name, seconds in best.items():
         print(f"  {name:<12} {seconds:8.2f} s")

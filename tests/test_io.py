@@ -265,7 +265,9 @@ def test_write_error_names_path_cause_and_fix():
     path = Path("/data/out dir/x.h5")
     cases = {
         errno.ENOSPC: "disk full while writing '/data/out dir/x.h5'; free some space and rerun it",
-        errno.EROFS: "cannot write '/data/out dir/x.h5' (read-only file system); make it writable or choose another folder, and rerun it",
+        errno.EROFS: (
+            "cannot write '/data/out dir/x.h5' (read-only file system); make it writable or choose another folder, and rerun it"
+        ),
         errno.EACCES: "cannot write '/data/out dir/x.h5' (permission denied); fix the folder's permissions and rerun it",
         errno.EPERM: "cannot write '/data/out dir/x.h5' (permission denied); fix the folder's permissions and rerun it",
         errno.EIO: f"cannot write '/data/out dir/x.h5' ({os.strerror(errno.EIO)}); fix the cause and rerun it",
@@ -476,7 +478,8 @@ def test_parts_lock_is_dropped_when_the_holder_dies(tmp_path):
             (
                 "import fcntl, os, sys, time\n"
                 f"fd = os.open({str(parts / 'lock')!r}, os.O_RDWR | os.O_CREAT)\n"
-                "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, str(os.getpid()).encode())\nprint('held', flush=True)\ntime.sleep(60)\n"
+                "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, str(os.getpid()).encode())\n"
+                "print('held', flush=True)\ntime.sleep(60)\n"
             ),
         ],
         stdout=subprocess.PIPE,

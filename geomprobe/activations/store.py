@@ -302,7 +302,8 @@ class CacheFile:
             raise GeomprobeError(f"cache {self.path.name} has no hook {hook!r}; it has {_short_list(self.hooks)}")
         if pooling not in self.poolings:
             raise GeomprobeError(
-                f"cache {self.path.name} has no {pooling!r} pooling; it has {', '.join(self.poolings)} (re-cache with --pooling {pooling})"
+                f"cache {self.path.name} has no {pooling!r} pooling; "
+                f"it has {', '.join(self.poolings)} (re-cache with --pooling {pooling})"
             )
         return self.file[f"activations/{hook}/{pooling}"]
 
@@ -316,7 +317,8 @@ class CacheFile:
             text = str(exc).lower()
             if "fletcher32" in text or "checksum" in text or "data error" in text or "filter returned failure" in text:
                 raise GeomprobeError(
-                    f"cache {str(self.path)!r} is corrupted at {hook}/{pooling} (checksum mismatch); recreate it with geomprobe cache"
+                    f"cache {str(self.path)!r} is corrupted at {hook}/{pooling} (checksum mismatch); "
+                    "recreate it with geomprobe cache"
                 ) from None
             if "memory" in text or "alloc" in text:
                 raise MemoryError(f"out of memory reading {hook}/{pooling} from {self.path}") from None

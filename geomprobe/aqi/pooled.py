@@ -202,7 +202,8 @@ def pooled_aqi_arrays(
         raise GeomprobeError("need two or more classes for the pooled AQI")
     if counts.min() < 4:
         raise GeomprobeError(
-            f"class {classes[int(np.argmin(counts))]!r} has {int(counts.min())} rows; the pooled AQI needs at least 4 per class (2 to train, 2 held out)"
+            f"class {classes[int(np.argmin(counts))]!r} has {int(counts.min())} rows; "
+            "the pooled AQI needs at least 4 per class (2 to train, 2 held out)"
         )
     if not 0 < train_fraction < 1:
         raise GeomprobeError(f"train_fraction must be between 0 and 1; got {train_fraction}")

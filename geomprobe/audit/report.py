@@ -119,7 +119,8 @@ def report_title(metrics: dict[str, Any]) -> str:
 
 # -- HTML ----------------------------------------------------------------------------------------
 _CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1180px;margin:1.5em auto;padding:0 1em;color:#222;line-height:1.45}
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1180px;margin:1.5em auto;
+  padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.5em;border-bottom:2px solid #ddd;padding-bottom:.3em}
 h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #eee;padding-bottom:.2em}
 h3{font-size:1em;margin:1.2em 0 .4em}

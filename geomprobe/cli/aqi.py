@@ -181,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
         )
     print(
-        f"{meta['model_id'] or 'unknown model'} | {args.pooling} pooling | {' vs '.join(results[0].n_per_class)} | metrics in float64"
+        f"{meta['model_id'] or 'unknown model'} | {args.pooling} pooling "
+        f"| {' vs '.join(results[0].n_per_class)} | metrics in float64"
     )
     print(_table(results, pooled))
     if args.json:

@@ -130,7 +130,8 @@ def _run(args: argparse.Namespace, out: Path) -> int:
         f"cached {model.model_id} on {prompts.name} ({len(prompts)} prompts, labels: {', '.join(prompts.label_names) or 'none'})"
     )
     print(
-        f"dtype {str(model.dtype).removeprefix('torch.')} compute, {args.store_dtype} stored; poolings {', '.join(result.poolings)}"
+        f"dtype {str(model.dtype).removeprefix('torch.')} compute, {args.store_dtype} stored; "
+        f"poolings {', '.join(result.poolings)}"
     )
     if not args.quiet:
         for summary in result.summaries:

@@ -201,7 +201,8 @@ def _table(records: list[dict[str, Any]]) -> None:
     for r in records:
         fmt = lambda v: "   nan" if v is None or v != v else f"{v:.3f}"  # noqa: E731
         print(
-            f"{r['hook']:<28} {fmt(r['auroc']):>7} {fmt(r['balanced_accuracy']):>8} {fmt(r['recall_at_fpr']):>11} {fmt(r['calibration_error']):>6}"
+            f"{r['hook']:<28} {fmt(r['auroc']):>7} {fmt(r['balanced_accuracy']):>8} "
+            f"{fmt(r['recall_at_fpr']):>11} {fmt(r['calibration_error']):>6}"
         )
 
 
@@ -266,7 +267,8 @@ def _control_name(args: argparse.Namespace) -> str:
 def _say_threshold(args: argparse.Namespace) -> None:
     if args.no_control:
         _say(
-            f"probe: recall@{args.fpr:g} FPR uses a threshold tuned on the test negatives (--no-control), not on control data; it is optimistic"
+            f"probe: recall@{args.fpr:g} FPR uses a threshold tuned on the test "
+            "negatives (--no-control), not on control data; it is optimistic"
         )
 
 
@@ -469,7 +471,8 @@ def run_tokens(args: argparse.Namespace) -> int:
     )
     for t in scored:
         print(
-            f"row {t.row:<5} {t.label:<12} response mean {t.response_mean:8.3f}  max {t.scores[t.response_start :].max() if len(t.scores) > t.response_start else float('nan'):8.3f}"
+            f"row {t.row:<5} {t.label:<12} response mean {t.response_mean:8.3f}  max "
+            f"{t.scores[t.response_start :].max() if len(t.scores) > t.response_start else float('nan'):8.3f}"
         )
     if args.json:
         write_json(

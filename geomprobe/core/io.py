@@ -100,7 +100,8 @@ def check_output_folder(
             )
         if holds is None and not owns and folder.is_dir() and any(folder.iterdir()):
             raise GeomprobeError(
-                f"{what} output {str(folder)!r} exists and is not empty; pass --overwrite (overwrite=True) or choose another folder"
+                f"{what} output {str(folder)!r} exists and is not empty; "
+                "pass --overwrite (overwrite=True) or choose another folder"
             )
     _check_parent(folder, what)
     return folder

@@ -41,7 +41,8 @@ def choose_positive(label_names: Sequence[str], positive_label: str | None = Non
     if positive_label is not None:
         if positive_label not in names:
             raise GeomprobeError(
-                f"--positive-label {positive_label!r} is not in this cache's labels ({', '.join(names) or 'none'}); pass one of those"
+                f"--positive-label {positive_label!r} is not in this cache's labels ({', '.join(names) or 'none'}); "
+                "pass one of those"
             )
         return names.index(positive_label)
     lowered = [n.lower() for n in names]

@@ -268,13 +268,15 @@ def check_compatible(
     """
     if d_model is not None and int(d_model) != probes.d_model:
         raise GeomprobeError(
-            f"{where} has width d_model={d_model} but the probe was trained at d_model={probes.d_model}; use a probe trained on this model"
+            f"{where} has width d_model={d_model} but the probe was trained at d_model={probes.d_model}; "
+            "use a probe trained on this model"
         )
     if hooks is not None:
         missing = [h for h in probes.hooks if h not in hooks]
         if len(missing) == len(probes.hooks):
             raise GeomprobeError(
-                f"{where} has none of the probe's hooks ({', '.join(probes.hooks[:3])}...); cache those hooks or retrain the probe"
+                f"{where} has none of the probe's hooks ({', '.join(probes.hooks[:3])}...); "
+                "cache those hooks or retrain the probe"
             )
     mismatch = model_id is not None and str(model_id) != str(probes.model_id)
     if mismatch and not allow_model_mismatch:

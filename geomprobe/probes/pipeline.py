@@ -43,7 +43,8 @@ def read_layers(cache: CacheFile, hooks: Sequence[str], pooling: str, rows: np.n
         if not np.all(np.isfinite(X)):
             bad = int((~np.isfinite(X)).any(1).sum())
             raise GeomprobeError(
-                f"{cache.path.name} has NaN/inf activations in {bad} row(s) at {hook}/{pooling}; recreate the cache (check the model dtype)"
+                f"{cache.path.name} has NaN/inf activations in {bad} row(s) at {hook}/{pooling}; "
+                "recreate the cache (check the model dtype)"
             )
         out[i] = X
     assert out is not None
@@ -134,7 +135,8 @@ def train_probes(
         pairs = handle.pair_ids[rows]
         if len(np.unique(y)) < 2:
             raise GeomprobeError(
-                f"cache {handle.path.name} has only one class ({pos_name if y.any() else ', '.join(neg_names)}); a probe needs two"
+                f"cache {handle.path.name} has only one class ({pos_name if y.any() else ', '.join(neg_names)}); "
+                "a probe needs two"
             )
         train, test = pair_train_test_split(y, pairs, test_size=test_size, seed=seed)
         # A few layers at a time when the cache is larger than memory; layers are independent
@@ -234,7 +236,8 @@ def score_control(probes: ProbeSet, control: ControlSource) -> dict[str, np.ndar
         return {h: probes.decision_function(h, np.asarray(control[h])) for h in probes.hooks}
     if not isinstance(control, CacheFile) and not Path(control).exists():
         raise GeomprobeError(
-            f"control cache {str(control)!r} does not exist; build it with geomprobe cache --dataset control or pass another --control"
+            f"control cache {str(control)!r} does not exist; "
+            "build it with geomprobe cache --dataset control or pass another --control"
         )
     handle, owned = _open(control)
     try:

@@ -238,7 +238,8 @@ def activation_overlap_by_layer(
         chosen = cache.hooks_for(hooks)
         if pooling not in cache.poolings or pooling == "all":
             raise GeomprobeError(
-                f"cache {cache.path.name} has no usable {pooling!r} pooling (it has {', '.join(cache.poolings)}); use last or mean"
+                f"cache {cache.path.name} has no usable {pooling!r} pooling (it has {', '.join(cache.poolings)}); "
+                "use last or mean"
             )
         label_a, label_b, rows_a, rows_b = _resolve_classes(
             cache.labels, cache.label_names, positive_label, tuple(label_pair) if label_pair is not None else None

@@ -145,7 +145,8 @@ def _check_compatible(matrices: Sequence[WeightMatrix], ref: torch.nn.Module, ot
     for m in matrices:
         if m.name not in other_state:
             raise GeomprobeError(
-                f"the {role} checkpoint has no weight {m.name!r} that base has (different architectures); compare checkpoints of one architecture"
+                f"the {role} checkpoint has no weight {m.name!r} that base has (different architectures); "
+                "compare checkpoints of one architecture"
             )
         a, b = tuple(ref_state[m.name][0].shape), tuple(other_state[m.name][0].shape)
         if a != b:
@@ -154,7 +155,8 @@ def _check_compatible(matrices: Sequence[WeightMatrix], ref: torch.nn.Module, ot
             )
     if extra:
         raise GeomprobeError(
-            f"the {role} checkpoint has weight {extra[0]!r} that base lacks (different architectures); compare checkpoints of one architecture"
+            f"the {role} checkpoint has weight {extra[0]!r} that base lacks (different architectures); "
+            "compare checkpoints of one architecture"
         )
 
 
@@ -488,7 +490,8 @@ def project_finetune_update(
     # Never modify a model the caller handed us.
     if any("_original_component" in n for n in src_ft.model.state_dict()):
         raise GeomprobeError(
-            "the fine-tuned model is wrapped in a TransformerLens bridge; pass it as a path or load_checkpoint() result to project it"
+            "the fine-tuned model is wrapped in a TransformerLens bridge; "
+            "pass it as a path or load_checkpoint() result to project it"
         )
     target: Any = src_ft.model if src_ft.loaded_here else copy.deepcopy(src_ft.model)
     sb, sa, st = _state(src_base.model), _state(src_al.model), _state(target)
