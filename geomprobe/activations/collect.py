@@ -21,9 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import queue
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from geomprobe.activations.background import BackgroundWriter
 from geomprobe.activations.datasets import ContextFit, PromptSet, Rendered, fit_to_context, load_prompt_set
 from geomprobe.activations.format import FORMAT_VERSION, POOLINGS
 from geomprobe.activations.segments import ResumableWriter, segment_rows_for
@@ -260,39 +259,6 @@ def pooled_activations(
     return {h: {p: np.concatenate(v) for p, v in d.items()} for h, d in parts.items()}
 
 
-class _BackgroundWriter:
-    """Write batches from a thread behind a bounded queue; errors surface on the next call."""
-
-    def __init__(self, write: Callable[..., None], depth: int = 4) -> None:
-        self.write = write
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._loop, name="geomprobe-writer", daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            if self.error is None:
-                try:
-                    self.write(**item)
-                except BaseException as exc:  # reported to the main thread
-                    self.error = exc
-
-    def put(self, **batch) -> None:
-        if self.error is not None:
-            raise self.error
-        self.queue.put(batch)
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-
 def cache_activations(
     model: LoadedModel,
     dataset: PromptSet | str | Path,
@@ -425,7 +391,7 @@ def cache_activations(
         print(f"resuming {out}: {resumed_from} of {len(rendered)} prompts already written", file=sys.stderr)
     labels = prompts.labels
     pairs = prompts.pair_ids
-    background = _BackgroundWriter(resumable.append)
+    background = BackgroundWriter(resumable.append)
     try:
         for rows, batch in _run_pooled(model, rendered, hook_list, pooling_list, batch_size, progress, resumed_from):
             background.put(
