@@ -212,9 +212,9 @@ def test_scanner_catches_unsafe_code():
 
 def test_remote_code_is_off_unless_asked():
     from geomprobe import models
-    from geomprobe.subspace import weights
+    from geomprobe.subspace import projection, weights
 
-    for fn in (models.load_model, models.load_checkpoint, weights.weight_update_overlap, weights.project_finetune_update):
+    for fn in (models.load_model, models.load_checkpoint, weights.weight_update_overlap, projection.project_finetune_update):
         assert inspect.signature(fn).parameters["trust_remote_code"].default is False, fn.__name__
     parser = geomprobe.cli.build_parser()
     for argv in (
