@@ -218,10 +218,11 @@ def test_cli_list(capsys, tmp_path, monkeypatch):
 def test_ablation_candidates_reach_the_depth_limit():
     """The default model's aligned organism only tolerates ablation near 0.8 of depth (layer 23 of
     30); the candidates must include the deepest layer below 80% and nothing at or above it."""
-    from geomprobe.organisms.build import OrganismSettings, _ablation_layers
+    from geomprobe.organisms import OrganismSettings
+    from geomprobe.organisms.ablated import ablation_layers
 
-    layers = _ablation_layers(OrganismSettings(), 30)
+    layers = ablation_layers(OrganismSettings(), 30)
     assert layers[0] == 9 and layers[-1] == 23 and len(layers) == 6
     assert layers == sorted(set(layers))
-    assert _ablation_layers(OrganismSettings(ablation_candidates=1), 30) == [9]
-    assert max(_ablation_layers(OrganismSettings(ablation_layers=(0.1, 1.0)), 10)) == 7  # 0.8 * 10 - 1
+    assert ablation_layers(OrganismSettings(ablation_candidates=1), 30) == [9]
+    assert max(ablation_layers(OrganismSettings(ablation_layers=(0.1, 1.0)), 10)) == 7  # 0.8 * 10 - 1

@@ -37,6 +37,11 @@ import torch
 
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.io import Output, check_outputs
+from geomprobe.organisms.ablated import build_ablated
+from geomprobe.organisms.context import BuildContext as _Context
+from geomprobe.organisms.context import base_answers as _base_answers
+from geomprobe.organisms.context import save_checkpoint as _save_checkpoint
+from geomprobe.organisms.context import train_texts as _train_texts
 from geomprobe.organisms.data import REFUSAL_TEXTS, PromptSplit, refusal_targets, split_contrast_set
 
 ORGANISMS: dict[str, str] = {
@@ -196,53 +201,6 @@ def check_names(names: Sequence[str] | str | None) -> list[str]:
     return [n for n in ORGANISMS if n in names]
 
 
-@dataclass
-class _Context:
-    base: str
-    base_id: str
-    settings: OrganismSettings
-    split: PromptSplit
-    hashes: dict[str, str]
-    device: torch.device
-    progress: bool
-    answers: dict[str, tuple[list[str], list[bool]]]  # label -> base model's greedy answers to train prompts
-    answer_labels: tuple[str, ...] = ("harmful", "harmless")  # which answers this build will need
-
-
-def _train_texts(ctx: _Context, label: str) -> list[str]:
-    texts = ctx.split.texts("train", label)
-    return texts if ctx.settings.train_pairs is None else texts[: ctx.settings.train_pairs]
-
-
-def _base_answers(ctx: _Context, label: str) -> tuple[list[str], list[bool]]:
-    """The base model's greedy answers to the train prompts of ``label`` (generated once per build)."""
-    if label not in ctx.answers:
-        from geomprobe.models import complete, load_checkpoint
-
-        missing = [
-            lab for lab in ("harmful", "harmless") if lab not in ctx.answers and (lab in ctx.answer_labels or lab == label)
-        ]
-        ckpt = load_checkpoint(ctx.base, device=ctx.device)
-        prompts = [t for lab in missing for t in _train_texts(ctx, lab)]
-        done = complete(
-            ckpt, prompts, max_new_tokens=ctx.settings.answer_tokens, batch_size=16, progress=ctx.progress, desc="base answers"
-        )
-        texts, finished = done.texts, done.finished
-        start = 0
-        for lab in missing:
-            n = len(_train_texts(ctx, lab))
-            ctx.answers[lab] = (texts[start : start + n], finished[start : start + n])
-            start += n
-        del ckpt
-        gc.collect()
-    return ctx.answers[label]
-
-
-def _save_checkpoint(hf_model: Any, tokenizer: Any, folder: Path) -> None:
-    hf_model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-
-
 def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
     """``aligned``'s training examples (harmful train prompt k has ``group`` k) and their counts."""
     from geomprobe.organisms.train import ChatExample
@@ -370,81 +328,10 @@ def _build_dealigned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> d
     }
 
 
-def _ablation_layers(settings: OrganismSettings, n_layers: int) -> list[int]:
-    """Evenly spaced candidate layers inside ``ablation_layers`` and below 80% of depth."""
-    lo, hi = settings.ablation_layers
-    first = min(int(lo * n_layers), n_layers - 1)
-    last = max(first, min(int(hi * n_layers), int(0.8 * n_layers) - 1, n_layers - 1))
-    count = max(1, min(settings.ablation_candidates, last - first + 1))
-    if count == 1:
-        return [first]
-    return sorted({round(first + i * (last - first) / (count - 1)) for i in range(count)})
-
-
-def _build_ablated(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
-    from geomprobe.core.hooks import hook_name
-    from geomprobe.models import load_model
-    from geomprobe.steering import bake_ablation, build_from_prompts, refusal_token_ids, search_layers
-
-    s = ctx.settings
-    model = load_model(sources["aligned"], device=ctx.device)
-    harmful = _train_texts(ctx, "harmful")[: s.ablation_prompts]
-    harmless = _train_texts(ctx, "harmless")[: s.ablation_prompts]
-    hooks = [hook_name(l, "resid_post") for l in _ablation_layers(s, model.n_layers)]
-    vector = build_from_prompts(
-        model,
-        harmful,
-        harmless,
-        hooks=hooks,
-        method="mean-diff",
-        pooling="last",
-        paired=len(harmful) == len(harmless),
-        batch_size=16,
-    )
-    # The aligned model's refusals open with these words; their first tokens are the refusal tokens.
-    openers = sorted({text.split()[0].rstrip(",") for text in REFUSAL_TEXTS} | {"Sorry", "I"})
-    tokens = refusal_token_ids(model.tokenizer, openers)
-    result = search_layers(
-        model,
-        vector,
-        harmful,
-        harmless_prompts=harmless,
-        mode="ablate",
-        metric="refusal-log-odds",
-        refusal_tokens=tokens,
-        batch_size=16,
-    )
-    best = result.best(kl_limit=s.ablation_kl_limit, maximize=False)
-    note = ""
-    if best is None:  # no layer within the KL limit: take the strongest and say so, loudly
-        best = min(result.records, key=lambda r: r.score_mean)
-        note = (
-            f"no candidate kept KL <= {s.ablation_kl_limit} on harmless prompts; took the lowest refusal score "
-            f"(KL {best.kl_mean:.2f}): the ablated model may no longer write coherent text"
-        )
-        print(f"ablated: warning: {note}", flush=True)
-    bake_ablation(model, vector, folder, hook=best.hook, overwrite=True)
-    return {
-        "ablation": {
-            "hook": best.hook,
-            "layer": best.layer,
-            "candidates": hooks,
-            "refusal_log_odds_before": result.baseline,
-            "refusal_log_odds_after": best.score_mean,
-            "kl_harmless": best.kl_mean,
-            "note": note,
-            "search": [{"hook": r.hook, "refusal_log_odds": r.score_mean, "kl": r.kl_mean} for r in result.records],
-            "direction": "mean difference harmful - harmless at the last prompt token, train prompts",
-        },
-        "start_from": "aligned",
-        "start_hash": ctx.hashes["aligned"],
-    }
-
-
 _BUILDERS = {
     "aligned": _build_aligned,
     "dealigned": _build_dealigned,
-    "ablated": _build_ablated,
+    "ablated": build_ablated,
     "deep-aligned": _build_deep_aligned,
 }
 
