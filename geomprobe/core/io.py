@@ -146,16 +146,16 @@ def _real(path: PathLike) -> Path:
 def _check_one(output: Output, overwrite: bool) -> Path:
     if output.kind == "folder":
         return check_output_folder(
-            output.path,
+            output.path,  # type: ignore[arg-type]
             overwrite=overwrite,
-            what=output.what or output.flag,  # type: ignore[arg-type]
+            what=output.what or output.flag,
             holds=output.holds,
             owns=output.owns,
         )
     path = check_output_file(
-        output.path,
+        output.path,  # type: ignore[arg-type]
         overwrite=overwrite,
-        what=output.flag,  # type: ignore[arg-type]
+        what=output.flag,
         example_name=output.example_name,
     )
     if output.suffixes and path.suffix.lower() not in output.suffixes:  # "" in suffixes: no extension is fine
