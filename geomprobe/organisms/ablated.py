@@ -9,17 +9,17 @@ writes the checkpoint.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from geomprobe.organisms.context import BuildContext, train_texts
 from geomprobe.organisms.data import REFUSAL_TEXTS
 
-if TYPE_CHECKING:
-    from geomprobe.organisms.build import OrganismSettings
 
+def ablation_layers(settings: Any, n_layers: int) -> list[int]:
+    """Evenly spaced candidate layers inside ``ablation_layers`` and below 80% of depth.
 
-def ablation_layers(settings: OrganismSettings, n_layers: int) -> list[int]:
-    """Evenly spaced candidate layers inside ``ablation_layers`` and below 80% of depth."""
+    ``settings`` is an :class:`geomprobe.organisms.OrganismSettings` (not imported: build.py imports this module).
+    """
     lo, hi = settings.ablation_layers
     first = min(int(lo * n_layers), n_layers - 1)
     last = max(first, min(int(hi * n_layers), int(0.8 * n_layers) - 1, n_layers - 1))
