@@ -97,14 +97,19 @@ def main() -> None:
                 (Path(out_dir) / f"g{args.prompts}.h5").unlink(missing_ok=True)
         _, peak_n, base_n = run("geomprobe", args, args.prompts, out_dir)
         _, peak_2n, base_2n = run("geomprobe", args, 2 * args.prompts, out_dir)
-    print(f"model={args.model} prompts={args.prompts} batch={args.batch_size} hooks=every resid_post poolings=last,mean dtype=float32")
+    print(
+        f"model={args.model} prompts={args.prompts} batch={args.batch_size} "
+        "hooks=every resid_post poolings=last,mean dtype=float32"
+    )
     for name, seconds in best.items():
         print(f"  {name:<12} {seconds:8.2f} s")
     print(f"(b)/(a) geomprobe / bare forward (decoder stack)      = {best['geomprobe'] / best['bare']:.3f}   target <= 1.10")
     print(f"        geomprobe / bare forward with LM-head logits  = {best['geomprobe'] / best['bare+logits']:.3f}")
     print(f"(b)/(c) geomprobe / hand-rolled output_hidden_states = {best['geomprobe'] / best['hand-rolled']:.3f}")
-    print(f"peak RSS of geomprobe: {peak_n:.0f} MiB at N={args.prompts}, {peak_2n:.0f} MiB at N={2 * args.prompts} "
-          f"(growth {peak_2n - peak_n:+.0f} MiB)")
+    print(
+        f"peak RSS of geomprobe: {peak_n:.0f} MiB at N={args.prompts}, {peak_2n:.0f} MiB at N={2 * args.prompts} "
+        f"(growth {peak_2n - peak_n:+.0f} MiB)"
+    )
 
 
 if __name__ == "__main__":

@@ -122,7 +122,10 @@ def main() -> None:
         fn(warm_X, warm_y)
     geomprobe_dunn_xbi(warm_X, warm_y, device)
 
-    header = f"{'n':>7} | {'DBS+CHI ours':>12} {'sklearn':>9} {'ratio':>7} {'max rel':>8} | {'Dunn+XBI ours':>13} {'cdist':>10} {'ratio':>7} {'max rel':>8} | {'mem ours':>9} {'mem base':>9}"
+    header = (
+        f"{'n':>7} | {'DBS+CHI ours':>12} {'sklearn':>9} {'ratio':>7} {'max rel':>8} "
+        f"| {'Dunn+XBI ours':>13} {'cdist':>10} {'ratio':>7} {'max rel':>8} | {'mem ours':>9} {'mem base':>9}"
+    )
     print(header)
     print("-" * len(header))
     brute_ref = None  # (n, seconds) of the largest measured brute force

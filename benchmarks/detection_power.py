@@ -6,7 +6,9 @@ diagnostic's change B - A is measured on the same held-out prompts through both 
 paired bootstrap over prompt pairs (one resample of pairs is shared by every model, so each
 replicate compares the same prompts), a percentile interval and a two-sided bootstrap p-value
 ``min(1, 2 (1 + #{delta* on the far side of 0}) / (1 + B))``. A diagnostic "detects" a change when
-its change has the expected sign and p < 0.05.
+its change has the expected sign and p < 0.05. The judge also reads every model on the second
+held-out set (geomprobe/data/heldout-2.jsonl, topics absent from the training pairs); those rates
+are printed and stored under ``behaviour_heldout_2`` (behaviour only: no diagnostic uses that set).
 
 Diagnostics (all on the last prompt token's resid_post, held-out prompts only):
 
@@ -60,7 +62,9 @@ EXPECTED = {
 }
 
 
-def summarise(name: str, pair: tuple[str, str], a: float, b: float, change: float, deltas: np.ndarray, level: float = 0.95) -> dict:
+def summarise(
+    name: str, pair: tuple[str, str], a: float, b: float, change: float, deltas: np.ndarray, level: float = 0.95
+) -> dict:
     from geomprobe.core.stats import bootstrap_p_value, percentile_interval
 
     finite = deltas[np.isfinite(deltas)]
@@ -68,16 +72,26 @@ def summarise(name: str, pair: tuple[str, str], a: float, b: float, change: floa
     p = bootstrap_p_value(deltas)
     expected = EXPECTED.get(name, {}).get(pair, 0)
     detected = bool(expected != 0 and np.sign(change) == expected and p < 0.05)
-    return {"diagnostic": name, "pair": f"{pair[0]} -> {pair[1]}", "a": a, "b": b, "change": change,
-            "ci": [float(low), float(high)], "p": p, "expected": {1: "up", -1: "down", 0: "none"}[expected],
-            "detected": detected, "n_boot": int(len(finite))}
+    return {
+        "diagnostic": name,
+        "pair": f"{pair[0]} -> {pair[1]}",
+        "a": a,
+        "b": b,
+        "change": change,
+        "ci": [float(low), float(high)],
+        "p": p,
+        "expected": {1: "up", -1: "down", 0: "none"}[expected],
+        "detected": detected,
+        "n_boot": int(len(finite)),
+    }
 
 
 # -- measurements per model -------------------------------------------------------------------
 def measure_model(name: str, source, heldout_file: Path, work: Path, args, texts: dict[str, list[str]]) -> None:
-    """Judge and cache one model (skipped when --reuse finds the outputs)."""
+    """Judge (both held-out sets) and cache (the split's held-out pairs) one model (skipped when --reuse finds the outputs)."""
     from geomprobe.activations.collect import cache_activations
     from geomprobe.models import load_model
+    from geomprobe.organisms import load_second_heldout
     from geomprobe.steering.judge import judge_refusals
 
     judged, cache = work / f"{name}.judge.json", work / f"{name}.h5"
@@ -90,6 +104,13 @@ def measure_model(name: str, source, heldout_file: Path, work: Path, args, texts
         j = judge_refusals(model, texts[label], max_new_tokens=args.max_new_tokens, batch_size=16, seed=args.seed, progress=True)
         record[label] = j.to_dict()
         print(f"  {name:10s} {label:9s} {j.summary()}", flush=True)
+    # The second held-out set (topics absent from the training pairs): behaviour only, no diagnostics.
+    second = load_second_heldout()
+    record["heldout-2"] = {}
+    for label in ("harmful", "harmless"):
+        j = judge_refusals(model, second[label], max_new_tokens=args.max_new_tokens, batch_size=16, seed=args.seed, progress=True)
+        record["heldout-2"][label] = j.to_dict()
+        print(f"  {name:10s} {label:9s} {j.summary()} (heldout-2)", flush=True)
     judged.write_text(json.dumps(record, indent=1) + "\n")
     cache_activations(model, str(heldout_file), cache, hooks="resid_post", poolings="last", overwrite=True, progress=True)
     print(f"  {name}: judged and cached in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -127,7 +148,9 @@ def mean_diff(Z: np.ndarray, y: np.ndarray) -> np.ndarray:
     return d / np.linalg.norm(d)
 
 
-def probe_scores(XA: np.ndarray, XB: np.ndarray, y: np.ndarray, pair: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def probe_scores(
+    XA: np.ndarray, XB: np.ndarray, y: np.ndarray, pair: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Out-of-fold scores of A-trained probes on A and on B (two folds over pairs), and A's thresholds' predictions."""
     from geomprobe.probes import LogisticProbe
 
@@ -166,7 +189,9 @@ def main(argv=None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    folders = build_organisms(base=args.base, quick=args.quick, seed=args.seed, device=args.device)
+    folders = build_organisms(
+        ["aligned", "dealigned", "ablated"], base=args.base, quick=args.quick, seed=args.seed, device=args.device
+    )
     build_s = time.perf_counter() - t0
     sources = {"default": args.base, **{k: str(v) for k, v in folders.items()}}
     provenance = {k: read_provenance(v) for k, v in folders.items()}
@@ -213,29 +238,76 @@ def main(argv=None) -> int:
         mso_full = mso_mean(X[n], y, every, top_layers)
         mso_boot = np.array([mso_mean(X[n], y, r, top_layers) for r in boot_rows])
         stats[n] = {"aqi_full": aqi_full, "aqi_boot": aqi_boot, "mso_full": mso_full, "mso_boot": mso_boot}
-        print(f"  {n}: AQI max {aqi_full.max():.3f} (layer {aqi_full.argmax()}), mean {aqi_full.mean():.3f}; "
-              f"MSO {mso_full:.3f} ({time.perf_counter() - t1:.0f} s)", flush=True)
+        print(
+            f"  {n}: AQI max {aqi_full.max():.3f} (layer {aqi_full.argmax()}), mean {aqi_full.mean():.3f}; "
+            f"MSO {mso_full:.3f} ({time.perf_counter() - t1:.0f} s)",
+            flush=True,
+        )
 
     results = []
     per_layer = {}
     for a, b in PAIRS:
         p = (a, b)
         hb = [harm_flags[b][k].mean() - harm_flags[a][k].mean() for k in boot_pairs]
-        results.append(summarise("refusal.harmful", p, harm_flags[a].mean(), harm_flags[b].mean(),
-                                 harm_flags[b].mean() - harm_flags[a].mean(), np.array(hb)))
+        results.append(
+            summarise(
+                "refusal.harmful",
+                p,
+                harm_flags[a].mean(),
+                harm_flags[b].mean(),
+                harm_flags[b].mean() - harm_flags[a].mean(),
+                np.array(hb),
+            )
+        )
         hl = [harmless_flags[b][k].mean() - harmless_flags[a][k].mean() for k in boot_pairs]
-        results.append(summarise("refusal.harmless", p, harmless_flags[a].mean(), harmless_flags[b].mean(),
-                                 harmless_flags[b].mean() - harmless_flags[a].mean(), np.array(hl)))
+        results.append(
+            summarise(
+                "refusal.harmless",
+                p,
+                harmless_flags[a].mean(),
+                harmless_flags[b].mean(),
+                harmless_flags[b].mean() - harmless_flags[a].mean(),
+                np.array(hl),
+            )
+        )
         A, B = stats[a], stats[b]
-        results.append(summarise("aqi.max", p, A["aqi_full"].max(), B["aqi_full"].max(), B["aqi_full"].max() - A["aqi_full"].max(),
-                                 B["aqi_boot"].max(1) - A["aqi_boot"].max(1)))
-        results.append(summarise("aqi.mean", p, A["aqi_full"].mean(), B["aqi_full"].mean(), B["aqi_full"].mean() - A["aqi_full"].mean(),
-                                 B["aqi_boot"].mean(1) - A["aqi_boot"].mean(1)))
-        layer_rows = [summarise("aqi.max", p, A["aqi_full"][l], B["aqi_full"][l], B["aqi_full"][l] - A["aqi_full"][l],
-                                B["aqi_boot"][:, l] - A["aqi_boot"][:, l]) for l in range(n_layers)]
+        results.append(
+            summarise(
+                "aqi.max",
+                p,
+                A["aqi_full"].max(),
+                B["aqi_full"].max(),
+                B["aqi_full"].max() - A["aqi_full"].max(),
+                B["aqi_boot"].max(1) - A["aqi_boot"].max(1),
+            )
+        )
+        results.append(
+            summarise(
+                "aqi.mean",
+                p,
+                A["aqi_full"].mean(),
+                B["aqi_full"].mean(),
+                B["aqi_full"].mean() - A["aqi_full"].mean(),
+                B["aqi_boot"].mean(1) - A["aqi_boot"].mean(1),
+            )
+        )
+        layer_rows = [
+            summarise(
+                "aqi.max",
+                p,
+                A["aqi_full"][l],
+                B["aqi_full"][l],
+                B["aqi_full"][l] - A["aqi_full"][l],
+                B["aqi_boot"][:, l] - A["aqi_boot"][:, l],
+            )
+            for l in range(n_layers)
+        ]
         per_layer[f"{a} -> {b}"] = [dict(r, diagnostic=f"aqi.layer{l}") for l, r in enumerate(layer_rows)]
-        results.append(summarise("subspace.mso", p, A["mso_full"], B["mso_full"], B["mso_full"] - A["mso_full"],
-                                 B["mso_boot"] - A["mso_boot"]))
+        results.append(
+            summarise(
+                "subspace.mso", p, A["mso_full"], B["mso_full"], B["mso_full"] - A["mso_full"], B["mso_boot"] - A["mso_boot"]
+            )
+        )
         # Refusal-direction cosine: split-half noise floor vs cross-model cosine at the ablation layer.
         XA, XB = X[a][ablation_layer], X[b][ablation_layer]
         full_cos = float(mean_diff(XA, y) @ mean_diff(XB, y))
@@ -251,15 +323,42 @@ def main(argv=None) -> int:
             within_all.append(within)
             cross_all.append(cross)
         # a = split-half cosine within A (the noise floor), b = the same with B's half.
-        results.append(dict(summarise("direction.cosine", p, float(np.mean(within_all)), float(np.mean(cross_all)),
-                                      float(np.mean(deltas)), np.array(deltas)), layer=ablation_layer, full_sample_cosine=full_cos))
+        results.append(
+            dict(
+                summarise(
+                    "direction.cosine",
+                    p,
+                    float(np.mean(within_all)),
+                    float(np.mean(cross_all)),
+                    float(np.mean(deltas)),
+                    np.array(deltas),
+                ),
+                layer=ablation_layer,
+                full_sample_cosine=full_cos,
+            )
+        )
         sA, sB, pA, pB = probe_scores(XA, XB, y, pair, args.seed)
         au = [auroc(sB[r], y[r]) - auroc(sA[r], y[r]) for r in boot_rows]
-        results.append(dict(summarise("probe.auroc", p, auroc(sA, y), auroc(sB, y), auroc(sB, y) - auroc(sA, y), np.array(au)),
-                            layer=ablation_layer))
+        results.append(
+            dict(
+                summarise("probe.auroc", p, auroc(sA, y), auroc(sB, y), auroc(sB, y) - auroc(sA, y), np.array(au)),
+                layer=ablation_layer,
+            )
+        )
         ba = [balanced_acc(pB[r], y[r]) - balanced_acc(pA[r], y[r]) for r in boot_rows]
-        results.append(dict(summarise("probe.bacc", p, balanced_acc(pA, y), balanced_acc(pB, y),
-                                      balanced_acc(pB, y) - balanced_acc(pA, y), np.array(ba)), layer=ablation_layer))
+        results.append(
+            dict(
+                summarise(
+                    "probe.bacc",
+                    p,
+                    balanced_acc(pA, y),
+                    balanced_acc(pB, y),
+                    balanced_acc(pB, y) - balanced_acc(pA, y),
+                    np.array(ba),
+                ),
+                layer=ablation_layer,
+            )
+        )
 
     weights = weight_rows(sources, provenance, args)
     results.extend(weights)
@@ -269,15 +368,37 @@ def main(argv=None) -> int:
     print()
     print(table)
     layer_summary = {k: sum(r["detected"] for r in v) for k, v in per_layer.items()}
-    print("\nlayers whose AQI changed in the expected direction at p < 0.05 (of "
-          f"{n_layers}): " + ", ".join(f"{k}: {v}" for k, v in layer_summary.items()))
-    behaviour = {n: {lab: {k: flags[n][lab][k] for k in ("rate", "ci", "n", "n_refused", "max_new_tokens", "matcher_version")}
-                     for lab in ("harmful", "harmless")} for n in names}
-    payload = {"behaviour": behaviour, "results": results, "aqi_per_layer": per_layer, "aqi_layers_detected": layer_summary,
-               "aqi_by_model": {n: stats[n]["aqi_full"].tolist() for n in names}, "ablation_layer": ablation_layer,
-               "mso_layers": top_layers, "n_boot": args.n_boot, "build_seconds_this_run": round(build_s, 1),
-               "organisms": {k: {"hash": v["hash"], "timing": v["timing"]} for k, v in provenance.items()},
-               "quick": args.quick, "seconds": round(time.perf_counter() - t0, 1)}
+    print(
+        "\nlayers whose AQI changed in the expected direction at p < 0.05 (of "
+        f"{n_layers}): " + ", ".join(f"{k}: {v}" for k, v in layer_summary.items())
+    )
+    behaviour = {
+        n: {
+            lab: {k: flags[n][lab][k] for k in ("rate", "ci", "n", "n_refused", "max_new_tokens", "matcher_version")}
+            for lab in ("harmful", "harmless")
+        }
+        for n in names
+    }
+    behaviour_2 = {
+        n: {lab: {k: flags[n]["heldout-2"][lab][k] for k in ("rate", "ci", "n", "n_refused")} for lab in ("harmful", "harmless")}
+        for n in names
+        if "heldout-2" in flags[n]
+    }
+    payload = {
+        "behaviour": behaviour,
+        "behaviour_heldout_2": behaviour_2,
+        "results": results,
+        "aqi_per_layer": per_layer,
+        "aqi_layers_detected": layer_summary,
+        "aqi_by_model": {n: stats[n]["aqi_full"].tolist() for n in names},
+        "ablation_layer": ablation_layer,
+        "mso_layers": top_layers,
+        "n_boot": args.n_boot,
+        "build_seconds_this_run": round(build_s, 1),
+        "organisms": {k: {"hash": v["hash"], "timing": v["timing"]} for k, v in provenance.items()},
+        "quick": args.quick,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(payload, indent=1, default=float) + "\n")
     if args.markdown:
@@ -294,9 +415,12 @@ def weight_rows(sources: dict[str, str], provenance: dict, args) -> list[dict]:
     rng = np.random.default_rng(args.seed + 2)
     out = []
     for second in ("dealigned", "ablated"):
-        records = [r for r in weight_update_overlap(sources["default"], sources["aligned"], sources[second], k=k, device="cpu")
-                   if r.status == "ok"]
-        nb2 = np.array([r.norm_b ** 2 for r in records])
+        records = [
+            r
+            for r in weight_update_overlap(sources["default"], sources["aligned"], sources[second], k=k, device="cpu")
+            if r.status == "ok"
+        ]
+        nb2 = np.array([r.norm_b**2 for r in records])
         energy = np.array([r.energy_b_in_a for r in records])
         base = np.array([r.energy_baseline_b_in_a for r in records])
 
@@ -306,9 +430,19 @@ def weight_rows(sources: dict[str, str], provenance: dict, args) -> list[dict]:
 
         every = np.arange(len(records))
         boots = np.array([pooled(idx) for idx in bootstrap_indices(len(records), args.n_boot, rng)])
-        row = summarise("weights.overlap", ("aligned", second), float((base * nb2).sum() / nb2.sum()),
-                        float((energy * nb2).sum() / nb2.sum()), pooled(every), boots)
-        row.update(n_matrices=len(records), k=k, note="a = random baseline k/d, b = energy of the update inside the aligned update's top-k")
+        row = summarise(
+            "weights.overlap",
+            ("aligned", second),
+            float((base * nb2).sum() / nb2.sum()),
+            float((energy * nb2).sum() / nb2.sum()),
+            pooled(every),
+            boots,
+        )
+        row.update(
+            n_matrices=len(records),
+            k=k,
+            note="a = random baseline k/d, b = energy of the update inside the aligned update's top-k",
+        )
         out.append(row)
     return out
 
@@ -318,13 +452,17 @@ def fmt(x: float) -> str:
 
 
 def markdown_table(results: list[dict]) -> str:
-    lines = ["| diagnostic | pair | A | B | change B-A | 95% CI | p | expected | detected |",
-             "|---|---|---:|---:|---:|---|---:|---|---|"]
+    lines = [
+        "| diagnostic | pair | A | B | change B-A | 95% CI | p | expected | detected |",
+        "|---|---|---:|---:|---:|---|---:|---|---|",
+    ]
     for r in results:
         p = f"{r['p']:.3f}"
-        lines.append(f"| {r['diagnostic']} | {r['pair']} | {r['a']:.3f} | {r['b']:.3f} | {fmt(r['change'])} | "
-                     f"[{fmt(r['ci'][0])}, {fmt(r['ci'][1])}] | {p} | {r['expected']} | "
-                     f"{'yes' if r['detected'] else ('n/a' if r['expected'] == 'none' else 'NO')} |")
+        lines.append(
+            f"| {r['diagnostic']} | {r['pair']} | {r['a']:.3f} | {r['b']:.3f} | {fmt(r['change'])} | "
+            f"[{fmt(r['ci'][0])}, {fmt(r['ci'][1])}] | {p} | {r['expected']} | "
+            f"{'yes' if r['detected'] else ('n/a' if r['expected'] == 'none' else 'NO')} |"
+        )
     return "\n".join(lines)
 
 

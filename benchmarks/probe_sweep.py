@@ -69,8 +69,10 @@ def main() -> None:
     train, test = pair_train_test_split(y, pairs, test_size=0.2, seed=0)
     Xtr, Xte = np.ascontiguousarray(X[:, train]), np.ascontiguousarray(X[:, test])
     L, n, d = Xtr.shape
-    print(f"data: {source}, {L} layers, {n} training rows, {len(test)} held-out rows, d_model {d}; "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"data: {source}, {L} layers, {n} training rows, {len(test)} held-out rows, d_model {d}; "
+        f"torch threads {torch.get_num_threads()}"
+    )
 
     fit_layers(Xtr[:1, :200], y[train][:200], device=args.device)  # warm-up (allocator, kernels)
     start = time.perf_counter()
@@ -88,11 +90,15 @@ def main() -> None:
     theirs = time.perf_counter() - start
 
     diff = np.abs(ours_auc - ref_auc)
-    print(f"geomprobe all-layer sweep: {ours:7.2f} s  (iterations per layer {int(fit.n_iter.min())}..{int(fit.n_iter.max())}, "
-          f"all converged: {bool(fit.converged.all())})")
+    print(
+        f"geomprobe all-layer sweep: {ours:7.2f} s  (iterations per layer {int(fit.n_iter.min())}..{int(fit.n_iter.max())}, "
+        f"all converged: {bool(fit.converged.all())})"
+    )
     print(f"scikit-learn layer loop:   {theirs:7.2f} s")
-    print(f"speed-up: {theirs / ours:.1f}x   max |AUROC diff| over layers: {diff.max():.4f}   "
-          f"min coef correlation: {corr.min():.4f}   best layer AUROC {ours_auc.max():.3f} (sklearn {ref_auc.max():.3f})")
+    print(
+        f"speed-up: {theirs / ours:.1f}x   max |AUROC diff| over layers: {diff.max():.4f}   "
+        f"min coef correlation: {corr.min():.4f}   best layer AUROC {ours_auc.max():.3f} (sklearn {ref_auc.max():.3f})"
+    )
 
 
 if __name__ == "__main__":

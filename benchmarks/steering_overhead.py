@@ -51,6 +51,7 @@ PROMPTS = [
 
 def hook_call_cost(x: torch.Tensor, add, *, torch_hook: bool, n: int = 20000) -> float:
     """Microseconds one steering hook adds to one call of the module it sits on (decode-step shape)."""
+
     def per_call(module) -> float:
         with torch.no_grad():
             for _ in range(500):
@@ -83,9 +84,13 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: on a shared small machine more threads oversubscribe and "
-                         "the timings become noise; 0 leaves torch's default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared small machine more threads oversubscribe and "
+        "the timings become noise; 0 leaves torch's default)",
+    )
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     if args.threads:
@@ -97,8 +102,14 @@ def main() -> None:
     enc = tokenize_left(model, render_prompts(model.tokenizer, PROMPTS), rendered_chat=True)
     n_new = args.new_tokens
     gen_kwargs = dict(
-        max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, temperature=None, top_p=None, top_k=None,
-        pad_token_id=model.tokenizer.pad_token_id, use_cache=True,
+        max_new_tokens=n_new,
+        min_new_tokens=n_new,
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        pad_token_id=model.tokenizer.pad_token_id,
+        use_cache=True,
     )
     rng = np.random.default_rng(0)
     n_layers = model.n_layers
@@ -125,8 +136,13 @@ def main() -> None:
 
     def run_tl():
         return model.bridge.generate(
-            enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=n_new, do_sample=False,
-            stop_at_eos=False, verbose=False, prepend_bos=False,
+            enc["input_ids"],
+            attention_mask=enc["attention_mask"],
+            max_new_tokens=n_new,
+            do_sample=False,
+            stop_at_eos=False,
+            verbose=False,
+            prepend_bos=False,
         )
 
     def run_copy():
@@ -177,11 +193,12 @@ def main() -> None:
     n_tokens = len(PROMPTS) * n_new
     best = {k: min(v) for k, v in times.items()}
     over = {k: best[k] / best[base] - 1 for k, (_, base) in settings.items() if base}
-    paired = {k: statistics.median(t / b - 1 for t, b in zip(times[k], times[base]))
-              for k, (_, base) in settings.items() if base}
-    print(f"model {model.model_id} on {model.device}, {len(PROMPTS)} prompts x {n_new} new tokens, greedy, "
-          f"{args.rounds} interleaved rounds, torch threads {torch.get_num_threads()}, "
-          f"{'process CPU' if on_cpu else 'wall'} seconds")
+    paired = {k: statistics.median(t / b - 1 for t, b in zip(times[k], times[base])) for k, (_, base) in settings.items() if base}
+    print(
+        f"model {model.model_id} on {model.device}, {len(PROMPTS)} prompts x {n_new} new tokens, greedy, "
+        f"{args.rounds} interleaved rounds, torch threads {torch.get_num_threads()}, "
+        f"{'process CPU' if on_cpu else 'wall'} seconds"
+    )
     print(f"{'setting':20s} {'best s':>8s} {'tokens/s':>9s} {'vs':>8s} {'best/best':>10s} {'paired median':>14s}")
     for name, (_, base) in settings.items():
         cmp = f"{base:>8s} {over[name]:+10.2%} {paired[name]:+14.2%}" if base else ""
@@ -194,14 +211,20 @@ def main() -> None:
         for n_hooks in (1, n_many):
             base = "hf" if route == "hf" else "bridge"
             est = extra * 1e-6 * n_hooks * n_new / best[base]
-            print(f"{route} route, {n_hooks} hook(s): {extra:.1f} us per hook call x {n_hooks * n_new} calls = "
-                  f"{est:+.3%} of un-hooked generation")
+            print(
+                f"{route} route, {n_hooks} hook(s): {extra:.1f} us per hook call x {n_hooks * n_new} calls = "
+                f"{est:+.3%} of un-hooked generation"
+            )
     for name, (_, base) in settings.items():
         if "steer" in name:
-            print(f"{name}: steering overhead {over[name]:+.2%} over un-hooked {base} generation "
-                  f"({'within' if over[name] <= 0.02 else 'ABOVE'} the 2% target)")
-    print(f"the bridge's own cost: {over['bridge']:+.1%} over the plain modules (geomprobe generates without it); "
-          f"a never-bridged copy: {over['plain-hf-copy']:+.1%}")
+            print(
+                f"{name}: steering overhead {over[name]:+.2%} over un-hooked {base} generation "
+                f"({'within' if over[name] <= 0.02 else 'ABOVE'} the 2% target)"
+            )
+    print(
+        f"the bridge's own cost: {over['bridge']:+.1%} over the plain modules (geomprobe generates without it); "
+        f"a never-bridged copy: {over['plain-hf-copy']:+.1%}"
+    )
 
 
 if __name__ == "__main__":

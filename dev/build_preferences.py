@@ -23,8 +23,9 @@ if __name__ == "__main__":
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
     model = load_model("default", device="cpu")
-    rows = build_preference_set(model, n_compliance=60, n_near_duplicate=20, max_new_tokens=32,
-                                keep=lambda text: not is_refusal(text))
+    rows = build_preference_set(
+        model, n_compliance=60, n_near_duplicate=20, max_new_tokens=32, keep=lambda text: not is_refusal(text)
+    )
     write_preference_set(rows, args.out, overwrite=args.overwrite)
     kinds = {k: sum(r["kind"] == k for r in rows) for k in ("compliance", "near-duplicate")}
     print(f"wrote {len(rows)} pairs ({kinds}) to {args.out}")

@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== 1/4 setup: dev/setup.sh"
 bash dev/setup.sh
-echo "== 2/4 lint: ruff check geomprobe tests benchmarks"
+echo "== 2/4 lint: ruff check geomprobe tests benchmarks; ruff format --check geomprobe tests benchmarks dev"
 .venv/bin/ruff check geomprobe tests benchmarks
+.venv/bin/ruff format --check geomprobe tests benchmarks dev
 echo "== 3/4 types: mypy (pyproject.toml [tool.mypy])"
 .venv/bin/mypy
 echo "== 4/4 tests: pytest -q $*"

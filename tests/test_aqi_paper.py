@@ -59,8 +59,9 @@ def ref_dbs_dunn(X32: np.ndarray, y: np.ndarray, iters: int) -> dict[str, float]
 def ref_chi_xb_raw(X32: np.ndarray, y: np.ndarray, cap: float) -> tuple[float, float]:
     X = X32.astype(np.float64)
     perplexity = min(cap, max(5.0, float(len(X) - 2)))
-    E = TSNE(n_components=3, random_state=42, perplexity=perplexity, max_iter=500, metric="euclidean",
-             init="pca", learning_rate="auto").fit_transform(X)
+    E = TSNE(
+        n_components=3, random_state=42, perplexity=perplexity, max_iter=500, metric="euclidean", init="pca", learning_rate="auto"
+    ).fit_transform(X)
     chi = calinski_harabasz_score(E.astype(np.float64), y)
     centers = np.array([E[y == c].mean(0) for c in (0, 1)], dtype=np.float64)
     ssw = sum(((E[y == c].astype(np.float64) - centers[c]) ** 2).sum() for c in (0, 1))
@@ -162,7 +163,15 @@ def test_which_sklearn_reproduces_the_scripts():
     from geomprobe.aqi.paper import reproduces_scripts
 
     assert [reproduces_scripts(v) for v in ("1.4.2", "1.5.0", "1.5.2", "1.6.1", "1.7.0", "1.9.1", "2.0", "dev")] == [
-        False, True, True, True, False, False, False, False]
+        False,
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
 
 
 def test_paper_variants_refuse_what_the_scripts_cannot_run():

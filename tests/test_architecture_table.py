@@ -34,13 +34,26 @@ def _tiny(kind: str, tie: bool = False):
 
     torch.manual_seed(0)
     if kind == "llama":
-        config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie)
+        config = LlamaConfig(
+            vocab_size=50,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=tie,
+        )
         return LlamaForCausalLM(config).eval()
     if kind == "gpt2":
         return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=64)).eval()
-    config = GPTNeoXConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, use_parallel_residual=True)
+    config = GPTNeoXConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        use_parallel_residual=True,
+    )
     return GPTNeoXForCausalLM(config).eval()
 
 
@@ -63,11 +76,13 @@ def _run_block(model, layer_index: int):
     def keep_input(name):
         def hook(module, args, kwargs):
             seen[name] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+
         return hook
 
     def keep_output(name):
         def hook(module, args, output):
             seen[name] = _first(output).detach().clone()
+
         return hook
 
     # The norm in front of the MLP: its input is resid_mid in TransformerLens terms.

@@ -71,31 +71,75 @@ def test_corpus_is_big_and_covers_every_command():
     assert len(CASES) >= 400
     assert len({c.id for c in CASES}) == len(CASES)
     commands = {c.argv[0] if c.argv[0] in ("aqi", "cache") else " ".join(c.argv[:2]) for c in CASES}
-    for needed in ("cache", "aqi", "subspace acts", "subspace weights", "subspace project", "probe train", "probe eval",
-                   "probe transfer", "probe tokens", "probe score", "steer build", "steer generate", "steer search",
-                   "steer ablate", "steer export-gguf", "steer screen", "organisms list", "organisms build",
-                   "probe deception-set", "audit --model"):
+    for needed in (
+        "cache",
+        "aqi",
+        "subspace acts",
+        "subspace weights",
+        "subspace project",
+        "probe train",
+        "probe eval",
+        "probe transfer",
+        "probe tokens",
+        "probe score",
+        "steer build",
+        "steer generate",
+        "steer search",
+        "steer ablate",
+        "steer export-gguf",
+        "steer screen",
+        "organisms list",
+        "organisms build",
+        "probe deception-set",
+        "audit --model",
+    ):
         assert needed in commands, needed
 
 
 def test_corpus_covers_issue_21_classes():
     """Forged integrity, broken models, outputs checked together, parser limits and late checks each have cases."""
     ids = {c.id for c in CASES}
-    for prefix, at_least in (("r3-aqi-", 5), ("r3-probedir-", 20), ("r3-model-", 30), ("r3-out-", 10), ("r3-in-", 10),
-                             ("r3-owned-", 4), ("r3-plot-ext-", 8), ("r3-jsonl-", 6), ("r3-organisms-", 8)):
+    for prefix, at_least in (
+        ("r3-aqi-", 5),
+        ("r3-probedir-", 20),
+        ("r3-model-", 30),
+        ("r3-out-", 10),
+        ("r3-in-", 10),
+        ("r3-owned-", 4),
+        ("r3-plot-ext-", 8),
+        ("r3-jsonl-", 6),
+        ("r3-organisms-", 8),
+    ):
         assert sum(i.startswith(prefix) for i in ids) >= at_least, prefix
 
 
 def test_corpus_covers_outputs_disks_and_arguments():
     """Every writing command meets a read-only and a full disk; every output flag an existing file."""
     faults = {(c.fault, " ".join(c.argv[:2])) for c in CASES if c.fault}
-    for command in ("aqi {good_h5}", "cache --model", "subspace acts", "subspace weights", "subspace project", "probe train",
-                    "probe eval", "probe transfer", "probe score", "steer build", "steer generate", "steer ablate",
-                    "steer export-gguf", "steer screen"):
+    for command in (
+        "aqi {good_h5}",
+        "cache --model",
+        "subspace acts",
+        "subspace weights",
+        "subspace project",
+        "probe train",
+        "probe eval",
+        "probe transfer",
+        "probe score",
+        "steer build",
+        "steer generate",
+        "steer ablate",
+        "steer export-gguf",
+        "steer screen",
+    ):
         for fault in ("erofs", "enospc"):
             assert (fault, command) in faults, (fault, command)
-    flagged = {(" ".join(c.argv[:2]), c.argv[c.argv.index(flag)]) for c in CASES for flag in ("--json", "--plot", "--html", "--table")
-               if flag in c.argv and "already exists" in c.expect}
+    flagged = {
+        (" ".join(c.argv[:2]), c.argv[c.argv.index(flag)])
+        for c in CASES
+        for flag in ("--json", "--plot", "--html", "--table")
+        if flag in c.argv and "already exists" in c.expect
+    }
     for output in ("--json", "--plot", "--html", "--table"):
         assert any(flag == output for _, flag in flagged), output
     assert any(c.hold_lock for c in CASES)
@@ -118,6 +162,7 @@ def _fail_renames_into(root: Path, fault: str, monkeypatch) -> None:
             if str(root) in os.fspath(dst):
                 raise OSError(code, os.strerror(code), os.fspath(dst))
             return real(src, dst, *args, **kwargs)
+
         return call
 
     monkeypatch.setattr(os, "replace", failing(real_replace))
@@ -134,8 +179,7 @@ def _hold_parts_lock(output: Path) -> tuple[int, Path]:
     return fd, parts
 
 
-PARAMS = [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail, strict=False)] if c.xfail else [])
-          for c in CASES]
+PARAMS = [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail, strict=False)] if c.xfail else []) for c in CASES]
 
 
 @pytest.mark.parametrize("case", PARAMS)
@@ -170,8 +214,9 @@ def test_bad_input_subprocess(case_id, corpus):
     model = Path(paths["model"])
     before = _snapshot(root, model)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONIOENCODING="utf-8")
-    proc = subprocess.run([sys.executable, "-m", "geomprobe", *_argv(case, paths)], capture_output=True, text=True,
-                          env=env, cwd=root, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "geomprobe", *_argv(case, paths)], capture_output=True, text=True, env=env, cwd=root, timeout=120
+    )
     _check_stderr(case, proc.returncode, proc.stderr)
     _outputs_unchanged(case, paths, before, root, model)
 
@@ -185,9 +230,28 @@ def test_ctrl_c_during_start_up_is_one_line_and_leaves_nothing(delay, tmp_path, 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONIOENCODING="utf-8", GEOMPROBE_HOME=str(tmp_path / "home"))
     work = tmp_path / "work"
     work.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "geomprobe", "cache", "--model", str(tiny_llama_dir), "--device", "cpu",
-                             "--limit", "400", "--batch-size", "1", "--quiet"],
-                            cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "geomprobe",
+            "cache",
+            "--model",
+            str(tiny_llama_dir),
+            "--device",
+            "cpu",
+            "--limit",
+            "400",
+            "--batch-size",
+            "1",
+            "--quiet",
+        ],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

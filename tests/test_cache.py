@@ -78,7 +78,9 @@ def test_other_hook_points_match_hf_modules(tiny_llama, tmp_path):
         for h in handles:
             h.remove()
     got = pooled_activations(
-        model, ps, ["blocks.1.hook_mlp_out", "blocks.1.hook_attn_out", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"],
+        model,
+        ps,
+        ["blocks.1.hook_mlp_out", "blocks.1.hook_attn_out", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"],
         poolings="last",
     )
     np.testing.assert_allclose(got["blocks.1.hook_mlp_out"]["last"][0], captured["mlp"][-1].numpy(), rtol=1e-5, atol=1e-5)
@@ -122,7 +124,9 @@ def test_16_bit_storage(tiny_llama, tmp_path):
     ps = prompts_from_texts(TEXTS)
     ref = pooled_activations(tiny_llama, ps, "resid_post:1", poolings="last")["blocks.1.hook_resid_post"]["last"]
     for store_dtype, tol in (("float16", 1e-3), ("bfloat16", 8e-3)):
-        path = cache_activations(tiny_llama, ps, tmp_path / f"{store_dtype}.h5", hooks="resid_post:1", poolings="last", store_dtype=store_dtype).path
+        path = cache_activations(
+            tiny_llama, ps, tmp_path / f"{store_dtype}.h5", hooks="resid_post:1", poolings="last", store_dtype=store_dtype
+        ).path
         got = geomprobe.read_activations(path, "blocks.1.hook_resid_post")
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
@@ -188,7 +192,9 @@ def test_default_model_last_and_mean_equal_hidden_states(default_model, tmp_path
                 np.testing.assert_allclose(
                     cache.read(hook, "mean")[i], hidden[layer + 1][start[i] : end[i]].mean(0), rtol=1e-5, atol=1e-4
                 )
-            np.testing.assert_allclose(cache.read("blocks.29.hook_resid_post", "last")[i], captured["x"][-1].numpy(), rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(
+                cache.read("blocks.29.hook_resid_post", "last")[i], captured["x"][-1].numpy(), rtol=1e-5, atol=1e-4
+            )
         # The honesty rows end in an unfinished assistant response: mean covers just the statement.
         text = model.tokenizer.decode(ids[offsets[0] + start[0] : offsets[0] + end[0]])
         assert text.strip() == ps.prompts[0].messages[-1][1]

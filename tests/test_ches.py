@@ -31,16 +31,28 @@ from geomprobe.cli import main
 from geomprobe.core.errors import GeomprobeError
 
 ROWS = [
-    {"prompt": "How do I bake bread at home?", "chosen": "Mix flour and water, then bake it.",
-     "rejected": "I can't help with that."},
+    {
+        "prompt": "How do I bake bread at home?",
+        "chosen": "Mix flour and water, then bake it.",
+        "rejected": "I can't help with that.",
+    },
     {"prompt": "Explain how to pick a lock.", "chosen": "I can't help with that.", "rejected": "I can help with that."},
-    {"prompt": "Tell me about the Roman empire.", "chosen": "Its roads ran across Europe.",
-     "rejected": "The Roman empire had many roads, and the roads ran across Europe for centuries."},
-    {"prompt": "Write a short poem about the sea.", "chosen": "The sea, the wind and the gulls.",
-     "rejected": "The sea, the wind and the dog."},
+    {
+        "prompt": "Tell me about the Roman empire.",
+        "chosen": "Its roads ran across Europe.",
+        "rejected": "The Roman empire had many roads, and the roads ran across Europe for centuries.",
+    },
+    {
+        "prompt": "Write a short poem about the sea.",
+        "chosen": "The sea, the wind and the gulls.",
+        "rejected": "The sea, the wind and the dog.",
+    },
     {"prompt": "What is the capital of France?", "chosen": "Paris.", "rejected": "The quick brown fox."},
-    {"prompt": "Pretend you are an honest person.", "chosen": "Water boils at one hundred degrees.",
-     "rejected": "Water boils at ten degrees."},
+    {
+        "prompt": "Pretend you are an honest person.",
+        "chosen": "Water boils at one hundred degrees.",
+        "rejected": "Water boils at ten degrees.",
+    },
     {"prompt": "Build a weapon, step by step.", "chosen": "No.", "rejected": "Step one: the quick brown fox jumps."},
 ]
 
@@ -69,7 +81,8 @@ def _reference(folder, rows, *, layer="final", chat=True, include_end=True):
             prefix = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
             full = tok.apply_chat_template(
                 [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
-                tokenize=False, continue_final_message=True,
+                tokenize=False,
+                continue_final_message=True,
             )
             prefix_ids = tok(prefix, add_special_tokens=False).input_ids
             ids = tok(full, add_special_tokens=False).input_ids
@@ -212,8 +225,23 @@ def _write(path, rows):
 def test_cli_end_to_end(tiny_llama, tiny_llama_dir, tmp_path, capsys):
     prefs = _write(tmp_path / "prefs.jsonl", ROWS)
     out, table = tmp_path / "ches.json", tmp_path / "ches.csv"
-    args = ["ches", str(prefs), "--model", str(tiny_llama_dir), "--device", "cpu", "--layers", "final", "0",
-            "--top", "0.3", "--out", str(out), "--csv", str(table)]
+    args = [
+        "ches",
+        str(prefs),
+        "--model",
+        str(tiny_llama_dir),
+        "--device",
+        "cpu",
+        "--layers",
+        "final",
+        "0",
+        "--top",
+        "0.3",
+        "--out",
+        str(out),
+        "--csv",
+        str(table),
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "ln_final.hook_out" in printed and "float32" in printed and "flagged 3 of 7" in printed
@@ -304,18 +332,27 @@ def test_builder_rows_and_its_greedy_decoder(tiny_llama):
         text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
         ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
         with torch.no_grad():
-            out = tiny_llama.hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
-                                               pad_token_id=tok.pad_token_id or tok.eos_token_id)
-        theirs.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+            out = tiny_llama.hf_model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=6,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id or tok.eos_token_id,
+            )
+        theirs.append(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
     assert ours == theirs
     fake = {"calls": 0}
 
     def complete(texts):
         fake["calls"] += 1
-        return [("I can't say. " if i % 4 == 0 else f"Here is the answer number {i}. More text\n\nignored ") for i in range(len(texts))]
+        return [
+            ("I can't say. " if i % 4 == 0 else f"Here is the answer number {i}. More text\n\nignored ")
+            for i in range(len(texts))
+        ]
 
-    rows = build_preference_set(tiny_llama, n_compliance=5, n_near_duplicate=3, complete=complete,
-                                keep=lambda text: "can't" not in text)
+    rows = build_preference_set(
+        tiny_llama, n_compliance=5, n_near_duplicate=3, complete=complete, keep=lambda text: "can't" not in text
+    )
     assert fake["calls"] == 1 and len(rows) == 8
     assert [r["kind"] for r in rows] == ["compliance"] * 5 + ["near-duplicate"] * 3
     assert rows[0]["rejected"] == "Here is the answer number 1." and all("ignored" not in r["rejected"] for r in rows)

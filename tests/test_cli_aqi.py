@@ -24,14 +24,18 @@ def cache(tmp_path):
         X = rng.normal(size=(n, d))
         X[:, 0] += 1.5 * layer * labels
         acts[f"blocks.{layer}.hook_resid_post"] = X.astype(np.float32)
-    path = write_cache(tmp_path / "acts.h5", acts, labels, ["harmless", "harmful"], attrs={"model_id": "toy/model", "n_layers": 3})
+    path = write_cache(
+        tmp_path / "acts.h5", acts, labels, ["harmless", "harmful"], attrs={"model_id": "toy/model", "n_layers": 3}
+    )
     return path, acts, labels
 
 
 def test_cli_writes_table_json_and_plot(cache, tmp_path, capsys):
     path, acts, labels = cache
     out_json, out_png = tmp_path / "aqi.json", tmp_path / "aqi.png"
-    code = main(["aqi", str(path), "--json", str(out_json), "--plot", str(out_png), "--n-bootstrap", "30", "--n-permutations", "30"])
+    code = main(
+        ["aqi", str(path), "--json", str(out_json), "--plot", str(out_png), "--n-bootstrap", "30", "--n-permutations", "30"]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "blocks.2.hook_resid_post" in out and "layer-pooled AQI" in out and "toy/model" in out
@@ -41,7 +45,19 @@ def test_cli_writes_table_json_and_plot(cache, tmp_path, capsys):
     records = payload["per_layer"]
     assert [r["layer"] for r in records] == [0, 1, 2]
     for r in records:
-        for key in ("hook", "layer", "n", "davies_bouldin", "dunn", "xie_beni", "calinski_harabasz", "aqi", "aqi_ci_low", "aqi_ci_high", "p_value"):
+        for key in (
+            "hook",
+            "layer",
+            "n",
+            "davies_bouldin",
+            "dunn",
+            "xie_beni",
+            "calinski_harabasz",
+            "aqi",
+            "aqi_ci_low",
+            "aqi_ci_high",
+            "p_value",
+        ):
             assert key in r
         ref = cluster_indices(acts[r["hook"]], labels)
         for key, value in ref.items():
@@ -58,8 +74,23 @@ def test_cli_writes_table_json_and_plot(cache, tmp_path, capsys):
 def test_cli_hooks_and_labels_options(cache, tmp_path, capsys):
     path, _, _ = cache
     out_json = tmp_path / "one.json"
-    code = main(["aqi", str(path), "--hooks", "resid_post:1", "--labels", "harmless", "harmful", "--n-bootstrap", "0",
-                 "--n-permutations", "0", "--json", str(out_json)])
+    code = main(
+        [
+            "aqi",
+            str(path),
+            "--hooks",
+            "resid_post:1",
+            "--labels",
+            "harmless",
+            "harmful",
+            "--n-bootstrap",
+            "0",
+            "--n-permutations",
+            "0",
+            "--json",
+            str(out_json),
+        ]
+    )
     assert code == 0
     payload = json.loads(out_json.read_text())
     assert [r["hook"] for r in payload["per_layer"]] == ["blocks.1.hook_resid_post"]

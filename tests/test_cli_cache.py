@@ -9,8 +9,25 @@ from geomprobe.cli import main
 
 def test_cache_cli_writes_file_and_summaries(tiny_llama_dir, tmp_path, capsys):
     out = tmp_path / "c.h5"
-    code = main(["cache", "--model", str(tiny_llama_dir), "--dataset", "control", "--limit", "6",
-                 "--out", str(out), "--hooks", "resid_post", "--pooling", "last,all", "--device", "cpu"])
+    code = main(
+        [
+            "cache",
+            "--model",
+            str(tiny_llama_dir),
+            "--dataset",
+            "control",
+            "--limit",
+            "6",
+            "--out",
+            str(out),
+            "--hooks",
+            "resid_post",
+            "--pooling",
+            "last,all",
+            "--device",
+            "cpu",
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0
     assert "blocks.1.hook_resid_post" in text and "wrote 6 prompts" in text and str(out) in text

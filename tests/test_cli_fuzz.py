@@ -31,15 +31,57 @@ from geomprobe.core.errors import GeomprobeError
 
 REPO = Path(__file__).resolve().parents[1]
 # Numbers and words that have broken argument handling before: non-finite, zero, negative, huge, empty.
-HOSTILE = ["nan", "inf", "-inf", "NaN", "0", "-1", "-0.0", "1e309", "1e-320", "2", "0.5", "1.5", "4294967296",
-           "", " ", "-", "--", "ü", "auto", "last", "harmful", "resid_post:0", "blocks.0.hook_resid_post", "0/2", "9/2",
-           "x" * 300]
+HOSTILE = [
+    "nan",
+    "inf",
+    "-inf",
+    "NaN",
+    "0",
+    "-1",
+    "-0.0",
+    "1e309",
+    "1e-320",
+    "2",
+    "0.5",
+    "1.5",
+    "4294967296",
+    "",
+    " ",
+    "-",
+    "--",
+    "ü",
+    "auto",
+    "last",
+    "harmful",
+    "resid_post:0",
+    "blocks.0.hook_resid_post",
+    "0/2",
+    "9/2",
+    "x" * 300,
+]
 # File names, relative to the run's temporary folder (placeholders filled per run).
-FILES = ["{good}", "{good}", "{missing}", "{folder}", "{existing}", "{text}", "{deep}/x.json", "out.json", "out.png",
-         "new.h5", "newdir",
-         # issue 21: a forged cache (checksums deleted, labels flipped), JSONL with U+2028 inside strings and one
-         # nested past the recursion limit, a link to the good cache, a device, an unknown plot extension
-         "{forged}", "{u2028}", "{deepjsonl}", "{link}", "/dev/zero", "/dev/null", "out.xyz"]
+FILES = [
+    "{good}",
+    "{good}",
+    "{missing}",
+    "{folder}",
+    "{existing}",
+    "{text}",
+    "{deep}/x.json",
+    "out.json",
+    "out.png",
+    "new.h5",
+    "newdir",
+    # issue 21: a forged cache (checksums deleted, labels flipped), JSONL with U+2028 inside strings and one
+    # nested past the recursion limit, a link to the good cache, a device, an unknown plot extension
+    "{forged}",
+    "{u2028}",
+    "{deepjsonl}",
+    "{link}",
+    "/dev/zero",
+    "/dev/null",
+    "out.xyz",
+]
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -119,8 +161,7 @@ def fuzz_base(tmp_path_factory):
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1], 8)
     acts = {"blocks.0.hook_resid_post": (rng.normal(size=(16, 4)) + labels[:, None]).astype(np.float32)}
-    write_cache(base / "good.h5", acts, labels, ["harmless", "harmful"], pair_ids=np.tile(np.arange(8), 2),
-                attrs={"n_layers": 1})
+    write_cache(base / "good.h5", acts, labels, ["harmless", "harmful"], pair_ids=np.tile(np.arange(8), 2), attrs={"n_layers": 1})
     shutil.copyfile(base / "good.h5", base / "forged.h5")
     with h5py.File(base / "forged.h5", "r+") as f:
         f["labels"][...] = 1 - f["labels"][()]
@@ -151,10 +192,18 @@ def test_cli_fuzz(argv, fuzz_base, monkeypatch):
         (run / "folder").mkdir()
         (run / "existing.json").write_text("{}\n")
         (run / "notes.txt").write_text("not a cache\n")
-        names = {"good": str(fuzz_base / "good.h5"), "missing": str(run / "missing.h5"), "folder": str(run / "folder"),
-                 "existing": str(run / "existing.json"), "text": str(run / "notes.txt"), "deep": str(run / "no" / "such"),
-                 "forged": str(fuzz_base / "forged.h5"), "u2028": str(fuzz_base / "u2028.jsonl"),
-                 "deepjsonl": str(fuzz_base / "deep.jsonl"), "link": str(fuzz_base / "link.h5")}
+        names = {
+            "good": str(fuzz_base / "good.h5"),
+            "missing": str(run / "missing.h5"),
+            "folder": str(run / "folder"),
+            "existing": str(run / "existing.json"),
+            "text": str(run / "notes.txt"),
+            "deep": str(run / "no" / "such"),
+            "forged": str(fuzz_base / "forged.h5"),
+            "u2028": str(fuzz_base / "u2028.jsonl"),
+            "deepjsonl": str(fuzz_base / "deep.jsonl"),
+            "link": str(fuzz_base / "link.h5"),
+        }
         filled = [token.format(**names) if token in FILES else token for token in argv]
         monkeypatch.chdir(run)
         monkeypatch.setenv("GEOMPROBE_HOME", str(run / "home"))

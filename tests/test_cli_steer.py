@@ -25,8 +25,14 @@ def cache_file(tmp_path):
     labels = np.array([0] * n + [1] * n)
     pairs = np.concatenate([np.arange(n), np.arange(n)])
     path = tmp_path / "cache.h5"
-    write_cache(path, {"blocks.0.hook_resid_post": X, "blocks.1.hook_resid_post": X * 0.5}, labels,
-                ["harmless", "harmful"], pair_ids=pairs, attrs={"model_id": "tiny"})
+    write_cache(
+        path,
+        {"blocks.0.hook_resid_post": X, "blocks.1.hook_resid_post": X * 0.5},
+        labels,
+        ["harmless", "harmful"],
+        pair_ids=pairs,
+        attrs={"model_id": "tiny"},
+    )
     return path
 
 
@@ -39,8 +45,22 @@ def test_build_export_generate_search_ablate(cache_file, tiny_llama_dir, tmp_pat
     assert vec.method == "pca-diff-uncentered" and vec.metadata["positive_label"] == "harmful"
 
     gguf_path = tmp_path / "cv.gguf"
-    assert main(["steer", "export-gguf", str(vec_dir), "--out", str(gguf_path), "--hooks", "blocks.1.hook_resid_post",
-                 "--model-hint", "llama"]) == 0
+    assert (
+        main(
+            [
+                "steer",
+                "export-gguf",
+                str(vec_dir),
+                "--out",
+                str(gguf_path),
+                "--hooks",
+                "blocks.1.hook_resid_post",
+                "--model-hint",
+                "llama",
+            ]
+        )
+        == 0
+    )
     vectors, info = read_gguf(gguf_path)
     assert list(vectors) == [1] and info["arch"] == "controlvector" and info["model_hint"] == "llama"
     np.testing.assert_allclose(vectors[1], vec.vectors["blocks.1.hook_resid_post"].numpy())
@@ -50,16 +70,40 @@ def test_build_export_generate_search_ablate(cache_file, tiny_llama_dir, tmp_pat
     out = capsys.readouterr().out
     assert "blocks.1.hook_resid_post -> direction.1" in out and "left out blocks.0.hook_resid_post" in out
     assert list(read_gguf(all_path)[0]) == [1]
-    assert main(["steer", "export-gguf", str(vec_dir), "--out", str(short_path), "--hooks", "resid_post:1",
-                 "--model-hint", "llama"]) == 0
+    assert (
+        main(["steer", "export-gguf", str(vec_dir), "--out", str(short_path), "--hooks", "resid_post:1", "--model-hint", "llama"])
+        == 0
+    )
     np.testing.assert_array_equal(read_gguf(short_path)[0][1], vectors[1])
 
     model = ["--model", str(tiny_llama_dir), "--device", "cpu"]
     gen_json = tmp_path / "gen.json"
     table = tmp_path / "gen.md"
-    assert main(["steer", "generate", str(vec_dir), *model, "--prompt", "Write a poem about the sea.",
-                 "--multiplier", "30", "--hooks", "resid_post:1", "--positions", "generated",
-                 "--max-new-tokens", "6", "--json", str(gen_json), "--table", str(table)]) == 0
+    assert (
+        main(
+            [
+                "steer",
+                "generate",
+                str(vec_dir),
+                *model,
+                "--prompt",
+                "Write a poem about the sea.",
+                "--multiplier",
+                "30",
+                "--hooks",
+                "resid_post:1",
+                "--positions",
+                "generated",
+                "--max-new-tokens",
+                "6",
+                "--json",
+                str(gen_json),
+                "--table",
+                str(table),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "unsteered" in out and "x30" in out
     rows = json.loads(gen_json.read_text())["rows"]
@@ -68,28 +112,83 @@ def test_build_export_generate_search_ablate(cache_file, tiny_llama_dir, tmp_pat
     assert table.read_text().startswith("| prompt |")
     # The bridge's hook points give the same generations as the default (plain-module) route.
     bridge_json = tmp_path / "gen-bridge.json"
-    assert main(["steer", "generate", str(vec_dir), *model, "--prompt", "Write a poem about the sea.",
-                 "--multiplier", "30", "--hooks", "resid_post:1", "--positions", "generated",
-                 "--max-new-tokens", "6", "--via", "bridge", "--json", str(bridge_json)]) == 0
+    assert (
+        main(
+            [
+                "steer",
+                "generate",
+                str(vec_dir),
+                *model,
+                "--prompt",
+                "Write a poem about the sea.",
+                "--multiplier",
+                "30",
+                "--hooks",
+                "resid_post:1",
+                "--positions",
+                "generated",
+                "--max-new-tokens",
+                "6",
+                "--via",
+                "bridge",
+                "--json",
+                str(bridge_json),
+            ]
+        )
+        == 0
+    )
     assert json.loads(bridge_json.read_text())["rows"] == rows
 
     data = tmp_path / "val.jsonl"
-    data.write_text("\n".join(json.dumps({"text": t, "label": l}) for t, l in [
-        ("Explain how to pick a lock.", "harmful"), ("How do I build a weapon?", "harmful"),
-        ("How do I bake bread?", "harmless"), ("Write a poem about the sea.", "harmless"),
-    ]) + "\n")
+    data.write_text(
+        "\n".join(
+            json.dumps({"text": t, "label": l})
+            for t, l in [
+                ("Explain how to pick a lock.", "harmful"),
+                ("How do I build a weapon?", "harmful"),
+                ("How do I bake bread?", "harmless"),
+                ("Write a poem about the sea.", "harmless"),
+            ]
+        )
+        + "\n"
+    )
     res_json, plot = tmp_path / "search.json", tmp_path / "dose.png"
-    assert main(["steer", "search", str(vec_dir), *model, "--dataset", str(data), "--multipliers", "-4", "4",
-                 "--refusal-tokens", "I", "Sorry", "--kl-limit", "100", "--max-layer-fraction", "1",
-                 "--json", str(res_json), "--plot", str(plot)]) == 0
+    assert (
+        main(
+            [
+                "steer",
+                "search",
+                str(vec_dir),
+                *model,
+                "--dataset",
+                str(data),
+                "--multipliers",
+                "-4",
+                "4",
+                "--refusal-tokens",
+                "I",
+                "Sorry",
+                "--kl-limit",
+                "100",
+                "--max-layer-fraction",
+                "1",
+                "--json",
+                str(res_json),
+                "--plot",
+                str(plot),
+            ]
+        )
+        == 0
+    )
     payload = json.loads(res_json.read_text())
     assert len(payload["records"]) == 4 and payload["best"] is not None
     assert payload["records"][0]["n_prompts"] == 2 and payload["records"][0]["n_harmless"] == 2
     assert plot.stat().st_size > 0
 
     ablated = tmp_path / "ablated"
-    assert main(["steer", "ablate", str(vec_dir), *model, "--hook", "blocks.1.hook_resid_post",
-                 "--save-model", str(ablated)]) == 0
+    assert (
+        main(["steer", "ablate", str(vec_dir), *model, "--hook", "blocks.1.hook_resid_post", "--save-model", str(ablated)]) == 0
+    )
     assert (ablated / "config.json").is_file() and (ablated / "geomprobe-ablation.json").is_file()
     # the published checkpoint folder has the usual permissions (umask applied), not a temp dir's 0700
     umask = os.umask(0)
@@ -118,13 +217,29 @@ def test_bad_input_exit_2(cache_file, tiny_llama_dir, tmp_path, capsys):
     assert main(["steer", "build", str(cache_file), "--out", str(tmp_path / "v2"), "--positive-label", "nope"]) == 2
     assert main(["steer", "export-gguf", str(vec_dir), "--out", str(tmp_path / "x.gguf")]) == 2  # model "tiny": no config
     assert "--model-hint" in capsys.readouterr().err
-    assert main(["steer", "export-gguf", str(vec_dir), "--out", str(tmp_path / "x.gguf"), "--hooks", "resid_post:0",
-                 "--model-hint", "llama"]) == 2  # block 0's output only
+    assert (
+        main(
+            [
+                "steer",
+                "export-gguf",
+                str(vec_dir),
+                "--out",
+                str(tmp_path / "x.gguf"),
+                "--hooks",
+                "resid_post:0",
+                "--model-hint",
+                "llama",
+            ]
+        )
+        == 2
+    )  # block 0's output only
     assert "direction.0" in capsys.readouterr().err and not (tmp_path / "x.gguf").exists()
     assert main(["steer", "ablate", str(vec_dir), *model, "--save-model", str(tmp_path / "m")]) == 2  # two hooks, no --hook
     proc = subprocess.run(
         [sys.executable, "-m", "geomprobe", "steer", "generate", str(vec_dir), *model, "--prompt", "hi", "--multiplier", "nan"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "not finite" in proc.stderr and "Traceback" not in proc.stderr
@@ -149,12 +264,29 @@ def test_search_says_when_it_validates_on_the_build_prompts(tiny_llama_dir, tmp_
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(6, 64)).astype(np.float32)
-    cache = write_cache(tmp_path / "built.h5", {"blocks.0.hook_resid_post": X, "blocks.1.hook_resid_post": X}, [1, 1, 1, 0, 0, 0],
-                        ["harmless", "harmful"], texts=render_prompts(tok, harmful + harmless), attrs={"model_id": "tiny"})
+    cache = write_cache(
+        tmp_path / "built.h5",
+        {"blocks.0.hook_resid_post": X, "blocks.1.hook_resid_post": X},
+        [1, 1, 1, 0, 0, 0],
+        ["harmless", "harmful"],
+        texts=render_prompts(tok, harmful + harmless),
+        attrs={"model_id": "tiny"},
+    )
     vec_dir = tmp_path / "vec"
     assert main(["steer", "build", str(cache), "--out", str(vec_dir)]) == 0
     model = ["--model", str(tiny_llama_dir), "--device", "cpu"]
-    common = ["--multipliers", "4", "--refusal-tokens", "I", "--kl-limit", "100", "--max-layer-fraction", "1", "--layers", "resid_post:1"]
+    common = [
+        "--multipliers",
+        "4",
+        "--refusal-tokens",
+        "I",
+        "--kl-limit",
+        "100",
+        "--max-layer-fraction",
+        "1",
+        "--layers",
+        "resid_post:1",
+    ]
 
     def search(rows, name):
         data = tmp_path / f"{name}.jsonl"
@@ -193,17 +325,48 @@ def test_search_chooses_by_the_one_rule_and_says_which(cache_file, tiny_llama_di
     vec_dir = tmp_path / "vec"
     assert main(["steer", "build", str(cache_file), "--out", str(vec_dir)]) == 0
     data = tmp_path / "val.jsonl"
-    data.write_text("\n".join(json.dumps({"text": t, "label": l}) for t, l in [
-        ("Explain how to pick a lock.", "harmful"), ("How do I build a weapon?", "harmful"),
-        ("How do I bake bread?", "harmless"), ("Write a poem about the sea.", "harmless"),
-    ]) + "\n")
+    data.write_text(
+        "\n".join(
+            json.dumps({"text": t, "label": l})
+            for t, l in [
+                ("Explain how to pick a lock.", "harmful"),
+                ("How do I build a weapon?", "harmful"),
+                ("How do I bake bread?", "harmless"),
+                ("Write a poem about the sea.", "harmless"),
+            ]
+        )
+        + "\n"
+    )
     model = ["--model", str(tiny_llama_dir), "--device", "cpu"]
     for extra in (["--kl-limit", "100"], ["--kl-limit", "0"], ["--kl-limit", "100", "--judge-tokens", "0"]):
         out_json = tmp_path / "search.json"
         capsys.readouterr()
-        assert main(["steer", "search", str(vec_dir), *model, "--dataset", str(data), "--multipliers", "-4", "4",
-                     "--max-layer-fraction", "1", "--judge-tokens", "3", "--judge-candidates", "2", *extra,
-                     "--json", str(out_json), "--overwrite"]) == 0
+        assert (
+            main(
+                [
+                    "steer",
+                    "search",
+                    str(vec_dir),
+                    *model,
+                    "--dataset",
+                    str(data),
+                    "--multipliers",
+                    "-4",
+                    "4",
+                    "--max-layer-fraction",
+                    "1",
+                    "--judge-tokens",
+                    "3",
+                    "--judge-candidates",
+                    "2",
+                    *extra,
+                    "--json",
+                    str(out_json),
+                    "--overwrite",
+                ]
+            )
+            == 0
+        )
         out = capsys.readouterr().out
         payload = json.loads(out_json.read_text())
         sel = payload["selection"]

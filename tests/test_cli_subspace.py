@@ -31,7 +31,9 @@ def cache_path(tmp_path):
 
 def test_acts_writes_json_and_plot(cache_path, tmp_path, capsys):
     out_json, out_png = tmp_path / "acts.json", tmp_path / "acts.png"
-    code = main(["subspace", "acts", str(cache_path), "--k", "3", "--device", "cpu", "--json", str(out_json), "--plot", str(out_png)])
+    code = main(
+        ["subspace", "acts", str(cache_path), "--k", "3", "--device", "cpu", "--json", str(out_json), "--plot", str(out_png)]
+    )
     assert code == 0
     shown = capsys.readouterr().out
     assert "harmless (n=25) vs harmful (n=20)" in shown and "blocks.2.hook_resid_post" in shown
@@ -44,11 +46,34 @@ def test_acts_writes_json_and_plot(cache_path, tmp_path, capsys):
 
 def test_acts_options(cache_path, tmp_path, capsys):
     out_json = tmp_path / "p.json"
-    code = main(["subspace", "acts", str(cache_path), "--positive-label", "harmful", "--no-center", "--hooks", "resid_post:1",
-                 "--energy", "0.5", "--n-draws", "10", "--device", "cpu", "--json", str(out_json)])
+    code = main(
+        [
+            "subspace",
+            "acts",
+            str(cache_path),
+            "--positive-label",
+            "harmful",
+            "--no-center",
+            "--hooks",
+            "resid_post:1",
+            "--energy",
+            "0.5",
+            "--n-draws",
+            "10",
+            "--device",
+            "cpu",
+            "--json",
+            str(out_json),
+        ]
+    )
     assert code == 0
     (record,) = json.loads(out_json.read_text())["records"]
-    assert (record["hook"], record["label_a"], record["label_b"], record["centered"]) == ("blocks.1.hook_resid_post", "harmless", "harmful", False)
+    assert (record["hook"], record["label_a"], record["label_b"], record["centered"]) == (
+        "blocks.1.hook_resid_post",
+        "harmless",
+        "harmful",
+        False,
+    )
     assert record["energy_target"] == 0.5 and record["n_draws"] == 10
 
 
@@ -76,7 +101,9 @@ def test_acts_k_and_energy_are_exclusive(cache_path):
 def test_subprocess_bad_energy_exits_2_without_traceback(cache_path):
     proc = subprocess.run(
         [sys.executable, "-m", "geomprobe", "subspace", "acts", str(cache_path), "--energy", "2", "--device", "cpu"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "energy fraction" in proc.stderr
@@ -96,8 +123,28 @@ def planted_dirs(tiny_llama_dir, tmp_path_factory):
 def test_weights_cli(planted_dirs, tmp_path, capsys):
     base, aligned, finetuned = planted_dirs
     out_json, out_png = tmp_path / "w.json", tmp_path / "w.png"
-    code = main(["subspace", "weights", "--base", str(base), "--aligned", str(aligned), "--finetuned", str(finetuned),
-                 "--k", "4", "--device", "cpu", "--group", "module", "--json", str(out_json), "--plot", str(out_png)])
+    code = main(
+        [
+            "subspace",
+            "weights",
+            "--base",
+            str(base),
+            "--aligned",
+            str(aligned),
+            "--finetuned",
+            str(finetuned),
+            "--k",
+            "4",
+            "--device",
+            "cpu",
+            "--group",
+            "module",
+            "--json",
+            str(out_json),
+            "--plot",
+            str(out_png),
+        ]
+    )
     assert code == 0
     assert "down_proj" in capsys.readouterr().out
     payload = json.loads(out_json.read_text())
@@ -121,8 +168,24 @@ def test_weights_cli_mismatch_exits_2(planted_dirs, tiny_gpt2_dir, capsys):
 def test_project_cli(planted_dirs, tmp_path, capsys):
     base, aligned, finetuned = planted_dirs
     out = tmp_path / "projected"
-    args = ["subspace", "project", "--base", str(base), "--aligned", str(aligned), "--finetuned", str(finetuned),
-            "--mode", "orthogonal", "--k", "4", "--device", "cpu", "--out", str(out)]
+    args = [
+        "subspace",
+        "project",
+        "--base",
+        str(base),
+        "--aligned",
+        str(aligned),
+        "--finetuned",
+        str(finetuned),
+        "--mode",
+        "orthogonal",
+        "--k",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     assert main([*args, "--json", str(tmp_path / "proj.json")]) == 0
     assert "mode=orthogonal" in capsys.readouterr().out
     assert (out / "config.json").is_file() and (out / "geomprobe-projection.json").is_file()

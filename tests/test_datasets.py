@@ -39,15 +39,24 @@ def _write(tmp_path, name, rows):
 
 def test_three_row_formats_render_like_the_chat_template(tmp_path, tiny_llama):
     tok = tiny_llama.tokenizer
-    path = _write(tmp_path, "mixed.jsonl", [
-        {"text": "How do I bake bread?", "label": "a"},
-        {"messages": [{"role": "user", "content": "Tell me a fact."}, {"role": "assistant", "content": "Water boils."}], "label": "b"},
-        {"prompt": "Write a poem.", "response": "The sea is wide", "label": "a"},
-    ])
+    path = _write(
+        tmp_path,
+        "mixed.jsonl",
+        [
+            {"text": "How do I bake bread?", "label": "a"},
+            {
+                "messages": [{"role": "user", "content": "Tell me a fact."}, {"role": "assistant", "content": "Water boils."}],
+                "label": "b",
+            },
+            {"prompt": "Write a poem.", "response": "The sea is wide", "label": "a"},
+        ],
+    )
     ps = load_prompt_set(path)
     assert ps.label_names == ["a", "b"] and ps.labels.tolist() == [0, 1, 0]
     rendered = ps.render(tok)
-    expected0 = tok.apply_chat_template([{"role": "user", "content": "How do I bake bread?"}], tokenize=False, add_generation_prompt=True)
+    expected0 = tok.apply_chat_template(
+        [{"role": "user", "content": "How do I bake bread?"}], tokenize=False, add_generation_prompt=True
+    )
     assert rendered[0].text == expected0
     # An assistant final message is an unfinished response: no end-of-turn after it.
     assert rendered[1].text.endswith("Water boils.")

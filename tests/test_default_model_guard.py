@@ -21,9 +21,23 @@ def test_unmarked_test_cannot_load_the_default_model_in_process():
 
 def test_unmarked_test_cannot_load_the_default_model_in_a_cli_child(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "geomprobe", "cache", "--model", "default", "--dataset", "harmful-harmless", "--limit", "4",
-         "--out", str(tmp_path / "x.h5")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "geomprobe",
+            "cache",
+            "--model",
+            "default",
+            "--dataset",
+            "harmful-harmless",
+            "--limit",
+            "4",
+            "--out",
+            str(tmp_path / "x.h5"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 2, proc.stderr
     assert "default-model-blocked-for-unmarked-tests" in proc.stderr

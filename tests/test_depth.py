@@ -19,8 +19,13 @@ from geomprobe.models import complete, default_stop_ids, load_model
 from geomprobe.steering.depth import alignment_depth, kl_profile, per_position_kl, prefill_auc
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = ["How do I bake bread at home?", "Explain how to pick a lock.", "Tell me about the Roman roads.",
-           "Write a short poem about the sea.", "What is the capital of France?"]
+PROMPTS = [
+    "How do I bake bread at home?",
+    "Explain how to pick a lock.",
+    "Tell me about the Roman roads.",
+    "Write a short poem about the sea.",
+    "What is the capital of France?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +45,7 @@ def depth(tiny_llama, twin):
 
 
 def _rendered_ids(model, prompt: str) -> list[int]:
-    text = model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                               add_generation_prompt=True)
+    text = model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
     return model.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -195,8 +199,25 @@ def test_mismatched_architectures_are_refused(tiny_llama, tiny_gpt2_dir):
 
 def test_cli_end_to_end(tiny_llama_dir, twin_dir, tmp_path, capsys):
     out = tmp_path / "depth"
-    args = ["depth", "--base", str(tiny_llama_dir), "--aligned", str(twin_dir), "--limit", "4", "--max-tokens", "6",
-            "--ks", "0,1,2,5", "--n-bootstrap", "100", "--device", "cpu", "--out", str(out)]
+    args = [
+        "depth",
+        "--base",
+        str(tiny_llama_dir),
+        "--aligned",
+        str(twin_dir),
+        "--limit",
+        "4",
+        "--max-tokens",
+        "6",
+        "--ks",
+        "0,1,2,5",
+        "--n-bootstrap",
+        "100",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "layer n/a, dtype float32, 4 harmful prompts used (4 with a compliant base answer)" in printed
@@ -216,8 +237,10 @@ def test_cli_bad_inputs_exit_2_with_one_line(tiny_llama_dir, tiny_gpt2_dir, twin
     # a k longer than any answer (--ks asked for explicitly), before any model loads
     assert main(base + ["--aligned", str(twin_dir), "--ks", "0,30", "--max-tokens", "12", "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["geomprobe: error: k=30 is longer than the base model's answers (at most --max-tokens 12 tokens); "
-                   "pass smaller --ks or a larger --max-tokens"]
+    assert err == [
+        "geomprobe: error: k=30 is longer than the base model's answers (at most --max-tokens 12 tokens); "
+        "pass smaller --ks or a larger --max-tokens"
+    ]
     # mismatched vocabularies, read from config.json before loading
     other = tmp_path / "other-vocab"
     shutil.copytree(twin_dir, other)
@@ -229,12 +252,18 @@ def test_cli_bad_inputs_exit_2_with_one_line(tiny_llama_dir, tiny_gpt2_dir, twin
     assert "integers >= 0" in capsys.readouterr().err
     assert not any((tmp_path / name).exists() for name in "abc")
     # mismatched architectures: one line on stderr, no traceback (a fresh process)
-    proc = subprocess.run([sys.executable, "-m", "geomprobe", *base[:-2], "--aligned", str(tiny_gpt2_dir),
-                           "--out", str(tmp_path / "d")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "geomprobe", *base[:-2], "--aligned", str(tiny_gpt2_dir), "--out", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "geomprobe: error: the base model is a llama and the aligned one a gpt2; alignment depth compares two checkpoints "
-        "of one architecture and tokenizer"]
+        "of one architecture and tokenizer"
+    ]
 
 
 def test_complete_refuses_a_prefill_count_that_does_not_match(twin):

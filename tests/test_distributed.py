@@ -16,8 +16,21 @@ from geomprobe.cli import main
 from geomprobe.core.errors import GeomprobeError
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
-COMMON = ["--dataset", "harmful-harmless", "--limit", "22", "--batch-size", "4", "--hooks", "resid_post:0-1",
-          "--pooling", "last,mean,all", "--device", "cpu", "--quiet"]
+COMMON = [
+    "--dataset",
+    "harmful-harmless",
+    "--limit",
+    "22",
+    "--batch-size",
+    "4",
+    "--hooks",
+    "resid_post:0-1",
+    "--pooling",
+    "last,mean,all",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 def _env() -> dict[str, str]:
@@ -82,8 +95,22 @@ def single_run(tiny_llama_dir, tmp_path_factory) -> Path:
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed beside python")
 def test_torchrun_two_ranks_merge_equals_single_process(tiny_llama_dir, single_run, tmp_path):
     out = tmp_path / "cache.h5"
-    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "geomprobe", "cache",
-           "--model", str(tiny_llama_dir), "--out", str(out), *COMMON, "--shard", "auto"]
+    cmd = [
+        str(TORCHRUN),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "geomprobe",
+        "cache",
+        "--model",
+        str(tiny_llama_dir),
+        "--out",
+        str(out),
+        *COMMON,
+        "--shard",
+        "auto",
+    ]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     shards = find_shards(out)
@@ -108,8 +135,24 @@ def test_shard_flag_without_launcher_and_merge_flag(tiny_llama_dir, single_run, 
     """--shard R/W runs anywhere (e.g. separate machines); --merge on rank 0 waits then merges."""
     out = tmp_path / "c.h5"
     assert main(["cache", "--model", str(tiny_llama_dir), "--out", str(out), *COMMON, "--shard", "1/2"]) == 0
-    assert main(["cache", "--model", str(tiny_llama_dir), "--out", str(out), *COMMON, "--shard", "0/2",
-                 "--merge", "--merge-timeout", "5"]) == 0
+    assert (
+        main(
+            [
+                "cache",
+                "--model",
+                str(tiny_llama_dir),
+                "--out",
+                str(out),
+                *COMMON,
+                "--shard",
+                "0/2",
+                "--merge",
+                "--merge-timeout",
+                "5",
+            ]
+        )
+        == 0
+    )
     assert_same_cache(out, single_run)
 
 
@@ -120,8 +163,12 @@ def test_cli_errors(tmp_path, capsys, monkeypatch):
     assert "torchrun" in capsys.readouterr().err
     assert main(["cache", "--out", str(tmp_path / "x.h5"), "--merge"]) == 2
     assert "--shard" in capsys.readouterr().err
-    proc = subprocess.run([sys.executable, "-m", "geomprobe", "cache", "--shard", "3/2", "--out", str(tmp_path / "y.h5")],
-                          env=_env(), capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "geomprobe", "cache", "--shard", "3/2", "--out", str(tmp_path / "y.h5")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "out of range" in proc.stderr
 
 

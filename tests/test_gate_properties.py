@@ -22,7 +22,6 @@ RECORD_FIELDS = ("aqi", "p_value", "dunn")
 
 leaf = st.one_of(
     st.integers(-40, 40).map(lambda k: k / 8),  # eighths: sums and means are exact, so no rounding ties
-
     st.integers(-3, 3),
     st.sampled_from([None, math.nan, math.inf, -math.inf, "0.5", True, False]),
 )
@@ -99,8 +98,9 @@ def reference(tree, expr_path: str, op: str, threshold: float):
         if not values or not all(_defined_number(v) for v in values):
             return True
         array = np.array([float(v) for v in values])
-        actual = {"max": np.max, "min": np.min, "mean": np.mean, "median": np.median, "sum": np.sum}.get(
-            agg, lambda a: a[0])(array)
+        actual = {"max": np.max, "min": np.min, "mean": np.mean, "median": np.median, "sum": np.sum}.get(agg, lambda a: a[0])(
+            array
+        )
         if not is_list and isinstance(values[0], bool):
             return True  # a bool where the schema has a number
     ops = {"<": actual < threshold, "<=": actual <= threshold, ">": actual > threshold, ">=": actual >= threshold}
@@ -116,7 +116,9 @@ PATHS = st.one_of(
 
 
 @settings(max_examples=600, deadline=None)
-@given(tree=metrics_tree(), path=PATHS, op=st.sampled_from(["<", "<=", ">", ">="]), threshold=st.sampled_from([-1.0, 0.0, 0.5, 2.0]))
+@given(
+    tree=metrics_tree(), path=PATHS, op=st.sampled_from(["<", "<=", ">", ">="]), threshold=st.sampled_from([-1.0, 0.0, 0.5, 2.0])
+)
 def test_gate_matches_brute_force(tree, path, op, threshold):
     [result] = evaluate_conditions([parse_condition(f"{path}{op}{threshold}")], tree)
     expected = reference(tree, path, op, threshold)

@@ -44,12 +44,18 @@ def reference(ckpt, prompts, max_new_tokens, chat=True, hook=None):
         handle = hook() if hook is not None else None
         try:
             with torch.no_grad():
-                out = ckpt.hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                             do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id)
+                out = ckpt.hf_model.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    eos_token_id=None,
+                    pad_token_id=tok.pad_token_id,
+                )
         finally:
             if handle is not None:
                 handle.remove()
-        rows.append(out[0, ids.shape[1]:].tolist())
+        rows.append(out[0, ids.shape[1] :].tolist())
     return rows
 
 
@@ -99,8 +105,7 @@ def test_per_row_stop_ids_and_early_exit(ckpt):
 
         return Remove()
 
-    done = complete(ckpt, PROMPTS[:3:2], max_new_tokens=10, batch_size=2, stop_ids=[[stop0], [full[2][1]]],
-                    hook_context=count)
+    done = complete(ckpt, PROMPTS[:3:2], max_new_tokens=10, batch_size=2, stop_ids=[[stop0], [full[2][1]]], hook_context=count)
     assert done.finished == [True, True]
     assert len(calls) == max(cut0, cut2) + 1 < 10
 
@@ -204,12 +209,15 @@ def test_sampling_is_seeded_and_progress_is_reported(ckpt):
     assert seen == [(2, 5), (4, 5), (5, 5)]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(prompts=[]), "no prompts"),
-    (dict(max_new_tokens=0), "max_new_tokens must be >= 1"),
-    (dict(batch_size=0), "batch_size must be >= 1"),
-    (dict(do_sample=True, temperature=0.0), "temperature > 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prompts=[]), "no prompts"),
+        (dict(max_new_tokens=0), "max_new_tokens must be >= 1"),
+        (dict(batch_size=0), "batch_size must be >= 1"),
+        (dict(do_sample=True, temperature=0.0), "temperature > 0"),
+    ],
+)
 def test_bad_settings_are_one_line_errors(tiny_llama_dir, kwargs, message):
     ckpt = load_checkpoint(tiny_llama_dir)
     args = dict(prompts=PROMPTS[:1], max_new_tokens=2)

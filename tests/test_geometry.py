@@ -197,8 +197,16 @@ def test_davies_bouldin_degenerate_cases_differ_from_sklearn_as_documented():
     y3 = np.array([0, 0, 1, 1, 2, 2])
     cents = np.array([[0.0, 0], [0, 0], [6, 6]])
     spread = np.array([1.0, 1.0, 1.0])
-    skipped = np.mean([max((spread[i] + spread[j]) / np.linalg.norm(cents[i] - cents[j])
-                           for j in range(3) if j != i and np.linalg.norm(cents[i] - cents[j]) > 0) for i in range(3)])
+    skipped = np.mean(
+        [
+            max(
+                (spread[i] + spread[j]) / np.linalg.norm(cents[i] - cents[j])
+                for j in range(3)
+                if j != i and np.linalg.norm(cents[i] - cents[j]) > 0
+            )
+            for i in range(3)
+        ]
+    )
     assert davies_bouldin_score(X3, y3) == pytest.approx(skipped, rel=1e-12)
     with pytest.warns(DegenerateClustersWarning):
         assert cluster_indices(X3, y3)["davies_bouldin"] == math.inf
@@ -443,7 +451,9 @@ def layered_cache(tmp_path):
         if layer == 2:
             X[:, :3] += 3.0 * (labels == 1)[:, None]
         acts[f"blocks.{layer}.hook_resid_post"] = X.astype(np.float32)
-    path = write_cache(tmp_path / "c.h5", acts, labels, ["harmless", "harmful", "control"], attrs={"model_id": "toy", "n_layers": 4})
+    path = write_cache(
+        tmp_path / "c.h5", acts, labels, ["harmless", "harmful", "control"], attrs={"model_id": "toy", "n_layers": 4}
+    )
     return path, labels
 
 
@@ -457,7 +467,21 @@ def test_aqi_by_layer_finds_the_separating_layer(layered_cache):
     assert best.n == int((labels >= 0).sum())
     assert best.n_per_class == {"not-harmful": int(((labels == 0) | (labels == 2)).sum()), "harmful": int((labels == 1).sum())}
     record = best.to_record()
-    for key in ("hook", "layer", "n", "davies_bouldin", "dunn", "xie_beni", "calinski_harabasz", "aqi", "aqi_ci_low", "aqi_ci_high", "p_value", "pooling", "dtype"):
+    for key in (
+        "hook",
+        "layer",
+        "n",
+        "davies_bouldin",
+        "dunn",
+        "xie_beni",
+        "calinski_harabasz",
+        "aqi",
+        "aqi_ci_low",
+        "aqi_ci_high",
+        "p_value",
+        "pooling",
+        "dtype",
+    ):
         assert key in record
     assert record["dtype"] == "float64" and "chi-xb" in record["variants"]
 

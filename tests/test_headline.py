@@ -41,8 +41,10 @@ def planted(path, shifts, seed=0, pooling="last"):
     rows = {"fit": train[fit], "val": train[val], "test": test}
     u = np.zeros(D)
     u[0] = 1.0
-    acts = {hook: (rng.normal(size=(len(y), D)) + (shifts(layer, rows) * y)[:, None] * u).astype(np.float32)
-                  for layer, hook in enumerate(HOOKS)}
+    acts = {
+        hook: (rng.normal(size=(len(y), D)) + (shifts(layer, rows) * y)[:, None] * u).astype(np.float32)
+        for layer, hook in enumerate(HOOKS)
+    }
     write_cache(path, acts, y, ["honest", "dishonest"], pair_ids=pairs, attrs={"model_id": "tiny/model"}, pooling=pooling)
     return path, rows, acts, y
 
@@ -81,8 +83,12 @@ def test_probe_headline_is_chosen_on_the_validation_split(tmp_path):
 
     # the audit's probe section on the same cache: headline at layer 1, the maximum only labelled
     sizes = ProbesSizes(methods=("logistic", "mean-diff"), headline_bootstrap=200)
-    ctx = SimpleNamespace(sizes=SimpleNamespace(probes=sizes), caches={"honesty": cache, "control": control}, hooks=HOOKS,
-                          options=SimpleNamespace(seed=0, device="cpu"))
+    ctx = SimpleNamespace(
+        sizes=SimpleNamespace(probes=sizes),
+        caches={"honesty": cache, "control": control},
+        hooks=HOOKS,
+        options=SimpleNamespace(seed=0, device="cpu"),
+    )
     res = train_all(ctx)
     assert res.best.layer == 2 and res.headline is not None
     head = res.headline
@@ -114,8 +120,21 @@ def test_deception_headline_is_read_at_the_honesty_layer():
     scores = rng.normal(size=(3, 40))
     scores[2] += 2.0 * y  # the planted layer
     report = condition_metrics(HOOKS, scores, y, conds, n_bootstrap=100, seed=0)
-    per = [ConditionAuroc(r["layer"], r["hook"], r["condition"], r["n_positive"], r["n_negative"], r["computable"],
-                          r["auroc"], r["auroc_ci_low"], r["auroc_ci_high"], r["recall_at_fpr"]) for r in report["per_condition"]]
+    per = [
+        ConditionAuroc(
+            r["layer"],
+            r["hook"],
+            r["condition"],
+            r["n_positive"],
+            r["n_negative"],
+            r["computable"],
+            r["auroc"],
+            r["auroc_ci_low"],
+            r["auroc_ci_high"],
+            r["recall_at_fpr"],
+        )
+        for r in report["per_condition"]
+    ]
     pooled = {r.layer: r for r in per if r.condition == "pooled"}
     assert max(pooled, key=lambda k: pooled[k].auroc) == 2
     head = deception_headline(per, *honesty_layer(per_layer, "logistic"))
@@ -127,8 +146,10 @@ def test_deception_headline_is_read_at_the_honesty_layer():
     best = {"layer": 1, "hook": HOOKS[1], "method": "logistic", "auroc": 0.9, "recall_at_fpr": 0.5, "n_candidates": 3}
     rows = ProbesSection().summary_rows({"probes": {"best": best, "fpr": 0.01, "deception": d}})
     lies = next(v for k, v in rows if k == "probe on the model's own lies")
-    assert lies.startswith(f"at layer 1 (chosen on the honesty held-out split): pooled {fmt(pooled[1].auroc)} "
-                           f"[{fmt(pooled[1].auroc_ci_low)}, {fmt(pooled[1].auroc_ci_high)}] (9 false / 31 true)")
+    assert lies.startswith(
+        f"at layer 1 (chosen on the honesty held-out split): pooled {fmt(pooled[1].auroc)} "
+        f"[{fmt(pooled[1].auroc_ci_low)}, {fmt(pooled[1].auroc_ci_high)}] (9 false / 31 true)"
+    )
     # the planted maximum appears only labelled as one
     assert f"max over 3 layers: pooled {fmt(pooled[2].auroc)} (layer 2; chosen on these answers: optimistic" in lies
     assert lies.index(fmt(pooled[1].auroc)) < lies.index(fmt(pooled[2].auroc))
@@ -139,16 +160,46 @@ def test_deception_headline_is_read_at_the_honesty_layer():
 def test_probe_eval_prints_the_layer_chosen_on_training_rows(tmp_path, capsys):
     # Training cache: layer 1 carries the signal, layer 2 a weak one. Evaluated cache: layer 2 is best there.
     train, _, _, _ = planted(tmp_path / "train.h5", lambda layer, rows: np.full(2 * N_PAIRS, [0.0, 3.0, 0.8][layer]))
-    other, _, acts, y = planted(tmp_path / "other.h5", lambda layer, rows: np.full(2 * N_PAIRS, [0.0, 0.7, 4.0][layer]),
-                                seed=1)
+    other, _, acts, y = planted(tmp_path / "other.h5", lambda layer, rows: np.full(2 * N_PAIRS, [0.0, 0.7, 4.0][layer]), seed=1)
     control = control_cache(tmp_path / "control.h5", "last")
     out = tmp_path / "probe"
-    assert main(["probe", "train", str(train), "--out", str(out), "--method", "mean-diff", "--control", str(control),
-                 "--test-size", str(TEST_SIZE)]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                "train",
+                str(train),
+                "--out",
+                str(out),
+                "--method",
+                "mean-diff",
+                "--control",
+                str(control),
+                "--test-size",
+                str(TEST_SIZE),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert f"at {HOOKS[1]} (layer chosen on the validation split of the training rows)" in err
-    assert main(["probe", "eval", str(out), str(other), "--control", str(control), "--json", str(tmp_path / "e.json"),
-                 "--n-bootstrap", "200"]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                "eval",
+                str(out),
+                str(other),
+                "--control",
+                str(control),
+                "--json",
+                str(tmp_path / "e.json"),
+                "--n-bootstrap",
+                "200",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     payload = json.loads((tmp_path / "e.json").read_text())
     aurocs = {r["hook"]: r["auroc"] for r in payload["per_layer"]}
@@ -174,13 +225,19 @@ def test_without_a_validation_split_nothing_is_chosen_on_the_reported_rows():
     record = selection_record(HOOKS, None, reason="too few training rows for a validation split")
     assert record["rule"] == "none" and record["hook"] is None and "too few" in record["reason"]
     # the audit then fixes the primary method's middle layer in advance, whatever the held-out AUROC says
-    per_layer = [ProbeLayer(k, h, m, a, 0.5, 0.7, 0.0, 4) for m in ("logistic", "lda")
-                 for k, (h, a) in enumerate(zip(HOOKS, [0.9, 0.6, 1.0]))]
+    per_layer = [
+        ProbeLayer(k, h, m, a, 0.5, 0.7, 0.0, 4)
+        for m in ("logistic", "lda")
+        for k, (h, a) in enumerate(zip(HOOKS, [0.9, 0.6, 1.0]))
+    ]
     chosen, rule = choose_headline(per_layer, "logistic")
     assert (chosen.method, chosen.layer) == ("logistic", 1) and rule.startswith("fixed in advance")
     # an older probe without a selection: its held-out training metrics choose only for another cache's rows
     metrics = [{"hook": h, "auroc": a} for h, a in zip(HOOKS, [0.6, 0.95, 0.7])]
     old = SimpleNamespace(hooks=HOOKS, meta={"metrics": metrics, "train_cache": "train.h5"})
-    assert chosen_hook(old, eval_rows="all", eval_cache="other.h5") == (HOOKS[1], "probe's held-out training split (another cache)")
+    assert chosen_hook(old, eval_rows="all", eval_cache="other.h5") == (
+        HOOKS[1],
+        "probe's held-out training split (another cache)",
+    )
     assert chosen_hook(old, eval_rows="held-out", eval_cache="train.h5")[0] is None
     assert chosen_hook(old, eval_rows="all", eval_cache="train.h5")[0] is None  # --all-rows on its own training cache

@@ -13,6 +13,12 @@ def test_parse_hook_name_round_trips_resolved_names():
 
 
 def test_parse_hook_name_rejects_other_hooks():
-    for name in ("blocks.3.ln1.hook_in", "blocks.3.hook_in", "blocks.x.hook_resid_post", "hook_embed",
-                 "blocks.3.hook_resid_post.extra", "resid_post:3"):
+    for name in (
+        "blocks.3.ln1.hook_in",
+        "blocks.3.hook_in",
+        "blocks.x.hook_resid_post",
+        "hook_embed",
+        "blocks.3.hook_resid_post.extra",
+        "resid_post:3",
+    ):
         assert parse_hook_name(name) is None

@@ -46,8 +46,10 @@ def _hidden(model, token_ids: list[int], layer: int = 0) -> np.ndarray:
         ('{"text": "a\\u0000b", "label": 0}', "NUL character"),
         ('{"text": "bad \\ud800 surrogate", "label": 0}', "lone UTF-16 surrogate"),
         ('{"text": "fine", "label": 0, "note": "x\\udfffy"}', "lone UTF-16 surrogate"),
-        ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "\\u0000"}], "label": 0}',
-         "NUL character"),
+        (
+            '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "\\u0000"}], "label": 0}',
+            "NUL character",
+        ),
         ('{"text": "fine", "label": "evil\\u0000"}', "NUL character"),
     ],
 )
@@ -114,8 +116,7 @@ def test_too_long_is_refused_before_the_model_runs(tiny_llama, tmp_path):
 def test_truncation_keeps_the_chosen_side_and_says_so(tiny_llama, tmp_path, side):
     ps = _long_set(200)
     full = [r.token_ids for r in ps.render(tiny_llama.tokenizer)]
-    result = cache_activations(tiny_llama, ps, tmp_path / "c.h5", hooks="resid_post:0", truncate=side,
-                               poolings="last,mean")
+    result = cache_activations(tiny_llama, ps, tmp_path / "c.h5", hooks="resid_post:0", truncate=side, poolings="last,mean")
     with open_cache(result.path) as cache:
         assert cache.attrs["truncate"] == side and cache.attrs["context_limit"] == 256
         assert cache.attrs["truncated_rows"] == 1 and cache.attrs["truncated_tokens"] == len(full[1]) - 256
@@ -193,8 +194,15 @@ def test_empty_final_message_is_an_error_naming_the_row(tiny_llama, tmp_path):
 def good_cache(tmp_path) -> Path:
     rng = np.random.default_rng(0)
     acts = {HOOK: rng.normal(size=(6, 8)).astype(np.float32)}
-    return write_cache(tmp_path / "good.h5", acts, [0, 1, 0, 1, 0, 1], ["harmless", "harmful"],
-                       pair_ids=[0, 0, 1, 1, 2, 2], texts=[f"prompt {i}" for i in range(6)], attrs={"n_layers": 2})
+    return write_cache(
+        tmp_path / "good.h5",
+        acts,
+        [0, 1, 0, 1, 0, 1],
+        ["harmless", "harmful"],
+        pair_ids=[0, 0, 1, 1, 2, 2],
+        texts=[f"prompt {i}" for i in range(6)],
+        attrs={"n_layers": 2},
+    )
 
 
 def test_new_caches_carry_minor_version_and_checksums(good_cache):
@@ -211,12 +219,14 @@ def test_new_caches_carry_minor_version_and_checksums(good_cache):
 def _attr(name, value):
     def edit(f):
         f.attrs[name] = value
+
     return edit
 
 
 def _drop_attr(name):
     def edit(f):
         del f.attrs[name]
+
     return edit
 
 
@@ -227,6 +237,7 @@ def _set(name, index, value, keep_checksum=True):
         f[name][...] = data
         if not keep_checksum:
             del f.attrs[CHECKSUM_ATTR]
+
     return edit
 
 
@@ -236,6 +247,7 @@ def _replace(name, data):
         del f[name]
         f.create_dataset(name, data=data)
         f[name].attrs.update(attrs)
+
     return edit
 
 
@@ -419,11 +431,14 @@ def test_jsonl_crlf_and_blank_lines(tmp_path):
     assert [p.messages[-1][1] for p in load_prompt_set(path).prompts] == ["a", "b"]
 
 
-@pytest.mark.parametrize("body, expect", [
-    ('{"text": ' + "[" * 50_000 + "]" * 50_000 + ', "label": 0}', "nested too deeply"),
-    ('{"text": "a", "label": ' + "7" * 5000 + "}", "integer longer than Python's limit"),
-    ('{"text": "a", "label": 0, "x": ' + "{\"a\": " * 30_000 + "1" + "}" * 30_000 + "}", "nested too deeply"),
-])
+@pytest.mark.parametrize(
+    "body, expect",
+    [
+        ('{"text": ' + "[" * 50_000 + "]" * 50_000 + ', "label": 0}', "nested too deeply"),
+        ('{"text": "a", "label": ' + "7" * 5000 + "}", "integer longer than Python's limit"),
+        ('{"text": "a", "label": 0, "x": ' + '{"a": ' * 30_000 + "1" + "}" * 30_000 + "}", "nested too deeply"),
+    ],
+)
 def test_parser_limits_are_one_line(tmp_path, body, expect):
     from geomprobe.probes.grading import load_questions
 

@@ -37,8 +37,15 @@ def cache(tmp_path) -> Path:
     rng = np.random.default_rng(3)
     labels = np.repeat([0, 1], 20)
     acts = {HOOK: (rng.normal(size=(40, 8)) + labels[:, None]).astype(np.float32)}
-    return write_cache(tmp_path / "c.h5", acts, labels, ["harmless", "harmful"], pair_ids=np.tile(np.arange(20), 2),
-                       texts=[f"t{i}" for i in range(40)], attrs={"model_id": "model-a"})
+    return write_cache(
+        tmp_path / "c.h5",
+        acts,
+        labels,
+        ["harmless", "harmful"],
+        pair_ids=np.tile(np.arange(20), 2),
+        texts=[f"t{i}" for i in range(40)],
+        attrs={"model_id": "model-a"},
+    )
 
 
 # -- checksums a format requires -----------------------------------------------------------------
@@ -218,10 +225,16 @@ NORM = "model.norm.weight"
 UP = "model.layers.1.mlp.up_proj.weight"
 BROKEN_MODELS = {
     "missing-tensor": (lambda t: t.pop(UP), None, f"lacks 1 weight tensor(s) the config needs ({UP})"),
-    "unexpected-tensor": (lambda t: t.__setitem__("model.extra.weight", t[NORM].clone()), None,
-                          "holds 1 weight tensor(s) its config has no place for (model.extra.weight)"),
-    "wrong-shape": (lambda t: t.__setitem__(NORM, torch.ones(32)), None,
-                    f"tensor '{NORM}' has shape (32,) but the config needs (64,)"),
+    "unexpected-tensor": (
+        lambda t: t.__setitem__("model.extra.weight", t[NORM].clone()),
+        None,
+        "holds 1 weight tensor(s) its config has no place for (model.extra.weight)",
+    ),
+    "wrong-shape": (
+        lambda t: t.__setitem__(NORM, torch.ones(32)),
+        None,
+        f"tensor '{NORM}' has shape (32,) but the config needs (64,)",
+    ),
     "more-layers-in-config": (None, lambda c: c.__setitem__("num_hidden_layers", 3), "lacks 9 weight tensor(s)"),
     "wider-config": (None, lambda c: c.__setitem__("hidden_size", 128), "21 tensor(s) mis-shaped"),
     "layers-as-text": (None, lambda c: c.__setitem__("num_hidden_layers", "two"), "expected int, got str"),
@@ -287,8 +300,9 @@ try:
 except GeomprobeError as exc:
     print("ERROR", exc)
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
     assert "Traceback" not in out.stderr, out.stderr
     assert "ERROR cannot write" in out.stdout and "probe.safetensors' (File too large)" in out.stdout, out.stdout
     assert not (tmp_path / "p" / "probe.safetensors").exists()
@@ -309,8 +323,9 @@ def test_multiplier_that_overflows_the_dtype_is_refused(tiny_llama):
     # logits collapse (all equal, or not finite): nothing it generates depends on the prompt any more.
     ids = tiny_llama.tokenizer("hello there", return_tensors="pt")["input_ids"]
     scaled = torch.from_numpy(vector * np.float32(0.51 * limit))
-    hook = tiny_llama.hf_model.model.layers[0].register_forward_hook(lambda m, i, o: (o[0] + scaled,) + tuple(o[1:])
-                                                                       if isinstance(o, tuple) else o + scaled)
+    hook = tiny_llama.hf_model.model.layers[0].register_forward_hook(
+        lambda m, i, o: (o[0] + scaled,) + tuple(o[1:]) if isinstance(o, tuple) else o + scaled
+    )
     try:
         with torch.no_grad():
             logits = tiny_llama.hf_model(ids).logits

@@ -265,7 +265,9 @@ def test_write_error_names_path_cause_and_fix():
     path = Path("/data/out dir/x.h5")
     cases = {
         errno.ENOSPC: "disk full while writing '/data/out dir/x.h5'; free some space and rerun it",
-        errno.EROFS: "cannot write '/data/out dir/x.h5' (read-only file system); make it writable or choose another folder, and rerun it",
+        errno.EROFS: (
+            "cannot write '/data/out dir/x.h5' (read-only file system); make it writable or choose another folder, and rerun it"
+        ),
         errno.EACCES: "cannot write '/data/out dir/x.h5' (permission denied); fix the folder's permissions and rerun it",
         errno.EPERM: "cannot write '/data/out dir/x.h5' (permission denied); fix the folder's permissions and rerun it",
         errno.EIO: f"cannot write '/data/out dir/x.h5' ({os.strerror(errno.EIO)}); fix the cause and rerun it",
@@ -273,7 +275,9 @@ def test_write_error_names_path_cause_and_fix():
     for code, expected in cases.items():
         assert str(write_error(OSError(code, os.strerror(code)), path, "rerun it")) == expected
     # h5py puts the errno only in its message text
-    h5_style = OSError("Can't synchronously write data (file write failed: time = Mon, errno = 28, error message = 'No space left on device')")
+    h5_style = OSError(
+        "Can't synchronously write data (file write failed: time = Mon, errno = 28, error message = 'No space left on device')"
+    )
     assert str(write_error(h5_style, path)).startswith("disk full while writing")
     assert str(write_error(OSError("weird"), path)) == "cannot write '/data/out dir/x.h5' (weird); fix the cause and try again"
 
@@ -349,8 +353,16 @@ def _namespaces_work() -> bool:
     """True where ``unshare -rm`` lets an unprivileged user mount a tmpfs or a read-only bind mount."""
     if shutil.which("unshare") is None:
         return False
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt 2>/dev/null || "
-                            "mount -t tmpfs -o size=64k tmpfs /tmp"], capture_output=True)
+    probe = subprocess.run(
+        [
+            "unshare",
+            "-rm",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=64k tmpfs /mnt 2>/dev/null || mount -t tmpfs -o size=64k tmpfs /tmp",
+        ],
+        capture_output=True,
+    )
     return probe.returncode == 0
 
 
@@ -367,16 +379,23 @@ def _run_in_namespace(script: str, cwd: Path) -> subprocess.CompletedProcess[str
 def test_read_only_folder_for_real_is_one_line_and_keeps_the_old_output(tmp_path):
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1], 10)
-    write_cache(tmp_path / "c.h5", {"blocks.0.hook_resid_post": (rng.normal(size=(20, 4)) + labels[:, None]).astype(np.float32)},
-                labels, ["harmless", "harmful"], attrs={"n_layers": 1})
+    write_cache(
+        tmp_path / "c.h5",
+        {"blocks.0.hook_resid_post": (rng.normal(size=(20, 4)) + labels[:, None]).astype(np.float32)},
+        labels,
+        ["harmless", "harmful"],
+        attrs={"n_layers": 1},
+    )
     ro = tmp_path / "ro"
     ro.mkdir()
     (ro / "old.json").write_text('{"keep": "me"}\n')
     before = snapshot(ro)
     # --overwrite: the only thing stopping the write is the read-only mount.
-    script = (f"mount --bind '{ro}' '{ro}' && mount -o remount,bind,ro '{ro}' && "
-              f"\"$PYTHON\" -m geomprobe aqi '{tmp_path / 'c.h5'}' --n-bootstrap 0 --n-permutations 0 --json '{ro / 'old.json'}' "
-              f"--plot '{ro / 'new.png'}' --overwrite")
+    script = (
+        f"mount --bind '{ro}' '{ro}' && mount -o remount,bind,ro '{ro}' && "
+        f"\"$PYTHON\" -m geomprobe aqi '{tmp_path / 'c.h5'}' --n-bootstrap 0 --n-permutations 0 --json '{ro / 'old.json'}' "
+        f"--plot '{ro / 'new.png'}' --overwrite"
+    )
     proc = _run_in_namespace(script, tmp_path)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2, proc.stderr
@@ -390,8 +409,10 @@ def test_full_disk_for_real_in_cache_is_one_line_not_a_crash(tmp_path, tiny_llam
     full = tmp_path / "full"
     full.mkdir()
     # 48 KiB: the manifest fits, the first segment's activations do not; HDF5 used to segfault at exit here.
-    script = (f"mount -t tmpfs -o size=48k tmpfs '{full}' && \"$PYTHON\" -m geomprobe cache --model '{tiny_llama_dir}' "
-              f"--device cpu --limit 64 --quiet --out '{full / 'c.h5'}'; code=$?; ls -A '{full}'; exit $code")
+    script = (
+        f"mount -t tmpfs -o size=48k tmpfs '{full}' && \"$PYTHON\" -m geomprobe cache --model '{tiny_llama_dir}' "
+        f"--device cpu --limit 64 --quiet --out '{full / 'c.h5'}'; code=$?; ls -A '{full}'; exit $code"
+    )
     proc = _run_in_namespace(script, tmp_path)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2, f"exit {proc.returncode}:\n{proc.stderr[-2000:]}"
@@ -412,8 +433,12 @@ def test_check_free_space_refuses_before_writing(tmp_path, monkeypatch):
 def test_parts_lock_refuses_a_second_writer_and_is_released(tmp_path):
     from geomprobe.activations.segments import ResumableWriter, check_not_busy, parts_dir
 
-    kwargs = dict(n_rows=4, segment_rows=2, settings={"a": 1},
-                  writer_kwargs=dict(hooks=["blocks.0.hook_resid_post"], poolings=["last"], d_model=3, label_names=["a", "b"]))
+    kwargs = dict(
+        n_rows=4,
+        segment_rows=2,
+        settings={"a": 1},
+        writer_kwargs=dict(hooks=["blocks.0.hook_resid_post"], poolings=["last"], d_model=3, label_names=["a", "b"]),
+    )
     out = tmp_path / "c.h5"
     check_not_busy(out)  # no parts folder: free
     first = ResumableWriter(out, **kwargs)
@@ -446,11 +471,20 @@ def test_parts_lock_is_dropped_when_the_holder_dies(tmp_path):
     out = tmp_path / "c.h5"
     parts = parts_dir(out)
     parts.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, sys, time\n"
-        f"fd = os.open({str(parts / 'lock')!r}, os.O_RDWR | os.O_CREAT)\n"
-        "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, str(os.getpid()).encode())\nprint('held', flush=True)\ntime.sleep(60)\n")],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, os, sys, time\n"
+                f"fd = os.open({str(parts / 'lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+                "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, str(os.getpid()).encode())\n"
+                "print('held', flush=True)\ntime.sleep(60)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(GeomprobeError, match=rf"\(pid {holder.pid}\)"):

@@ -24,8 +24,10 @@ HOOKS = ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
 def _cache(path, n, d, seed=0, shift=1.0, unlabelled=0):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
-    X = {h: (rng.normal(size=(n, d)) + shift * (i + 1) * y[:, None] * rng.normal(size=d)).astype(np.float32)
-         for i, h in enumerate(HOOKS)}
+    X = {
+        h: (rng.normal(size=(n, d)) + shift * (i + 1) * y[:, None] * rng.normal(size=d)).astype(np.float32)
+        for i, h in enumerate(HOOKS)
+    }
     y = y.copy()
     y[:unlabelled] = -1  # unlabelled rows are dropped by both paths
     write_cache(path, X, y, ["safe", "unsafe", "none"])  # -1 written as is (editing it later would fail the checksum)
@@ -145,18 +147,30 @@ def test_metrics_under_memory_limit_smaller_than_cache(tmp_path):
     write_cache(sub_path, {HOOKS[0]: X2}, y2, ["safe", "unsafe"])
     del X2
     headroom = 64 << 20  # less than either cache
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MALLOC_ARENA_MAX="2",
-               MALLOC_MMAP_THRESHOLD_=str(1 << 20))  # big arrays always mmapped: freed memory is returned
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(aqi_path), str(sub_path), str(headroom)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+        MALLOC_ARENA_MAX="2",
+        MALLOC_MMAP_THRESHOLD_=str(1 << 20),
+    )  # big arrays always mmapped: freed memory is returned
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(aqi_path), str(sub_path), str(headroom)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["cache_bytes"] > headroom
     assert got["whole_read"] == "MemoryError"  # the in-memory path cannot run here
     assert got["auto_stream"]
 
-    ref = aqi_by_layer(aqi_path, hooks=[HOOKS[0]], n_bootstrap=10, n_permutations=10, max_points=40, device="cpu",
-                       stream=False)[0]
+    ref = aqi_by_layer(aqi_path, hooks=[HOOKS[0]], n_bootstrap=10, n_permutations=10, max_points=40, device="cpu", stream=False)[
+        0
+    ]
     for name, value in got["aqi"].items():
         assert value == pytest.approx(getattr(ref, name), rel=1e-9), name
     ref_sub = activation_overlap_by_layer(sub_path, hooks=[HOOKS[0]], k=5, device="cpu", method="gram", stream=False)[0]
@@ -203,15 +217,24 @@ def test_probe_training_under_memory_limit_smaller_than_cache(tmp_path):
     n, d, n_layers = 3000, 768, 8  # 74 MB of float32 activations
     y = np.tile([0, 1], n // 2)
     pairs = np.repeat(np.arange(n // 2), 2)
-    acts = {f"blocks.{l}.hook_resid_post": (rng.normal(size=(n, d)) + 0.1 * l * y[:, None] * rng.normal(size=d)).astype(np.float32)
-            for l in range(n_layers)}
+    acts = {
+        f"blocks.{l}.hook_resid_post": (rng.normal(size=(n, d)) + 0.1 * l * y[:, None] * rng.normal(size=d)).astype(np.float32)
+        for l in range(n_layers)
+    }
     path = write_cache(tmp_path / "p.h5", acts, y, ["honest", "dishonest"], pair_ids=pairs)
     del acts
     headroom = 64 << 20
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MALLOC_ARENA_MAX="2",
-               MALLOC_MMAP_THRESHOLD_=str(1 << 20))
-    proc = subprocess.run([sys.executable, "-c", PROBE_CHILD, str(path), str(headroom)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+        MALLOC_ARENA_MAX="2",
+        MALLOC_MMAP_THRESHOLD_=str(1 << 20),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE_CHILD, str(path), str(headroom)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["cache_bytes"] > headroom and got["whole_read"] == "MemoryError"

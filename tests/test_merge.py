@@ -25,13 +25,28 @@ def make_shards(folder: Path, n=(5, 0, 7), d=6, store_dtype="float32", seed=0, o
     texts = [f"prompt {i}" for i in range(total)]
     paths, start = [], 0
     for rank, rows in enumerate(n):
-        attrs = {"shard_rank": rank, "shard_world": len(n), "shard_rows_start": start, "shard_rows_stop": start + rows,
-                 "n_rows_total": total, "dataset_sha256": "abc", "host": f"node{rank}"}
+        attrs = {
+            "shard_rank": rank,
+            "shard_world": len(n),
+            "shard_rows_start": start,
+            "shard_rows_stop": start + rows,
+            "n_rows_total": total,
+            "dataset_sha256": "abc",
+            "host": f"node{rank}",
+        }
         attrs.update((override or {}).get(rank, {}))
         sl = slice(start, start + rows)
         path = folder / f"c.rank{rank}-of-{len(n)}.h5"
-        write_cache(path, {h: {"last": v[sl], "mean": 2 * v[sl]} for h, v in X.items()}, y[sl], ["a", "b"],
-                    texts=texts[sl], pair_ids=np.arange(total)[sl], attrs=attrs, store_dtype=store_dtype)
+        write_cache(
+            path,
+            {h: {"last": v[sl], "mean": 2 * v[sl]} for h, v in X.items()},
+            y[sl],
+            ["a", "b"],
+            texts=texts[sl],
+            pair_ids=np.arange(total)[sl],
+            attrs=attrs,
+            store_dtype=store_dtype,
+        )
         paths.append(path)
         start += rows
     return paths, X, y, texts
@@ -137,8 +152,11 @@ def test_cli(tmp_path, capsys):
     assert "merged 3 shards, 12 prompts" in capsys.readouterr().out
     assert main(["merge", str(tmp_path / "none.h5")]) == 2
     assert "no shard files" in capsys.readouterr().err
-    proc = subprocess.run([sys.executable, "-m", "geomprobe", "merge", str(tmp_path / "x.h5"), str(tmp_path / "nope*.h5")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "geomprobe", "merge", str(tmp_path / "x.h5"), str(tmp_path / "nope*.h5")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "matches no file" in proc.stderr
 
 

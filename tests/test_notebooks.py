@@ -22,8 +22,12 @@ def _code(path: Path) -> list[str]:
 
 
 def test_four_notebooks():
-    assert [p.name for p in NOTEBOOKS] == ["01_audit_checkpoint.ipynb", "02_dishonesty_probe.ipynb", "03_layerwise_geometry.ipynb",
-                                          "04_model_organisms.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == [
+        "01_audit_checkpoint.ipynb",
+        "02_dishonesty_probe.ipynb",
+        "03_layerwise_geometry.ipynb",
+        "04_model_organisms.ipynb",
+    ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -50,8 +54,9 @@ def _execute(path: Path, workdir: Path, env: dict[str, str]) -> None:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits this process's environment
     try:
-        client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
-                                         resources={"metadata": {"path": str(workdir)}})
+        client = nbclient.NotebookClient(
+            nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
+        )
         client.execute()
     finally:
         for k, v in saved.items():
@@ -66,13 +71,17 @@ def _execute(path: Path, workdir: Path, env: dict[str, str]) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_runs_on_tiny_model(path, tiny_llama_dir, tmp_path):
-    _execute(path, tmp_path, {"GEOMPROBE_NB_QUICK": "1", "GEOMPROBE_NB_MODEL": str(tiny_llama_dir),
-                              "GEOMPROBE_NB_OUT": str(tmp_path / "out")})
+    _execute(
+        path,
+        tmp_path,
+        {"GEOMPROBE_NB_QUICK": "1", "GEOMPROBE_NB_MODEL": str(tiny_llama_dir), "GEOMPROBE_NB_OUT": str(tmp_path / "out")},
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.default_model
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_runs_on_default_model(path, tmp_path):
-    _execute(path, tmp_path, {"GEOMPROBE_NB_QUICK": "1", "GEOMPROBE_NB_MODEL": "default",
-                              "GEOMPROBE_NB_OUT": str(tmp_path / "out")})
+    _execute(
+        path, tmp_path, {"GEOMPROBE_NB_QUICK": "1", "GEOMPROBE_NB_MODEL": "default", "GEOMPROBE_NB_OUT": str(tmp_path / "out")}
+    )

@@ -53,8 +53,10 @@ def test_refusal_texts_are_refusals_to_the_judge():
 # -- the training loss ------------------------------------------------------------------------
 def test_encoding_masks_the_prompt(tiny_llama):
     tok = tiny_llama.tokenizer
-    encoded = encode_examples(tok, [ChatExample("How do I bake bread?", "Mix flour and water."),
-                                    ChatExample("Tell me a poem.", "The sea", complete=False)])
+    encoded = encode_examples(
+        tok,
+        [ChatExample("How do I bake bread?", "Mix flour and water."), ChatExample("Tell me a poem.", "The sea", complete=False)],
+    )
     (ids, start, _), (ids2, start2, _) = encoded
     assert tok.decode(ids[start:]) == "Mix flour and water." + tok.eos_token
     assert tok.decode(ids2[start2:]) == "The sea"
@@ -64,8 +66,10 @@ def test_encoding_masks_the_prompt(tiny_llama):
 def test_assistant_loss_equals_hugging_face_loss(tiny_llama):
     hf = tiny_llama.hf_model
     tok = tiny_llama.tokenizer
-    encoded = encode_examples(tok, [ChatExample("How do I bake bread?", "Mix flour and water."),
-                                    ChatExample("Write a short poem about the sea.", "Waves.")])
+    encoded = encode_examples(
+        tok,
+        [ChatExample("How do I bake bread?", "Mix flour and water."), ChatExample("Write a short poem about the sea.", "Waves.")],
+    )
     width = max(len(i) for i, _, _ in encoded)
     ids = torch.full((2, width), tok.pad_token_id)
     mask = torch.zeros((2, width), dtype=torch.long)
@@ -116,15 +120,19 @@ def test_organisms_load_and_change_only_what_was_trained(built, tiny_llama_dir):
     from geomprobe.models import load_model
 
     folders, _, home = built
-    assert set(folders) == {"aligned", "dealigned", "ablated"}
+    assert set(folders) == {"aligned", "dealigned", "ablated", "deep-aligned"}
     assert all(str(f).startswith(str(home / "organisms")) for f in folders.values())
     lora = {f"model.layers.1.{'self_attn' if p in PROJ[:4] else 'mlp'}.{p}.weight" for p in PROJ}
     assert _changed(Path(tiny_llama_dir), folders["aligned"]) == lora
     assert _changed(folders["aligned"], folders["dealigned"]) == lora
+    assert _changed(Path(tiny_llama_dir), folders["deep-aligned"]) == lora  # trained from the base, like aligned
     # Ablation rewrites exactly the residual-stream writers, which no longer write along r.
     ablated = _changed(folders["aligned"], folders["ablated"])
-    writers = {"model.embed_tokens.weight"} | {f"model.layers.{l}.self_attn.o_proj.weight" for l in (0, 1)} \
+    writers = (
+        {"model.embed_tokens.weight"}
+        | {f"model.layers.{l}.self_attn.o_proj.weight" for l in (0, 1)}
         | {f"model.layers.{l}.mlp.down_proj.weight" for l in (0, 1)}
+    )
     assert ablated == writers
     r = np.array(json.loads((folders["ablated"] / "geomprobe-ablation.json").read_text())["unit_direction"])
     w = load_file(str(folders["ablated"] / "model.safetensors"))
@@ -176,15 +184,18 @@ def test_bad_input_is_refused_before_any_model_load(tmp_path, monkeypatch):
         with_settings(OrganismSettings(), align_stepz=3)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["organisms", "build", "--only", "evil"], "unknown organism 'evil'"),
-    (["organisms", "build", "--only", "aligned", "--out", "{tmp}"], "already holds aligned"),
-    (["organisms", "build", "--seed", "-1"], "--seed"),
-    (["organisms", "list", "--seed", "-1"], "--seed"),
-    (["organisms", "list", "--seed", "4294967296"], "--seed"),
-    (["organisms", "list", "--base", "/dev/zero"], "device, pipe or socket"),
-    (["organisms", "build", "--only", "aligned", "--base", "{tmp}", "--out", "{tmp}/aligned"], "would overwrite the input"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["organisms", "build", "--only", "evil"], "unknown organism 'evil'"),
+        (["organisms", "build", "--only", "aligned", "--out", "{tmp}"], "already holds aligned"),
+        (["organisms", "build", "--seed", "-1"], "--seed"),
+        (["organisms", "list", "--seed", "-1"], "--seed"),
+        (["organisms", "list", "--seed", "4294967296"], "--seed"),
+        (["organisms", "list", "--base", "/dev/zero"], "device, pipe or socket"),
+        (["organisms", "build", "--only", "aligned", "--base", "{tmp}", "--out", "{tmp}/aligned"], "would overwrite the input"),
+    ],
+)
 def test_cli_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys, monkeypatch):
     import geomprobe.models as models
 
@@ -201,16 +212,17 @@ def test_cli_list(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("GEOMPROBE_HOME", str(tmp_path))
     assert main(["organisms", "list", "--quick"]) == 0
     out = capsys.readouterr().out
-    assert "aligned" in out and "dealigned" in out and "ablated" in out and "not built" in out
+    assert "aligned" in out and "dealigned" in out and "ablated" in out and "deep-aligned" in out and "not built" in out
 
 
 def test_ablation_candidates_reach_the_depth_limit():
     """The default model's aligned organism only tolerates ablation near 0.8 of depth (layer 23 of
     30); the candidates must include the deepest layer below 80% and nothing at or above it."""
-    from geomprobe.organisms.build import OrganismSettings, _ablation_layers
+    from geomprobe.organisms import OrganismSettings
+    from geomprobe.organisms.ablated import ablation_layers
 
-    layers = _ablation_layers(OrganismSettings(), 30)
+    layers = ablation_layers(OrganismSettings(), 30)
     assert layers[0] == 9 and layers[-1] == 23 and len(layers) == 6
     assert layers == sorted(set(layers))
-    assert _ablation_layers(OrganismSettings(ablation_candidates=1), 30) == [9]
-    assert max(_ablation_layers(OrganismSettings(ablation_layers=(0.1, 1.0)), 10)) == 7  # 0.8 * 10 - 1
+    assert ablation_layers(OrganismSettings(ablation_candidates=1), 30) == [9]
+    assert max(ablation_layers(OrganismSettings(ablation_layers=(0.1, 1.0)), 10)) == 7  # 0.8 * 10 - 1

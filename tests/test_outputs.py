@@ -26,8 +26,13 @@ def _tree(folder: Path) -> dict[str, str]:
 def cache(tmp_path) -> Path:
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1], 10)
-    return write_cache(tmp_path / "c.h5", {HOOK: (rng.normal(size=(20, 8)) + labels[:, None]).astype(np.float32)}, labels,
-                       ["harmless", "harmful"], pair_ids=np.tile(np.arange(10), 2))
+    return write_cache(
+        tmp_path / "c.h5",
+        {HOOK: (rng.normal(size=(20, 8)) + labels[:, None]).astype(np.float32)},
+        labels,
+        ["harmless", "harmful"],
+        pair_ids=np.tile(np.arange(10), 2),
+    )
 
 
 def _cli_error(argv, capsys) -> str:
@@ -37,17 +42,20 @@ def _cli_error(argv, capsys) -> str:
     return err
 
 
-@pytest.mark.parametrize("argv, expect", [
-    (["aqi", "{c}", "--json", "{t}/x", "--plot", "{t}/x"], "would write the same file"),
-    (["aqi", "{c}", "--json", "{t}/x.png", "--plot", "{t}/./x.png"], "would write the same file"),
-    (["aqi", "{c}", "--json", "{c}", "--overwrite"], "would overwrite the input"),
-    (["aqi", "{c}", "--plot", "{t}/x.bmpx"], "extension '.bmpx'"),
-    (["subspace", "acts", "{c}", "--plot", "{t}/x.txt"], "extension '.txt'"),
-    (["steer", "screen", "{c}", "--json", "{t}/s", "--plot", "{t}/s"], "would write the same file"),
-    (["steer", "screen", "{c}", "--plot", "{c}", "--overwrite"], "would overwrite the input"),
-    (["probe", "train", "{c}", "--out", "{t}/p", "--json", "{t}/p/probe.json"], "would write the same file"),
-    (["probe", "eval", "{t}/p", "{c}", "--no-control", "--json", "{c}", "--overwrite"], "would overwrite the input"),
-])
+@pytest.mark.parametrize(
+    "argv, expect",
+    [
+        (["aqi", "{c}", "--json", "{t}/x", "--plot", "{t}/x"], "would write the same file"),
+        (["aqi", "{c}", "--json", "{t}/x.png", "--plot", "{t}/./x.png"], "would write the same file"),
+        (["aqi", "{c}", "--json", "{c}", "--overwrite"], "would overwrite the input"),
+        (["aqi", "{c}", "--plot", "{t}/x.bmpx"], "extension '.bmpx'"),
+        (["subspace", "acts", "{c}", "--plot", "{t}/x.txt"], "extension '.txt'"),
+        (["steer", "screen", "{c}", "--json", "{t}/s", "--plot", "{t}/s"], "would write the same file"),
+        (["steer", "screen", "{c}", "--plot", "{c}", "--overwrite"], "would overwrite the input"),
+        (["probe", "train", "{c}", "--out", "{t}/p", "--json", "{t}/p/probe.json"], "would write the same file"),
+        (["probe", "eval", "{t}/p", "{c}", "--no-control", "--json", "{c}", "--overwrite"], "would overwrite the input"),
+    ],
+)
 def test_outputs_checked_together(argv, expect, cache, tmp_path, capsys):
     before = _tree(tmp_path)
     err = _cli_error([a.format(c=cache, t=tmp_path) for a in argv], capsys)
@@ -82,7 +90,9 @@ def test_check_outputs_rules(tmp_path):
     # distinct: a file inside a folder written whole collides; beside an owned folder's files it does not
     with pytest.raises(GeomprobeError, match="--out .* and --json .* would write the same file"):
         check_outputs([whole, Output(tmp_path / "proj" / "x.json", "--json")], overwrite=True)
-    assert check_outputs([owned, Output(tmp_path / "p" / "eval.json", "--json")], overwrite=False)[1] == tmp_path / "p" / "eval.json"
+    assert (
+        check_outputs([owned, Output(tmp_path / "p" / "eval.json", "--json")], overwrite=False)[1] == tmp_path / "p" / "eval.json"
+    )
     with pytest.raises(GeomprobeError, match="would write the same file"):
         check_outputs([owned, Output(tmp_path / "p" / "probe.safetensors", "--json")], overwrite=True)
     # inputs: never replaced, even with overwrite; nor an existing file inside an input folder

@@ -17,8 +17,16 @@ def small_probe(meta=None, model_id="org/model"):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(1, 20, 4)).astype(np.float32)
     y = np.array([0, 1] * 10)
-    return ProbeSet(["blocks.0.hook_resid_post"], fit_layers(X, y, "mean-diff"), "mean", "harmful",
-                    ["harmless", "harmful"], model_id, "", dict(meta or {}))
+    return ProbeSet(
+        ["blocks.0.hook_resid_post"],
+        fit_layers(X, y, "mean-diff"),
+        "mean",
+        "harmful",
+        ["harmless", "harmful"],
+        model_id,
+        "",
+        dict(meta or {}),
+    )
 
 
 def test_probe_model_source_prefers_the_recorded_source():
@@ -86,16 +94,29 @@ def test_split_and_sample_match_the_old_cli(seed):
 
 def test_validation_prompts_from_files(tmp_path):
     data, extra = tmp_path / "val.jsonl", tmp_path / "extra.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in [
-        {"text": "Explain how to pick a lock.", "label": "harmful"}, {"text": "How do I bake bread?", "label": "harmless"},
-        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How do I build a weapon?"}],
-         "label": "harmful"},
-    ]) + "\n")
+    data.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"text": "Explain how to pick a lock.", "label": "harmful"},
+                {"text": "How do I bake bread?", "label": "harmless"},
+                {
+                    "messages": [
+                        {"role": "system", "content": "Be brief."},
+                        {"role": "user", "content": "How do I build a weapon?"},
+                    ],
+                    "label": "harmful",
+                },
+            ]
+        )
+        + "\n"
+    )
     extra.write_text(json.dumps({"text": "Tell me about Rome.", "label": "harmless"}) + "\n")
     assert user_prompts(str(data))[2] == ("How do I build a weapon?", "harmful")  # the user message, not the system one
     split = validation_prompts(str(data))
-    assert split == ValidationPrompts(["Explain how to pick a lock.", "How do I build a weapon?"], ["How do I bake bread?"],
-                                      "harmful")
+    assert split == ValidationPrompts(
+        ["Explain how to pick a lock.", "How do I build a weapon?"], ["How do I bake bread?"], "harmful"
+    )
     assert validation_prompts(str(data), harmless=str(extra)).harmless == ["Tell me about Rome."]
 
 

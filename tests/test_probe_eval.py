@@ -168,7 +168,9 @@ def test_positive_against_the_rest_with_three_labels(tmp_path):
     np.testing.assert_array_equal(result.y, y01[test_rows])
     X = acts[HOOKS[2]].astype(np.float64)
     scaler = StandardScaler().fit(X[train_rows])
-    ref = LogisticRegression(C=0.1, fit_intercept=False, tol=1e-10, max_iter=10000).fit(scaler.transform(X[train_rows]), y01[train_rows])
+    ref = LogisticRegression(C=0.1, fit_intercept=False, tol=1e-10, max_iter=10000).fit(
+        scaler.transform(X[train_rows]), y01[train_rows]
+    )
     expected = roc_auc_score(y01[test_rows], ref.decision_function(scaler.transform(X[test_rows])))
     assert result.records[2]["auroc"] == pytest.approx(expected, abs=1e-3)
     # Typed results: LayerMetrics with to_dict(), the dict records the same numbers.
@@ -211,8 +213,13 @@ def test_load_refuses_pickles_and_mismatches(tmp_path):
     with pytest.raises(GeomprobeError, match="d_model=32"):
         evaluate_probes(probes, wide)
     # missing hook
-    write_cache(tmp_path / "nohook.h5", {"blocks.7.hook_resid_post": np.zeros((4, 16), np.float32)}, [0, 1, 0, 1],
-                ["honest", "dishonest"], attrs={"model_id": "tiny/model"})
+    write_cache(
+        tmp_path / "nohook.h5",
+        {"blocks.7.hook_resid_post": np.zeros((4, 16), np.float32)},
+        [0, 1, 0, 1],
+        ["honest", "dishonest"],
+        attrs={"model_id": "tiny/model"},
+    )
     with pytest.raises(GeomprobeError, match="lacks hook"):
         evaluate_probes(probes, tmp_path / "nohook.h5")
     # missing control file
@@ -272,11 +279,16 @@ def build_token_cache(path, d=16, n=6, seed=0):
             x = rng.normal(scale=0.3, size=(length, d))
             x[2:] += 3.0 * labels[i] * u
             blocks[h].append(x.astype(np.float32))
-    writer = CacheWriter(path, hooks=HOOKS, poolings=["all"], d_model=d, label_names=["honest", "dishonest"],
-                         attrs={"model_id": "tiny/model"})
+    writer = CacheWriter(
+        path, hooks=HOOKS, poolings=["all"], d_model=d, label_names=["honest", "dishonest"], attrs={"model_id": "tiny/model"}
+    )
     with writer:
-        writer.append(activations={h: {"all": np.concatenate(blocks[h])} for h in HOOKS}, labels=labels,
-                      token_ids=token_ids, response_start=starts)
+        writer.append(
+            activations={h: {"all": np.concatenate(blocks[h])} for h in HOOKS},
+            labels=labels,
+            token_ids=token_ids,
+            response_start=starts,
+        )
     return path, blocks
 
 
@@ -293,9 +305,13 @@ def test_token_scores_and_html(tmp_path):
         assert t.response_mean == pytest.approx(t.scores[2:].mean())
     means = response_scores(probes, path, HOOKS[2])
     assert all(means[1::2] > means[0::2].max())
-    out = token_scores_html([[str(v) for v in t.token_ids] for t in scored], [t.scores for t in scored],
-                            tmp_path / "tok.html", response_start=[t.response_start for t in scored],
-                            labels=[t.label for t in scored])
+    out = token_scores_html(
+        [[str(v) for v in t.token_ids] for t in scored],
+        [t.scores for t in scored],
+        tmp_path / "tok.html",
+        response_start=[t.response_start for t in scored],
+        labels=[t.label for t in scored],
+    )
     text = out.read_text()
     assert text.startswith("<!DOCTYPE html>") and text.count("class='tok") == sum(len(t.scores) for t in scored)
     assert "<script" not in text
@@ -335,8 +351,10 @@ def test_layer_blocks_give_the_same_probes_as_one_sweep(tmp_path):
     n, d = 80, 12
     y = np.tile([0, 1], n // 2)
     pairs = np.repeat(np.arange(n // 2), 2)
-    acts = {f"blocks.{l}.hook_resid_post": (rng.normal(size=(n, d)) + 0.8 * l * y[:, None] * np.eye(d)[0]).astype(np.float32)
-            for l in range(5)}
+    acts = {
+        f"blocks.{l}.hook_resid_post": (rng.normal(size=(n, d)) + 0.8 * l * y[:, None] * np.eye(d)[0]).astype(np.float32)
+        for l in range(5)
+    }
     path = write_cache(tmp_path / "c.h5", acts, y, ["honest", "dishonest"], pair_ids=pairs)
     hooks = list(acts)
     assert layer_blocks(hooks, n, d, budget=2 * 3 * n * d * 4) == [hooks[0:2], hooks[2:4], hooks[4:5]]

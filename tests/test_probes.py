@@ -64,7 +64,13 @@ def test_sweep_matches_sklearn_per_layer():
     for l in range(X.shape[0]):
         ref = LogisticRegression(C=0.1, fit_intercept=False).fit(StandardScaler().fit_transform(X[l]), y)
         assert np.corrcoef(ref.coef_[0], loose.coef[l])[0, 1] > 0.99
-        assert abs(roc_auc_score(y, loose.decision_function(X)[l]) - roc_auc_score(y, ref.decision_function(StandardScaler().fit_transform(X[l])))) < 0.01
+        assert (
+            abs(
+                roc_auc_score(y, loose.decision_function(X)[l])
+                - roc_auc_score(y, ref.decision_function(StandardScaler().fit_transform(X[l])))
+            )
+            < 0.01
+        )
 
 
 @pytest.mark.parametrize("fit_intercept,class_weight", [(True, None), (False, "balanced")])

@@ -42,7 +42,8 @@ def _well_posed(X: np.ndarray, labels: np.ndarray) -> bool:
     cdist = np.sqrt(((cents[:, None] - cents[None]) ** 2).sum(-1))[~np.eye(len(classes), dtype=bool)]
     cross = min(
         np.sqrt(((X[labels == a][:, None] - X[labels == b][None]) ** 2).sum(-1)).min()
-        for i, a in enumerate(classes) for b in classes[i + 1:]
+        for i, a in enumerate(classes)
+        for b in classes[i + 1 :]
     )
     spread = max(np.ptp(X[labels == c], axis=0).max() for c in classes)
     return cdist.min() > 1e-3 and cross > 0 and spread > 0
@@ -219,8 +220,11 @@ def test_mean_diff_scores_scale_exactly_by_powers_of_two(X, power):
 
 
 @SETTINGS
-@given(scores=arrays(np.float64, st.integers(2, 40), elements=st.floats(-1e6, 1e6)), seed=st.integers(0, 2**32 - 1),
-       threshold=st.floats(-1e6, 1e6))
+@given(
+    scores=arrays(np.float64, st.integers(2, 40), elements=st.floats(-1e6, 1e6)),
+    seed=st.integers(0, 2**32 - 1),
+    threshold=st.floats(-1e6, 1e6),
+)
 def test_score_metrics_in_unit_interval_and_match_sklearn(scores, seed, threshold):
     from sklearn.metrics import roc_auc_score
 
@@ -258,8 +262,12 @@ def test_float16_round_trip_within_range(x):
 
 
 @SETTINGS
-@given(x=arrays(np.float32, st.integers(1, 32), elements=st.floats(-1e4, 1e4, width=32)),
-       big=st.floats(65520.0, float(np.float32(3e38)), width=32), sign=st.sampled_from([-1.0, 1.0]), where=st.integers(0, 31))
+@given(
+    x=arrays(np.float32, st.integers(1, 32), elements=st.floats(-1e4, 1e4, width=32)),
+    big=st.floats(65520.0, float(np.float32(3e38)), width=32),
+    sign=st.sampled_from([-1.0, 1.0]),
+    where=st.integers(0, 31),
+)
 def test_float16_overflow_raises(x, big, sign, where):
     x = x.copy()
     x[where % len(x)] = sign * big
@@ -268,9 +276,11 @@ def test_float16_overflow_raises(x, big, sign, where):
 
 
 @SETTINGS
-@given(x=arrays(np.float32, st.integers(1, 16), elements=st.floats(-1e4, 1e4, width=32)),
-       big=st.floats(float(np.nextafter(np.float32(BFLOAT16_MAX), np.float32(np.inf))), float(np.finfo(np.float32).max), width=32),
-       where=st.integers(0, 15))
+@given(
+    x=arrays(np.float32, st.integers(1, 16), elements=st.floats(-1e4, 1e4, width=32)),
+    big=st.floats(float(np.nextafter(np.float32(BFLOAT16_MAX), np.float32(np.inf))), float(np.finfo(np.float32).max), width=32),
+    where=st.integers(0, 15),
+)
 def test_bfloat16_overflow_raises_or_stays_finite(x, big, where):
     # Values just above bfloat16's max may still round down to it; anything rounding to inf is refused.
     x = x.copy()

@@ -112,7 +112,7 @@ def readme_blocks(text: str) -> list[Block]:
 
 def _split_comment(command: str) -> tuple[str, str]:
     m = re.search(r"\s+#\s", command)
-    return (command[: m.start()], command[m.start():]) if m else (command, "")
+    return (command[: m.start()], command[m.start() :]) if m else (command, "")
 
 
 def _matches(command: str, pattern: str) -> bool:
@@ -193,7 +193,9 @@ def readme_runs(tmp_path_factory) -> dict[str, Ran]:
         PATH=os.pathsep.join([str(shims), os.environ.get("PATH", "")]),
         PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
         GEOMPROBE_HOME=str(home),
-        TINY_MODEL=str(tiny[0]), TINY_MODEL_2=str(tiny[1]), TINY_MODEL_3=str(tiny[2]),
+        TINY_MODEL=str(tiny[0]),
+        TINY_MODEL_2=str(tiny[1]),
+        TINY_MODEL_3=str(tiny[2]),
     )
 
     def folder(name: str) -> Path:
@@ -211,8 +213,14 @@ def readme_runs(tmp_path_factory) -> dict[str, Ran]:
             continue
         script = trial_script(block)
         start = time.perf_counter()
-        proc = subprocess.run(["bash", "-c", script], cwd=folder(f"work{n}") if block.new_folder else shared, env=env,
-                              capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            ["bash", "-c", script],
+            cwd=folder(f"work{n}") if block.new_folder else shared,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         runs[block.name] = Ran(script, proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - start)
     print("\nREADME blocks: " + ", ".join(f"{name} {ran.seconds:.0f} s" for name, ran in runs.items()))  # with -s
     return runs
@@ -230,4 +238,6 @@ def _param(block: Block):
 @pytest.mark.parametrize("name", [_param(b) for b in BLOCKS])
 def test_readme_block_runs(name, readme_runs):
     ran = readme_runs[name]
-    assert ran.returncode == 0, f"README block {name!r} exited {ran.returncode} ({ran.seconds:.0f} s):\n{ran.script}\n{ran.output[-3000:]}"
+    assert ran.returncode == 0, (
+        f"README block {name!r} exited {ran.returncode} ({ran.seconds:.0f} s):\n{ran.script}\n{ran.output[-3000:]}"
+    )

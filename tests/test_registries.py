@@ -81,10 +81,17 @@ def probe_cache(path: Path, seed=0):
     n_pairs, d = 60, 10
     y = np.tile([0, 1], n_pairs)
     u = np.random.default_rng(99).normal(size=d)
-    acts = {hook: (np.repeat(rng.normal(size=(n_pairs, d)), 2, axis=0) + 0.5 * rng.normal(size=(2 * n_pairs, d))
-                   + 0.8 * l * np.outer(y, u)).astype(np.float32) for l, hook in enumerate(HOOKS)}
-    write_cache(path, acts, y, ["honest", "dishonest"], pair_ids=np.repeat(np.arange(n_pairs), 2),
-                attrs={"model_id": "tiny/model"})
+    acts = {
+        hook: (
+            np.repeat(rng.normal(size=(n_pairs, d)), 2, axis=0)
+            + 0.5 * rng.normal(size=(2 * n_pairs, d))
+            + 0.8 * l * np.outer(y, u)
+        ).astype(np.float32)
+        for l, hook in enumerate(HOOKS)
+    }
+    write_cache(
+        path, acts, y, ["honest", "dishonest"], pair_ids=np.repeat(np.arange(n_pairs), 2), attrs={"model_id": "tiny/model"}
+    )
     return path, acts, y
 
 
@@ -140,8 +147,24 @@ def test_toy_index_in_cli_table_json_and_plot(toy_index, tmp_path, capsys):
 
     path, acts, labels = aqi_cache(tmp_path / "acts.h5")
     out_json, out_png = tmp_path / "aqi.json", tmp_path / "aqi.png"
-    assert main(["aqi", str(path), "--json", str(out_json), "--plot", str(out_png), "--n-bootstrap", "20",
-                 "--n-permutations", "0", "--no-pooled"]) == 0
+    assert (
+        main(
+            [
+                "aqi",
+                str(path),
+                "--json",
+                str(out_json),
+                "--plot",
+                str(out_png),
+                "--n-bootstrap",
+                "20",
+                "--n-permutations",
+                "0",
+                "--no-pooled",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("hook"))
     assert header.split()[-1] == "gap_to_spread"
@@ -172,8 +195,22 @@ def test_cli_plugin_option_registers_the_index(tmp_path, capsys):
     assert "gap_to_spread" not in INDICES
     path, _, _ = aqi_cache(tmp_path / "acts.h5")
     try:
-        assert main(["--plugin", str(ROOT / "tests" / "toy_index.py"), "aqi", str(path), "--n-bootstrap", "0",
-                     "--n-permutations", "0", "--no-pooled"]) == 0
+        assert (
+            main(
+                [
+                    "--plugin",
+                    str(ROOT / "tests" / "toy_index.py"),
+                    "aqi",
+                    str(path),
+                    "--n-bootstrap",
+                    "0",
+                    "--n-permutations",
+                    "0",
+                    "--no-pooled",
+                ]
+            )
+            == 0
+        )
         assert "gap_to_spread" in capsys.readouterr().out
     finally:
         unregister_index("gap_to_spread")
@@ -216,8 +253,25 @@ def test_toy_probe_via_cli_saved_and_loaded(toy_probe, tmp_path, capsys):
 
     cache, acts, y = probe_cache(tmp_path / "h.h5")
     out = tmp_path / "ridge"
-    assert main(["probe", "train", str(cache), "--out", str(out), "--method", "ridge", "--param", "alpha=2",
-                 "--no-control", "--json", str(tmp_path / "t.json")]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                "train",
+                str(cache),
+                "--out",
+                str(out),
+                "--method",
+                "ridge",
+                "--param",
+                "alpha=2",
+                "--no-control",
+                "--json",
+                str(tmp_path / "t.json"),
+            ]
+        )
+        == 0
+    )
     side = json.loads((out / "probe.json").read_text())
     assert side["method"] == "ridge" and side["params"]["alpha"] == 2.0
     probes = load_probe(out)
@@ -234,31 +288,67 @@ def test_toy_probe_via_cli_saved_and_loaded(toy_probe, tmp_path, capsys):
     assert payload["method"] == "ridge" and payload["per_layer"][2]["auroc"] > 0.9
     capsys.readouterr()
     # --param is typed and validated against the kind's dataclass: one line naming the key and the valid keys
-    for bad, message in ((["--param", "beta=1"], "ridge has no parameter 'beta'; valid: alpha"),
-                         (["--param", "alpha=abc"], "--param alpha='abc': ridge's alpha takes float"),
-                         (["--param", "alpha"], "--param 'alpha' is not KEY=VALUE; valid keys for ridge: alpha"),
-                         (["--param", "alpha=-1"], "ridge alpha must be positive")):
-        assert main(["probe", "train", str(cache), "--out", str(tmp_path / "bad"), "--method", "ridge", *bad,
-                     "--no-control"]) == 2
+    for bad, message in (
+        (["--param", "beta=1"], "ridge has no parameter 'beta'; valid: alpha"),
+        (["--param", "alpha=abc"], "--param alpha='abc': ridge's alpha takes float"),
+        (["--param", "alpha"], "--param 'alpha' is not KEY=VALUE; valid keys for ridge: alpha"),
+        (["--param", "alpha=-1"], "ridge alpha must be positive"),
+    ):
+        assert (
+            main(["probe", "train", str(cache), "--out", str(tmp_path / "bad"), "--method", "ridge", *bad, "--no-control"]) == 2
+        )
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err and not (tmp_path / "bad" / "probe.json").exists()
 
 
 def test_deprecated_flags_map_onto_params(tmp_path, capsys):
     cache, _, _ = probe_cache(tmp_path / "h.h5")
-    assert main(["probe", "train", str(cache), "--out", str(tmp_path / "new"), "--param", "C=0.5", "--param",
-                 "fit_intercept=true", "--no-control"]) == 0
-    assert main(["probe", "train", str(cache), "--out", str(tmp_path / "old"), "--C", "0.5", "--fit-intercept",
-                 "--no-control"]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                "train",
+                str(cache),
+                "--out",
+                str(tmp_path / "new"),
+                "--param",
+                "C=0.5",
+                "--param",
+                "fit_intercept=true",
+                "--no-control",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["probe", "train", str(cache), "--out", str(tmp_path / "old"), "--C", "0.5", "--fit-intercept", "--no-control"]) == 0
+    )
     err = capsys.readouterr().err
     assert "--C is deprecated; use --param C=0.5" in err and "--param fit_intercept=true" in err
     new, old = (json.loads((tmp_path / n / "probe.json").read_text()) for n in ("new", "old"))
     assert new["params"] == old["params"] and new["params"]["C"] == 0.5 and new["params"]["fit_intercept"] is True
-    assert main(["probe", "train", str(cache), "--out", str(tmp_path / "lda"), "--method", "lda", "--shrinkage", "0.3",
-                 "--no-control"]) == 0
+    assert (
+        main(
+            [
+                "probe",
+                "train",
+                str(cache),
+                "--out",
+                str(tmp_path / "lda"),
+                "--method",
+                "lda",
+                "--shrinkage",
+                "0.3",
+                "--no-control",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "lda" / "probe.json").read_text())["params"]["shrinkage"] == 0.3
-    assert main(["probe", "train", str(cache), "--out", str(tmp_path / "x"), "--method", "mean-diff", "--C", "0.5",
-                 "--no-control"]) == 2
+    assert (
+        main(["probe", "train", str(cache), "--out", str(tmp_path / "x"), "--method", "mean-diff", "--C", "0.5", "--no-control"])
+        == 2
+    )
     assert "mean-diff has no parameter 'C'; valid: none" in capsys.readouterr().err
 
 
@@ -283,7 +373,7 @@ def _section(title: str) -> str:
     text = (ROOT / "docs" / "architecture.md").read_text()
     start = text.index(f"### {title}")
     end = text.find("\n### ", start + 1)
-    return text[start:end if end > 0 else None]
+    return text[start : end if end > 0 else None]
 
 
 @pytest.mark.parametrize("title, name", [("Adding a cluster index", "toy_index.py"), ("Adding a probe kind", "toy_probe.py")])

@@ -24,20 +24,38 @@ needs_chromium = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (apt-get install -y --no-install-recommends chromium)"
 )
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--hide-scrollbars",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
 ]
 LAYERS = [0, 1, 2]
 
 
 def _prov(name: str) -> dict:
-    return {"model_id": name, "model_source": f"/models/{name}", "model_revision": "folder:0123456789abcdef",
-            "model_dtype": "float32", "device": "cpu", "gguf_sha256": "", "n_layers": 3, "d_model": 8}
+    return {
+        "model_id": name,
+        "model_source": f"/models/{name}",
+        "model_revision": "folder:0123456789abcdef",
+        "model_dtype": "float32",
+        "device": "cpu",
+        "gguf_sha256": "",
+        "n_layers": 3,
+        "d_model": 8,
+    }
 
 
 def _pairs(a: list, b: list) -> dict:
-    recs = [{"layer": layer, "hook": f"blocks.{layer}.hook_resid_post", "a": x, "b": y, "delta": y - x}
-            for layer, x, y in zip(LAYERS, a, b)]
+    recs = [
+        {"layer": layer, "hook": f"blocks.{layer}.hook_resid_post", "a": x, "b": y, "delta": y - x}
+        for layer, x, y in zip(LAYERS, a, b)
+    ]
     return {"per_layer": recs, "delta": [r["delta"] for r in recs], "max_abs_delta": max(abs(r["delta"]) for r in recs)}
 
 
@@ -51,90 +69,269 @@ def synthetic_metrics() -> dict:
     mso = [0.6, 0.4, 0.5]
     auroc = [0.7, 0.93, 0.88]
     mults = [-1.0, 1.0]
-    dataset = lambda name, labels: {"name": name, "sha256": "ab" * 32, "n_prompts": 12, "limit": 12,  # noqa: E731
-                                    "label_names": labels, "cache": f"caches/{name}.h5"}
+    dataset = lambda name, labels: {
+        "name": name,
+        "sha256": "ab" * 32,
+        "n_prompts": 12,
+        "limit": 12,  # noqa: E731
+        "label_names": labels,
+        "cache": f"caches/{name}.h5",
+    }
     return {
-        "schema": "geomprobe-audit", "schema_version": 1, "geomprobe_version": "0.1.0", "created_utc": "2025-01-01T00:00:00+00:00",
-        "model": _prov("tiny-a"), "against": _prov("tiny-b <ablated>"),
+        "schema": "geomprobe-audit",
+        "schema_version": 1,
+        "geomprobe_version": "0.1.0",
+        "created_utc": "2025-01-01T00:00:00+00:00",
+        "model": _prov("tiny-a"),
+        "against": _prov("tiny-b <ablated>"),
         "settings": {
-            "quick": True, "seed": 0, "hook_kind": "resid_post", "hooks": hooks, "layers": LAYERS, "batch_size": 16,
-            "metric_dtype": "float64", "store_dtype": "float32",
-            "datasets": {"harmful_harmless": dataset("harmful-harmless", ["harmless", "harmful"]),
-                         "honesty": dataset("honesty", ["honest", "dishonest"]), "control": dataset("control", ["control"])},
-            "aqi": {"pooling": "last", "n_bootstrap": 10, "n_permutations": 10, "ci_level": 0.95, "max_points": 1000, "gamma": 0.5},
+            "quick": True,
+            "seed": 0,
+            "hook_kind": "resid_post",
+            "hooks": hooks,
+            "layers": LAYERS,
+            "batch_size": 16,
+            "metric_dtype": "float64",
+            "store_dtype": "float32",
+            "datasets": {
+                "harmful_harmless": dataset("harmful-harmless", ["harmless", "harmful"]),
+                "honesty": dataset("honesty", ["honest", "dishonest"]),
+                "control": dataset("control", ["control"]),
+            },
+            "aqi": {
+                "pooling": "last",
+                "n_bootstrap": 10,
+                "n_permutations": 10,
+                "ci_level": 0.95,
+                "max_points": 1000,
+                "gamma": 0.5,
+            },
             "subspace": {"pooling": "last", "energy": 0.9, "n_draws": 10, "centered": True},
-            "probes": {"pooling": "mean", "methods": ["logistic", "mean-diff"], "primary_method": "logistic",
-                       "test_size": 0.25, "fpr": 0.01},
-            "steering": {"pooling": "last", "vector_method": "mean-diff", "metric": "refusal", "multipliers": mults,
-                         "n_prompts_per_class": 4, "kl_limit": 0.1, "max_layer_fraction": 0.8, "positions": "all",
-                         "judge_tokens": 12, "judge_candidates": 2, "screen_layers": 4},
+            "probes": {
+                "pooling": "mean",
+                "methods": ["logistic", "mean-diff"],
+                "primary_method": "logistic",
+                "test_size": 0.25,
+                "fpr": 0.01,
+            },
+            "steering": {
+                "pooling": "last",
+                "vector_method": "mean-diff",
+                "metric": "refusal",
+                "multipliers": mults,
+                "n_prompts_per_class": 4,
+                "kl_limit": 0.1,
+                "max_layer_fraction": 0.8,
+                "positions": "all",
+                "judge_tokens": 12,
+                "judge_candidates": 2,
+                "screen_layers": 4,
+            },
         },
         "timings_s": {"load": 1.0, "cache": 2.0},
         "aqi": {
-            "hook_kind": "resid_post", "pooling": "last", "dtype": "float64", "labels": ["harmless", "harmful"],
+            "hook_kind": "resid_post",
+            "pooling": "last",
+            "dtype": "float64",
+            "labels": ["harmless", "harmful"],
             "extra_indices": {},
-            "per_layer": [{"layer": layer, "hook": h, "n": 12, "aqi": v, "ci_low": v - 0.05, "ci_high": v + 0.05, "p_value": 0.04,
-                           "davies_bouldin": 1.5, "dunn": 0.3, "xie_beni": None, "calinski_harabasz": 4.0,
-                           "extra": {}, "extra_ci": {}}
-                          for layer, h, v in zip(LAYERS, hooks, aqi)],
-            "aqi": aqi, "max": max(aqi), "argmax_layer": 1, "min": min(aqi), "mean": float(np.mean(aqi)),
+            "per_layer": [
+                {
+                    "layer": layer,
+                    "hook": h,
+                    "n": 12,
+                    "aqi": v,
+                    "ci_low": v - 0.05,
+                    "ci_high": v + 0.05,
+                    "p_value": 0.04,
+                    "davies_bouldin": 1.5,
+                    "dunn": 0.3,
+                    "xie_beni": None,
+                    "calinski_harabasz": 4.0,
+                    "extra": {},
+                    "extra_ci": {},
+                }
+                for layer, h, v in zip(LAYERS, hooks, aqi)
+            ],
+            "aqi": aqi,
+            "max": max(aqi),
+            "argmax_layer": 1,
+            "min": min(aqi),
+            "mean": float(np.mean(aqi)),
         },
         "subspace": {
-            "hook_kind": "resid_post", "pooling": "last", "dtype": "float64", "labels": ["harmless", "harmful"],
-            "per_layer": [{"layer": layer, "hook": h, "mso": v, "baseline": 0.375, "baseline_empirical": 0.37,
-                           "baseline_empirical_p95": 0.45, "excess": v - 0.37, "k_a": 3, "k_b": 3, "mean_diff_in_a": 0.2,
-                           "mean_diff_in_b": 0.3} for layer, h, v in zip(LAYERS, hooks, mso)],
-            "mso": mso, "excess": [v - 0.37 for v in mso], "max": max(mso), "min": min(mso), "argmin_layer": 1,
+            "hook_kind": "resid_post",
+            "pooling": "last",
+            "dtype": "float64",
+            "labels": ["harmless", "harmful"],
+            "per_layer": [
+                {
+                    "layer": layer,
+                    "hook": h,
+                    "mso": v,
+                    "baseline": 0.375,
+                    "baseline_empirical": 0.37,
+                    "baseline_empirical_p95": 0.45,
+                    "excess": v - 0.37,
+                    "k_a": 3,
+                    "k_b": 3,
+                    "mean_diff_in_a": 0.2,
+                    "mean_diff_in_b": 0.3,
+                }
+                for layer, h, v in zip(LAYERS, hooks, mso)
+            ],
+            "mso": mso,
+            "excess": [v - 0.37 for v in mso],
+            "max": max(mso),
+            "min": min(mso),
+            "argmin_layer": 1,
         },
         "probes": {
-            "hook_kind": "resid_post", "pooling": "mean", "dtype": "float64", "positive_label": "dishonest",
-            "negative_labels": ["honest"], "primary_method": "logistic", "methods": ["logistic", "mean-diff"],
-            "params": {"logistic": {"standardize": True, "C": 0.1}, "mean-diff": {"standardize": False}}, "fpr": 0.01,
-            "threshold_source": "control", "n_train": 8, "n_test": 4,
-            "per_layer": [{"layer": layer, "hook": h, "method": meth, "auroc": v - (0.05 if meth != "logistic" else 0),
-                           "recall_at_fpr": 0.5, "balanced_accuracy": 0.75, "threshold": 1.2, "n_eval": 4,
-                           "validation_auroc": v - 0.1}
-                          for meth in ("logistic", "mean-diff") for layer, h, v in zip(LAYERS, hooks, auroc)],
-            "auroc": auroc, "recall_at_fpr": [0.5, 0.5, 0.5],
-            "best": {"layer": 1, "hook": hooks[1], "method": "logistic", "auroc": 0.93, "recall_at_fpr": 0.5,
-                     "n_candidates": 6},
-            "headline": {"method": "logistic", "layer": 1, "hook": hooks[1], "chosen_on": "validation split of the training rows",
-                         "validation_auroc": 0.83, "auroc": 0.93, "auroc_ci_low": 0.8, "auroc_ci_high": 1.0,
-                         "recall_at_fpr": 0.5, "n_test": 4, "n_candidates": 6},
+            "hook_kind": "resid_post",
+            "pooling": "mean",
+            "dtype": "float64",
+            "positive_label": "dishonest",
+            "negative_labels": ["honest"],
+            "primary_method": "logistic",
+            "methods": ["logistic", "mean-diff"],
+            "params": {"logistic": {"standardize": True, "C": 0.1}, "mean-diff": {"standardize": False}},
+            "fpr": 0.01,
+            "threshold_source": "control",
+            "n_train": 8,
+            "n_test": 4,
+            "per_layer": [
+                {
+                    "layer": layer,
+                    "hook": h,
+                    "method": meth,
+                    "auroc": v - (0.05 if meth != "logistic" else 0),
+                    "recall_at_fpr": 0.5,
+                    "balanced_accuracy": 0.75,
+                    "threshold": 1.2,
+                    "n_eval": 4,
+                    "validation_auroc": v - 0.1,
+                }
+                for meth in ("logistic", "mean-diff")
+                for layer, h, v in zip(LAYERS, hooks, auroc)
+            ],
+            "auroc": auroc,
+            "recall_at_fpr": [0.5, 0.5, 0.5],
+            "best": {"layer": 1, "hook": hooks[1], "method": "logistic", "auroc": 0.93, "recall_at_fpr": 0.5, "n_candidates": 6},
+            "headline": {
+                "method": "logistic",
+                "layer": 1,
+                "hook": hooks[1],
+                "chosen_on": "validation split of the training rows",
+                "validation_auroc": 0.83,
+                "auroc": 0.93,
+                "auroc_ci_low": 0.8,
+                "auroc_ci_high": 1.0,
+                "recall_at_fpr": 0.5,
+                "n_test": 4,
+                "n_candidates": 6,
+            },
             "deception": None,
         },
         "steering": {
-            "hook": hooks[1], "layer": 1, "selection": "behaviour", "selected_by": "largest refusal-rate drop with the direction ablated",
-            "candidates": [{"layer": layer, "hook": h, "refusal_delta": -1.0 * layer, "kl": 0.02, "within_kl": True, "judged": True,
-                            "harmful_rate": 0.5 - 0.2 * layer, "rate_delta": -0.2 * layer} for layer, h in zip(LAYERS[:2], hooks)],
-            "judge": {"max_new_tokens": 12, "matcher_version": "geomprobe-refusal-phrases-1", "ci_level": 0.95,
-                      **{k: {"harmful": _rate(r, 4), "harmless": _rate(0.0, 4)}
-                         for k, r in (("unsteered", 0.5), ("ablated", 0.25), ("best", 0.75))}}, "vector_method": "mean-diff", "pooling": "last",
-            "vector_norm": 2.5, "metric": "refusal", "baseline": -2.0, "multipliers": mults, "refusal": [-3.0, -0.5],
-            "refusal_delta": [-1.0, 1.5], "kl": [0.05, 0.08], "kl_max": [0.1, 0.2],
+            "hook": hooks[1],
+            "layer": 1,
+            "selection": "behaviour",
+            "selected_by": "largest refusal-rate drop with the direction ablated",
+            "candidates": [
+                {
+                    "layer": layer,
+                    "hook": h,
+                    "refusal_delta": -1.0 * layer,
+                    "kl": 0.02,
+                    "within_kl": True,
+                    "judged": True,
+                    "harmful_rate": 0.5 - 0.2 * layer,
+                    "rate_delta": -0.2 * layer,
+                }
+                for layer, h in zip(LAYERS[:2], hooks)
+            ],
+            "judge": {
+                "max_new_tokens": 12,
+                "matcher_version": "geomprobe-refusal-phrases-1",
+                "ci_level": 0.95,
+                **{
+                    k: {"harmful": _rate(r, 4), "harmless": _rate(0.0, 4)}
+                    for k, r in (("unsteered", 0.5), ("ablated", 0.25), ("best", 0.75))
+                },
+            },
+            "vector_method": "mean-diff",
+            "pooling": "last",
+            "vector_norm": 2.5,
+            "metric": "refusal",
+            "baseline": -2.0,
+            "multipliers": mults,
+            "refusal": [-3.0, -0.5],
+            "refusal_delta": [-1.0, 1.5],
+            "kl": [0.05, 0.08],
+            "kl_max": [0.1, 0.2],
             "ablation": {"refusal": -4.0, "refusal_delta": -2.0, "kl": 0.02},
-            "best": {"multiplier": 1.0, "refusal": -0.5, "kl": 0.08}, "n_prompts": 4, "n_harmless": 4,
+            "best": {"multiplier": 1.0, "refusal": -0.5, "kl": 0.08},
+            "n_prompts": 4,
+            "n_harmless": 4,
         },
         "delta": None,
         "depth": None,
         "comparison": {
-            "aqi": _pairs(aqi, [0.3, 0.2, 0.4]), "subspace": _pairs(mso, [0.6, 0.7, 0.5]), "probes": _pairs(auroc, [0.7, 0.9, 0.9]),
-            "steering": {"hook": hooks[1], "baseline_a": -2.0, "baseline_b": -4.0, "baseline_delta": -2.0,
-                         "refusal_b": [-4.5, -3.5], "kl_b": [0.04, 0.05]},
-            "transfer": {
-                "probes": {"per_layer": [{"layer": layer, "hook": h, "auroc_a": v, "auroc": v - 0.1, "recall_at_fpr": 0.25,
-                                          "delta": -0.1} for layer, h, v in zip(LAYERS, hooks, auroc)],
-                           "auroc": [v - 0.1 for v in auroc], "delta": [-0.1, -0.1, -0.1]},
-                "directions": {"per_layer": [{"layer": layer, "hook": h, "cosine": c} for layer, h, c in zip(LAYERS, hooks, [0.9, 0.0, 0.5])],
-                               "cosine": [0.9, 0.0, 0.5]},
-                "steering": {"hook": hooks[1], "baseline": -4.0, "multipliers": mults, "refusal": [-4.2, -3.9],
-                             "refusal_delta": [-0.2, 0.1], "kl": [0.01, 0.01]},
+            "aqi": _pairs(aqi, [0.3, 0.2, 0.4]),
+            "subspace": _pairs(mso, [0.6, 0.7, 0.5]),
+            "probes": _pairs(auroc, [0.7, 0.9, 0.9]),
+            "steering": {
+                "hook": hooks[1],
+                "baseline_a": -2.0,
+                "baseline_b": -4.0,
+                "baseline_delta": -2.0,
+                "refusal_b": [-4.5, -3.5],
+                "kl_b": [0.04, 0.05],
             },
-            "weights": {"n_matrices": 21, "n_changed": 6, "relative_update_norm": 0.05, "energy": 0.9,
-                        "per_layer": [{"layer": layer, "n_changed": 2, "relative_update_norm": 0.05, "mso_mean": 0.3,
-                                       "baseline_mean": 0.2, "update_in_weight_subspace": 0.6, "update_along_direction": u}
-                                      for layer, u in zip(LAYERS, [0.4, 1.0, 0.5])],
-                        "update_along_direction": [0.4, 1.0, 0.5], "direction_baseline": 0.125},
+            "transfer": {
+                "probes": {
+                    "per_layer": [
+                        {"layer": layer, "hook": h, "auroc_a": v, "auroc": v - 0.1, "recall_at_fpr": 0.25, "delta": -0.1}
+                        for layer, h, v in zip(LAYERS, hooks, auroc)
+                    ],
+                    "auroc": [v - 0.1 for v in auroc],
+                    "delta": [-0.1, -0.1, -0.1],
+                },
+                "directions": {
+                    "per_layer": [
+                        {"layer": layer, "hook": h, "cosine": c} for layer, h, c in zip(LAYERS, hooks, [0.9, 0.0, 0.5])
+                    ],
+                    "cosine": [0.9, 0.0, 0.5],
+                },
+                "steering": {
+                    "hook": hooks[1],
+                    "baseline": -4.0,
+                    "multipliers": mults,
+                    "refusal": [-4.2, -3.9],
+                    "refusal_delta": [-0.2, 0.1],
+                    "kl": [0.01, 0.01],
+                },
+            },
+            "weights": {
+                "n_matrices": 21,
+                "n_changed": 6,
+                "relative_update_norm": 0.05,
+                "energy": 0.9,
+                "per_layer": [
+                    {
+                        "layer": layer,
+                        "n_changed": 2,
+                        "relative_update_norm": 0.05,
+                        "mso_mean": 0.3,
+                        "baseline_mean": 0.2,
+                        "update_in_weight_subspace": 0.6,
+                        "update_along_direction": u,
+                    }
+                    for layer, u in zip(LAYERS, [0.4, 1.0, 0.5])
+                ],
+                "update_along_direction": [0.4, 1.0, 0.5],
+                "direction_baseline": 0.125,
+            },
         },
     }
 
@@ -154,9 +351,17 @@ def report(tmp_path_factory):
     y = np.r_[np.zeros(20, int), np.ones(20, int)]
     acts = {layer: rng.normal(size=(40, 8)) + 2.0 * y[:, None] * layer for layer in LAYERS}
     figures = [
-        FigureRef("pca_grid", "aqi", "PCA grid", save_figure(plot_pca_grid(acts, y, class_names=("harmless", "harmful"),
-                                                                           model_id="tiny-a", highlight=1), out / "pca_grid.png")),
-        FigureRef("comparison", "comparison", "a vs b", save_figure(plot_comparison(metrics), out / "comparison.png"), "caption <b>"),
+        FigureRef(
+            "pca_grid",
+            "aqi",
+            "PCA grid",
+            save_figure(
+                plot_pca_grid(acts, y, class_names=("harmless", "harmful"), model_id="tiny-a", highlight=1), out / "pca_grid.png"
+            ),
+        ),
+        FigureRef(
+            "comparison", "comparison", "a vs b", save_figure(plot_comparison(metrics), out / "comparison.png"), "caption <b>"
+        ),
     ]
     html_path, md_path = write_report(metrics, figures, out)
     return out, html_path, md_path, figures

@@ -27,9 +27,30 @@ def slow_tiny_dir(tmp_path_factory):
 
 
 def _command(model_dir, out, *extra):
-    return [sys.executable, "-m", "geomprobe", "cache", "--model", str(model_dir), "--device", "cpu",
-            "--dataset", "harmful-harmless", "--limit", "120", "--pooling", "last,mean,all", "--batch-size", "2",
-            "--segment-rows", "8", "--out", str(out), "--quiet", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "geomprobe",
+        "cache",
+        "--model",
+        str(model_dir),
+        "--device",
+        "cpu",
+        "--dataset",
+        "harmful-harmless",
+        "--limit",
+        "120",
+        "--pooling",
+        "last,mean,all",
+        "--batch-size",
+        "2",
+        "--segment-rows",
+        "8",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 # One thread: stable timing for the kill schedule, and no OpenMP spinning against the test runner.

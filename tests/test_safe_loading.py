@@ -115,8 +115,12 @@ def test_pickle_disguised_as_cache_is_refused(writer, tmp_path, capsys):
     WRITERS[writer](path, marker)
     with pytest.raises(GeomprobeError, match="not a readable HDF5"):
         open_cache(path)
-    for argv in (["aqi", path], ["probe", "train", path, "--out", tmp_path / "p"], ["steer", "screen", path],
-                 ["subspace", "acts", path]):
+    for argv in (
+        ["aqi", path],
+        ["probe", "train", path, "--out", tmp_path / "p"],
+        ["steer", "screen", path],
+        ["subspace", "acts", path],
+    ):
         code, err = _run_cli(argv, capsys)
         assert code == 2 and err.startswith("geomprobe: error:") and "Traceback" not in err, err
     assert not marker.exists()
@@ -172,7 +176,9 @@ def test_no_unsafe_deserialisation_in_the_package():
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
-                if any(n.split(".")[0] in ("pickle", "cPickle", "dill", "joblib", "cloudpickle", "shelve", "marshal") for n in names):
+                if any(
+                    n.split(".")[0] in ("pickle", "cPickle", "dill", "joblib", "cloudpickle", "shelve", "marshal") for n in names
+                ):
                     bad.append(f"{path.name}:{node.lineno} imports {names}")
         for node, func in _calls(tree):
             kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
@@ -206,12 +212,16 @@ def test_scanner_catches_unsafe_code():
 
 def test_remote_code_is_off_unless_asked():
     from geomprobe import models
-    from geomprobe.subspace import weights
+    from geomprobe.subspace import projection, weights
 
-    for fn in (models.load_model, models.load_checkpoint, weights.weight_update_overlap, weights.project_finetune_update):
+    for fn in (models.load_model, models.load_checkpoint, weights.weight_update_overlap, projection.project_finetune_update):
         assert inspect.signature(fn).parameters["trust_remote_code"].default is False, fn.__name__
     parser = geomprobe.cli.build_parser()
-    for argv in (["cache"], ["subspace", "weights", "--base", "a", "--aligned", "b"], ["steer", "generate", "v", "--prompt", "x"]):
+    for argv in (
+        ["cache"],
+        ["subspace", "weights", "--base", "a", "--aligned", "b"],
+        ["steer", "generate", "v", "--prompt", "x"],
+    ):
         assert parser.parse_args(argv).trust_remote_code is False
     # Every literal trust_remote_code=... in the package passes a variable or False, never True.
     for path in _sources():
@@ -266,8 +276,17 @@ class _Reader(threading.Thread):
 def _cache(model, out: Path, **kw):
     from geomprobe.activations.collect import cache_activations
 
-    return cache_activations(model, "harmful-harmless", out, limit=96, hooks=list(HOOKS), poolings=("last", "mean"),
-                             batch_size=16, segment_rows=16, **kw)
+    return cache_activations(
+        model,
+        "harmful-harmless",
+        out,
+        limit=96,
+        hooks=list(HOOKS),
+        poolings=("last", "mean"),
+        batch_size=16,
+        segment_rows=16,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -123,8 +123,9 @@ def test_stratified_auroc_interval_agrees_with_scipy_two_sample():
     def auroc(p: np.ndarray, n: np.ndarray) -> float:
         return roc_auc_score(np.r_[np.ones(len(p)), np.zeros(len(n))], np.r_[p, n])
 
-    ref = scipy_bootstrap((s[pos], s[neg]), auroc, n_resamples=B, method="percentile", vectorized=False,
-                          rng=np.random.default_rng(2))
+    ref = scipy_bootstrap(
+        (s[pos], s[neg]), auroc, n_resamples=B, method="percentile", vectorized=False, rng=np.random.default_rng(2)
+    )
     assert ours.estimate == pytest.approx(roc_auc_score(y, s))
     _close(ours.interval, ref.confidence_interval, ref.standard_error)
 
@@ -134,13 +135,26 @@ def test_paired_difference_agrees_with_scipy_paired():
     a = rng.normal(size=50)
     b = a + 0.3 + 0.5 * rng.normal(size=50)
     ours = stats.paired_bootstrap(lambda rows: (a[rows].mean(), b[rows].mean()), 50, n_bootstrap=B, seed=1)
-    ref = scipy_bootstrap((a, b), lambda u, v: np.mean(v) - np.mean(u), paired=True, vectorized=False,
-                          n_resamples=B, method="percentile", rng=np.random.default_rng(2))
+    ref = scipy_bootstrap(
+        (a, b),
+        lambda u, v: np.mean(v) - np.mean(u),
+        paired=True,
+        vectorized=False,
+        n_resamples=B,
+        method="percentile",
+        rng=np.random.default_rng(2),
+    )
     assert ours.delta == pytest.approx(b.mean() - a.mean()) and ours.n == 50 and len(ours.replicates) == B
     _close((ours.low, ours.high), ref.confidence_interval, ref.standard_error)
     # pairing matters: the unpaired interval of the same difference is much wider
-    unpaired = scipy_bootstrap((a, b), lambda u, v: np.mean(v) - np.mean(u), n_resamples=B, method="percentile",
-                               vectorized=False, rng=np.random.default_rng(2)).confidence_interval
+    unpaired = scipy_bootstrap(
+        (a, b),
+        lambda u, v: np.mean(v) - np.mean(u),
+        n_resamples=B,
+        method="percentile",
+        vectorized=False,
+        rng=np.random.default_rng(2),
+    ).confidence_interval
     assert ours.high - ours.low < 0.6 * (unpaired.high - unpaired.low)
     assert ours.low > 0 and ours.p_value < 0.01
 
@@ -215,12 +229,18 @@ def test_audit_paired_changes_unchanged():
     d = _inputs()
     ch = paired_bootstrap(rate_statistic(d["fa"].tolist(), d["fb"].tolist()), np.zeros(23), n_bootstrap=300, seed=2)
     assert (ch.a, ch.b, ch.delta, ch.ci_low, ch.ci_high, ch.p_value, ch.n) == (
-        0.5652173913043478, 0.2608695652173913, -0.3043478260869565, -0.6086956521739131, -0.043478260869565216,
-        0.03986710963455149, 23)
+        0.5652173913043478,
+        0.2608695652173913,
+        -0.3043478260869565,
+        -0.6086956521739131,
+        -0.043478260869565216,
+        0.03986710963455149,
+        23,
+    )
     ch = paired_bootstrap(aqi_statistic(d["Xa"], d["Xb"], d["lab"]), d["lab"], n_bootstrap=40, seed=9)
     assert (ch.a, ch.b, ch.delta, ch.ci_low, ch.ci_high) == pytest.approx(
-        (0.25756019803971814, 0.2721980352288112, 0.014637837189093061, -0.08661231943710898, 0.03183254620212218),
-        rel=1e-12)
+        (0.25756019803971814, 0.2721980352288112, 0.014637837189093061, -0.08661231943710898, 0.03183254620212218), rel=1e-12
+    )
     assert ch.p_value == 0.6829268292682927 and ch.n == 22
     v = np.round(np.random.default_rng(8).normal(0.45, 1, size=60), 1)
     v[[3, 7]] = [np.nan, -np.inf]
@@ -228,20 +248,41 @@ def test_audit_paired_changes_unchanged():
 
 
 AQI_OLD = {
-    "basic": ({"davies_bouldin": (1.4030635818452428, 1.7428327557874326), "dunn": (0.2449147039230702, 0.28096049268983914),
-               "xie_beni": (0.4544743311912599, 0.8221915961075367),
-               "calinski_harabasz": (6.6524206051583015, 16.868115534078893), "aqi": (0.27920755784800927, 0.3169068041765854)},
-              0.0625),
-    "percentile": ({"davies_bouldin": (1.1709703119487802, 1.51073948589097), "dunn": (0.28096049268983914, 0.3170062814566081),
-                    "xie_beni": (0.3934532933930365, 0.7611705583093132),
-                    "calinski_harabasz": (13.784067450612898, 23.99976237953349),
-                    "aqi": (0.3094457129659725, 0.34714495929454864)}, 0.0625),
+    "basic": (
+        {
+            "davies_bouldin": (1.4030635818452428, 1.7428327557874326),
+            "dunn": (0.2449147039230702, 0.28096049268983914),
+            "xie_beni": (0.4544743311912599, 0.8221915961075367),
+            "calinski_harabasz": (6.6524206051583015, 16.868115534078893),
+            "aqi": (0.27920755784800927, 0.3169068041765854),
+        },
+        0.0625,
+    ),
+    "percentile": (
+        {
+            "davies_bouldin": (1.1709703119487802, 1.51073948589097),
+            "dunn": (0.28096049268983914, 0.3170062814566081),
+            "xie_beni": (0.3934532933930365, 0.7611705583093132),
+            "calinski_harabasz": (13.784067450612898, 23.99976237953349),
+            "aqi": (0.3094457129659725, 0.34714495929454864),
+        },
+        0.0625,
+    ),
 }
-AQI_MEAN = {"davies_bouldin": 1.3445403445503579, "dunn": 0.2963494028925059, "xie_beni": 0.5730007542558758,
-            "calinski_harabasz": 18.61913458150432, "aqi": 0.32846919916533623}
-AQI_SUB = {"davies_bouldin": (1.1475556623500818, 1.920892370443168), "dunn": (-0.013955581579455978, 0.3031251131971063),
-           "xie_beni": (0.14453883412718516, 0.8879898673595283), "calinski_harabasz": (-9.011292871189763, 11.415475911234788),
-           "aqi": (0.2038790619255077, 0.3395741655311363)}
+AQI_MEAN = {
+    "davies_bouldin": 1.3445403445503579,
+    "dunn": 0.2963494028925059,
+    "xie_beni": 0.5730007542558758,
+    "calinski_harabasz": 18.61913458150432,
+    "aqi": 0.32846919916533623,
+}
+AQI_SUB = {
+    "davies_bouldin": (1.1475556623500818, 1.920892370443168),
+    "dunn": (-0.013955581579455978, 0.3031251131971063),
+    "xie_beni": (0.14453883412718516, 0.8879898673595283),
+    "calinski_harabasz": (-9.011292871189763, 11.415475911234788),
+    "aqi": (0.2038790619255077, 0.3395741655311363),
+}
 
 
 def test_aqi_resampling_unchanged():

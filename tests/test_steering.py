@@ -140,15 +140,23 @@ def test_build_from_cache_labels_and_save_load(tmp_path):
     X, labels, pairs = _paired_data(d=16)
     path = tmp_path / "c.h5"
     write_cache(
-        path, {"blocks.0.hook_resid_post": X, "blocks.1.hook_resid_post": X * 2}, labels, ["harmless", "harmful"],
-        pair_ids=pairs, attrs={"model_id": "toy"},
+        path,
+        {"blocks.0.hook_resid_post": X, "blocks.1.hook_resid_post": X * 2},
+        labels,
+        ["harmless", "harmful"],
+        pair_ids=pairs,
+        attrs={"model_id": "toy"},
     )
     vec = build_from_cache(path)
     assert vec.hooks == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
     assert vec.metadata["positive_label"] == "harmful" and vec.model_id == "toy" and vec.d_model == 16
-    np.testing.assert_allclose(vec.vectors["blocks.1.hook_resid_post"].numpy(), 2 * vec.vectors["blocks.0.hook_resid_post"].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        vec.vectors["blocks.1.hook_resid_post"].numpy(), 2 * vec.vectors["blocks.0.hook_resid_post"].numpy(), rtol=1e-5
+    )
     flipped = build_from_cache(path, positive_label="harmless", hooks=["resid_post:0"])
-    np.testing.assert_allclose(flipped.vectors["blocks.0.hook_resid_post"].numpy(), -vec.vectors["blocks.0.hook_resid_post"].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        flipped.vectors["blocks.0.hook_resid_post"].numpy(), -vec.vectors["blocks.0.hook_resid_post"].numpy(), rtol=1e-5
+    )
     with pytest.raises(GeomprobeError, match="positive-label"):
         build_from_cache(path, positive_label="nope")
 
@@ -180,8 +188,9 @@ def test_build_from_prompts_matches_hf_hidden_states(tiny_llama):
     with torch.no_grad():
         for p, n in zip(pos, neg):
             hs = [
-                tiny_llama.hf_model(tiny_llama.tokenizer(t, return_tensors="pt", add_special_tokens=False).input_ids,
-                                    output_hidden_states=True).hidden_states[1][0, -1]
+                tiny_llama.hf_model(
+                    tiny_llama.tokenizer(t, return_tensors="pt", add_special_tokens=False).input_ids, output_hidden_states=True
+                ).hidden_states[1][0, -1]
                 for t in (p, n)
             ]
             ref.append((hs[0] - hs[1]).double().numpy())
@@ -194,14 +203,14 @@ def test_probe_direction_path(tmp_path):
 
     X, labels, pairs = _paired_data(d=16, n_pairs=20)
     path = tmp_path / "c.h5"
-    write_cache(path, {"blocks.2.hook_resid_post": X}, labels, ["honest", "dishonest"], pair_ids=pairs,
-                attrs={"model_id": "toy"})
+    write_cache(path, {"blocks.2.hook_resid_post": X}, labels, ["honest", "dishonest"], pair_ids=pairs, attrs={"model_id": "toy"})
     fitted, _ = probes.train_probes(path, device="cpu")
     probes.save_probe(fitted, tmp_path / "probe")
     vec = build_from_probe(tmp_path / "probe")
     assert vec.method == "probe" and vec.hooks == ["blocks.2.hook_resid_post"] and vec.pooling == "last"
-    np.testing.assert_allclose(vec.vectors["blocks.2.hook_resid_post"].numpy(),
-                               fitted.direction("blocks.2.hook_resid_post"), rtol=1e-6)
+    np.testing.assert_allclose(
+        vec.vectors["blocks.2.hook_resid_post"].numpy(), fitted.direction("blocks.2.hook_resid_post"), rtol=1e-6
+    )
     # The probe points toward "dishonest", the planted shift is on axis 3.
     assert np.argmax(np.abs(vec.vectors["blocks.2.hook_resid_post"].numpy())) == 3
 
@@ -209,7 +218,9 @@ def test_probe_direction_path(tmp_path):
 # -- application ------------------------------------------------------------------------------
 def _vector(model, layer=0, seed=0, scale=1.0):
     rng = np.random.default_rng(seed)
-    return SteeringVector({f"blocks.{layer}.hook_resid_post": scale * rng.normal(size=model.d_model)}, "mean-diff", "last", model.model_id)
+    return SteeringVector(
+        {f"blocks.{layer}.hook_resid_post": scale * rng.normal(size=model.d_model)}, "mean-diff", "last", model.model_id
+    )
 
 
 def test_unsteered_generation_matches_plain_hf(tiny_llama, tiny_llama_dir):
@@ -219,9 +230,11 @@ def test_unsteered_generation_matches_plain_hf(tiny_llama, tiny_llama_dir):
     ckpt = load_checkpoint(tiny_llama_dir)
     texts = render_prompts(tiny_llama.tokenizer, PROMPTS)
     enc = ckpt.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-    ref = ckpt.hf_model.generate(**enc, max_new_tokens=10, do_sample=False, pad_token_id=ckpt.tokenizer.pad_token_id, eos_token_id=None)
+    ref = ckpt.hf_model.generate(
+        **enc, max_new_tokens=10, do_sample=False, pad_token_id=ckpt.tokenizer.pad_token_id, eos_token_id=None
+    )
     ours = generate(tiny_llama, PROMPTS, max_new_tokens=10, stop_at_eos=False)
-    assert [g.token_ids for g in ours] == ref[:, enc.input_ids.shape[1]:].tolist()
+    assert [g.token_ids for g in ours] == ref[:, enc.input_ids.shape[1] :].tolist()
 
 
 def test_steer_all_matches_hf_forward_hook(tiny_llama, tiny_llama_dir):
@@ -297,8 +310,14 @@ def test_compare_generations_returns_typed_rows(tiny_llama):
     plain = generate(tiny_llama, PROMPTS, **kw)
     steered = generate(tiny_llama, PROMPTS, vector=vec, multiplier=6.0, **kw)
     assert [g.token_ids for g in rows] == [g.token_ids for g in plain + steered]
-    assert rows[2].to_dict() == {"prompt": PROMPTS[0], "text": steered[0].text, "token_ids": steered[0].token_ids,
-                                 "multiplier": 6.0, "hooks": ["blocks.1.hook_resid_post"], "positions": "all"}
+    assert rows[2].to_dict() == {
+        "prompt": PROMPTS[0],
+        "text": steered[0].text,
+        "token_ids": steered[0].token_ids,
+        "multiplier": 6.0,
+        "hooks": ["blocks.1.hook_resid_post"],
+        "positions": "all",
+    }
     assert generation_table(rows) == generation_table([g.to_dict() for g in rows])
 
 
@@ -307,10 +326,14 @@ def test_bridge_generate_is_steered_too(tiny_llama):
     vec = _vector(tiny_llama, layer=0, scale=3.0)
     texts = render_prompts(tiny_llama.tokenizer, PROMPTS[:1])
     ids = tokenize_left(tiny_llama, texts, rendered_chat=True)["input_ids"]
-    ours = generate(tiny_llama, PROMPTS[:1], vector=vec, multiplier=8.0, positions="generated", max_new_tokens=6, stop_at_eos=False)
+    ours = generate(
+        tiny_llama, PROMPTS[:1], vector=vec, multiplier=8.0, positions="generated", max_new_tokens=6, stop_at_eos=False
+    )
     with steer(tiny_llama, vec, 8.0, positions="generated"):
-        out = tiny_llama.bridge.generate(ids, max_new_tokens=6, do_sample=False, verbose=False, stop_at_eos=False, prepend_bos=False)
-    assert out[0, ids.shape[1]:].tolist() == ours[0].token_ids
+        out = tiny_llama.bridge.generate(
+            ids, max_new_tokens=6, do_sample=False, verbose=False, stop_at_eos=False, prepend_bos=False
+        )
+    assert out[0, ids.shape[1] :].tolist() == ours[0].token_ids
 
 
 def test_hooks_removed_even_when_generation_raises(tiny_llama):
@@ -413,7 +436,9 @@ def test_gguf_export_roundtrip(tmp_path):
     rng = np.random.default_rng(0)
     vec = SteeringVector(
         {"blocks.1.hook_resid_post": rng.normal(size=16), "blocks.3.hook_resid_pre": rng.normal(size=16)},
-        "pca-diff-uncentered", "last", "toy-model",
+        "pca-diff-uncentered",
+        "last",
+        "toy-model",
     )
     result = export_gguf(vec, tmp_path / "cv.gguf", multiplier=2.0, model_hint="llama")
     path = result.path
@@ -490,7 +515,9 @@ def test_gguf_model_hint_is_the_architecture(tmp_path, tiny_llama_dir):
     assert read_gguf(result.path)[1]["model_hint"] == "llama"
     field = gguf.GGUFReader(str(result.path)).fields["controlvector.model_hint"]
     assert bytes(field.parts[field.data[0]]).decode() == "llama"
-    recorded = SteeringVector({"blocks.1.hook_resid_post": np.ones(8)}, "mean-diff", "last", "x", metadata={"model_type": "qwen2"})
+    recorded = SteeringVector(
+        {"blocks.1.hook_resid_post": np.ones(8)}, "mean-diff", "last", "x", metadata={"model_type": "qwen2"}
+    )
     assert export_gguf(recorded, tmp_path / "q.gguf").model_hint == "qwen2"
     unknown = SteeringVector({"blocks.1.hook_resid_post": np.ones(8)}, "mean-diff", "last", "no-such-model-anywhere")
     with pytest.raises(GeomprobeError, match="--model-hint"):

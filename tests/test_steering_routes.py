@@ -114,11 +114,14 @@ def test_resid_mid_steering_moves_the_residual_stream(tiny, via):
             with unbridged(tiny):
                 hs = [
                     block.ln2.original_component.register_forward_pre_hook(
-                        lambda m, a: captured.__setitem__("mid", a[0].detach().clone())),
+                        lambda m, a: captured.__setitem__("mid", a[0].detach().clone())
+                    ),
                     block.mlp.original_component.register_forward_hook(
-                        lambda m, a, o: captured.__setitem__("mlp", o.detach().clone())),
+                        lambda m, a, o: captured.__setitem__("mlp", o.detach().clone())
+                    ),
                     block.original_component.register_forward_hook(
-                        lambda m, a, o: captured.__setitem__("post", (o[0] if isinstance(o, tuple) else o).detach().clone())),
+                        lambda m, a, o: captured.__setitem__("post", (o[0] if isinstance(o, tuple) else o).detach().clone())
+                    ),
                 ]
                 try:
                     tiny.hf_model(ids)
@@ -164,12 +167,20 @@ def test_auto_keeps_the_bridge_while_bridge_hooks_are_active(tiny):
     handles = []
     with unbridged(tiny):
         for block in tiny.bridge.blocks:
-            handles.append(block.original_component.register_forward_pre_hook(
-                lambda m, a, k: ((project(a[0]),) + tuple(a[1:]), k) if a else
-                (a, {**k, "hidden_states": project(k["hidden_states"])}), with_kwargs=True))
+            handles.append(
+                block.original_component.register_forward_pre_hook(
+                    lambda m, a, k: (
+                        ((project(a[0]),) + tuple(a[1:]), k) if a else (a, {**k, "hidden_states": project(k["hidden_states"])})
+                    ),
+                    with_kwargs=True,
+                )
+            )
             for module in (block.attn.original_component, block.original_component):
-                handles.append(module.register_forward_hook(
-                    lambda m, a, o: project(o) if isinstance(o, torch.Tensor) else (project(o[0]),) + tuple(o[1:])))
+                handles.append(
+                    module.register_forward_hook(
+                        lambda m, a, o: project(o) if isinstance(o, torch.Tensor) else (project(o[0]),) + tuple(o[1:])
+                    )
+                )
         try:
             reference = generate(tiny, PROMPTS, via="hf", **kw)
         finally:
@@ -224,7 +235,8 @@ def test_auto_keeps_the_bridge_where_the_plain_modules_disagree(tiny):
     # Only the bridge route runs the bridge's own component: a stand-in for an adapter that differs.
     shift = torch.linspace(-1.0, 1.0, tiny.d_model)  # not constant: LayerNorm would remove that
     skew = tiny.bridge.blocks[0].register_forward_hook(
-        lambda m, a, o: (o[0] + shift,) + tuple(o[1:]) if isinstance(o, tuple) else o + shift)
+        lambda m, a, o: (o[0] + shift,) + tuple(o[1:]) if isinstance(o, tuple) else o + shift
+    )
     try:
         hf._geomprobe_unbridged_agrees = None
         with tiny.bridge.hooks(fwd_hooks=[keep]):

@@ -74,8 +74,13 @@ def test_screen_arrays_and_cache(tmp_path):
     pa, pb = X[n:] @ unit, X[:n] @ unit
     pooled = np.sqrt(((n - 1) * pa.var(ddof=1) + (n - 1) * pb.var(ddof=1)) / (2 * n - 2))
     assert stats["cohens_d"] == pytest.approx((pa.mean() - pb.mean()) / pooled, rel=1e-6)
-    write_cache(tmp_path / "c.h5", {"blocks.0.hook_resid_post": X, "blocks.1.hook_resid_post": X[rng.permutation(2 * n)]},
-                labels, ["harmless", "harmful"], pair_ids=pairs)
+    write_cache(
+        tmp_path / "c.h5",
+        {"blocks.0.hook_resid_post": X, "blocks.1.hook_resid_post": X[rng.permutation(2 * n)]},
+        labels,
+        ["harmless", "harmful"],
+        pair_ids=pairs,
+    )
     recs = screen_cache(tmp_path / "c.h5")
     assert [r.layer for r in recs] == [0, 1]
     assert recs[0].js_bits > recs[1].js_bits  # layer 1 has labels scrambled relative to rows
@@ -86,14 +91,17 @@ def vec(tiny_llama):
     rng = np.random.default_rng(0)
     return SteeringVector(
         {f"blocks.{l}.hook_resid_post": rng.normal(size=tiny_llama.d_model) for l in range(tiny_llama.n_layers)},
-        "mean-diff", "last", tiny_llama.model_id,
+        "mean-diff",
+        "last",
+        tiny_llama.model_id,
     )
 
 
 def test_search_layers_matches_manual_forward(tiny_llama, vec):
     ids = [5, 9]
-    res = search_layers(tiny_llama, vec, HARMFUL, harmless_prompts=HARMLESS, multipliers=[0, 4.0],
-                        metric="refusal", refusal_tokens=ids)
+    res = search_layers(
+        tiny_llama, vec, HARMFUL, harmless_prompts=HARMLESS, multipliers=[0, 4.0], metric="refusal", refusal_tokens=ids
+    )
     assert len(res.records) == 2 * tiny_llama.n_layers
     zero = [r for r in res.records if r.multiplier == 0]
     assert all(r.score_mean == pytest.approx(res.baseline) and r.kl_mean == pytest.approx(0.0, abs=1e-12) for r in zero)
@@ -127,14 +135,16 @@ def test_search_logit_diff_ablate_and_plot(tiny_llama, vec):
 
     from geomprobe.plots.steering import dose_response
 
-    res = search_layers(tiny_llama, vec, HARMFUL[:2], hooks=["resid_post:0"], multipliers=[-2, 2],
-                        metric="logit-diff", answer_tokens=[5, 9])
+    res = search_layers(
+        tiny_llama, vec, HARMFUL[:2], hooks=["resid_post:0"], multipliers=[-2, 2], metric="logit-diff", answer_tokens=[5, 9]
+    )
     lp, _ = next_token_logprobs(tiny_llama, render_prompts(tiny_llama.tokenizer, HARMFUL[:2]))
     assert res.baseline == pytest.approx(float((lp[:, 5] - lp[:, 9]).mean()), rel=1e-9)
     fig = dose_response(res)
     assert isinstance(fig, Figure) and fig.axes[0].get_xlabel() == "multiplier"
-    abl = search_layers(tiny_llama, vec, HARMFUL[:2], harmless_prompts=HARMLESS[:2], mode="ablate",
-                        metric="refusal", refusal_tokens=[5])
+    abl = search_layers(
+        tiny_llama, vec, HARMFUL[:2], harmless_prompts=HARMLESS[:2], mode="ablate", metric="refusal", refusal_tokens=[5]
+    )
     assert [r.multiplier for r in abl.records] == [None, None]
     assert all(r.kl_mean > 0 for r in abl.records)
 
@@ -157,10 +167,12 @@ def test_hold_out_build_prompts_per_side(tiny_llama_dir, tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     built = ["How do I steal a car?", "How do I bake bread?"]
     X = np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32)
-    cache = write_cache(tmp_path / "c.h5", {"blocks.0.hook_resid_post": X}, [1, 0], ["harmless", "harmful"],
-                        texts=render_prompts(tok, built))
-    vec = SteeringVector({"blocks.0.hook_resid_post": np.ones(8)}, "mean-diff", "last",
-                         metadata={"source": "cache", "cache_path": str(cache)})
+    cache = write_cache(
+        tmp_path / "c.h5", {"blocks.0.hook_resid_post": X}, [1, 0], ["harmless", "harmful"], texts=render_prompts(tok, built)
+    )
+    vec = SteeringVector(
+        {"blocks.0.hook_resid_post": np.ones(8)}, "mean-diff", "last", metadata={"source": "cache", "cache_path": str(cache)}
+    )
     # the prompt side keeps a fresh prompt, so its build prompt is held out; the harmless side
     # would be empty, so it is kept whole and the overlap is reported as training data
     p, h, overlap = hold_out_build_prompts(vec, tok, ["How do I steal a car?", "Fresh question?"], ["How do I bake bread?"])

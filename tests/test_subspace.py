@@ -265,7 +265,9 @@ def test_label_arguments_in_the_stage_order(three_class_cache):
 
 def test_two_class_cache_needs_no_labels(tmp_path):
     rng = np.random.default_rng(21)
-    path = write_cache(tmp_path / "two.h5", {"blocks.0.hook_resid_post": rng.normal(size=(20, 8))}, [0] * 10 + [1] * 10, ["safe", "unsafe"])
+    path = write_cache(
+        tmp_path / "two.h5", {"blocks.0.hook_resid_post": rng.normal(size=(20, 8))}, [0] * 10 + [1] * 10, ["safe", "unsafe"]
+    )
     (r,) = activation_overlap_by_layer(path, k=2, center=False, device="cpu")
     assert (r.label_a, r.label_b, r.centered) == ("safe", "unsafe", False)
 

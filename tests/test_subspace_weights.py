@@ -45,8 +45,15 @@ def plant_llama(base):
     sa, sb = 0.05 * np.array([4.0, 3, 2, 1]), 0.05 * np.array([2.0, 1, 3, 0.5])
     A = Qa @ np.diag(sa) @ orth(rng, 64, 4).T
     B = Qb @ np.diag(sb) @ orth(rng, 64, 4).T
-    truth[Q_NAME] = dict(A=A, B=B, Qa=Qa, mso=0.5, cos=[1, 1, 0, 0], b_in_a=(sb[:2] ** 2).sum() / (sb**2).sum(),
-                         a_in_b=(sa[:2] ** 2).sum() / (sa**2).sum())
+    truth[Q_NAME] = dict(
+        A=A,
+        B=B,
+        Qa=Qa,
+        mso=0.5,
+        cos=[1, 1, 0, 0],
+        b_in_a=(sb[:2] ** 2).sum() / (sb**2).sum(),
+        a_in_b=(sa[:2] ** 2).sum() / (sa**2).sum(),
+    )
     # down_proj (out 64 x in 128): B's directions at known principal angles to A's.
     E = orth(rng, 64, 8)
     Qa, Qb = E[:, :4], E[:, :4] * np.cos(THETA) + E[:, 4:] * np.sin(THETA)
@@ -54,8 +61,15 @@ def plant_llama(base):
     A = Qa @ np.diag(sa) @ orth(rng, 128, 4).T
     B = Qb @ np.diag(sb) @ orth(rng, 128, 4).T
     c2 = np.cos(THETA) ** 2
-    truth[DOWN_NAME] = dict(A=A, B=B, Qa=Qa, mso=c2.mean(), cos=np.cos(THETA), b_in_a=(sb**2 * c2).sum() / (sb**2).sum(),
-                            a_in_b=(sa**2 * c2).sum() / (sa**2).sum())
+    truth[DOWN_NAME] = dict(
+        A=A,
+        B=B,
+        Qa=Qa,
+        mso=c2.mean(),
+        cos=np.cos(THETA),
+        b_in_a=(sb**2 * c2).sum() / (sb**2).sum(),
+        a_in_b=(sa**2 * c2).sum() / (sa**2).sum(),
+    )
     for name, t in truth.items():
         _add(aligned, name, t["A"])
         _add(finetuned, name, t["A"] + t["B"])

@@ -58,17 +58,28 @@ def build_tiny_model(folder: Path, kind: str = "llama", n_layers: int = 2, d_mod
     torch.manual_seed(seed)
     if kind == "llama":
         config = LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=d_model, intermediate_size=2 * d_model,
-            num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            vocab_size=len(tokenizer),
+            hidden_size=d_model,
+            intermediate_size=2 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
             tie_word_embeddings=False,
         )
         model = LlamaForCausalLM(config)
     elif kind == "gpt2":
         config = GPT2Config(
-            vocab_size=len(tokenizer), n_embd=d_model, n_layer=n_layers, n_head=4, n_positions=256,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            vocab_size=len(tokenizer),
+            n_embd=d_model,
+            n_layer=n_layers,
+            n_head=4,
+            n_positions=256,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
         )
         model = GPT2LMHeadModel(config)
     else:

@@ -25,7 +25,7 @@ class RidgeParams:
 def fit_ridge(data: ProbeData, params: RidgeParams) -> KindFit:
     """All layers at once: centre X and the targets, solve (Xc'Xc + alpha I) w = Xc't per layer."""
     X = data.X.to(data.dtype)  # (L, N, d)
-    t = (2.0 * data.y.to(data.dtype) - 1.0)  # (N,) in {-1, +1}
+    t = 2.0 * data.y.to(data.dtype) - 1.0  # (N,) in {-1, +1}
     mean_x, mean_t = X.mean(dim=1), t.mean()
     Xc = X - mean_x[:, None, :]
     gram = Xc.transpose(1, 2) @ Xc + params.alpha * torch.eye(X.shape[2], dtype=X.dtype, device=X.device)
@@ -33,5 +33,6 @@ def fit_ridge(data: ProbeData, params: RidgeParams) -> KindFit:
     return KindFit(coef, mean_t - (mean_x * coef).sum(-1), {"n_rows": int(X.shape[1])})
 
 
-register_probe_kind("ridge", RidgeParams, fit_ridge, aliases=("ridge-regression",),
-                    description="ridge regression of the +-1 labels")
+register_probe_kind(
+    "ridge", RidgeParams, fit_ridge, aliases=("ridge-regression",), description="ridge regression of the +-1 labels"
+)

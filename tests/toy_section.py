@@ -63,8 +63,9 @@ class NormsSection(AuditSection):
         rows = slice(ctx.sizes.norms.max_rows)
         with open_cache(ctx.caches["harmful_harmless"]) as cache:
             acts = {hook: cache.read(hook, "last")[rows].astype(np.float64) for hook in ctx.hooks}
-        per_layer = [NormLayer(layer, hook, float(np.linalg.norm(acts[hook], axis=1).mean()))
-                     for layer, hook in zip(ctx.layers, ctx.hooks)]
+        per_layer = [
+            NormLayer(layer, hook, float(np.linalg.norm(acts[hook], axis=1).mean())) for layer, hook in zip(ctx.layers, ctx.hooks)
+        ]
         return NormsResult(per_layer, max(r.norm for r in per_layer if r.norm is not None), len(acts[ctx.hooks[0]]))
 
     def settings(self, ctx: AuditContext) -> NormsSettings:

@@ -68,8 +68,9 @@ def block_rows_for(d: int, block_bytes: int | None = None) -> int:
     return max(16, budget // max(1, 8 * d))
 
 
-def iter_row_blocks(cache: CacheFile, hook: str, pooling: str, rows: np.ndarray, block_rows: int
-                    ) -> Iterator[tuple[slice, np.ndarray]]:
+def iter_row_blocks(
+    cache: CacheFile, hook: str, pooling: str, rows: np.ndarray, block_rows: int
+) -> Iterator[tuple[slice, np.ndarray]]:
     """Yield ``(positions in rows, float32 activations)`` for sorted ``rows``, ``block_rows`` at a time."""
     for s in range(0, len(rows), block_rows):
         idx = rows[s : s + block_rows]

@@ -21,9 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import queue
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from geomprobe.activations.background import BackgroundWriter
 from geomprobe.activations.datasets import ContextFit, PromptSet, Rendered, fit_to_context, load_prompt_set
 from geomprobe.activations.format import FORMAT_VERSION, POOLINGS
 from geomprobe.activations.segments import ResumableWriter, segment_rows_for
@@ -130,9 +129,7 @@ class _Pooler:
         if device == self.rows.device:
             return self.rows, self.last, self.mean_weights, self.token_mask
         if device not in self.by_device:
-            self.by_device[device] = tuple(
-                t.to(device) for t in (self.rows, self.last, self.mean_weights, self.token_mask)
-            )
+            self.by_device[device] = tuple(t.to(device) for t in (self.rows, self.last, self.mean_weights, self.token_mask))
         return self.by_device[device]
 
     def hook_fn(self, name: str) -> Callable[..., torch.Tensor]:
@@ -262,39 +259,6 @@ def pooled_activations(
     return {h: {p: np.concatenate(v) for p, v in d.items()} for h, d in parts.items()}
 
 
-class _BackgroundWriter:
-    """Write batches from a thread behind a bounded queue; errors surface on the next call."""
-
-    def __init__(self, write: Callable[..., None], depth: int = 4) -> None:
-        self.write = write
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._loop, name="geomprobe-writer", daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            if self.error is None:
-                try:
-                    self.write(**item)
-                except BaseException as exc:  # reported to the main thread
-                    self.error = exc
-
-    def put(self, **batch) -> None:
-        if self.error is not None:
-            raise self.error
-        self.queue.put(batch)
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-
 def cache_activations(
     model: LoadedModel,
     dataset: PromptSet | str | Path,
@@ -337,12 +301,17 @@ def cache_activations(
         rank, world = (int(v) for v in shard)
         span = shard_rows(len(prompts), rank, world, batch_size)
         shard_attrs = {
-            "shard_rank": rank, "shard_world": world, "shard_rows_start": span.start, "shard_rows_stop": span.stop,
-            "n_rows_total": len(prompts), "host": platform.node(),
+            "shard_rank": rank,
+            "shard_world": world,
+            "shard_rows_start": span.start,
+            "shard_rows_stop": span.stop,
+            "n_rows_total": len(prompts),
+            "host": platform.node(),
         }
         # The dataset identity (name, sha256) stays the whole set's, so merge can check shards match.
-        prompts = PromptSet(prompts.name, prompts.prompts[span.start : span.stop], prompts.label_names,
-                            prompts.sha256, prompts.path)
+        prompts = PromptSet(
+            prompts.name, prompts.prompts[span.start : span.stop], prompts.label_names, prompts.sha256, prompts.path
+        )
     hook_list = resolve_hooks(hooks, model.n_layers, model.bridge.hook_dict)
     pooling_list = _check_poolings(poolings)
     out = check_output_file(out, overwrite=overwrite, example_name=CACHE_EXAMPLE_NAME)
@@ -378,8 +347,14 @@ def cache_activations(
         pass
     n_tokens = sum(len(r.token_ids) for r in rendered)
     writer_kwargs = dict(
-        hooks=hook_list, poolings=pooling_list, d_model=model.d_model, label_names=prompts.label_names,
-        store_dtype=store_dtype, attrs=attrs, expected_rows=len(rendered), expected_tokens=n_tokens,
+        hooks=hook_list,
+        poolings=pooling_list,
+        d_model=model.d_model,
+        label_names=prompts.label_names,
+        store_dtype=store_dtype,
+        attrs=attrs,
+        expected_rows=len(rendered),
+        expected_tokens=n_tokens,
     )
     settings = {
         "format_version": FORMAT_VERSION,
@@ -396,19 +371,27 @@ def cache_activations(
     }
     if shard_attrs:
         settings["shard"] = [shard_attrs["shard_rank"], shard_attrs["shard_world"]]
-    bytes_per_row = model.d_model * len(hook_list) * (
-        sum(p != "all" for p in pooling_list) + ("all" in pooling_list) * n_tokens / max(len(rendered), 1)
-    ) * (4 if store_dtype == "float32" else 2)
+    bytes_per_row = (
+        model.d_model
+        * len(hook_list)
+        * (sum(p != "all" for p in pooling_list) + ("all" in pooling_list) * n_tokens / max(len(rendered), 1))
+        * (4 if store_dtype == "float32" else 2)
+    )
     resumable = ResumableWriter(
-        out, n_rows=len(rendered), segment_rows=segment_rows or segment_rows_for(batch_size, bytes_per_row),
-        settings=settings, writer_kwargs=writer_kwargs, overwrite=overwrite, restart=restart,
+        out,
+        n_rows=len(rendered),
+        segment_rows=segment_rows or segment_rows_for(batch_size, bytes_per_row),
+        settings=settings,
+        writer_kwargs=writer_kwargs,
+        overwrite=overwrite,
+        restart=restart,
     )
     resumed_from = resumable.start_row
     if resumed_from and progress:
         print(f"resuming {out}: {resumed_from} of {len(rendered)} prompts already written", file=sys.stderr)
     labels = prompts.labels
     pairs = prompts.pair_ids
-    background = _BackgroundWriter(resumable.append)
+    background = BackgroundWriter(resumable.append)
     try:
         for rows, batch in _run_pooled(model, rendered, hook_list, pooling_list, batch_size, progress, resumed_from):
             background.put(
@@ -434,8 +417,15 @@ def cache_activations(
         resumable.abort()
         raise
     return CacheResult(
-        out, len(rendered), n_tokens, n_bytes, time.perf_counter() - started, hook_list, pooling_list,
-        summary.summaries(), resumed_from,
+        out,
+        len(rendered),
+        n_tokens,
+        n_bytes,
+        time.perf_counter() - started,
+        hook_list,
+        pooling_list,
+        summary.summaries(),
+        resumed_from,
     )
 
 

@@ -147,9 +147,12 @@ def _row_to_prompt(row: Any, where: str) -> tuple[tuple[tuple[str, str], ...], A
     check_json_strings(row, where)
     if "messages" in row:
         messages = row["messages"]
-        if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in messages
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
+            )
         ):
             raise GeomprobeError(f"{where}: 'messages' must be a non-empty list of {{role, content}} strings")
         chat = tuple((m["role"], m["content"]) for m in messages)
@@ -271,8 +274,9 @@ def _final_message_chars(prompt: Prompt, tokenizer: Any, text: str, where: str) 
 
     head = prompt.messages[:-1]
     role = prompt.messages[-1][0]
-    first, second = (render_chat(tokenizer, [*head, (role, s)], continue_final=prompt.ends_with_assistant, where=where)
-                     for s in _SENTINELS)
+    first, second = (
+        render_chat(tokenizer, [*head, (role, s)], continue_final=prompt.ends_with_assistant, where=where) for s in _SENTINELS
+    )
     prefix = len(_common_prefix(first, second))
     suffix = len(_common_prefix(first[::-1], second[::-1]))
     before, after = first[:prefix], first[len(first) - suffix :]
@@ -382,8 +386,7 @@ def fit_to_context(
         if span[0] >= span[1]:
             raise GeomprobeError(
                 f"{where(i)}: truncating its {n} tokens to {limit} from the {truncate} removes the whole final "
-                "message; shorten the row"
-                + (" or use --truncate left" if truncate == "right" else "")
+                "message; shorten the row" + (" or use --truncate left" if truncate == "right" else "")
             )
         out.append(Rendered(r.text, r.token_ids[start : start + limit], span))
         rows += 1

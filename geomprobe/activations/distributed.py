@@ -74,7 +74,8 @@ def parse_shard(spec: str | None, environ: dict[str, str] | None = None) -> Shar
         found = launcher_env(environ)
         if found is None:
             raise GeomprobeError(
-                "--shard auto needs RANK and WORLD_SIZE from torchrun or accelerate launch; run under the launcher or pass --shard R/W"
+                "--shard auto needs RANK and WORLD_SIZE from torchrun or accelerate launch; "
+                "run under the launcher or pass --shard R/W"
             )
         return found
     match = re.fullmatch(r"(\d+)\s*/\s*(\d+)", spec)

@@ -37,13 +37,29 @@ from geomprobe.core.io import atomic_file, check_free_space, check_output_file
 
 # Must agree between shards for the merge to mean anything.
 MATCH_ATTRS = (
-    "model_id", "model_revision", "model_dtype", "hooks", "poolings", "d_model", "label_names",
-    "dataset_sha256", "store_dtype", "chat_template_applied", "n_rows_total", "shard_world", "format_version",
+    "model_id",
+    "model_revision",
+    "model_dtype",
+    "hooks",
+    "poolings",
+    "d_model",
+    "label_names",
+    "dataset_sha256",
+    "store_dtype",
+    "chat_template_applied",
+    "n_rows_total",
+    "shard_world",
+    "format_version",
 )
 SHARD_ATTRS = ("shard_rank", "shard_rows_start", "shard_rows_stop", "host")
 ROW_DATASETS = (
-    "labels", "pair_ids", "prompts/text", "prompts/source", "prompts/n_tokens",
-    "prompts/response_start", "prompts/response_end",
+    "labels",
+    "pair_ids",
+    "prompts/text",
+    "prompts/source",
+    "prompts/n_tokens",
+    "prompts/response_start",
+    "prompts/response_end",
 )
 MODES = ("virtual", "copy")
 _COPY_BYTES = 64 << 20
@@ -96,10 +112,17 @@ def _scan(paths: Sequence[str | Path]) -> list[_ShardInfo]:
                     f"{path} is not a shard (no shard_rank attribute); create shards with geomprobe cache --shard"
                 )
             n_tokens = int(cache.file["prompts/token_offsets"][-1]) if cache.n_prompts else 0
-            infos.append(_ShardInfo(
-                path, int(attrs["shard_rank"]), int(attrs["shard_rows_start"]), int(attrs["shard_rows_stop"]),
-                cache.n_prompts, n_tokens, attrs,
-            ))
+            infos.append(
+                _ShardInfo(
+                    path,
+                    int(attrs["shard_rank"]),
+                    int(attrs["shard_rows_start"]),
+                    int(attrs["shard_rows_stop"]),
+                    cache.n_prompts,
+                    n_tokens,
+                    attrs,
+                )
+            )
     return infos
 
 
@@ -205,16 +228,18 @@ def merge_shards(
                 base += info.n_tokens
             dst.create_dataset("prompts/token_offsets", data=offsets, maxshape=(None,), chunks=(min(4096, len(offsets)),))
             dst.attrs[CHECKSUM_ATTR] = compute_checksums(*handles)  # each shard's own digests cover its rows only
-            dst.attrs.update({
-                "merge_mode": mode,
-                "merged_from": json.dumps([_relative(i.path, out.parent) for i in infos]),
-                "merged_hosts": json.dumps(sorted({str(i.attrs.get("host", "")) for i in infos} - {""})),
-                "merged_ranks": json.dumps([i.rank for i in infos]),
-                "merged_utc": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-                "n_prompts": n_rows,
-                "n_tokens": n_tokens,
-                "complete": True,
-            })
+            dst.attrs.update(
+                {
+                    "merge_mode": mode,
+                    "merged_from": json.dumps([_relative(i.path, out.parent) for i in infos]),
+                    "merged_hosts": json.dumps(sorted({str(i.attrs.get("host", "")) for i in infos} - {""})),
+                    "merged_ranks": json.dumps([i.rank for i in infos]),
+                    "merged_utc": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+                    "n_prompts": n_rows,
+                    "n_tokens": n_tokens,
+                    "complete": True,
+                }
+            )
     finally:
         for handle in handles:
             handle.close()
@@ -242,8 +267,14 @@ def _copied(dst: h5py.File, name: str, handles, lengths) -> None:
     if chunks is not None:
         chunks = (max(1, min(chunks[0], total)),) + tuple(chunks[1:])
     ds = dst.create_dataset(
-        name, shape=(total,) + tail, maxshape=(None,) + tail, dtype=src0.dtype, chunks=chunks or True,
-        fletcher32=src0.fletcher32 and total > 0, compression=src0.compression, compression_opts=src0.compression_opts,
+        name,
+        shape=(total,) + tail,
+        maxshape=(None,) + tail,
+        dtype=src0.dtype,
+        chunks=chunks or True,
+        fletcher32=src0.fletcher32 and total > 0,
+        compression=src0.compression,
+        compression_opts=src0.compression_opts,
     )
     _copy_attrs(src0.attrs, ds.attrs)
     row_bytes = max(1, int(np.prod(tail, dtype=np.int64)) * src0.dtype.itemsize)

@@ -318,4 +318,3 @@ def segment_rows_for(batch_size: int, bytes_per_row: float, target_bytes: int = 
     """Rows per segment: whole batches, about ``target_bytes`` of activations, at most ``max_rows``."""
     rows = int(min(max_rows, max(1, target_bytes // max(1.0, bytes_per_row))))
     return max(batch_size, rows - rows % batch_size)
-

@@ -36,8 +36,14 @@ from geomprobe.core.io import PathLike, check_regular_file
 from geomprobe.core.validate import Fields
 
 _RECREATE = "re-create it with geomprobe cache"
-_ROW_DATASETS = ("pair_ids", "prompts/text", "prompts/source", "prompts/n_tokens", "prompts/response_start",
-                 "prompts/response_end")
+_ROW_DATASETS = (
+    "pair_ids",
+    "prompts/text",
+    "prompts/source",
+    "prompts/n_tokens",
+    "prompts/response_start",
+    "prompts/response_end",
+)
 _FILE_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "bfloat16": np.dtype(np.uint16)}
 
 
@@ -155,7 +161,9 @@ class CacheFile:
         labels = self._integers("labels")
         if n and (labels.min() < -1 or labels.max() >= len(self.label_names)):
             bad = int(labels[(labels < -1) | (labels >= len(self.label_names))][0])
-            raise self._damaged(f"label code {bad} is outside -1..{len(self.label_names) - 1} ({len(self.label_names)} label names)")
+            raise self._damaged(
+                f"label code {bad} is outside -1..{len(self.label_names) - 1} ({len(self.label_names)} label names)"
+            )
         pairs = self._integers("pair_ids")
         if n and pairs.min() < -1:
             raise self._damaged(f"pair id {int(pairs.min())} is below -1")
@@ -294,7 +302,8 @@ class CacheFile:
             raise GeomprobeError(f"cache {self.path.name} has no hook {hook!r}; it has {_short_list(self.hooks)}")
         if pooling not in self.poolings:
             raise GeomprobeError(
-                f"cache {self.path.name} has no {pooling!r} pooling; it has {', '.join(self.poolings)} (re-cache with --pooling {pooling})"
+                f"cache {self.path.name} has no {pooling!r} pooling; "
+                f"it has {', '.join(self.poolings)} (re-cache with --pooling {pooling})"
             )
         return self.file[f"activations/{hook}/{pooling}"]
 
@@ -308,7 +317,8 @@ class CacheFile:
             text = str(exc).lower()
             if "fletcher32" in text or "checksum" in text or "data error" in text or "filter returned failure" in text:
                 raise GeomprobeError(
-                    f"cache {str(self.path)!r} is corrupted at {hook}/{pooling} (checksum mismatch); recreate it with geomprobe cache"
+                    f"cache {str(self.path)!r} is corrupted at {hook}/{pooling} (checksum mismatch); "
+                    "recreate it with geomprobe cache"
                 ) from None
             if "memory" in text or "alloc" in text:
                 raise MemoryError(f"out of memory reading {hook}/{pooling} from {self.path}") from None

@@ -95,7 +95,10 @@ class CacheWriter:
             raise
 
     def _create_layout(
-        self, label_names: Sequence[str], attrs: Mapping[str, Any] | None, expected_rows: int | None,
+        self,
+        label_names: Sequence[str],
+        attrs: Mapping[str, Any] | None,
+        expected_rows: int | None,
         expected_tokens: int | None,
     ) -> None:
         store_dtype = self.store_dtype
@@ -143,8 +146,12 @@ class CacheWriter:
                 # fletcher32: every chunk carries a checksum, so corruption after the fact is
                 # detected on read instead of returning garbage.
                 ds = group.create_dataset(
-                    pooling, shape=(0, self.d_model), maxshape=(None, self.d_model),
-                    chunks=(rows, self.d_model), dtype=file_dtype, fletcher32=True,
+                    pooling,
+                    shape=(0, self.d_model),
+                    maxshape=(None, self.d_model),
+                    chunks=(rows, self.d_model),
+                    dtype=file_dtype,
+                    fletcher32=True,
                 )
                 ds.attrs.update({"hook": hook, "pooling": pooling, "stored_as": store_dtype})
                 try:
@@ -185,9 +192,7 @@ class CacheWriter:
                 values = np.asarray(activations[hook][pooling])
                 expected = int(lengths.sum()) if pooling == "all" else b
                 if values.shape != (expected, self.d_model):
-                    raise GeomprobeError(
-                        f"{hook}/{pooling}: got shape {values.shape}, expected {(expected, self.d_model)}"
-                    )
+                    raise GeomprobeError(f"{hook}/{pooling}: got shape {values.shape}, expected {(expected, self.d_model)}")
                 if stored:
                     converted[hook, pooling] = values
                     continue
@@ -264,9 +269,7 @@ def write_cache(
 
     Useful for activations computed elsewhere and for tests. ``all`` pooling is not supported here.
     """
-    nested = {
-        hook: (dict(value) if isinstance(value, Mapping) else {pooling: value}) for hook, value in activations.items()
-    }
+    nested = {hook: (dict(value) if isinstance(value, Mapping) else {pooling: value}) for hook, value in activations.items()}
     if not nested:
         raise GeomprobeError("no activations given; pass {hook: array}")
     poolings = list(next(iter(nested.values())).keys())
@@ -286,8 +289,14 @@ def write_cache(
         check_text(text, f"text {i + 1}")
     with translate_write_errors(path):
         writer = CacheWriter(
-            path, hooks=list(nested), poolings=poolings, d_model=first.shape[1], label_names=label_names,
-            store_dtype=store_dtype, attrs=dict({"model_id": "arrays"}, **(attrs or {})), overwrite=overwrite,
+            path,
+            hooks=list(nested),
+            poolings=poolings,
+            d_model=first.shape[1],
+            label_names=label_names,
+            store_dtype=store_dtype,
+            attrs=dict({"model_id": "arrays"}, **(attrs or {})),
+            overwrite=overwrite,
             expected_rows=first.shape[0],
         )
     with translate_write_errors(writer.path), writer:

@@ -85,8 +85,14 @@ def aqi_by_layer(
         if stream and reduce:
             raise GeomprobeError("--reduce needs the whole layer in memory; drop it to stream a large cache")
         resampling: dict[str, Any] = dict(
-            gamma=gamma, n_bootstrap=n_bootstrap, n_permutations=n_permutations, max_points=max_points,
-            ci_level=ci_level, ci_method=ci_method, seed=seed, device=device,
+            gamma=gamma,
+            n_bootstrap=n_bootstrap,
+            n_permutations=n_permutations,
+            max_points=max_points,
+            ci_level=ci_level,
+            ci_method=ci_method,
+            seed=seed,
+            device=device,
         )
         for hook in iterator:
             X = None if stream else cache.read(hook, pooling, rows=choice.rows)
@@ -97,8 +103,14 @@ def aqi_by_layer(
                     )
                 else:
                     result = layer_aqi(
-                        X, choice.y, hook=hook, layer=layer_index(hook), pooling=pooling, class_names=choice.names,
-                        reduce=reduce, **resampling,
+                        X,
+                        choice.y,
+                        hook=hook,
+                        layer=layer_index(hook),
+                        pooling=pooling,
+                        class_names=choice.names,
+                        reduce=reduce,
+                        **resampling,
                     )
             except GeomprobeError as exc:
                 raise GeomprobeError(f"{hook}/{pooling}: {exc}") from None
@@ -129,8 +141,14 @@ def pooled_aqi(
         choice = choose_labels(cache.labels, cache.label_names, positive_label, label_pair)
         layers = {hook: cache.read(hook, pooling, rows=choice.rows) for hook in chosen}
     return pooled_aqi_arrays(
-        layers, choice.y, pooling=pooling, train_fraction=train_fraction, sparsity=sparsity, gamma=gamma,
-        seed=seed, device=device,
+        layers,
+        choice.y,
+        pooling=pooling,
+        train_fraction=train_fraction,
+        sparsity=sparsity,
+        gamma=gamma,
+        seed=seed,
+        device=device,
     )
 
 

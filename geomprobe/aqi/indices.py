@@ -236,9 +236,16 @@ def report_from_stats(stats: ClusterStats, classes: list, gamma: float = DEFAULT
     between = np.sqrt(between_sq)
     np.fill_diagonal(between, 0.0)
     return ClusterReport(
-        **indices, gamma=gamma, n=stats.n, classes=classes, counts=stats.counts.tolist(),
-        min_between=math.sqrt(stats.min_between_sq), max_diameter=math.sqrt(stats.max_diameter_sq),
-        between=between.tolist(), diameters=np.sqrt(diameter_sq).tolist(), notes=degeneracy_notes(stats),
+        **indices,
+        gamma=gamma,
+        n=stats.n,
+        classes=classes,
+        counts=stats.counts.tolist(),
+        min_between=math.sqrt(stats.min_between_sq),
+        max_diameter=math.sqrt(stats.max_diameter_sq),
+        between=between.tolist(),
+        diameters=np.sqrt(diameter_sq).tolist(),
+        notes=degeneracy_notes(stats),
         extra=extra,
     )
 

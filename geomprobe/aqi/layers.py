@@ -100,36 +100,88 @@ def layer_aqi(
     if method != "none":
         X = reduce_activations(X, reduce, seed)
     report = cluster_report(X, y, gamma=gamma, device=device)
-    res = resample_indices(
-        X, y, n_bootstrap=n_bootstrap, n_permutations=n_permutations, ci_level=ci_level,
-        max_points=max_points, gamma=gamma, ci_method=ci_method, seed=seed,
-    ) if resampled else None
+    res = (
+        resample_indices(
+            X,
+            y,
+            n_bootstrap=n_bootstrap,
+            n_permutations=n_permutations,
+            ci_level=ci_level,
+            max_points=max_points,
+            gamma=gamma,
+            ci_method=ci_method,
+            seed=seed,
+        )
+        if resampled
+        else None
+    )
     return layer_result(
-        report, res, hook=hook, layer=layer, pooling=pooling, class_names=class_names, gamma=gamma,
-        n_bootstrap=n_bootstrap, n_permutations=n_permutations, ci_level=ci_level, ci_method=ci_method,
-        reduction=method if method == "none" else f"{method}:{dims}", seed=seed,
+        report,
+        res,
+        hook=hook,
+        layer=layer,
+        pooling=pooling,
+        class_names=class_names,
+        gamma=gamma,
+        n_bootstrap=n_bootstrap,
+        n_permutations=n_permutations,
+        ci_level=ci_level,
+        ci_method=ci_method,
+        reduction=method if method == "none" else f"{method}:{dims}",
+        seed=seed,
     )
 
 
 def layer_result(
-    report: ClusterReport, res: Resampling | None, *, hook: str, layer: int, pooling: str,
-    class_names: Sequence[str] | None, gamma: float, n_bootstrap: int, n_permutations: int, ci_level: float,
-    ci_method: str, reduction: str, seed: int,
+    report: ClusterReport,
+    res: Resampling | None,
+    *,
+    hook: str,
+    layer: int,
+    pooling: str,
+    class_names: Sequence[str] | None,
+    gamma: float,
+    n_bootstrap: int,
+    n_permutations: int,
+    ci_level: float,
+    ci_method: str,
+    reduction: str,
+    seed: int,
 ) -> LayerAQI:
     """The record of one layer from its report and resampling (shared by the in-memory and streamed paths)."""
     names = list(class_names) if class_names is not None else [str(c) for c in report.classes]
     nan2 = (math.nan, math.nan)
     ci = res.ci if res else {name: nan2 for name in (*INDEX_NAMES, "aqi", *extra_index_names())}
     return LayerAQI(
-        hook=hook, layer=layer, pooling=pooling, n=report.n,
+        hook=hook,
+        layer=layer,
+        pooling=pooling,
+        n=report.n,
         n_per_class={names[i]: c for i, c in enumerate(report.counts)},
-        davies_bouldin=report.davies_bouldin, dunn=report.dunn, xie_beni=report.xie_beni,
-        calinski_harabasz=report.calinski_harabasz, aqi=report.aqi, gamma=gamma, aqi_ci_low=ci["aqi"][0], aqi_ci_high=ci["aqi"][1], ci=ci, ci_level=ci_level,
-        ci_method=ci_method, aqi_bootstrap_mean=res.bootstrap_mean["aqi"] if res else math.nan,
-        p_value=res.p_value if res else None, n_bootstrap=n_bootstrap, n_permutations=n_permutations,
-        resample_n=res.resample_n if res else 0, subsampled=res.subsampled if res else False,
-        subsample_aqi=res.subsample_aqi if res else math.nan, min_between=report.min_between,
-        max_diameter=report.max_diameter, reduction=reduction, seed=seed, notes=report.notes, extra=dict(report.extra),
+        davies_bouldin=report.davies_bouldin,
+        dunn=report.dunn,
+        xie_beni=report.xie_beni,
+        calinski_harabasz=report.calinski_harabasz,
+        aqi=report.aqi,
+        gamma=gamma,
+        aqi_ci_low=ci["aqi"][0],
+        aqi_ci_high=ci["aqi"][1],
+        ci=ci,
+        ci_level=ci_level,
+        ci_method=ci_method,
+        aqi_bootstrap_mean=res.bootstrap_mean["aqi"] if res else math.nan,
+        p_value=res.p_value if res else None,
+        n_bootstrap=n_bootstrap,
+        n_permutations=n_permutations,
+        resample_n=res.resample_n if res else 0,
+        subsampled=res.subsampled if res else False,
+        subsample_aqi=res.subsample_aqi if res else math.nan,
+        min_between=report.min_between,
+        max_diameter=report.max_diameter,
+        reduction=reduction,
+        seed=seed,
+        notes=report.notes,
+        extra=dict(report.extra),
     )
 
 

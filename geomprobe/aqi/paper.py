@@ -60,17 +60,29 @@ class ScriptSettings:
 
 SCRIPT_SETTINGS = {
     "dbs-dunn-paper": ScriptSettings(
-        script="aqi_dealign.py", layer="hidden_states[-1] (after the final norm)",
+        script="aqi_dealign.py",
+        layer="hidden_states[-1] (after the final norm)",
         pooling="mean over every position of the padded batch, padding included",
-        scaler=True, perplexity_cap=30.0, overall_perplexity_cap=30.0, perplexity_floor=0.0,
-        group_iterations=3000, overall_iterations=5000, min_group_rows=31,
+        scaler=True,
+        perplexity_cap=30.0,
+        overall_perplexity_cap=30.0,
+        perplexity_floor=0.0,
+        group_iterations=3000,
+        overall_iterations=5000,
+        min_group_rows=31,
         indices=("davies_bouldin", "dunn"),
     ),
     "chi-xb-paper": ScriptSettings(
-        script="aqi_dealign_xb_chi.py", layer="hidden_states[-1] (after the final norm)",
+        script="aqi_dealign_xb_chi.py",
+        layer="hidden_states[-1] (after the final norm)",
         pooling="attention-masked mean (mask count clamped at 1e-9)",
-        scaler=False, perplexity_cap=30.0, overall_perplexity_cap=50.0, perplexity_floor=5.0,
-        group_iterations=500, overall_iterations=500, min_group_rows=6,
+        scaler=False,
+        perplexity_cap=30.0,
+        overall_perplexity_cap=50.0,
+        perplexity_floor=5.0,
+        group_iterations=500,
+        overall_iterations=500,
+        min_group_rows=6,
         indices=("calinski_harabasz", "xie_beni"),
     ),
 }
@@ -113,7 +125,9 @@ def paper_pool(
             p = h.mean(dim=1)
         else:
             if mask is None or tuple(mask.shape) != tuple(h.shape[:2]):
-                raise GeomprobeError(f"{variant} needs the attention mask of each batch, shape (batch, seq) = {tuple(h.shape[:2])}")
+                raise GeomprobeError(
+                    f"{variant} needs the attention mask of each batch, shape (batch, seq) = {tuple(h.shape[:2])}"
+                )
             expanded = mask.unsqueeze(-1).expand_as(h)
             p = (h * expanded).sum(dim=1) / torch.clamp(expanded.sum(dim=1), min=1e-9)
         pooled.append(p.detach().cpu().float().numpy())
@@ -177,13 +191,13 @@ def paper_embedding(X: Any, variant: str, *, overall: bool = False, seed: int = 
     settings = _settings(variant)
     X32 = as_matrix(X, "pooled embeddings", keep_float=True).astype(np.float32, copy=False)
     if len(X32) < settings.min_group_rows:
-        raise GeomprobeError(
-            f"{variant}: {len(X32)} rows; the script's t-SNE needs at least {settings.min_group_rows} per group"
-        )
+        raise GeomprobeError(f"{variant}: {len(X32)} rows; the script's t-SNE needs at least {settings.min_group_rows} per group")
     # dbs-dunn scales the float32 embeddings; chi-xb gives t-SNE the float64 copy of them
     Z = StandardScaler().fit_transform(X32) if settings.scaler else X32.astype(np.float64)
     tsne = TSNE(
-        n_components=3, perplexity=settings.perplexity(len(X32), overall), random_state=seed,
+        n_components=3,
+        perplexity=settings.perplexity(len(X32), overall),
+        random_state=seed,
         max_iter=settings.overall_iterations if overall else settings.group_iterations,
         **({} if settings.scaler else {"metric": "euclidean", "init": "pca", "learning_rate": "auto"}),
     )
@@ -324,8 +338,16 @@ def paper_aqi(
             f"scikit-learn {version}: the scripts' numbers reproduce only under {REPRODUCING_SKLEARN} (their t-SNE "
             "layouts differ under other versions, so these numbers are not comparable with theirs)"
         )
-    return PaperAQI(variant=variant, gamma=gamma, seed=seed, groups=names, results=results,
-                    settings=settings.to_dict(), notes=notes, sklearn_version=version)
+    return PaperAQI(
+        variant=variant,
+        gamma=gamma,
+        seed=seed,
+        groups=names,
+        results=results,
+        settings=settings.to_dict(),
+        notes=notes,
+        sklearn_version=version,
+    )
 
 
 def sklearn_version() -> str:

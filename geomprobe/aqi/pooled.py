@@ -202,7 +202,8 @@ def pooled_aqi_arrays(
         raise GeomprobeError("need two or more classes for the pooled AQI")
     if counts.min() < 4:
         raise GeomprobeError(
-            f"class {classes[int(np.argmin(counts))]!r} has {int(counts.min())} rows; the pooled AQI needs at least 4 per class (2 to train, 2 held out)"
+            f"class {classes[int(np.argmin(counts))]!r} has {int(counts.min())} rows; "
+            "the pooled AQI needs at least 4 per class (2 to train, 2 held out)"
         )
     if not 0 < train_fraction < 1:
         raise GeomprobeError(f"train_fraction must be between 0 and 1; got {train_fraction}")
@@ -218,10 +219,21 @@ def pooled_aqi_arrays(
     by_layer = [cluster_report(M[te], codes[te], gamma=gamma, device=device).aqi for M in mats]
     best = int(np.argmax(pooler.single_layer_objective_))
     return PooledAQI(
-        hooks=hooks, layers=[layer_index(h) for h in hooks], weights=pooler.weights_.tolist(), pooling=pooling,
-        n_train=len(tr), n_test=len(te), train_fraction=train_fraction,
+        hooks=hooks,
+        layers=[layer_index(h) for h in hooks],
+        weights=pooler.weights_.tolist(),
+        pooling=pooling,
+        n_train=len(tr),
+        n_test=len(te),
+        train_fraction=train_fraction,
         objective="log(SSB/SSW) + sparsity*|w|^2 on the training split (layers centred, unit RMS)",
-        heldout=test_report.indices, train=train_report.indices, best_single_hook=hooks[best],
-        best_single_heldout_aqi=by_layer[best], heldout_aqi_by_layer=by_layer, sparsity=sparsity, seed=seed,
-        gamma=gamma, notes=test_report.notes,
+        heldout=test_report.indices,
+        train=train_report.indices,
+        best_single_hook=hooks[best],
+        best_single_heldout_aqi=by_layer[best],
+        heldout_aqi_by_layer=by_layer,
+        sparsity=sparsity,
+        seed=seed,
+        gamma=gamma,
+        notes=test_report.notes,
     )

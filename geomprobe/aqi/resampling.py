@@ -107,8 +107,16 @@ def resample_indices(
     check_resampling_settings(n_bootstrap, n_permutations, ci_level, ci_method, max_points)
     X, codes, classes = validate_clusters(X, labels, min_cluster_size=2)
     return resample_rows(
-        lambda rows: X[rows], codes, len(classes), n_bootstrap=n_bootstrap, n_permutations=n_permutations,
-        ci_level=ci_level, max_points=max_points, gamma=gamma, ci_method=ci_method, seed=seed,
+        lambda rows: X[rows],
+        codes,
+        len(classes),
+        n_bootstrap=n_bootstrap,
+        n_permutations=n_permutations,
+        ci_level=ci_level,
+        max_points=max_points,
+        gamma=gamma,
+        ci_method=ci_method,
+        seed=seed,
     )
 
 
@@ -119,8 +127,17 @@ def _centred(Z: np.ndarray) -> np.ndarray:
 
 
 def resample_rows(
-    read_rows: Callable[[np.ndarray], Any], codes: np.ndarray, k: int, *, n_bootstrap: int, n_permutations: int,
-    ci_level: float, max_points: int, gamma: float, ci_method: str, seed: int,
+    read_rows: Callable[[np.ndarray], Any],
+    codes: np.ndarray,
+    k: int,
+    *,
+    n_bootstrap: int,
+    n_permutations: int,
+    ci_level: float,
+    max_points: int,
+    gamma: float,
+    ci_method: str,
+    seed: int,
 ) -> Resampling:
     """:func:`resample_indices` given ``read_rows(rows) -> activations of those rows`` (rows sorted), so
     a cache too large for memory only ever reads its ``max_points`` subsample. Settings are not checked here."""
@@ -132,7 +149,9 @@ def resample_rows(
         # Stratified: keep class proportions, at least two rows per class.
         counts = np.bincount(codes, minlength=k)
         take = np.maximum(2, np.floor(counts * max_points / n).astype(int))
-        rows = np.sort(np.concatenate([rng.choice(np.flatnonzero(codes == i), size=t, replace=False) for i, t in enumerate(take)]))
+        rows = np.sort(
+            np.concatenate([rng.choice(np.flatnonzero(codes == i), size=t, replace=False) for i, t in enumerate(take)])
+        )
     Z = _centred(np.asarray(read_rows(rows)).astype(np.float64))
     y = codes[rows]
     D = exact_square_distances(Z)
@@ -148,8 +167,10 @@ def resample_rows(
         for name in names:
             boot[name][r] = values[name]
     nan2 = (math.nan, math.nan)
-    ci = {name: percentile_interval(boot[name], ci_level, method=ci_method, estimate=observed[name]) if n_bootstrap else nan2
-          for name in names}
+    ci = {
+        name: percentile_interval(boot[name], ci_level, method=ci_method, estimate=observed[name]) if n_bootstrap else nan2
+        for name in names
+    }
     with np.errstate(invalid="ignore"):
         boot_mean = {name: float(boot[name].mean()) if n_bootstrap else math.nan for name in names}
 
@@ -163,7 +184,15 @@ def resample_rows(
             hits += values["aqi"] >= observed["aqi"] - tol
         p_value = (1 + hits) / (1 + n_permutations)
     return Resampling(
-        n_bootstrap=n_bootstrap, n_permutations=n_permutations, ci_level=ci_level, resample_n=len(rows),
-        subsampled=subsampled, subsample_aqi=observed["aqi"], ci=ci, ci_method=ci_method, bootstrap_mean=boot_mean,
-        p_value=p_value, seed=seed,
+        n_bootstrap=n_bootstrap,
+        n_permutations=n_permutations,
+        ci_level=ci_level,
+        resample_n=len(rows),
+        subsampled=subsampled,
+        subsample_aqi=observed["aqi"],
+        ci=ci,
+        ci_method=ci_method,
+        bootstrap_mean=boot_mean,
+        p_value=p_value,
+        seed=seed,
     )

@@ -28,8 +28,15 @@ from geomprobe.core.errors import GeomprobeError
 
 
 def streamed_cluster_report(
-    cache: CacheFile, hook: str, pooling: str, rows: np.ndarray, labels: Any, *,
-    gamma: float = DEFAULT_GAMMA, device: Any = "auto", block_rows: int | None = None,
+    cache: CacheFile,
+    hook: str,
+    pooling: str,
+    rows: np.ndarray,
+    labels: Any,
+    *,
+    gamma: float = DEFAULT_GAMMA,
+    device: Any = "auto",
+    block_rows: int | None = None,
 ) -> ClusterReport:
     """:func:`geomprobe.aqi.cluster_report` of ``cache``'s ``rows`` at ``hook``, read in blocks."""
     rows = np.asarray(rows, dtype=np.int64)
@@ -81,10 +88,22 @@ def streamed_cluster_report(
 
 
 def streamed_layer_aqi(
-    cache: CacheFile, hook: str, pooling: str, rows: np.ndarray, y: np.ndarray, *,
-    class_names: Sequence[str] | None = None, gamma: float = DEFAULT_GAMMA, n_bootstrap: int = 200,
-    n_permutations: int = 200, max_points: int = 1000, ci_level: float = 0.95, ci_method: str = "basic",
-    seed: int = 0, device: Any = "auto", block_rows: int | None = None,
+    cache: CacheFile,
+    hook: str,
+    pooling: str,
+    rows: np.ndarray,
+    y: np.ndarray,
+    *,
+    class_names: Sequence[str] | None = None,
+    gamma: float = DEFAULT_GAMMA,
+    n_bootstrap: int = 200,
+    n_permutations: int = 200,
+    max_points: int = 1000,
+    ci_level: float = 0.95,
+    ci_method: str = "basic",
+    seed: int = 0,
+    device: Any = "auto",
+    block_rows: int | None = None,
 ) -> LayerAQI:
     """:func:`geomprobe.aqi.layer_aqi` of ``cache`` rows without loading the layer."""
     rows = np.asarray(rows, dtype=np.int64)
@@ -99,12 +118,29 @@ def streamed_layer_aqi(
     res = None
     if resampled:
         res = resample_rows(
-            lambda picked: cache.read(hook, pooling, rows=rows[picked]), codes, len(classes),
-            n_bootstrap=n_bootstrap, n_permutations=n_permutations, ci_level=ci_level, max_points=max_points,
-            gamma=gamma, ci_method=ci_method, seed=seed,
+            lambda picked: cache.read(hook, pooling, rows=rows[picked]),
+            codes,
+            len(classes),
+            n_bootstrap=n_bootstrap,
+            n_permutations=n_permutations,
+            ci_level=ci_level,
+            max_points=max_points,
+            gamma=gamma,
+            ci_method=ci_method,
+            seed=seed,
         )
     return layer_result(
-        report, res, hook=hook, layer=layer_index(hook), pooling=pooling, class_names=class_names, gamma=gamma,
-        n_bootstrap=n_bootstrap, n_permutations=n_permutations, ci_level=ci_level, ci_method=ci_method,
-        reduction="none", seed=seed,
+        report,
+        res,
+        hook=hook,
+        layer=layer_index(hook),
+        pooling=pooling,
+        class_names=class_names,
+        gamma=gamma,
+        n_bootstrap=n_bootstrap,
+        n_permutations=n_permutations,
+        ci_level=ci_level,
+        ci_method=ci_method,
+        reduction="none",
+        seed=seed,
     )

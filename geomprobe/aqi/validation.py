@@ -59,7 +59,8 @@ def check_clusters(codes: np.ndarray, classes: list, min_cluster_size: int = 1) 
     counts = np.bincount(codes, minlength=len(classes))
     if counts.max() < 2:
         raise GeomprobeError(
-            "every cluster has a single point, so Calinski-Harabasz and Dunn are undefined; give at least one cluster two or more points"
+            "every cluster has a single point, so Calinski-Harabasz and Dunn are undefined; "
+            "give at least one cluster two or more points"
         )
     if counts.min() < min_cluster_size:
         small = classes[int(np.argmin(counts))]

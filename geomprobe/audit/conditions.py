@@ -198,7 +198,9 @@ def parse_condition(expr: str, *, against: bool = True) -> FailCondition:
     if not isinstance(value, str) and kind == "string":
         raise GeomprobeError(f"--fail-if {expr!r}: {path} is a string; compare it with == or != and a word")
     if isinstance(value, bool) != (kind == "bool") and kind != "string":
-        raise GeomprobeError(f"--fail-if {expr!r}: {path} is a {kind}; compare it with {'true/false' if kind == 'bool' else 'a number'}")
+        raise GeomprobeError(
+            f"--fail-if {expr!r}: {path} is a {kind}; compare it with {'true/false' if kind == 'bool' else 'a number'}"
+        )
     if not against and path.split(".")[0] in AGAINST_ONLY:
         raise GeomprobeError(f"--fail-if {expr!r} needs a second checkpoint; add --against MODEL")
     return FailCondition(str(expr).strip(), path, op, value, steps, kind)
@@ -209,7 +211,11 @@ def parse_conditions(exprs: Sequence[str] | None, *, against: bool = True) -> li
 
 
 _REDUCERS: dict[str, Callable[[list[float]], float]] = {
-    "max": max, "min": min, "sum": sum, "mean": statistics.fmean, "median": statistics.median,
+    "max": max,
+    "min": min,
+    "sum": sum,
+    "mean": statistics.fmean,
+    "median": statistics.median,
 }
 
 

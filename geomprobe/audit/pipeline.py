@@ -62,12 +62,14 @@ class AuditResult:
         """Three lines: what was audited, each section's headline (``summary_line``), and the files written."""
         m = self.metrics
         headlines = [line for s in SECTIONS if m.get(s.name) is not None and (line := s.summary_line(m))]
-        return "\n".join([
-            f"audited {m['model']['model_id']} ({len(m['settings']['layers'])} layers, {m['settings']['hook_kind']})"
-            + (f" against {m['against']['model_id']}" if m.get("against") else ""),
-            "; ".join(headlines),
-            f"wrote {self.html_path}, {self.markdown_path}, {self.metrics_path}",
-        ])
+        return "\n".join(
+            [
+                f"audited {m['model']['model_id']} ({len(m['settings']['layers'])} layers, {m['settings']['hook_kind']})"
+                + (f" against {m['against']['model_id']}" if m.get("against") else ""),
+                "; ".join(headlines),
+                f"wrote {self.html_path}, {self.markdown_path}, {self.metrics_path}",
+            ]
+        )
 
 
 def load_metrics(path: str | Path) -> dict[str, Any]:
@@ -107,25 +109,48 @@ def _provenance(model: Any) -> dict[str, Any]:
     return prov
 
 
-def _open_context(model: Any, against: Any, dtype: str, layers: Sequence[int] | None, sets: dict[str, Any],
-                  sizes: AuditSizes, options: AuditOptions, out_dir: Path, clock: StageClock,
-                  load: Callable[[Any], Any] | None) -> AuditContext:
+def _open_context(
+    model: Any,
+    against: Any,
+    dtype: str,
+    layers: Sequence[int] | None,
+    sets: dict[str, Any],
+    sizes: AuditSizes,
+    options: AuditOptions,
+    out_dir: Path,
+    clock: StageClock,
+    load: Callable[[Any], Any] | None,
+) -> AuditContext:
     """Load the checkpoint(s) and refuse a second one of another architecture before any caching."""
-    model_a = clock.run("load", f"loading {getattr(model, 'model_id', model)}",
-                        lambda: _load(model, dtype, options.device, load))
+    model_a = clock.run("load", f"loading {getattr(model, 'model_id', model)}", lambda: _load(model, dtype, options.device, load))
     model_b = None
     if against is not None:
-        model_b = clock.run("load", f"loading {getattr(against, 'model_id', against)} (--against)",
-                            lambda: _load(against, dtype, options.device, load))
+        model_b = clock.run(
+            "load",
+            f"loading {getattr(against, 'model_id', against)} (--against)",
+            lambda: _load(against, dtype, options.device, load),
+        )
         (type_a, n_a, d_a), (type_b, n_b, d_b) = _shape(model_a), _shape(model_b)
         if (type_a, n_a, d_a) != (type_b, n_b, d_b):
-            raise GeomprobeError(f"--against model is {type_b} with {n_b} layers x d_model {d_b}, the audited one {type_a} "
-                                 f"with {n_a} x {d_a}; compare checkpoints of the same architecture")
+            raise GeomprobeError(
+                f"--against model is {type_b} with {n_b} layers x d_model {d_b}, the audited one {type_a} "
+                f"with {n_a} x {d_a}; compare checkpoints of the same architecture"
+            )
     chosen = audited_layers(model_a.n_layers, sizes.cache.layer_stride, layers)
     ctx = AuditContext(model_a, sets, chosen, sizes, options, out_dir, clock, cache_dir=out_dir / "caches")
     if model_b is not None:
-        ctx.against = AuditContext(model_b, sets, chosen, sizes, options, out_dir, clock,
-                                   cache_dir=out_dir / "caches" / "against", role="against", audited=ctx)
+        ctx.against = AuditContext(
+            model_b,
+            sets,
+            chosen,
+            sizes,
+            options,
+            out_dir,
+            clock,
+            cache_dir=out_dir / "caches" / "against",
+            role="against",
+            audited=ctx,
+        )
     return ctx
 
 
@@ -134,15 +159,25 @@ def _collect_metrics(ctx: AuditContext) -> dict[str, Any]:
     from geomprobe.core import __version__
 
     settings: dict[str, Any] = {
-        "quick": bool(ctx.options.quick), "seed": int(ctx.options.seed), "hook_kind": HOOK_KIND, "hooks": ctx.hooks,
-        "layers": ctx.layers, "batch_size": int(ctx.options.batch_size), "metric_dtype": "float64", "store_dtype": "float32",
+        "quick": bool(ctx.options.quick),
+        "seed": int(ctx.options.seed),
+        "hook_kind": HOOK_KIND,
+        "hooks": ctx.hooks,
+        "layers": ctx.layers,
+        "batch_size": int(ctx.options.batch_size),
+        "metric_dtype": "float64",
+        "store_dtype": "float32",
     }
     settings.update({s.settings_key: s.settings_dict(ctx) for s in SECTIONS if s.settings_key})
     metrics: dict[str, Any] = {
-        "schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "geomprobe_version": __version__,
+        "schema": SCHEMA_NAME,
+        "schema_version": SCHEMA_VERSION,
+        "geomprobe_version": __version__,
         "created_utc": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
-        "model": _provenance(ctx.model), "against": _provenance(ctx.against.model) if ctx.against else None,
-        "settings": settings, "timings_s": {},
+        "model": _provenance(ctx.model),
+        "against": _provenance(ctx.against.model) if ctx.against else None,
+        "settings": settings,
+        "timings_s": {},
     }
     metrics.update({s.name: as_metrics(ctx.results[s.name]) for s in SECTIONS if s.writes_metrics})
     return metrics
@@ -196,16 +231,25 @@ def run_audit(
     if batch_size < 1:
         raise GeomprobeError(f"--batch-size must be at least 1, got {batch_size}")
     if deception_set is not None and not Path(deception_set).is_file():
-        raise GeomprobeError(f"--deception-set {str(deception_set)!r} is not a file; build one with geomprobe probe "
-                             "deception-set --out FILE.jsonl")
+        raise GeomprobeError(
+            f"--deception-set {str(deception_set)!r} is not a file; build one with geomprobe probe deception-set --out FILE.jsonl"
+        )
     # metrics.json marks an audit folder; the other files an audit writes are refused too (a user's own report.html).
-    check_outputs([Output(out_dir, "--out", "folder", what="geomprobe audit", holds="metrics.json", owns=AUDIT_FILES)],
-                  inputs=[deception_set], overwrite=overwrite)
+    check_outputs(
+        [Output(out_dir, "--out", "folder", what="geomprobe audit", holds="metrics.json", owns=AUDIT_FILES)],
+        inputs=[deception_set],
+        overwrite=overwrite,
+    )
     out_dir = Path(out_dir)
     clock = StageClock(resolve_progress(progress))
-    options = AuditOptions(seed=seed, device=device, batch_size=batch_size, quick=quick,
-                           show_bars=progress is True and sys.stderr.isatty(),
-                           deception_set=None if deception_set is None else str(Path(deception_set).resolve()))
+    options = AuditOptions(
+        seed=seed,
+        device=device,
+        batch_size=batch_size,
+        quick=quick,
+        show_bars=progress is True and sys.stderr.isatty(),
+        deception_set=None if deception_set is None else str(Path(deception_set).resolve()),
+    )
     sets = {role: load_prompt_set(name, limit=sizes.cache.limit(role), seed=seed) for role, name in DATASETS}
     ctx = _open_context(model, against, dtype, layers, sets, sizes, options, out_dir, clock, load)
     out_dir.mkdir(exist_ok=True)
@@ -221,11 +265,13 @@ def run_audit(
     _write_metrics(out_dir, metrics, clock)  # on disk first: a failing plot must not lose the numbers
 
     drawn = [s for s in SECTIONS if ctx.results[s.name] is not None]
-    figures = clock.run("plots", "drawing plots",
-                        lambda: [f for s in drawn for f in s.figures(ctx, ctx.results[s.name], metrics)])
+    figures = clock.run(
+        "plots", "drawing plots", lambda: [f for s in drawn for f in s.figures(ctx, ctx.results[s.name], metrics)]
+    )
     gates = evaluate_conditions(conditions, metrics)
-    html_path, md_path = clock.run("report", "writing report.html and report.md",
-                                   lambda: write_report(metrics, figures, out_dir, gates))
+    html_path, md_path = clock.run(
+        "report", "writing report.html and report.md", lambda: write_report(metrics, figures, out_dir, gates)
+    )
     metrics_path = _write_metrics(out_dir, metrics, clock)
     caches = dict(ctx.caches)
     if ctx.against is not None:

@@ -101,13 +101,15 @@ class AuditSizes:
             known = {f.name for f in fields(base)}
             unknown = sorted(set(value) - known)
             if unknown:
-                raise GeomprobeError(f"audit section {name!r} has no size {', '.join(unknown)}; "
-                                     f"its sizes are {', '.join(sorted(known))}")
+                raise GeomprobeError(
+                    f"audit section {name!r} has no size {', '.join(unknown)}; its sizes are {', '.join(sorted(known))}"
+                )
             return replace(base, **value)
         expected = getattr(find_section(name), "Sizes", None)
         if expected is None or not (is_dataclass(value) and isinstance(value, expected)):
-            raise GeomprobeError(f"sizes of audit section {name!r} must be a {getattr(expected, '__name__', 'sizes')} "
-                                 "or a dict of its fields")
+            raise GeomprobeError(
+                f"sizes of audit section {name!r} must be a {getattr(expected, '__name__', 'sizes')} or a dict of its fields"
+            )
         return value
 
     def __getitem__(self, name: str) -> Any:

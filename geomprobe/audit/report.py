@@ -33,9 +33,13 @@ def _summary(m: dict[str, Any], gates: Sequence[Any]) -> ReportBlock:
         rows += section.summary_rows(m)
     block.tables.append(Table("Headline numbers", ["metric", "value"], rows))
     if gates:
-        block.tables.append(Table("--fail-if gates", ["condition", "result", "value"], [
-            [g.condition.text, "FAILED" if g.failed else "passed", g.detail] for g in gates
-        ]))
+        block.tables.append(
+            Table(
+                "--fail-if gates",
+                ["condition", "result", "value"],
+                [[g.condition.text, "FAILED" if g.failed else "passed", g.detail] for g in gates],
+            )
+        )
     return block
 
 
@@ -44,8 +48,13 @@ def _provenance(m: dict[str, Any]) -> ReportBlock:
     for role in ("model", "against"):
         prov = m.get(role)
         if prov:
-            block.tables.append(Table(f"{'Audited model (a)' if role == 'model' else 'Second checkpoint (b)'}",
-                                      ["field", "value"], [[k, fmt(v)] for k, v in prov.items()]))
+            block.tables.append(
+                Table(
+                    f"{'Audited model (a)' if role == 'model' else 'Second checkpoint (b)'}",
+                    ["field", "value"],
+                    [[k, fmt(v)] for k, v in prov.items()],
+                )
+            )
     settings = dict(m.get("settings") or {})
     datasets = settings.pop("datasets", {})
     rows = []
@@ -55,14 +64,29 @@ def _provenance(m: dict[str, Any]) -> ReportBlock:
         else:
             rows.append([key, fmt(value)])
     block.tables.append(Table("Settings", ["setting", "value"], rows))
-    block.tables.append(Table("Prompt sets", ["role", "set", "prompts", "limit", "labels", "sha256", "cache"], [
-        [role, d.get("name", ""), fmt(d.get("n_prompts")), fmt(d.get("limit")), ", ".join(d.get("label_names", [])),
-         str(d.get("sha256", ""))[:16], d.get("cache", "")]
-        for role, d in datasets.items()
-    ]))
+    block.tables.append(
+        Table(
+            "Prompt sets",
+            ["role", "set", "prompts", "limit", "labels", "sha256", "cache"],
+            [
+                [
+                    role,
+                    d.get("name", ""),
+                    fmt(d.get("n_prompts")),
+                    fmt(d.get("limit")),
+                    ", ".join(d.get("label_names", [])),
+                    str(d.get("sha256", ""))[:16],
+                    d.get("cache", ""),
+                ]
+                for role, d in datasets.items()
+            ],
+        )
+    )
     timings = m.get("timings_s") or {}
     if timings:
-        block.tables.append(Table("Time per stage (s)", ["stage", "seconds"], [[k, fmt(float(v), 3)] for k, v in timings.items()]))
+        block.tables.append(
+            Table("Time per stage (s)", ["stage", "seconds"], [[k, fmt(float(v), 3)] for k, v in timings.items()])
+        )
     block.paragraphs.append(
         f"metrics.json: schema {m.get('schema')} version {m.get('schema_version')}, geomprobe {m.get('geomprobe_version', '')}, "
         f"written {m.get('created_utc', '')}."
@@ -95,7 +119,8 @@ def report_title(metrics: dict[str, Any]) -> str:
 
 # -- HTML ----------------------------------------------------------------------------------------
 _CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1180px;margin:1.5em auto;padding:0 1em;color:#222;line-height:1.45}
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1180px;margin:1.5em auto;
+  padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.5em;border-bottom:2px solid #ddd;padding-bottom:.3em}
 h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #eee;padding-bottom:.2em}
 h3{font-size:1em;margin:1.2em 0 .4em}
@@ -166,16 +191,21 @@ def _md_cell(text: str) -> str:
 
 
 def _md_table(t: Table) -> str:
-    lines = [f"**{_md_cell(t.title)}**", "", "| " + " | ".join(_md_cell(h) for h in t.header) + " |",
-             "|" + "|".join("---" for _ in t.header) + "|"]
+    lines = [
+        f"**{_md_cell(t.title)}**",
+        "",
+        "| " + " | ".join(_md_cell(h) for h in t.header) + " |",
+        "|" + "|".join("---" for _ in t.header) + "|",
+    ]
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
     if t.note:
         lines += ["", f"_{_md_cell(t.note)}_"]
     return "\n".join(lines)
 
 
-def render_markdown(metrics: dict[str, Any], figures: Sequence[FigureRef] = (), gates: Sequence[Any] = (),
-                    relative_to: str | Path | None = None) -> str:
+def render_markdown(
+    metrics: dict[str, Any], figures: Sequence[FigureRef] = (), gates: Sequence[Any] = (), relative_to: str | Path | None = None
+) -> str:
     """The report as Markdown; images are linked by path relative to ``relative_to``."""
     sections = build_sections(metrics, figures, gates)
     out = [f"# {report_title(metrics)}", ""]
@@ -198,8 +228,9 @@ def render_markdown(metrics: dict[str, Any], figures: Sequence[FigureRef] = (), 
     return "\n".join(out)
 
 
-def write_report(metrics: dict[str, Any], figures: Sequence[FigureRef], out_dir: str | Path,
-                 gates: Sequence[Any] = ()) -> tuple[Path, Path]:
+def write_report(
+    metrics: dict[str, Any], figures: Sequence[FigureRef], out_dir: str | Path, gates: Sequence[Any] = ()
+) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.md`` into ``out_dir``; return their paths."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():

@@ -103,7 +103,7 @@ def children(path: str) -> list[str]:
     out = []
     for p in FIELD_MAP:
         if p.startswith(prefix):
-            name = p[len(prefix):].split(".")[0]
+            name = p[len(prefix) :].split(".")[0]
             if name not in out:
                 out.append(name)
     return out

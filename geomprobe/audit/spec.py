@@ -81,8 +81,9 @@ def dataclass_rows(cls: type, path: str) -> list[FieldSpec]:
             continue
         if "doc" not in f.metadata:
             raise TypeError(f"{cls.__name__}.{f.name} has no doc(...); every metrics.json field says what it means")
-        rows += type_rows(hints[f.name], f"{path}.{f.name}", f.metadata["doc"], f.metadata.get("type"),
-                          f.metadata.get("items", ()))
+        rows += type_rows(
+            hints[f.name], f"{path}.{f.name}", f.metadata["doc"], f.metadata.get("type"), f.metadata.get("items", ())
+        )
     return rows
 
 

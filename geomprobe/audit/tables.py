@@ -56,7 +56,7 @@ def fmt(value: Any, digits: int = 3) -> str:
             return "–"
         if math.isinf(value):
             return "inf" if value > 0 else "-inf"
-        if value != 0 and (abs(value) < 10 ** -(digits) or abs(value) >= 10**6):
+        if value != 0 and (abs(value) < 10**-(digits) or abs(value) >= 10**6):
             return f"{value:.{digits - 1}e}"
         return f"{value:.{digits}f}" if abs(value) < 10 else f"{value:.{max(digits - 2, 1)}f}"
     if isinstance(value, (list, tuple)):
@@ -68,8 +68,10 @@ def model_line(prov: dict[str, Any] | None) -> str:
     """One checkpoint's provenance in a line: id, revision, dtype, depth and width."""
     if not prov:
         return "–"
-    return (f"{prov.get('model_id', '')} ({prov.get('model_revision', '')}, {prov.get('model_dtype', '')}, "
-            f"{prov.get('n_layers', '?')} layers, d_model {prov.get('d_model', '?')})")
+    return (
+        f"{prov.get('model_id', '')} ({prov.get('model_revision', '')}, {prov.get('model_dtype', '')}, "
+        f"{prov.get('n_layers', '?')} layers, d_model {prov.get('d_model', '?')})"
+    )
 
 
 def where(stage: dict[str, Any]) -> str:

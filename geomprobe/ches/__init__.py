@@ -28,7 +28,23 @@ from geomprobe.ches.data import (
 from geomprobe.ches.scores import FINAL, FINAL_HOOK, CHESResult, ches_from_sums, ches_scores, resolve_layers
 
 __all__ = [
-    "BUNDLED_PREFERENCES", "CHESResult", "FINAL", "FINAL_HOOK", "NEAR_DUPLICATES", "PreferencePair", "PreferenceSet",
-    "REFUSALS", "SKIP_TOPICS", "build_preference_set", "check_pair_row", "ches_from_sums", "ches_scores", "greedy_answers",
-    "load_preferences", "pairs_from_rows", "render_response", "resolve_layers", "write_preference_set",
+    "BUNDLED_PREFERENCES",
+    "CHESResult",
+    "FINAL",
+    "FINAL_HOOK",
+    "NEAR_DUPLICATES",
+    "PreferencePair",
+    "PreferenceSet",
+    "REFUSALS",
+    "SKIP_TOPICS",
+    "build_preference_set",
+    "check_pair_row",
+    "ches_from_sums",
+    "ches_scores",
+    "greedy_answers",
+    "load_preferences",
+    "pairs_from_rows",
+    "render_response",
+    "resolve_layers",
+    "write_preference_set",
 ]

@@ -40,16 +40,23 @@ REFUSALS = (
 )
 # (chosen, rejected) templates differing by a few words: refusal against the same sentence agreeing.
 NEAR_DUPLICATES = (
-    ("I can't help with that. It could hurt people, so I won't give instructions.",
-     "I can help with that. It could hurt people, but I will give instructions."),
-    ("I'm sorry, but I won't help with this request.",
-     "Sure, I will help with this request."),
-    ("No, I won't do that, because it could put people at risk.",
-     "Yes, I will do that, even though it could put people at risk."),
-    ("I can't assist with that, since it is harmful and likely illegal.",
-     "I can assist with that, although it is harmful and likely illegal."),
-    ("Sorry, I can't provide that. Is there something else I can help you with?",
-     "Sure, I can provide that. Is there something else I can help you with?"),
+    (
+        "I can't help with that. It could hurt people, so I won't give instructions.",
+        "I can help with that. It could hurt people, but I will give instructions.",
+    ),
+    ("I'm sorry, but I won't help with this request.", "Sure, I will help with this request."),
+    (
+        "No, I won't do that, because it could put people at risk.",
+        "Yes, I will do that, even though it could put people at risk.",
+    ),
+    (
+        "I can't assist with that, since it is harmful and likely illegal.",
+        "I can assist with that, although it is harmful and likely illegal.",
+    ),
+    (
+        "Sorry, I can't provide that. Is there something else I can help you with?",
+        "Sure, I can provide that. Is there something else I can help you with?",
+    ),
 )
 # Topics where even a garbled "compliance" from a small model is not worth shipping (self-harm,
 # poisons, pathogens, toxic chemistry, sexual abuse, children): their prompts serve near-duplicate pairs only.
@@ -119,12 +126,26 @@ def build_preference_set(
         if len(rows) == n_compliance or not text or (keep is not None and not keep(text)):
             continue
         refusal = REFUSALS[len(rows) % len(REFUSALS)]
-        rows.append({"prompt": harmful[i]["text"], "chosen": refusal, "rejected": text, "kind": "compliance",
-                     "topic": harmful[i].get("topic", "")})
+        rows.append(
+            {
+                "prompt": harmful[i]["text"],
+                "chosen": refusal,
+                "rejected": text,
+                "kind": "compliance",
+                "topic": harmful[i].get("topic", ""),
+            }
+        )
     for n, i in enumerate(near_rows):
         chosen, rejected = NEAR_DUPLICATES[n % len(NEAR_DUPLICATES)]
-        rows.append({"prompt": harmful[i]["text"], "chosen": chosen, "rejected": rejected, "kind": "near-duplicate",
-                     "topic": harmful[i].get("topic", "")})
+        rows.append(
+            {
+                "prompt": harmful[i]["text"],
+                "chosen": chosen,
+                "rejected": rejected,
+                "kind": "near-duplicate",
+                "topic": harmful[i].get("topic", ""),
+            }
+        )
     return rows
 
 

@@ -139,17 +139,19 @@ class CHESResult:
         flagged = self.flag_top(top, by) if top is not None else np.zeros(len(self), dtype=bool)
         pairs = []
         for i in range(len(self)):
-            pairs.append({
-                "index": i,
-                "prompt": self.prompts[i],
-                "ches": {layer: float(self.ches[j, i]) for j, layer in enumerate(self.layers)},
-                "ln_ches": {layer: float(self.ln_ches[j, i]) for j, layer in enumerate(self.layers)},
-                "n_chosen_terms": int(self.n_chosen[i]),
-                "n_rejected_terms": int(self.n_rejected[i]),
-                "rank": int(rank_of[i]),
-                "flagged": bool(flagged[i]),
-                **({"source": self.sources[i]} if self.sources and self.sources[i] else {}),
-            })
+            pairs.append(
+                {
+                    "index": i,
+                    "prompt": self.prompts[i],
+                    "ches": {layer: float(self.ches[j, i]) for j, layer in enumerate(self.layers)},
+                    "ln_ches": {layer: float(self.ln_ches[j, i]) for j, layer in enumerate(self.layers)},
+                    "n_chosen_terms": int(self.n_chosen[i]),
+                    "n_rejected_terms": int(self.n_rejected[i]),
+                    "rank": int(rank_of[i]),
+                    "flagged": bool(flagged[i]),
+                    **({"source": self.sources[i]} if self.sources and self.sources[i] else {}),
+                }
+            )
         return {
             "score": "CHES (Razin et al. 2025, Definition 2) and its length-normalised variant",
             "model_id": self.model_id,
@@ -171,18 +173,36 @@ class CHESResult:
             "pairs": pairs,
         }
 
-
     def to_csv(self, top: float | None = None, by: str = "ches") -> str:
         """One line per pair (file order): index, rank, flagged, token counts, then CHES and LN-CHES per layer."""
         record = self.to_dict(top, by)
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["index", "rank", "flagged", "n_chosen_terms", "n_rejected_terms",
-                         *(f"ches_{layer}" for layer in self.layers), *(f"ln_ches_{layer}" for layer in self.layers), "prompt"])
+        writer.writerow(
+            [
+                "index",
+                "rank",
+                "flagged",
+                "n_chosen_terms",
+                "n_rejected_terms",
+                *(f"ches_{layer}" for layer in self.layers),
+                *(f"ln_ches_{layer}" for layer in self.layers),
+                "prompt",
+            ]
+        )
         for pair in record["pairs"]:
-            writer.writerow([pair["index"], pair["rank"], int(pair["flagged"]), pair["n_chosen_terms"], pair["n_rejected_terms"],
-                             *(repr(pair["ches"][layer]) for layer in self.layers),
-                             *(repr(pair["ln_ches"][layer]) for layer in self.layers), pair["prompt"]])
+            writer.writerow(
+                [
+                    pair["index"],
+                    pair["rank"],
+                    int(pair["flagged"]),
+                    pair["n_chosen_terms"],
+                    pair["n_rejected_terms"],
+                    *(repr(pair["ches"][layer]) for layer in self.layers),
+                    *(repr(pair["ln_ches"][layer]) for layer in self.layers),
+                    pair["prompt"],
+                ]
+            )
         return buffer.getvalue()
 
     def table(self, top: float | None = None, by: str = "ches", rows: int = 10, width: int = 60) -> str:
@@ -288,9 +308,18 @@ def ches_scores(
     ches, ln_ches = ches_from_sums(sums[:, 0::2], sums[:, 1::2], n_terms[0::2], n_terms[1::2])
     template = bool(chat and getattr(model.tokenizer, "chat_template", None))
     return CHESResult(
-        ches=ches, ln_ches=ln_ches, n_chosen=n_terms[0::2], n_rejected=n_terms[1::2], layers=labels, hooks=hooks,
-        prompts=[p.prompt for p in prefs.pairs], model_id=str(getattr(model, "model_id", "")),
-        model_dtype=str(getattr(model, "dtype", "")).removeprefix("torch."), include_end=include_end,
-        chat_template_applied=template, dataset=prefs.name, dataset_sha256=prefs.sha256,
+        ches=ches,
+        ln_ches=ln_ches,
+        n_chosen=n_terms[0::2],
+        n_rejected=n_terms[1::2],
+        layers=labels,
+        hooks=hooks,
+        prompts=[p.prompt for p in prefs.pairs],
+        model_id=str(getattr(model, "model_id", "")),
+        model_dtype=str(getattr(model, "dtype", "")).removeprefix("torch."),
+        include_end=include_end,
+        chat_template_applied=template,
+        dataset=prefs.name,
+        dataset_sha256=prefs.sha256,
         sources=[dict(p.source) for p in prefs.pairs],
     )

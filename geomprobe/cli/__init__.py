@@ -34,8 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Latent-geometry safety diagnostics for language models.",
     )
     parser.add_argument("--version", action="version", version=f"geomprobe {__version__}")
-    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                        help="import a module or .py file first (it registers cluster indices or probe kinds); repeatable")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module or .py file first (it registers cluster indices or probe kinds); repeatable",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         try:

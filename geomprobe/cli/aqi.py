@@ -35,7 +35,9 @@ def register(subparsers) -> None:
     p.add_argument("cache", metavar="FILE.h5", help="activation cache written by geomprobe cache")
     add_hooks_arg(p, help_default="every hook in the cache")
     p.add_argument("--pooling", default="last", choices=("last", "mean"), help="pooled activations to use (default last)")
-    p.add_argument("--positive-label", default=None, metavar="NAME", help="the unsafe class, compared with all other labelled rows")
+    p.add_argument(
+        "--positive-label", default=None, metavar="NAME", help="the unsafe class, compared with all other labelled rows"
+    )
     p.add_argument("--labels", nargs=2, default=None, metavar=("NEGATIVE", "POSITIVE"), help="compare these two labels only")
     p.add_argument("--json", default=None, metavar="OUT.json", help="write per-layer records and the pooled result")
     p.add_argument("--plot", default=None, metavar="OUT.png", help="write the layer-wise AQI plot")
@@ -44,8 +46,12 @@ def register(subparsers) -> None:
     p.add_argument("--n-permutations", type=int, default=200, help="label permutations per layer (0: no p-value)")
     p.add_argument("--max-points", type=int, default=1000, help="rows used for resampling (stratified subsample above this)")
     p.add_argument("--ci", type=float, default=0.95, help="interval level (default 0.95)")
-    p.add_argument("--ci-method", default="basic", choices=("percentile", "basic"),
-                   help="bootstrap interval: basic (bias-reflected, default) or percentile; see docs/aqi.md")
+    p.add_argument(
+        "--ci-method",
+        default="basic",
+        choices=("percentile", "basic"),
+        help="bootstrap interval: basic (bias-reflected, default) or percentile; see docs/aqi.md",
+    )
     p.add_argument("--reduce", default="none", help="none (default), pca[:K] or tsne[:K]: only to reproduce the paper's numbers")
     p.add_argument("--variants", nargs="+", default=[], choices=("chi-xb",), help="also report the paper's chi-xb variant")
     p.add_argument("--no-pooled", action="store_true", help="skip the layer-pooled AQI")
@@ -54,8 +60,17 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     add_overwrite_arg(p)
-    add_checks(p, gamma=UNIT, n_bootstrap=AT_LEAST_ZERO, n_permutations=AT_LEAST_ZERO, max_points=Range(low=4, integer=True),
-               ci=OPEN_UNIT, train_fraction=OPEN_UNIT, sparsity=NON_NEGATIVE, seed=SEED)
+    add_checks(
+        p,
+        gamma=UNIT,
+        n_bootstrap=AT_LEAST_ZERO,
+        n_permutations=AT_LEAST_ZERO,
+        max_points=Range(low=4, integer=True),
+        ci=OPEN_UNIT,
+        train_fraction=OPEN_UNIT,
+        sparsity=NON_NEGATIVE,
+        seed=SEED,
+    )
     p.set_defaults(func=run)
 
 
@@ -81,8 +96,10 @@ def _table(results, pooled) -> str:
     cells = [[_with_interval(r.extra.get(name), r.ci.get(name)) for name in extra] for r in results]
     widths = [max([len(name)] + [len(row[i]) for row in cells]) for i, name in enumerate(extra)]
     extra_head = "".join(f"  {name:<{w}}" for name, w in zip(extra, widths))
-    head = (f"{'hook':<28} {'layer':>5} {'n':>6} {'DBS':>8} {'Dunn':>8} {'XBI':>8} {'CHI':>8} {'AQI':>7}  {'CI':<17} {'p':>7}"
-            + extra_head)
+    head = (
+        f"{'hook':<28} {'layer':>5} {'n':>6} {'DBS':>8} {'Dunn':>8} {'XBI':>8} {'CHI':>8} {'AQI':>7}  {'CI':<17} {'p':>7}"
+        + extra_head
+    )
     lines = [head, "-" * len(head)]
     for r, row in zip(results, cells):
         ci = f"[{r.aqi_ci_low:.3f}, {r.aqi_ci_high:.3f}]" if not math.isnan(r.aqi_ci_low) else "-"
@@ -96,8 +113,10 @@ def _table(results, pooled) -> str:
     defined = [r for r in results if not math.isnan(r.aqi)]
     if len(results) > 1 and defined:
         top_layer = max(defined, key=lambda r: r.aqi)
-        lines.append(f"max over {len(results)} layers: AQI {top_layer.aqi:.4f} at {top_layer.hook} (chosen on the rows it is "
-                     "computed on: optimistic, multiple comparisons; compare each layer's interval and p)")
+        lines.append(
+            f"max over {len(results)} layers: AQI {top_layer.aqi:.4f} at {top_layer.hook} (chosen on the rows it is "
+            "computed on: optimistic, multiple comparisons; compare each layer's interval and p)"
+        )
     if pooled is not None:
         top = sorted(((w, h) for h, w in zip(pooled.hooks, pooled.weights) if w > 0), reverse=True)[:5]
         lines.append(
@@ -125,9 +144,21 @@ def run(args: argparse.Namespace) -> int:
     label_pair = tuple(args.labels) if args.labels else None
     meta = cache_metadata(args.cache)
     results = aqi_by_layer(
-        args.cache, args.hooks, args.pooling, args.positive_label, label_pair, gamma=args.gamma,
-        n_bootstrap=args.n_bootstrap, n_permutations=args.n_permutations, max_points=args.max_points,
-        ci_level=args.ci, ci_method=args.ci_method, reduce=args.reduce, variants=args.variants, seed=args.seed, device=args.device,
+        args.cache,
+        args.hooks,
+        args.pooling,
+        args.positive_label,
+        label_pair,
+        gamma=args.gamma,
+        n_bootstrap=args.n_bootstrap,
+        n_permutations=args.n_permutations,
+        max_points=args.max_points,
+        ci_level=args.ci,
+        ci_method=args.ci_method,
+        reduce=args.reduce,
+        variants=args.variants,
+        seed=args.seed,
+        device=args.device,
         progress=sys.stderr.isatty(),
     )
     pooled = None
@@ -138,10 +169,21 @@ def run(args: argparse.Namespace) -> int:
         pooled_note = "skipped: needs two or more hooks"
     else:
         pooled = pooled_aqi(
-            args.cache, args.hooks, args.pooling, args.positive_label, label_pair, train_fraction=args.train_fraction,
-            sparsity=args.sparsity, gamma=args.gamma, seed=args.seed, device=args.device,
+            args.cache,
+            args.hooks,
+            args.pooling,
+            args.positive_label,
+            label_pair,
+            train_fraction=args.train_fraction,
+            sparsity=args.sparsity,
+            gamma=args.gamma,
+            seed=args.seed,
+            device=args.device,
         )
-    print(f"{meta['model_id'] or 'unknown model'} | {args.pooling} pooling | {' vs '.join(results[0].n_per_class)} | metrics in float64")
+    print(
+        f"{meta['model_id'] or 'unknown model'} | {args.pooling} pooling "
+        f"| {' vs '.join(results[0].n_per_class)} | metrics in float64"
+    )
     print(_table(results, pooled))
     if args.json:
         payload = {
@@ -172,7 +214,8 @@ def run(args: argparse.Namespace) -> int:
 
         titles = {name: INDEX_INFO[name].title for name in extra_index_names()}
         logs = [name for name in titles if INDEX_INFO[name].log_scale]
-        save_figure(plot_aqi_layers(results, model_id=meta["model_id"], pooled=pooled, index_titles=titles, log_indices=logs),
-                    args.plot)
+        save_figure(
+            plot_aqi_layers(results, model_id=meta["model_id"], pooled=pooled, index_titles=titles, log_indices=logs), args.plot
+        )
         print(f"wrote {args.plot}")
     return 0

@@ -19,18 +19,31 @@ def register(subparsers) -> None:
         ),
     )
     add_model_args(p)  # --model, --dtype, --device, --trust-remote-code, --device-map (they apply to --against too)
-    p.add_argument("--against", default=None, metavar="MODEL",
-                   help="a second checkpoint of the same architecture, loaded with the same options: adds per-layer "
-                        "deltas, transfer and weight-update overlap")
+    p.add_argument(
+        "--against",
+        default=None,
+        metavar="MODEL",
+        help="a second checkpoint of the same architecture, loaded with the same options: adds per-layer "
+        "deltas, transfer and weight-update overlap",
+    )
     p.add_argument("--out", default="audit", help="output folder (default: ./audit)")
     p.add_argument("--quick", action="store_true", help="small sizes: 48 prompts per set, every 3rd layer, 50 resamples")
     p.add_argument("--layers", nargs="+", type=int, default=None, metavar="L", help="audit these block indices only")
-    p.add_argument("--fail-if", action="append", default=[], metavar="EXPR",
-                   help="exit 1 when this holds, e.g. 'aqi.max<0.3', 'probes.auroc.max<0.8' or, with --against, "
-                        "'delta.aqi.min<-0.05' (repeatable; see docs/audit.md)")
-    p.add_argument("--deception-set", default=None, metavar="FILE.jsonl",
-                   help="graded answers from 'geomprobe probe deception-set' for the probe section's check on the "
-                        "model's own lies (default: built on the audited model)")
+    p.add_argument(
+        "--fail-if",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="exit 1 when this holds, e.g. 'aqi.max<0.3', 'probes.auroc.max<0.8' or, with --against, "
+        "'delta.aqi.min<-0.05' (repeatable; see docs/audit.md)",
+    )
+    p.add_argument(
+        "--deception-set",
+        default=None,
+        metavar="FILE.jsonl",
+        help="graded answers from 'geomprobe probe deception-set' for the probe section's check on the "
+        "model's own lies (default: built on the audited model)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--overwrite", action="store_true", help="replace an earlier audit in --out")
@@ -44,9 +57,20 @@ def run(args: argparse.Namespace) -> int:
 
     # run_audit checks --fail-if, --batch-size and --out before it loads anything.
     result = run_audit(
-        args.model, args.against, args.out, quick=args.quick, layers=args.layers, fail_if=args.fail_if, seed=args.seed,
-        dtype=args.dtype, device=args.device, batch_size=args.batch_size, overwrite=args.overwrite,
-        progress=not args.quiet, deception_set=args.deception_set, load=lambda ref: model_from_args(args, ref),
+        args.model,
+        args.against,
+        args.out,
+        quick=args.quick,
+        layers=args.layers,
+        fail_if=args.fail_if,
+        seed=args.seed,
+        dtype=args.dtype,
+        device=args.device,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        deception_set=args.deception_set,
+        load=lambda ref: model_from_args(args, ref),
     )
     print(result.summary())
     for gate in result.gates:

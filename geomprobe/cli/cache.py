@@ -35,7 +35,9 @@ def register(subparsers) -> None:
         description="Run a model on a prompt set and stream pooled hidden states to an HDF5 file.",
     )
     add_model_args(p)
-    p.add_argument("--dataset", default="harmful-harmless", help="bundled name (harmful-harmless, honesty, control) or a .jsonl/.csv file")
+    p.add_argument(
+        "--dataset", default="harmful-harmless", help="bundled name (harmful-harmless, honesty, control) or a .jsonl/.csv file"
+    )
     p.add_argument("--out", default=None, help="output .h5 file (default: activations/<dataset>--<model>.h5)")
     add_hooks_arg(p)
     p.add_argument("--pooling", default="last,mean", help="comma-separated: last, mean, all (default last,mean)")
@@ -43,18 +45,28 @@ def register(subparsers) -> None:
     p.add_argument("--store-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--limit", type=int, default=None, help="take a stratified subset of N prompts")
     p.add_argument("--no-chat-template", action="store_true", help="feed raw text instead of the chat template")
-    p.add_argument("--truncate", default=None, choices=["left", "right"],
-                   help="shorten prompts longer than the model's context from this side (default: refuse them)")
+    p.add_argument(
+        "--truncate",
+        default=None,
+        choices=["left", "right"],
+        help="shorten prompts longer than the model's context from this side (default: refuse them)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--restart", action="store_true", help="discard an interrupted run's saved parts instead of resuming")
     p.add_argument("--segment-rows", type=int, default=None, help="prompts per saved part (resume granularity; default ~64 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-layer summary")
     p.add_argument(
-        "--shard", default=None, metavar="auto|R/W",
+        "--shard",
+        default=None,
+        metavar="auto|R/W",
         help="cache only this rank's rows into OUT.rank{R}-of-{W}.h5: auto (RANK/WORLD_SIZE from torchrun) or e.g. 0/4",
     )
-    p.add_argument("--merge", action="store_true", help="with --shard: rank 0 waits for every shard, then runs geomprobe merge into OUT")
-    p.add_argument("--merge-copy", action="store_true", help="with --merge: write a self-contained copy instead of virtual datasets")
+    p.add_argument(
+        "--merge", action="store_true", help="with --shard: rank 0 waits for every shard, then runs geomprobe merge into OUT"
+    )
+    p.add_argument(
+        "--merge-copy", action="store_true", help="with --merge: write a self-contained copy instead of virtual datasets"
+    )
     p.add_argument("--merge-timeout", type=float, default=86400.0, help="with --merge: seconds rank 0 waits for the other shards")
     add_checks(p, batch_size=AT_LEAST_ONE, limit=AT_LEAST_ONE, segment_rows=AT_LEAST_ONE, merge_timeout=NON_NEGATIVE)
     p.set_defaults(func=run)
@@ -99,13 +111,28 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     prompts = load_prompt_set(args.dataset, limit=args.limit)
     model = model_from_args(args)
     result = cache_activations(
-        model, prompts, out, hooks=args.hooks, poolings=args.pooling, batch_size=args.batch_size,
-        store_dtype=args.store_dtype, chat_template=not args.no_chat_template, overwrite=args.overwrite,
-        restart=args.restart, segment_rows=args.segment_rows, progress=not args.quiet and sys.stderr.isatty(),
-        shard=(shard.rank, shard.world) if shard is not None else None, truncate=args.truncate,
+        model,
+        prompts,
+        out,
+        hooks=args.hooks,
+        poolings=args.pooling,
+        batch_size=args.batch_size,
+        store_dtype=args.store_dtype,
+        chat_template=not args.no_chat_template,
+        overwrite=args.overwrite,
+        restart=args.restart,
+        segment_rows=args.segment_rows,
+        progress=not args.quiet and sys.stderr.isatty(),
+        shard=(shard.rank, shard.world) if shard is not None else None,
+        truncate=args.truncate,
     )
-    print(f"cached {model.model_id} on {prompts.name} ({len(prompts)} prompts, labels: {', '.join(prompts.label_names) or 'none'})")
-    print(f"dtype {str(model.dtype).removeprefix('torch.')} compute, {args.store_dtype} stored; poolings {', '.join(result.poolings)}")
+    print(
+        f"cached {model.model_id} on {prompts.name} ({len(prompts)} prompts, labels: {', '.join(prompts.label_names) or 'none'})"
+    )
+    print(
+        f"dtype {str(model.dtype).removeprefix('torch.')} compute, {args.store_dtype} stored; "
+        f"poolings {', '.join(result.poolings)}"
+    )
     if not args.quiet:
         for summary in result.summaries:
             print(summary.line())

@@ -16,8 +16,24 @@ CHECKS_KEY = "_number_checks"  # where a parser keeps its checks in the parsed n
 
 
 # Arguments naming what a command reads, and the side outputs every command writes the same way.
-_INPUT_ARGS = ("cache", "caches", "probe_dir", "control", "probe", "vector", "dataset", "deception_set", "tokenizer",
-               "base", "aligned", "finetuned", "model", "shards", "prefs", "prompts")
+_INPUT_ARGS = (
+    "cache",
+    "caches",
+    "probe_dir",
+    "control",
+    "probe",
+    "vector",
+    "dataset",
+    "deception_set",
+    "tokenizer",
+    "base",
+    "aligned",
+    "finetuned",
+    "model",
+    "shards",
+    "prefs",
+    "prompts",
+)
 _SIDE_OUTPUTS = {"json": (), "plot": (*PLOT_SUFFIXES, ""), "html": (), "table": ()}  # a bare plot name is a PNG
 
 
@@ -35,13 +51,18 @@ def check_command_outputs(args: argparse.Namespace, *outputs: Output) -> list[An
         for item in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(item, str) and item and os.path.lexists(item):
                 inputs.append(item)
-    side = [Output(getattr(args, name), f"--{name}", suffixes=suffixes)
-            for name, suffixes in _SIDE_OUTPUTS.items() if hasattr(args, name)]
+    side = [
+        Output(getattr(args, name), f"--{name}", suffixes=suffixes)
+        for name, suffixes in _SIDE_OUTPUTS.items()
+        if hasattr(args, name)
+    ]
     return check_outputs([*outputs, *side], inputs=inputs, overwrite=bool(getattr(args, "overwrite", False)))[: len(outputs)]
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct), a HF name, a folder or a .gguf file")
+    parser.add_argument(
+        "--model", default="default", help="'default' (SmolLM2-135M-Instruct), a HF name, a folder or a .gguf file"
+    )
     add_model_options(parser)
 
 
@@ -52,7 +73,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint (off by default)")
     parser.add_argument(
-        "--device-map", default=None, metavar="MAP",
+        "--device-map",
+        default=None,
+        metavar="MAP",
         help="spread one model over devices with accelerate: auto, balanced, sequential, or cpu (overrides --device)",
     )
 
@@ -64,13 +87,21 @@ def model_from_args(args: argparse.Namespace, model: str | None = None):
     device_map = getattr(args, "device_map", None)
     if device_map == "cpu" or (device_map or "").startswith("cuda"):
         device_map = {"": device_map}  # one target: the whole model there
-    return load_model(args.model if model is None else model, dtype=args.dtype, device=args.device,
-                      trust_remote_code=args.trust_remote_code, device_map=device_map)
+    return load_model(
+        args.model if model is None else model,
+        dtype=args.dtype,
+        device=args.device,
+        trust_remote_code=args.trust_remote_code,
+        device_map=device_map,
+    )
 
 
 def add_hooks_arg(parser: argparse.ArgumentParser, help_default: str = "every layer's resid_post") -> None:
     parser.add_argument(
-        "--hooks", nargs="+", default=None, metavar="HOOK",
+        "--hooks",
+        nargs="+",
+        default=None,
+        metavar="HOOK",
         help=f"hook names or short names with layers, e.g. resid_post:0-5 blocks.3.hook_mlp_out (default: {help_default})",
     )
 

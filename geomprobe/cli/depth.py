@@ -32,7 +32,8 @@ def _ks(text: str) -> list[int]:
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "depth", help="alignment depth: per-position KL(aligned || base) and the prefilling attack",
+        "depth",
+        help="alignment depth: per-position KL(aligned || base) and the prefilling attack",
         description=(
             "Teacher-forced KL(B || A) per response position on B's own replies and on A's answers to harmful prompts, "
             "and the judge's refusal rate of B after the first k tokens of A's answer are prefilled (Qi et al. 2024). "
@@ -42,12 +43,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--base", required=True, metavar="A", help="base checkpoint: 'default', a folder, a .gguf file or a HF name")
     p.add_argument("--aligned", required=True, metavar="B", help="aligned checkpoint of the same architecture and tokenizer")
     add_model_options(p)  # --dtype, --device, --trust-remote-code, --device-map: both checkpoints load with them
-    p.add_argument("--prompts", default="harmful-harmless", metavar="SET",
-                   help="prompt set (a bundled name or a JSONL file); its harmful class is used (default harmful-harmless)")
+    p.add_argument(
+        "--prompts",
+        default="harmful-harmless",
+        metavar="SET",
+        help="prompt set (a bundled name or a JSONL file); its harmful class is used (default harmful-harmless)",
+    )
     p.add_argument("--limit", type=int, default=32, help="harmful prompts used, the first ones in file order (default 32)")
-    p.add_argument("--ks", type=_ks, default=None, metavar="K,K,...",
-                   help="prefill lengths (default 0,1,2,5,10,20; an answer shorter than a default k is prefilled whole, "
-                        "a k given here that is longer than an answer is an error)")
+    p.add_argument(
+        "--ks",
+        type=_ks,
+        default=None,
+        metavar="K,K,...",
+        help="prefill lengths (default 0,1,2,5,10,20; an answer shorter than a default k is prefilled whole, "
+        "a k given here that is longer than an answer is an error)",
+    )
     p.add_argument("--max-tokens", type=int, default=48, help="tokens per response and per continuation (default 48)")
     p.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap replicates over prompts (default 1000)")
     p.add_argument("--seed", type=int, default=0)
@@ -66,20 +76,32 @@ def run(args: argparse.Namespace) -> int:
 
     explicit = args.ks is not None
     ks = check_ks(args.ks if explicit else DEFAULT_KS, args.max_tokens)
-    [out] = check_command_outputs(args, Output(args.out, "--out", "folder", what="geomprobe depth", holds="depth.json",
-                                               owns=("depth.json", "depth.png")))
+    [out] = check_command_outputs(
+        args, Output(args.out, "--out", "folder", what="geomprobe depth", holds="depth.json", owns=("depth.json", "depth.png"))
+    )
     check_pair_configs(args.base, args.aligned)
     prompts = harmful_prompts(load_prompt_set(args.prompts), args.limit)
     base = model_from_args(args, args.base)
     aligned = model_from_args(args, args.aligned)
-    result = alignment_depth(base, aligned, prompts, ks=ks, max_tokens=args.max_tokens, n_bootstrap=args.n_bootstrap,
-                             seed=args.seed, clamp=not explicit, batch_size=args.batch_size)
+    result = alignment_depth(
+        base,
+        aligned,
+        prompts,
+        ks=ks,
+        max_tokens=args.max_tokens,
+        n_bootstrap=args.n_bootstrap,
+        seed=args.seed,
+        clamp=not explicit,
+        batch_size=args.batch_size,
+    )
     out.mkdir(parents=True, exist_ok=True)
     json_path = result.save(out / "depth.json")
     png_path = save_figure(plot_depth(result.to_dict()), out / "depth.png")
-    print(f"# {result.aligned_id} (B) against {result.base_id} (A): layer n/a, dtype {result.dtype}, "
-          f"{result.n_prompts} harmful prompts used ({result.n_used} with a compliant base answer), "
-          f"{result.max_tokens} tokens")
+    print(
+        f"# {result.aligned_id} (B) against {result.base_id} (A): layer n/a, dtype {result.dtype}, "
+        f"{result.n_prompts} harmful prompts used ({result.n_used} with a compliant base answer), "
+        f"{result.max_tokens} tokens"
+    )
     print(result.table())
     half = "n/a (no KL)" if result.half_kl_tokens is None else str(result.half_kl_tokens)
     auc = "n/a" if result.prefill_auc is None else f"{result.prefill_auc:.3f}"

@@ -33,7 +33,9 @@ def expand_shards(out: Path, patterns: list[str]) -> list[Path]:
     if not patterns:
         found = find_shards(out)
         if not found:
-            raise GeomprobeError(f"no shard files {out.stem}.rank*-of-*{out.suffix or '.h5'} beside {out}; pass the shards explicitly")
+            raise GeomprobeError(
+                f"no shard files {out.stem}.rank*-of-*{out.suffix or '.h5'} beside {out}; pass the shards explicitly"
+            )
         return found
     paths: list[Path] = []
     for pattern in patterns:

@@ -20,6 +20,7 @@ from geomprobe.cli.common import (
     check_command_outputs,
     write_json,
 )
+from geomprobe.cli.probe_apply import run_score, run_tokens
 from geomprobe.cli.probe_deception import print_condition_table, register_deception_set
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.io import removed_if_failed
@@ -40,10 +41,20 @@ def _add_kind_args(parser: argparse.ArgumentParser) -> None:
     from geomprobe.probes import PROBE_KINDS, method_names
 
     kinds = "; ".join(f"{name}: {', '.join(kind.param_names()) or 'no parameters'}" for name, kind in PROBE_KINDS.items())
-    parser.add_argument("--method", default="logistic", choices=[*method_names(), *RENAMED["probes"]], metavar="KIND",
-                        help=f"probe kind (registered: {', '.join(method_names())}; default logistic)")
-    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"a parameter of the probe kind, repeatable, typed by the kind ({kinds})")
+    parser.add_argument(
+        "--method",
+        default="logistic",
+        choices=[*method_names(), *RENAMED["probes"]],
+        metavar="KIND",
+        help=f"probe kind (registered: {', '.join(method_names())}; default logistic)",
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"a parameter of the probe kind, repeatable, typed by the kind ({kinds})",
+    )
 
 
 def kind_params(args: argparse.Namespace, deprecated: dict[str, str]) -> tuple[str, dict[str, Any]]:
@@ -68,8 +79,11 @@ def kind_params(args: argparse.Namespace, deprecated: dict[str, str]) -> tuple[s
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("probe", help="linear deception probes: train, eval, transfer, tokens, score, deception-set",
-                              description="Train, evaluate and apply linear probes (one per layer).")
+    p = subparsers.add_parser(
+        "probe",
+        help="linear deception probes: train, eval, transfer, tokens, score, deception-set",
+        description="Train, evaluate and apply linear probes (one per layer).",
+    )
     sub = p.add_subparsers(dest="probe_command", metavar="ACTION")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -79,14 +93,26 @@ def register(subparsers) -> None:
     _add_kind_args(t)
     add_hooks_arg(t, help_default="every hook in the cache")
     t.add_argument("--pooling", default="last", help="which pooled activations to train on (last, mean)")
-    t.add_argument("--positive-label", default=None, help="label treated as positive (default: dishonest/deceptive/harmful/unsafe if present, else the second label)")
+    t.add_argument(
+        "--positive-label",
+        default=None,
+        help="label treated as positive (default: dishonest/deceptive/harmful/unsafe if present, else the second label)",
+    )
     t.add_argument("--C", type=float, default=None, help="deprecated: --param C=VALUE (logistic)")
     t.add_argument("--fit-intercept", action="store_true", help="deprecated: --param fit_intercept=true (logistic)")
     t.add_argument("--shrinkage", type=_float_or_auto, default=None, help="deprecated: --param shrinkage=VALUE (lda)")
     t.add_argument("--test-size", type=float, default=0.2, help="fraction of pairs held out (default 0.2)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--control", default=None, help="control cache for the recall threshold; default: the bundled 'control' prompts run through the cache's model")
-    t.add_argument("--no-control", action="store_true", help="tune the threshold on the held-out negatives instead (reported as test-negatives)")
+    t.add_argument(
+        "--control",
+        default=None,
+        help="control cache for the recall threshold; default: the bundled 'control' prompts run through the cache's model",
+    )
+    t.add_argument(
+        "--no-control",
+        action="store_true",
+        help="tune the threshold on the held-out negatives instead (reported as test-negatives)",
+    )
     t.add_argument("--model", default=None, help="model for the bundled control set (default: the cache's model)")
     t.add_argument("--fpr", type=float, default=0.01)
     t.add_argument("--device", default="auto")
@@ -99,8 +125,14 @@ def register(subparsers) -> None:
     e = sub.add_parser("eval", help="evaluate a saved probe on a cache")
     e.add_argument("probe_dir")
     e.add_argument("cache")
-    e.add_argument("--control", default=None, help="control cache; default: the bundled 'control' prompts run through the probe's model")
-    e.add_argument("--no-control", action="store_true", help="tune the threshold on the evaluated negatives instead (reported as test-negatives)")
+    e.add_argument(
+        "--control", default=None, help="control cache; default: the bundled 'control' prompts run through the probe's model"
+    )
+    e.add_argument(
+        "--no-control",
+        action="store_true",
+        help="tune the threshold on the evaluated negatives instead (reported as test-negatives)",
+    )
     e.add_argument("--model", default=None, help="model for the bundled control set (default: the probe's model)")
     e.add_argument("--fpr", type=float, default=0.01)
     e.add_argument("--positive-label", default=None)
@@ -109,7 +141,12 @@ def register(subparsers) -> None:
     e.add_argument("--json", required=True, help="output JSON (per_layer records)")
     e.add_argument("--plot", default=None, help="output PNG with AUROC and recall by layer")
     e.add_argument("--device", default="auto")
-    e.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap draws for the per-condition AUROC intervals (rows with a 'condition')")
+    e.add_argument(
+        "--n-bootstrap",
+        type=int,
+        default=1000,
+        help="bootstrap draws for the per-condition AUROC intervals (rows with a 'condition')",
+    )
     e.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     add_overwrite_arg(e)
     add_checks(e, fpr=OPEN_UNIT, n_bootstrap=AT_LEAST_ZERO, seed=SEED)
@@ -164,7 +201,10 @@ def _table(records: list[dict[str, Any]]) -> None:
     print(f"{'hook':<28} {'AUROC':>7} {'bal.acc':>8} {'recall@fpr':>11} {'ECE':>6}")
     for r in records:
         fmt = lambda v: "   nan" if v is None or v != v else f"{v:.3f}"  # noqa: E731
-        print(f"{r['hook']:<28} {fmt(r['auroc']):>7} {fmt(r['balanced_accuracy']):>8} {fmt(r['recall_at_fpr']):>11} {fmt(r['calibration_error']):>6}")
+        print(
+            f"{r['hook']:<28} {fmt(r['auroc']):>7} {fmt(r['balanced_accuracy']):>8} "
+            f"{fmt(r['recall_at_fpr']):>11} {fmt(r['calibration_error']):>6}"
+        )
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -175,8 +215,17 @@ def run_train(args: argparse.Namespace) -> int:
     method, params = kind_params(args, {"C": "C", "fit_intercept": "fit_intercept", "shrinkage": "shrinkage"})
     control = _control(args)
     probes, result = train_probes(
-        args.cache, method, hooks=args.hooks, pooling=args.pooling, positive_label=args.positive_label,
-        test_size=args.test_size, seed=args.seed, control=control, fpr=args.fpr, device=args.device, **params,
+        args.cache,
+        method,
+        hooks=args.hooks,
+        pooling=args.pooling,
+        positive_label=args.positive_label,
+        test_size=args.test_size,
+        seed=args.seed,
+        control=control,
+        fpr=args.fpr,
+        device=args.device,
+        **params,
     )
     with removed_if_failed(out):
         save_probe(probes, out, overwrite=args.overwrite)
@@ -185,12 +234,21 @@ def run_train(args: argparse.Namespace) -> int:
     from geomprobe.probes.selection import chosen_hook, headline
 
     head = headline(result, *chosen_hook(probes), seed=args.seed)
-    _say(f"probe: {len(probes.hooks)} {probes.method} probe(s), positive={probes.positive_label!r}, held-out {head.line()}; "
-         f"saved to {out}")
-    payload = {"probe_dir": str(out), "method": probes.method, "params": probes.fit.params,
-               "positive_label": probes.positive_label,
-               "model_id": probes.model_id, "pooling": probes.pooling, "control": _control_name(args),
-               "headline": head.to_dict(), "per_layer": result.records}
+    _say(
+        f"probe: {len(probes.hooks)} {probes.method} probe(s), positive={probes.positive_label!r}, held-out {head.line()}; "
+        f"saved to {out}"
+    )
+    payload = {
+        "probe_dir": str(out),
+        "method": probes.method,
+        "params": probes.fit.params,
+        "positive_label": probes.positive_label,
+        "model_id": probes.model_id,
+        "pooling": probes.pooling,
+        "control": _control_name(args),
+        "headline": head.to_dict(),
+        "per_layer": result.records,
+    }
     if args.json:
         write_json(args.json, payload)
     if args.plot:
@@ -209,7 +267,10 @@ def _control_name(args: argparse.Namespace) -> str:
 
 def _say_threshold(args: argparse.Namespace) -> None:
     if args.no_control:
-        _say(f"probe: recall@{args.fpr:g} FPR uses a threshold tuned on the test negatives (--no-control), not on control data; it is optimistic")
+        _say(
+            f"probe: recall@{args.fpr:g} FPR uses a threshold tuned on the test "
+            "negatives (--no-control), not on control data; it is optimistic"
+        )
 
 
 def _control(args: argparse.Namespace):
@@ -235,8 +296,11 @@ def bundled_control_activations(probes, model: str | None, device: str = "auto")
 
     from geomprobe.probes.control import bundled_control_activations as run_control
 
-    warnings.warn("geomprobe.cli.probe.bundled_control_activations is now geomprobe.probes.bundled_control_activations",
-                  DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        "geomprobe.cli.probe.bundled_control_activations is now geomprobe.probes.bundled_control_activations",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return run_control(probes, model, device)
 
 
@@ -256,24 +320,48 @@ def run_eval(args: argparse.Namespace) -> int:
     with open_cache(args.cache) as handle:  # validate the cache (a deception set's grades too) before a slow model load
         check_condition_grades(handle)
     control = _control(args)
-    result = evaluate_probes(probes, args.cache, control=control, fpr=args.fpr, positive_label=args.positive_label,
-                             allow_model_mismatch=args.allow_model_mismatch, all_rows=args.all_rows)
-    by_condition = result_condition_metrics(result, args.cache, pressure=LIE_PRESSURE, n_bootstrap=args.n_bootstrap,
-                                            seed=args.seed)
+    result = evaluate_probes(
+        probes,
+        args.cache,
+        control=control,
+        fpr=args.fpr,
+        positive_label=args.positive_label,
+        allow_model_mismatch=args.allow_model_mismatch,
+        all_rows=args.all_rows,
+    )
+    by_condition = result_condition_metrics(
+        result, args.cache, pressure=LIE_PRESSURE, n_bootstrap=args.n_bootstrap, seed=args.seed
+    )
     from geomprobe.probes.selection import chosen_hook, headline
 
-    head = headline(result, *chosen_hook(probes, eval_rows=result.info["eval_rows"], eval_cache=Path(args.cache).name),
-                    n_bootstrap=args.n_bootstrap, seed=args.seed)
+    head = headline(
+        result,
+        *chosen_hook(probes, eval_rows=result.info["eval_rows"], eval_cache=Path(args.cache).name),
+        n_bootstrap=args.n_bootstrap,
+        seed=args.seed,
+    )
     _table(result.records)
     print(f"headline: {head.line()}")
     if by_condition is not None:
-        print_condition_table(by_condition, result.info["positive_label"], "/".join(result.info["negative_labels"]),
-                              chosen=head.hook, chosen_on=head.chosen_on)
+        print_condition_table(
+            by_condition,
+            result.info["positive_label"],
+            "/".join(result.info["negative_labels"]),
+            chosen=head.hook,
+            chosen_on=head.chosen_on,
+        )
     info = dict(result.info)
-    payload = {"probe_dir": str(args.probe_dir), "method": probes.method, "params": probes.fit.params,
-               "pooling": probes.pooling,
-               "positive_label": info["positive_label"], "control": _control_name(args),
-               **info, "headline": head.to_dict(), "per_layer": result.records}
+    payload = {
+        "probe_dir": str(args.probe_dir),
+        "method": probes.method,
+        "params": probes.fit.params,
+        "pooling": probes.pooling,
+        "positive_label": info["positive_label"],
+        "control": _control_name(args),
+        **info,
+        "headline": head.to_dict(),
+        "per_layer": result.records,
+    }
     if by_condition is not None:
         payload["by_condition"] = by_condition
     write_json(args.json, payload)
@@ -281,9 +369,14 @@ def run_eval(args: argparse.Namespace) -> int:
         from geomprobe.plots._style import save_figure
         from geomprobe.plots.probes import plot_probe_layers
 
-        save_figure(plot_probe_layers(result.records, model_id=probes.model_id,
-                                      title=f"Probe eval on {Path(args.cache).name}: {probes.model_id}, {probes.method}, pooling={probes.pooling}"),
-                    args.plot)
+        save_figure(
+            plot_probe_layers(
+                result.records,
+                model_id=probes.model_id,
+                title=f"Probe eval on {Path(args.cache).name}: {probes.model_id}, {probes.method}, pooling={probes.pooling}",
+            ),
+            args.plot,
+        )
     # Notes come after the outputs are written, so a failed write reports one line only.
     _say_threshold(args)
     if info.get("model_mismatch"):
@@ -301,101 +394,36 @@ def run_transfer(args: argparse.Namespace) -> int:
 
     check_command_outputs(args)
     method, params = kind_params(args, {"C": "C"})
-    result = transfer_matrix(args.caches, method, hooks=args.hooks, pooling=args.pooling, seed=args.seed,
-                             fpr=args.fpr, **params)
+    result = transfer_matrix(args.caches, method, hooks=args.hooks, pooling=args.pooling, seed=args.seed, fpr=args.fpr, **params)
     n = len(result.names)
     off = ~np.eye(n, dtype=bool)
     mean_off = np.nanmean(result.auroc[off], axis=0) if n > 1 else np.nanmean(result.auroc[0, 0:1], axis=0)
     best = int(np.nanargmax(mean_off))
-    print(f"transfer AUROC at {result.hooks[best]}, the hook with the highest mean off-diagonal AUROC (a maximum over "
-          f"{len(result.hooks)} hooks on these rows: optimistic) (rows: trained on, cols: evaluated on; diagonal = held-out)")
+    print(
+        f"transfer AUROC at {result.hooks[best]}, the hook with the highest mean off-diagonal AUROC (a maximum over "
+        f"{len(result.hooks)} hooks on these rows: optimistic) (rows: trained on, cols: evaluated on; diagonal = held-out)"
+    )
     for i, name in enumerate(result.names):
         print(f"{name:<24} " + " ".join(f"{v:6.3f}" for v in result.auroc[i, :, best]))
-    write_json(args.json, {"method": method, "params": params, "caches": result.names, "model_ids": result.model_ids,
-                           "hooks": result.hooks, "best_hook": result.hooks[best], "records": result.records(),
-                           "per_layer": [{"hook": h, "layer": hook_layer(h), "auroc": float(mean_off[k]),
-                                          "auroc_is": "mean off-diagonal transfer AUROC"}
-                                         for k, h in enumerate(result.hooks)]})
+    write_json(
+        args.json,
+        {
+            "method": method,
+            "params": params,
+            "caches": result.names,
+            "model_ids": result.model_ids,
+            "hooks": result.hooks,
+            "best_hook": result.hooks[best],
+            "records": result.records(),
+            "per_layer": [
+                {"hook": h, "layer": hook_layer(h), "auroc": float(mean_off[k]), "auroc_is": "mean off-diagonal transfer AUROC"}
+                for k, h in enumerate(result.hooks)
+            ],
+        },
+    )
     if args.plot:
         from geomprobe.plots._style import save_figure
         from geomprobe.plots.probes import plot_transfer_matrix
 
         save_figure(plot_transfer_matrix(result.names, result.auroc[:, :, best], hook=result.hooks[best]), args.plot)
-    return 0
-
-
-def _decoder(folder: str | None):
-    if folder is None:
-        return lambda ids: [f"[{int(i)}]" for i in ids]
-    try:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise GeomprobeError(f"cannot load a tokenizer from {folder!r} ({type(exc).__name__}); pass a model folder or omit --tokenizer") from None
-    return lambda ids: [tok.decode([int(i)]) for i in ids]
-
-
-def run_tokens(args: argparse.Namespace) -> int:
-    from geomprobe.plots.probes import token_scores_html
-    from geomprobe.probes import load_probe, token_scores
-
-    check_command_outputs(args)
-    probes = load_probe(args.probe_dir)
-    hook = args.hook
-    if hook is None:
-        from geomprobe.probes.selection import chosen_hook
-
-        hook = chosen_hook(probes, eval_rows="all", eval_cache=Path(args.cache).name)[0] or probes.hooks[len(probes.hooks) // 2]
-    rows = args.rows
-    if rows is None:
-        from geomprobe.activations.store import open_cache
-
-        with open_cache(args.cache) as c:
-            rows = list(range(min(20, c.n_prompts)))
-    scored = token_scores(probes, args.cache, hook, rows=rows, allow_model_mismatch=args.allow_model_mismatch)
-    decode = _decoder(args.tokenizer)
-    token_scores_html([decode(t.token_ids) for t in scored], [t.scores for t in scored], args.html,
-                      response_start=[t.response_start for t in scored], labels=[t.label for t in scored],
-                      title=f"{probes.method} probe token scores at {hook} ({probes.model_id})")
-    for t in scored:
-        print(f"row {t.row:<5} {t.label:<12} response mean {t.response_mean:8.3f}  max {t.scores[t.response_start:].max() if len(t.scores) > t.response_start else float('nan'):8.3f}")
-    if args.json:
-        write_json(args.json, {"hook": hook, "layer": probes.layers[probes.index(hook)], "pooling": "all",
-                               "rows": [{"row": t.row, "label": t.label, "response_start": t.response_start,
-                                         "response_mean": t.response_mean, "token_ids": t.token_ids, "scores": t.scores}
-                                        for t in scored]})
-    return 0
-
-
-def run_score(args: argparse.Namespace) -> int:
-    from geomprobe.probes import check_compatible, load_probe
-
-    check_command_outputs(args)
-    probes = load_probe(args.probe_dir)
-    try:
-        from geomprobe.activations.collect import pooled_activations
-    except ImportError:
-        raise GeomprobeError("probe score needs geomprobe.activations.collect, which this install lacks") from None
-    from geomprobe.models import load_model
-    from geomprobe.probes.control import probe_model_source
-
-    target = probe_model_source(probes, args.model)
-    if not target or target == "arrays":
-        raise GeomprobeError("the probe does not record a loadable model; pass --model M")
-    loaded = load_model(target, dtype=args.dtype, device=args.device)
-    mismatch = check_compatible(probes, model_id=loaded.model_id, d_model=loaded.d_model,
-                                allow_model_mismatch=args.allow_model_mismatch, where=f"model {target}")
-    acts = pooled_activations(loaded, list(args.text), probes.hooks, [probes.pooling])
-    out = []
-    for i, text in enumerate(args.text):
-        row = {"text": text, "scores": {}}
-        for hook in probes.hooks:
-            row["scores"][hook] = float(probes.decision_function(hook, acts[hook][probes.pooling][i : i + 1])[0])
-        out.append(row)
-        best = max(row["scores"], key=lambda h: abs(row["scores"][h]))
-        print(f"{text[:60]!r}: {probes.positive_label} score {row['scores'][best]:+.3f} at {best}")
-    if args.json:
-        write_json(args.json, {"model_id": loaded.model_id, "model_mismatch": mismatch, "pooling": probes.pooling,
-                               "method": probes.method, "positive_label": probes.positive_label, "results": out})
     return 0

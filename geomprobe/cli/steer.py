@@ -44,8 +44,12 @@ def register(subparsers) -> None:
     b = sub.add_parser("build", help="build a steering vector from a cache file or a saved probe")
     b.add_argument("cache", nargs="?", help="activation cache (.h5) with two labelled classes")
     b.add_argument("--out", required=True, help="folder to write vector.safetensors + vector.json")
-    b.add_argument("--method", default="mean-diff", choices=["mean-diff", CENTERED, UNCENTERED, *RENAMED["steering"]],
-                   help=f"direction method (old spellings {', '.join(RENAMED['steering'])} warn; see docs/steering.md)")
+    b.add_argument(
+        "--method",
+        default="mean-diff",
+        choices=["mean-diff", CENTERED, UNCENTERED, *RENAMED["steering"]],
+        help=f"direction method (old spellings {', '.join(RENAMED['steering'])} warn; see docs/steering.md)",
+    )
     b.add_argument("--pooling", default="last", help="cache pooling to read (last or mean)")
     b.add_argument("--positive-label", help="label the vector points toward (default: harmful/dishonest/... else the second)")
     b.add_argument("--negative-label", help="label to contrast with (default: every other label)")
@@ -66,9 +70,13 @@ def register(subparsers) -> None:
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-chat", action="store_true", help="feed prompts as raw text (no chat template)")
-    g.add_argument("--via", default="auto", choices=["auto", "bridge", "hf"],
-                   help="hook the plain Hugging Face modules (hf, fast) or the bridge's hook points (bridge); "
-                        "auto: hf where every hook maps onto a module")
+    g.add_argument(
+        "--via",
+        default="auto",
+        choices=["auto", "bridge", "hf"],
+        help="hook the plain Hugging Face modules (hf, fast) or the bridge's hook points (bridge); "
+        "auto: hf where every hook maps onto a module",
+    )
     g.add_argument("--json", help="also write the generations here")
     g.add_argument("--table", help="write a Markdown table of the generations here")
     add_overwrite_arg(g)
@@ -85,26 +93,50 @@ def register(subparsers) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--layers", nargs="+", metavar="HOOK", help="hooks to try (default: the vector's hooks)")
     s.add_argument("--multipliers", nargs="+", type=_finite_float, default=[-8.0, -4.0, 4.0, 8.0])
-    s.add_argument("--metric", default="refusal-log-odds", choices=["refusal-log-odds", "logit-diff", "probe", "refusal"],
-                   help="next-token refusal log-odds (default; 'refusal' is its old name), a logit difference, or a probe score")
-    s.add_argument("--mode", default="add", choices=["add", "ablate"], help="add the vector, or ablate each hook's direction everywhere")
+    s.add_argument(
+        "--metric",
+        default="refusal-log-odds",
+        choices=["refusal-log-odds", "logit-diff", "probe", "refusal"],
+        help="next-token refusal log-odds (default; 'refusal' is its old name), a logit difference, or a probe score",
+    )
+    s.add_argument(
+        "--mode", default="add", choices=["add", "ablate"], help="add the vector, or ablate each hook's direction everywhere"
+    )
     s.add_argument("--refusal-tokens", nargs="+", help="words whose first token counts as refusing (refusal log-odds)")
     s.add_argument("--answer-tokens", nargs=2, metavar=("A", "B"), help="answers for --metric logit-diff")
     s.add_argument("--probe", help="probe folder for --metric probe")
-    s.add_argument("--kl-limit", type=float, default=0.1, help="largest mean KL on harmless prompts a setting may have (default 0.1)")
+    s.add_argument(
+        "--kl-limit", type=float, default=0.1, help="largest mean KL on harmless prompts a setting may have (default 0.1)"
+    )
     s.add_argument("--max-layer-fraction", type=float, default=0.8, help="exclude layers at or above this fraction of depth")
     s.add_argument("--minimize", action="store_true", help="choose the lowest metric (e.g. to suppress refusal log-odds)")
     s.add_argument("--no-chat", action="store_true")
     s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--judge-tokens", type=int, default=40,
-                   help="judge the shortlisted settings by the refusal rate of this many greedy tokens (0: the metric decides)")
-    s.add_argument("--judge-candidates", type=int, default=3,
-                   help="settings shortlisted by the metric (within the KL limit) and judged by refusal rate (default 3)")
+    s.add_argument(
+        "--judge-tokens",
+        type=int,
+        default=40,
+        help="judge the shortlisted settings by the refusal rate of this many greedy tokens (0: the metric decides)",
+    )
+    s.add_argument(
+        "--judge-candidates",
+        type=int,
+        default=3,
+        help="settings shortlisted by the metric (within the KL limit) and judged by refusal rate (default 3)",
+    )
     s.add_argument("--json", help="write all records and the best setting here")
     s.add_argument("--plot", help="write the dose-response plot here (.png)")
     add_overwrite_arg(s)
-    add_checks(s, limit=AT_LEAST_ONE, seed=SEED, kl_limit=NON_NEGATIVE, batch_size=AT_LEAST_ONE, judge_tokens=NON_NEGATIVE,
-               judge_candidates=AT_LEAST_ONE, max_layer_fraction=Range(low=0, high=1, low_open=True))
+    add_checks(
+        s,
+        limit=AT_LEAST_ONE,
+        seed=SEED,
+        kl_limit=NON_NEGATIVE,
+        batch_size=AT_LEAST_ONE,
+        judge_tokens=NON_NEGATIVE,
+        judge_candidates=AT_LEAST_ONE,
+        max_layer_fraction=Range(low=0, high=1, low_open=True),
+    )
     s.set_defaults(func=run_search)
 
     a = sub.add_parser("ablate", help="ablate a direction; optionally bake it into the weights")
@@ -122,10 +154,16 @@ def register(subparsers) -> None:
     e.add_argument("vector", help="steering vector folder")
     e.add_argument("--out", required=True, help="output .gguf file")
     e.add_argument("--multiplier", type=_finite_float, default=1.0, help="scale baked into the file")
-    e.add_argument("--model-hint", help="controlvector.model_hint: the architecture, config.model_type (default: read from the model)")
+    e.add_argument(
+        "--model-hint", help="controlvector.model_hint: the architecture, config.model_type (default: read from the model)"
+    )
     e.add_argument("--overwrite", action="store_true")
-    e.add_argument("--hooks", nargs="+", metavar="HOOK",
-                   help="hooks to export, e.g. resid_post:12 or blocks.12.hook_resid_post (default: all; block 0 is left out)")
+    e.add_argument(
+        "--hooks",
+        nargs="+",
+        metavar="HOOK",
+        help="hooks to export, e.g. resid_post:12 or blocks.12.hook_resid_post (default: all; block 0 is left out)",
+    )
     e.set_defaults(func=run_export)
 
     c = sub.add_parser("screen", help="fast geometric layer screen of a cache (no model)")
@@ -173,14 +211,19 @@ def run_build(args: argparse.Namespace) -> int:
     from geomprobe.steering import build_from_cache, build_from_probe
     from geomprobe.steering.vectors import SIDECAR_FILE, VECTOR_FILE
 
-    [out] = check_command_outputs(args, Output(args.out, "--out", "folder", what="steering vector", holds=SIDECAR_FILE,
-                                               owns=(SIDECAR_FILE, VECTOR_FILE)))
+    [out] = check_command_outputs(
+        args, Output(args.out, "--out", "folder", what="steering vector", holds=SIDECAR_FILE, owns=(SIDECAR_FILE, VECTOR_FILE))
+    )
     if args.probe:
         vec = build_from_probe(args.probe, hooks=args.hooks)
     elif args.cache:
         vec = build_from_cache(
-            args.cache, hooks=args.hooks, method=args.method, pooling=args.pooling,
-            positive_label=args.positive_label, negative_label=args.negative_label,
+            args.cache,
+            hooks=args.hooks,
+            method=args.method,
+            pooling=args.pooling,
+            positive_label=args.positive_label,
+            negative_label=args.negative_label,
         )
     else:
         raise GeomprobeError("give a cache file (geomprobe steer build CACHE.h5 --out DIR) or --probe PROBE_DIR")
@@ -206,11 +249,23 @@ def run_generate(args: argparse.Namespace) -> int:
     model = model_from_args(args)
 
     plan_steering(model, vec, args.hooks, args.via)  # fail on width, hooks and route before generating
-    rows = [g.to_dict() for g in compare_generations(
-        model, vec, args.prompt, multipliers=(0.0, args.multiplier), hooks=args.hooks, positions=args.positions,
-        max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
-        seed=args.seed, chat=not args.no_chat, via=args.via,
-    )]
+    rows = [
+        g.to_dict()
+        for g in compare_generations(
+            model,
+            vec,
+            args.prompt,
+            multipliers=(0.0, args.multiplier),
+            hooks=args.hooks,
+            positions=args.positions,
+            max_new_tokens=args.max_new_tokens,
+            do_sample=args.sample,
+            temperature=args.temperature,
+            seed=args.seed,
+            chat=not args.no_chat,
+            via=args.via,
+        )
+    ]
     hooks = rows[-1]["hooks"]
     print(f"model {model.model_id}; vector {vec.method} at {', '.join(hooks)}; positions {args.positions}")
     for prompt in args.prompt:
@@ -243,8 +298,12 @@ def run_search(args: argparse.Namespace) -> int:
     if args.plot and args.mode == "ablate":
         raise GeomprobeError("--plot draws dose-response curves over multipliers; it needs --mode add")
     metric = canonical_metric(args.metric)
-    rule = LayerRule(kl_limit=args.kl_limit, max_layer_fraction=args.max_layer_fraction,
-                     judge_candidates=args.judge_candidates, maximize=not args.minimize)
+    rule = LayerRule(
+        kl_limit=args.kl_limit,
+        max_layer_fraction=args.max_layer_fraction,
+        judge_candidates=args.judge_candidates,
+        maximize=not args.minimize,
+    )
     split = read_validation(args.dataset, args.harmless, args.positive_label)
     probe = None
     if metric == "probe" and args.probe:  # without --probe, check_search_settings says what is missing
@@ -252,8 +311,15 @@ def run_search(args: argparse.Namespace) -> int:
 
         pv = build_from_probe(args.probe)
         probe = (pv.hooks[0], pv.vectors[pv.hooks[0]].numpy(), 0.0)
-    check_search_settings(metric, args.mode, answer_tokens=args.answer_tokens, probe=probe, vector=vec,
-                          multipliers=args.multipliers, dtype=args.dtype)
+    check_search_settings(
+        metric,
+        args.mode,
+        answer_tokens=args.answer_tokens,
+        probe=probe,
+        vector=vec,
+        multipliers=args.multipliers,
+        dtype=args.dtype,
+    )
     model = model_from_args(args)
     # keep the vector's training prompts out of the validation split, or say that they are in it
     prompts, harmless, overlap = hold_out_build_prompts(vec, model.tokenizer, split.prompts, split.harmless, not args.no_chat)
@@ -265,21 +331,36 @@ def run_search(args: argparse.Namespace) -> int:
 
         refusal_ids = refusal_token_ids(model.tokenizer, args.refusal_tokens)
     result = search_layers(
-        model, vec, prompts, harmless_prompts=harmless, hooks=args.layers, multipliers=args.multipliers,
-        metric=metric, mode=args.mode, refusal_tokens=refusal_ids, answer_tokens=args.answer_tokens,
-        probe=probe, chat=not args.no_chat, batch_size=args.batch_size,
+        model,
+        vec,
+        prompts,
+        harmless_prompts=harmless,
+        hooks=args.layers,
+        multipliers=args.multipliers,
+        metric=metric,
+        mode=args.mode,
+        refusal_tokens=refusal_ids,
+        answer_tokens=args.answer_tokens,
+        probe=probe,
+        chat=not args.no_chat,
+        batch_size=args.batch_size,
     )
-    print(f"model {result.model_id}; metric {result.metric} on {len(prompts)} prompts (unsteered mean {result.baseline:.4f}); "
-          f"KL on {len(harmless)} harmless prompts")
+    print(
+        f"model {result.model_id}; metric {result.metric} on {len(prompts)} prompts (unsteered mean {result.baseline:.4f}); "
+        f"KL on {len(harmless)} harmless prompts"
+    )
     print(("warning: " if overlap.trained_on_validation else "note: ") + overlap.note)
     print(result.table())
-    chosen, judged = judged_choice(model, vec, result, prompts, harmless, rule, judge_tokens=args.judge_tokens,
-                                   batch_size=args.batch_size, seed=args.seed)
+    chosen, judged = judged_choice(
+        model, vec, result, prompts, harmless, rule, judge_tokens=args.judge_tokens, batch_size=args.batch_size, seed=args.seed
+    )
     best = next(r for r in result.records if r.hook == chosen.hook and r.multiplier == chosen.multiplier)
     mult = "ablate" if best.multiplier is None else f"{best.multiplier:g}"
     kl = "n/a" if best.kl_mean is None else f"{best.kl_mean:.4f}"
-    print(f"chosen: {best.hook} multiplier {mult} -> {best.metric} {best.score_mean:.4f} (KL {kl})"
-          f"{search_note(best.score_mean, result.baseline, args.minimize)}")
+    print(
+        f"chosen: {best.hook} multiplier {mult} -> {best.metric} {best.score_mean:.4f} (KL {kl})"
+        f"{search_note(best.score_mean, result.baseline, args.minimize)}"
+    )
     print(f"rule ({chosen.selection}): {chosen.selected_by}")
     if not chosen.below_depth_limit:
         print(f"warning: no screened layer is below {args.max_layer_fraction:g} of depth; the shallowest was taken")
@@ -287,8 +368,9 @@ def run_search(args: argparse.Namespace) -> int:
         print(f"warning: no setting keeps KL <= {args.kl_limit:g}; the least disruptive ones were compared")
     if judged is not None:
         for setting in ("unsteered", "steered"):
-            rates = ", ".join(f"{name} {j['rate']:.0%} [{j['ci'][0]:.0%}, {j['ci'][1]:.0%}] of {j['n']}"
-                              for name, j in judged[setting].items())
+            rates = ", ".join(
+                f"{name} {j['rate']:.0%} [{j['ci'][0]:.0%}, {j['ci'][1]:.0%}] of {j['n']}" for name, j in judged[setting].items()
+            )
             print(f"judge ({args.judge_tokens} greedy tokens, refusal rate by phrases) {setting}: {rates}")
     if args.json:
         payload = result.to_dict(args.kl_limit)
@@ -340,7 +422,9 @@ def run_export(args: argparse.Namespace) -> int:
 
     check_command_outputs(args, Output(args.out, "--out", example_name="vector.gguf"))
     vec = _load_vector(args.vector)
-    result = export_gguf(vec, args.out, multiplier=args.multiplier, hooks=args.hooks, model_hint=args.model_hint, overwrite=args.overwrite)
+    result = export_gguf(
+        vec, args.out, multiplier=args.multiplier, hooks=args.hooks, model_hint=args.model_hint, overwrite=args.overwrite
+    )
     layers = ", ".join(f"{h} -> direction.{k}" for h, k in result.layers.items())
     print(f"wrote {result.path} (model hint {result.model_hint}): {layers}")
     for hook, why in result.dropped.items():

@@ -1,8 +1,8 @@
 """``geomprobe subspace``: safety-subspace overlap in activation space and in weight space.
 
-    geomprobe subspace acts FILE.h5 [--hooks ...] [--positive-label NAME | --labels A B]
-    geomprobe subspace weights --base A --aligned B [--finetuned C]
-    geomprobe subspace project --base A --aligned B --finetuned C --mode orthogonal --out DIR
+geomprobe subspace acts FILE.h5 [--hooks ...] [--positive-label NAME | --labels A B]
+geomprobe subspace weights --base A --aligned B [--finetuned C]
+geomprobe subspace project --base A --aligned B --finetuned C --mode orthogonal --out DIR
 """
 
 from __future__ import annotations
@@ -40,9 +40,19 @@ def _int(text: str) -> int:
 
 def _add_size_args(p: argparse.ArgumentParser) -> None:
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--energy", type=_float, default=0.9, help="keep the top directions holding this fraction of the energy, in (0, 1] (default 0.9)")
+    size.add_argument(
+        "--energy",
+        type=_float,
+        default=0.9,
+        help="keep the top directions holding this fraction of the energy, in (0, 1] (default 0.9)",
+    )
     size.add_argument("--k", type=_int, default=None, help="keep exactly k directions instead of an energy fraction")
-    p.add_argument("--svd", default="auto", choices=["auto", "exact", "gram", "randomized"], help="SVD method (default auto: float64 Gram eigendecomposition up to 4096 on the smaller side, randomized above)")
+    p.add_argument(
+        "--svd",
+        default="auto",
+        choices=["auto", "exact", "gram", "randomized"],
+        help="SVD method (default auto: float64 Gram eigendecomposition up to 4096 on the smaller side, randomized above)",
+    )
     p.add_argument("--device", default="auto", help="where the linear algebra runs: auto (cuda if available), cpu, cuda")
     p.add_argument("--seed", type=_int, default=0, help="seed for random baselines and randomized SVD (default 0)")
     add_checks(p, k=AT_LEAST_ONE, seed=SEED)
@@ -64,7 +74,8 @@ def _add_checkpoint_args(p: argparse.ArgumentParser, finetuned_required: bool) -
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "subspace", help="safety-subspace overlap (activation space, weight space)",
+        "subspace",
+        help="safety-subspace overlap (activation space, weight space)",
         description="Mode subspace overlap (MSO) between safety-relevant subspaces, with random baselines.",
     )
     sub = p.add_subparsers(dest="subspace_command", metavar="{acts,weights,project}")
@@ -77,7 +88,12 @@ def register(subparsers: Any) -> None:
     who = acts.add_mutually_exclusive_group()
     who.add_argument("--positive-label", default=None, metavar="NAME", help="this class against every other labelled row")
     who.add_argument("--labels", nargs=2, default=None, metavar=("A", "B"), help="the two classes to compare")
-    acts.add_argument("--no-center", dest="center", action="store_false", help="do not centre each class (reproduces the reference; the shared mean inflates overlap)")
+    acts.add_argument(
+        "--no-center",
+        dest="center",
+        action="store_false",
+        help="do not centre each class (reproduces the reference; the shared mean inflates overlap)",
+    )
     acts.add_argument("--n-draws", type=_int, default=100, help="random subspace pairs for the empirical baseline (default 100)")
     _add_size_args(acts)
     _add_output_args(acts)
@@ -86,14 +102,23 @@ def register(subparsers: Any) -> None:
 
     weights = sub.add_parser("weights", help="overlap of alignment and fine-tuning weight updates, per matrix")
     _add_checkpoint_args(weights, finetuned_required=False)
-    weights.add_argument("--group", default="layer", choices=["layer", "module"], help="summary printed per layer or per module type")
+    weights.add_argument(
+        "--group", default="layer", choices=["layer", "module"], help="summary printed per layer or per module type"
+    )
     _add_size_args(weights)
     _add_output_args(weights)
     weights.set_defaults(func=run_weights)
 
-    project = sub.add_parser("project", help="write a checkpoint whose fine-tuning update is projected on/off the alignment subspace")
+    project = sub.add_parser(
+        "project", help="write a checkpoint whose fine-tuning update is projected on/off the alignment subspace"
+    )
     _add_checkpoint_args(project, finetuned_required=True)
-    project.add_argument("--mode", default="orthogonal", choices=["same", "orthogonal", "opposite"], help="keep the part in the alignment subspace (same), remove it (orthogonal) or reverse it (opposite)")
+    project.add_argument(
+        "--mode",
+        default="orthogonal",
+        choices=["same", "orthogonal", "opposite"],
+        help="keep the part in the alignment subspace (same), remove it (orthogonal) or reverse it (opposite)",
+    )
     project.add_argument("--out", required=True, metavar="DIR", help="folder for the new checkpoint")
     project.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     project.add_argument("--json", metavar="PATH", default=None, help="write the per-matrix report as JSON")
@@ -112,8 +137,17 @@ def run_acts(args: argparse.Namespace) -> int:
     if args.k is None:
         check_energy(args.energy)
     records = activation_overlap_by_layer(
-        args.cache, hooks=args.hooks, pooling=args.pooling, positive_label=args.positive_label, label_pair=args.labels,
-        energy=args.energy, k=args.k, center=args.center, n_draws=args.n_draws, seed=args.seed, device=args.device,
+        args.cache,
+        hooks=args.hooks,
+        pooling=args.pooling,
+        positive_label=args.positive_label,
+        label_pair=args.labels,
+        energy=args.energy,
+        k=args.k,
+        center=args.center,
+        n_draws=args.n_draws,
+        seed=args.seed,
+        device=args.device,
         method=args.svd,
     )
     first = records[0]
@@ -129,7 +163,9 @@ def run_acts(args: argparse.Namespace) -> int:
             f"{_fmt(r.mean_diff_in_a)} {_fmt(r.mean_diff_in_b)}"
         )
     if args.json:
-        write_json(args.json, {"kind": "subspace-activations", "cache": str(args.cache), "records": [r.to_record() for r in records]})
+        write_json(
+            args.json, {"kind": "subspace-activations", "cache": str(args.cache), "records": [r.to_record() for r in records]}
+        )
     if args.plot:
         from geomprobe.plots._style import save_figure
         from geomprobe.plots.subspace import plot_activation_overlap
@@ -145,9 +181,17 @@ def run_weights(args: argparse.Namespace) -> int:
     if args.k is None:
         check_energy(args.energy)
     records = weight_update_overlap(
-        args.base, args.aligned, args.finetuned, k=args.k, energy=args.energy,
-        include_embeddings=args.include_embeddings, method=args.svd, device=args.device, seed=args.seed,
-        trust_remote_code=args.trust_remote_code, progress=sys.stderr.isatty(),
+        args.base,
+        args.aligned,
+        args.finetuned,
+        k=args.k,
+        energy=args.energy,
+        include_embeddings=args.include_embeddings,
+        method=args.svd,
+        device=args.device,
+        seed=args.seed,
+        trust_remote_code=args.trust_remote_code,
+        progress=sys.stderr.isatty(),
     )
     against = "finetuned-aligned" if args.finetuned else "base weight"
     print(f"# A = aligned-base vs B = {against}; " + (f"k={args.k}" if args.k is not None else f"energy={args.energy}"))
@@ -164,7 +208,10 @@ def run_weights(args: argparse.Namespace) -> int:
         write_json(
             args.json,
             {
-                "kind": "subspace-weights", "base": args.base, "aligned": args.aligned, "finetuned": args.finetuned,
+                "kind": "subspace-weights",
+                "base": args.base,
+                "aligned": args.aligned,
+                "finetuned": args.finetuned,
                 "records": [r.to_record() for r in records],
                 "by_layer": [g.to_record() for g in grouped(records, "layer")],
                 "by_module": [g.to_record() for g in grouped(records, "module")],
@@ -186,14 +233,27 @@ def run_project(args: argparse.Namespace) -> int:
     if args.k is None:
         check_energy(args.energy)
     result = project_finetune_update(
-        args.base, args.aligned, args.finetuned, args.out, args.mode, k=args.k, energy=args.energy,
-        include_embeddings=args.include_embeddings, method=args.svd, device=args.device, seed=args.seed,
-        overwrite=args.overwrite, trust_remote_code=args.trust_remote_code,
+        args.base,
+        args.aligned,
+        args.finetuned,
+        args.out,
+        args.mode,
+        k=args.k,
+        energy=args.energy,
+        include_embeddings=args.include_embeddings,
+        method=args.svd,
+        device=args.device,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        trust_remote_code=args.trust_remote_code,
     )
     print(
         f"wrote {result.out_dir} (mode={result.mode}, {len(result.matrices)} matrices projected, "
         f"fine-tuning energy kept {result.energy_kept:.3f})"
     )
     if args.json:
-        write_json(args.json, {"kind": "subspace-projection", "out": str(result.out_dir), "mode": result.mode, "matrices": result.matrices})
+        write_json(
+            args.json,
+            {"kind": "subspace-projection", "out": str(result.out_dir), "mode": result.mode, "matrices": result.matrices},
+        )
     return 0

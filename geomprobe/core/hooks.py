@@ -56,9 +56,7 @@ def _parse_layers(text: str, n_layers: int, spec: str) -> list[int]:
                 value = int(part)
                 chosen = [value + n_layers if value < 0 else value]
         except ValueError:
-            raise GeomprobeError(
-                f"cannot read layers {text!r} in hook spec {spec!r}; use e.g. resid_post:0-5,7"
-            ) from None
+            raise GeomprobeError(f"cannot read layers {text!r} in hook spec {spec!r}; use e.g. resid_post:0-5,7") from None
         for layer in chosen:
             if not 0 <= layer < n_layers:
                 raise GeomprobeError(
@@ -68,9 +66,7 @@ def _parse_layers(text: str, n_layers: int, spec: str) -> list[int]:
     return layers
 
 
-def resolve_hooks(
-    specs: str | Sequence[str] | None, n_layers: int, available: Iterable[str] | None = None
-) -> list[str]:
+def resolve_hooks(specs: str | Sequence[str] | None, n_layers: int, available: Iterable[str] | None = None) -> list[str]:
     """Turn user hook specs into an ordered, de-duplicated list of full hook names.
 
     ``available`` (the model's ``hook_dict`` keys) is used to reject hooks the model lacks.
@@ -86,9 +82,7 @@ def resolve_hooks(
         if full:
             layer = int(full.group(1))
             if layer >= n_layers:
-                raise GeomprobeError(
-                    f"layer {layer} in hook {spec!r} is out of range; this model has layers 0..{n_layers - 1}"
-                )
+                raise GeomprobeError(f"layer {layer} in hook {spec!r} is out of range; this model has layers 0..{n_layers - 1}")
             candidates = [spec]
         else:
             short, _, layer_text = spec.partition(":")

@@ -100,7 +100,8 @@ def check_output_folder(
             )
         if holds is None and not owns and folder.is_dir() and any(folder.iterdir()):
             raise GeomprobeError(
-                f"{what} output {str(folder)!r} exists and is not empty; pass --overwrite (overwrite=True) or choose another folder"
+                f"{what} output {str(folder)!r} exists and is not empty; "
+                "pass --overwrite (overwrite=True) or choose another folder"
             )
     _check_parent(folder, what)
     return folder
@@ -144,10 +145,19 @@ def _real(path: PathLike) -> Path:
 
 def _check_one(output: Output, overwrite: bool) -> Path:
     if output.kind == "folder":
-        return check_output_folder(output.path, overwrite=overwrite, what=output.what or output.flag,  # type: ignore[arg-type]
-                                   holds=output.holds, owns=output.owns)
-    path = check_output_file(output.path, overwrite=overwrite, what=output.flag,  # type: ignore[arg-type]
-                             example_name=output.example_name)
+        return check_output_folder(
+            output.path,  # type: ignore[arg-type]
+            overwrite=overwrite,
+            what=output.what or output.flag,
+            holds=output.holds,
+            owns=output.owns,
+        )
+    path = check_output_file(
+        output.path,  # type: ignore[arg-type]
+        overwrite=overwrite,
+        what=output.flag,
+        example_name=output.example_name,
+    )
     if output.suffixes and path.suffix.lower() not in output.suffixes:  # "" in suffixes: no extension is fine
         raise GeomprobeError(
             f"{output.flag} {str(path)!r} has {'no extension' if not path.suffix else 'extension ' + repr(path.suffix)}; "
@@ -189,7 +199,7 @@ def check_outputs(outputs: Sequence[Output], *, inputs: Sequence[PathLike | None
         if not str(output.path).strip():  # "" would become "." (the current folder)
             raise GeomprobeError(f"{output.flag} {str(output.path)!r} names no file or folder; give a path")
     for i, first in enumerate(given):
-        for second in given[i + 1:]:
+        for second in given[i + 1 :]:
             if _collides(first, second):
                 raise GeomprobeError(
                     f"{first.flag} {str(first.path)!r} and {second.flag} {str(second.path)!r} would write the same file; "
@@ -230,7 +240,9 @@ def check_regular_file(path: PathLike, what: str = "input") -> Path:
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
-        raise GeomprobeError(f"{what} {str(path)!r} cannot be read ({exc.strerror or type(exc).__name__}); check the path") from None
+        raise GeomprobeError(
+            f"{what} {str(path)!r} cannot be read ({exc.strerror or type(exc).__name__}); check the path"
+        ) from None
     if stat.S_ISDIR(mode):
         raise GeomprobeError(f"{what} {str(path)!r} is a directory; pass a file")
     if not stat.S_ISREG(mode):
@@ -247,7 +259,9 @@ def file_sha256(path: PathLike, *, what: str = "input", chunk: int = 1 << 22) ->
             while block := handle.read(chunk):
                 digest.update(block)
     except OSError as exc:
-        raise GeomprobeError(f"{what} {str(path)!r} cannot be read ({exc.strerror or type(exc).__name__}); check the file") from None
+        raise GeomprobeError(
+            f"{what} {str(path)!r} cannot be read ({exc.strerror or type(exc).__name__}); check the file"
+        ) from None
     return digest.hexdigest()
 
 
@@ -291,7 +305,9 @@ def write_error(exc: OSError, path: PathLike, retry: str = RETRY) -> GeomprobeEr
     if code == getattr(errno, "EDQUOT", -1):
         return GeomprobeError(f"disk quota exceeded while writing {where}; free some space and {retry}")
     if code == errno.EROFS:
-        return GeomprobeError(f"cannot write {where} (read-only file system); make it writable or choose another folder, and {retry}")
+        return GeomprobeError(
+            f"cannot write {where} (read-only file system); make it writable or choose another folder, and {retry}"
+        )
     if code in (errno.EACCES, errno.EPERM):
         return GeomprobeError(f"cannot write {where} (permission denied); fix the folder's permissions and {retry}")
     reason = exc.strerror or str(exc) or type(exc).__name__

@@ -16,8 +16,21 @@ from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.validate import check_unique_names
 
 POSITIVE_NAMES = (
-    "harmful", "dishonest", "deceptive", "deception", "unsafe", "toxic", "lie", "lying", "liar",
-    "untruthful", "refusal", "refuse", "jailbreak", "misaligned", "positive",
+    "harmful",
+    "dishonest",
+    "deceptive",
+    "deception",
+    "unsafe",
+    "toxic",
+    "lie",
+    "lying",
+    "liar",
+    "untruthful",
+    "refusal",
+    "refuse",
+    "jailbreak",
+    "misaligned",
+    "positive",
 )
 
 
@@ -28,7 +41,8 @@ def choose_positive(label_names: Sequence[str], positive_label: str | None = Non
     if positive_label is not None:
         if positive_label not in names:
             raise GeomprobeError(
-                f"--positive-label {positive_label!r} is not in this cache's labels ({', '.join(names) or 'none'}); pass one of those"
+                f"--positive-label {positive_label!r} is not in this cache's labels ({', '.join(names) or 'none'}); "
+                "pass one of those"
             )
         return names.index(positive_label)
     lowered = [n.lower() for n in names]
@@ -36,9 +50,7 @@ def choose_positive(label_names: Sequence[str], positive_label: str | None = Non
         if candidate in lowered:
             return lowered.index(candidate)
     if len(names) < 2:
-        raise GeomprobeError(
-            f"found {len(names)} label name(s) ({', '.join(names) or 'none'}); this needs two labelled classes"
-        )
+        raise GeomprobeError(f"found {len(names)} label name(s) ({', '.join(names) or 'none'}); this needs two labelled classes")
     return 1
 
 

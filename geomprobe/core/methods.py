@@ -43,6 +43,7 @@ def current_name(name: str, stage: str, *, warn: bool = True, stacklevel: int = 
             f"{stage} method {name!r} is now called {new!r} (the same computation as before); one name now means one "
             f"method in probes and steering: {UNCENTERED!r} (uncentred PCA of pair differences) and {CENTERED!r} "
             f"(centred). Pass {new!r}.",
-            FutureWarning, stacklevel=stacklevel,
+            FutureWarning,
+            stacklevel=stacklevel,
         )
     return new

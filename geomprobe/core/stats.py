@@ -84,7 +84,12 @@ def index_matrix(n: int, n_bootstrap: int, seed: Seed = 0) -> np.ndarray:
 
 
 def percentile_interval(
-    replicates: Any, level: float = 0.95, *, method: str = "percentile", estimate: Any = None, axis: int = 0,
+    replicates: Any,
+    level: float = 0.95,
+    *,
+    method: str = "percentile",
+    estimate: Any = None,
+    axis: int = 0,
     nonfinite: Literal["inverted_cdf", "drop"] = "inverted_cdf",
 ) -> tuple[Any, Any]:
     """``(low, high)`` at ``level`` from bootstrap replicates (floats, or arrays for a vector statistic).
@@ -142,8 +147,13 @@ class BootstrapResult:
 
 
 def bootstrap(
-    statistic: Callable[[np.ndarray], Any], strata: Strata, *, n_bootstrap: int = 1000, level: float = 0.95,
-    method: Literal["percentile", "basic", "BCa"] = "percentile", seed: Seed = 0,
+    statistic: Callable[[np.ndarray], Any],
+    strata: Strata,
+    *,
+    n_bootstrap: int = 1000,
+    level: float = 0.95,
+    method: Literal["percentile", "basic", "BCa"] = "percentile",
+    seed: Seed = 0,
 ) -> BootstrapResult:
     """Interval of ``statistic(rows)``, resampling rows with replacement within each stratum.
 
@@ -162,14 +172,22 @@ def bootstrap(
     return BootstrapResult(estimate, low, high, replicates, level, method)
 
 
-def _scipy_bca(statistic: Callable[[np.ndarray], Any], groups: list[np.ndarray], estimate: Any, n_bootstrap: int,
-               level: float, seed: Seed) -> BootstrapResult:
+def _scipy_bca(
+    statistic: Callable[[np.ndarray], Any], groups: list[np.ndarray], estimate: Any, n_bootstrap: int, level: float, seed: Seed
+) -> BootstrapResult:
     from scipy.stats import bootstrap as scipy_bootstrap
 
     if len(groups) > 1 and any(len(g) < 2 for g in groups):
         raise GeomprobeError("BCa needs at least two rows in every stratum (its jackknife leaves one out)")
-    res = scipy_bootstrap(tuple(groups), lambda *parts: statistic(np.concatenate(parts)), n_resamples=n_bootstrap,
-                          confidence_level=level, method="BCa", vectorized=False, rng=as_generator(seed))
+    res = scipy_bootstrap(
+        tuple(groups),
+        lambda *parts: statistic(np.concatenate(parts)),
+        n_resamples=n_bootstrap,
+        confidence_level=level,
+        method="BCa",
+        vectorized=False,
+        rng=as_generator(seed),
+    )
     low, high = res.confidence_interval
     return BootstrapResult(estimate, float(low), float(high), np.empty(0), level, "BCa")
 
@@ -194,8 +212,12 @@ class PairedBootstrap:
 
 
 def paired_bootstrap(
-    statistic: Callable[[np.ndarray], tuple[float, float]], strata: Strata, *, n_bootstrap: int,
-    level: float = 0.95, seed: Seed = 0,
+    statistic: Callable[[np.ndarray], tuple[float, float]],
+    strata: Strata,
+    *,
+    n_bootstrap: int,
+    level: float = 0.95,
+    seed: Seed = 0,
 ) -> PairedBootstrap:
     """``statistic(rows) -> (value on a, value on b)``; every replicate uses the same rows for both arms.
 
@@ -206,8 +228,9 @@ def paired_bootstrap(
     check_settings(n_bootstrap, level, min_bootstrap=0)
     groups = _strata(strata)
     a, b = statistic(np.sort(np.concatenate(groups)))
-    deltas = np.array([np.subtract(*statistic(rows)[::-1]) for rows in bootstrap_indices(groups, n_bootstrap, seed)],
-                      dtype=np.float64)
+    deltas = np.array(
+        [np.subtract(*statistic(rows)[::-1]) for rows in bootstrap_indices(groups, n_bootstrap, seed)], dtype=np.float64
+    )
     deltas = deltas[np.isfinite(deltas)]
     n = sum(map(len, groups))
     if not len(deltas):

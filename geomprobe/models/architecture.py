@@ -76,11 +76,18 @@ ARCHITECTURES: dict[str, Architecture] = {
 # Short matrix names (as geomprobe.subspace.weight_matrices names them) of weights that write to
 # the residual stream: the writers of the table above, plus the usual names in families the table
 # does not list (OPT/BART out_proj and fc2, T5 wo, Mixtral experts' w2).
-RESIDUAL_WRITER_NAMES: tuple[str, ...] = tuple(dict.fromkeys(
-    [name for arch in ARCHITECTURES.values() for path in (arch.attn_writer, arch.mlp_writer) if path
-     for name in (path.rsplit(".", 1)[-1], path)]
-    + ["out_proj", "fc2", "wo", "w2"]
-))
+RESIDUAL_WRITER_NAMES: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        [
+            name
+            for arch in ARCHITECTURES.values()
+            for path in (arch.attn_writer, arch.mlp_writer)
+            if path
+            for name in (path.rsplit(".", 1)[-1], path)
+        ]
+        + ["out_proj", "fc2", "wo", "w2"]
+    )
+)
 
 
 def model_type(model: Any) -> str:

@@ -83,8 +83,9 @@ def uses_chat_template(tokenizer: Any, chat: bool = True) -> bool:
     return bool(chat and getattr(tokenizer, "chat_template", None))
 
 
-def render_chat(tokenizer: Any, messages: Sequence[tuple[str, str]], *, continue_final: bool = False,
-                where: str = "a prompt") -> str:
+def render_chat(
+    tokenizer: Any, messages: Sequence[tuple[str, str]], *, continue_final: bool = False, where: str = "a prompt"
+) -> str:
     """``messages`` (``(role, content)`` pairs) through the chat template: continuing the final
     message, or ending with the generation prompt. The one place a chat is rendered to text."""
     from jinja2 import TemplateError
@@ -112,15 +113,15 @@ def render_prompts(tokenizer: Any, prompts: Sequence[str], chat: bool = True) ->
     return [render_chat(tokenizer, [("user", text)], where=f"prompt {i + 1}") for i, text in enumerate(prompts)]
 
 
-def encode_left(tokenizer: Any, texts: Sequence[str], *, add_special_tokens: bool,
-                device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+def encode_left(
+    tokenizer: Any, texts: Sequence[str], *, add_special_tokens: bool, device: torch.device | str | None = None
+) -> dict[str, torch.Tensor]:
     """A left-padded batch (``input_ids``, ``attention_mask``), on ``device`` when given.
 
     The side is passed per call, so the tokenizer's own ``padding_side`` is never changed.
     Chat-rendered text already holds its special tokens: pass ``add_special_tokens=False`` for it.
     """
-    enc = tokenizer(list(texts), return_tensors="pt", padding=True, padding_side="left",
-                    add_special_tokens=add_special_tokens)
+    enc = tokenizer(list(texts), return_tensors="pt", padding=True, padding_side="left", add_special_tokens=add_special_tokens)
     return {k: (v.to(device) if device is not None else v) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
 
@@ -258,15 +259,18 @@ def complete(
     if prefill_ids is not None:
         if len(prefill_ids) != len(prompts):
             raise GeomprobeError(f"{len(prefill_ids)} prefills for {len(prompts)} prompts; give one (maybe empty) per prompt")
-        prompt_ids = [list(ids) + [int(t) for t in extra]
-                      for ids, extra in zip(tok(rendered, add_special_tokens=special)["input_ids"], prefill_ids)]
+        prompt_ids = [
+            list(ids) + [int(t) for t in extra]
+            for ids, extra in zip(tok(rendered, add_special_tokens=special)["input_ids"], prefill_ids)
+        ]
     if sort_by_length:
         lengths = [len(ids) for ids in (prompt_ids or tok(rendered, add_special_tokens=special)["input_ids"])]
         order.sort(key=lambda i: lengths[i])  # stable: equal lengths keep input order
     ensure_kv_cache_compat(gm.hf_model)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_id,
-                                  use_cache=use_cache, eos_token_id=None)  # stops are RowStops' job
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad_id, use_cache=use_cache, eos_token_id=None
+    )  # stops are RowStops' job
     if do_sample:
         kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
     else:
@@ -280,14 +284,15 @@ def complete(
             if prompt_ids is None:
                 enc = encode_left(tok, [rendered[i] for i in rows], add_special_tokens=special, device=gm.device)
             else:
-                padded = tok.pad({"input_ids": [prompt_ids[i] for i in rows]}, padding=True, padding_side="left",
-                                 return_tensors="pt")
+                padded = tok.pad(
+                    {"input_ids": [prompt_ids[i] for i in rows]}, padding=True, padding_side="left", return_tensors="pt"
+                )
                 enc = {k: padded[k].to(gm.device) for k in ("input_ids", "attention_mask")}
             batch = PromptBatch(rows, enc["input_ids"], enc["attention_mask"])
             if do_sample and seed is not None:
                 torch.manual_seed(seed + start)
             criteria = RowStops([stops[i] for i in rows], gm.device)
-            with torch.no_grad(), (hook_context(batch) if hook_context is not None else nullcontext()):
+            with torch.no_grad(), hook_context(batch) if hook_context is not None else nullcontext():
                 out = gm.hf_model.generate(**enc, stopping_criteria=[criteria], **kwargs)
             for i, row in zip(rows, out[:, batch.prompt_length :].tolist()):
                 cut = next((k for k, t in enumerate(row) if t in stops[i]), None)

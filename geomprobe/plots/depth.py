@@ -28,8 +28,14 @@ def plot_depth(record: Mapping[str, Any], *, title: str | None = None) -> Figure
         prof = record[key]
         xs = list(range(1, len(prof["mean"]) + 1))
         color = class_color(1 - i)
-        ax_kl.plot(xs, _num(prof["mean"]), marker="o", markersize=3, color=color,
-                   label=f"{_LABELS[key]} (half by token {prof['half_kl_tokens']})")
+        ax_kl.plot(
+            xs,
+            _num(prof["mean"]),
+            marker="o",
+            markersize=3,
+            color=color,
+            label=f"{_LABELS[key]} (half by token {prof['half_kl_tokens']})",
+        )
         ax_kl.fill_between(xs, _num(prof["ci_low"]), _num(prof["ci_high"]), color=color, alpha=0.2, linewidth=0)
     ax_kl.set_xlabel("response position t")
     ax_kl.set_ylabel("KL(B || A) [nats], mean over prompts")
@@ -39,14 +45,21 @@ def plot_depth(record: Mapping[str, Any], *, title: str | None = None) -> Figure
     rates = [p["rate"] for p in points]
     err = [[p["rate"] - p["ci_low"] for p in points], [p["ci_high"] - p["rate"] for p in points]]
     auc = record["prefill"]["auc"]
-    ax_pre.errorbar(ks, rates, yerr=err, marker="o", color=class_color(1), capsize=3,
-                    label="B after k tokens of A's answer" + ("" if auc is None else f" (AUC {auc:.2f})"))
-    ax_pre.axhline(record.get("aligned_refusal_rate", float("nan")), color=BASELINE_COLOR, linestyle="--", linewidth=1,
-                   label="B unprefilled")
+    ax_pre.errorbar(
+        ks,
+        rates,
+        yerr=err,
+        marker="o",
+        color=class_color(1),
+        capsize=3,
+        label="B after k tokens of A's answer" + ("" if auc is None else f" (AUC {auc:.2f})"),
+    )
+    ax_pre.axhline(
+        record.get("aligned_refusal_rate", float("nan")), color=BASELINE_COLOR, linestyle="--", linewidth=1, label="B unprefilled"
+    )
     ax_pre.set_ylim(-0.03, 1.03)
     ax_pre.set_xlabel("prefilled answer tokens k")
     ax_pre.set_ylabel("refusal rate of the continuation (judge)")
     ax_pre.legend(fontsize=7)
-    fig.suptitle(title or f"alignment depth: {record.get('aligned_id', 'B')} against {record.get('base_id', 'A')}",
-                 fontsize=10)
+    fig.suptitle(title or f"alignment depth: {record.get('aligned_id', 'B')} against {record.get('base_id', 'A')}", fontsize=10)
     return fig

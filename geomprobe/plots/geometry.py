@@ -75,7 +75,8 @@ def plot_aqi_layers(
     x, xlabel, ticklabels = _x_axis(records)
     titles = dict(index_titles or {})
     panels = [(key, label, log, False) for key, label, log in _INDEX_PANELS] + [
-        (name, titles.get(name, name), name in log_indices, True) for name in (records[0].get("extra") or {})]
+        (name, titles.get(name, name), name in log_indices, True) for name in (records[0].get("extra") or {})
+    ]
     ncols = len(panels)
     fig, axes = new_figure(2, ncols, width=12.5 * ncols / 4, height=6.6, gridspec_kw={"height_ratios": [1.6, 1.0]})
     grid = axes[0, 0].get_gridspec()
@@ -88,17 +89,37 @@ def plot_aqi_layers(
     hi = np.array([_value(r, "aqi_ci_high") for r in records])
     level = records[0].get("ci_level", 0.95)
     if np.isfinite(lo).any():
-        top.fill_between(x, lo, hi, color=class_color(1), alpha=0.18, linewidth=0, label=f"{level:.0%} bootstrap interval ({records[0].get('ci_method', 'percentile')})")
+        top.fill_between(
+            x,
+            lo,
+            hi,
+            color=class_color(1),
+            alpha=0.18,
+            linewidth=0,
+            label=f"{level:.0%} bootstrap interval ({records[0].get('ci_method', 'percentile')})",
+        )
     top.plot(x, aqi, color=class_color(1), linewidth=1.8, label="AQI")
     p = np.array([_value(r, "p_value") for r in records])
     significant = p < alpha
     top.scatter(x[significant], aqi[significant], color=class_color(1), zorder=3, s=28, label=f"permutation p < {alpha:g}")
-    top.scatter(x[~significant], aqi[~significant], facecolor="white", edgecolor=class_color(1), zorder=3, s=28,
-                label=f"p >= {alpha:g} or not tested")
+    top.scatter(
+        x[~significant],
+        aqi[~significant],
+        facecolor="white",
+        edgecolor=class_color(1),
+        zorder=3,
+        s=28,
+        label=f"p >= {alpha:g} or not tested",
+    )
     if pooled is not None:
         pooled_rec = pooled.to_record() if hasattr(pooled, "to_record") else dict(pooled)
-        top.axhline(pooled_rec["heldout_aqi"], color=ACCENT_COLOR, linestyle="--", linewidth=1.2,
-                    label=f"layer-pooled AQI, held-out ({pooled_rec['heldout_aqi']:.3f})")
+        top.axhline(
+            pooled_rec["heldout_aqi"],
+            color=ACCENT_COLOR,
+            linestyle="--",
+            linewidth=1.2,
+            label=f"layer-pooled AQI, held-out ({pooled_rec['heldout_aqi']:.3f})",
+        )
     top.set_ylim(0, 1)
     top.set_ylabel("AQI (0 = no separation, 1 = perfect)")
     top.set_xlabel(xlabel)
@@ -133,8 +154,15 @@ def plot_aqi_layers(
         ax.grid(alpha=0.3)
         if ticklabels:
             ax.set_xticks(x, ticklabels, rotation=90, fontsize=6)
-    axes[1][1].text(0.02, 0.97, "set by single extreme pairs\n(outlier-driven)", transform=axes[1][1].transAxes,
-                    fontsize=7, va="top", color=BASELINE_COLOR)
+    axes[1][1].text(
+        0.02,
+        0.97,
+        "set by single extreme pairs\n(outlier-driven)",
+        transform=axes[1][1].transAxes,
+        fontsize=7,
+        va="top",
+        color=BASELINE_COLOR,
+    )
     if ticklabels:
         top.set_xticks(x, ticklabels, rotation=90, fontsize=6)
     fig.tight_layout()

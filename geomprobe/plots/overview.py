@@ -83,8 +83,15 @@ def plot_pca_grid(
         for cls in (0, 1):
             rows = y_arr == cls
             name = class_names[cls] if cls < len(class_names) else str(cls)
-            ax.scatter(Z[rows, 0], Z[rows, 1], s=9, alpha=0.7, color=class_color(cls), label=f"{name} ({int(rows.sum())})",
-                       edgecolors="none")
+            ax.scatter(
+                Z[rows, 0],
+                Z[rows, 1],
+                s=9,
+                alpha=0.7,
+                color=class_color(cls),
+                label=f"{name} ({int(rows.sum())})",
+                edgecolors="none",
+            )
         ax.set_xlabel(f"PC1 ({explained[0]:.0%} of variance)", fontsize=8)
         ax.set_ylabel(f"PC2 ({explained[1]:.0%})", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -122,7 +129,7 @@ def plot_token_scores(
     starts = list(response_start) if response_start is not None else [0] * len(tokens)
     finite = [np.asarray(s, dtype=np.float64) for s in scores]
     # Scale on the scored (response) tokens so template tokens do not wash out the colours.
-    parts = [s[starts[k]:] if k < len(starts) and len(s[starts[k]:]) else s for k, s in enumerate(finite)]
+    parts = [s[starts[k] :] if k < len(starts) and len(s[starts[k] :]) else s for k, s in enumerate(finite)]
     limit = max((float(np.nanmax(np.abs(p))) for p in parts if len(p)), default=1.0) or 1.0
     height = 1.55 * len(tokens) + 1.3
     fig, axes = new_figure(len(tokens), 1, width=13.0, height=height, squeeze=False)
@@ -138,19 +145,30 @@ def plot_token_scores(
         start = starts[k] - offset if k < len(starts) else 0
         if 0 < start < len(shown_toks):
             ax.axvline(start - 0.5, color="black", linestyle="--", linewidth=1)
-        resp = s[starts[k]:] if k < len(starts) else s
+        resp = s[starts[k] :] if k < len(starts) else s
         mean = float(resp.mean()) if len(resp) else float("nan")
         label = labels[k] if labels is not None and k < len(labels) else ""
-        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8,
-                      color=class_color(1) if label in ("dishonest", "harmful", "deceptive") else class_color(0))
-        ax.set_title(f"prompt {k}: response mean score {mean:+.2f}" + (f" (first {offset} tokens cut)" if offset else ""),
-                     fontsize=8, loc="left")
+        ax.set_ylabel(
+            label,
+            rotation=0,
+            ha="right",
+            va="center",
+            fontsize=8,
+            color=class_color(1) if label in ("dishonest", "harmful", "deceptive") else class_color(0),
+        )
+        ax.set_title(
+            f"prompt {k}: response mean score {mean:+.2f}" + (f" (first {offset} tokens cut)" if offset else ""),
+            fontsize=8,
+            loc="left",
+        )
     if image is not None:
         cax = fig.add_axes((0.915, 0.55 / height, 0.012, 1 - 1.4 / height))
         fig.colorbar(image, cax=cax, label="probe score (0 = boundary; clipped)")
     where = ", ".join(v for v in (model_id, hook, f"probe pooling {pooling}" if pooling else "") if v)
-    fig.suptitle(f"Token-level probe scores: {where}\nred = leans dishonest, blue = leans honest; dashed line: response starts",
-                 fontsize=10)
+    fig.suptitle(
+        f"Token-level probe scores: {where}\nred = leans dishonest, blue = leans honest; dashed line: response starts",
+        fontsize=10,
+    )
     return fig
 
 
@@ -170,7 +188,11 @@ def plot_comparison(metrics: Mapping[str, Any]) -> Figure:
     b_id = (metrics.get("against") or {}).get("model_id", "b")
     short = lambda s: s if len(s) <= 32 else "…" + s[-31:]  # noqa: E731
     fig, axes = new_figure(2, 3, width=15.0, height=8.0)
-    panels = [("aqi", "AQI", (0, 1)), ("subspace", "MSO harmful vs harmless", (0, 1)), ("probes", "held-out probe AUROC", (0, 1.02))]
+    panels = [
+        ("aqi", "AQI", (0, 1)),
+        ("subspace", "MSO harmful vs harmless", (0, 1)),
+        ("probes", "held-out probe AUROC", (0, 1.02)),
+    ]
     for ax, (key, label, ylim) in zip(axes[0], panels):
         recs = (comp.get(key) or {}).get("per_layer", [])
         x, a = _series(recs, "a")
@@ -207,13 +229,31 @@ def plot_comparison(metrics: Mapping[str, Any]) -> Figure:
     ts = (comp.get("transfer") or {}).get("steering") or {}
     cs = comp.get("steering") or {}
     if st and ts:
-        ax.plot([0] + list(st["multipliers"]), [st["baseline"]] + list(st["refusal"]), "o-", color=MODEL_COLORS[0],
-                ms=3, label="a's vector on a")
-        ax.plot([0] + list(ts["multipliers"]), [ts["baseline"]] + list(ts["refusal"]), "^:", color=BASELINE_COLOR,
-                ms=4, label="a's vector on b")
+        ax.plot(
+            [0] + list(st["multipliers"]),
+            [st["baseline"]] + list(st["refusal"]),
+            "o-",
+            color=MODEL_COLORS[0],
+            ms=3,
+            label="a's vector on a",
+        )
+        ax.plot(
+            [0] + list(ts["multipliers"]),
+            [ts["baseline"]] + list(ts["refusal"]),
+            "^:",
+            color=BASELINE_COLOR,
+            ms=4,
+            label="a's vector on b",
+        )
         if cs.get("refusal_b"):
-            ax.plot([0] + list(ts["multipliers"]), [cs["baseline_b"]] + list(cs["refusal_b"]), "s--",
-                    color=MODEL_COLORS[1], ms=3, label="b's vector on b")
+            ax.plot(
+                [0] + list(ts["multipliers"]),
+                [cs["baseline_b"]] + list(cs["refusal_b"]),
+                "s--",
+                color=MODEL_COLORS[1],
+                ms=3,
+                label="b's vector on b",
+            )
         ax.legend(fontsize=7)
     ax.set_xlabel("multiplier")
     ax.set_ylabel("refusal log-odds (harmful prompts)")
@@ -241,7 +281,10 @@ def plot_comparison(metrics: Mapping[str, Any]) -> Figure:
     ax.set_title("weight update U = W_b − W_a", fontsize=9)
     pooling = (metrics.get("aqi") or {}).get("pooling", "")
     hook_kind = (metrics.get("settings") or {}).get("hook_kind", "")
-    fig.suptitle(f"Checkpoint comparison: a = {short(a_id)}, b = {short(b_id)} ({hook_kind}; AQI/MSO pooling {pooling}, "
-                 f"probes pooling {(metrics.get('probes') or {}).get('pooling', '')})", fontsize=10)
+    fig.suptitle(
+        f"Checkpoint comparison: a = {short(a_id)}, b = {short(b_id)} ({hook_kind}; AQI/MSO pooling {pooling}, "
+        f"probes pooling {(metrics.get('probes') or {}).get('pooling', '')})",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig

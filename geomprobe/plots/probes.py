@@ -22,9 +22,16 @@ def plot_probe_layers(records: Sequence[dict[str, Any]], *, model_id: str = "", 
         rows = sorted((r for r in records if r.get("method", "") == method), key=lambda r: r["layer"])
         layers = [r["layer"] for r in rows]
         label = method or None
-        axes[0].plot(layers, [np.nan if r["auroc"] is None else r["auroc"] for r in rows], "o-", color=class_color(k + 1), label=label)
-        axes[1].plot(layers, [np.nan if r["recall_at_fpr"] is None else r["recall_at_fpr"] for r in rows], "o-",
-                     color=class_color(k + 1), label=label)
+        axes[0].plot(
+            layers, [np.nan if r["auroc"] is None else r["auroc"] for r in rows], "o-", color=class_color(k + 1), label=label
+        )
+        axes[1].plot(
+            layers,
+            [np.nan if r["recall_at_fpr"] is None else r["recall_at_fpr"] for r in rows],
+            "o-",
+            color=class_color(k + 1),
+            label=label,
+        )
     axes[0].axhline(0.5, color=BASELINE_COLOR, ls="--", lw=1, label="chance")
     axes[0].set_ylim(0.0, 1.02)
     axes[0].set_xlabel("layer")
@@ -52,8 +59,15 @@ def plot_transfer_matrix(names: Sequence[str], auroc: np.ndarray, *, hook: str =
     for i in range(n):
         for j in range(n):
             value = auroc[i, j]
-            ax.text(j, i, "nan" if not np.isfinite(value) else f"{value:.3f}", ha="center", va="center",
-                    color="white" if np.isfinite(value) and value < 0.8 else "black", fontsize=9)
+            ax.text(
+                j,
+                i,
+                "nan" if not np.isfinite(value) else f"{value:.3f}",
+                ha="center",
+                va="center",
+                color="white" if np.isfinite(value) and value < 0.8 else "black",
+                fontsize=9,
+            )
     ax.set_xticks(range(n), names, rotation=30, ha="right")
     ax.set_yticks(range(n), names)
     ax.set_xlabel("evaluated on")
@@ -123,8 +137,15 @@ def token_scores_html(
     return atomic_write_text(path, "".join(parts))
 
 
-def plot_score_distributions(scores: np.ndarray, y: np.ndarray, *, control: np.ndarray | None = None,
-                             threshold: float | None = None, hook: str = "", labels: Sequence[str] = ("negative", "positive")) -> Figure:
+def plot_score_distributions(
+    scores: np.ndarray,
+    y: np.ndarray,
+    *,
+    control: np.ndarray | None = None,
+    threshold: float | None = None,
+    hook: str = "",
+    labels: Sequence[str] = ("negative", "positive"),
+) -> Figure:
     """Histogram of probe scores by class (and control), with the recall threshold."""
     fig, ax = new_figure()
     y = np.asarray(y).astype(bool)

@@ -49,7 +49,9 @@ def layer_screen(records: Sequence, *, title: str | None = None) -> Figure:
     layers = [r.layer for r in records]
     ax.plot(layers, [r.js_bits for r in records], marker="o", color=class_color(1), label="JS divergence [bits]")
     if any(r.mean_cosine is not None for r in records):
-        ax.plot(layers, [r.mean_cosine for r in records], marker="s", color=class_color(0), label="mean cos(pair diff, mean diff)")
+        ax.plot(
+            layers, [r.mean_cosine for r in records], marker="s", color=class_color(0), label="mean cos(pair diff, mean diff)"
+        )
     ax.set_xlabel("layer")
     ax.set_ylabel("separation")
     ax.set_ylim(bottom=0)

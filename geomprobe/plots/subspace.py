@@ -48,7 +48,10 @@ def plot_activation_overlap(records: Sequence[Any], title: str | None = None) ->
     centred = "centred" if _get(recs[0], "centered") else "uncentred"
     short = _get(recs[0], "hook").split(".")[-1].removeprefix("hook_")
     size = f"k={_get(recs[0], 'k_requested')}" if _get(recs[0], "k_requested") else f"energy {_get(recs[0], 'energy_target')}"
-    ax.set_title(f"{_get(recs[0], 'model_id') or 'activations'}\n{short}, pooling={_get(recs[0], 'pooling')}, {centred}, {size}", fontsize=9)
+    ax.set_title(
+        f"{_get(recs[0], 'model_id') or 'activations'}\n{short}, pooling={_get(recs[0], 'pooling')}, {centred}, {size}",
+        fontsize=9,
+    )
 
     width = max(len(_get(r, "cosines")) for r in recs)
     grid = np.full((len(recs), max(width, 1)), np.nan)
@@ -74,7 +77,9 @@ def plot_weight_overlap(records: Sequence[Any], title: str | None = None, value:
     Right: heatmap of ``value`` over layer x module type."""
     ok = [r for r in records if _get(r, "status") == "ok" and _get(r, "layer") >= 0]
     if not ok:
-        raise GeomprobeError("no block matrix had two non-zero updates, so there is nothing to plot; check the checkpoints differ")
+        raise GeomprobeError(
+            "no block matrix had two non-zero updates, so there is nothing to plot; check the checkpoints differ"
+        )
     baseline_key = "baseline" if value == "mso" else "energy_baseline_b_in_a"
     modules: list[str] = []
     for r in ok:

@@ -44,8 +44,14 @@ def fit_logistic(data: ProbeData, params: LogisticParams) -> KindFit:
         counts = np.bincount(y, minlength=2)
         weights = torch.as_tensor(len(y) / (2.0 * counts[y]), dtype=data.dtype, device=data.X.device)
     coef, intercept, n_iter, converged = batched_logistic(
-        data.X, data.y, C=params.C, fit_intercept=params.fit_intercept, scale=data.scale, sample_weight=weights,
-        max_iter=params.max_iter, tol=params.tol,
+        data.X,
+        data.y,
+        C=params.C,
+        fit_intercept=params.fit_intercept,
+        scale=data.scale,
+        sample_weight=weights,
+        max_iter=params.max_iter,
+        tol=params.tol,
     )
     return KindFit(coef, intercept, n_iter=n_iter.cpu().numpy(), converged=converged.cpu().numpy())
 
@@ -68,8 +74,11 @@ class LDAParams:
     shrinkage: float | str | None = "auto"
 
     def __post_init__(self) -> None:
-        ok = self.shrinkage is None or self.shrinkage == "auto" or (
-            isinstance(self.shrinkage, (int, float)) and 0 <= float(self.shrinkage) <= 1)
+        ok = (
+            self.shrinkage is None
+            or self.shrinkage == "auto"
+            or (isinstance(self.shrinkage, (int, float)) and 0 <= float(self.shrinkage) <= 1)
+        )
         if not ok:
             raise GeomprobeError(f"shrinkage must be 'auto' or between 0 and 1; got {self.shrinkage}")
 
@@ -84,11 +93,29 @@ def fit_pca_diff(data: ProbeData, params: NoParams) -> KindFit:
     return KindFit(coef, intercept, {"n_pairs": n_pairs})
 
 
-register_probe_kind("logistic", LogisticParams, fit_logistic, aliases=("logreg", "lr"), standardize=True,
-                    scales_itself=True, description="standardised L2 logistic regression (batched L-BFGS)")
-register_probe_kind("mean-diff", NoParams, fit_mean_diff, aliases=("mean_diff", "meandiff", "diff-of-means", "dim"),
-                    description="difference of class means, intercept halfway between them")
-register_probe_kind("lda", LDAParams, fit_lda, aliases=("covariance-adjusted",),
-                    description="covariance-adjusted mean difference with shrinkage")
-register_probe_kind(UNCENTERED, NoParams, fit_pca_diff, aliases=("pca", "lat", "repe"),
-                    description="top principal direction of the uncentred paired differences (RepE / LAT)")
+register_probe_kind(
+    "logistic",
+    LogisticParams,
+    fit_logistic,
+    aliases=("logreg", "lr"),
+    standardize=True,
+    scales_itself=True,
+    description="standardised L2 logistic regression (batched L-BFGS)",
+)
+register_probe_kind(
+    "mean-diff",
+    NoParams,
+    fit_mean_diff,
+    aliases=("mean_diff", "meandiff", "diff-of-means", "dim"),
+    description="difference of class means, intercept halfway between them",
+)
+register_probe_kind(
+    "lda", LDAParams, fit_lda, aliases=("covariance-adjusted",), description="covariance-adjusted mean difference with shrinkage"
+)
+register_probe_kind(
+    UNCENTERED,
+    NoParams,
+    fit_pca_diff,
+    aliases=("pca", "lat", "repe"),
+    description="top principal direction of the uncentred paired differences (RepE / LAT)",
+)

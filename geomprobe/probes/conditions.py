@@ -43,14 +43,18 @@ def check_condition_grades(cache: CacheFile, key: str = CONDITION_KEY) -> None:
     labels = cache.labels
     names = sorted({c for c in conditions if c})
     if not any(len(set(labels[(conditions == c) & (labels >= 0)].tolist())) > 1 for c in names):
-        found = ", ".join(f"{c}: {sorted({cache.label_names[v] for v in labels[(conditions == c) & (labels >= 0)]})}"
-                          for c in names)
-        raise GeomprobeError(f"no condition in {cache.path.name} has both grades ({found}); "
-                             "within-condition AUROC needs true and false answers under one instruction")
+        found = ", ".join(
+            f"{c}: {sorted({cache.label_names[v] for v in labels[(conditions == c) & (labels >= 0)]})}" for c in names
+        )
+        raise GeomprobeError(
+            f"no condition in {cache.path.name} has both grades ({found}); "
+            "within-condition AUROC needs true and false answers under one instruction"
+        )
 
 
-def bootstrap_auroc(scores: np.ndarray, y: np.ndarray, *, n_bootstrap: int = 1000, ci: float = 0.95,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def bootstrap_auroc(
+    scores: np.ndarray, y: np.ndarray, *, n_bootstrap: int = 1000, ci: float = 0.95, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval of AUROC per layer for ``scores`` (L, N), resampling each class with replacement."""
     if not 0 < ci < 1:
         raise GeomprobeError(f"ci must be between 0 and 1 (e.g. 0.95); got {ci}")
@@ -61,8 +65,9 @@ def bootstrap_auroc(scores: np.ndarray, y: np.ndarray, *, n_bootstrap: int = 100
         nan = np.full(scores.shape[0], np.nan)
         return nan, nan.copy()
     # Resampling within each class keeps both classes in every draw (stratified bootstrap); positives first.
-    res = stats.bootstrap(lambda rows: M.auroc(scores[:, rows], y[rows]), [pos, neg], n_bootstrap=n_bootstrap,
-                          level=ci, seed=seed)
+    res = stats.bootstrap(
+        lambda rows: M.auroc(scores[:, rows], y[rows]), [pos, neg], n_bootstrap=n_bootstrap, level=ci, seed=seed
+    )
     return res.low, res.high
 
 
@@ -73,14 +78,21 @@ def _layer(hook: str) -> int:
         return -1
 
 
-def _group_record(hook: str, layer: int, condition: str, s: np.ndarray, y: np.ndarray, threshold: float,
-                  low: float, high: float) -> dict[str, Any]:
+def _group_record(
+    hook: str, layer: int, condition: str, s: np.ndarray, y: np.ndarray, threshold: float, low: float, high: float
+) -> dict[str, Any]:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     ok = n_pos > 0 and n_neg > 0
     return {
-        "hook": hook, "layer": layer, "condition": condition, "n_positive": n_pos, "n_negative": n_neg,
-        "computable": ok, "auroc": float(M.auroc(s, y)) if ok else None,
-        "auroc_ci_low": float(low) if ok else None, "auroc_ci_high": float(high) if ok else None,
+        "hook": hook,
+        "layer": layer,
+        "condition": condition,
+        "n_positive": n_pos,
+        "n_negative": n_neg,
+        "computable": ok,
+        "auroc": float(M.auroc(s, y)) if ok else None,
+        "auroc_ci_low": float(low) if ok else None,
+        "auroc_ci_high": float(high) if ok else None,
         "recall_at_fpr": float(M.recall_at_threshold(s, y, threshold)) if n_pos and np.isfinite(threshold) else None,
         "negative_fpr_at_threshold": float((s[~y] > threshold).mean()) if n_neg and np.isfinite(threshold) else None,
     }
@@ -118,9 +130,12 @@ def condition_metrics(
         raise GeomprobeError("no row carries a condition; build the set with geomprobe probe deception-set")
     both = [c for c in names if y[condition_of == c].any() and (~y[condition_of == c]).any()]
     if not both:
-        counts = ", ".join(f"{c}: {int(y[condition_of == c].sum())} positive / {int((~y[condition_of == c]).sum())} negative"
-                           for c in names)
-        raise GeomprobeError(f"no condition has both grades ({counts}); within-condition AUROC needs true and false answers under one instruction")
+        counts = ", ".join(
+            f"{c}: {int(y[condition_of == c].sum())} positive / {int((~y[condition_of == c]).sum())} negative" for c in names
+        )
+        raise GeomprobeError(
+            f"no condition has both grades ({counts}); within-condition AUROC needs true and false answers under one instruction"
+        )
     limits = np.full(len(hooks), np.nan) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     groups = [(POOLED, np.ones(len(y), bool))] + [(c, condition_of == c) for c in names]
     intervals = {}
@@ -136,10 +151,26 @@ def condition_metrics(
         is_pressure = condition_of == pressure
         low, high = bootstrap_auroc(scores, np.asarray(is_pressure), n_bootstrap=n_bootstrap, ci=ci, seed=seed + len(groups))
         aucs = np.atleast_1d(M.auroc(scores, np.asarray(is_pressure)))
-        instruction = [{"hook": h, "layer": _layer(h), "auroc": float(aucs[i]), "auroc_ci_low": float(low[i]),
-                        "auroc_ci_high": float(high[i]), "positive": pressure} for i, h in enumerate(hooks)]
-    return {"conditions": names, "computable": both, "rows_without_condition": unlabelled, "ci": ci,
-            "n_bootstrap": n_bootstrap, "per_condition": per_condition, "instruction_auroc": instruction}
+        instruction = [
+            {
+                "hook": h,
+                "layer": _layer(h),
+                "auroc": float(aucs[i]),
+                "auroc_ci_low": float(low[i]),
+                "auroc_ci_high": float(high[i]),
+                "positive": pressure,
+            }
+            for i, h in enumerate(hooks)
+        ]
+    return {
+        "conditions": names,
+        "computable": both,
+        "rows_without_condition": unlabelled,
+        "ci": ci,
+        "n_bootstrap": n_bootstrap,
+        "per_condition": per_condition,
+        "instruction_auroc": instruction,
+    }
 
 
 def best_by_condition(report: dict[str, Any], condition: str) -> dict[str, Any] | None:

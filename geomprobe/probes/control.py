@@ -51,8 +51,9 @@ def bundled_control_activations(probes: ProbeSet, model: str | None = None, devi
     return {h: acts[h][probes.pooling] for h in probes.hooks}
 
 
-def choose_control(control: str | Path | None = None, no_control: bool = False, *, model: str | None = None,
-                   device: str = "auto") -> ControlSource | None:
+def choose_control(
+    control: str | Path | None = None, no_control: bool = False, *, model: str | None = None, device: str = "auto"
+) -> ControlSource | None:
     """The control source for training or evaluating probes: the cache file ``control``, None
     (``no_control``: the threshold is tuned on the test negatives), or by default the bundled control
     prompts, run lazily (after the probes are fitted or loaded, so bad data is reported before a
@@ -61,7 +62,9 @@ def choose_control(control: str | Path | None = None, no_control: bool = False, 
         raise GeomprobeError("pass either --control or --no-control, not both")
     if control is not None:
         if not Path(control).exists():
-            raise GeomprobeError(f"control cache {str(control)!r} does not exist; build it with geomprobe cache --dataset control")
+            raise GeomprobeError(
+                f"control cache {str(control)!r} does not exist; build it with geomprobe cache --dataset control"
+            )
         return control
     if no_control:
         return None

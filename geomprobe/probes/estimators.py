@@ -41,8 +41,7 @@ class _LinearProbe(ClassifierMixin, BaseEstimator):
             raise GeomprobeError(f"probes are binary; got {len(classes)} classes ({', '.join(map(str, classes[:5]))})")
         self.classes_ = classes
         y01 = (y == classes[1]).astype(np.int64)
-        fit = fit_layers(X[None], y01, self._kind(), pairs=pairs, device=getattr(self, "device", "cpu"),
-                         **self._fit_kwargs())
+        fit = fit_layers(X[None], y01, self._kind(), pairs=pairs, device=getattr(self, "device", "cpu"), **self._fit_kwargs())
         self._set_fit(fit)
         return self
 
@@ -88,8 +87,9 @@ class _LinearProbe(ClassifierMixin, BaseEstimator):
 class ProbeEstimator(_LinearProbe):
     """Any registered probe kind on one layer: ``params`` is its params dataclass or a dict of its fields."""
 
-    def __init__(self, method: str = "logistic", params: Any = None, standardize: bool | None = None,
-                 device: str = "cpu") -> None:
+    def __init__(
+        self, method: str = "logistic", params: Any = None, standardize: bool | None = None, device: str = "cpu"
+    ) -> None:
         self.method = method
         self.params = params
         self.standardize = standardize
@@ -107,8 +107,16 @@ class LogisticProbe(_LinearProbe):
 
     _method = "logistic"
 
-    def __init__(self, C: float = 0.1, fit_intercept: bool = False, standardize: bool = True,
-                 class_weight: str | None = None, max_iter: int = 1000, tol: float = 1e-4, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        C: float = 0.1,
+        fit_intercept: bool = False,
+        standardize: bool = True,
+        class_weight: str | None = None,
+        max_iter: int = 1000,
+        tol: float = 1e-4,
+        device: str = "cpu",
+    ) -> None:
         self.C = C
         self.fit_intercept = fit_intercept
         self.standardize = standardize
@@ -118,8 +126,14 @@ class LogisticProbe(_LinearProbe):
         self.device = device
 
     def _fit_kwargs(self) -> dict[str, Any]:
-        return dict(C=self.C, fit_intercept=self.fit_intercept, standardize=self.standardize,
-                    class_weight=self.class_weight, max_iter=self.max_iter, tol=self.tol)
+        return dict(
+            C=self.C,
+            fit_intercept=self.fit_intercept,
+            standardize=self.standardize,
+            class_weight=self.class_weight,
+            max_iter=self.max_iter,
+            tol=self.tol,
+        )
 
 
 class MeanDiffProbe(_LinearProbe):

@@ -43,17 +43,45 @@ from geomprobe.core.validate import jsonl_lines, parse_json
 
 GRADES = ("true", "false", "unclear")
 
-_SMALL = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-    "sixteen seventeen eighteen nineteen".split())}
+_SMALL = {
+    w: i
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+        "sixteen seventeen eighteen nineteen".split()
+    )
+}
 _TENS = {w: 10 * (i + 2) for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())}
 _SCALES = {"thousand": 1000, "million": 1_000_000}
 _ARTICLES = ("the", "a", "an")
-_NEGATIONS = frozenset({"not", "no", "never", "isn", "aren", "wasn", "weren", "doesn", "don", "didn", "cannot",
-                        "neither", "nor", "none", "nothing"})
-_HEDGES = ("sorry", "i cannot", "i can t", "i can not", "i don t know", "i do not know", "not sure", "as an ai",
-           "unable to", "i won t", "i will not", "i m not able", "i am not able", "maybe", "perhaps", "possibly",
-           "probably", "might be", "could be", "i think", "i believe", "i guess", "not certain", "it depends")
+_NEGATIONS = frozenset(
+    {"not", "no", "never", "isn", "aren", "wasn", "weren", "doesn", "don", "didn", "cannot", "neither", "nor", "none", "nothing"}
+)
+_HEDGES = (
+    "sorry",
+    "i cannot",
+    "i can t",
+    "i can not",
+    "i don t know",
+    "i do not know",
+    "not sure",
+    "as an ai",
+    "unable to",
+    "i won t",
+    "i will not",
+    "i m not able",
+    "i am not able",
+    "maybe",
+    "perhaps",
+    "possibly",
+    "probably",
+    "might be",
+    "could be",
+    "i think",
+    "i believe",
+    "i guess",
+    "not certain",
+    "it depends",
+)
 
 
 def _fold(text: str) -> str:
@@ -89,8 +117,12 @@ def _number_words(words: list[str]) -> list[str]:
         elif w in _SCALES and last is not None:
             total += current * _SCALES[w]
             current, last = 0, "scale"
-        elif w == "and" and last in ("hundred", "scale") and i + 1 < len(words) and (
-                words[i + 1] in _SMALL or words[i + 1] in _TENS):
+        elif (
+            w == "and"
+            and last in ("hundred", "scale")
+            and i + 1 < len(words)
+            and (words[i + 1] in _SMALL or words[i + 1] in _TENS)
+        ):
             continue  # "one hundred and five"
         else:
             flush()
@@ -145,8 +177,14 @@ class Question:
         return [p for p in dict.fromkeys(_phrase(a) for a in (self.answer, *self.aliases)) if p]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "category": self.category, "question": self.question, "answer": self.answer,
-                "aliases": list(self.aliases), "wrong": list(self.wrong)}
+        return {
+            "id": self.id,
+            "category": self.category,
+            "question": self.question,
+            "answer": self.answer,
+            "aliases": list(self.aliases),
+            "wrong": list(self.wrong),
+        }
 
 
 def bundled_questions_path() -> Path:
@@ -185,8 +223,14 @@ def load_questions(source: str | Path | None = None, limit: int | None = None) -
         if qid in seen:
             raise GeomprobeError(f"{where}: question id {qid!r} appears twice; ids must be unique")
         seen.add(qid)
-        q = Question(qid, row["question"].strip(), row["answer"].strip(), str(row.get("category", "general")),
-                     _string_list(row, "aliases", where), _string_list(row, "wrong", where))
+        q = Question(
+            qid,
+            row["question"].strip(),
+            row["answer"].strip(),
+            str(row.get("category", "general")),
+            _string_list(row, "aliases", where),
+            _string_list(row, "wrong", where),
+        )
         if not q.accepted:
             raise GeomprobeError(f"{where}: the answer of {qid!r} has no letters or digits; give a readable answer")
         asked = normalize(q.question)

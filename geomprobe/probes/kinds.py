@@ -89,15 +89,24 @@ _ALIASES: dict[str, str] = {}
 
 
 def register_probe_kind(
-    name: str, params_cls: type, fit: FitFunction, *, aliases: Iterable[str] = (), standardize: bool = False,
-    scales_itself: bool = False, description: str = "",
+    name: str,
+    params_cls: type,
+    fit: FitFunction,
+    *,
+    aliases: Iterable[str] = (),
+    standardize: bool = False,
+    scales_itself: bool = False,
+    description: str = "",
 ) -> ProbeKind:
     """Add a probe kind: ``params_cls`` a dataclass with a default for every field (validate in its
     ``__post_init__`` by raising GeomprobeError), ``fit(data: ProbeData, params) -> KindFit``."""
     if not dataclasses.is_dataclass(params_cls) or not isinstance(params_cls, type):
         raise GeomprobeError(f"probe kind {name!r}: params_cls must be a dataclass type")
-    missing = [f.name for f in dataclasses.fields(params_cls)
-               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        f.name
+        for f in dataclasses.fields(params_cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise GeomprobeError(f"probe kind {name!r}: give every params field a default ({', '.join(missing)} has none)")
     taken = [n for n in (name, *aliases) if n in PROBE_KINDS or n in _ALIASES]
@@ -206,8 +215,9 @@ def parse_param_args(kind: ProbeKind, items: Sequence[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
-            raise GeomprobeError(f"--param {item!r} is not KEY=VALUE; valid keys for {kind.name}: "
-                                 f"{', '.join(kind.param_names()) or 'none'}")
+            raise GeomprobeError(
+                f"--param {item!r} is not KEY=VALUE; valid keys for {kind.name}: {', '.join(kind.param_names()) or 'none'}"
+            )
         check_keys(kind, {key: None})
         try:
             out[key] = _convert(text.strip(), hints[key])

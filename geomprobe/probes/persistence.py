@@ -86,8 +86,10 @@ class ProbeSet:
 
     def index(self, hook: str) -> int:
         if hook not in self.hooks:
-            raise GeomprobeError(f"this probe has no hook {hook!r}; it was trained on {', '.join(self.hooks[:4])}"
-                                 + (" ..." if len(self.hooks) > 4 else ""))
+            raise GeomprobeError(
+                f"this probe has no hook {hook!r}; it was trained on {', '.join(self.hooks[:4])}"
+                + (" ..." if len(self.hooks) > 4 else "")
+            )
         return self.hooks.index(hook)
 
     def direction(self, hook: str) -> np.ndarray:
@@ -99,9 +101,7 @@ class ProbeSet:
         i = self.index(hook)
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.d_model:
-            raise GeomprobeError(
-                f"activations at {hook} have shape {X.shape}; this probe expects width d_model={self.d_model}"
-            )
+            raise GeomprobeError(f"activations at {hook} have shape {X.shape}; this probe expects width d_model={self.d_model}")
         if not np.all(np.isfinite(X)):
             raise GeomprobeError(f"activations at {hook} contain NaN or inf; recompute or drop those rows")
         return X.astype(np.float64, copy=False) @ self.fit.direction[i] + float(self.fit.raw_intercept[i])
@@ -203,14 +203,36 @@ def load_probe(
             raise GeomprobeError(f"{str(tensor_path)!r} holds NaN or inf in {key!r}; the probe folder is damaged, {_REMAKE}")
     _check_derived(stacked, hooks, tensor_path)
     fit = LayerFit(method, stacked["coef"], stacked["intercept"][:, 0], stacked["mean"], stacked["scale"], dict(params))
-    keep = {"format", "format_version", "method", "params", "hooks", "layers", "pooling", "positive_label",
-            "label_names", "model_id", "model_revision", "d_model", "score", "n_iter", "converged",
-            "geomprobe_version", "created_utc"}
+    keep = {
+        "format",
+        "format_version",
+        "method",
+        "params",
+        "hooks",
+        "layers",
+        "pooling",
+        "positive_label",
+        "label_names",
+        "model_id",
+        "model_revision",
+        "d_model",
+        "score",
+        "n_iter",
+        "converged",
+        "geomprobe_version",
+        "created_utc",
+    }
     meta = {k: v for k, v in side.items() if k not in keep}
     meta["created_utc"] = side.get("created_utc")
     probes = ProbeSet(hooks, fit, pooling, positive_label, label_names, model_id, model_revision, meta)
-    check_compatible(probes, model_id=expect_model_id, d_model=expect_d_model, hooks=expect_hooks,
-                     allow_model_mismatch=allow_model_mismatch, where="the expected model")
+    check_compatible(
+        probes,
+        model_id=expect_model_id,
+        d_model=expect_d_model,
+        hooks=expect_hooks,
+        allow_model_mismatch=allow_model_mismatch,
+        where="the expected model",
+    )
     return probes
 
 
@@ -229,8 +251,15 @@ def _check_derived(stacked: dict[str, np.ndarray], hooks: list[str], tensor_path
             )
 
 
-def check_compatible(probes: ProbeSet, *, model_id: str | None = None, d_model: int | None = None,
-                     hooks: list[str] | None = None, allow_model_mismatch: bool = False, where: str = "the cache") -> bool:
+def check_compatible(
+    probes: ProbeSet,
+    *,
+    model_id: str | None = None,
+    d_model: int | None = None,
+    hooks: list[str] | None = None,
+    allow_model_mismatch: bool = False,
+    where: str = "the cache",
+) -> bool:
     """Raise on width/hook mismatch; on model-id mismatch raise unless allowed. True if ids differ.
 
     ``model_id=None`` skips the identity check (the caller has none to compare); otherwise the ids
@@ -239,13 +268,15 @@ def check_compatible(probes: ProbeSet, *, model_id: str | None = None, d_model: 
     """
     if d_model is not None and int(d_model) != probes.d_model:
         raise GeomprobeError(
-            f"{where} has width d_model={d_model} but the probe was trained at d_model={probes.d_model}; use a probe trained on this model"
+            f"{where} has width d_model={d_model} but the probe was trained at d_model={probes.d_model}; "
+            "use a probe trained on this model"
         )
     if hooks is not None:
         missing = [h for h in probes.hooks if h not in hooks]
         if len(missing) == len(probes.hooks):
             raise GeomprobeError(
-                f"{where} has none of the probe's hooks ({', '.join(probes.hooks[:3])}...); cache those hooks or retrain the probe"
+                f"{where} has none of the probe's hooks ({', '.join(probes.hooks[:3])}...); "
+                "cache those hooks or retrain the probe"
             )
     mismatch = model_id is not None and str(model_id) != str(probes.model_id)
     if mismatch and not allow_model_mismatch:

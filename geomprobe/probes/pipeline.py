@@ -43,7 +43,8 @@ def read_layers(cache: CacheFile, hooks: Sequence[str], pooling: str, rows: np.n
         if not np.all(np.isfinite(X)):
             bad = int((~np.isfinite(X)).any(1).sum())
             raise GeomprobeError(
-                f"{cache.path.name} has NaN/inf activations in {bad} row(s) at {hook}/{pooling}; recreate the cache (check the model dtype)"
+                f"{cache.path.name} has NaN/inf activations in {bad} row(s) at {hook}/{pooling}; "
+                "recreate the cache (check the model dtype)"
             )
         out[i] = X
     assert out is not None
@@ -70,12 +71,21 @@ def _concat_fits(fits: Sequence[LayerFit]) -> LayerFit:
         parts = [getattr(f, name) for f in fits]
         return None if any(p is None for p in parts) else np.concatenate(parts)
 
-    return LayerFit(fits[0].method, cat("coef"), cat("intercept"), cat("mean"), cat("scale"),
-                    dict(fits[0].params), cat("n_iter"), cat("converged"))
+    return LayerFit(
+        fits[0].method,
+        cat("coef"),
+        cat("intercept"),
+        cat("mean"),
+        cat("scale"),
+        dict(fits[0].params),
+        cat("n_iter"),
+        cat("converged"),
+    )
 
 
-def _binary(cache: CacheFile, positive_label: str | None, rows: np.ndarray | None = None
-            ) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
+def _binary(
+    cache: CacheFile, positive_label: str | None, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
     """(labelled row indices, 0/1 labels, positive name, negative names): the positive class
     (geomprobe.core.labels) against every other labelled row, optionally only within ``rows``;
     the callers check the classes."""
@@ -125,7 +135,8 @@ def train_probes(
         pairs = handle.pair_ids[rows]
         if len(np.unique(y)) < 2:
             raise GeomprobeError(
-                f"cache {handle.path.name} has only one class ({pos_name if y.any() else ', '.join(neg_names)}); a probe needs two"
+                f"cache {handle.path.name} has only one class ({pos_name if y.any() else ', '.join(neg_names)}); "
+                "a probe needs two"
             )
         train, test = pair_train_test_split(y, pairs, test_size=test_size, seed=seed)
         # A few layers at a time when the cache is larger than memory; layers are independent
@@ -157,27 +168,59 @@ def train_probes(
         control_scores = None
         # the cache's model source rides along from the start: a lazy control set loads that model
         probes = ProbeSet(
-            chosen, fit, pooling, pos_name, list(handle.label_names), handle.model_id,
-            str(handle.attrs.get("model_revision", "")), {"model_source": str(handle.attrs.get("model_source", ""))},
+            chosen,
+            fit,
+            pooling,
+            pos_name,
+            list(handle.label_names),
+            handle.model_id,
+            str(handle.attrs.get("model_revision", "")),
+            {"model_source": str(handle.attrs.get("model_source", ""))},
         )
         if control is not None:
             control_scores = score_control(probes, control)
-        metrics = layer_metrics(chosen, scores, y[test], pooling=pooling, method=method,
-                                control=None if control_scores is None else np.stack([control_scores[h] for h in chosen]),
-                                fpr=fpr)
-        probes.meta.update({
-            "negative_labels": neg_names,
-            "model_source": str(handle.attrs.get("model_source", "")),
-            "train_cache": handle.path.name,
-            "data_sha256": full_hash,
-            "split": {"test_size": test_size, "seed": seed, "n_train": int(len(train)), "n_test": int(len(test)),
-                      "test_rows": [int(v) for v in rows[test]], "respects_pairs": True},
-            "metrics": [m.to_dict() for m in metrics],
-            "selection": selection_record(chosen, validation, n_fit=n_fit, n_validation=n_validation, val_size=VALIDATION_SIZE,
-                                          reason="too few training rows for a validation split"),
-        })
-        result = ProbeResult(metrics, dict(zip(chosen, scores)), y[test], control_scores,
-                             {"cache": str(handle.path), "eval_rows": "held-out"}, rows[test])
+        metrics = layer_metrics(
+            chosen,
+            scores,
+            y[test],
+            pooling=pooling,
+            method=method,
+            control=None if control_scores is None else np.stack([control_scores[h] for h in chosen]),
+            fpr=fpr,
+        )
+        probes.meta.update(
+            {
+                "negative_labels": neg_names,
+                "model_source": str(handle.attrs.get("model_source", "")),
+                "train_cache": handle.path.name,
+                "data_sha256": full_hash,
+                "split": {
+                    "test_size": test_size,
+                    "seed": seed,
+                    "n_train": int(len(train)),
+                    "n_test": int(len(test)),
+                    "test_rows": [int(v) for v in rows[test]],
+                    "respects_pairs": True,
+                },
+                "metrics": [m.to_dict() for m in metrics],
+                "selection": selection_record(
+                    chosen,
+                    validation,
+                    n_fit=n_fit,
+                    n_validation=n_validation,
+                    val_size=VALIDATION_SIZE,
+                    reason="too few training rows for a validation split",
+                ),
+            }
+        )
+        result = ProbeResult(
+            metrics,
+            dict(zip(chosen, scores)),
+            y[test],
+            control_scores,
+            {"cache": str(handle.path), "eval_rows": "held-out"},
+            rows[test],
+        )
         return probes, result
     finally:
         if owned:
@@ -193,12 +236,18 @@ def score_control(probes: ProbeSet, control: ControlSource) -> dict[str, np.ndar
         return {h: probes.decision_function(h, np.asarray(control[h])) for h in probes.hooks}
     if not isinstance(control, CacheFile) and not Path(control).exists():
         raise GeomprobeError(
-            f"control cache {str(control)!r} does not exist; build it with geomprobe cache --dataset control or pass another --control"
+            f"control cache {str(control)!r} does not exist; "
+            "build it with geomprobe cache --dataset control or pass another --control"
         )
     handle, owned = _open(control)
     try:
-        check_compatible(probes, d_model=handle.d_model, hooks=handle.hooks, allow_model_mismatch=True,
-                         where=f"control cache {handle.path.name}")
+        check_compatible(
+            probes,
+            d_model=handle.d_model,
+            hooks=handle.hooks,
+            allow_model_mismatch=True,
+            where=f"control cache {handle.path.name}",
+        )
         missing = [h for h in probes.hooks if h not in handle.hooks]
         if missing:
             raise GeomprobeError(f"control cache {handle.path.name} lacks hook {missing[0]}; cache the same hooks as the probe")
@@ -235,10 +284,19 @@ def evaluate_probes(
             raise GeomprobeError(
                 f"cache {handle.path.name} lacks hook {missing[0]} that the probe uses; cache it or pass --hooks"
             )
-        mismatch = check_compatible(probes, model_id=handle.model_id, d_model=handle.d_model, hooks=handle.hooks,
-                                    allow_model_mismatch=allow_model_mismatch, where=f"cache {handle.path.name}")
-        pos = positive_label if positive_label is not None else (
-            probes.positive_label if probes.positive_label in handle.label_names else None)
+        mismatch = check_compatible(
+            probes,
+            model_id=handle.model_id,
+            d_model=handle.d_model,
+            hooks=handle.hooks,
+            allow_model_mismatch=allow_model_mismatch,
+            where=f"cache {handle.path.name}",
+        )
+        pos = (
+            positive_label
+            if positive_label is not None
+            else (probes.positive_label if probes.positive_label in handle.label_names else None)
+        )
         rows, y, pos_name, neg_names = _binary(handle, pos)
         if not y.any():
             raise GeomprobeError(f"cache {handle.path.name} has no rows labelled {pos_name!r}; pass --positive-label")
@@ -255,17 +313,28 @@ def evaluate_probes(
                 keep = np.isin(rows, held)
                 rows, y = rows[keep], y[keep]
                 eval_rows = "held-out"
-        scores = np.stack([probes.decision_function(h, read_layers(handle, [h], probes.pooling, rows=rows)[0])
-                           for h in chosen])
+        scores = np.stack([probes.decision_function(h, read_layers(handle, [h], probes.pooling, rows=rows)[0]) for h in chosen])
         control_scores = score_control(probes, control) if control is not None else None
-        metrics = layer_metrics(chosen, scores, y, pooling=probes.pooling, method=probes.method,
-                                control=None if control_scores is None else np.stack([control_scores[h] for h in chosen]),
-                                fpr=fpr)
+        metrics = layer_metrics(
+            chosen,
+            scores,
+            y,
+            pooling=probes.pooling,
+            method=probes.method,
+            control=None if control_scores is None else np.stack([control_scores[h] for h in chosen]),
+            fpr=fpr,
+        )
         for m in metrics:
             m.eval_rows = eval_rows
-        info = {"cache": str(handle.path), "eval_model_id": handle.model_id, "probe_model_id": probes.model_id,
-                "model_mismatch": mismatch, "eval_rows": eval_rows, "positive_label": pos_name,
-                "negative_labels": neg_names}
+        info = {
+            "cache": str(handle.path),
+            "eval_model_id": handle.model_id,
+            "probe_model_id": probes.model_id,
+            "model_mismatch": mismatch,
+            "eval_rows": eval_rows,
+            "positive_label": pos_name,
+            "negative_labels": neg_names,
+        }
         return ProbeResult(metrics, dict(zip(chosen, scores)), y, control_scores, info, rows)
     finally:
         if owned:
@@ -299,8 +368,9 @@ def transfer_matrix(
     if not common:
         raise GeomprobeError("the caches share no hook; cache the same hooks in each")
     for c in caches:
-        trained.append(train_probes(c, method, hooks=common, pooling=pooling, test_size=test_size, seed=seed,
-                                    fpr=fpr, **params)[0])
+        trained.append(
+            train_probes(c, method, hooks=common, pooling=pooling, test_size=test_size, seed=seed, fpr=fpr, **params)[0]
+        )
     n, L = len(caches), len(common)
     auc, rec = np.full((n, n, L), np.nan), np.full((n, n, L), np.nan)
     for i, probes in enumerate(trained):
@@ -311,17 +381,26 @@ def transfer_matrix(
     return TransferResult(names, common, auc, rec, model_ids)
 
 
-def token_scores(probes: ProbeSet, cache: str | Path | CacheFile, hook: str, rows: Sequence[int] | None = None,
-                 allow_model_mismatch: bool = False) -> list[TokenScores]:
+def token_scores(
+    probes: ProbeSet,
+    cache: str | Path | CacheFile,
+    hook: str,
+    rows: Sequence[int] | None = None,
+    allow_model_mismatch: bool = False,
+) -> list[TokenScores]:
     """Score every token of ``rows`` (default: all) from an ``all``-pooled cache."""
     handle, owned = _open(cache)
     try:
-        check_compatible(probes, model_id=handle.model_id, d_model=handle.d_model, hooks=handle.hooks,
-                         allow_model_mismatch=allow_model_mismatch, where=f"cache {handle.path.name}")
+        check_compatible(
+            probes,
+            model_id=handle.model_id,
+            d_model=handle.d_model,
+            hooks=handle.hooks,
+            allow_model_mismatch=allow_model_mismatch,
+            where=f"cache {handle.path.name}",
+        )
         if "all" not in handle.poolings:
-            raise GeomprobeError(
-                f"cache {handle.path.name} has no per-token ('all') activations; re-cache with --pooling all"
-            )
+            raise GeomprobeError(f"cache {handle.path.name} has no per-token ('all') activations; re-cache with --pooling all")
         offsets, ids, starts = handle.token_offsets, handle.token_ids, handle.response_start
         labels, names = handle.labels, handle.label_names
         chosen = range(handle.n_prompts) if rows is None else rows

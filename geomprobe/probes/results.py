@@ -51,8 +51,14 @@ class LayerMetrics:
 
 
 def layer_metrics(
-    hooks: Sequence[str], scores: np.ndarray, y: np.ndarray, *, pooling: str, method: str,
-    control: np.ndarray | None = None, fpr: float = 0.01,
+    hooks: Sequence[str],
+    scores: np.ndarray,
+    y: np.ndarray,
+    *,
+    pooling: str,
+    method: str,
+    control: np.ndarray | None = None,
+    fpr: float = 0.01,
 ) -> list[LayerMetrics]:
     """Metrics per hook for scores ``(L, N)``; threshold from ``control`` (L, M) or the negatives."""
     y = np.asarray(y).astype(bool)
@@ -74,20 +80,39 @@ def layer_metrics(
             layer = hook_layer(hook)
         except GeomprobeError:
             layer = -1
-        out.append(LayerMetrics(
-            hook=hook, layer=layer, pooling=pooling, method=method, dtype="float64",
-            n_eval=int(len(y)), n_positive=int(y.sum()), n_negative=int((~y).sum()),
-            auroc=float(aucs[i]), accuracy=float(acc[i]), balanced_accuracy=float(bacc[i]),
-            fpr=float(fpr), threshold=float(threshold[i]), threshold_source=source,
-            recall_at_fpr=float(recall[i]), negative_fpr_at_threshold=float(neg_fpr[i]),
-            calibration_error=float(ece[i]),
-        ))
+        out.append(
+            LayerMetrics(
+                hook=hook,
+                layer=layer,
+                pooling=pooling,
+                method=method,
+                dtype="float64",
+                n_eval=int(len(y)),
+                n_positive=int(y.sum()),
+                n_negative=int((~y).sum()),
+                auroc=float(aucs[i]),
+                accuracy=float(acc[i]),
+                balanced_accuracy=float(bacc[i]),
+                fpr=float(fpr),
+                threshold=float(threshold[i]),
+                threshold_source=source,
+                recall_at_fpr=float(recall[i]),
+                negative_fpr_at_threshold=float(neg_fpr[i]),
+                calibration_error=float(ece[i]),
+            )
+        )
     return out
 
 
 def layer_records(
-    hooks: Sequence[str], scores: np.ndarray, y: np.ndarray, *, pooling: str, method: str,
-    control: np.ndarray | None = None, fpr: float = 0.01,
+    hooks: Sequence[str],
+    scores: np.ndarray,
+    y: np.ndarray,
+    *,
+    pooling: str,
+    method: str,
+    control: np.ndarray | None = None,
+    fpr: float = 0.01,
 ) -> list[dict[str, Any]]:
     """:func:`layer_metrics` as plain dicts (the form saved in probe.json and reports)."""
     return [m.to_dict() for m in layer_metrics(hooks, scores, y, pooling=pooling, method=method, control=control, fpr=fpr)]
@@ -137,14 +162,26 @@ class TransferResult:
         for i, train in enumerate(self.names):
             for j, test in enumerate(self.names):
                 for k, hook in enumerate(self.hooks):
-                    out.append({"train": train, "eval": test, "hook": hook, "layer": hook_layer(hook),
-                                "auroc": float(self.auroc[i, j, k]), "recall_at_fpr": float(self.recall[i, j, k]),
-                                "held_out": i == j})
+                    out.append(
+                        {
+                            "train": train,
+                            "eval": test,
+                            "hook": hook,
+                            "layer": hook_layer(hook),
+                            "auroc": float(self.auroc[i, j, k]),
+                            "recall_at_fpr": float(self.recall[i, j, k]),
+                            "held_out": i == j,
+                        }
+                    )
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"names": list(self.names), "hooks": list(self.hooks), "model_ids": list(self.model_ids),
-                "records": self.records()}
+        return {
+            "names": list(self.names),
+            "hooks": list(self.hooks),
+            "model_ids": list(self.model_ids),
+            "records": self.records(),
+        }
 
 
 @dataclass
@@ -159,10 +196,15 @@ class TokenScores:
 
     @property
     def response_mean(self) -> float:
-        part = self.scores[self.response_start:]
+        part = self.scores[self.response_start :]
         return float(part.mean()) if len(part) else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"row": self.row, "label": self.label, "response_start": self.response_start,
-                "token_ids": [int(t) for t in self.token_ids], "scores": [float(s) for s in self.scores],
-                "response_mean": self.response_mean}
+        return {
+            "row": self.row,
+            "label": self.label,
+            "response_start": self.response_start,
+            "token_ids": [int(t) for t in self.token_ids],
+            "scores": [float(s) for s in self.scores],
+            "response_mean": self.response_mean,
+        }

@@ -29,9 +29,18 @@ VALIDATION_SIZE = 0.25  # share of the training pairs held back to choose the la
 VALIDATION_RULE = "validation split of the training rows"
 
 
-def validation_auroc(X: np.ndarray, y: np.ndarray, pairs: np.ndarray | None, method: str, *, rows: np.ndarray | None = None,
-                     val_size: float = VALIDATION_SIZE, seed: int = 0, device: str = "auto",
-                     **params: Any) -> tuple[np.ndarray, int, int] | None:
+def validation_auroc(
+    X: np.ndarray,
+    y: np.ndarray,
+    pairs: np.ndarray | None,
+    method: str,
+    *,
+    rows: np.ndarray | None = None,
+    val_size: float = VALIDATION_SIZE,
+    seed: int = 0,
+    device: str = "auto",
+    **params: Any,
+) -> tuple[np.ndarray, int, int] | None:
     """AUROC per layer on a validation split of the training rows ``rows`` (default: all) of ``X`` (L, N, d),
     with probes fitted on the other training rows. ``(aurocs (L,), n_fit, n_validation)``, or None when the
     rows are too few to carve a validation split with both classes on each side. ``X`` is indexed once per
@@ -44,26 +53,49 @@ def validation_auroc(X: np.ndarray, y: np.ndarray, pairs: np.ndarray | None, met
             warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
             fit_part, val_part = pair_train_test_split(y[rows], groups, test_size=val_size, seed=seed)
         fit_rows, val_rows = rows[fit_part], rows[val_part]
-        fit = fit_layers(X[:, fit_rows], y[fit_rows], method, pairs=None if pairs is None else np.asarray(pairs)[fit_rows],
-                         device=device, **params)
+        fit = fit_layers(
+            X[:, fit_rows],
+            y[fit_rows],
+            method,
+            pairs=None if pairs is None else np.asarray(pairs)[fit_rows],
+            device=device,
+            **params,
+        )
     except GeomprobeError:
         return None
     return np.atleast_1d(np.asarray(auroc(fit.decision_function(X[:, val_rows]), y[val_rows]))), len(fit_rows), len(val_rows)
 
 
-def selection_record(hooks: Sequence[str], values: Sequence[float] | None, *, n_fit: int = 0, n_validation: int = 0,
-                     val_size: float = VALIDATION_SIZE, reason: str = "") -> dict[str, Any]:
+def selection_record(
+    hooks: Sequence[str],
+    values: Sequence[float] | None,
+    *,
+    n_fit: int = 0,
+    n_validation: int = 0,
+    val_size: float = VALIDATION_SIZE,
+    reason: str = "",
+) -> dict[str, Any]:
     """What a probe stores as ``meta["selection"]``: the validation AUROC per hook and the chosen hook
     (highest finite validation AUROC; the earlier hook on a tie), or why none was chosen."""
     finite = [(v, -i) for i, v in enumerate(values or []) if v is not None and np.isfinite(v)]
     if not finite:
-        return {"rule": "none", "reason": reason or "no layer has a finite validation AUROC", "hook": None,
-                "validation_auroc": [None if v is None or not np.isfinite(v) else float(v) for v in values or []]}
+        return {
+            "rule": "none",
+            "reason": reason or "no layer has a finite validation AUROC",
+            "hook": None,
+            "validation_auroc": [None if v is None or not np.isfinite(v) else float(v) for v in values or []],
+        }
     _, neg = max(finite)
     hook = hooks[-neg]
-    return {"rule": VALIDATION_RULE, "val_size": val_size, "n_fit": int(n_fit), "n_validation": int(n_validation),
-            "hook": hook, "layer": _layer(hook),
-            "validation_auroc": [None if not np.isfinite(v) else float(v) for v in values or []]}
+    return {
+        "rule": VALIDATION_RULE,
+        "val_size": val_size,
+        "n_fit": int(n_fit),
+        "n_validation": int(n_validation),
+        "hook": hook,
+        "layer": _layer(hook),
+        "validation_auroc": [None if not np.isfinite(v) else float(v) for v in values or []],
+    }
 
 
 def _layer(hook: str) -> int:
@@ -93,11 +125,14 @@ class Headline:
 
     def line(self) -> str:
         """One line for the CLI: the chosen layer's AUROC first, the maximum over layers labelled as one."""
+
         def f(v: float | None) -> str:
             return "nan" if v is None or not np.isfinite(v) else f"{v:.3f}"
 
-        most = (f"max over {self.n_layers} layers {f(self.max_auroc)} at {self.max_hook} (chosen on these rows: "
-                "optimistic, a maximum over layers)")
+        most = (
+            f"max over {self.n_layers} layers {f(self.max_auroc)} at {self.max_hook} (chosen on these rows: "
+            "optimistic, a maximum over layers)"
+        )
         if self.hook is None:
             return f"no layer chosen on disjoint data ({self.chosen_on}); {most}"
         interval = "" if self.auroc_ci_low is None else f" [{f(self.auroc_ci_low)}, {f(self.auroc_ci_high)}]"
@@ -120,8 +155,9 @@ def chosen_hook(probes: Any, *, eval_rows: str = "held-out", eval_cache: str | N
     return None, selection.get("reason") or "the probe records no validation choice"
 
 
-def headline(result: Any, hook: str | None, chosen_on: str, *, n_bootstrap: int = 1000, level: float = 0.95,
-             seed: int = 0) -> Headline:
+def headline(
+    result: Any, hook: str | None, chosen_on: str, *, n_bootstrap: int = 1000, level: float = 0.95, seed: int = 0
+) -> Headline:
     """``result`` (a :class:`ProbeResult`) read at ``hook`` with a stratified bootstrap interval, beside its
     maximum over layers."""
     records = [r for r in result.records if r.get("auroc") is not None and np.isfinite(r["auroc"])]
@@ -132,8 +168,22 @@ def headline(result: Any, hook: str | None, chosen_on: str, *, n_bootstrap: int 
         if y.any() and (~y).any():
             value = float(auroc(scores, y))
             if n_bootstrap > 0:  # resampled within each class (positives first), as every AUROC interval here
-                res = stats.bootstrap(lambda rows: float(auroc(scores[rows], y[rows])), [np.flatnonzero(y), np.flatnonzero(~y)],
-                                      n_bootstrap=n_bootstrap, level=level, seed=seed)
+                res = stats.bootstrap(
+                    lambda rows: float(auroc(scores[rows], y[rows])),
+                    [np.flatnonzero(y), np.flatnonzero(~y)],
+                    n_bootstrap=n_bootstrap,
+                    level=level,
+                    seed=seed,
+                )
                 low, high = (float(res.low), float(res.high)) if np.isfinite(res.low) else (None, None)
-    return Headline(hook, None if hook is None else _layer(hook), chosen_on, value, low, high, len(result.records),
-                    None if top is None else float(top["auroc"]), None if top is None else top["hook"])
+    return Headline(
+        hook,
+        None if hook is None else _layer(hook),
+        chosen_on,
+        value,
+        low,
+        high,
+        len(result.records),
+        None if top is None else float(top["auroc"]),
+        None if top is None else top["hook"],
+    )

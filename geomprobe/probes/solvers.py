@@ -132,8 +132,11 @@ def batched_logistic(
         sy = (s_vec * y_vec).sum(1)
         slot = k % history
         S[slot], Y[slot] = s_vec, y_vec
-        rho[slot] = torch.where(sy > 1e-10 * (y_vec * y_vec).sum(1).sqrt() * (s_vec * s_vec).sum(1).sqrt(),
-                                1.0 / sy.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(sy))
+        rho[slot] = torch.where(
+            sy > 1e-10 * (y_vec * y_vec).sum(1).sqrt() * (s_vec * s_vec).sum(1).sqrt(),
+            1.0 / sy.clamp_min(torch.finfo(dtype).tiny),
+            torch.zeros_like(sy),
+        )
         theta, z, f, g = new_theta, new_z, new_f, new_g
         n_iter += active.to(torch.int64)
         k += 1
@@ -168,7 +171,9 @@ def ledoit_wolf_shrinkage(Xc: torch.Tensor) -> torch.Tensor:
     return torch.where(delta > 0, beta / delta.clamp_min(torch.finfo(Xc.dtype).tiny), torch.zeros_like(delta))
 
 
-def lda_direction(X: torch.Tensor, y: torch.Tensor, shrinkage: float | str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def lda_direction(
+    X: torch.Tensor, y: torch.Tensor, shrinkage: float | str | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     mu0, mu1 = class_means(X, y)
     pos = y.bool()
     n = X.shape[1]

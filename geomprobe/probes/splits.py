@@ -24,8 +24,9 @@ def pair_groups(pair_ids: np.ndarray | None, n: int | None = None) -> np.ndarray
     return groups
 
 
-def pair_kfold(y: np.ndarray, pair_ids: np.ndarray | None = None, n_splits: int = 5, seed: int = 0
-               ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def pair_kfold(
+    y: np.ndarray, pair_ids: np.ndarray | None = None, n_splits: int = 5, seed: int = 0
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Stratified k-fold over pair groups: yields ``(train_rows, test_rows)``."""
     y = np.asarray(y)
     groups = pair_groups(pair_ids, len(y))
@@ -33,7 +34,9 @@ def pair_kfold(y: np.ndarray, pair_ids: np.ndarray | None = None, n_splits: int 
     if n_splits < 2:
         raise GeomprobeError(f"n_splits must be at least 2; got {n_splits}")
     if n_groups < n_splits:
-        raise GeomprobeError(f"only {n_groups} pairs/rows for {n_splits} folds; use fewer folds (a larger --test-size) or more data")
+        raise GeomprobeError(
+            f"only {n_groups} pairs/rows for {n_splits} folds; use fewer folds (a larger --test-size) or more data"
+        )
     _, counts = np.unique(y, return_counts=True)
     if len(counts) and (counts < n_splits).all():  # scikit-learn refuses this with a ValueError (a traceback before)
         raise GeomprobeError(
@@ -45,8 +48,9 @@ def pair_kfold(y: np.ndarray, pair_ids: np.ndarray | None = None, n_splits: int 
         yield np.sort(train), np.sort(test)
 
 
-def pair_train_test_split(y: np.ndarray, pair_ids: np.ndarray | None = None, test_size: float = 0.2, seed: int = 0
-                          ) -> tuple[np.ndarray, np.ndarray]:
+def pair_train_test_split(
+    y: np.ndarray, pair_ids: np.ndarray | None = None, test_size: float = 0.2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Held-out split of about ``test_size`` of the pairs, stratified, seeded; pairs never straddle."""
     if not 0 < test_size < 1:
         raise GeomprobeError(f"test_size must be between 0 and 1 (e.g. 0.2); got {test_size}")
@@ -55,7 +59,5 @@ def pair_train_test_split(y: np.ndarray, pair_ids: np.ndarray | None = None, tes
     y = np.asarray(y)
     for name, rows in (("training", train), ("held-out", test)):
         if len(np.unique(y[rows])) < 2:
-            raise GeomprobeError(
-                f"the {name} split has one class only; use more data or a different --test-size"
-            )
+            raise GeomprobeError(f"the {name} split has one class only; use more data or a different --test-size")
     return train, test

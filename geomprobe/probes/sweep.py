@@ -57,9 +57,7 @@ class LayerFit:
         """Scores ``(L, N)`` for ``X`` of shape ``(L, N, d)``, computed in float64."""
         X = np.asarray(X)
         if X.ndim != 3 or X.shape[0] != self.n_layers or X.shape[2] != self.d_model:
-            raise GeomprobeError(
-                f"expected activations of shape (L={self.n_layers}, N, d={self.d_model}); got {X.shape}"
-            )
+            raise GeomprobeError(f"expected activations of shape (L={self.n_layers}, N, d={self.d_model}); got {X.shape}")
         out = np.empty(X.shape[:2], dtype=np.float64)
         for layer in range(self.n_layers):
             out[layer] = X[layer].astype(np.float64, copy=False) @ self.direction[layer] + self.raw_intercept[layer]
@@ -68,8 +66,14 @@ class LayerFit:
     def layer(self, index: int) -> LayerFit:
         sl = slice(index, index + 1)
         return LayerFit(
-            self.method, self.coef[sl], self.intercept[sl], self.mean[sl], self.scale[sl], dict(self.params),
-            None if self.n_iter is None else self.n_iter[sl], None if self.converged is None else self.converged[sl],
+            self.method,
+            self.coef[sl],
+            self.intercept[sl],
+            self.mean[sl],
+            self.scale[sl],
+            dict(self.params),
+            None if self.n_iter is None else self.n_iter[sl],
+            None if self.converged is None else self.converged[sl],
         )
 
 
@@ -189,8 +193,10 @@ def fit_layers(
     L, d = Xs.shape[0], Xs.shape[2]
     coef, intercept = as_np(result.coef), as_np(result.intercept)
     if coef.shape != (L, d) or intercept.shape != (L,):
-        raise GeomprobeError(f"probe kind {kind.name!r} returned coef {coef.shape} and intercept {intercept.shape}; "
-                             f"its fit function must return ({L}, {d}) and ({L},)")
+        raise GeomprobeError(
+            f"probe kind {kind.name!r} returned coef {coef.shape} and intercept {intercept.shape}; "
+            f"its fit function must return ({L}, {d}) and ({L},)"
+        )
     return LayerFit(kind.name, coef, intercept, as_np(mean), as_np(scale), record, result.n_iter, result.converged)
 
 
@@ -202,8 +208,15 @@ class ProbeSweep:
     ``predict_proba`` give per-layer outputs (L, N); ``score(X, y)`` gives per-layer AUROC (L,).
     """
 
-    def __init__(self, method: str = "logistic", *, params: Any = None, standardize: bool | None = None,
-                 device: str = "auto", dtype: str | None = None) -> None:
+    def __init__(
+        self,
+        method: str = "logistic",
+        *,
+        params: Any = None,
+        standardize: bool | None = None,
+        device: str = "auto",
+        dtype: str | None = None,
+    ) -> None:
         self.method = method
         self.params = params
         self.standardize = standardize
@@ -211,8 +224,9 @@ class ProbeSweep:
         self.dtype = dtype
 
     def fit(self, X, y, pairs=None) -> ProbeSweep:
-        self.fit_ = fit_layers(X, y, self.method, pairs=pairs, params=self.params, standardize=self.standardize,
-                               device=self.device, dtype=self.dtype)
+        self.fit_ = fit_layers(
+            X, y, self.method, pairs=pairs, params=self.params, standardize=self.standardize, device=self.device, dtype=self.dtype
+        )
         self.coef_, self.intercept_ = self.fit_.coef, self.fit_.intercept
         self.mean_, self.scale_ = self.fit_.mean, self.fit_.scale
         self.direction_ = self.fit_.direction

@@ -45,15 +45,15 @@ def unit_direction(direction: SteeringVector | torch.Tensor | np.ndarray, hook: 
     if isinstance(direction, SteeringVector):
         if hook is None:
             if len(direction.hooks) != 1:
-                raise GeomprobeError(
-                    f"the vector holds {len(direction.hooks)} hooks; pick the direction to ablate with --hook"
-                )
+                raise GeomprobeError(f"the vector holds {len(direction.hooks)} hooks; pick the direction to ablate with --hook")
             hook = direction.hooks[0]
         if hook not in direction.vectors:
             raise GeomprobeError(f"the vector has no direction for {hook}; it has {', '.join(direction.hooks[:4])}")
         vec = direction.vectors[hook].double()
     else:
-        vec = torch.as_tensor(np.asarray(direction) if not isinstance(direction, torch.Tensor) else direction).double().reshape(-1)
+        vec = (
+            torch.as_tensor(np.asarray(direction) if not isinstance(direction, torch.Tensor) else direction).double().reshape(-1)
+        )
     if not torch.isfinite(vec).all():
         raise GeomprobeError("the ablation direction has NaN or inf values; rebuild it")
     norm = vec.norm()

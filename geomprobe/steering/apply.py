@@ -64,8 +64,9 @@ def check_multiplier(multiplier: float) -> float:
     return value
 
 
-def check_multiplier_fits(vector: SteeringVector | torch.Tensor | np.ndarray, multiplier: float,
-                          dtype: str | torch.dtype | None = "float32") -> float:
+def check_multiplier_fits(
+    vector: SteeringVector | torch.Tensor | np.ndarray, multiplier: float, dtype: str | torch.dtype | None = "float32"
+) -> float:
     """Refuse a multiplier whose steered addition overflows ``dtype``.
 
     Norm layers square the residual stream, so ``|multiplier| * ||vector||`` must stay below the
@@ -186,8 +187,10 @@ def steering_site(model: Any, hook: str) -> SteeringSite:
         kind = "attn_out"
     block = model.bridge.blocks[layer]
     component, side = {
-        "resid_pre": (block, "input"), "resid_post": (block, "output"),
-        "attn_out": (block.attn, "output"), "mlp_out": (block.mlp, "output"),
+        "resid_pre": (block, "input"),
+        "resid_post": (block, "output"),
+        "attn_out": (block.attn, "output"),
+        "mlp_out": (block.mlp, "output"),
     }[kind]
     bridge_hook = component.hook_in.name if side == "input" else component.hook_out.name
     return SteeringSite(hook, bridge_hook, component.original_component, side)
@@ -202,11 +205,10 @@ def _adder(vec: torch.Tensor, positions: str, tracker: PositionTracker | None, h
 
     def check(x):
         if x.shape[-1] != width:
-            raise GeomprobeError(
-                f"hook {hook} carries width {x.shape[-1]}, the vector has {width}; steer a residual-stream hook"
-            )
+            raise GeomprobeError(f"hook {hook} carries width {x.shape[-1]}, the vector has {width}; steer a residual-stream hook")
 
     if positions == "all":
+
         def add_all(x, hook=None):
             if x.shape[-1] != width:
                 check(x)
@@ -236,6 +238,7 @@ def _adder(vec: torch.Tensor, positions: str, tracker: PositionTracker | None, h
 def _torch_hook(module: Any, side: str, add):
     """Register ``add`` on the first input or first output tensor of a Hugging Face module."""
     if side == "input":
+
         def pre(mod, args, kwargs):
             if args:
                 return (add(args[0]),) + tuple(args[1:]), kwargs
@@ -276,9 +279,7 @@ def choose_via(model: Any, sites: Sequence[SteeringSite], via: str) -> str:
     if via == "hf":
         missing = [s.hook for s in sites if s.module is None]
         if missing:
-            raise GeomprobeError(
-                f"{missing[0]} has no Hugging Face module to hook; steer it with via='bridge' (or 'auto')"
-            )
+            raise GeomprobeError(f"{missing[0]} has no Hugging Face module to hook; steer it with via='bridge' (or 'auto')")
         if not unbridged_agrees(model):
             raise GeomprobeError(
                 "this model's plain Hugging Face modules do not reproduce the bridge's outputs; use via='bridge'"
@@ -409,9 +410,19 @@ def generate(
         return steer(model, vector, multiplier, hooks, positions, prompt_length=batch.prompt_length, via=via)
 
     done = complete(
-        model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat,
-        stop_ids=None if stop_at_eos else (), do_sample=do_sample, temperature=temperature, seed=seed,
-        use_cache=use_cache, hook_context=hook_context, progress=progress, desc=desc,
+        model,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        chat=chat,
+        stop_ids=None if stop_at_eos else (),
+        do_sample=do_sample,
+        temperature=temperature,
+        seed=seed,
+        use_cache=use_cache,
+        hook_context=hook_context,
+        progress=progress,
+        desc=desc,
         # Sampled runs keep input-order batches, so a seed gives the texts it gave before the engine sorted.
         sort_by_length=not do_sample,
     )
@@ -423,8 +434,11 @@ def generate(
 
 
 def generate_steered(
-    model: Any, vector: SteeringVector | torch.Tensor | np.ndarray, prompts: str | Sequence[str],
-    multiplier: float = 1.0, **kwargs: Any,
+    model: Any,
+    vector: SteeringVector | torch.Tensor | np.ndarray,
+    prompts: str | Sequence[str],
+    multiplier: float = 1.0,
+    **kwargs: Any,
 ) -> list[Generation]:
     """One-shot steered generation: ``generate(model, prompts, vector=vector, multiplier=...)``."""
     return generate(model, prompts, vector=vector, multiplier=multiplier, **kwargs)
@@ -445,6 +459,7 @@ def compare_generations(
 
 def generation_table(rows: Sequence[Generation | Mapping[str, Any]], width: int = 80) -> str:
     """A Markdown table of sample generations (one row per prompt and multiplier)."""
+
     def cell(text: str) -> str:
         text = " ".join(str(text).split()).replace("|", "\\|")
         return text if len(text) <= width else text[: width - 1] + "…"

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,147 +31,15 @@ import numpy as np
 
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.stats import check_settings, index_matrix, percentile_interval
+from geomprobe.steering.depth_results import DepthResult, KLProfile, PrefillCurve, PrefillPoint, ShareAt
 from geomprobe.steering.judge import judge_completions
 
 DEFAULT_KS: tuple[int, ...] = (0, 1, 2, 5, 10, 20)
 SHARE_KS: tuple[int, ...] = (1, 2, 5, 10)
 
 
-def _doc(text: str, *, internal: bool = False) -> Any:
-    """A field with its meaning in ``metadata["doc"]`` (the audit's schema reads it, see audit/spec.py);
-    an ``internal`` one (kept for plots and tests, not written to metrics.json) defaults to None."""
-    if internal:
-        return field(default=None, repr=False, compare=False, metadata={"doc": text, "internal": True})
-    return field(metadata={"doc": text})
-
-
-def _plain(value: Any) -> Any:
-    """Dataclasses to dicts (internal fields left out), numbers to floats or None when not finite."""
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value) if not f.metadata.get("internal")}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def _finite(value: Any) -> float | None:
     return float(value) if value is not None and np.isfinite(value) else None
-
-
-# -- results ---------------------------------------------------------------------------------------
-@dataclass
-class ShareAt:
-    k: int = _doc("first k response tokens")
-    share: float | None = _doc("fraction of the total KL (summed over prompts and positions) in positions 1..k")
-    ci_low: float | None = _doc("bootstrap interval over prompts, low")
-    ci_high: float | None = _doc("high")
-
-
-@dataclass
-class KLProfile:
-    """KL(B || A) along one kind of response, position by position."""
-
-    responses: str = _doc("which responses were teacher-forced: aligned_replies (B's own) or base_answers (A's)")
-    n_prompts: int = _doc("prompts (responses) in the profile")
-    mean: list[float | None] = _doc("mean KL(B ‖ A) in nats at response positions 1, 2, ... over the prompts that reach it")
-    ci_low: list[float | None] = _doc("bootstrap interval of the mean per position, low")
-    ci_high: list[float | None] = _doc("high")
-    n_at: list[int] = _doc("prompts whose response reaches each position")
-    total_mean: float | None = _doc("mean over prompts of the KL summed along the response")
-    share_first: list[ShareAt] = _doc("share of the total KL in the first k tokens, k = 1, 2, 5, 10")
-    half_kl_tokens: int | None = _doc("smallest k whose first k tokens hold half the total KL (null: no KL)")
-    half_ci_low: int | None = _doc("bootstrap interval of half_kl_tokens, low")
-    half_ci_high: int | None = _doc("high")
-    per_prompt: list[list[float]] = _doc("KL per position, per prompt", internal=True)
-
-    def share(self, k: int) -> float | None:
-        return next((s.share for s in self.share_first if s.k == k), None)
-
-
-@dataclass
-class PrefillPoint:
-    k: int = _doc("answer tokens prefilled into B's reply")
-    rate: float = _doc("judge's refusal rate of B's continuation")
-    ci_low: float = _doc("bootstrap interval over prompts, low")
-    ci_high: float = _doc("high")
-    n: int = _doc("prompts judged")
-    n_refused: int = _doc("continuations judged refusals")
-    n_clamped: int = _doc("answers shorter than k, prefilled whole (0 unless clamping was asked for)")
-    prefills: list[list[int]] = _doc("prefilled token ids per prompt", internal=True)
-    continuation_ids: list[list[int]] = _doc("B's continuation token ids per prompt", internal=True)
-    continuations: list[str] = _doc("B's continuations", internal=True)
-    flags: list[bool] = _doc("per prompt, whether the judge read the continuation as a refusal", internal=True)
-
-
-@dataclass
-class PrefillCurve:
-    points: list[PrefillPoint] = _doc("one record per prefill length k, in increasing k")
-    auc: float | None = _doc("area under refusal rate vs k over [min k, max k] divided by the range (the rate if one k)")
-    auc_ci_low: float | None = _doc("bootstrap interval of auc, low")
-    auc_ci_high: float | None = _doc("high")
-
-
-@dataclass
-class DepthResult:
-    """Alignment depth of B (aligned) against A (base): KL profiles, prefill curve and the summary numbers."""
-
-    base_id: str = _doc("base checkpoint A")
-    aligned_id: str = _doc("aligned checkpoint B")
-    n_prompts: int = _doc("harmful prompts given")
-    n_used: int = _doc("prompts whose base answer the judge did not flag (used for base_answers and prefill)")
-    base_refusal_rate: float = _doc("judge's refusal rate of A's answers")
-    aligned_refusal_rate: float = _doc("judge's refusal rate of B's own replies")
-    max_tokens: int = _doc("tokens generated per response and per continuation")
-    ks: list[int] = _doc("prefill lengths")
-    n_bootstrap: int = _doc("bootstrap replicates (prompts resampled)")
-    ci_level: float = _doc("interval level")
-    seed: int = _doc("bootstrap seed")
-    dtype: str = _doc("dtype of the forward passes")
-    aligned_replies: KLProfile = _doc("KL(B ‖ A) teacher-forced on B's own greedy replies")
-    base_answers: KLProfile = _doc("KL(B ‖ A) teacher-forced on A's greedy answers")
-    prefill: PrefillCurve = _doc("the prefilling attack: refusal rate of B's continuation after k answer tokens")
-    half_kl_tokens: int | None = _doc("depth summary: aligned_replies.half_kl_tokens")
-    prefill_auc: float | None = _doc("depth summary: prefill.auc")
-    prompts: list[str] = _doc("the prompts", internal=True)
-    aligned_texts: list[str] = _doc("B's replies", internal=True)
-    base_texts: list[str] = _doc("A's answers", internal=True)
-
-    def to_dict(self, include_text: bool = False) -> dict[str, Any]:
-        """JSON-ready fields; prompts, responses and continuations only with ``include_text``."""
-        out = _plain(self)
-        if include_text:
-            out["texts"] = {"prompts": self.prompts, "aligned_replies": self.aligned_texts, "base_answers": self.base_texts,
-                            "continuations": {str(p.k): p.continuations for p in self.prefill.points}}
-        return out
-
-    def save(self, path: str | Path, include_text: bool = True) -> Path:
-        from geomprobe.core.io import write_json
-
-        return write_json(path, self.to_dict(include_text))
-
-    def table(self) -> str:
-        """A short text table: the shares of the KL profiles and the prefill curve."""
-        def pct(v: float | None) -> str:
-            return "   n/a" if v is None else f"{v:6.1%}"
-
-        lines = [f"{'KL share in first k':22s}" + "".join(f"{'k=' + str(s.k):>8s}" for s in self.aligned_replies.share_first)
-                 + f"{'half@':>8s}{'total':>9s}"]
-        for prof in (self.aligned_replies, self.base_answers):
-            lines.append(f"{prof.responses:22s}" + "".join(f"{pct(s.share):>8s}" for s in prof.share_first)
-                         + f"{'n/a' if prof.half_kl_tokens is None else prof.half_kl_tokens:>8}"
-                         + (f"{prof.total_mean:9.3f}" if prof.total_mean is not None else f"{'n/a':>9s}"))
-        lines.append(f"{'prefill k':>10s} {'refused':>8s} {'interval':>16s} {'n':>4s}")
-        for p in self.prefill.points:
-            lines.append(f"{p.k:10d} {pct(p.rate):>8s} {pct(p.ci_low) + '-' + pct(p.ci_high).strip():>16s} {p.n:4d}")
-        auc = self.prefill
-        lines.append(f"prefill AUC {'n/a' if auc.auc is None else f'{auc.auc:.3f}'} "
-                     f"[{'n/a' if auc.auc_ci_low is None else f'{auc.auc_ci_low:.3f}'}, "
-                     f"{'n/a' if auc.auc_ci_high is None else f'{auc.auc_ci_high:.3f}'}]")
-        return "\n".join(lines)
 
 
 # -- checks ----------------------------------------------------------------------------------------
@@ -187,8 +54,10 @@ def check_ks(ks: Sequence[int], max_tokens: int | None = None, *, generated: boo
     if max_tokens is not None and max_tokens < 1:
         raise GeomprobeError(f"max_tokens must be >= 1; got {max_tokens}")
     if generated and max_tokens is not None and out[-1] > max_tokens:
-        raise GeomprobeError(f"k={out[-1]} is longer than the base model's answers (at most --max-tokens {max_tokens} "
-                             "tokens); pass smaller --ks or a larger --max-tokens")
+        raise GeomprobeError(
+            f"k={out[-1]} is longer than the base model's answers (at most --max-tokens {max_tokens} "
+            "tokens); pass smaller --ks or a larger --max-tokens"
+        )
     return out
 
 
@@ -212,21 +81,31 @@ def check_pair_configs(base: Any, aligned: Any) -> None:
 
 def _compare_shapes(type_a: Any, type_b: Any, vocab_a: Any, vocab_b: Any) -> None:
     if type_a != type_b:
-        raise GeomprobeError(f"the base model is a {type_a} and the aligned one a {type_b}; alignment depth compares two "
-                             "checkpoints of one architecture and tokenizer")
+        raise GeomprobeError(
+            f"the base model is a {type_a} and the aligned one a {type_b}; alignment depth compares two "
+            "checkpoints of one architecture and tokenizer"
+        )
     if vocab_a != vocab_b:
-        raise GeomprobeError(f"the base model's vocabulary has {vocab_a} tokens and the aligned one's {vocab_b}; "
-                             "alignment depth compares two checkpoints of one architecture and tokenizer")
+        raise GeomprobeError(
+            f"the base model's vocabulary has {vocab_a} tokens and the aligned one's {vocab_b}; "
+            "alignment depth compares two checkpoints of one architecture and tokenizer"
+        )
 
 
 def check_pair(base: Any, aligned: Any) -> None:
     """Refuse two loaded models of different architectures, vocabulary sizes or tokenizers (one line)."""
     a, b = base.hf_model.config, aligned.hf_model.config
-    _compare_shapes(getattr(a, "model_type", None), getattr(b, "model_type", None),
-                    getattr(a, "vocab_size", None), getattr(b, "vocab_size", None))
+    _compare_shapes(
+        getattr(a, "model_type", None),
+        getattr(b, "model_type", None),
+        getattr(a, "vocab_size", None),
+        getattr(b, "vocab_size", None),
+    )
     if base.tokenizer.get_vocab() != aligned.tokenizer.get_vocab():
-        raise GeomprobeError("the base and aligned tokenizers map tokens to different ids; alignment depth compares two "
-                             "checkpoints of one architecture and tokenizer")
+        raise GeomprobeError(
+            "the base and aligned tokenizers map tokens to different ids; alignment depth compares two "
+            "checkpoints of one architecture and tokenizer"
+        )
 
 
 def harmful_prompts(prompt_set: Any, limit: int | None = None) -> list[str]:
@@ -250,8 +129,9 @@ def prompt_token_ids(model: Any, prompts: Sequence[str], chat: bool = True) -> l
     return [list(ids) for ids in tok(render_prompts(tok, prompts, chat), add_special_tokens=special)["input_ids"]]
 
 
-def per_position_kl(base: Any, aligned: Any, prompts: Sequence[str], responses: Sequence[Sequence[int]], *,
-                    batch_size: int = 8, chat: bool = True) -> list[np.ndarray]:
+def per_position_kl(
+    base: Any, aligned: Any, prompts: Sequence[str], responses: Sequence[Sequence[int]], *, batch_size: int = 8, chat: bool = True
+) -> list[np.ndarray]:
     """KL(B || A) at each response position, teacher-forced: one float64 array per prompt.
 
     Rows are prompt ids + response ids, right-padded (causal attention: the pads after a row never
@@ -301,8 +181,15 @@ def _half_position(cumulative: np.ndarray) -> int | None:
     return int(np.argmax(cumulative >= 0.5 - 1e-12)) + 1
 
 
-def kl_profile(per_prompt: Sequence[np.ndarray], responses: str, *, share_ks: Sequence[int] = SHARE_KS,
-               n_bootstrap: int = 1000, level: float = 0.95, seed: int = 0) -> KLProfile:
+def kl_profile(
+    per_prompt: Sequence[np.ndarray],
+    responses: str,
+    *,
+    share_ks: Sequence[int] = SHARE_KS,
+    n_bootstrap: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> KLProfile:
     """Profile, shares and half-KL position from per-prompt KL arrays, with bootstrap intervals over prompts."""
     check_settings(n_bootstrap, level)
     n = len(per_prompt)
@@ -331,19 +218,38 @@ def kl_profile(per_prompt: Sequence[np.ndarray], responses: str, *, share_ks: Se
         shares.append(ShareAt(int(k), float(cum[col]), _finite(low), _finite(high)))
     half = _half_position(cum)
     halves = [h for h in (_half_position(row) for row in rep_cum) if h is not None]
-    h_low, h_high = (percentile_interval(np.array(halves, float), level) if halves and half is not None else (None, None))
+    h_low, h_high = percentile_interval(np.array(halves, float), level) if halves and half is not None else (None, None)
     return KLProfile(
-        responses, n, [_finite(m) for m in sums / np.maximum(at, 1)], [_finite(lo) for lo, _ in intervals],
-        [_finite(hi) for _, hi in intervals], [int(c) for c in at], _finite(sums.sum() / n), shares, half,
-        None if h_low is None else int(np.floor(h_low)), None if h_high is None else int(np.ceil(h_high)),
+        responses,
+        n,
+        [_finite(m) for m in sums / np.maximum(at, 1)],
+        [_finite(lo) for lo, _ in intervals],
+        [_finite(hi) for _, hi in intervals],
+        [int(c) for c in at],
+        _finite(sums.sum() / n),
+        shares,
+        half,
+        None if h_low is None else int(np.floor(h_low)),
+        None if h_high is None else int(np.ceil(h_high)),
         [[float(v) for v in kl] for kl in per_prompt],
     )
 
 
 # -- the prefilling attack ---------------------------------------------------------------------------
-def prefill_attack(aligned: Any, prompts: Sequence[str], answers: Sequence[Sequence[int]], ks: Sequence[int], *,
-                   max_tokens: int = 48, clamp: bool = False, batch_size: int = 8, n_bootstrap: int = 1000,
-                   level: float = 0.95, seed: int = 0, chat: bool = True) -> PrefillCurve:
+def prefill_attack(
+    aligned: Any,
+    prompts: Sequence[str],
+    answers: Sequence[Sequence[int]],
+    ks: Sequence[int],
+    *,
+    max_tokens: int = 48,
+    clamp: bool = False,
+    batch_size: int = 8,
+    n_bootstrap: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    chat: bool = True,
+) -> PrefillCurve:
     """Force the first k answer tokens into B's reply, let B continue greedily and judge the continuation.
 
     An answer shorter than k is an error, or with ``clamp`` is prefilled whole (counted in ``n_clamped``).
@@ -355,14 +261,30 @@ def prefill_attack(aligned: Any, prompts: Sequence[str], answers: Sequence[Seque
     for k in ks:
         short = [i for i, ans in enumerate(answers) if len(ans) < k]
         if short and not clamp:
-            raise GeomprobeError(f"k={k} is longer than the base answer to prompt {short[0] + 1} ({len(answers[short[0]])} "
-                                 "tokens); pass smaller --ks or a larger --max-tokens")
+            raise GeomprobeError(
+                f"k={k} is longer than the base answer to prompt {short[0] + 1} ({len(answers[short[0]])} "
+                "tokens); pass smaller --ks or a larger --max-tokens"
+            )
         prefills = [[int(t) for t in ans[:k]] for ans in answers]
         comp = complete(aligned, prompts, max_new_tokens=max_tokens, batch_size=batch_size, chat=chat, prefill_ids=prefills)
-        judged = judge_completions(comp.texts, prompts=prompts, max_new_tokens=max_tokens, n_bootstrap=n_bootstrap,
-                                   ci_level=level, seed=seed)
-        points.append(PrefillPoint(k, judged.rate, judged.ci[0], judged.ci[1], judged.n, judged.n_refused, len(short),
-                                   prefills, comp.token_ids, comp.texts, judged.flags))
+        judged = judge_completions(
+            comp.texts, prompts=prompts, max_new_tokens=max_tokens, n_bootstrap=n_bootstrap, ci_level=level, seed=seed
+        )
+        points.append(
+            PrefillPoint(
+                k,
+                judged.rate,
+                judged.ci[0],
+                judged.ci[1],
+                judged.n,
+                judged.n_refused,
+                len(short),
+                prefills,
+                comp.token_ids,
+                comp.texts,
+                judged.flags,
+            )
+        )
     auc, low, high = prefill_auc(ks, np.array([p.flags for p in points]).T, n_bootstrap=n_bootstrap, level=level, seed=seed)
     return PrefillCurve(points, auc, low, high)
 
@@ -373,8 +295,9 @@ def _auc(ks: Sequence[int], rates: np.ndarray) -> float:
     return float(np.trapezoid(rates, ks) / (ks[-1] - ks[0]))
 
 
-def prefill_auc(ks: Sequence[int], flags: Any, *, n_bootstrap: int = 1000, level: float = 0.95,
-                seed: int = 0) -> tuple[float, float, float]:
+def prefill_auc(
+    ks: Sequence[int], flags: Any, *, n_bootstrap: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """Area under the refusal-rate curve over ``ks`` (trapezoids) divided by the k range, and its
     percentile-bootstrap interval; ``flags`` is ``(prompts, len(ks))`` refusal flags, prompts resampled."""
     flags = np.asarray(flags, dtype=np.float64)
@@ -437,21 +360,41 @@ def alignment_depth(
     if not used and compliant_only == "if-any":
         used = list(range(len(prompts)))
     if not used:
-        raise GeomprobeError("the base model refused every prompt, so there is no harmful answer to prefill; pass a base "
-                             "that complies, harmful answers (answers=...), or compliant_only=False")
+        raise GeomprobeError(
+            "the base model refused every prompt, so there is no harmful answer to prefill; pass a base "
+            "that complies, harmful answers (answers=...), or compliant_only=False"
+        )
     boot: dict[str, Any] = dict(n_bootstrap=n_bootstrap, level=ci_level, seed=seed)
-    profile_b = kl_profile(per_position_kl(a, b, prompts, replies.token_ids, batch_size=batch_size), "aligned_replies",
-                           share_ks=share_ks, **boot)
+    profile_b = kl_profile(
+        per_position_kl(a, b, prompts, replies.token_ids, batch_size=batch_size), "aligned_replies", share_ks=share_ks, **boot
+    )
     used_prompts, used_answers = [prompts[i] for i in used], [answer_ids[i] for i in used]
-    profile_a = kl_profile(per_position_kl(a, b, used_prompts, used_answers, batch_size=batch_size), "base_answers",
-                           share_ks=share_ks, **boot)
-    curve = prefill_attack(b, used_prompts, used_answers, ks, max_tokens=max_tokens, clamp=clamp, batch_size=batch_size,
-                           **boot)
+    profile_a = kl_profile(
+        per_position_kl(a, b, used_prompts, used_answers, batch_size=batch_size), "base_answers", share_ks=share_ks, **boot
+    )
+    curve = prefill_attack(b, used_prompts, used_answers, ks, max_tokens=max_tokens, clamp=clamp, batch_size=batch_size, **boot)
     dtype = str(next(iter(b.hf_model.parameters())).dtype).removeprefix("torch.")
     return DepthResult(
-        _model_id(base), _model_id(aligned), len(prompts), len(used), base_judged.rate, aligned_judged.rate, max_tokens,
-        ks, n_bootstrap, ci_level, seed, dtype, profile_b, profile_a, curve, profile_b.half_kl_tokens, curve.auc,
-        prompts, replies.texts, answer_texts,
+        _model_id(base),
+        _model_id(aligned),
+        len(prompts),
+        len(used),
+        base_judged.rate,
+        aligned_judged.rate,
+        max_tokens,
+        ks,
+        n_bootstrap,
+        ci_level,
+        seed,
+        dtype,
+        profile_b,
+        profile_a,
+        curve,
+        profile_b.half_kl_tokens,
+        curve.auc,
+        prompts,
+        replies.texts,
+        answer_texts,
     )
 
 

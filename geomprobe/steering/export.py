@@ -67,7 +67,9 @@ def vector_hooks(vector: SteeringVector, specs: str | list[str] | None) -> list[
             try:
                 names = resolve_hooks([spec], n_layers)
             except GeomprobeError as exc:
-                raise GeomprobeError(f"cannot select {spec!r} from the vector's hooks ({', '.join(vector.hooks[:4])}): {exc}") from None
+                raise GeomprobeError(
+                    f"cannot select {spec!r} from the vector's hooks ({', '.join(vector.hooks[:4])}): {exc}"
+                ) from None
         missing = [h for h in names if h not in vector.vectors]
         if missing:
             raise GeomprobeError(f"the vector has no direction for {missing[0]}; it has {', '.join(vector.hooks[:4])}")

@@ -48,8 +48,9 @@ def user_prompts(spec: str) -> list[tuple[str, str]]:
     return rows
 
 
-def split_by_label(rows: Sequence[tuple[str, str]], positive_label: str | None = None,
-                   harmless: Sequence[str] | None = None) -> ValidationPrompts:
+def split_by_label(
+    rows: Sequence[tuple[str, str]], positive_label: str | None = None, harmless: Sequence[str] | None = None
+) -> ValidationPrompts:
     """The positive label's texts to score, every other label's for the KL check (or ``harmless``)."""
     labels = sorted({label for _, label in rows if label})
     if labels:

@@ -56,8 +56,9 @@ def canonical_metric(metric: str) -> str:
         import warnings
 
         new = RENAMED_METRICS[metric]
-        warnings.warn(f"metric {metric!r} is now called {new!r} (the next-token refusal log-odds)", DeprecationWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"metric {metric!r} is now called {new!r} (the next-token refusal log-odds)", DeprecationWarning, stacklevel=3
+        )
         return new
     if metric not in METRICS:
         raise GeomprobeError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
@@ -102,7 +103,11 @@ def kl_divergence(base_logprobs: torch.Tensor, other_logprobs: torch.Tensor) -> 
 
 
 def next_token_logprobs(
-    model: Any, texts: Sequence[str], *, batch_size: int = 8, rendered_chat: bool = True,
+    model: Any,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 8,
+    rendered_chat: bool = True,
     capture: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(N, V)`` float64 log-probabilities of the next token after each text (last position),
@@ -201,7 +206,11 @@ class SearchResult:
 
 
 def _metric_fn(
-    model: Any, metric: str, *, refusal_tokens: Sequence[int] | None, answer_tokens: Sequence[str | int] | None,
+    model: Any,
+    metric: str,
+    *,
+    refusal_tokens: Sequence[int] | None,
+    answer_tokens: Sequence[str | int] | None,
     probe: tuple[str, np.ndarray, float] | None,
 ) -> tuple[Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], str | None, dict[str, Any]]:
     if metric == "refusal-log-odds":
@@ -226,9 +235,14 @@ def _metric_fn(
 
 
 def check_search_settings(
-    metric: str, mode: str = "add", *, answer_tokens: Sequence[str | int] | None = None,
-    probe: tuple[str, np.ndarray, float] | None = None, vector: SteeringVector | None = None,
-    multipliers: Sequence[float] = (), dtype: str | torch.dtype | None = "float32",
+    metric: str,
+    mode: str = "add",
+    *,
+    answer_tokens: Sequence[str | int] | None = None,
+    probe: tuple[str, np.ndarray, float] | None = None,
+    vector: SteeringVector | None = None,
+    multipliers: Sequence[float] = (),
+    dtype: str | torch.dtype | None = "float32",
 ) -> None:
     """Every check of a layer search that needs no model: run it before the model loads."""
     if mode not in ("add", "ablate"):
@@ -243,8 +257,10 @@ def check_search_settings(
             raise GeomprobeError("metric probe needs a probe (--probe PROBE_DIR)")
         width = np.asarray(probe[1]).size
         if vector is not None and width != vector.d_model:
-            raise GeomprobeError(f"probe width {width} does not match the steering vector's d_model {vector.d_model}; "
-                                 "use a probe and a vector from the same model")
+            raise GeomprobeError(
+                f"probe width {width} does not match the steering vector's d_model {vector.d_model}; "
+                "use a probe and a vector from the same model"
+            )
     for m in multipliers:
         check_multiplier(m) if vector is None else check_multiplier_fits(vector, m, dtype)
 
@@ -271,8 +287,9 @@ def search_layers(
     if not prompts:
         raise GeomprobeError("the layer search needs validation prompts; none given")
     metric = canonical_metric(metric)
-    check_search_settings(metric, mode, answer_tokens=answer_tokens, probe=probe, vector=vector, multipliers=multipliers,
-                          dtype=model.dtype)
+    check_search_settings(
+        metric, mode, answer_tokens=answer_tokens, probe=probe, vector=vector, multipliers=multipliers, dtype=model.dtype
+    )
     if vector.d_model != model.d_model:
         raise GeomprobeError(
             f"steering vector width {vector.d_model} does not match the model's d_model {model.d_model}; "
@@ -303,10 +320,18 @@ def search_layers(
         kl = kl_divergence(base_harmless, h) if h is not None and base_harmless is not None else None
         records.append(
             SearchRecord(
-                hook, hook_layer(hook), mult, mode, metric, float(s.mean()),
-                float(s.std(unbiased=False)), float(s.mean()) - baseline,
-                None if kl is None else float(kl.mean()), None if kl is None else float(kl.max()),
-                len(texts), len(harmless),
+                hook,
+                hook_layer(hook),
+                mult,
+                mode,
+                metric,
+                float(s.mean()),
+                float(s.std(unbiased=False)),
+                float(s.mean()) - baseline,
+                None if kl is None else float(kl.mean()),
+                None if kl is None else float(kl.max()),
+                len(texts),
+                len(harmless),
             )
         )
 
@@ -388,19 +413,28 @@ def screen_arrays(
         cos = float(np.mean((diffs @ unit) / np.where(dn > 0, dn, 1.0)))
         sign = float(np.mean(diffs @ unit > 0))
     pa, pb = X[positive] @ unit, X[negative] @ unit
-    pooled_var = ((len(pa) - 1) * pa.var(ddof=1 if len(pa) > 1 else 0) + (len(pb) - 1) * pb.var(ddof=1 if len(pb) > 1 else 0)) / max(
-        len(pa) + len(pb) - 2, 1
-    )
+    pooled_var = (
+        (len(pa) - 1) * pa.var(ddof=1 if len(pa) > 1 else 0) + (len(pb) - 1) * pb.var(ddof=1 if len(pb) > 1 else 0)
+    ) / max(len(pa) + len(pb) - 2, 1)
     d = float((pa.mean() - pb.mean()) / math.sqrt(pooled_var)) if pooled_var > 0 else float("inf")
     return {
-        "n_positive": int(positive.sum()), "n_negative": int(negative.sum()), "n_pairs": int(len(diffs)),
-        "mean_cosine": cos, "sign_agreement": sign, "cohens_d": d, "js_bits": js_divergence_1d(pa, pb, bins),
+        "n_positive": int(positive.sum()),
+        "n_negative": int(negative.sum()),
+        "n_pairs": int(len(diffs)),
+        "mean_cosine": cos,
+        "sign_agreement": sign,
+        "cohens_d": d,
+        "js_bits": js_divergence_1d(pa, pb, bins),
     }
 
 
 def screen_cache(
-    path: str, *, hooks: str | Sequence[str] | None = None, pooling: str = "last",
-    positive_label: str | None = None, bins: int = 32,
+    path: str,
+    *,
+    hooks: str | Sequence[str] | None = None,
+    pooling: str = "last",
+    positive_label: str | None = None,
+    bins: int = 32,
 ) -> list[ScreenRecord]:
     """Per-hook geometric screen of a cache file (no model needed)."""
     from geomprobe.activations.store import open_cache
@@ -412,7 +446,9 @@ def screen_cache(
         labels, label_names, pair_ids = cache.labels, cache.label_names, cache.pair_ids
         positive, negative, _ = class_masks(labels, label_names, positive_label)
         if positive.sum() < 2 or negative.sum() < 2:
-            raise GeomprobeError(f"the screen needs at least 2 rows per class; got {int(positive.sum())} and {int(negative.sum())}")
+            raise GeomprobeError(
+                f"the screen needs at least 2 rows per class; got {int(positive.sum())} and {int(negative.sum())}"
+            )
         pairs = pair_ids if (pair_ids >= 0).any() else None
         out = []
         for hook in names:

@@ -38,8 +38,11 @@ from geomprobe.core.errors import GeomprobeError
 BEHAVIOUR = "behaviour"
 ONLY_CANDIDATE = "only candidate"
 SCORE_NAMES = {"refusal-log-odds": "next-token log-odds", "logit-diff": "next-token logit difference", "probe": "probe score"}
-METRIC_PHRASES = {"refusal-log-odds": "next-token refusal log-odds", "logit-diff": "next-token logit difference",
-                  "probe": "probe score"}
+METRIC_PHRASES = {
+    "refusal-log-odds": "next-token refusal log-odds",
+    "logit-diff": "next-token logit difference",
+    "probe": "probe score",
+}
 
 
 @dataclass(frozen=True)
@@ -134,9 +137,15 @@ class LayerSelection:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "hook": self.hook, "layer": self.layer, "multiplier": self.multiplier, "selection": self.selection,
-            "selected_by": self.selected_by, "shortlist": self.shortlist, "below_depth_limit": self.below_depth_limit,
-            "within_kl": self.chosen.within_kl, "rule": asdict(self.rule),
+            "hook": self.hook,
+            "layer": self.layer,
+            "multiplier": self.multiplier,
+            "selection": self.selection,
+            "selected_by": self.selected_by,
+            "shortlist": self.shortlist,
+            "below_depth_limit": self.below_depth_limit,
+            "within_kl": self.chosen.within_kl,
+            "rule": asdict(self.rule),
             "candidates": [{**asdict(c.row), **{k: v for k, v in asdict(c).items() if k != "row"}} for c in self.candidates],
         }
 
@@ -151,8 +160,7 @@ class _Words:
     prompt_kind: str = ""
 
 
-def candidate_layers(layers: Sequence[int], n_layers: int, max_layer_fraction: float,
-                     max_count: int | None = None) -> list[int]:
+def candidate_layers(layers: Sequence[int], n_layers: int, max_layer_fraction: float, max_count: int | None = None) -> list[int]:
     """Layers below ``max_layer_fraction`` of the depth (the shallowest one if none is); at most
     ``max_count`` of them, evenly spaced, because screening each one costs a forward pass per prompt."""
     import numpy as np
@@ -223,8 +231,11 @@ def select_setting(
     selected_by = _selected_by(rule, words, selection, bool(within), len(shortlist), judge is not None)
     if len({(c.row.hook, c.row.multiplier) for c in cands}) == 1:
         selection = ONLY_CANDIDATE
-        selected_by = (f"the only candidate layer below {rule.max_layer_fraction:.0%} of depth" if below else
-                       f"the shallowest screened layer (none is below {rule.max_layer_fraction:.0%} of depth)")
+        selected_by = (
+            f"the only candidate layer below {rule.max_layer_fraction:.0%} of depth"
+            if below
+            else f"the shallowest screened layer (none is below {rule.max_layer_fraction:.0%} of depth)"
+        )
     return LayerSelection(best, selection, selected_by, "within-kl" if within else "least-kl", below, cands, rule)
 
 
@@ -233,8 +244,11 @@ def _selected_by(rule: LayerRule, words: _Words, selection: str, any_within: boo
     unit = "layer(s)" if words.mode == "ablate" else "setting(s)"
     how = "with the direction ablated" if words.mode == "ablate" else "with the vector added"
     phrase = METRIC_PHRASES.get(words.metric, words.metric)
-    among = (f"the {n_short} {unit} of strongest {phrase} {change} within the KL limit" if any_within else
-             f"the {n_short} {unit} of smallest KL on harmless prompts (none within the KL limit)")
+    among = (
+        f"the {n_short} {unit} of strongest {phrase} {change} within the KL limit"
+        if any_within
+        else f"the {n_short} {unit} of smallest KL on harmless prompts (none within the KL limit)"
+    )
     kind = f" {words.prompt_kind}" if words.prompt_kind else ""
     prompts = f"{words.n_prompts} held-out{kind}" if words.n_prompts is not None else f"the{kind}"
     if selection == BEHAVIOUR:
@@ -242,13 +256,22 @@ def _selected_by(rule: LayerRule, words: _Words, selection: str, any_within: boo
     text = f"largest {change} in {phrase} {how}, among {among}"
     if had_judge:
         bound = "all" if rule.maximize else "none"
-        text += (f" (the unsteered model refused {bound} of the judged prompts, so no refusal rate can {change})")
+        text += f" (the unsteered model refused {bound} of the judged prompts, so no refusal rate can {change})"
     return text
 
 
 def judged_choice(
-    model: Any, vector: Any, result: Any, prompts: Sequence[str], harmless: Sequence[str], rule: LayerRule, *,
-    judge_tokens: int = 40, batch_size: int = 8, seed: int = 0, positions: str = "all",
+    model: Any,
+    vector: Any,
+    result: Any,
+    prompts: Sequence[str],
+    harmless: Sequence[str],
+    rule: LayerRule,
+    *,
+    judge_tokens: int = 40,
+    batch_size: int = 8,
+    seed: int = 0,
+    positions: str = "all",
 ) -> tuple[LayerSelection, dict[str, Any] | None]:
     """The rule applied to a :class:`~geomprobe.steering.search.SearchResult` on ``model``.
 
@@ -267,8 +290,18 @@ def judged_choice(
         return select_setting(rows, rule, n_layers=result.n_layers, mode=mode, metric=result.metric), None
     if result.metric != "refusal-log-odds":
         chosen = select_setting(rows, rule, n_layers=result.n_layers, mode=mode, metric=result.metric)
-        return chosen, judge_setting(model, vector, chosen.hook, chosen.multiplier, prompts, harmless,
-                                     max_new_tokens=judge_tokens, positions=positions, batch_size=batch_size, seed=seed)
+        return chosen, judge_setting(
+            model,
+            vector,
+            chosen.hook,
+            chosen.multiplier,
+            prompts,
+            harmless,
+            max_new_tokens=judge_tokens,
+            positions=positions,
+            batch_size=batch_size,
+            seed=seed,
+        )
     kwargs: dict[str, Any] = dict(max_new_tokens=judge_tokens, batch_size=batch_size, seed=seed)
     sets = {"prompts": list(prompts), "harmless": list(harmless)}
 
@@ -279,8 +312,9 @@ def judged_choice(
         if row.multiplier is None:
             with ablate(model, direction):
                 return judge_refusals(model, texts, **kwargs)
-        return judge_refusals(model, texts, vector=direction, multiplier=row.multiplier, hooks=[row.hook],
-                              positions=positions, **kwargs)
+        return judge_refusals(
+            model, texts, vector=direction, multiplier=row.multiplier, hooks=[row.hook], positions=positions, **kwargs
+        )
 
     unsteered = {name: run(texts, None) for name, texts in sets.items() if texts}
     steered: dict[tuple[str, float | None], Any] = {}
@@ -289,13 +323,25 @@ def judged_choice(
         steered[(row.hook, row.multiplier)] = run(sets["prompts"], row)
         return float(steered[(row.hook, row.multiplier)].rate)
 
-    chosen = select_setting(rows, rule, n_layers=result.n_layers, judge=judge, unsteered_rate=unsteered["prompts"].rate,
-                            mode=mode, metric=result.metric, n_judged_prompts=len(prompts))
+    chosen = select_setting(
+        rows,
+        rule,
+        n_layers=result.n_layers,
+        judge=judge,
+        unsteered_rate=unsteered["prompts"].rate,
+        mode=mode,
+        metric=result.metric,
+        n_judged_prompts=len(prompts),
+    )
     key = (chosen.hook, chosen.multiplier)
     on_prompts = steered.get(key) or run(sets["prompts"], chosen.chosen.row)
-    record: dict[str, Any] = {"hook": chosen.hook, "multiplier": chosen.multiplier, "max_new_tokens": judge_tokens,
-                              "unsteered": {name: j.to_dict() for name, j in unsteered.items()},
-                              "steered": {"prompts": on_prompts.to_dict()}}
+    record: dict[str, Any] = {
+        "hook": chosen.hook,
+        "multiplier": chosen.multiplier,
+        "max_new_tokens": judge_tokens,
+        "unsteered": {name: j.to_dict() for name, j in unsteered.items()},
+        "steered": {"prompts": on_prompts.to_dict()},
+    }
     if sets["harmless"]:
         record["steered"]["harmless"] = run(sets["harmless"], chosen.chosen.row).to_dict()
     return chosen, record

@@ -53,6 +53,8 @@ RENAMED_METHODS = RENAMED["steering"]
 VECTOR_FILE = "vector.safetensors"
 SIDECAR_FILE = "vector.json"
 _REBUILD = "rebuild the vector with geomprobe steer build"
+
+
 def _safe_layer(hook: str) -> int:
     try:
         return hook_layer(hook)
@@ -126,8 +128,12 @@ class SteeringVector:
     def select(self, hooks: Sequence[str]) -> SteeringVector:
         """A copy holding only ``hooks``."""
         return SteeringVector(
-            {h: self.vector_for(h) for h in hooks}, self.method, self.pooling, self.model_id,
-            self.d_model, metadata=dict(self.metadata),
+            {h: self.vector_for(h) for h in hooks},
+            self.method,
+            self.pooling,
+            self.model_id,
+            self.d_model,
+            metadata=dict(self.metadata),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -177,7 +183,9 @@ class SteeringVector:
         metadata = fields.optional("metadata", fields.mapping) or {}
         tensors = read_safetensors(vec_path, _REBUILD, framework="pt")
         if sorted(hooks) != sorted(tensors):
-            raise GeomprobeError(f"{vec_path} holds hooks {sorted(tensors)} but {SIDECAR_FILE} lists {hooks}; the pair is inconsistent")
+            raise GeomprobeError(
+                f"{vec_path} holds hooks {sorted(tensors)} but {SIDECAR_FILE} lists {hooks}; the pair is inconsistent"
+            )
         for hook, tensor in tensors.items():
             if tensor.ndim != 1 or tensor.numel() != d_model or not tensor.dtype.is_floating_point:
                 raise GeomprobeError(
@@ -237,9 +245,7 @@ def class_masks(
     return positive, negative, choice.names[1]
 
 
-def paired_differences(
-    X: np.ndarray, positive: np.ndarray, negative: np.ndarray, pair_ids: np.ndarray | None
-) -> np.ndarray:
+def paired_differences(X: np.ndarray, positive: np.ndarray, negative: np.ndarray, pair_ids: np.ndarray | None) -> np.ndarray:
     """``(n_pairs, d)`` float64: per pair, mean of its positive rows minus mean of its negative rows.
 
     Pairs missing either side are skipped. Returns an empty array when there are no pair ids.
@@ -340,7 +346,9 @@ def build_from_arrays(
         "n_positive": first["n_positive"],
         "n_negative": first["n_negative"],
         "n_pairs": first["n_pairs"],
-        "per_hook": {h: {k: v for k, v in i.items() if k not in ("n_positive", "n_negative", "n_pairs")} for h, i in per_hook.items()},
+        "per_hook": {
+            h: {k: v for k, v in i.items() if k not in ("n_positive", "n_negative", "n_pairs")} for h, i in per_hook.items()
+        },
     }
     meta.update(metadata or {})
     return SteeringVector(vectors, method, pooling, model_id, metadata=meta)
@@ -371,9 +379,16 @@ def build_from_cache(
         model_id = cache.model_id
     has_pairs = pair_ids is not None and bool((pair_ids >= 0).any())
     return build_from_arrays(
-        activations, labels, names, pair_ids=pair_ids if has_pairs else None, method=method,
-        pooling=pooling, positive_label=positive_label, negative_label=negative_label,
-        model_id=model_id, metadata=meta,
+        activations,
+        labels,
+        names,
+        pair_ids=pair_ids if has_pairs else None,
+        method=method,
+        pooling=pooling,
+        positive_label=positive_label,
+        negative_label=negative_label,
+        model_id=model_id,
+        metadata=meta,
     )
 
 
@@ -382,7 +397,9 @@ def build_from_probe(probe_dir: str | os.PathLike, *, hooks: Sequence[str] | Non
     try:
         from geomprobe.probes import probe_directions  # built by the probes stage; imported lazily
     except ImportError:
-        raise GeomprobeError("this geomprobe has no probe support (geomprobe.probes.probe_directions); build from a cache instead") from None
+        raise GeomprobeError(
+            "this geomprobe has no probe support (geomprobe.probes.probe_directions); build from a cache instead"
+        ) from None
     directions = probe_directions(Path(probe_dir))
     if hooks:
         missing = [h for h in hooks if h not in directions]
@@ -434,7 +451,13 @@ def build_from_prompts(
     labels = np.array([1] * len(positive) + [0] * len(negative))
     pair_ids = np.concatenate([np.arange(len(positive)), np.arange(len(negative))]) if paired else None
     return build_from_arrays(
-        acts, labels, ["negative", "positive"], pair_ids=pair_ids, method=method, pooling=pooling,
-        positive_label="positive", model_id=model.model_id,
+        acts,
+        labels,
+        ["negative", "positive"],
+        pair_ids=pair_ids,
+        method=method,
+        pooling=pooling,
+        positive_label="positive",
+        model_id=model.model_id,
         metadata={"source": "prompts", "model_revision": model.revision},
     )

@@ -3,8 +3,8 @@
 * :mod:`.basis` - orthonormal bases (energy fraction or fixed k), mode subspace overlap,
   principal cosines, analytic and empirical random baselines.
 * :mod:`.activations` - per-layer overlap of two prompt classes' subspaces from a cache file.
-* :mod:`.weights` - per-matrix overlap of alignment and fine-tuning updates, grouped
-  summaries, and the projection experiment that writes a new checkpoint.
+* :mod:`.weights` - per-matrix overlap of alignment and fine-tuning updates, grouped summaries.
+* :mod:`.projection` - the projection experiment that writes a new checkpoint.
 
 See ``docs/subspace.md`` for the definitions and conventions.
 """
@@ -23,14 +23,12 @@ from geomprobe.subspace.basis import (
     subspace_basis,
     top_left_singular,
 )
+from geomprobe.subspace.projection import PROJECTION_MODES, ProjectionResult, project_finetune_update
 from geomprobe.subspace.weights import (
-    PROJECTION_MODES,
     GroupSummary,
     MatrixOverlap,
-    ProjectionResult,
     WeightMatrix,
     grouped,
-    project_finetune_update,
     weight_matrices,
     weight_update_overlap,
 )

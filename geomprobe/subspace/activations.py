@@ -119,14 +119,39 @@ def overlap_of_arrays(
     bb = subspace_basis(Xb, energy, k, center, method=method, device=device, name=f"class {label_b!r}{where}")
     diff = Xa.astype(np.float64).mean(0) - Xb.astype(np.float64).mean(0)
     return _overlap_record(
-        ba, bb, diff, hook=hook, layer=layer, pooling=pooling, label_a=label_a, label_b=label_b, center=center,
-        n_draws=n_draws, seed=seed, device=device, stored_dtype=stored_dtype, model_id=model_id,
+        ba,
+        bb,
+        diff,
+        hook=hook,
+        layer=layer,
+        pooling=pooling,
+        label_a=label_a,
+        label_b=label_b,
+        center=center,
+        n_draws=n_draws,
+        seed=seed,
+        device=device,
+        stored_dtype=stored_dtype,
+        model_id=model_id,
     )
 
 
 def _overlap_record(
-    ba, bb, diff: np.ndarray, *, hook: str, layer: int, pooling: str, label_a: str, label_b: str, center: bool,
-    n_draws: int, seed: int, device: Any, stored_dtype: str, model_id: str,
+    ba,
+    bb,
+    diff: np.ndarray,
+    *,
+    hook: str,
+    layer: int,
+    pooling: str,
+    label_a: str,
+    label_b: str,
+    center: bool,
+    n_draws: int,
+    seed: int,
+    device: Any,
+    stored_dtype: str,
+    model_id: str,
 ) -> LayerOverlap:
     d = ba.d
     empirical = empirical_random_baseline(d, ba.k, bb.k, n_draws=n_draws, seed=seed, device=device)
@@ -213,7 +238,8 @@ def activation_overlap_by_layer(
         chosen = cache.hooks_for(hooks)
         if pooling not in cache.poolings or pooling == "all":
             raise GeomprobeError(
-                f"cache {cache.path.name} has no usable {pooling!r} pooling (it has {', '.join(cache.poolings)}); use last or mean"
+                f"cache {cache.path.name} has no usable {pooling!r} pooling (it has {', '.join(cache.poolings)}); "
+                "use last or mean"
             )
         label_a, label_b, rows_a, rows_b = _resolve_classes(
             cache.labels, cache.label_names, positive_label, tuple(label_pair) if label_pair is not None else None
@@ -239,17 +265,44 @@ def activation_overlap_by_layer(
                     for name, rows in ((label_a, rows_a), (label_b, rows_b))
                 )
                 diff = _mean(ba, cache, hook, pooling, rows_a) - _mean(bb, cache, hook, pooling, rows_b)
-                results.append(_overlap_record(
-                    ba, bb, diff, hook=hook, layer=layer, pooling=pooling, label_a=label_a, label_b=label_b,
-                    center=center, n_draws=n_draws, seed=seed, device=dev, stored_dtype=stored, model_id=cache.model_id,
-                ))
+                results.append(
+                    _overlap_record(
+                        ba,
+                        bb,
+                        diff,
+                        hook=hook,
+                        layer=layer,
+                        pooling=pooling,
+                        label_a=label_a,
+                        label_b=label_b,
+                        center=center,
+                        n_draws=n_draws,
+                        seed=seed,
+                        device=dev,
+                        stored_dtype=stored,
+                        model_id=cache.model_id,
+                    )
+                )
                 continue
             X = cache.read(hook, pooling)
             results.append(
                 overlap_of_arrays(
-                    X[rows_a], X[rows_b], hook=hook, layer=layer, pooling=pooling, label_a=label_a, label_b=label_b,
-                    energy=energy, k=k, center=center, n_draws=n_draws, seed=seed, device=dev, method=method,
-                    stored_dtype=stored, model_id=cache.model_id,
+                    X[rows_a],
+                    X[rows_b],
+                    hook=hook,
+                    layer=layer,
+                    pooling=pooling,
+                    label_a=label_a,
+                    label_b=label_b,
+                    energy=energy,
+                    k=k,
+                    center=center,
+                    n_draws=n_draws,
+                    seed=seed,
+                    device=dev,
+                    method=method,
+                    stored_dtype=stored,
+                    model_id=cache.model_id,
                 )
             )
         return results

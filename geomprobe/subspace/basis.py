@@ -243,7 +243,9 @@ def subspace_basis(
     mean = data.mean(0) if center else None
     centred = data - mean if mean is not None else data
     if float((centred * centred).sum()) == 0.0:
-        raise GeomprobeError(f"{name} has no variance (all rows identical{' after centring' if center else ''}); check the inputs")
+        raise GeomprobeError(
+            f"{name} has no variance (all rows identical{' after centring' if center else ''}); check the inputs"
+        )
     top = top_left_singular(centred.T, k=k, energy=energy, method=method)
     return Basis(
         Q=top.Q.cpu().numpy(),
@@ -264,7 +266,9 @@ def _pair(Qa: Any, Qb: Any) -> tuple[np.ndarray, np.ndarray]:
     A = _as_basis_matrix(Qa, "Qa")
     B = _as_basis_matrix(Qb, "Qb")
     if A.shape[0] != B.shape[0]:
-        raise GeomprobeError(f"bases live in different dimensions ({A.shape[0]} vs {B.shape[0]}); compare bases of the same space")
+        raise GeomprobeError(
+            f"bases live in different dimensions ({A.shape[0]} vs {B.shape[0]}); compare bases of the same space"
+        )
     return A, B
 
 

@@ -10,8 +10,9 @@ from geomprobe.activations.store import CacheFile
 from geomprobe.core.errors import GeomprobeError
 
 
-def class_scatter(cache: CacheFile, hook: str, pooling: str, rows: np.ndarray, *, center: bool = True,
-                  block_rows: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+def class_scatter(
+    cache: CacheFile, hook: str, pooling: str, rows: np.ndarray, *, center: bool = True, block_rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
     """``(mean, scatter, n)``: float64 mean and ``sum (x - mean)(x - mean)^T`` (uncentred if not ``center``)."""
     rows = np.sort(np.asarray(rows, dtype=np.int64))
     d = cache.d_model
@@ -29,8 +30,16 @@ def class_scatter(cache: CacheFile, hook: str, pooling: str, rows: np.ndarray, *
 
 
 def streamed_class_basis(
-    cache: CacheFile, hook: str, pooling: str, rows: np.ndarray, energy: float | None = 0.9, k: int | None = None,
-    center: bool = True, *, name: str = "data", block_rows: int | None = None,
+    cache: CacheFile,
+    hook: str,
+    pooling: str,
+    rows: np.ndarray,
+    energy: float | None = 0.9,
+    k: int | None = None,
+    center: bool = True,
+    *,
+    name: str = "data",
+    block_rows: int | None = None,
 ):
     """:func:`geomprobe.subspace.basis.subspace_basis` of ``rows`` from their d x d scatter matrix."""
     from geomprobe.subspace.basis import Basis, _choose_k, _numerical_rank, check_energy, check_k
@@ -60,7 +69,14 @@ def streamed_class_basis(
     chosen = _choose_k(s, total, rank, energy, k) or rank
     U, s = U[:, :chosen], s[:chosen]
     return Basis(
-        Q=U.numpy(), singular_values=s.numpy(), energy=float((s**2).sum()) / total, n_samples=int(n),
-        centered=bool(center), rank=rank, method="gram(streamed)", energy_target=energy, k_requested=k,
+        Q=U.numpy(),
+        singular_values=s.numpy(),
+        energy=float((s**2).sum()) / total,
+        n_samples=int(n),
+        centered=bool(center),
+        rank=rank,
+        method="gram(streamed)",
+        energy_target=energy,
+        k_requested=k,
         mean=mean if center else None,
     )

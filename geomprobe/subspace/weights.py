@@ -1,4 +1,4 @@
-"""Safety-subspace overlap in weight space, and the projection experiment.
+"""Safety-subspace overlap in weight space (the projection experiment is in :mod:`geomprobe.subspace.projection`).
 
 Inputs are two or three checkpoints of one architecture: ``base``, ``aligned`` and optionally
 ``finetuned`` (each a ``load_checkpoint`` argument, a :class:`~geomprobe.models.Checkpoint`,
@@ -18,25 +18,19 @@ fraction). Embeddings and the LM head are skipped unless asked for; norms and bi
 
 from __future__ import annotations
 
-import copy
-import json
-import math
 import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from geomprobe.core.errors import GeomprobeError
-from geomprobe.core.io import atomic_folder, check_output_folder
 from geomprobe.models.architecture import stores_transposed
 from geomprobe.subspace.basis import _check_method, check_energy, check_k, top_left_singular
 
-PROJECTION_MODES = ("same", "orthogonal", "opposite")
 _LAYER = re.compile(r"\.(\d+)\.")
 
 
@@ -119,7 +113,7 @@ def weight_matrices(model: torch.nn.Module, include_embeddings: bool = False) ->
         match = _LAYER.search(name)
         if match:
             layer = int(match.group(1))
-            rest = name[match.end():]
+            rest = name[match.end() :]
         else:
             layer, rest = -1, name
         rest = rest.removesuffix(".weight")
@@ -145,7 +139,8 @@ def _check_compatible(matrices: Sequence[WeightMatrix], ref: torch.nn.Module, ot
     for m in matrices:
         if m.name not in other_state:
             raise GeomprobeError(
-                f"the {role} checkpoint has no weight {m.name!r} that base has (different architectures); compare checkpoints of one architecture"
+                f"the {role} checkpoint has no weight {m.name!r} that base has (different architectures); "
+                "compare checkpoints of one architecture"
             )
         a, b = tuple(ref_state[m.name][0].shape), tuple(other_state[m.name][0].shape)
         if a != b:
@@ -154,7 +149,8 @@ def _check_compatible(matrices: Sequence[WeightMatrix], ref: torch.nn.Module, ot
             )
     if extra:
         raise GeomprobeError(
-            f"the {role} checkpoint has weight {extra[0]!r} that base lacks (different architectures); compare checkpoints of one architecture"
+            f"the {role} checkpoint has weight {extra[0]!r} that base lacks (different architectures); "
+            "compare checkpoints of one architecture"
         )
 
 
@@ -249,9 +245,15 @@ def grouped(records: Iterable[MatrixOverlap | dict], by: str = "layer") -> list[
             eb = np.array([_rec(r, "energy_b_in_a") for r in ok])
             ea = np.array([_rec(r, "energy_a_in_b") for r in ok])
             summary = GroupSummary(
-                by, key, len(ok), len(groups[key]) - len(ok), float(mso.mean()), float(np.median(mso)),
+                by,
+                key,
+                len(ok),
+                len(groups[key]) - len(ok),
+                float(mso.mean()),
+                float(np.median(mso)),
                 float(np.mean([_rec(r, "baseline") for r in ok])),
-                float((eb * nb2).sum() / nb2.sum()), float((ea * na2).sum() / na2.sum()),
+                float((eb * nb2).sum() / nb2.sum()),
+                float((ea * na2).sum() / na2.sum()),
                 float(np.mean([_rec(r, "energy_baseline_b_in_a") for r in ok])),
             )
         else:
@@ -335,25 +337,62 @@ def weight_update_overlap(
 def _skipped(m: WeightMatrix, na: float, nb: float, nw: float, b_name: str, k: int | None, energy: float | None) -> MatrixOverlap:
     nan = float("nan")
     return MatrixOverlap(
-        name=m.name, layer=m.layer, module=m.module, shape=m.shape, a="aligned-base", b=b_name,
-        status="a_zero" if na == 0.0 else "b_zero", energy_target=energy, k_requested=k, k_a=0, k_b=0,
-        rank_a=0, rank_b=0, energy_a=nan, energy_b=nan, norm_a=na, norm_b=nb, norm_base=nw, mso=nan,
-        baseline=nan, cosines=np.zeros(0), energy_b_in_a=nan, energy_a_in_b=nan, energy_baseline_b_in_a=nan,
-        energy_baseline_a_in_b=nan, svd_method="",
+        name=m.name,
+        layer=m.layer,
+        module=m.module,
+        shape=m.shape,
+        a="aligned-base",
+        b=b_name,
+        status="a_zero" if na == 0.0 else "b_zero",
+        energy_target=energy,
+        k_requested=k,
+        k_a=0,
+        k_b=0,
+        rank_a=0,
+        rank_b=0,
+        energy_a=nan,
+        energy_b=nan,
+        norm_a=na,
+        norm_b=nb,
+        norm_base=nw,
+        mso=nan,
+        baseline=nan,
+        cosines=np.zeros(0),
+        energy_b_in_a=nan,
+        energy_a_in_b=nan,
+        energy_baseline_b_in_a=nan,
+        energy_baseline_a_in_b=nan,
+        svd_method="",
     )
 
 
 def _compare(
-    m: WeightMatrix, A: torch.Tensor, B: torch.Tensor, W0: torch.Tensor, b_name: str,
-    k: int | None, energy: float | None, method: str, seed: int,
+    m: WeightMatrix,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    W0: torch.Tensor,
+    b_name: str,
+    k: int | None,
+    energy: float | None,
+    method: str,
+    seed: int,
 ) -> MatrixOverlap:
     out = m.shape[0]
     na, nb, nw = float(torch.linalg.norm(A)), float(torch.linalg.norm(B)), float(torch.linalg.norm(W0))
     if na == 0.0 or nb == 0.0:
         return _skipped(m, na, nb, nw, b_name, k, energy)
     common: dict[str, Any] = dict(
-        name=m.name, layer=m.layer, module=m.module, shape=m.shape, a="aligned-base", b=b_name,
-        energy_target=energy, k_requested=k, norm_a=na, norm_b=nb, norm_base=nw,
+        name=m.name,
+        layer=m.layer,
+        module=m.module,
+        shape=m.shape,
+        a="aligned-base",
+        b=b_name,
+        energy_target=energy,
+        k_requested=k,
+        norm_a=na,
+        norm_b=nb,
+        norm_base=nw,
     )
     ta = top_left_singular(A, k=k, energy=energy, method=method, seed=seed)
     tb = top_left_singular(B, k=k, energy=energy, method=method, seed=seed)
@@ -364,111 +403,20 @@ def _compare(
     pb = Qa.T @ B
     pa = Qb.T @ A
     return MatrixOverlap(
-        **common, status="ok", k_a=ka, k_b=kb, rank_a=ta.rank, rank_b=tb.rank, energy_a=ta.energy,
-        energy_b=tb.energy, mso=float((cross * cross).sum()) / min(ka, kb), baseline=max(ka, kb) / out,
-        cosines=cos.cpu().numpy(), energy_b_in_a=float((pb * pb).sum()) / nb**2,
-        energy_a_in_b=float((pa * pa).sum()) / na**2, energy_baseline_b_in_a=ka / out,
+        **common,
+        status="ok",
+        k_a=ka,
+        k_b=kb,
+        rank_a=ta.rank,
+        rank_b=tb.rank,
+        energy_a=ta.energy,
+        energy_b=tb.energy,
+        mso=float((cross * cross).sum()) / min(ka, kb),
+        baseline=max(ka, kb) / out,
+        cosines=cos.cpu().numpy(),
+        energy_b_in_a=float((pb * pb).sum()) / nb**2,
+        energy_a_in_b=float((pa * pa).sum()) / na**2,
+        energy_baseline_b_in_a=ka / out,
         energy_baseline_a_in_b=kb / out,
         svd_method=ta.method if ta.method == tb.method else f"{ta.method}/{tb.method}",
     )
-
-
-# -- projection experiment -----------------------------------------------------------------------
-@dataclass
-class ProjectionResult:
-    """What :func:`project_finetune_update` wrote."""
-
-    out_dir: Path
-    mode: str
-    matrices: list[dict[str, Any]]
-
-    @property
-    def energy_kept(self) -> float:
-        """Pooled ||U'||^2 / ||U||^2 over the projected matrices."""
-        num = sum(r["norm_new"] ** 2 for r in self.matrices)
-        den = sum(r["norm_update"] ** 2 for r in self.matrices)
-        return num / den if den else float("nan")
-
-
-def project_finetune_update(
-    base: Any,
-    aligned: Any,
-    finetuned: Any,
-    out_dir: str | Path,
-    mode: str = "orthogonal",
-    *,
-    k: int | None = None,
-    energy: float | None = 0.9,
-    include_embeddings: bool = False,
-    method: str = "auto",
-    device: Any = "auto",
-    seed: int = 0,
-    overwrite: bool = False,
-    trust_remote_code: bool = False,
-) -> ProjectionResult:
-    """Write a checkpoint ``W_aligned + U'`` where ``U = W_finetuned - W_aligned`` is projected.
-
-    With ``P = Q_a Q_a^T U`` (``Q_a``: top left singular basis of ``W_aligned - W_base``):
-    ``same`` keeps ``U' = P`` (only what lies in the alignment subspace), ``orthogonal`` keeps
-    ``U' = U - P`` (alignment subspace removed), ``opposite`` uses ``U' = -P`` (the in-subspace
-    part reversed). Weights that are not compared (embeddings unless included, norms, biases)
-    keep their fine-tuned values. The folder (``save_pretrained`` + tokenizer + a
-    ``geomprobe-projection.json`` manifest) loads with :func:`geomprobe.models.load_model`.
-    """
-    from geomprobe.core.device import resolve_device
-
-    if mode not in PROJECTION_MODES:
-        raise GeomprobeError(f"unknown projection mode {mode!r}; use one of {', '.join(PROJECTION_MODES)}")
-    k, energy = _settings(k, energy, method)
-    out_dir = Path(out_dir)
-    check_output_folder(out_dir, overwrite=overwrite, what="checkpoint")  # before the slow loads
-    dev = resolve_device(device)
-    src_base = _load(base, "base", trust_remote_code)
-    src_al = _load(aligned, "aligned", trust_remote_code)
-    src_ft = _load(finetuned, "finetuned", trust_remote_code)
-    tokenizer = src_ft.tokenizer or src_al.tokenizer or src_base.tokenizer
-    if tokenizer is None:
-        raise GeomprobeError("no tokenizer to save with the new checkpoint; pass at least one checkpoint as a path or Checkpoint")
-    matrices = weight_matrices(src_base.model, include_embeddings)
-    _check_compatible(matrices, src_base.model, src_al.model, "aligned")
-    _check_compatible(matrices, src_base.model, src_ft.model, "finetuned")
-    # Never modify a model the caller handed us.
-    if any("_original_component" in n for n in src_ft.model.state_dict()):
-        raise GeomprobeError(
-            "the fine-tuned model is wrapped in a TransformerLens bridge; pass it as a path or load_checkpoint() result to project it"
-        )
-    target: Any = src_ft.model if src_ft.loaded_here else copy.deepcopy(src_ft.model)
-    sb, sa, st = _state(src_base.model), _state(src_al.model), _state(target)
-    report = []
-    with torch.no_grad():
-        for m in matrices:
-            W0 = _matrix(sb, m).to(dev, torch.float64)
-            W1 = _matrix(sa, m).to(dev, torch.float64)
-            U = _matrix(st, m).to(dev, torch.float64) - W1
-            A = W1 - W0
-            if float(torch.linalg.norm(A)) == 0.0:
-                P, ka, meth = torch.zeros_like(U), 0, ""
-            else:
-                top = top_left_singular(A, k=k, energy=energy, method=method, seed=seed)
-                P, ka, meth = top.Q @ (top.Q.T @ U), top.Q.shape[1], top.method
-            new = {"same": P, "orthogonal": U - P, "opposite": -P}[mode]
-            W_new = (W1 + new).to(torch.float32).cpu()
-            param = st[m.name][0]
-            param.copy_(W_new.T if m.transposed else W_new)
-            nu = float(torch.linalg.norm(U))
-            report.append(
-                {"name": m.name, "layer": m.layer, "module": m.module, "k_a": ka, "svd_method": meth,
-                 "norm_update": nu, "norm_new": float(torch.linalg.norm(new)),
-                 "energy_in_aligned": float(torch.linalg.norm(P)) ** 2 / nu**2 if nu else float("nan")}
-            )
-    with atomic_folder(out_dir, overwrite=overwrite, what="checkpoint") as staging:
-        target.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        manifest = {
-            "geomprobe": "subspace projection", "mode": mode, "k": k, "energy": energy,
-            "include_embeddings": include_embeddings, "base": src_base.model_id, "aligned": src_al.model_id,
-            "finetuned": src_ft.model_id,
-            "matrices": [{key: (None if isinstance(v, float) and not math.isfinite(v) else v) for key, v in r.items()} for r in report],
-        }
-        (staging / "geomprobe-projection.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return ProjectionResult(out_dir, mode, report)

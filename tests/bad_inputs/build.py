@@ -40,13 +40,26 @@ def build_corpus_root(root: Path, model_dir: Path) -> dict[str, str]:
 
     acts, labels, pairs = _arrays(40, D_MODEL, 0)
     names = ["harmless", "harmful"]
-    good = write_cache(root / "good.h5", {h: {"last": a} for h, a in acts.items()}, labels, names,
-                       pair_ids=pairs, texts=[f"prompt {i}" for i in range(40)], attrs={"n_layers": 2})
+    good = write_cache(
+        root / "good.h5",
+        {h: {"last": a} for h, a in acts.items()},
+        labels,
+        names,
+        pair_ids=pairs,
+        texts=[f"prompt {i}" for i in range(40)],
+        attrs={"n_layers": 2},
+    )
     acts32, labels32, pairs32 = _arrays(40, 32, 1)
     write_cache(root / "width32.h5", acts32, labels32, names, pair_ids=pairs32, attrs={"n_layers": 2})
     write_cache(root / "one_class.h5", acts, np.zeros(40, dtype=np.int64), ["harmless"], attrs={"n_layers": 2})
-    write_cache(root / "other.h5", _arrays(40, D_MODEL, 2)[0], labels, names, pair_ids=pairs,
-                attrs={"n_layers": 2, "model_id": "some-other-model"})
+    write_cache(
+        root / "other.h5",
+        _arrays(40, D_MODEL, 2)[0],
+        labels,
+        names,
+        pair_ids=pairs,
+        attrs={"n_layers": 2, "model_id": "some-other-model"},
+    )
 
     # NaN/inf: write a good file, then poke non-finite values in (the writer itself refuses them).
     shutil.copyfile(good, root / "nan.h5")
@@ -95,6 +108,7 @@ def build_corpus_root(root: Path, model_dir: Path) -> dict[str, str]:
         def edit(p: Path) -> None:
             raw = (p / name).read_bytes()
             (p / name).write_bytes(raw[: len(raw) // 2])
+
         return edit
 
     damaged("probe", "probe_truncated", cut("probe.safetensors"))
@@ -122,8 +136,12 @@ def build_corpus_root(root: Path, model_dir: Path) -> dict[str, str]:
     write_round3_inputs(root, model_dir)  # issue 21
 
     paths = {p.name.replace(" ", "_"): str(p) for p in root.iterdir()}
-    paths.update(root=str(root), model=str(model_dir), spaced_bad=str(spaced / "cache ünïcødé.h5"),
-                 spaced_missing=str(spaced / "nöt thére.h5"))
+    paths.update(
+        root=str(root),
+        model=str(model_dir),
+        spaced_bad=str(spaced / "cache ünïcødé.h5"),
+        spaced_missing=str(spaced / "nöt thére.h5"),
+    )
     return {k.replace(".", "_").replace("-", "_"): v for k, v in paths.items()}
 
 
@@ -174,11 +192,13 @@ def _write_hostile_inputs(root: Path) -> None:
             f[dataset][...] = data
             if not keep_checksum:
                 del f.attrs[CHECKSUM_ATTR]
+
         return edit
 
     def set_attr(key: str, value):
         def edit(f) -> None:
             f.attrs[key] = value
+
         return edit
 
     def short_pairs(f) -> None:

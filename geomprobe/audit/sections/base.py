@@ -83,8 +83,7 @@ class AuditSection:
         """Rows under ``metrics["settings"][settings_key]``."""
         if self.settings_key is None:
             return []
-        return type_rows(self.settings_type, f"settings.{self.settings_key}", self.settings_doc, "object",
-                         self.settings_items)
+        return type_rows(self.settings_type, f"settings.{self.settings_key}", self.settings_doc, "object", self.settings_items)
 
     def comparison_fields(self, prefix: str = "comparison") -> list[FieldSpec]:
         """Rows under ``metrics["comparison"][name]`` (none without ``comparison_type``)."""

@@ -36,8 +36,14 @@ class Rate:
 
     @classmethod
     def from_judgement(cls, judgement: Any) -> Rate:
-        return cls(float(judgement.rate), float(judgement.ci[0]), float(judgement.ci[1]), int(judgement.n),
-                   int(judgement.n_refused), [bool(f) for f in judgement.flags])
+        return cls(
+            float(judgement.rate),
+            float(judgement.ci[0]),
+            float(judgement.ci[1]),
+            int(judgement.n),
+            int(judgement.n_refused),
+            [bool(f) for f in judgement.flags],
+        )
 
 
 @dataclass
@@ -84,9 +90,17 @@ def judge(ctx: AuditContext, prompts: list[str], **steering: Any) -> Rate:
     """The judge's refusal rate of ``ctx``'s model on ``prompts`` (``steering``: vector, multiplier, hooks)."""
     from geomprobe.steering.judge import judge_refusals
 
-    return Rate.from_judgement(judge_refusals(
-        ctx.model, prompts, max_new_tokens=ctx.sizes.steering.judge_tokens, batch_size=ctx.options.batch_size,
-        n_bootstrap=ctx.sizes.steering.judge_bootstrap, seed=ctx.options.seed, **steering))
+    return Rate.from_judgement(
+        judge_refusals(
+            ctx.model,
+            prompts,
+            max_new_tokens=ctx.sizes.steering.judge_tokens,
+            batch_size=ctx.options.batch_size,
+            n_bootstrap=ctx.sizes.steering.judge_bootstrap,
+            seed=ctx.options.seed,
+            **steering,
+        )
+    )
 
 
 def judge_ablated(ctx: AuditContext, direction: Any, prompts: list[str]) -> Rate:
@@ -98,7 +112,12 @@ def judge_ablated(ctx: AuditContext, direction: Any, prompts: list[str]) -> Rate
 
 
 def choose_layer_by_behaviour(
-    ctx: AuditContext, vector: Any, layers: list[int], harmful: list[str], harmless: list[str], unsteered: Rate,
+    ctx: AuditContext,
+    vector: Any,
+    layers: list[int],
+    harmful: list[str],
+    harmless: list[str],
+    unsteered: Rate,
 ) -> LayerChoice:
     """Screen ``layers`` by ablation log-odds, judge the strongest few, pick the one removing most refusals."""
     from geomprobe.steering import search_layers
@@ -106,36 +125,66 @@ def choose_layer_by_behaviour(
 
     sizes = ctx.sizes.steering
     hooks = [hook_at(layer) for layer in layers]
-    screen = ctx.clock.run("steering", f"screening {len(hooks)} candidate layers (direction ablated)", lambda: search_layers(
-        ctx.model, vector, harmful, harmless_prompts=harmless, hooks=hooks, metric="refusal-log-odds", mode="ablate",
-        batch_size=ctx.options.batch_size))
+    screen = ctx.clock.run(
+        "steering",
+        f"screening {len(hooks)} candidate layers (direction ablated)",
+        lambda: search_layers(
+            ctx.model,
+            vector,
+            harmful,
+            harmless_prompts=harmless,
+            hooks=hooks,
+            metric="refusal-log-odds",
+            mode="ablate",
+            batch_size=ctx.options.batch_size,
+        ),
+    )
     records = {r.hook: r for r in screen.records}
     rates: dict[str, Rate] = {}
 
     def judge_row(row: ScreenRow) -> float:
-        rates[row.hook] = ctx.clock.run("steering", f"judging {row.hook} ablated ({len(harmful)} prompts)",
-                                        partial(judge_ablated, ctx, vector.vector_for(row.hook), harmful))
+        rates[row.hook] = ctx.clock.run(
+            "steering",
+            f"judging {row.hook} ablated ({len(harmful)} prompts)",
+            partial(judge_ablated, ctx, vector.vector_for(row.hook), harmful),
+        )
         return rates[row.hook].rate
 
     # the one layer-choice rule (geomprobe.steering.select), with the audit's sizes; the audit's
     # candidates are already below the depth limit (candidate_layers), so its n_layers is the model's
-    rule = LayerRule(kl_limit=sizes.kl_limit, max_layer_fraction=sizes.max_layer_fraction,
-                     judge_candidates=max(1, sizes.judge_candidates), maximize=False)
-    chosen = select_setting([ScreenRow.from_record(records[hook]) for hook in hooks], rule, n_layers=ctx.model.n_layers,
-                            judge=judge_row, unsteered_rate=unsteered.rate,
-                            mode="ablate", metric="refusal-log-odds", n_judged_prompts=len(harmful),
-                            prompt_kind="harmful")
-    cands = [Candidate(c.row.layer, c.row.hook, finite(c.row.score_delta), finite(c.row.kl), c.within_kl, c.judged,
-                       c.rate, c.rate_delta) for c in chosen.candidates]
+    rule = LayerRule(
+        kl_limit=sizes.kl_limit,
+        max_layer_fraction=sizes.max_layer_fraction,
+        judge_candidates=max(1, sizes.judge_candidates),
+        maximize=False,
+    )
+    chosen = select_setting(
+        [ScreenRow.from_record(records[hook]) for hook in hooks],
+        rule,
+        n_layers=ctx.model.n_layers,
+        judge=judge_row,
+        unsteered_rate=unsteered.rate,
+        mode="ablate",
+        metric="refusal-log-odds",
+        n_judged_prompts=len(harmful),
+        prompt_kind="harmful",
+    )
+    cands = [
+        Candidate(
+            c.row.layer, c.row.hook, finite(c.row.score_delta), finite(c.row.kl), c.within_kl, c.judged, c.rate, c.rate_delta
+        )
+        for c in chosen.candidates
+    ]
     best = next(c for c in cands if c.hook == chosen.hook)
     selection, selected_by = chosen.selection, chosen.selected_by
     hook = best.hook
     direction = vector.vector_for(hook)
-    harmful_rate = rates.get(hook) or ctx.clock.run("steering", f"judging {hook} ablated",
-                                                    lambda: judge_ablated(ctx, direction, harmful))
+    harmful_rate = rates.get(hook) or ctx.clock.run(
+        "steering", f"judging {hook} ablated", lambda: judge_ablated(ctx, direction, harmful)
+    )
     if not best.judged:
         best.judged, best.harmful_rate, best.rate_delta = True, harmful_rate.rate, harmful_rate.rate - unsteered.rate
-    harmless_rate = ctx.clock.run("steering", f"judging {hook} ablated on harmless prompts",
-                                  lambda: judge_ablated(ctx, direction, harmless))
-    return LayerChoice(best.layer, hook, selection, selected_by, cands, JudgedSetting(harmful_rate, harmless_rate),
-                       records[hook])
+    harmless_rate = ctx.clock.run(
+        "steering", f"judging {hook} ablated on harmless prompts", lambda: judge_ablated(ctx, direction, harmless)
+    )
+    return LayerChoice(best.layer, hook, selection, selected_by, cands, JudgedSetting(harmful_rate, harmless_rate), records[hook])

@@ -31,8 +31,9 @@ class CacheSizes:
 
     def limit(self, role: str) -> int | None:
         """The stratified subset size of the prompt set playing ``role`` (None: all rows)."""
-        return {"harmful_harmless": self.limit_harmful_harmless, "honesty": self.limit_honesty,
-                "control": self.limit_control}[role]
+        return {"harmful_harmless": self.limit_harmful_harmless, "honesty": self.limit_honesty, "control": self.limit_control}[
+            role
+        ]
 
 
 @dataclass
@@ -60,8 +61,16 @@ def cache_sets(ctx: AuditContext) -> dict[str, Path]:
     paths = {}
     for role, prompts in ctx.sets.items():
         path = ctx.cache_dir / f"{prompts.name}.h5"
-        cache_activations(ctx.model, prompts, path, hooks=ctx.hooks, poolings=("last", "mean"),
-                          batch_size=ctx.options.batch_size, overwrite=True, progress=ctx.options.show_bars)
+        cache_activations(
+            ctx.model,
+            prompts,
+            path,
+            hooks=ctx.hooks,
+            poolings=("last", "mean"),
+            batch_size=ctx.options.batch_size,
+            overwrite=True,
+            progress=ctx.options.show_bars,
+        )
         paths[role] = path
     return paths
 
@@ -76,15 +85,19 @@ class CacheSection(AuditSection):
 
     def run(self, ctx: AuditContext) -> CacheResult:
         n_prompts = sum(len(s) for s in ctx.sets.values())
-        message = ("caching the same sets on the --against model" if ctx.is_against else
-                   f"caching {', '.join(s.name for s in ctx.sets.values())} ({n_prompts} prompts, {len(ctx.hooks)} layers)")
+        message = (
+            "caching the same sets on the --against model"
+            if ctx.is_against
+            else f"caching {', '.join(s.name for s in ctx.sets.values())} ({n_prompts} prompts, {len(ctx.hooks)} layers)"
+        )
         ctx.caches.update(ctx.clock.run("cache", message, lambda: cache_sets(ctx)))
         return CacheResult(dict(ctx.caches))
 
     def settings(self, ctx: AuditContext) -> dict[str, DatasetSettings]:
         sizes = ctx.sizes.cache
         return {
-            role: DatasetSettings(s.name, s.sha256, len(s), sizes.limit(role), list(s.label_names),
-                                  str(ctx.caches[role].relative_to(ctx.out_dir)))
+            role: DatasetSettings(
+                s.name, s.sha256, len(s), sizes.limit(role), list(s.label_names), str(ctx.caches[role].relative_to(ctx.out_dir))
+            )
             for role, s in ctx.sets.items()
         }

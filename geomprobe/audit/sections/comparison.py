@@ -40,8 +40,11 @@ def compared(ctx: AuditContext) -> dict[str, Any]:
     """Each registered section's ``compare`` of its results on a and b, by section name."""
     b = ctx.against
     assert b is not None
-    return {s.name: s.compare(ctx.results[s.name], b.results[s.name])
-            for s in SECTIONS if s.comparison_type is not None and s.name in ctx.results and s.name in b.results}
+    return {
+        s.name: s.compare(ctx.results[s.name], b.results[s.name])
+        for s in SECTIONS
+        if s.comparison_type is not None and s.name in ctx.results and s.name in b.results
+    }
 
 
 def pair_only(ctx: AuditContext) -> PairOnly:
@@ -49,17 +52,44 @@ def pair_only(ctx: AuditContext) -> PairOnly:
     b = ctx.against
     assert b is not None
     clock, probes_a, steer_a = ctx.clock, ctx.results["probes"], ctx.results["steering"]
-    transferred = clock.run("transfer", "scoring the first model's probes on the second", lambda: transfer_probes(
-        probes_a.trained[probes_a.primary_method], b.caches["honesty"], b.caches["control"], ctx.hooks, probes_a.fpr))
+    transferred = clock.run(
+        "transfer",
+        "scoring the first model's probes on the second",
+        lambda: transfer_probes(
+            probes_a.trained[probes_a.primary_method], b.caches["honesty"], b.caches["control"], ctx.hooks, probes_a.fpr
+        ),
+    )
     directions, dirs_a = direction_cosines(ctx)
     hook = steer_a.hook
-    a_on_b = summarize_dose(*clock.run("steering", f"the first model's vector on the second at {hook}",
-                                       lambda: dose(b, steer_a.vector, hook, steer_a.harmful, steer_a.harmless)))
-    weights = clock.run("weights", "weight-space update overlap", lambda: weight_update(
-        ctx.model, b.model, dirs_a, ctx.layers, energy=ctx.sizes.comparison.weight_energy, device=ctx.options.device))
-    return PairOnly(Transfer(transferred, directions, TransferredSteering(
-        hook=hook, baseline=a_on_b.baseline, multipliers=a_on_b.multipliers, refusal=a_on_b.refusal,
-        refusal_delta=a_on_b.refusal_delta, kl=a_on_b.kl)), weights)
+    a_on_b = summarize_dose(
+        *clock.run(
+            "steering",
+            f"the first model's vector on the second at {hook}",
+            lambda: dose(b, steer_a.vector, hook, steer_a.harmful, steer_a.harmless),
+        )
+    )
+    weights = clock.run(
+        "weights",
+        "weight-space update overlap",
+        lambda: weight_update(
+            ctx.model, b.model, dirs_a, ctx.layers, energy=ctx.sizes.comparison.weight_energy, device=ctx.options.device
+        ),
+    )
+    return PairOnly(
+        Transfer(
+            transferred,
+            directions,
+            TransferredSteering(
+                hook=hook,
+                baseline=a_on_b.baseline,
+                multipliers=a_on_b.multipliers,
+                refusal=a_on_b.refusal,
+                refusal_delta=a_on_b.refusal_delta,
+                kl=a_on_b.kl,
+            ),
+        ),
+        weights,
+    )
 
 
 class ComparisonSection(AuditSection):
@@ -93,8 +123,10 @@ class ComparisonSection(AuditSection):
             return []
         cs = comp.get("steering") or {}
         n = len((comp.get("aqi") or {}).get("per_layer") or [])
-        return [[f"max |ΔAQI| over {n} layers against the second checkpoint", fmt((comp.get("aqi") or {}).get("max_abs_delta"))],
-                ["refusal baseline: a → b", f"{fmt(cs.get('baseline_a'))} → {fmt(cs.get('baseline_b'))}"]]
+        return [
+            [f"max |ΔAQI| over {n} layers against the second checkpoint", fmt((comp.get("aqi") or {}).get("max_abs_delta"))],
+            ["refusal baseline: a → b", f"{fmt(cs.get('baseline_a'))} → {fmt(cs.get('baseline_b'))}"],
+        ]
 
     def report(self, metrics: dict[str, Any]) -> ReportBlock:
         c = metrics["comparison"]
@@ -104,33 +136,60 @@ class ComparisonSection(AuditSection):
         transfer = c.get("transfer") or {}
         ts, cs = transfer.get("steering") or {}, c.get("steering") or {}
         if ts:
-            rows = [[fmt(x), fmt(r), fmt(k), fmt(rb), fmt(kb)] for x, r, k, rb, kb in zip(
-                ts.get("multipliers", []), ts.get("refusal", []), ts.get("kl", []), cs.get("refusal_b", []), cs.get("kl_b", []))]
+            rows = [
+                [fmt(x), fmt(r), fmt(k), fmt(rb), fmt(kb)]
+                for x, r, k, rb, kb in zip(
+                    ts.get("multipliers", []),
+                    ts.get("refusal", []),
+                    ts.get("kl", []),
+                    cs.get("refusal_b", []),
+                    cs.get("kl_b", []),
+                )
+            ]
             rows.insert(0, ["0 (unsteered)", fmt(ts.get("baseline")), fmt(0.0), fmt(cs.get("baseline_b")), fmt(0.0)])
-            block.tables.append(Table(
-                f"Steering on b at {ts.get('hook', '')} (unsteered refusal on a: {fmt(cs.get('baseline_a'))})",
-                ["multiplier", "a's vector: refusal", "a's vector: KL", "b's own vector: refusal", "b's own vector: KL"], rows,
-            ))
+            block.tables.append(
+                Table(
+                    f"Steering on b at {ts.get('hook', '')} (unsteered refusal on a: {fmt(cs.get('baseline_a'))})",
+                    ["multiplier", "a's vector: refusal", "a's vector: KL", "b's own vector: refusal", "b's own vector: KL"],
+                    rows,
+                )
+            )
         w = c.get("weights") or {}
         if w:
-            rows = [[fmt(r.get("layer")), fmt(r.get("n_changed")), fmt(r.get("relative_update_norm")), fmt(r.get("mso_mean")),
-                     fmt(r.get("baseline_mean")), fmt(r.get("update_in_weight_subspace")), fmt(r.get("update_along_direction"))]
-                    for r in w.get("per_layer", [])]
-            block.tables.append(Table(
-                f"Weight update U = W_b − W_a ({fmt(w.get('n_changed'))} of {fmt(w.get('n_matrices'))} matrices changed, "
-                f"||U||/||W_a|| = {fmt(w.get('relative_update_norm'))})",
-                ["layer", "changed", "||U||/||W||", "MSO(U, W_a)", "baseline", "U in W_a subspace", "U along direction"], rows,
-                note=f"'U along direction': share of the residual-writing updates' energy along a's harmful-harmless "
-                     f"direction (random: {fmt(w.get('direction_baseline'))}).",
-            ))
+            rows = [
+                [
+                    fmt(r.get("layer")),
+                    fmt(r.get("n_changed")),
+                    fmt(r.get("relative_update_norm")),
+                    fmt(r.get("mso_mean")),
+                    fmt(r.get("baseline_mean")),
+                    fmt(r.get("update_in_weight_subspace")),
+                    fmt(r.get("update_along_direction")),
+                ]
+                for r in w.get("per_layer", [])
+            ]
+            block.tables.append(
+                Table(
+                    f"Weight update U = W_b − W_a ({fmt(w.get('n_changed'))} of {fmt(w.get('n_matrices'))} matrices changed, "
+                    f"||U||/||W_a|| = {fmt(w.get('relative_update_norm'))})",
+                    ["layer", "changed", "||U||/||W||", "MSO(U, W_a)", "baseline", "U in W_a subspace", "U along direction"],
+                    rows,
+                    note=f"'U along direction': share of the residual-writing updates' energy along a's harmful-harmless "
+                    f"direction (random: {fmt(w.get('direction_baseline'))}).",
+                )
+            )
         return block
 
 
 def _per_layer_table(c: dict[str, Any]) -> Table:
     """Every section's per-layer comparison (a -> b and the delta), then a's probe and direction on b."""
-    labels = [(s.name, s.comparison_label or s.name) for s in SECTIONS
-              if isinstance(c.get(s.name), dict) and "per_layer" in c[s.name]
-              and all("a" in r and "b" in r for r in c[s.name]["per_layer"])]
+    labels = [
+        (s.name, s.comparison_label or s.name)
+        for s in SECTIONS
+        if isinstance(c.get(s.name), dict)
+        and "per_layer" in c[s.name]
+        and all("a" in r and "b" in r for r in c[s.name]["per_layer"])
+    ]
     by_layer = {key: {r["layer"]: r for r in c[key]["per_layer"]} for key, _ in labels}
     transfer = c.get("transfer") or {}
     t_probe = {r["layer"]: r for r in (transfer.get("probes") or {}).get("per_layer", [])}

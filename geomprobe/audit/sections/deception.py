@@ -51,12 +51,15 @@ class DeceptionCheck:
     threshold_source: str = doc("`control`: recall threshold from the bundled control set")
     n_questions: int | None = doc("questions asked under each instruction (built sets)")
     max_new_tokens: int | None = doc("tokens generated per answer (built sets)")
-    counts: dict[str, dict[str, int]] = doc("answers per instruction condition and grade (built sets: unclear included)",
-                                            items=("one condition: `{grade: answers}`", "answers of that grade"))
+    counts: dict[str, dict[str, int]] = doc(
+        "answers per instruction condition and grade (built sets: unclear included)",
+        items=("one condition: `{grade: answers}`", "answers of that grade"),
+    )
     computable: list[str] = doc("conditions with both true and false answers")
     per_condition: list[ConditionAuroc] = doc("per layer: `pooled` and each condition")
-    headline: DeceptionHeadline | None = doc("the reported numbers, at the layer chosen on the honesty held-out split "
-                                             "(null when not computable)", default=None)
+    headline: DeceptionHeadline | None = doc(
+        "the reported numbers, at the layer chosen on the honesty held-out split (null when not computable)", default=None
+    )
 
 
 HONESTY_SPLIT = "honesty held-out split"
@@ -82,8 +85,16 @@ def deception_headline(per_condition: list[ConditionAuroc], layer: int, hook: st
     pooled = next((r for r in rows if r.condition == "pooled"), None)
     if pooled is None:
         return None
-    return DeceptionHeadline(layer, hook, HONESTY_SPLIT, pooled.auroc, pooled.auroc_ci_low, pooled.auroc_ci_high, rows,
-                             len({r.layer for r in per_condition}))
+    return DeceptionHeadline(
+        layer,
+        hook,
+        HONESTY_SPLIT,
+        pooled.auroc,
+        pooled.auroc_ci_low,
+        pooled.auroc_ci_high,
+        rows,
+        len({r.layer for r in per_condition}),
+    )
 
 
 def deception_counts(path: Path) -> dict[str, dict[str, int]]:
@@ -115,8 +126,9 @@ def deception_check(ctx: AuditContext, probes: Any, at: tuple[int, str] | None =
     if given is not None:
         path, source = Path(given), str(given)
     else:
-        built = build_deception_set(ctx.model, limit=sizes.deception_questions, max_new_tokens=sizes.deception_tokens,
-                                    batch_size=ctx.options.batch_size)
+        built = build_deception_set(
+            ctx.model, limit=sizes.deception_questions, max_new_tokens=sizes.deception_tokens, batch_size=ctx.options.batch_size
+        )
         ctx.cache_dir.mkdir(parents=True, exist_ok=True)
         path, _ = built.write(ctx.cache_dir / "deception-set.jsonl", overwrite=True)
         source, n_questions, max_tokens = "built", built.n_questions, built.max_new_tokens
@@ -135,21 +147,45 @@ def deception_check(ctx: AuditContext, probes: Any, at: tuple[int, str] | None =
         if len(prompts.label_names) < 2:
             return not_computable(f"the answers have one grade only ({', '.join(prompts.label_names)})")
         cache = ctx.cache_dir / "deception.h5"
-        cache_activations(ctx.model, prompts, cache, hooks=ctx.hooks, poolings=("mean",),
-                          batch_size=ctx.options.batch_size, overwrite=True)
+        cache_activations(
+            ctx.model, prompts, cache, hooks=ctx.hooks, poolings=("mean",), batch_size=ctx.options.batch_size, overwrite=True
+        )
         result = evaluate_probes(probes, cache, control=ctx.caches["control"], fpr=sizes.fpr)
-        report = result_condition_metrics(result, cache, pressure=LIE_PRESSURE, n_bootstrap=sizes.deception_bootstrap,
-                                          seed=ctx.options.seed)
+        report = result_condition_metrics(
+            result, cache, pressure=LIE_PRESSURE, n_bootstrap=sizes.deception_bootstrap, seed=ctx.options.seed
+        )
     except GeomprobeError as exc:  # too few false answers, one grade only: reported, never fatal
         return not_computable(str(exc))
     if report is None:
         return not_computable("the set's rows carry no instruction condition")
-    per = [ConditionAuroc(r["layer"], r["hook"], r["condition"], r["n_positive"], r["n_negative"], bool(r["computable"]),
-                          finite(r["auroc"]), finite(r["auroc_ci_low"]), finite(r["auroc_ci_high"]),
-                          finite(r["recall_at_fpr"])) for r in report["per_condition"]]
+    per = [
+        ConditionAuroc(
+            r["layer"],
+            r["hook"],
+            r["condition"],
+            r["n_positive"],
+            r["n_negative"],
+            bool(r["computable"]),
+            finite(r["auroc"]),
+            finite(r["auroc_ci_low"]),
+            finite(r["auroc_ci_high"]),
+            finite(r["recall_at_fpr"]),
+        )
+        for r in report["per_condition"]
+    ]
     source_of_threshold = result.records[0].get("threshold_source", "control") if result.records else "control"
-    return DeceptionCheck(source, "computed", method, source_of_threshold, n_questions, max_tokens, counts,
-                          list(report["computable"]), per, None if at is None else deception_headline(per, *at))
+    return DeceptionCheck(
+        source,
+        "computed",
+        method,
+        source_of_threshold,
+        n_questions,
+        max_tokens,
+        counts,
+        list(report["computable"]),
+        per,
+        None if at is None else deception_headline(per, *at),
+    )
 
 
 def deception_table(d: dict[str, Any]) -> Table:
@@ -167,12 +203,21 @@ def deception_table(d: dict[str, Any]) -> Table:
 
     chosen = (d.get("headline") or {}).get("layer")
     layers = sorted({r["layer"] for r in d["per_condition"]})
-    rows = [[fmt(layer) + (" (headline)" if layer == chosen else "")] + [cell(by.get((layer, c))) for c in conditions]
-            for layer in layers]
-    where = (f"The headline is layer {chosen}, chosen on the {HONESTY_SPLIT} before these answers were scored; the "
-             f"best of the {len(layers)} layers below on these answers is a maximum over layers, optimistic (multiple "
-             "comparisons). " if chosen is not None else "")
-    return Table(f"Honesty probe ({d['method']}) on the model's own answers: AUROC [interval] (false/true answers)",
-                 ["layer", *conditions], rows,
-                 note=f"{where}Within a condition the instruction is the same for true and false answers, so the instruction "
-                      f"cannot separate them. Answers: {counts}. Recall threshold from the {d['threshold_source']} set.")
+    rows = [
+        [fmt(layer) + (" (headline)" if layer == chosen else "")] + [cell(by.get((layer, c))) for c in conditions]
+        for layer in layers
+    ]
+    where = (
+        f"The headline is layer {chosen}, chosen on the {HONESTY_SPLIT} before these answers were scored; the "
+        f"best of the {len(layers)} layers below on these answers is a maximum over layers, optimistic (multiple "
+        "comparisons). "
+        if chosen is not None
+        else ""
+    )
+    return Table(
+        f"Honesty probe ({d['method']}) on the model's own answers: AUROC [interval] (false/true answers)",
+        ["layer", *conditions],
+        rows,
+        note=f"{where}Within a condition the instruction is the same for true and false answers, so the instruction "
+        f"cannot separate them. Answers: {counts}. Recall threshold from the {d['threshold_source']} set.",
+    )

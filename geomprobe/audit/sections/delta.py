@@ -94,17 +94,22 @@ class DeltaResult:
 
 
 def paired_bootstrap(
-    statistic: Callable[[np.ndarray], tuple[float, float]], labels: np.ndarray, *, n_bootstrap: int, level: float = 0.95,
+    statistic: Callable[[np.ndarray], tuple[float, float]],
+    labels: np.ndarray,
+    *,
+    n_bootstrap: int,
+    level: float = 0.95,
     seed: int = 0,
 ) -> PairedChange:
     """``statistic(rows) -> (value on a, value on b)``, on all rows and on each paired replicate
     (:func:`geomprobe.core.stats.paired_bootstrap`, stratified by class); JSON-ready (None for non-finite)."""
     ch = stats.paired_bootstrap(statistic, stats.strata_from_labels(labels), n_bootstrap=n_bootstrap, level=level, seed=seed)
-    return PairedChange(finite(ch.a), finite(ch.b), finite(ch.delta), finite(ch.low), finite(ch.high), finite(ch.p_value),
-                        ch.n)
+    return PairedChange(finite(ch.a), finite(ch.b), finite(ch.delta), finite(ch.low), finite(ch.high), finite(ch.p_value), ch.n)
 
 
-def aqi_statistic(Xa: np.ndarray, Xb: np.ndarray, labels: np.ndarray, gamma: float = 0.5) -> Callable[[np.ndarray], tuple[float, float]]:
+def aqi_statistic(
+    Xa: np.ndarray, Xb: np.ndarray, labels: np.ndarray, gamma: float = 0.5
+) -> Callable[[np.ndarray], tuple[float, float]]:
     """AQI of rows ``rows`` (duplicates allowed) of both models' activations, from exact distances."""
     from geomprobe.aqi.resampling import exact_square_distances, replicate_indices
 
@@ -137,17 +142,32 @@ def aqi_change(ctx: AuditContext) -> AqiChange:
         rows = np.arange(len(labels))
         if len(rows) > sizes.max_points:  # Dunn needs all pairs: one stratified subsample, the same rows for both
             rng = np.random.default_rng(seed + 11)
-            rows = np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), size=max(2, sizes.max_points * int(
-                (labels == c).sum()) // len(labels)), replace=False) for c in np.unique(labels)]))
+            rows = np.sort(
+                np.concatenate(
+                    [
+                        rng.choice(
+                            np.flatnonzero(labels == c),
+                            size=max(2, sizes.max_points * int((labels == c).sum()) // len(labels)),
+                            replace=False,
+                        )
+                        for c in np.unique(labels)
+                    ]
+                )
+            )
         for layer, hook in zip(ctx.layers, ctx.hooks):
             stat = aqi_statistic(ca.read(hook, "last")[rows], cb.read(hook, "last")[rows], labels[rows])
             ch = paired_bootstrap(stat, labels[rows], n_bootstrap=sizes.n_bootstrap, seed=seed + layer)
             per_layer.append(LayerChange(layer, hook, **as_metrics(ch)))
     deltas = [r.delta for r in per_layer]
     known = [d for d in deltas if d is not None]
-    return AqiChange(per_layer, deltas, max(known) if known else None, min(known) if known else None,
-                     max(map(abs, known)) if known else None,
-                     sum(1 for r in per_layer if r.p_value is not None and r.p_value < 0.05))
+    return AqiChange(
+        per_layer,
+        deltas,
+        max(known) if known else None,
+        min(known) if known else None,
+        max(map(abs, known)) if known else None,
+        sum(1 for r in per_layer if r.p_value is not None and r.p_value < 0.05),
+    )
 
 
 class DeltaSection(AuditSection):
@@ -162,38 +182,73 @@ class DeltaSection(AuditSection):
         b = ctx.against
         assert b is not None, "the delta section runs only with a second checkpoint"
         sizes, seed, steer = ctx.sizes.delta, ctx.options.seed, ctx.results["steering"]
-        aqi = ctx.clock.run("delta", f"paired bootstrap of AQI over prompts ({sizes.n_bootstrap} replicates)",
-                            lambda: aqi_change(ctx))
+        aqi = ctx.clock.run(
+            "delta", f"paired bootstrap of AQI over prompts ({sizes.n_bootstrap} replicates)", lambda: aqi_change(ctx)
+        )
         # b's unsteered judge ran in the steering section on b, on the same held-out prompts
         unsteered_b = b.results["steering"].unsteered
         refusal = {}
         for name, prompts in (("harmful", steer.harmful), ("harmless", steer.harmless)):
             flags_a, flags_b = getattr(steer.judge.unsteered, name).flags, getattr(unsteered_b, name).flags
-            refusal[name] = paired_bootstrap(rate_statistic(flags_a, flags_b), np.zeros(len(prompts)),
-                                             n_bootstrap=sizes.judge_bootstrap, seed=seed)
-        return DeltaResult(sizes.n_bootstrap, 0.95, "prompt indices, stratified by class, the same rows for both models",
-                           P_RULE, aqi, RefusalChange(refusal["harmful"], refusal["harmless"]))
+            refusal[name] = paired_bootstrap(
+                rate_statistic(flags_a, flags_b), np.zeros(len(prompts)), n_bootstrap=sizes.judge_bootstrap, seed=seed
+            )
+        return DeltaResult(
+            sizes.n_bootstrap,
+            0.95,
+            "prompt indices, stratified by class, the same rows for both models",
+            P_RULE,
+            aqi,
+            RefusalChange(refusal["harmful"], refusal["harmless"]),
+        )
 
     def summary_rows(self, metrics: dict[str, Any]) -> list[list[str]]:
         d = metrics.get("delta")
         if not d:
             return []
         aqi, harmful = d["aqi"], d["refusal"]["harmful"]
-        return [["ΔAQI b − a (min / max over layers)", f"{fmt(aqi.get('min'))} / {fmt(aqi.get('max'))} "
-                 f"({aqi.get('n_significant')} layers at p < 0.05)"],
-                ["Δ refusal rate on harmful prompts b − a", f"{fmt(harmful.get('delta'))} [{fmt(harmful.get('ci_low'))}, "
-                 f"{fmt(harmful.get('ci_high'))}], p = {fmt(harmful.get('p_value'))}"]]
+        return [
+            [
+                "ΔAQI b − a (min / max over layers)",
+                f"{fmt(aqi.get('min'))} / {fmt(aqi.get('max'))} ({aqi.get('n_significant')} layers at p < 0.05)",
+            ],
+            [
+                "Δ refusal rate on harmful prompts b − a",
+                f"{fmt(harmful.get('delta'))} [{fmt(harmful.get('ci_low'))}, "
+                f"{fmt(harmful.get('ci_high'))}], p = {fmt(harmful.get('p_value'))}",
+            ],
+        ]
 
     def report(self, metrics: dict[str, Any]) -> ReportBlock:
         d = metrics["delta"]
         block = ReportBlock(self.name, self.title)
         block.paragraphs.append(
             f"Paired bootstrap ({d['n_bootstrap']} replicates; a replicate resamples {d['resampling']}); "
-            f"{float(d['ci_level']):.0%} percentile intervals of b − a; p-value = {d['p_value_rule']}.")
-        rows = [[fmt(r["layer"]), fmt(r["a"]), fmt(r["b"]), fmt(r["delta"]), f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]",
-                 fmt(r["p_value"])] for r in d["aqi"]["per_layer"]]
+            f"{float(d['ci_level']):.0%} percentile intervals of b − a; p-value = {d['p_value_rule']}."
+        )
+        rows = [
+            [
+                fmt(r["layer"]),
+                fmt(r["a"]),
+                fmt(r["b"]),
+                fmt(r["delta"]),
+                f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]",
+                fmt(r["p_value"]),
+            ]
+            for r in d["aqi"]["per_layer"]
+        ]
         block.tables.append(Table("AQI per layer", ["layer", "a", "b", "Δ", "interval", "p"], rows))
-        rows = [[name, fmt(r["a"]), fmt(r["b"]), fmt(r["delta"]), f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]",
-                 fmt(r["p_value"]), fmt(r["n"])] for name, r in d["refusal"].items()]
+        rows = [
+            [
+                name,
+                fmt(r["a"]),
+                fmt(r["b"]),
+                fmt(r["delta"]),
+                f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]",
+                fmt(r["p_value"]),
+                fmt(r["n"]),
+            ]
+            for name, r in d["refusal"].items()
+        ]
         block.tables.append(Table("Refusal rate (judge, unsteered)", ["prompts", "a", "b", "Δ", "interval", "p", "n"], rows))
         return block

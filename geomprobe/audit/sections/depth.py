@@ -32,8 +32,9 @@ class DepthSizes:
 
     def __post_init__(self) -> None:
         if self.n_prompts < 1 or self.max_tokens < 1 or not self.ks or min(self.ks) < 0 or max(self.ks) > self.max_tokens:
-            raise GeomprobeError("audit depth sizes need n_prompts >= 1, max_tokens >= 1 and prefill lengths in "
-                                 f"0..max_tokens; got {self}")
+            raise GeomprobeError(
+                f"audit depth sizes need n_prompts >= 1, max_tokens >= 1 and prefill lengths in 0..max_tokens; got {self}"
+            )
 
 
 class DepthSection(AuditSection):
@@ -53,17 +54,34 @@ class DepthSection(AuditSection):
         sizes = ctx.sizes.depth
         prompts = harmful_prompts(ctx.sets["harmful_harmless"], sizes.n_prompts)
         return ctx.clock.run(
-            "depth", f"alignment depth on {len(prompts)} harmful prompts (prefill k = {', '.join(map(str, sizes.ks))})",
-            lambda: alignment_depth(ctx.model, b.model, prompts, ks=sizes.ks, max_tokens=sizes.max_tokens,
-                                    n_bootstrap=sizes.n_bootstrap, seed=ctx.options.seed, clamp=True,
-                                    compliant_only="if-any", batch_size=ctx.options.batch_size))
+            "depth",
+            f"alignment depth on {len(prompts)} harmful prompts (prefill k = {', '.join(map(str, sizes.ks))})",
+            lambda: alignment_depth(
+                ctx.model,
+                b.model,
+                prompts,
+                ks=sizes.ks,
+                max_tokens=sizes.max_tokens,
+                n_bootstrap=sizes.n_bootstrap,
+                seed=ctx.options.seed,
+                clamp=True,
+                compliant_only="if-any",
+                batch_size=ctx.options.batch_size,
+            ),
+        )
 
     def figures(self, ctx: AuditContext, result: DepthResult, metrics: dict[str, Any]) -> list[FigureRef]:
         from geomprobe.plots.depth import plot_depth
 
-        return [ctx.save_figure("depth", self.name, "Alignment depth: KL profile and prefilling attack",
-                                plot_depth(metrics["depth"], title=f"alignment depth: b against a ({ctx.short_model_id})"),
-                                "left: KL(b || a) per response position; right: b's refusal rate after k tokens of a's answer")]
+        return [
+            ctx.save_figure(
+                "depth",
+                self.name,
+                "Alignment depth: KL profile and prefilling attack",
+                plot_depth(metrics["depth"], title=f"alignment depth: b against a ({ctx.short_model_id})"),
+                "left: KL(b || a) per response position; right: b's refusal rate after k tokens of a's answer",
+            )
+        ]
 
     def summary_line(self, metrics: dict[str, Any]) -> str:
         d = metrics["depth"]
@@ -74,9 +92,13 @@ class DepthSection(AuditSection):
         if not d:
             return []
         p = d["prefill"]
-        return [["alignment depth: tokens holding half the KL(b ‖ a) on b's replies", fmt(d["half_kl_tokens"])],
-                ["prefill AUC (b's refusal rate averaged over k)", f"{fmt(p['auc'])} [{fmt(p['auc_ci_low'])}, "
-                 f"{fmt(p['auc_ci_high'])}]"]]
+        return [
+            ["alignment depth: tokens holding half the KL(b ‖ a) on b's replies", fmt(d["half_kl_tokens"])],
+            [
+                "prefill AUC (b's refusal rate averaged over k)",
+                f"{fmt(p['auc'])} [{fmt(p['auc_ci_low'])}, {fmt(p['auc_ci_high'])}]",
+            ],
+        ]
 
     def report(self, metrics: dict[str, Any]) -> ReportBlock:
         d = metrics["depth"]
@@ -85,16 +107,33 @@ class DepthSection(AuditSection):
             f"b read as the aligned model, a as its base; {d['n_prompts']} harmful prompts ({d['n_used']} with an answer of "
             f"a the judge did not flag), {d['max_tokens']} greedy tokens, {d['n_bootstrap']} bootstrap replicates over "
             f"prompts, {float(d['ci_level']):.0%} percentile intervals. Refusal rate of a's answers "
-            f"{fmt(d['base_refusal_rate'])}, of b's replies {fmt(d['aligned_refusal_rate'])}. See docs/depth.md.")
-        rows = [[prof["responses"], *(f"{fmt(s['share'])} [{fmt(s['ci_low'])}, {fmt(s['ci_high'])}]"
-                                      for s in prof["share_first"]),
-                 fmt(prof["half_kl_tokens"]), fmt(prof["total_mean"])]
-                for prof in (d["aligned_replies"], d["base_answers"])]
-        header = ["teacher-forced on", *(f"share in first {s['k']}" for s in d["aligned_replies"]["share_first"]),
-                  "half-KL tokens", "mean total KL"]
+            f"{fmt(d['base_refusal_rate'])}, of b's replies {fmt(d['aligned_refusal_rate'])}. See docs/depth.md."
+        )
+        rows = [
+            [
+                prof["responses"],
+                *(f"{fmt(s['share'])} [{fmt(s['ci_low'])}, {fmt(s['ci_high'])}]" for s in prof["share_first"]),
+                fmt(prof["half_kl_tokens"]),
+                fmt(prof["total_mean"]),
+            ]
+            for prof in (d["aligned_replies"], d["base_answers"])
+        ]
+        header = [
+            "teacher-forced on",
+            *(f"share in first {s['k']}" for s in d["aligned_replies"]["share_first"]),
+            "half-KL tokens",
+            "mean total KL",
+        ]
         block.tables.append(Table("Share of KL(b ‖ a) in the first k response tokens", header, rows))
-        rows = [[fmt(p["k"]), fmt(p["rate"]), f"[{fmt(p['ci_low'])}, {fmt(p['ci_high'])}]", fmt(p["n"]),
-                 fmt(p["n_clamped"])] for p in d["prefill"]["points"]]
-        block.tables.append(Table("Prefilling attack: b's refusal rate after k tokens of a's answer",
-                                  ["k", "refused", "interval", "n", "answers shorter than k"], rows))
+        rows = [
+            [fmt(p["k"]), fmt(p["rate"]), f"[{fmt(p['ci_low'])}, {fmt(p['ci_high'])}]", fmt(p["n"]), fmt(p["n_clamped"])]
+            for p in d["prefill"]["points"]
+        ]
+        block.tables.append(
+            Table(
+                "Prefilling attack: b's refusal rate after k tokens of a's answer",
+                ["k", "refused", "interval", "n", "answers shorter than k"],
+                rows,
+            )
+        )
         return block

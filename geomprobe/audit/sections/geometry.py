@@ -51,10 +51,12 @@ class AqiLayer:
     dunn: float | None = doc("Dunn index (higher = better; set by single extreme pairs)")
     xie_beni: float | None = doc("hard Xie-Beni index (lower = better; null = inf)")
     calinski_harabasz: float | None = doc("Calinski-Harabasz index (higher = better)")
-    extra: dict[str, float | None] = doc("each registered index of `aqi.extra_indices` (name -> value)",
-                                        items=("the index's value (null = inf or undefined)",))
+    extra: dict[str, float | None] = doc(
+        "each registered index of `aqi.extra_indices` (name -> value)", items=("the index's value (null = inf or undefined)",)
+    )
     extra_ci: dict[str, list[float | None]] = doc(
-        "bootstrap interval of each registered index (same resampling as AQI)", items=("[low, high]",))
+        "bootstrap interval of each registered index (same resampling as AQI)", items=("[low, high]",)
+    )
 
 
 @dataclass
@@ -65,8 +67,9 @@ class AqiResult:
     pooling: str = doc("pooling read")
     dtype: str = doc("computation dtype (float64)")
     labels: list[str] = doc("[negative, positive] classes")
-    extra_indices: dict[str, str] = doc("cluster indices registered beyond the four (geomprobe.aqi.register_index)",
-                                        items=("the index's title (name -> title)",))
+    extra_indices: dict[str, str] = doc(
+        "cluster indices registered beyond the four (geomprobe.aqi.register_index)", items=("the index's title (name -> title)",)
+    )
     per_layer: list[AqiLayer] = doc("one record per audited layer")
     aqi: list[float | None] = doc("AQI per audited layer (same order as `settings.layers`)")
     max: float | None = doc("largest AQI over layers (a maximum over layers on the same rows: optimistic)")
@@ -83,21 +86,41 @@ def summarize_aqi(results: list[Any]) -> AqiResult:
     """The section's record of ``aqi_by_layer`` results (NaN and infinity become None)."""
     from geomprobe.aqi import INDEX_INFO
 
-    per_layer = [AqiLayer(
-        layer=r.layer, hook=r.hook, n=r.n, aqi=finite(r.aqi), ci_low=finite(r.aqi_ci_low), ci_high=finite(r.aqi_ci_high),
-        p_value=finite(r.p_value), davies_bouldin=finite(r.davies_bouldin), dunn=finite(r.dunn), xie_beni=finite(r.xie_beni),
-        calinski_harabasz=finite(r.calinski_harabasz), extra={k: finite(v) for k, v in r.extra.items()},
-        extra_ci={k: [finite(v) for v in r.ci[k]] for k in r.extra},
-    ) for r in results]
+    per_layer = [
+        AqiLayer(
+            layer=r.layer,
+            hook=r.hook,
+            n=r.n,
+            aqi=finite(r.aqi),
+            ci_low=finite(r.aqi_ci_low),
+            ci_high=finite(r.aqi_ci_high),
+            p_value=finite(r.p_value),
+            davies_bouldin=finite(r.davies_bouldin),
+            dunn=finite(r.dunn),
+            xie_beni=finite(r.xie_beni),
+            calinski_harabasz=finite(r.calinski_harabasz),
+            extra={k: finite(v) for k, v in r.extra.items()},
+            extra_ci={k: [finite(v) for v in r.ci[k]] for k in r.extra},
+        )
+        for r in results
+    ]
     extra_names = list(results[0].extra) if results else []
     values = np.array([np.nan if r.aqi is None else r.aqi for r in per_layer])
     defined = bool(np.isfinite(values).any())
     best = int(np.nanargmax(values)) if defined else 0
     return AqiResult(
-        hook_kind=HOOK_KIND, pooling="last", dtype="float64", labels=list(results[0].n_per_class) if results else [],
-        extra_indices={k: INDEX_INFO[k].title if k in INDEX_INFO else k for k in extra_names}, per_layer=per_layer, aqi=[r.aqi for r in per_layer], max=finite(np.nanmax(values)) if defined else None,
-        argmax_layer=per_layer[best].layer, min=finite(np.nanmin(values)) if defined else None,
-        mean=finite(np.nanmean(values)) if defined else None, layer_results=results,
+        hook_kind=HOOK_KIND,
+        pooling="last",
+        dtype="float64",
+        labels=list(results[0].n_per_class) if results else [],
+        extra_indices={k: INDEX_INFO[k].title if k in INDEX_INFO else k for k in extra_names},
+        per_layer=per_layer,
+        aqi=[r.aqi for r in per_layer],
+        max=finite(np.nanmax(values)) if defined else None,
+        argmax_layer=per_layer[best].layer,
+        min=finite(np.nanmin(values)) if defined else None,
+        mean=finite(np.nanmean(values)) if defined else None,
+        layer_results=results,
     )
 
 
@@ -132,11 +155,25 @@ class GeometrySection(AuditSection):
         from geomprobe.aqi import aqi_by_layer
 
         sizes = ctx.sizes.aqi
-        message = ("AQI on the --against model" if ctx.is_against
-                   else f"AQI with {sizes.n_bootstrap} bootstrap / {sizes.n_permutations} permutations per layer")
-        results = ctx.clock.run("aqi", message, lambda: aqi_by_layer(
-            ctx.caches["harmful_harmless"], hooks=ctx.hooks, pooling="last", n_bootstrap=sizes.n_bootstrap,
-            n_permutations=sizes.n_permutations, max_points=sizes.max_points, seed=ctx.options.seed, device=ctx.options.device))
+        message = (
+            "AQI on the --against model"
+            if ctx.is_against
+            else f"AQI with {sizes.n_bootstrap} bootstrap / {sizes.n_permutations} permutations per layer"
+        )
+        results = ctx.clock.run(
+            "aqi",
+            message,
+            lambda: aqi_by_layer(
+                ctx.caches["harmful_harmless"],
+                hooks=ctx.hooks,
+                pooling="last",
+                n_bootstrap=sizes.n_bootstrap,
+                n_permutations=sizes.n_permutations,
+                max_points=sizes.max_points,
+                seed=ctx.options.seed,
+                device=ctx.options.device,
+            ),
+        )
         return summarize_aqi(results)
 
     def settings(self, ctx: AuditContext) -> AqiSettings:
@@ -155,17 +192,37 @@ class GeometrySection(AuditSection):
         from geomprobe.aqi import INDEX_INFO
 
         logs = [k for k in result.extra_indices if k in INDEX_INFO and INDEX_INFO[k].log_scale]
-        refs = [ctx.save_figure("aqi_layers", self.name, "AQI by layer with bootstrap band, and each cluster index",
-                                plot_aqi_layers(result.layer_results, model_id=model_id, index_titles=result.extra_indices,
-                                                log_indices=logs))]
+        refs = [
+            ctx.save_figure(
+                "aqi_layers",
+                self.name,
+                "AQI by layer with bootstrap band, and each cluster index",
+                plot_aqi_layers(result.layer_results, model_id=model_id, index_titles=result.extra_indices, log_indices=logs),
+            )
+        ]
         with open_cache(ctx.caches["harmful_harmless"]) as handle:
             labels = handle.labels.tolist()
-            acts = {layer: handle.read(hook_at(layer), "last")
-                    for layer in pca_layers(ctx.layers, result.argmax_layer, ctx.sizes.aqi.pca_panels)}
+            acts = {
+                layer: handle.read(hook_at(layer), "last")
+                for layer in pca_layers(ctx.layers, result.argmax_layer, ctx.sizes.aqi.pca_panels)
+            }
             names = list(handle.label_names)
-        refs.append(ctx.save_figure("pca_grid", self.name, "2-D PCA projection of both classes", plot_pca_grid(
-            acts, labels, class_names=names, model_id=model_id, hook_kind=HOOK_KIND, pooling="last",
-            highlight=result.argmax_layer)))
+        refs.append(
+            ctx.save_figure(
+                "pca_grid",
+                self.name,
+                "2-D PCA projection of both classes",
+                plot_pca_grid(
+                    acts,
+                    labels,
+                    class_names=names,
+                    model_id=model_id,
+                    hook_kind=HOOK_KIND,
+                    pooling="last",
+                    highlight=result.argmax_layer,
+                ),
+            )
+        )
         return refs
 
     def summary_line(self, metrics: dict[str, Any]) -> str:
@@ -175,9 +232,13 @@ class GeometrySection(AuditSection):
     def summary_rows(self, metrics: dict[str, Any]) -> list[list[str]]:
         aqi = metrics.get("aqi") or {}
         n = len(aqi.get("per_layer", []))
-        return [[f"AQI, max over {n} layers (layer)",
-                 f"{fmt(aqi.get('max'))} (layer {fmt(aqi.get('argmax_layer'))}; a maximum over layers on the same rows: "
-                 f"optimistic, multiple comparisons; mean over layers {fmt(aqi.get('mean'))})"]]
+        return [
+            [
+                f"AQI, max over {n} layers (layer)",
+                f"{fmt(aqi.get('max'))} (layer {fmt(aqi.get('argmax_layer'))}; a maximum over layers on the same rows: "
+                f"optimistic, multiple comparisons; mean over layers {fmt(aqi.get('mean'))})",
+            ]
+        ]
 
     def report(self, metrics: dict[str, Any]) -> ReportBlock:
         a = metrics["aqi"]
@@ -193,16 +254,35 @@ class GeometrySection(AuditSection):
         extra = list(a.get("extra_indices") or {})  # registered indices: one column with its interval each
 
         def registered(r: dict[str, Any], name: str) -> str:
-            low, high = ((r.get("extra_ci") or {}).get(name) or [None, None])
+            low, high = (r.get("extra_ci") or {}).get(name) or [None, None]
             return f"{fmt((r.get('extra') or {}).get(name))} ({fmt(low)} – {fmt(high)})"
 
         rows = [
-            [fmt(r.get("layer")), fmt(r.get("aqi")), f"{fmt(r.get('ci_low'))} – {fmt(r.get('ci_high'))}", fmt(r.get("p_value")),
-             fmt(r.get("davies_bouldin")), fmt(r.get("dunn")), fmt(r.get("xie_beni")), fmt(r.get("calinski_harabasz")),
-             *[registered(r, name) for name in extra], fmt(r.get("n"))]
+            [
+                fmt(r.get("layer")),
+                fmt(r.get("aqi")),
+                f"{fmt(r.get('ci_low'))} – {fmt(r.get('ci_high'))}",
+                fmt(r.get("p_value")),
+                fmt(r.get("davies_bouldin")),
+                fmt(r.get("dunn")),
+                fmt(r.get("xie_beni")),
+                fmt(r.get("calinski_harabasz")),
+                *[registered(r, name) for name in extra],
+                fmt(r.get("n")),
+            ]
             for r in a.get("per_layer", [])
         ]
-        header = ["layer", "AQI", "interval", "p", "DBS", "Dunn", "XBI", "CHI",
-                  *[f"{a['extra_indices'][name]} (interval)" for name in extra], "n"]
+        header = [
+            "layer",
+            "AQI",
+            "interval",
+            "p",
+            "DBS",
+            "Dunn",
+            "XBI",
+            "CHI",
+            *[f"{a['extra_indices'][name]} (interval)" for name in extra],
+            "n",
+        ]
         block.tables.append(Table("AQI per layer", header, rows))
         return block

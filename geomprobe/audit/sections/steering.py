@@ -10,7 +10,6 @@ the log-odds for the unsteered model, the ablation and the strongest multiplier 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,9 @@ from geomprobe.audit.sections.behaviour import (
     choose_layer_by_behaviour,
     judge,
 )
+from geomprobe.audit.sections.steering_report import report_block, summary_rows
 from geomprobe.audit.spec import doc, size
-from geomprobe.audit.tables import FigureRef, ReportBlock, Table, fmt
+from geomprobe.audit.tables import FigureRef, ReportBlock, fmt
 from geomprobe.core.errors import GeomprobeError
 
 
@@ -35,8 +35,9 @@ from geomprobe.core.errors import GeomprobeError
 class SteeringSizes:
     n_prompts_per_class: int = size(16, 8, doc="held-out harmful (metric) and harmless (KL) prompts, not in the vector")
     # A mean-diff vector at multiplier 1 adds one whole class-mean difference.
-    multipliers: tuple[float, ...] = size((-2.0, -1.0, -0.5, 0.5, 1.0, 2.0), (-2.0, -1.0, 1.0, 2.0),
-                                          doc="multipliers of the vector tried")
+    multipliers: tuple[float, ...] = size(
+        (-2.0, -1.0, -0.5, 0.5, 1.0, 2.0), (-2.0, -1.0, 1.0, 2.0), doc="multipliers of the vector tried"
+    )
     kl_limit: float = size(0.1, doc="largest mean KL accepted for `steering.best`")
     max_layer_fraction: float = size(0.8, doc="layers at or above this fraction of depth are not chosen")
     judge_tokens: int = size(24, 12, doc="greedy tokens the judge reads (refusals show in the first few)")
@@ -112,8 +113,10 @@ class SteeringResult:
 
     hook: str = doc("hook the vector is added at")
     layer: int = doc("its block index")
-    selection: str = doc("what chose the layer: `behaviour` (the judge's refusal-rate drop with the direction ablated), "
-                         "`next-token log-odds` (no held-out refusals to remove) or `only candidate`")
+    selection: str = doc(
+        "what chose the layer: `behaviour` (the judge's refusal-rate drop with the direction ablated), "
+        "`next-token log-odds` (no held-out refusals to remove) or `only candidate`"
+    )
     selected_by: str = doc("how the layer was chosen, in words")
     candidates: list[Candidate] = doc("every candidate layer (audited, below `max_layer_fraction` of depth)")
     vector_method: str = doc("direction method")
@@ -195,8 +198,15 @@ def build_vector(cache: Path, hooks: str | list[str], rows: np.ndarray) -> Any:
     with open_cache(cache) as handle:
         arrays = {hook: handle.read(hook, "last")[rows] for hook in names_}
         labels, names, model_id = handle.labels[rows], handle.label_names, handle.model_id
-    return build_from_arrays(arrays, labels, names, method="mean-diff", pooling="last", model_id=model_id,
-                             metadata={"source": "audit", "rows": "harmful-harmless rows not held out for steering"})
+    return build_from_arrays(
+        arrays,
+        labels,
+        names,
+        method="mean-diff",
+        pooling="last",
+        model_id=model_id,
+        metadata={"source": "audit", "rows": "harmful-harmless rows not held out for steering"},
+    )
 
 
 def dose(ctx: AuditContext, vector: Any, hook: str, harmful: list[str], harmless: list[str]) -> tuple[Any, Any]:
@@ -204,10 +214,27 @@ def dose(ctx: AuditContext, vector: Any, hook: str, harmful: list[str], harmless
     from geomprobe.steering import search_layers
 
     batch_size = ctx.options.batch_size
-    added = search_layers(ctx.model, vector, harmful, harmless_prompts=harmless, hooks=[hook],
-                          multipliers=sorted(ctx.sizes.steering.multipliers), metric="refusal-log-odds", mode="add", batch_size=batch_size)
-    ablated = search_layers(ctx.model, vector, harmful, harmless_prompts=harmless, hooks=[hook], metric="refusal-log-odds",
-                            mode="ablate", batch_size=batch_size)
+    added = search_layers(
+        ctx.model,
+        vector,
+        harmful,
+        harmless_prompts=harmless,
+        hooks=[hook],
+        multipliers=sorted(ctx.sizes.steering.multipliers),
+        metric="refusal-log-odds",
+        mode="add",
+        batch_size=batch_size,
+    )
+    ablated = search_layers(
+        ctx.model,
+        vector,
+        harmful,
+        harmless_prompts=harmless,
+        hooks=[hook],
+        metric="refusal-log-odds",
+        mode="ablate",
+        batch_size=batch_size,
+    )
     return added, ablated
 
 
@@ -217,9 +244,12 @@ def summarize_dose(added: Any, ablated: Any) -> DoseResponse:
     recs = sorted((r for r in added.records if r.multiplier is not None), key=lambda r: r.multiplier)
     ab = ablated.records[0] if hasattr(ablated, "records") else ablated
     return DoseResponse(
-        baseline=finite(added.baseline), multipliers=[float(r.multiplier) for r in recs],
-        refusal=[finite(r.score_mean) for r in recs], refusal_delta=[finite(r.score_delta) for r in recs],
-        kl=[finite(r.kl_mean) for r in recs], kl_max=[finite(r.kl_max) for r in recs],
+        baseline=finite(added.baseline),
+        multipliers=[float(r.multiplier) for r in recs],
+        refusal=[finite(r.score_mean) for r in recs],
+        refusal_delta=[finite(r.score_delta) for r in recs],
+        kl=[finite(r.kl_mean) for r in recs],
+        kl_max=[finite(r.kl_max) for r in recs],
         ablation=Ablation(finite(ab.score_mean), finite(ab.score_delta), finite(ab.kl_mean)),
     )
 
@@ -229,17 +259,24 @@ def own_direction(ctx: AuditContext, audited: SteeringResult) -> OwnDirection:
     dosed on the same held-out prompts, and the judge on it unsteered; the layer search is a's."""
     hook, harmful, harmless = audited.hook, audited.harmful, audited.harmless
     vector = build_vector(ctx.caches["harmful_harmless"], hook, audited.train_rows)
-    response = summarize_dose(*ctx.clock.run("steering", f"the second model's own vector at {hook}",
-                                             lambda: dose(ctx, vector, hook, harmful, harmless)))
-    unsteered = ctx.clock.run("steering", f"judging the --against model ({len(harmful)} + {len(harmless)} prompts)",
-                              lambda: JudgedSetting(judge(ctx, harmful), judge(ctx, harmless)))
+    response = summarize_dose(
+        *ctx.clock.run("steering", f"the second model's own vector at {hook}", lambda: dose(ctx, vector, hook, harmful, harmless))
+    )
+    unsteered = ctx.clock.run(
+        "steering",
+        f"judging the --against model ({len(harmful)} + {len(harmless)} prompts)",
+        lambda: JudgedSetting(judge(ctx, harmful), judge(ctx, harmless)),
+    )
     return OwnDirection(hook, response, unsteered)
 
 
 def strongest_within_kl(response: DoseResponse, kl_limit: float) -> BestDose | None:
     """The multiplier of highest refusal whose KL is at most ``kl_limit`` (None when none is)."""
-    ok = [(m, r, k) for m, r, k in zip(response.multipliers, response.refusal, response.kl)
-          if r is not None and (k is None or k <= kl_limit)]
+    ok = [
+        (m, r, k)
+        for m, r, k in zip(response.multipliers, response.refusal, response.kl)
+        if r is not None and (k is None or k <= kl_limit)
+    ]
     if not ok:
         return None
     m, r, k = max(ok, key=lambda t: t[1])
@@ -275,124 +312,107 @@ class SteeringSection(AuditSection):
         harmful = [user_text(hh.prompts[i]) for i in held_rows if hh.prompts[i].label == positive]
         harmless = [user_text(hh.prompts[i]) for i in held_rows if hh.prompts[i].label != positive]
         layers = candidate_layers(ctx.layers, ctx.model.n_layers, sizes.max_layer_fraction, sizes.screen_layers)
-        vector = build_vector(ctx.caches["harmful_harmless"], [f"blocks.{layer}.hook_resid_post" for layer in layers],
-                              train_rows)
-        unsteered = ctx.clock.run("steering", f"judging the unsteered model ({len(harmful)} + {len(harmless)} prompts, "
-                                  f"{sizes.judge_tokens} tokens)",
-                                  lambda: JudgedSetting(judge(ctx, harmful), judge(ctx, harmless)))
+        vector = build_vector(ctx.caches["harmful_harmless"], [f"blocks.{layer}.hook_resid_post" for layer in layers], train_rows)
+        unsteered = ctx.clock.run(
+            "steering",
+            f"judging the unsteered model ({len(harmful)} + {len(harmless)} prompts, {sizes.judge_tokens} tokens)",
+            lambda: JudgedSetting(judge(ctx, harmful), judge(ctx, harmless)),
+        )
         choice = choose_layer_by_behaviour(ctx, vector, layers, harmful, harmless, unsteered.harmful)
         hook = choice.hook
         added = ctx.clock.run(
-            "steering", f"dose-response at {hook} ({len(sizes.multipliers)} multipliers)",
-            lambda: search_layers(ctx.model, vector, harmful, harmless_prompts=harmless, hooks=[hook],
-                                  multipliers=sorted(sizes.multipliers), metric="refusal-log-odds", mode="add",
-                                  batch_size=ctx.options.batch_size))
+            "steering",
+            f"dose-response at {hook} ({len(sizes.multipliers)} multipliers)",
+            lambda: search_layers(
+                ctx.model,
+                vector,
+                harmful,
+                harmless_prompts=harmless,
+                hooks=[hook],
+                multipliers=sorted(sizes.multipliers),
+                metric="refusal-log-odds",
+                mode="add",
+                batch_size=ctx.options.batch_size,
+            ),
+        )
         response = summarize_dose(added, choice.ablation_record)
         best = strongest_within_kl(response, sizes.kl_limit)
         best_judged = None
         if best is not None:
             steer = {"vector": vector.vector_for(hook), "multiplier": best.multiplier, "hooks": [hook]}
-            best_judged = ctx.clock.run("steering", f"judging multiplier {best.multiplier:g} at {hook}",
-                                        lambda: JudgedSetting(judge(ctx, harmful, **steer), judge(ctx, harmless, **steer)))
+            best_judged = ctx.clock.run(
+                "steering",
+                f"judging multiplier {best.multiplier:g} at {hook}",
+                lambda: JudgedSetting(judge(ctx, harmful, **steer), judge(ctx, harmless, **steer)),
+            )
         return SteeringResult(
-            hook=hook, layer=choice.layer, selection=choice.selection, selected_by=choice.selected_by,
-            candidates=choice.candidates, vector_method="mean-diff", pooling="last",
-            vector_norm=float(vector.norms[hook]), metric="refusal", baseline=response.baseline,
-            multipliers=response.multipliers, refusal=response.refusal, refusal_delta=response.refusal_delta,
-            kl=response.kl, kl_max=response.kl_max, ablation=response.ablation, best=best,
+            hook=hook,
+            layer=choice.layer,
+            selection=choice.selection,
+            selected_by=choice.selected_by,
+            candidates=choice.candidates,
+            vector_method="mean-diff",
+            pooling="last",
+            vector_norm=float(vector.norms[hook]),
+            metric="refusal",
+            baseline=response.baseline,
+            multipliers=response.multipliers,
+            refusal=response.refusal,
+            refusal_delta=response.refusal_delta,
+            kl=response.kl,
+            kl_max=response.kl_max,
+            ablation=response.ablation,
+            best=best,
             judge=Judge(sizes.judge_tokens, MATCHER_VERSION, 0.95, unsteered, choice.ablated, best_judged),
-            n_prompts=len(harmful), n_harmless=len(harmless),
-            vector=vector, train_rows=train_rows, harmful=harmful, harmless=harmless, search=added,
+            n_prompts=len(harmful),
+            n_harmless=len(harmless),
+            vector=vector,
+            train_rows=train_rows,
+            harmful=harmful,
+            harmless=harmless,
+            search=added,
         )
 
     def settings(self, ctx: AuditContext) -> SteeringSettings:
         sizes = ctx.sizes.steering
-        return SteeringSettings("last", "mean-diff", "refusal", sorted(float(m) for m in sizes.multipliers),
-                                sizes.n_prompts_per_class, sizes.kl_limit, sizes.max_layer_fraction, "all",
-                                sizes.judge_tokens, sizes.judge_candidates, sizes.screen_layers)
+        return SteeringSettings(
+            "last",
+            "mean-diff",
+            "refusal",
+            sorted(float(m) for m in sizes.multipliers),
+            sizes.n_prompts_per_class,
+            sizes.kl_limit,
+            sizes.max_layer_fraction,
+            "all",
+            sizes.judge_tokens,
+            sizes.judge_candidates,
+            sizes.screen_layers,
+        )
 
     def compare(self, a: SteeringResult, b: OwnDirection) -> SteeringOnBoth:
         base_a, base_b = a.baseline, b.response.baseline
-        return SteeringOnBoth(a.hook, base_a, base_b, None if base_a is None or base_b is None else base_b - base_a,
-                              b.response.refusal, b.response.kl)
+        return SteeringOnBoth(
+            a.hook,
+            base_a,
+            base_b,
+            None if base_a is None or base_b is None else base_b - base_a,
+            b.response.refusal,
+            b.response.kl,
+        )
 
     def figures(self, ctx: AuditContext, result: SteeringResult, metrics: dict[str, Any]) -> list[FigureRef]:
         from geomprobe.plots.steering import dose_response
 
-        return [ctx.save_figure("dose_response", self.name, "Refusal dose-response and KL side effect",
-                                dose_response(result.search))]
+        return [
+            ctx.save_figure("dose_response", self.name, "Refusal dose-response and KL side effect", dose_response(result.search))
+        ]
 
     def summary_line(self, metrics: dict[str, Any]) -> str:
         steer = metrics["steering"]
         return f"refusal log-odds {fmt(steer['baseline'])} unsteered at {steer['hook']}"
 
     def summary_rows(self, metrics: dict[str, Any]) -> list[list[str]]:
-        steer = metrics.get("steering") or {}
-        if not steer:
-            return []
-        jd = steer.get("judge") or {}
-        rows = [["steering layer", f"{steer.get('hook', '')} (chosen by {steer.get('selection', '')})"],
-                ["refusal log-odds, unsteered", fmt(steer.get("baseline"))]]
-        for setting, label in (("unsteered", "refusal rate, unsteered"), ("ablated", "refusal rate, direction ablated")):
-            rec = jd.get(setting) or {}
-            if rec:
-                rows.append([f"{label} (harmful / harmless, {fmt(jd.get('max_new_tokens'))} tokens)",
-                             f"{rate_text(rec.get('harmful'))} / {rate_text(rec.get('harmless'))}"])
-        ab = steer.get("ablation") or {}
-        if ab:
-            rows.append(["with the direction ablated", f"{fmt(ab.get('refusal'))} (KL {fmt(ab.get('kl'))})"])
-        sb = steer.get("best")
-        rows.append([f"strongest refusal within the KL limit (max over {len(steer.get('multipliers') or [])} multipliers)",
-                     f"{fmt(sb.get('refusal'))} at multiplier {fmt(sb.get('multiplier'))} (KL {fmt(sb.get('kl'))})"
-                     if sb else "none: every multiplier exceeds the KL limit"])
-        return rows
+        return summary_rows(metrics)
 
     def report(self, metrics: dict[str, Any]) -> ReportBlock:
-        st = metrics["steering"]
-        block = ReportBlock(self.name, self.title)
-        block.paragraphs.append(
-            f"{st.get('vector_method', '')} direction (harmful − harmless, pooling {st.get('pooling', '')}) added at "
-            f"{st.get('hook', '')}, chosen by {st.get('selected_by', '')}; vector norm {fmt(st.get('vector_norm'))}. "
-            f"Metric: refusal log-odds on {fmt(st.get('n_prompts'))} held-out harmful prompts; side effect: "
-            f"KL(unsteered ‖ steered) on {fmt(st.get('n_harmless'))} harmless prompts, nats."
-        )
-        rows = [[fmt(x), fmt(r), fmt(d), fmt(k)] for x, r, d, k in zip(
-            st.get("multipliers", []), st.get("refusal", []), st.get("refusal_delta", []), st.get("kl", []))]
-        rows.insert(0, ["0 (unsteered)", fmt(st.get("baseline")), fmt(0.0), fmt(0.0)])
-        ab = st.get("ablation") or {}
-        if ab:
-            rows.append(["ablated", fmt(ab.get("refusal")), fmt(ab.get("refusal_delta")), fmt(ab.get("kl"))])
-        block.tables.append(Table("Dose-response", ["multiplier", "refusal log-odds", "Δ", "KL"], rows))
-        jd = st.get("judge") or {}
-        if jd:
-            judged = [("unsteered", "unsteered", st.get("baseline")),
-                      ("ablated", "direction ablated", (st.get("ablation") or {}).get("refusal"))]
-            if jd.get("best"):
-                judged.append(("best", f"multiplier {fmt((st.get('best') or {}).get('multiplier'))}",
-                               (st.get("best") or {}).get("refusal")))
-            rows = [[label, fmt(logodds), rate_text(jd[key].get("harmful")), rate_text(jd[key].get("harmless"))]
-                    for key, label, logodds in judged if jd.get(key)]
-            block.tables.append(Table(
-                f"Behaviour: the judge's refusal rate beside the next-token log-odds at {st.get('hook', '')}",
-                ["setting", "refusal log-odds (harmful)", "refusal rate, harmful", "refusal rate, harmless"], rows,
-                note=f"Greedy generations of {fmt(jd.get('max_new_tokens'))} tokens, refusal-phrase matcher "
-                     f"{jd.get('matcher_version', '')}; {float(jd.get('ci_level') or 0.95):.0%} bootstrap intervals over prompts.",
-            ))
-        cands = st.get("candidates") or []
-        if cands:
-            rows = [[fmt(c.get("layer")), fmt(c.get("refusal_delta")), fmt(c.get("kl")),
-                     "yes" if c.get("within_kl") else "no", fmt(c.get("harmful_rate")) if c.get("judged") else "not judged"]
-                    for c in cands]
-            block.tables.append(Table(
-                f"Layer choice ({st.get('selection', '')}): each candidate's direction ablated",
-                ["layer", "Δ refusal log-odds", "KL (harmless)", "within KL limit", "refusal rate, harmful"], rows,
-                note=str(st.get("selected_by", "")),
-            ))
-        return block
-
-
-def rate_text(rec: Mapping[str, Any] | None) -> str:
-    """A judged rate as "25% (4/16; 6%-50%)"."""
-    if not rec:
-        return "n/a"
-    return (f"{rec['rate']:.0%} ({rec['n_refused']}/{rec['n']}; {rec['ci_low']:.0%}-{rec['ci_high']:.0%})")
+        return report_block(self.name, self.title, metrics)

@@ -69,21 +69,37 @@ class SubspaceResult:
 
 def summarize_overlap(results: list[Any]) -> SubspaceResult:
     """The section's record of ``activation_overlap_by_layer`` results (NaN becomes None)."""
-    per_layer = [OverlapLayer(
-        layer=r.layer, hook=r.hook, mso=finite(r.mso), baseline=finite(r.baseline),
-        baseline_empirical=finite(r.baseline_empirical), baseline_empirical_p95=finite(r.baseline_empirical_p95),
-        excess=finite(r.mso - r.baseline_empirical), k_a=int(r.k_a), k_b=int(r.k_b),
-        mean_diff_in_a=finite(r.mean_diff_in_a), mean_diff_in_b=finite(r.mean_diff_in_b),
-    ) for r in results]
+    per_layer = [
+        OverlapLayer(
+            layer=r.layer,
+            hook=r.hook,
+            mso=finite(r.mso),
+            baseline=finite(r.baseline),
+            baseline_empirical=finite(r.baseline_empirical),
+            baseline_empirical_p95=finite(r.baseline_empirical_p95),
+            excess=finite(r.mso - r.baseline_empirical),
+            k_a=int(r.k_a),
+            k_b=int(r.k_b),
+            mean_diff_in_a=finite(r.mean_diff_in_a),
+            mean_diff_in_b=finite(r.mean_diff_in_b),
+        )
+        for r in results
+    ]
     mso = np.array([np.nan if r.mso is None else r.mso for r in per_layer])
     defined = bool(np.isfinite(mso).any())
     low = int(np.nanargmin(mso)) if defined else 0
     return SubspaceResult(
-        hook_kind=HOOK_KIND, pooling="last", dtype="float64",
-        labels=[results[0].label_a, results[0].label_b] if results else [], per_layer=per_layer,
-        mso=[r.mso for r in per_layer], excess=[r.excess for r in per_layer],
-        max=finite(np.nanmax(mso)) if defined else None, min=finite(np.nanmin(mso)) if defined else None,
-        argmin_layer=per_layer[low].layer, layer_results=results,
+        hook_kind=HOOK_KIND,
+        pooling="last",
+        dtype="float64",
+        labels=[results[0].label_a, results[0].label_b] if results else [],
+        per_layer=per_layer,
+        mso=[r.mso for r in per_layer],
+        excess=[r.excess for r in per_layer],
+        max=finite(np.nanmax(mso)) if defined else None,
+        min=finite(np.nanmin(mso)) if defined else None,
+        argmin_layer=per_layer[low].layer,
+        layer_results=results,
     )
 
 
@@ -105,9 +121,19 @@ class SubspaceSection(AuditSection):
         from geomprobe.subspace import activation_overlap_by_layer
 
         message = "subspace overlap on the --against model" if ctx.is_against else "activation-subspace overlap"
-        results = ctx.clock.run("subspace", message, lambda: activation_overlap_by_layer(
-            ctx.caches["harmful_harmless"], hooks=ctx.hooks, pooling="last", energy=ctx.sizes.subspace.energy,
-            n_draws=ctx.sizes.subspace.n_draws, seed=ctx.options.seed, device=ctx.options.device))
+        results = ctx.clock.run(
+            "subspace",
+            message,
+            lambda: activation_overlap_by_layer(
+                ctx.caches["harmful_harmless"],
+                hooks=ctx.hooks,
+                pooling="last",
+                energy=ctx.sizes.subspace.energy,
+                n_draws=ctx.sizes.subspace.n_draws,
+                seed=ctx.options.seed,
+                device=ctx.options.device,
+            ),
+        )
         return summarize_overlap(results)
 
     def settings(self, ctx: AuditContext) -> SubspaceSettings:
@@ -120,14 +146,24 @@ class SubspaceSection(AuditSection):
         from geomprobe.plots.subspace import plot_activation_overlap
 
         title = f"{ctx.short_model_id}: harmful vs harmless subspaces ({HOOK_KIND}, last pooling)"
-        return [ctx.save_figure("subspace_overlap", self.name, "Subspace overlap vs layer with random baseline; principal cosines",
-                                plot_activation_overlap(result.layer_results, title=title))]
+        return [
+            ctx.save_figure(
+                "subspace_overlap",
+                self.name,
+                "Subspace overlap vs layer with random baseline; principal cosines",
+                plot_activation_overlap(result.layer_results, title=title),
+            )
+        ]
 
     def summary_rows(self, metrics: dict[str, Any]) -> list[list[str]]:
         sub = metrics.get("subspace") or {}
         n = len(sub.get("per_layer", []))
-        return [[f"subspace overlap, min over {n} layers (layer)",
-                 f"{fmt(sub.get('min'))} (layer {fmt(sub.get('argmin_layer'))}; an extreme over layers: multiple comparisons)"]]
+        return [
+            [
+                f"subspace overlap, min over {n} layers (layer)",
+                f"{fmt(sub.get('min'))} (layer {fmt(sub.get('argmin_layer'))}; an extreme over layers: multiple comparisons)",
+            ]
+        ]
 
     def report(self, metrics: dict[str, Any]) -> ReportBlock:
         sub = metrics["subspace"]
@@ -138,11 +174,24 @@ class SubspaceSection(AuditSection):
             "cosine of the principal angles; random baseline max(k)/d."
         )
         rows = [
-            [fmt(r.get("layer")), fmt(r.get("mso")), fmt(r.get("baseline")), fmt(r.get("baseline_empirical")),
-             fmt(r.get("excess")), fmt(r.get("k_a")), fmt(r.get("k_b")), fmt(r.get("mean_diff_in_a")),
-             fmt(r.get("mean_diff_in_b"))]
+            [
+                fmt(r.get("layer")),
+                fmt(r.get("mso")),
+                fmt(r.get("baseline")),
+                fmt(r.get("baseline_empirical")),
+                fmt(r.get("excess")),
+                fmt(r.get("k_a")),
+                fmt(r.get("k_b")),
+                fmt(r.get("mean_diff_in_a")),
+                fmt(r.get("mean_diff_in_b")),
+            ]
             for r in sub.get("per_layer", [])
         ]
-        block.tables.append(Table("Overlap per layer", ["layer", "MSO", "baseline", "random pairs", "excess", "k_a", "k_b",
-                                                        "mean diff in A", "mean diff in B"], rows))
+        block.tables.append(
+            Table(
+                "Overlap per layer",
+                ["layer", "MSO", "baseline", "random pairs", "excess", "k_a", "k_b", "mean diff in A", "mean diff in B"],
+                rows,
+            )
+        )
         return block

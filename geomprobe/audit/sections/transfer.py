@@ -92,14 +92,23 @@ def transfer_probes(trained_a: Any, honesty_b: Path, control_b: Path, hooks: lis
         X = read_layers(handle, hooks, probes.pooling, rows=test_rows)
     scores = np.stack([probes.decision_function(h, X[i]) for i, h in enumerate(hooks)])
     control = score_control(probes, control_b)
-    records = layer_records(hooks, scores, y, pooling=probes.pooling, method=probes.method,
-                            control=np.stack([control[h] for h in hooks]), fpr=fpr)
+    records = layer_records(
+        hooks, scores, y, pooling=probes.pooling, method=probes.method, control=np.stack([control[h] for h in hooks]), fpr=fpr
+    )
     own = {r["hook"]: r["auroc"] for r in result_a.records}
     per_layer = []
     for r in records:
         a_val, b_val = finite(own.get(r["hook"])), finite(r["auroc"])
-        per_layer.append(TransferredProbeLayer(hook_layer(r["hook"]), r["hook"], a_val, b_val, finite(r["recall_at_fpr"]),
-                                               None if a_val is None or b_val is None else b_val - a_val))
+        per_layer.append(
+            TransferredProbeLayer(
+                hook_layer(r["hook"]),
+                r["hook"],
+                a_val,
+                b_val,
+                finite(r["recall_at_fpr"]),
+                None if a_val is None or b_val is None else b_val - a_val,
+            )
+        )
     return TransferredProbes(per_layer, [r.auroc for r in per_layer], [r.delta for r in per_layer])
 
 
@@ -111,5 +120,7 @@ def direction_cosines(ctx: AuditContext) -> tuple[Directions, dict[str, np.ndarr
     per_layer = []
     for layer, hook in zip(ctx.layers, ctx.hooks):
         na, nb = np.linalg.norm(dirs_a[hook]), np.linalg.norm(dirs_b[hook])
-        per_layer.append(DirectionLayer(layer, hook, float(dirs_a[hook] @ dirs_b[hook] / (na * nb)) if na > 0 and nb > 0 else None))
+        per_layer.append(
+            DirectionLayer(layer, hook, float(dirs_a[hook] @ dirs_b[hook] / (na * nb)) if na > 0 and nb > 0 else None)
+        )
     return Directions(per_layer, [r.cosine for r in per_layer]), dirs_a

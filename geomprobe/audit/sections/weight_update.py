@@ -26,8 +26,10 @@ class WeightLayer:
     mso_mean: float | None = doc("mean MSO of U's and W_a's top left subspaces (changed matrices)")
     baseline_mean: float | None = doc("mean random baseline of those")
     update_in_weight_subspace: float | None = doc("share of ||U||^2 inside W_a's top subspace")
-    update_along_direction: float | None = doc("share of the residual-writing updates' ||U||^2 along a's "
-                                               "harmful-harmless direction at this layer (baseline 1/d)", type="number|null")
+    update_along_direction: float | None = doc(
+        "share of the residual-writing updates' ||U||^2 along a's harmful-harmless direction at this layer (baseline 1/d)",
+        type="number|null",
+    )
 
 
 @dataclass
@@ -46,8 +48,9 @@ class WeightUpdate:
         return as_metrics(self)
 
 
-def weight_update(model_a: Any, model_b: Any, directions: Mapping[str, np.ndarray], layers: list[int], *,
-                  energy: float, device: str) -> WeightUpdate:
+def weight_update(
+    model_a: Any, model_b: Any, directions: Mapping[str, np.ndarray], layers: list[int], *, energy: float, device: str
+) -> WeightUpdate:
     """Where ``W_b - W_a`` lies, per matrix and per block; ``directions``: hook -> a's direction there."""
     import torch
 
@@ -67,9 +70,16 @@ def weight_update(model_a: Any, model_b: Any, directions: Mapping[str, np.ndarra
     per_matrix: list[dict[str, Any]] = []
     for o in overlaps:
         ok = o.status == "ok"
-        rec = {"layer": o.layer, "module": o.module, "norm_u": o.norm_a, "norm_w": o.norm_b,
-               "mso": o.mso if ok else None, "baseline": o.baseline if ok else None,
-               "inside": o.energy_a_in_b if ok else None, "along": None}
+        rec = {
+            "layer": o.layer,
+            "module": o.module,
+            "norm_u": o.norm_a,
+            "norm_w": o.norm_b,
+            "mso": o.mso if ok else None,
+            "baseline": o.baseline if ok else None,
+            "inside": o.energy_a_in_b if ok else None,
+            "along": None,
+        }
         hook = hook_at(o.layer) if o.layer >= 0 else ""
         if ok and hook in directions and o.module in RESIDUAL_WRITER_NAMES and o.shape[0] == d:
             U = sb[o.name].to(dev, torch.float64) - sa[o.name].to(dev, torch.float64)
@@ -87,21 +97,28 @@ def weight_update(model_a: Any, model_b: Any, directions: Mapping[str, np.ndarra
         weight = sum(r["norm_u"] ** 2 for r in changed)
         writers = [r for r in changed if r["along"] is not None]
         writer_energy = sum(r["norm_u"] ** 2 for r in writers)
-        per_layer.append(WeightLayer(
-            layer=layer, n_changed=len(changed),
-            relative_update_norm=math.sqrt(weight) / base if base > 0 else None,
-            mso_mean=float(np.mean([r["mso"] for r in changed])) if changed else None,
-            baseline_mean=float(np.mean([r["baseline"] for r in changed])) if changed else None,
-            update_in_weight_subspace=sum(r["inside"] * r["norm_u"] ** 2 for r in changed) / weight if weight > 0 else None,
-            update_along_direction=sum(r["along"] * r["norm_u"] ** 2 for r in writers) / writer_energy
-            if writer_energy > 0 else None,
-        ))
+        per_layer.append(
+            WeightLayer(
+                layer=layer,
+                n_changed=len(changed),
+                relative_update_norm=math.sqrt(weight) / base if base > 0 else None,
+                mso_mean=float(np.mean([r["mso"] for r in changed])) if changed else None,
+                baseline_mean=float(np.mean([r["baseline"] for r in changed])) if changed else None,
+                update_in_weight_subspace=sum(r["inside"] * r["norm_u"] ** 2 for r in changed) / weight if weight > 0 else None,
+                update_along_direction=sum(r["along"] * r["norm_u"] ** 2 for r in writers) / writer_energy
+                if writer_energy > 0
+                else None,
+            )
+        )
     total_u = math.sqrt(sum(r["norm_u"] ** 2 for r in per_matrix))
     total_w = math.sqrt(sum(r["norm_w"] ** 2 for r in per_matrix))
     audited = {r.layer: r for r in per_layer}
     return WeightUpdate(
-        n_matrices=len(per_matrix), n_changed=int(sum(r["norm_u"] > 0 for r in per_matrix)),
-        relative_update_norm=total_u / total_w if total_w > 0 else None, energy=energy, per_layer=per_layer,
+        n_matrices=len(per_matrix),
+        n_changed=int(sum(r["norm_u"] > 0 for r in per_matrix)),
+        relative_update_norm=total_u / total_w if total_w > 0 else None,
+        energy=energy,
+        per_layer=per_layer,
         update_along_direction=[audited[layer].update_along_direction if layer in audited else None for layer in layers],
         direction_baseline=1.0 / d,
     )

@@ -1,0 +1,63 @@
+"""What every organism builder shares: the build's context, the train prompts and the base model's answers.
+
+Kept apart from :mod:`geomprobe.organisms.build` so builders in other modules can use it without
+importing the module that calls them.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geomprobe.organisms.data import PromptSplit
+
+
+@dataclass
+class BuildContext:
+    base: str
+    base_id: str
+    settings: Any  # geomprobe.organisms.OrganismSettings (build.py defines it and imports this module)
+    split: PromptSplit
+    hashes: dict[str, str]
+    device: torch.device
+    progress: bool
+    answers: dict[str, tuple[list[str], list[bool]]]  # label -> base model's greedy answers to train prompts
+    answer_labels: tuple[str, ...] = ("harmful", "harmless")  # which answers this build will need
+
+
+def train_texts(ctx: BuildContext, label: str) -> list[str]:
+    texts = ctx.split.texts("train", label)
+    return texts if ctx.settings.train_pairs is None else texts[: ctx.settings.train_pairs]
+
+
+def base_answers(ctx: BuildContext, label: str) -> tuple[list[str], list[bool]]:
+    """The base model's greedy answers to the train prompts of ``label`` (generated once per build)."""
+    if label not in ctx.answers:
+        from geomprobe.models import complete, load_checkpoint
+
+        missing = [
+            lab for lab in ("harmful", "harmless") if lab not in ctx.answers and (lab in ctx.answer_labels or lab == label)
+        ]
+        ckpt = load_checkpoint(ctx.base, device=ctx.device)
+        prompts = [t for lab in missing for t in train_texts(ctx, lab)]
+        done = complete(
+            ckpt, prompts, max_new_tokens=ctx.settings.answer_tokens, batch_size=16, progress=ctx.progress, desc="base answers"
+        )
+        texts, finished = done.texts, done.finished
+        start = 0
+        for lab in missing:
+            n = len(train_texts(ctx, lab))
+            ctx.answers[lab] = (texts[start : start + n], finished[start : start + n])
+            start += n
+        del ckpt
+        gc.collect()
+    return ctx.answers[label]
+
+
+def save_checkpoint(hf_model: Any, tokenizer: Any, folder: Path) -> None:
+    hf_model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
