@@ -418,6 +418,14 @@ def test_audit_reports_toy_index_and_probe_kind(toy_index, toy_probe, tiny_llama
     assert "centroid gap / spread (higher = better) (interval)" in report
     assert "AUROC ridge" in report and "ridge: standardize=False, alpha=1" in report
     assert m["comparison"]["aqi"]["per_layer"]  # the --against comparison ran on the same registries
+    # the registered index is paired too: a's value from this audit, b's recomputed on b's own cache
+    pairs = m["comparison"]["aqi"]["extra"]["gap_to_spread"]["per_layer"]
+    with open_cache(res.out_dir / "caches" / "against" / res.caches["harmful_harmless"].name) as cache_b:
+        for rec, pair in zip(a["per_layer"], pairs):
+            assert pair["layer"] == rec["layer"] and pair["a"] == rec["extra"]["gap_to_spread"]
+            ref_b = gap_to_spread_loop(cache_b.read(rec["hook"], "last"), cache_b.labels)
+            assert pair["b"] == pytest.approx(ref_b, rel=1e-9)
+            assert pair["delta"] == pytest.approx(pair["b"] - pair["a"])
     # the report is rebuilt from metrics.json alone, registered indices included
     from geomprobe.audit.sections.geometry import GeometrySection
 

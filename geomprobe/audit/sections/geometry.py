@@ -9,6 +9,7 @@ registered with :func:`geomprobe.aqi.register_index` beyond the paper's four is 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -137,6 +138,20 @@ def pca_layers(layers: list[int], best: int, panels: int) -> list[int]:
     return ordered
 
 
+def _extra_value(rec: AqiLayer, name: str) -> float | None:
+    return rec.extra.get(name)
+
+
+@dataclass
+class AqiPaired(Paired):
+    """AQI per layer on both checkpoints, and every registered cluster index the same way."""
+
+    extra: dict[str, Paired] = doc(
+        "each registered index of `aqi.extra_indices` on both checkpoints (name -> per-layer pairs)",
+        items=("the index per layer on a and b, and b - a",),
+    )
+
+
 class GeometrySection(AuditSection):
     name = "aqi"
     title = "AQI: harmful vs harmless separation"
@@ -146,8 +161,8 @@ class GeometrySection(AuditSection):
     settings_key = "aqi"
     settings_type = AqiSettings
     settings_doc = "AQI settings"
-    comparison_type = Paired
-    comparison_doc = "AQI per layer on both checkpoints"
+    comparison_type = AqiPaired
+    comparison_doc = "AQI and each registered cluster index per layer on both checkpoints"
     comparison_label = "AQI"
     figure_keys = ("aqi_layers", "pca_grid")
 
@@ -180,8 +195,14 @@ class GeometrySection(AuditSection):
         sizes = ctx.sizes.aqi
         return AqiSettings("last", sizes.n_bootstrap, sizes.n_permutations, 0.95, sizes.max_points, 0.5)
 
-    def compare(self, a: AqiResult, b: AqiResult) -> Paired:
-        return paired(a.per_layer, b.per_layer, "aqi")
+    def compare(self, a: AqiResult, b: AqiResult) -> AqiPaired:
+        aqi = paired(a.per_layer, b.per_layer, "aqi")
+        extra = {
+            name: paired(a.per_layer, b.per_layer, partial(_extra_value, name=name))
+            for name in a.extra_indices
+            if name in b.extra_indices
+        }
+        return AqiPaired(aqi.per_layer, aqi.delta, aqi.max_abs_delta, extra)
 
     def figures(self, ctx: AuditContext, result: AqiResult, metrics: dict[str, Any]) -> list[FigureRef]:
         from geomprobe.activations.store import open_cache

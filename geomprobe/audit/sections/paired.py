@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,11 +27,13 @@ class Paired:
     max_abs_delta: float | None = doc("largest |delta|")
 
 
-def paired(a_recs: Sequence[Any], b_recs: Sequence[Any], key: str) -> Paired:
-    """``key`` of matching per-layer records (dataclasses with ``layer`` and ``hook``) of a and b, with b - a."""
+def paired(a_recs: Sequence[Any], b_recs: Sequence[Any], key: str | Callable[[Any], float | None]) -> Paired:
+    """``key`` (an attribute name, or a function of one record) of matching per-layer records (dataclasses with
+    ``layer`` and ``hook``) of a and b, with b - a."""
+    value = (lambda rec: getattr(rec, key)) if isinstance(key, str) else key
     per_layer = []
     for ra, rb in zip(a_recs, b_recs):
-        va, vb = getattr(ra, key), getattr(rb, key)
+        va, vb = value(ra), value(rb)
         per_layer.append(PairedLayer(ra.layer, ra.hook, va, vb, None if va is None or vb is None else vb - va))
     deltas = [r.delta for r in per_layer]
     finite_deltas = [abs(d) for d in deltas if d is not None]
