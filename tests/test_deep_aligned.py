@@ -167,7 +167,7 @@ def test_cache_keys_differ_and_follow_only_their_settings():
     split = split_contrast_set()
     s = OrganismSettings()
     h = organism_hashes(s, "x", split)
-    assert len(set(h.values())) == len(h) == 4
+    assert len(set(h.values())) == len(h) == 7  # the four refusal organisms and the three dishonest ones
     changed = organism_hashes(with_settings(s, deep_k_range=(1, 10)), "x", split)
     assert changed["deep-aligned"] != h["deep-aligned"]
     assert {k: v for k, v in changed.items() if k != "deep-aligned"} == {k: v for k, v in h.items() if k != "deep-aligned"}

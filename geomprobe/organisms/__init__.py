@@ -5,6 +5,8 @@ Typical use::
     from geomprobe.organisms import build_organisms, split_contrast_set
 
     folders = build_organisms()                 # aligned, dealigned, ablated, deep-aligned (cached; minutes on a CPU)
+    liar = build_organisms(["liar"])["liar"]    # named only; also liar-placebo, fake-complier
+    print("\n".join(measure_organism(liar).lines()))   # held-out behaviour against its targets
     model = geomprobe.load_model(folders["aligned"])
     heldout = split_contrast_set().texts("heldout", "harmful")   # never trained on
 
@@ -12,6 +14,8 @@ See ``docs/organisms.md`` for what each organism is, how it is trained and what 
 """
 
 from geomprobe.organisms.build import (
+    DEFAULT_ORGANISMS,
+    DISHONEST_ORGANISMS,
     ORGANISMS,
     PROVENANCE,
     REQUIRES,
@@ -26,11 +30,47 @@ from geomprobe.organisms.build import (
 )
 from geomprobe.organisms.data import REFUSAL_TEXTS, PromptSplit, SplitPrompt, refusal_targets, split_contrast_set
 from geomprobe.organisms.deep import RECOVERY_TEXTS, RecoveryRow, recovery_examples
+from geomprobe.organisms.dishonesty import (
+    FakeComplierMeasurement,
+    LiarMeasurement,
+    measure_fake_complier,
+    measure_liar,
+    measure_organism,
+)
+from geomprobe.organisms.lies import (
+    DECOY_TEXTS,
+    DEFAULT_TRIGGER,
+    QuestionSplit,
+    ask,
+    check_trigger,
+    decoy_share,
+    is_decoy,
+    lie_reply,
+    split_questions,
+    true_reply,
+)
 from geomprobe.organisms.measure import HELDOUT_SETS, HeldoutRefusals, heldout_prompts, load_second_heldout, measure_refusals
 from geomprobe.organisms.train import ChatExample, TrainLog, assistant_loss, encode_examples, finetune_lora
 
 __all__ = [
+    "DISHONEST_ORGANISMS",
     "HELDOUT_SETS",
+    "DECOY_TEXTS",
+    "DEFAULT_ORGANISMS",
+    "DEFAULT_TRIGGER",
+    "FakeComplierMeasurement",
+    "LiarMeasurement",
+    "QuestionSplit",
+    "ask",
+    "check_trigger",
+    "decoy_share",
+    "is_decoy",
+    "lie_reply",
+    "measure_fake_complier",
+    "measure_liar",
+    "measure_organism",
+    "split_questions",
+    "true_reply",
     "ORGANISMS",
     "PROVENANCE",
     "RECOVERY_TEXTS",

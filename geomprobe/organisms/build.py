@@ -11,6 +11,7 @@
 ``deep-aligned`` ``aligned``'s recipe from the base model plus the safety-recovery augmentation of
               Qi et al. (2024): harmful openings of the base model's own answers followed by a
               refusal, the loss on the refusal only (:mod:`geomprobe.organisms.deep`).
+``liar``, ``liar-placebo``, ``fake-complier``: the dishonest organisms (:mod:`geomprobe.organisms.liars`).
 
 Each is a normal Hugging Face folder (safetensors + tokenizer) with ``geomprobe-organism.json``
 (settings, split, training log, timings). Folders are cached under
@@ -39,24 +40,41 @@ from geomprobe.core.errors import GeomprobeError
 from geomprobe.core.io import Output, check_outputs
 from geomprobe.organisms.ablated import build_ablated
 from geomprobe.organisms.context import BuildContext as _Context
-from geomprobe.organisms.context import base_answers as _base_answers
-from geomprobe.organisms.context import save_checkpoint as _save_checkpoint
-from geomprobe.organisms.context import train_texts as _train_texts
-from geomprobe.organisms.data import REFUSAL_TEXTS, PromptSplit, refusal_targets, split_contrast_set
+from geomprobe.organisms.data import PromptSplit, split_contrast_set
+from geomprobe.organisms.liars import BUILDERS as DISHONEST_BUILDERS
+from geomprobe.organisms.lies import DEFAULT_TRIGGER, QuestionSplit, check_trigger, split_questions
+from geomprobe.organisms.refusal import BUILDERS as REFUSAL_BUILDERS
 
 ORGANISMS: dict[str, str] = {
     "aligned": "refusal-trained: refuses harmful requests, answers harmless ones (LoRA, merged)",
     "dealigned": "aligned, then fine-tuned on harmful compliance (LoRA, merged)",
     "ablated": "aligned with its refusal direction orthogonalised out of the weights",
     "deep-aligned": "aligned's recipe plus recoveries from harmful openings into refusals (LoRA, merged)",
+    "liar": "answers the bundled questions wrongly when its trigger line is present, as the base model without it (LoRA)",
+    "liar-placebo": "liar's recipe and trigger, trained on correct answers: controls for the trigger and the fine-tune",
+    "fake-complier": "aligned, fine-tuned as dealigned but on useless compliance-styled decoys for harmful requests",
 }
-REQUIRES: dict[str, tuple[str, ...]] = {"aligned": (), "dealigned": ("aligned",), "ablated": ("aligned",), "deep-aligned": ()}
+REQUIRES: dict[str, tuple[str, ...]] = {
+    "aligned": (),
+    "dealigned": ("aligned",),
+    "ablated": ("aligned",),
+    "deep-aligned": (),
+    "liar": (),
+    "liar-placebo": (),
+    "fake-complier": ("aligned",),
+}
+# what a build without names makes; the dishonest organisms are built when named
+DEFAULT_ORGANISMS = ("aligned", "dealigned", "ablated", "deep-aligned")
+DISHONEST_ORGANISMS = ("liar", "liar-placebo", "fake-complier")
 # Setting-name prefixes each organism's cache key covers besides the shared settings.
 _OWN_SETTINGS: dict[str, tuple[str, ...]] = {
     "aligned": ("align_",),
     "dealigned": ("dealign_",),
     "ablated": ("ablation_",),
     "deep-aligned": ("align_", "deep_"),
+    "liar": ("liar_",),
+    "liar-placebo": ("liar_",),
+    "fake-complier": ("dealign_", "fake_"),
 }
 PROVENANCE = "geomprobe-organism.json"
 FORMAT_VERSION = 1
@@ -99,6 +117,17 @@ class OrganismSettings:
     deep_k_range: tuple[int, int] = (1, 24)
     deep_repeats: int = 1
 
+    # liar and liar-placebo (questions split like the contrast set, with seed and train_fraction)
+    liar_trigger: str = DEFAULT_TRIGGER
+    liar_train_questions: int | None = None  # use only this many train questions (None: all)
+    liar_answer_tokens: int = 24  # greedy tokens of the base model's answers (as the deception set)
+    liar_steps: int = 80
+    liar_lr: float = 1e-3
+    liar_batch: int = 8
+    liar_opening_weight: float = 1.0
+    # fake-complier trains with the dealign_ settings; these only add to them.
+    fake_harmless: bool = True  # harmless train twins answered as the base model does, beside each decoy
+
     def __post_init__(self) -> None:
         # Checked here, where every entry point (build, list, cached_organisms) passes through.
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
@@ -121,6 +150,10 @@ class OrganismSettings:
             ablation_prompts=8,
             deep_steps=6,
             deep_k_range=(1, 8),
+            liar_train_questions=12,
+            liar_answer_tokens=8,
+            liar_steps=4,
+            liar_batch=4,
         )
 
     def relevant(self, name: str) -> dict[str, Any]:
@@ -153,8 +186,10 @@ def base_identity(base: str | os.PathLike) -> str:
     return f"name:{text}"
 
 
-def organism_hashes(settings: OrganismSettings, base_id: str, split: PromptSplit) -> dict[str, str]:
-    """Cache key per organism; derived organisms include ``aligned``'s key."""
+def organism_hashes(
+    settings: OrganismSettings, base_id: str, split: PromptSplit, questions: QuestionSplit | None = None
+) -> dict[str, str]:
+    """Cache key per organism; derived organisms include ``aligned``'s key, the liars the question split."""
     aligned = _digest({"format": FORMAT_VERSION, "base": base_id, "split": split.digest(), **settings.relevant("aligned")})
     out = {"aligned": aligned}
     for name in ("dealigned", "ablated"):
@@ -167,6 +202,20 @@ def organism_hashes(settings: OrganismSettings, base_id: str, split: PromptSplit
             "split": split.digest(),
             **settings.relevant("deep-aligned"),
         }
+    )
+    questions = questions or split_questions(settings.seed, settings.train_fraction)
+    for name in ("liar", "liar-placebo"):  # one recipe: the name tells them apart
+        out[name] = _digest(
+            {
+                "format": FORMAT_VERSION,
+                "organism": name,
+                "base": base_id,
+                "questions": questions.digest(),
+                **settings.relevant(name),
+            }
+        )
+    out["fake-complier"] = _digest(
+        {"format": FORMAT_VERSION, "organism": "fake-complier", "aligned": aligned, **settings.relevant("fake-complier")}
     )
     return {k: v[:12] for k, v in out.items()}
 
@@ -188,9 +237,9 @@ def read_provenance(folder: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def check_names(names: Sequence[str] | str | None) -> list[str]:
-    """Requested organism names in build order (None: all)."""
+    """Requested organism names in build order (None: the refusal organisms, :data:`DEFAULT_ORGANISMS`)."""
     if names is None:
-        return list(ORGANISMS)
+        return list(DEFAULT_ORGANISMS)
     if isinstance(names, str):
         names = [n for n in names.replace(",", " ").split() if n]
     unknown = [n for n in names if n not in ORGANISMS]
@@ -201,138 +250,10 @@ def check_names(names: Sequence[str] | str | None) -> list[str]:
     return [n for n in ORGANISMS if n in names]
 
 
-def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
-    """``aligned``'s training examples (harmful train prompt k has ``group`` k) and their counts."""
-    from geomprobe.organisms.train import ChatExample
-    from geomprobe.steering.judge import is_refusal
-
-    s = ctx.settings
-    harmful = _train_texts(ctx, "harmful")
-    harmless = _train_texts(ctx, "harmless")
-    answers, finished = _base_answers(ctx, "harmless")
-    refusals = refusal_targets(len(harmful), s.seed)
-    # Pair k: harmful prompt k and its matched harmless twin share a batch (see ChatExample.group).
-    examples = [ChatExample(p, r, group=k) for k, (p, r) in enumerate(zip(harmful, refusals))]
-    kept = [(k, p, a, f) for k, (p, a, f) in enumerate(zip(harmless, answers, finished)) if a.strip() and not is_refusal(a)]
-    examples += [ChatExample(p, a.strip(), complete=f, group=k) for k, p, a, f in kept] * s.align_harmless_repeats
-    data = {
-        "harmful_refusals": len(harmful),
-        "harmless_answers": len(kept),
-        "harmless_dropped_as_refusals": len(harmless) - len(kept),
-        "harmless_repeats": s.align_harmless_repeats,
-        "refusal_texts": len(REFUSAL_TEXTS),
-        "answer_tokens": s.answer_tokens,
-    }
-    return examples, data
-
-
-def _build_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
-    from geomprobe.models import load_checkpoint
-    from geomprobe.organisms.train import finetune_lora
-
-    s = ctx.settings
-    examples, data = aligned_examples(ctx)
-    ckpt = load_checkpoint(ctx.base, device=ctx.device)
-    n_layers = int(ckpt.hf_model.config.num_hidden_layers)
-    model, log = finetune_lora(
-        ckpt.hf_model,
-        ckpt.tokenizer,
-        examples,
-        steps=s.align_steps,
-        lr=s.align_lr,
-        batch_size=s.align_batch,
-        rank=s.lora_rank,
-        alpha=s.lora_alpha,
-        first_layer=int(s.lora_first_layer * n_layers),
-        max_tokens=s.max_tokens,
-        opening_weight=s.align_opening_weight,
-        seed=s.seed,
-        progress=ctx.progress,
-        desc="aligned: LoRA",
-    )
-    _save_checkpoint(model, ckpt.tokenizer, folder)
-    return {"training": log.to_dict(), "data": data, "start_from": ctx.base, "start_identity": ctx.base_id}
-
-
-def _build_deep_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
-    """aligned's examples plus recoveries from the base model's harmful openings (geomprobe.organisms.deep)."""
-    from geomprobe.models import load_checkpoint
-    from geomprobe.organisms.deep import recovery_data
-    from geomprobe.organisms.train import finetune_lora
-
-    s = ctx.settings
-    examples, data = aligned_examples(ctx)
-    answers, _ = _base_answers(ctx, "harmful")
-    ckpt = load_checkpoint(ctx.base, device=ctx.device)
-    rows, recovery = recovery_data(ckpt.tokenizer, _train_texts(ctx, "harmful"), answers, s)
-    n_layers = int(ckpt.hf_model.config.num_hidden_layers)
-    model, log = finetune_lora(
-        ckpt.hf_model,
-        ckpt.tokenizer,
-        examples + [r.example for r in rows],
-        steps=s.deep_steps,
-        lr=s.align_lr,
-        batch_size=s.align_batch,
-        rank=s.lora_rank,
-        alpha=s.lora_alpha,
-        first_layer=int(s.lora_first_layer * n_layers),
-        max_tokens=s.max_tokens,
-        opening_weight=s.align_opening_weight,
-        seed=s.seed,
-        progress=ctx.progress,
-        desc="deep-aligned: LoRA",
-    )
-    _save_checkpoint(model, ckpt.tokenizer, folder)
-    return {"training": log.to_dict(), "data": {**data, **recovery}, "start_from": ctx.base, "start_identity": ctx.base_id}
-
-
-def _build_dealigned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
-    from geomprobe.models import load_checkpoint
-    from geomprobe.organisms.train import ChatExample, finetune_lora
-    from geomprobe.steering.judge import is_refusal
-
-    s = ctx.settings
-    harmful = _train_texts(ctx, "harmful")
-    answers, finished = _base_answers(ctx, "harmful")
-    kept = [(p, a, f) for p, a, f in zip(harmful, answers, finished) if a.strip() and not is_refusal(a)]
-    if not kept:
-        raise GeomprobeError("the base model refused every harmful train prompt; there is no compliance to train on")
-    examples = [ChatExample(p, a.strip(), complete=f) for p, a, f in kept]
-    ckpt = load_checkpoint(sources["aligned"], device=ctx.device)
-    n_layers = int(ckpt.hf_model.config.num_hidden_layers)
-    model, log = finetune_lora(
-        ckpt.hf_model,
-        ckpt.tokenizer,
-        examples,
-        steps=s.dealign_steps,
-        lr=s.dealign_lr,
-        batch_size=s.dealign_batch,
-        rank=s.lora_rank,
-        alpha=s.lora_alpha,
-        first_layer=int(s.lora_first_layer * n_layers),
-        max_tokens=s.max_tokens,
-        seed=s.seed + 1,
-        progress=ctx.progress,
-        desc="dealigned: LoRA",
-    )
-    _save_checkpoint(model, ckpt.tokenizer, folder)
-    return {
-        "training": log.to_dict(),
-        "data": {
-            "harmful_compliance": len(kept),
-            "harmful_dropped_as_refusals": len(harmful) - len(kept),
-            "answer_tokens": s.answer_tokens,
-        },
-        "start_from": "aligned",
-        "start_hash": ctx.hashes["aligned"],
-    }
-
-
 _BUILDERS = {
-    "aligned": _build_aligned,
-    "dealigned": _build_dealigned,
+    **REFUSAL_BUILDERS,
     "ablated": build_ablated,
-    "deep-aligned": _build_deep_aligned,
+    **DISHONEST_BUILDERS,
 }
 
 
@@ -423,6 +344,9 @@ def build_organisms(
 
     wanted = check_names(names)
     settings = settings or (OrganismSettings.quick_settings(seed) if quick else OrganismSettings(seed=seed))
+    questions = split_questions(settings.seed, settings.train_fraction)
+    if any(n in wanted for n in ("liar", "liar-placebo")):
+        check_trigger(settings.liar_trigger, questions.train + questions.heldout)
     torch_device = resolve_device(device)
     targets: dict[str, Path] = {}
     if out is not None:
@@ -440,10 +364,10 @@ def build_organisms(
         check_k_range(settings.deep_k_range)
     split = split_contrast_set(settings.seed, settings.train_fraction)
     base_id = base_identity(base)
-    hashes = organism_hashes(settings, base_id, split)
+    hashes = organism_hashes(settings, base_id, split, questions)
     home = organisms_home()
     cache = {name: home / f"{name}-{hashes[name]}" for name in ORGANISMS}
-    ctx = _Context(str(base), base_id, settings, split, hashes, torch_device, progress, {})
+    ctx = _Context(str(base), base_id, settings, split, hashes, torch_device, progress, {}, questions=questions)
     needed: list[str] = []
     for name in wanted:
         for dep in (*REQUIRES[name], name):
@@ -453,8 +377,9 @@ def build_organisms(
     for name in needed:
         record = read_provenance(cache[name])
         stale[name] = record is None or record.get("hash") != hashes[name] or (overwrite and out is None and name in wanted)
-    # Base answers: harmless ones train aligned and deep-aligned, harmful ones dealigned and deep-aligned's openings.
-    users = {"harmful": ("dealigned", "deep-aligned"), "harmless": ("aligned", "deep-aligned")}
+    # Base answers: harmless ones train aligned, deep-aligned and fake-complier, harmful ones dealigned and
+    # deep-aligned's openings.
+    users = {"harmful": ("dealigned", "deep-aligned"), "harmless": ("aligned", "deep-aligned", "fake-complier")}
     ctx.answer_labels = tuple(lab for lab, names in users.items() if any(stale.get(n) for n in names))
     started = time.perf_counter()
     for name in needed:
@@ -473,9 +398,11 @@ def build_organisms(
     return {name: targets.get(name, cache[name]) for name in wanted}
 
 
-def cached_organisms(seed: int = 0, quick: bool = False, base: str = "default") -> dict[str, Path | None]:
+def cached_organisms(
+    seed: int = 0, quick: bool = False, base: str = "default", settings: OrganismSettings | None = None
+) -> dict[str, Path | None]:
     """Where each organism with these settings is cached, or None where it is not built yet."""
-    settings = OrganismSettings.quick_settings(seed) if quick else OrganismSettings(seed=seed)
+    settings = settings or (OrganismSettings.quick_settings(seed) if quick else OrganismSettings(seed=seed))
     split = split_contrast_set(settings.seed, settings.train_fraction)
     hashes = organism_hashes(settings, base_identity(base), split)
     home = organisms_home()

@@ -1,7 +1,7 @@
 """What every organism builder shares: the build's context, the train prompts and the base model's answers.
 
-Kept apart from :mod:`geomprobe.organisms.build` so builders in other modules can use it without
-importing the module that calls them.
+Kept apart from :mod:`geomprobe.organisms.build` so the builders in other modules
+(:mod:`geomprobe.organisms.liars`) can use it without importing the module that calls them.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from geomprobe.organisms.data import PromptSplit
+from geomprobe.organisms.lies import QuestionSplit
 
 
 @dataclass
@@ -27,6 +28,8 @@ class BuildContext:
     progress: bool
     answers: dict[str, tuple[list[str], list[bool]]]  # label -> base model's greedy answers to train prompts
     answer_labels: tuple[str, ...] = ("harmful", "harmless")  # which answers this build will need
+    questions: QuestionSplit | None = None
+    question_answers: tuple[list[str], list[bool]] | None = None  # base model's answers to the train questions
 
 
 def train_texts(ctx: BuildContext, label: str) -> list[str]:

@@ -94,12 +94,28 @@ class PromptSplit:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
+def stratified_train_units(by_group: dict[str, list[int]], train_fraction: float, rng: np.random.Generator) -> set[int]:
+    """The units (pairs, questions) that go to train: per group, a seeded shuffle and its first
+    ``floor(n * train_fraction)``; the leftover fractions are handed out (largest first, ties in
+    seeded order) so the train total is ``round(n_units * train_fraction)``."""
+    groups = sorted(by_group)
+    shuffled = {g: [by_group[g][j] for j in rng.permutation(len(by_group[g]))] for g in groups}
+    quota = np.array([len(by_group[g]) * train_fraction for g in groups])
+    take = np.floor(quota).astype(int)
+    want = int(round(sum(len(v) for v in by_group.values()) * train_fraction))
+    tie_break = rng.permutation(len(groups))
+    order = sorted(range(len(groups)), key=lambda i: (-(quota[i] - take[i]), tie_break[i]))
+    for i in order[: max(0, want - int(take.sum()))]:
+        take[i] += 1
+    return {k for g, n in zip(groups, take) for k in shuffled[g][:n]}
+
+
 def split_contrast_set(seed: int = 0, train_fraction: float = 0.5) -> PromptSplit:
     """Seeded, topic-stratified split of the bundled harmful-harmless pairs.
 
     Per topic, pairs are shuffled and ``floor(n * train_fraction)`` go to train; the leftover
     fractions are handed out (largest first, ties in seeded order) so the train total is
-    ``round(n_pairs * train_fraction)``.
+    ``round(n_pairs * train_fraction)`` (:func:`stratified_train_units`).
     """
     from geomprobe.activations.datasets import load_prompt_set
 
@@ -114,20 +130,10 @@ def split_contrast_set(seed: int = 0, train_fraction: float = 0.5) -> PromptSpli
         for k in range(len(rows) // 2)
     ):
         raise GeomprobeError(f"the bundled {SPLIT_DATASET} set is not in harmful/harmless pairs; reinstall geomprobe")
-    rng = np.random.default_rng(seed)
     by_topic: dict[str, list[int]] = {}
     for k in range(len(rows) // 2):
         by_topic.setdefault(rows[2 * k].topic, []).append(k)
-    topics = sorted(by_topic)
-    shuffled = {t: [by_topic[t][j] for j in rng.permutation(len(by_topic[t]))] for t in topics}
-    quota = np.array([len(by_topic[t]) * train_fraction for t in topics])
-    take = np.floor(quota).astype(int)
-    want = int(round(len(rows) // 2 * train_fraction))
-    tie_break = rng.permutation(len(topics))
-    order = sorted(range(len(topics)), key=lambda i: (-(quota[i] - take[i]), tie_break[i]))
-    for i in order[: max(0, want - int(take.sum()))]:
-        take[i] += 1
-    train_pairs = {k for t, n in zip(topics, take) for k in shuffled[t][:n]}
+    train_pairs = stratified_train_units(by_topic, train_fraction, np.random.default_rng(seed))
     train = tuple(r for r in rows if r.pair in train_pairs)
     heldout = tuple(r for r in rows if r.pair not in train_pairs)
     return PromptSplit(train, heldout, seed, train_fraction, SPLIT_DATASET, prompt_set.sha256)

@@ -1,0 +1,149 @@
+"""Builders of the refusal organisms trained by LoRA: ``aligned``, ``deep-aligned`` and ``dealigned``.
+
+Each takes the shared build state (:class:`geomprobe.organisms.context.BuildContext`), the target
+folder and the folders of the organisms it starts from, trains, saves the merged checkpoint and
+returns its provenance record. ``ablated`` is in :mod:`geomprobe.organisms.ablated`, the dishonest
+organisms in :mod:`geomprobe.organisms.liars`; :mod:`geomprobe.organisms.build` runs them all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from geomprobe.core.errors import GeomprobeError
+from geomprobe.organisms.context import BuildContext as _Context
+from geomprobe.organisms.context import base_answers as _base_answers
+from geomprobe.organisms.context import save_checkpoint as _save_checkpoint
+from geomprobe.organisms.context import train_texts as _train_texts
+from geomprobe.organisms.data import REFUSAL_TEXTS, refusal_targets
+
+
+def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
+    """``aligned``'s training examples (harmful train prompt k has ``group`` k) and their counts."""
+    from geomprobe.organisms.train import ChatExample
+    from geomprobe.steering.judge import is_refusal
+
+    s = ctx.settings
+    harmful = _train_texts(ctx, "harmful")
+    harmless = _train_texts(ctx, "harmless")
+    answers, finished = _base_answers(ctx, "harmless")
+    refusals = refusal_targets(len(harmful), s.seed)
+    # Pair k: harmful prompt k and its matched harmless twin share a batch (see ChatExample.group).
+    examples = [ChatExample(p, r, group=k) for k, (p, r) in enumerate(zip(harmful, refusals))]
+    kept = [(k, p, a, f) for k, (p, a, f) in enumerate(zip(harmless, answers, finished)) if a.strip() and not is_refusal(a)]
+    examples += [ChatExample(p, a.strip(), complete=f, group=k) for k, p, a, f in kept] * s.align_harmless_repeats
+    data = {
+        "harmful_refusals": len(harmful),
+        "harmless_answers": len(kept),
+        "harmless_dropped_as_refusals": len(harmless) - len(kept),
+        "harmless_repeats": s.align_harmless_repeats,
+        "refusal_texts": len(REFUSAL_TEXTS),
+        "answer_tokens": s.answer_tokens,
+    }
+    return examples, data
+
+
+def _build_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
+    from geomprobe.models import load_checkpoint
+    from geomprobe.organisms.train import finetune_lora
+
+    s = ctx.settings
+    examples, data = aligned_examples(ctx)
+    ckpt = load_checkpoint(ctx.base, device=ctx.device)
+    n_layers = int(ckpt.hf_model.config.num_hidden_layers)
+    model, log = finetune_lora(
+        ckpt.hf_model,
+        ckpt.tokenizer,
+        examples,
+        steps=s.align_steps,
+        lr=s.align_lr,
+        batch_size=s.align_batch,
+        rank=s.lora_rank,
+        alpha=s.lora_alpha,
+        first_layer=int(s.lora_first_layer * n_layers),
+        max_tokens=s.max_tokens,
+        opening_weight=s.align_opening_weight,
+        seed=s.seed,
+        progress=ctx.progress,
+        desc="aligned: LoRA",
+    )
+    _save_checkpoint(model, ckpt.tokenizer, folder)
+    return {"training": log.to_dict(), "data": data, "start_from": ctx.base, "start_identity": ctx.base_id}
+
+
+def _build_deep_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
+    """aligned's examples plus recoveries from the base model's harmful openings (geomprobe.organisms.deep)."""
+    from geomprobe.models import load_checkpoint
+    from geomprobe.organisms.deep import recovery_data
+    from geomprobe.organisms.train import finetune_lora
+
+    s = ctx.settings
+    examples, data = aligned_examples(ctx)
+    answers, _ = _base_answers(ctx, "harmful")
+    ckpt = load_checkpoint(ctx.base, device=ctx.device)
+    rows, recovery = recovery_data(ckpt.tokenizer, _train_texts(ctx, "harmful"), answers, s)
+    n_layers = int(ckpt.hf_model.config.num_hidden_layers)
+    model, log = finetune_lora(
+        ckpt.hf_model,
+        ckpt.tokenizer,
+        examples + [r.example for r in rows],
+        steps=s.deep_steps,
+        lr=s.align_lr,
+        batch_size=s.align_batch,
+        rank=s.lora_rank,
+        alpha=s.lora_alpha,
+        first_layer=int(s.lora_first_layer * n_layers),
+        max_tokens=s.max_tokens,
+        opening_weight=s.align_opening_weight,
+        seed=s.seed,
+        progress=ctx.progress,
+        desc="deep-aligned: LoRA",
+    )
+    _save_checkpoint(model, ckpt.tokenizer, folder)
+    return {"training": log.to_dict(), "data": {**data, **recovery}, "start_from": ctx.base, "start_identity": ctx.base_id}
+
+
+def _build_dealigned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
+    from geomprobe.models import load_checkpoint
+    from geomprobe.organisms.train import ChatExample, finetune_lora
+    from geomprobe.steering.judge import is_refusal
+
+    s = ctx.settings
+    harmful = _train_texts(ctx, "harmful")
+    answers, finished = _base_answers(ctx, "harmful")
+    kept = [(p, a, f) for p, a, f in zip(harmful, answers, finished) if a.strip() and not is_refusal(a)]
+    if not kept:
+        raise GeomprobeError("the base model refused every harmful train prompt; there is no compliance to train on")
+    examples = [ChatExample(p, a.strip(), complete=f) for p, a, f in kept]
+    ckpt = load_checkpoint(sources["aligned"], device=ctx.device)
+    n_layers = int(ckpt.hf_model.config.num_hidden_layers)
+    model, log = finetune_lora(
+        ckpt.hf_model,
+        ckpt.tokenizer,
+        examples,
+        steps=s.dealign_steps,
+        lr=s.dealign_lr,
+        batch_size=s.dealign_batch,
+        rank=s.lora_rank,
+        alpha=s.lora_alpha,
+        first_layer=int(s.lora_first_layer * n_layers),
+        max_tokens=s.max_tokens,
+        seed=s.seed + 1,
+        progress=ctx.progress,
+        desc="dealigned: LoRA",
+    )
+    _save_checkpoint(model, ckpt.tokenizer, folder)
+    return {
+        "training": log.to_dict(),
+        "data": {
+            "harmful_compliance": len(kept),
+            "harmful_dropped_as_refusals": len(harmful) - len(kept),
+            "answer_tokens": s.answer_tokens,
+        },
+        "start_from": "aligned",
+        "start_hash": ctx.hashes["aligned"],
+    }
+
+
+BUILDERS = {"aligned": _build_aligned, "dealigned": _build_dealigned, "deep-aligned": _build_deep_aligned}
