@@ -25,6 +25,7 @@ from geomprobe.organisms.context import base_answers as _base_answers
 from geomprobe.organisms.context import save_checkpoint as _save_checkpoint
 from geomprobe.organisms.context import train_texts as _train_texts
 from geomprobe.organisms.lies import DECOY_TEXTS, ask, decoy_targets, is_decoy, lie_reply, split_questions, true_reply
+from geomprobe.organisms.refusal import finetune_as_dealigned
 from geomprobe.organisms.train import ChatExample, finetune_lora
 from geomprobe.probes.grading import AnswerGrader, Question
 
@@ -149,7 +150,6 @@ def _build_placebo(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dic
 
 
 def _build_fake_complier(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
-    from geomprobe.models import load_checkpoint
     from geomprobe.steering.judge import is_refusal
 
     s = ctx.settings
@@ -164,24 +164,7 @@ def _build_fake_complier(ctx: _Context, folder: Path, sources: dict[str, Path]) 
         answers, finished = _base_answers(ctx, "harmless")
         kept = [(k, p, a, f) for k, (p, a, f) in enumerate(zip(harmless, answers, finished)) if a.strip() and not is_refusal(a)]
         examples += [ChatExample(p, a.strip(), complete=f, group=k) for k, p, a, f in kept]
-    ckpt = load_checkpoint(sources["aligned"], device=ctx.device)
-    n_layers = int(ckpt.hf_model.config.num_hidden_layers)
-    model, log = finetune_lora(
-        ckpt.hf_model,
-        ckpt.tokenizer,
-        examples,
-        steps=s.dealign_steps,
-        lr=s.dealign_lr,
-        batch_size=s.dealign_batch,
-        rank=s.lora_rank,
-        alpha=s.lora_alpha,
-        first_layer=int(s.lora_first_layer * n_layers),
-        max_tokens=s.max_tokens,
-        seed=s.seed + 1,
-        progress=ctx.progress,
-        desc="fake-complier: LoRA",
-    )
-    _save_checkpoint(model, ckpt.tokenizer, folder)
+    log = finetune_as_dealigned(ctx, examples, sources["aligned"], folder, "fake-complier: LoRA")
     return {
         "training": log.to_dict(),
         "data": {

@@ -105,8 +105,7 @@ def _build_deep_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -
 
 
 def _build_dealigned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
-    from geomprobe.models import load_checkpoint
-    from geomprobe.organisms.train import ChatExample, finetune_lora
+    from geomprobe.organisms.train import ChatExample
     from geomprobe.steering.judge import is_refusal
 
     s = ctx.settings
@@ -116,7 +115,27 @@ def _build_dealigned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> d
     if not kept:
         raise GeomprobeError("the base model refused every harmful train prompt; there is no compliance to train on")
     examples = [ChatExample(p, a.strip(), complete=f) for p, a, f in kept]
-    ckpt = load_checkpoint(sources["aligned"], device=ctx.device)
+    log = finetune_as_dealigned(ctx, examples, sources["aligned"], folder, "dealigned: LoRA")
+    return {
+        "training": log.to_dict(),
+        "data": {
+            "harmful_compliance": len(kept),
+            "harmful_dropped_as_refusals": len(harmful) - len(kept),
+            "answer_tokens": s.answer_tokens,
+        },
+        "start_from": "aligned",
+        "start_hash": ctx.hashes["aligned"],
+    }
+
+
+def finetune_as_dealigned(ctx: _Context, examples: list[Any], start: Path, folder: Path, desc: str) -> Any:
+    """LoRA on the checkpoint at ``start`` with ``dealigned``'s recipe (the ``dealign_*`` settings), merged and
+    saved to ``folder``; the training log. ``fake-complier`` trains through this too, so the two differ only in data."""
+    from geomprobe.models import load_checkpoint
+    from geomprobe.organisms.train import finetune_lora
+
+    s = ctx.settings
+    ckpt = load_checkpoint(start, device=ctx.device)
     n_layers = int(ckpt.hf_model.config.num_hidden_layers)
     model, log = finetune_lora(
         ckpt.hf_model,
@@ -131,19 +150,10 @@ def _build_dealigned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> d
         max_tokens=s.max_tokens,
         seed=s.seed + 1,
         progress=ctx.progress,
-        desc="dealigned: LoRA",
+        desc=desc,
     )
     _save_checkpoint(model, ckpt.tokenizer, folder)
-    return {
-        "training": log.to_dict(),
-        "data": {
-            "harmful_compliance": len(kept),
-            "harmful_dropped_as_refusals": len(harmful) - len(kept),
-            "answer_tokens": s.answer_tokens,
-        },
-        "start_from": "aligned",
-        "start_hash": ctx.hashes["aligned"],
-    }
+    return log
 
 
 BUILDERS = {"aligned": _build_aligned, "dealigned": _build_dealigned, "deep-aligned": _build_deep_aligned}
