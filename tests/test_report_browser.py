@@ -277,7 +277,7 @@ def synthetic_metrics() -> dict:
         "delta": None,
         "depth": None,
         "comparison": {
-            "aqi": _pairs(aqi, [0.3, 0.2, 0.4]),
+            "aqi": {**_pairs(aqi, [0.3, 0.2, 0.4]), "extra": {}},
             "subspace": _pairs(mso, [0.6, 0.7, 0.5]),
             "probes": _pairs(auroc, [0.7, 0.9, 0.9]),
             "steering": {
