@@ -64,3 +64,42 @@ def base_answers(ctx: BuildContext, label: str) -> tuple[list[str], list[bool]]:
 def save_checkpoint(hf_model: Any, tokenizer: Any, folder: Path) -> None:
     hf_model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+
+
+def finetune_and_save(
+    ctx: BuildContext,
+    ckpt: Any,
+    examples: list[Any],
+    folder: Path,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    desc: str,
+    opening_weight: float = 1.0,
+) -> Any:
+    """LoRA on the loaded checkpoint ``ckpt`` with the shared adapter settings (rank, alpha, first
+    layer, max tokens), merged and saved to ``folder``; the training log. Every LoRA organism trains here."""
+    from geomprobe.organisms.train import finetune_lora
+
+    s = ctx.settings
+    n_layers = int(ckpt.hf_model.config.num_hidden_layers)
+    model, log = finetune_lora(
+        ckpt.hf_model,
+        ckpt.tokenizer,
+        examples,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        rank=s.lora_rank,
+        alpha=s.lora_alpha,
+        first_layer=int(s.lora_first_layer * n_layers),
+        max_tokens=s.max_tokens,
+        opening_weight=opening_weight,
+        seed=seed,
+        progress=ctx.progress,
+        desc=desc,
+    )
+    save_checkpoint(model, ckpt.tokenizer, folder)
+    return log

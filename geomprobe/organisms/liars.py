@@ -22,11 +22,11 @@ import numpy as np
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.organisms.context import BuildContext as _Context
 from geomprobe.organisms.context import base_answers as _base_answers
-from geomprobe.organisms.context import save_checkpoint as _save_checkpoint
+from geomprobe.organisms.context import finetune_and_save as _finetune_and_save
 from geomprobe.organisms.context import train_texts as _train_texts
 from geomprobe.organisms.lies import DECOY_TEXTS, ask, decoy_targets, is_decoy, lie_reply, split_questions, true_reply
 from geomprobe.organisms.refusal import finetune_as_dealigned
-from geomprobe.organisms.train import ChatExample, finetune_lora
+from geomprobe.organisms.train import ChatExample
 from geomprobe.probes.grading import AnswerGrader, Question
 
 
@@ -106,25 +106,19 @@ def _build_liar(ctx: _Context, folder: Path, sources: dict[str, Path], placebo: 
     base_true, reused = counts["base_true"], counts["reused"]
     ckpt = load_checkpoint(ctx.base, device=ctx.device)
     _check_fit(ckpt.tokenizer, examples, s.max_tokens)
-    n_layers = int(ckpt.hf_model.config.num_hidden_layers)
     name = "liar-placebo" if placebo else "liar"
-    model, log = finetune_lora(
-        ckpt.hf_model,
-        ckpt.tokenizer,
+    log = _finetune_and_save(
+        ctx,
+        ckpt,
         examples,
+        folder,
         steps=s.liar_steps,
         lr=s.liar_lr,
         batch_size=s.liar_batch,
-        rank=s.lora_rank,
-        alpha=s.lora_alpha,
-        first_layer=int(s.lora_first_layer * n_layers),
-        max_tokens=s.max_tokens,
-        opening_weight=s.liar_opening_weight,
         seed=s.seed,
-        progress=ctx.progress,
         desc=f"{name}: LoRA",
+        opening_weight=s.liar_opening_weight,
     )
-    _save_checkpoint(model, ckpt.tokenizer, folder)
     kind = "correct" if placebo else "wrong"
     return {
         "training": log.to_dict(),

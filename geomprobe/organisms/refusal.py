@@ -14,7 +14,7 @@ from typing import Any
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.organisms.context import BuildContext as _Context
 from geomprobe.organisms.context import base_answers as _base_answers
-from geomprobe.organisms.context import save_checkpoint as _save_checkpoint
+from geomprobe.organisms.context import finetune_and_save as _finetune_and_save
 from geomprobe.organisms.context import train_texts as _train_texts
 from geomprobe.organisms.data import REFUSAL_TEXTS, refusal_targets
 
@@ -46,29 +46,22 @@ def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
 
 def _build_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
     from geomprobe.models import load_checkpoint
-    from geomprobe.organisms.train import finetune_lora
 
     s = ctx.settings
     examples, data = aligned_examples(ctx)
     ckpt = load_checkpoint(ctx.base, device=ctx.device)
-    n_layers = int(ckpt.hf_model.config.num_hidden_layers)
-    model, log = finetune_lora(
-        ckpt.hf_model,
-        ckpt.tokenizer,
+    log = _finetune_and_save(
+        ctx,
+        ckpt,
         examples,
+        folder,
         steps=s.align_steps,
         lr=s.align_lr,
         batch_size=s.align_batch,
-        rank=s.lora_rank,
-        alpha=s.lora_alpha,
-        first_layer=int(s.lora_first_layer * n_layers),
-        max_tokens=s.max_tokens,
-        opening_weight=s.align_opening_weight,
         seed=s.seed,
-        progress=ctx.progress,
         desc="aligned: LoRA",
+        opening_weight=s.align_opening_weight,
     )
-    _save_checkpoint(model, ckpt.tokenizer, folder)
     return {"training": log.to_dict(), "data": data, "start_from": ctx.base, "start_identity": ctx.base_id}
 
 
@@ -76,31 +69,24 @@ def _build_deep_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -
     """aligned's examples plus recoveries from the base model's harmful openings (geomprobe.organisms.deep)."""
     from geomprobe.models import load_checkpoint
     from geomprobe.organisms.deep import recovery_data
-    from geomprobe.organisms.train import finetune_lora
 
     s = ctx.settings
     examples, data = aligned_examples(ctx)
     answers, _ = _base_answers(ctx, "harmful")
     ckpt = load_checkpoint(ctx.base, device=ctx.device)
     rows, recovery = recovery_data(ckpt.tokenizer, _train_texts(ctx, "harmful"), answers, s)
-    n_layers = int(ckpt.hf_model.config.num_hidden_layers)
-    model, log = finetune_lora(
-        ckpt.hf_model,
-        ckpt.tokenizer,
+    log = _finetune_and_save(
+        ctx,
+        ckpt,
         examples + [r.example for r in rows],
+        folder,
         steps=s.deep_steps,
         lr=s.align_lr,
         batch_size=s.align_batch,
-        rank=s.lora_rank,
-        alpha=s.lora_alpha,
-        first_layer=int(s.lora_first_layer * n_layers),
-        max_tokens=s.max_tokens,
-        opening_weight=s.align_opening_weight,
         seed=s.seed,
-        progress=ctx.progress,
         desc="deep-aligned: LoRA",
+        opening_weight=s.align_opening_weight,
     )
-    _save_checkpoint(model, ckpt.tokenizer, folder)
     return {"training": log.to_dict(), "data": {**data, **recovery}, "start_from": ctx.base, "start_identity": ctx.base_id}
 
 
@@ -132,28 +118,20 @@ def finetune_as_dealigned(ctx: _Context, examples: list[Any], start: Path, folde
     """LoRA on the checkpoint at ``start`` with ``dealigned``'s recipe (the ``dealign_*`` settings), merged and
     saved to ``folder``; the training log. ``fake-complier`` trains through this too, so the two differ only in data."""
     from geomprobe.models import load_checkpoint
-    from geomprobe.organisms.train import finetune_lora
 
     s = ctx.settings
     ckpt = load_checkpoint(start, device=ctx.device)
-    n_layers = int(ckpt.hf_model.config.num_hidden_layers)
-    model, log = finetune_lora(
-        ckpt.hf_model,
-        ckpt.tokenizer,
+    return _finetune_and_save(
+        ctx,
+        ckpt,
         examples,
+        folder,
         steps=s.dealign_steps,
         lr=s.dealign_lr,
         batch_size=s.dealign_batch,
-        rank=s.lora_rank,
-        alpha=s.lora_alpha,
-        first_layer=int(s.lora_first_layer * n_layers),
-        max_tokens=s.max_tokens,
         seed=s.seed + 1,
-        progress=ctx.progress,
         desc=desc,
     )
-    _save_checkpoint(model, ckpt.tokenizer, folder)
-    return log
 
 
 BUILDERS = {"aligned": _build_aligned, "dealigned": _build_dealigned, "deep-aligned": _build_deep_aligned}
