@@ -1,7 +1,9 @@
 import os
 import sys
 
-from geomprobe.core.errors import raised_by_interrupt
+from geomprobe.core.errors import raised_by_interrupt, redeliver_swallowed_interrupts
+
+redeliver_swallowed_interrupts()  # before the heavy imports, where a finalizer can catch Ctrl-C
 
 
 def _exit_interrupted(message: str | None) -> None:

@@ -259,3 +259,25 @@ def test_ctrl_c_during_start_up_is_one_line_and_leaves_nothing(delay, tmp_path, 
     assert proc.returncode == 130, f"exit {proc.returncode}:\n{err}"
     assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("geomprobe: interrupted"), err
     assert list(work.iterdir()) == []  # not even the default activations/ folder
+
+
+def test_ctrl_c_swallowed_by_a_finalizer_still_stops_the_program():
+    """A KeyboardInterrupt raised inside __del__ is only printed by Python; the hook re-sends it."""
+    script = (
+        "import time\n"
+        "from geomprobe.core.errors import redeliver_swallowed_interrupts\n"
+        "redeliver_swallowed_interrupts()\n"
+        "class Finalized:\n"
+        "    def __del__(self):\n"
+        "        raise KeyboardInterrupt\n"
+        "Finalized()\n"
+        "try:\n"
+        "    time.sleep(5)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('stopped')\n"
+        "else:\n"
+        "    print('ran on')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "stopped", proc.stdout + proc.stderr
+    assert "Exception ignored" not in proc.stderr, proc.stderr

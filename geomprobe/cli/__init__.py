@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from geomprobe.cli.common import check_numbers
-from geomprobe.core.errors import GeomprobeError, raised_by_interrupt
+from geomprobe.core.errors import GeomprobeError, raised_by_interrupt, redeliver_swallowed_interrupts
 
 # Pipeline order; a module listed here that is absent is simply not offered.
 SUBCOMMAND_MODULES = ("cache", "aqi", "subspace", "probe", "ches", "steer", "depth", "organisms", "audit", "merge")
@@ -99,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Ctrl-C (at start-up too: imports and model loads take seconds) is one line and exit code 130.
     """
+    redeliver_swallowed_interrupts()
     try:
         load_plugins(plugin_names(list(sys.argv[1:] if argv is None else argv)))
         parser = build_parser()
