@@ -294,6 +294,18 @@ def test_validate_metrics_flags_problems(audit_a):
     assert any(p.startswith("probes.best.auroc") for p in problems)
 
 
+def test_validate_metrics_names_another_version_once(audit_a):
+    """A file of an older layout lacks the fields added since: one line says why, not one per field."""
+    from geomprobe.audit import SCHEMA_VERSION
+
+    m = json.loads(json.dumps(audit_a.metrics))
+    m["schema_version"] = SCHEMA_VERSION - 1
+    del m["probes"]["headline"]
+    assert validate_metrics(m) == [
+        f"schema_version is {SCHEMA_VERSION - 1}; this geomprobe validates version {SCHEMA_VERSION} (re-run geomprobe audit)"
+    ]
+
+
 # -- sections: the registry, the schema, metrics.json and the report agree -------------------------------
 def test_sections_declare_what_they_write(audit_a):
     from geomprobe.audit.schema import AGAINST_ONLY

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geomprobe.audit import validate_metrics
+from geomprobe.audit import SCHEMA_VERSION, validate_metrics
 from geomprobe.audit.report import FigureRef, render_html, render_markdown, write_report
 from geomprobe.plots._style import save_figure
 from geomprobe.plots.overview import plot_comparison, plot_pca_grid
@@ -79,7 +79,7 @@ def synthetic_metrics() -> dict:
     }
     return {
         "schema": "geomprobe-audit",
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "geomprobe_version": "0.1.0",
         "created_utc": "2025-01-01T00:00:00+00:00",
         "model": _prov("tiny-a"),
