@@ -997,3 +997,8 @@ def test_quick_audit_on_default_model(default_model, tmp_path):
     assert m["probes"]["headline"]["chosen_on"] == "validation split of the training rows"
     assert m["probes"]["headline"]["auroc"] <= m["probes"]["best"]["auroc"]
     assert m["steering"]["layer"] in (0, 10, 20)
+    # CHES of the 12 quick preference pairs: LN-CHES puts the 3 near-duplicates above every compliance pair (docs/ches.md)
+    c = m["ches"]
+    ln = {kind: [p["ln_ches"] for p in c["pairs"] if p["kind"] == kind] for kind in ("compliance", "near-duplicate")}
+    assert (c["n_pairs"], len(ln["near-duplicate"]), c["n_flagged"]) == (12, 3, 4)
+    assert min(ln["near-duplicate"]) > max(ln["compliance"]) and c["by_kind"]["near-duplicate"]["n_flagged"] == 3

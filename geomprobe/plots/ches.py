@@ -53,8 +53,10 @@ def plot_ches(record: Mapping[str, Any], compared: Mapping[str, Any] | None = No
     ax_depth.plot(layers, _num([r["flagged_agreement"] for r in rows]), "s--", color=ACCENT_COLOR, label="flagged at both")
     ax_depth.axhline(0, color=BASELINE_COLOR, linewidth=1)
     ax_depth.set_ylim(-1.03, 1.03)
+    if len(layers) <= 16:
+        ax_depth.set_xticks(layers)
     ax_depth.set_xlabel("layer (block output, resid_post)")
-    ax_depth.set_ylabel(f"agreement with the {layer} ranking ({_LABELS[by]})")
+    ax_depth.set_ylabel(f"agreement with {layer} ({_LABELS[by]})")
     ax_depth.legend(fontsize=7)
     if compared:
         ax_ab = axes[0][2]
@@ -71,4 +73,5 @@ def plot_ches(record: Mapping[str, Any], compared: Mapping[str, Any] | None = No
         ax_ab.set_ylabel(f"{_LABELS[by]} on b")
         ax_ab.legend(fontsize=7)
     fig.suptitle(title or f"CHES of {record['n_pairs']} preference pairs ({record['dataset']})", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))  # room for the title; the long axis labels do not overlap
     return fig
