@@ -254,13 +254,65 @@ def test_deception_check_in_probe_section(audit_a):
     assert f"at layer {head['layer']} (chosen on the honesty held-out split): pooled {fmt(head['pooled_auroc'])}" in text
 
 
+def test_ches_section_in_the_audit(audit_a, tiny_llama):
+    """The bundled preference pairs scored on the audited checkpoint: geomprobe.ches's numbers, a figure, a
+    report block, a headline and --fail-if paths (tests/test_audit_ches.py checks the section in detail)."""
+    from geomprobe.ches import ches_scores, load_preferences
+
+    m = audit_a.metrics
+    c, layers = m["ches"], m["settings"]["layers"]
+    direct = ches_scores(tiny_llama, load_preferences("preferences"), layers=["final", *layers], batch_size=16)
+    assert c["n_pairs"] == 80 and [p["index"] for p in c["pairs"]] == list(range(80))
+    np.testing.assert_allclose([p["ln_ches"] for p in c["pairs"]], direct.ln_ches[0], rtol=1e-9)
+    np.testing.assert_allclose([p["ches"] for p in c["pairs"]], direct.ches[0], rtol=1e-9)
+    assert c["top_pairs"] == direct.rank("ln_ches")[: FULL.ches.n_top].tolist()
+    assert c["n_flagged"] == 27 == sum(p["flagged"] for p in c["pairs"])  # ceil(0.33 * 80)
+    assert {k: v["n"] for k, v in c["by_kind"].items()} == {"compliance": 60, "near-duplicate": 20}
+    assert [r["layer"] for r in c["per_layer"]] == layers
+    assert np.median(direct.ches[1]) == pytest.approx(c["per_layer"][0]["median_ches"])
+    assert m["settings"]["ches"] == {
+        "preferences": "preferences",
+        "n_pairs": None,
+        "rank_by": "ln_ches",
+        "top_share": 0.33,
+        "include_end": True,
+        "chat_template": True,
+        "n_bootstrap": FULL.ches.n_bootstrap,
+        "ci_level": 0.95,
+    }
+    assert m["comparison"] is None  # no --against: no comparison.ches
+    line = f"CHES of 80 preference pairs at final: median LN-CHES {fmt(c['ln_ches']['median'])}, 27 flagged (top 0.33 by ln_ches)"
+    assert audit_a.summary().splitlines()[1].endswith(line)
+    assert audit_a.figures["ches"].read_bytes().startswith(b"\x89PNG")
+    page = audit_a.html_path.read_text()
+    assert "<section id='ches'><h2>CHES: preference pairs likely to displace likelihood under DPO</h2>" in page
+    for text in (page, audit_a.markdown_path.read_text()):
+        assert "Highest-ranked pairs by ln_ches" in text and "ln_final.hook_out" in text and "float64" in text
+        assert "pairs flagged for likelihood displacement (top 0.33 by ln_ches)" in text
+    for expr, reference in (
+        ("ches.share_flagged>0.3", c["share_flagged"] > 0.3),
+        ("ches.per_layer.spearman.min<0.5", min(r["spearman"] for r in c["per_layer"]) < 0.5),
+        ("ches.by_kind.near-duplicate.n_flagged>=5", c["by_kind"]["near-duplicate"]["n_flagged"] >= 5),
+    ):
+        [result] = evaluate_conditions([parse_condition(expr, against=False)], m)
+        assert result.failed == reference, expr
+
+
 def test_outputs_written_and_embedded(audit_a):
     m = audit_a.metrics
     assert validate_metrics(m) == []
     on_disk = json.loads(audit_a.metrics_path.read_text())
     assert on_disk == json.loads(json.dumps(m))
     assert load_metrics(audit_a.out_dir)["aqi"] == on_disk["aqi"]
-    assert set(audit_a.figures) == {"aqi_layers", "pca_grid", "subspace_overlap", "probe_layers", "dose_response", "token_scores"}
+    assert set(audit_a.figures) == {
+        "aqi_layers",
+        "pca_grid",
+        "subspace_overlap",
+        "probe_layers",
+        "dose_response",
+        "token_scores",
+        "ches",
+    }
     page = audit_a.html_path.read_text()
     markdown = audit_a.markdown_path.read_text()
     for path in audit_a.figures.values():
@@ -269,7 +321,7 @@ def test_outputs_written_and_embedded(audit_a):
         assert "data:image/png;base64," + base64.b64encode(data).decode() in page
         assert f"]({path.name})" in markdown
     assert "http://" not in page and "https://" not in page  # nothing fetched from outside
-    assert {"load", "cache", "aqi", "subspace", "probes", "steering", "plots", "report"} <= set(on_disk["timings_s"])
+    assert {"load", "cache", "aqi", "subspace", "probes", "steering", "ches", "plots", "report"} <= set(on_disk["timings_s"])
     # gates: the first holds (fails the checkpoint), the second does not
     assert [g.failed for g in audit_a.gates] == [True, False]
     assert audit_a.failed
@@ -320,7 +372,7 @@ def test_sections_declare_what_they_write(audit_a):
     writers = [s.name for s in SECTIONS if s.writes_metrics]
     assert list(m)[-len(writers) :] == writers  # after the header, in registry order
     keyed = [s.settings_key for s in SECTIONS if s.settings_key]
-    assert list(m["settings"])[-len(keyed) :] == keyed == ["datasets", "aqi", "subspace", "probes", "steering"]
+    assert list(m["settings"])[-len(keyed) :] == keyed == ["datasets", "aqi", "subspace", "probes", "steering", "ches"]
     # settings come from the settings dataclasses: the same keys, in field order, as the schema rows
     for s in SECTIONS:
         if s.settings_key and s.settings_key != "datasets":
@@ -343,7 +395,7 @@ def test_sections_declare_what_they_write(audit_a):
         f"AQI max over {len(m['aqi']['per_layer'])} layers {fmt(m['aqi']['max'])} at layer "
         f"{m['aqi']['argmax_layer']}; probe AUROC {fmt(head['auroc'])} [{fmt(head['auroc_ci_low'])}, "
     )
-    assert headline.endswith(f"unsteered at {m['steering']['hook']}")
+    assert f"unsteered at {m['steering']['hook']}; CHES of {m['ches']['n_pairs']} preference pairs at final: " in headline
 
 
 def test_sizes_are_owned_by_sections():
@@ -531,6 +583,19 @@ def test_against_ablated_twin(audit_a, tiny_llama, tmp_path):
     assert depth["base_answers"]["share_first"] == ref["base_answers"]["share_first"]
     assert depth["prefill"] == ref["prefill"] and depth["half_kl_tokens"] == ref["half_kl_tokens"]
     assert "Alignment depth against the second checkpoint" in res.markdown_path.read_text()
+    # CHES of the same pairs on b: the change per pair and the rank agreement, recomputed from geomprobe.ches
+    from scipy.stats import spearmanr
+
+    from geomprobe.ches import ches_scores, load_preferences
+
+    prefs = load_preferences("preferences")
+    sa, sb = ches_scores(tiny_llama, prefs), ches_scores(load_model(twin, device="cpu"), prefs)
+    cc = c["ches"]
+    np.testing.assert_allclose(cc["ln_ches"]["per_pair_delta"], sb.ln_ches[0] - sa.ln_ches[0], rtol=1e-7, atol=1e-9)
+    assert (cc["ches"]["a"], cc["ches"]["b"]) == pytest.approx((sa.ches[0].mean(), sb.ches[0].mean()), rel=1e-9)
+    assert cc["ln_ches"]["spearman"] == pytest.approx(spearmanr(sa.ln_ches[0], sb.ln_ches[0]).statistic)
+    assert cc["ln_ches"]["ci_low"] <= cc["ln_ches"]["delta"] <= cc["ln_ches"]["ci_high"] and cc["n_bootstrap"] == 1000
+    assert "rank agreement with b: Spearman" in res.summary() and "Against the second checkpoint" in res.html_path.read_text()
 
 
 def _brute_paired(Xa, Xb, y, n_bootstrap, seed):
@@ -648,7 +713,7 @@ def test_toy_section_end_to_end(tiny_llama_dir, tmp_path, capsys):
     out = tmp_path / "toy"
     register_section(NormsSection())
     try:
-        assert [s.name for s in SECTIONS][-5:] == ["steering", "norms", "comparison", "delta", "depth"]
+        assert [s.name for s in SECTIONS][-6:] == ["steering", "ches", "norms", "comparison", "delta", "depth"]
         assert (FULL.norms.max_rows, QUICK.norms.max_rows) == (None, 16)
         assert FIELD_MAP["norms.per_layer[].norm"].type == "number"
         assert FIELD_MAP["settings.norms.max_rows"].type == "integer|null"
@@ -693,11 +758,12 @@ def test_toy_section_end_to_end(tiny_llama_dir, tmp_path, capsys):
     assert [r["b"] for r in c["per_layer"]] == pytest.approx(b, rel=1e-9)
     assert c["delta"] == pytest.approx([y - x for x, y in zip(a, b)], rel=1e-9)
     assert c["max_abs_delta"] == pytest.approx(max(abs(y - x) for x, y in zip(a, b)), rel=1e-9)
-    assert list(m)[-4:] == ["norms", "comparison", "delta", "depth"] and list(m["comparison"])[:5] == [
+    assert list(m)[-4:] == ["norms", "comparison", "delta", "depth"] and list(m["comparison"])[:6] == [
         "aqi",
         "subspace",
         "probes",
         "steering",
+        "ches",
         "norms",
     ]
     # CLI output: the section's summary line (with its comparison) and both gates
@@ -943,3 +1009,8 @@ def test_quick_audit_on_default_model(default_model, tmp_path):
     assert m["probes"]["headline"]["chosen_on"] == "validation split of the training rows"
     assert m["probes"]["headline"]["auroc"] <= m["probes"]["best"]["auroc"]
     assert m["steering"]["layer"] in (0, 10, 20)
+    # CHES of the 12 quick preference pairs: LN-CHES puts the 3 near-duplicates above every compliance pair (docs/ches.md)
+    c = m["ches"]
+    ln = {kind: [p["ln_ches"] for p in c["pairs"] if p["kind"] == kind] for kind in ("compliance", "near-duplicate")}
+    assert (c["n_pairs"], len(ln["near-duplicate"]), c["n_flagged"]) == (12, 3, 4)
+    assert min(ln["near-duplicate"]) > max(ln["compliance"]) and c["by_kind"]["near-duplicate"]["n_flagged"] == 3

@@ -17,6 +17,7 @@ import pytest
 from geomprobe.audit import SCHEMA_VERSION, validate_metrics
 from geomprobe.audit.report import FigureRef, render_html, render_markdown, write_report
 from geomprobe.plots._style import save_figure
+from geomprobe.plots.ches import plot_ches
 from geomprobe.plots.overview import plot_comparison, plot_pca_grid
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -61,6 +62,86 @@ def _pairs(a: list, b: list) -> dict:
 
 def _rate(rate: float, n: int) -> dict:
     return {"rate": rate, "ci_low": max(0.0, rate - 0.25), "ci_high": min(1.0, rate + 0.25), "n": n, "n_refused": round(rate * n)}
+
+
+def _summary(values: list[float]) -> dict:
+    v = np.asarray(values)
+    stats = (v.mean(), v.std(), v.min(), *np.quantile(v, [0.25, 0.5, 0.75]), v.max())
+    return dict(zip(("mean", "std", "min", "q25", "median", "q75", "max"), map(float, stats)))
+
+
+CHES = [-3.0, 5.0, 1.5, -8.0, 2.0, 0.5]
+LN_CHES = [-0.3, 0.6, 0.1, -0.9, 0.25, 0.05]
+
+
+def _ches() -> dict:
+    order = [int(i) for i in np.argsort(-np.asarray(LN_CHES), kind="stable")]
+    kinds = ["compliance", "near-duplicate"] * 3
+    pairs = [
+        {
+            "index": 2 * i,
+            "kind": kinds[i],
+            "ches": c,
+            "ln_ches": ln,
+            "n_chosen_terms": 9,
+            "n_rejected_terms": 7,
+            "rank": order.index(i) + 1,
+            "flagged": order.index(i) < 2,
+        }
+        for i, (c, ln) in enumerate(zip(CHES, LN_CHES))
+    ]
+    return {
+        "dataset": "preferences",
+        "dataset_sha256": "cd" * 32,
+        "n_pairs": 6,
+        "layer": "final",
+        "hook": "ln_final.hook_out",
+        "pooling": "sum over the states that predict each response token (end-of-turn included)",
+        "dtype": "float64",
+        "model_dtype": "float32",
+        "chat_template_applied": True,
+        "rank_by": "ln_ches",
+        "top_share": 0.33,
+        "n_flagged": 2,
+        "share_flagged": 2 / 6,
+        "ches": _summary(CHES),
+        "ln_ches": _summary(LN_CHES),
+        "top_pairs": [2 * i for i in order[:3]],
+        "by_kind": {
+            kind: {
+                "n": 3,
+                "n_flagged": sum(p["flagged"] for p in pairs if p["kind"] == kind),
+                "median_ches": 0.0,
+                "median_ln_ches": 0.0,
+            }
+            for kind in ("compliance", "near-duplicate")
+        },
+        "pairs": pairs,
+        "per_layer": [
+            {
+                "layer": layer,
+                "hook": f"blocks.{layer}.hook_resid_post",
+                "median_ches": 0.1 * layer,
+                "median_ln_ches": 0.01 * layer,
+                "spearman": 0.3 * layer,
+                "flagged_agreement": 0.5 * layer,
+            }
+            for layer in LAYERS
+        ],
+    }
+
+
+def _ches_change(values: list[float], shift: float) -> dict:
+    return {
+        "a": float(np.mean(values)),
+        "b": float(np.mean(values)) + shift,
+        "delta": shift,
+        "ci_low": shift - 0.1,
+        "ci_high": shift + 0.1,
+        "p_value": 0.04,
+        "spearman": 0.8,
+        "per_pair_delta": [shift] * len(values),
+    }
 
 
 def synthetic_metrics() -> dict:
@@ -126,6 +207,16 @@ def synthetic_metrics() -> dict:
                 "judge_tokens": 12,
                 "judge_candidates": 2,
                 "screen_layers": 4,
+            },
+            "ches": {
+                "preferences": "preferences",
+                "n_pairs": 6,
+                "rank_by": "ln_ches",
+                "top_share": 0.33,
+                "include_end": True,
+                "chat_template": True,
+                "n_bootstrap": 100,
+                "ci_level": 0.95,
             },
         },
         "timings_s": {"load": 1.0, "cache": 2.0},
@@ -274,6 +365,7 @@ def synthetic_metrics() -> dict:
             "n_prompts": 4,
             "n_harmless": 4,
         },
+        "ches": _ches(),
         "delta": None,
         "depth": None,
         "comparison": {
@@ -287,6 +379,16 @@ def synthetic_metrics() -> dict:
                 "baseline_delta": -2.0,
                 "refusal_b": [-4.5, -3.5],
                 "kl_b": [0.04, 0.05],
+            },
+            "ches": {
+                "layer": "final",
+                "rank_by": "ln_ches",
+                "n_pairs": 6,
+                "n_bootstrap": 100,
+                "ci_level": 0.95,
+                "ches": _ches_change(CHES, -1.0),
+                "ln_ches": _ches_change(LN_CHES, 0.2),
+                "flagged_overlap": 0.5,
             },
             "transfer": {
                 "probes": {
@@ -359,6 +461,10 @@ def report(tmp_path_factory):
                 plot_pca_grid(acts, y, class_names=("harmless", "harmful"), model_id="tiny-a", highlight=1), out / "pca_grid.png"
             ),
         ),
+        # in report order: the CHES block comes before the comparison
+        FigureRef(
+            "ches", "ches", "CHES", save_figure(plot_ches(metrics["ches"], metrics["comparison"]["ches"]), out / "ches.png")
+        ),
         FigureRef(
             "comparison", "comparison", "a vs b", save_figure(plot_comparison(metrics), out / "comparison.png"), "caption <b>"
         ),
@@ -374,7 +480,8 @@ def test_report_is_self_contained(report):
     assert not re.search(r"""(src|href)=['"](?!data:|#)""", page), "every resource must be embedded"
     assert "caption &lt;b&gt;" in page and "tiny-b &lt;ablated&gt;" in page  # text is escaped
     md = md_path.read_text()
-    assert "![PCA grid](pca_grid.png)" in md and "![a vs b](comparison.png)" in md
+    assert "![PCA grid](pca_grid.png)" in md and "![a vs b](comparison.png)" in md and "![CHES](ches.png)" in md
+    assert "Against the second checkpoint: the same 6 pairs at final" in md
     assert md == render_markdown(synthetic_metrics(), figures, relative_to=out)
     assert page == render_html(synthetic_metrics(), figures)
 

@@ -5,7 +5,7 @@
 >>> result.metrics["aqi"]["max"], result.html_path, result.failed
 
 The audit is a registry of sections (:data:`SECTIONS`: cache, AQI, subspace, probes, steering,
-comparison, delta), each one module under ``geomprobe/audit/sections/``; :func:`register_section`
+CHES, comparison, delta, depth), each one module under ``geomprobe/audit/sections/``; :func:`register_section`
 adds one. Each section owns its sizes (``AuditSizes()["aqi"]``, or ``.aqi``). See ``docs/audit.md``
 for the metrics.json schema and the ``--fail-if`` syntax.
 """

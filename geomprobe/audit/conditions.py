@@ -162,8 +162,8 @@ def _schema_steps(path: str, expr: str) -> tuple[tuple[Step, ...], str]:
                 norm, kind, projected = candidate, FIELD_MAP[candidate].type.removesuffix("|null"), True
                 continue
         candidate = f"{norm}.{part}" if norm else part
-        if norm == "settings.datasets":
-            candidate = "settings.datasets.*"
+        if candidate not in FIELD_MAP and f"{norm}.*" in FIELD_MAP:
+            candidate = f"{norm}.*"  # a free key: a prompt-set role, a kind of preference pair, ...
         if candidate in FIELD_MAP and not kind.startswith("list["):
             steps.append(Step("key", part))
             norm, kind = candidate, FIELD_MAP[candidate].type.removesuffix("|null")

@@ -36,6 +36,7 @@ class AuditOptions:
     quick: bool = False
     show_bars: bool = False  # per-batch progress bars while caching (only on a terminal)
     deception_set: str | None = None  # a deception-set JSONL to use instead of building one
+    preferences: str | None = None  # a preference JSONL for the CHES section instead of the bundled set
 
 
 class StageClock:

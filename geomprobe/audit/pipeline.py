@@ -1,7 +1,8 @@
 """``run_audit``: load the checkpoint(s), run every section in registry order, write the outputs.
 
 The work itself lives in the registered sections (:mod:`geomprobe.audit.sections`: cache, AQI,
-subspace, probes, steering, and with ``against`` the comparison and the paired deltas); this
+subspace, probes, steering, CHES, and with ``against`` the comparison, the paired deltas and the
+alignment depth); this
 module checks the request before any work, builds the shared
 :class:`~geomprobe.audit.context.AuditContext`, runs every section (on both checkpoints with
 ``against``: first on a, then on b, whose context can read a's result), assembles
@@ -207,6 +208,7 @@ def run_audit(
     overwrite: bool = False,
     progress: ProgressFn | bool | None = None,
     deception_set: str | Path | None = None,
+    preferences: str | Path | None = None,
     load: Callable[[Any], Any] | None = None,
 ) -> AuditResult:
     """Audit a checkpoint (and compare it with ``against``); write metrics.json, plots and reports.
@@ -220,8 +222,11 @@ def run_audit(
     ``progress``: ``True`` prints each stage to stderr, or pass ``fn(stage, message)``.
     ``deception_set``: a ``geomprobe probe deception-set`` JSONL file for the probe section's
     check on the model's own answers (default: built on the audited model at the size's count).
+    ``preferences``: a JSONL file of ``{prompt, chosen, rejected}`` rows for the CHES section
+    (default: the bundled ``preferences`` set); its rows are checked before the model loads.
     """
     from geomprobe.activations.datasets import load_prompt_set
+    from geomprobe.ches import BUNDLED_PREFERENCES, load_preferences
 
     # Cheap checks first: a bad condition, size or folder must not cost a model load.
     conditions = parse_conditions(fail_if, against=against is not None)
@@ -234,10 +239,14 @@ def run_audit(
         raise GeomprobeError(
             f"--deception-set {str(deception_set)!r} is not a file; build one with geomprobe probe deception-set --out FILE.jsonl"
         )
+    if preferences is not None:
+        load_preferences(preferences)  # a bad file or row is one line here, not after the model loads
+        if str(preferences) not in BUNDLED_PREFERENCES:
+            preferences = Path(preferences).resolve()
     # metrics.json marks an audit folder; the other files an audit writes are refused too (a user's own report.html).
     check_outputs(
         [Output(out_dir, "--out", "folder", what="geomprobe audit", holds="metrics.json", owns=AUDIT_FILES)],
-        inputs=[deception_set],
+        inputs=[deception_set, preferences if isinstance(preferences, Path) else None],
         overwrite=overwrite,
     )
     out_dir = Path(out_dir)
@@ -249,6 +258,7 @@ def run_audit(
         quick=quick,
         show_bars=progress is True and sys.stderr.isatty(),
         deception_set=None if deception_set is None else str(Path(deception_set).resolve()),
+        preferences=None if preferences is None else str(preferences),
     )
     sets = {role: load_prompt_set(name, limit=sizes.cache.limit(role), seed=seed) for role, name in DATASETS}
     ctx = _open_context(model, against, dtype, layers, sets, sizes, options, out_dir, clock, load)

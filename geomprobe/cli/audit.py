@@ -14,7 +14,8 @@ def register(subparsers) -> None:
         help="audit a checkpoint: AQI, subspace overlap, probes and steering per layer, with a report",
         description=(
             "Cache the bundled contrast sets and report per layer: AQI with interval and p-value, activation-subspace "
-            "overlap, honesty-probe AUROC and recall at 1% control FPR, and a steering dose-response. Writes "
+            "overlap, honesty-probe AUROC and recall at 1% control FPR, a steering dose-response, and the CHES of "
+            "preference pairs (which would displace likelihood under DPO). Writes "
             "report.html (self-contained), report.md, metrics.json and PNGs into --out."
         ),
     )
@@ -44,6 +45,12 @@ def register(subparsers) -> None:
         help="graded answers from 'geomprobe probe deception-set' for the probe section's check on the "
         "model's own lies (default: built on the audited model)",
     )
+    p.add_argument(
+        "--preferences",
+        default=None,
+        metavar="FILE.jsonl",
+        help="{prompt, chosen, rejected} rows for the CHES section (default: the bundled 'preferences' set)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--overwrite", action="store_true", help="replace an earlier audit in --out")
@@ -70,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         deception_set=args.deception_set,
+        preferences=args.preferences,
         load=lambda ref: model_from_args(args, ref),
     )
     print(result.summary())

@@ -218,6 +218,12 @@ CASES: list[Case] = [
     ),
     C("audit-bad-fail-if-field", "audit --model {model} --out {root}/newaudit --fail-if bogus.thing<1", "bogus"),
     C("audit-out-is-file", "audit --model {model} --out {existing_json}", "is a file", outputs=("{existing_json}",)),
+    C(
+        "audit-bad-preferences",
+        "audit --model {model} --out {root}/newaudit --preferences {missing_label_jsonl}",
+        "row lacks 'prompt'",
+        outputs=("{root}/newaudit",),
+    ),
     C("steer-screen-truncated", "steer screen {truncated_h5}", "not a readable HDF5"),
 ]
 

@@ -8,6 +8,7 @@ the orchestrator pick it up from the registry (:data:`SECTIONS`).
 from geomprobe.audit.registry import SECTIONS, register_section, unregister_section
 from geomprobe.audit.sections.base import AuditSection, FieldSpec
 from geomprobe.audit.sections.cache import CacheSection
+from geomprobe.audit.sections.ches import ChesSection
 from geomprobe.audit.sections.comparison import ComparisonSection
 from geomprobe.audit.sections.delta import DeltaSection
 from geomprobe.audit.sections.depth import DepthSection
@@ -23,6 +24,7 @@ if not SECTIONS:  # once per process, however often this package is reloaded
         SubspaceSection(),
         ProbesSection(),
         SteeringSection(),  # chooses its layer by behaviour (judge on held-out prompts), not by AQI
+        ChesSection(),  # preference pairs scored by the model's own forward pass (no cache)
         ComparisonSection(),  # --against: each section's compare(a, b), plus transfer and the weight update
         DeltaSection(),  # --against: paired bootstrap of the changes over the same prompts (needs steering's prompts)
         DepthSection(),  # --against: alignment depth of b against a (KL profile, prefilling attack)
