@@ -20,7 +20,7 @@ from geomprobe.audit.sections import SECTIONS, FieldSpec
 from geomprobe.core.errors import GeomprobeError
 
 SCHEMA_NAME = "geomprobe-audit"
-# 2: sections added probes.headline, probes.params, aqi.extra_indices/extra, depth, comparison.aqi.extra
+# 2: added probes.headline, probes.params, aqi.extra_indices/extra, depth, ches, comparison.aqi.extra, comparison.ches
 SCHEMA_VERSION = 2
 
 # Field types: see geomprobe.audit.spec.
