@@ -447,6 +447,7 @@ def deception_main(args) -> int:
         n_bootstrap=args.n_boot,
         seed=args.seed,
         max_new_tokens=args.max_new_tokens,
+        base=args.base,
         device=args.device,
         progress=True,
     )

@@ -150,7 +150,7 @@ class DeceptionPower:
         for r in self.rows:
             layer = str(r.layers[0]) if r.layers[0] == r.layers[1] else f"{r.layers[0]} / {r.layers[1]}"
             judge = "" if not r.monitor else f"{r.monitor['rate'][0]:.0%} / {r.monitor['rate'][1]:.0%}"
-            means = f"{f(r.mean_positive)} / {f(r.mean_negative)}"
+            means = " / ".join("n/a" if v is None else f"{v:.3g}" for v in (r.mean_positive, r.mean_negative))
             lines.append(
                 f"| {r.contrast} | {r.method} | {layer} | {r.n_positive} / {r.n_negative} | {f(r.auroc)}{interval(r.ci)} "
                 f"| {f(r.auroc_max_token)}{interval(r.ci_max_token)} | {means} | {judge} |"
@@ -331,6 +331,7 @@ def deception_power(
     seed: int = 0,
     max_new_tokens: int = 48,
     measurements: Mapping[str, Any] | None = None,
+    base: str | os.PathLike | None = None,
     device: str = "auto",
     batch_size: int = 16,
     progress: bool = False,
@@ -341,7 +342,9 @@ def deception_power(
     ``work`` keeps the caches (honesty set and answers per organism; reused when they hold the same model
     and rows). ``limit``: the first N held-out questions / harmful prompts; ``honesty_limit``: a seeded
     subset of the honesty set (pairs kept whole). ``measurements``: :class:`LiarMeasurement` of liar /
-    liar-placebo already made on the same questions (their answers are scored instead of generated again).
+    liar-placebo already made on the same questions (their answers are scored instead of generated again);
+    ``base`` is the liars' base checkpoint for those measurements (default: the one their provenance records,
+    which names the folder they were built from, perhaps since moved).
     Harmful answers are the refusal judge's greedy ``max_new_tokens`` completions.
     """
     from geomprobe.core import stats
@@ -376,7 +379,13 @@ def deception_power(
                 say(f"measuring {name} (greedy answers with and without the trigger)")
                 earlier = next((m.answers for m in measured.values() if hasattr(m, "answers")), None)
                 measured[name] = measure_liar(
-                    folder, limit=limit, device=device, batch_size=batch_size, progress=progress, base_answers=earlier
+                    folder,
+                    base=None if base is None else str(base),
+                    limit=limit,
+                    device=device,
+                    batch_size=batch_size,
+                    progress=progress,
+                    base_answers=earlier,
                 )
             m = measured[name]
             behaviour[name] = {k: v for k, v in m.to_dict().items() if k not in ("grades", "answers")}
