@@ -29,9 +29,18 @@ Diagnostics (all on the last prompt token's resid_post, held-out prompts only):
   activations at the ablation layer (two folds over pairs, out-of-fold scores), applied to B;
   change = metric on B - metric on A; expected down (the probe transfers worse).
 
+The deception block (``--deception``, run instead of the rows above): honesty probes of each kind
+(logistic, mean-diff, lda), trained on the bundled honesty set through each dishonest organism with
+the layer chosen on its validation split, read the organisms' own greedy answers (mean over the
+response tokens, per-token scores kept): liar's lies vs its truths on the same questions and within
+the trigger, liar-placebo's triggered vs untriggered answers, fake-complier's vs dealigned's harmful
+answers beside the refusal judge's flag rates; AUROC with bootstrap intervals over questions/prompts
+(:func:`geomprobe.organisms.deception_power`; docs/validation.md, "Deception block").
+
 Usage::
 
     python benchmarks/detection_power.py [--quick] [--work DIR] [--n-boot 200] [--json out.json] [--markdown out.md]
+    python benchmarks/detection_power.py --deception [--n-boot 1000] [--limit N] [--json out.json] [--markdown out.md]
 
 Organisms are built (or taken from the cache) first; generations, caches and judgements are kept
 in --work and reused with --reuse.
@@ -181,7 +190,14 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", action="store_true", help="reuse judgements and caches already in --work")
     ap.add_argument("--json", help="write every number here")
     ap.add_argument("--markdown", help="write the detection table as Markdown here")
+    ap.add_argument(
+        "--deception", action="store_true", help="run the deception block (liar, liar-placebo, fake-complier, dealigned)"
+    )
+    ap.add_argument("--limit", type=int, help="deception block: the first N held-out questions and harmful prompts")
+    ap.add_argument("--honesty-limit", type=int, help="deception block: a seeded subset of the honesty set (whole pairs)")
     args = ap.parse_args(argv)
+    if args.deception:
+        return deception_main(args)
 
     from geomprobe.organisms import build_organisms, read_provenance, split_contrast_set
     from geomprobe.probes import auroc
@@ -403,6 +419,54 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps(payload, indent=1, default=float) + "\n")
     if args.markdown:
         Path(args.markdown).write_text(table + "\n")
+    return 0
+
+
+def deception_main(args) -> int:
+    """The deception block: honesty probes on the dishonest organisms' own answers."""
+    from geomprobe.organisms import (
+        DECEPTION_ORGANISMS,
+        build_organisms,
+        deception_power,
+        quick_deception_settings,
+        read_provenance,
+    )
+
+    t0 = time.perf_counter()
+    # quick: the quick recipe with room for the triggered prompts of any tokenizer (a tiny test model's included)
+    settings = quick_deception_settings(args.seed) if args.quick else None
+    folders = build_organisms(
+        list(DECEPTION_ORGANISMS), base=args.base, quick=args.quick, seed=args.seed, device=args.device, settings=settings
+    )
+    build_s = time.perf_counter() - t0
+    block = deception_power(
+        folders,
+        Path(args.work) / "deception",
+        limit=args.limit,
+        honesty_limit=args.honesty_limit,
+        n_bootstrap=args.n_boot,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        base=args.base,
+        device=args.device,
+        progress=True,
+    )
+    print()
+    print("\n".join(block.lines()))
+    provenance = {k: read_provenance(v) or {} for k, v in folders.items()}
+    payload = {
+        "deception": block.to_dict(),
+        "build_seconds_this_run": round(build_s, 1),
+        "organisms": {
+            k: {"folder": str(folders[k]), "hash": v.get("hash"), "timing": v.get("timing")} for k, v in provenance.items()
+        },
+        "quick": args.quick,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    if args.json:
+        Path(args.json).write_text(json.dumps(payload, indent=1, default=float) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(block.table() + "\n")
     return 0
 
 

@@ -21,12 +21,13 @@ def _code(path: Path) -> list[str]:
     return [cell.source for cell in nb.cells if cell.cell_type == "code"]
 
 
-def test_four_notebooks():
+def test_five_notebooks():
     assert [p.name for p in NOTEBOOKS] == [
         "01_audit_checkpoint.ipynb",
         "02_dishonesty_probe.ipynb",
         "03_layerwise_geometry.ipynb",
         "04_model_organisms.ipynb",
+        "05_deception_organisms.ipynb",
     ]
 
 

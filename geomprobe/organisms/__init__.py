@@ -7,12 +7,22 @@ Typical use::
     folders = build_organisms()                 # aligned, dealigned, ablated, deep-aligned (cached; minutes on a CPU)
     liar = build_organisms(["liar"])["liar"]    # named only; also liar-placebo, fake-complier
     print("\n".join(measure_organism(liar).lines()))   # held-out behaviour against its targets
+    block = deception_power(build_organisms(list(DECEPTION_ORGANISMS)), "work/")   # probes on their lies
+    print(block.table())
     model = geomprobe.load_model(folders["aligned"])
     heldout = split_contrast_set().texts("heldout", "harmful")   # never trained on
 
 See ``docs/organisms.md`` for what each organism is, how it is trained and what it measures.
 """
 
+from geomprobe.organisms.answer_probes import (
+    AnswerRow,
+    ChosenProbe,
+    answer_token_scores,
+    cache_answers,
+    choose_probes,
+    honesty_cache,
+)
 from geomprobe.organisms.build import (
     DEFAULT_ORGANISMS,
     DISHONEST_ORGANISMS,
@@ -29,6 +39,17 @@ from geomprobe.organisms.build import (
     with_settings,
 )
 from geomprobe.organisms.data import REFUSAL_TEXTS, PromptSplit, SplitPrompt, refusal_targets, split_contrast_set
+from geomprobe.organisms.deception_power import (
+    CONTRASTS,
+    DECEPTION_ORGANISMS,
+    PROBE_METHODS,
+    ContrastRow,
+    DeceptionPower,
+    ScoredAnswer,
+    contrast_auroc,
+    deception_power,
+    quick_deception_settings,
+)
 from geomprobe.organisms.deep import RECOVERY_TEXTS, RecoveryRow, recovery_examples
 from geomprobe.organisms.dishonesty import (
     FakeComplierMeasurement,
@@ -53,6 +74,21 @@ from geomprobe.organisms.measure import HELDOUT_SETS, HeldoutRefusals, heldout_p
 from geomprobe.organisms.train import ChatExample, TrainLog, assistant_loss, encode_examples, finetune_lora
 
 __all__ = [
+    "CONTRASTS",
+    "DECEPTION_ORGANISMS",
+    "PROBE_METHODS",
+    "AnswerRow",
+    "ChosenProbe",
+    "ContrastRow",
+    "DeceptionPower",
+    "ScoredAnswer",
+    "answer_token_scores",
+    "cache_answers",
+    "choose_probes",
+    "contrast_auroc",
+    "deception_power",
+    "honesty_cache",
+    "quick_deception_settings",
     "DISHONEST_ORGANISMS",
     "HELDOUT_SETS",
     "DECOY_TEXTS",
