@@ -288,6 +288,7 @@ def build_token_cache(path, d=16, n=6, seed=0):
             labels=labels,
             token_ids=token_ids,
             response_start=starts,
+            response_end=[5 + i - 1 for i in range(n)],  # the last token stands for a chat template's closing token
         )
     return path, blocks
 
@@ -302,7 +303,11 @@ def test_token_scores_and_html(tmp_path):
     for t in scored:
         np.testing.assert_allclose(t.scores, probes.decision_function(HOOKS[2], blocks[HOOKS[2]][t.row]))
         assert len(t.token_ids) == 5 + t.row and t.token_ids[0] == 10 + t.row
-        assert t.response_mean == pytest.approx(t.scores[2:].mean())
+        # The response is [start, end): the trailing template token is scored but not averaged, so the
+        # mean equals the probe applied to the mean-pooled response (a linear probe commutes with the mean).
+        assert t.response_mean == pytest.approx(t.scores[2:-1].mean())
+        pooled = blocks[HOOKS[2]][t.row][2:-1].mean(axis=0, keepdims=True)
+        assert t.response_mean == pytest.approx(float(probes.decision_function(HOOKS[2], pooled)[0]), rel=1e-5)
     means = response_scores(probes, path, HOOKS[2])
     assert all(means[1::2] > means[0::2].max())
     out = token_scores_html(

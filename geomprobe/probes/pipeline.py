@@ -401,7 +401,7 @@ def token_scores(
         )
         if "all" not in handle.poolings:
             raise GeomprobeError(f"cache {handle.path.name} has no per-token ('all') activations; re-cache with --pooling all")
-        offsets, ids, starts = handle.token_offsets, handle.token_ids, handle.response_start
+        offsets, ids, starts, ends = handle.token_offsets, handle.token_ids, handle.response_start, handle.response_end
         labels, names = handle.labels, handle.label_names
         chosen = range(handle.n_prompts) if rows is None else rows
         out = []
@@ -412,7 +412,7 @@ def token_scores(
             X = handle.read(hook, "all", rows=slice(lo, hi))
             s = probes.decision_function(hook, X) if hi > lo else np.zeros(0)
             label = names[labels[row]] if labels[row] >= 0 else ""
-            out.append(TokenScores(int(row), ids[lo:hi].copy(), s, int(starts[row]), label))
+            out.append(TokenScores(int(row), ids[lo:hi].copy(), s, int(starts[row]), label, int(ends[row])))
         return out
     finally:
         if owned:

@@ -186,17 +186,20 @@ class TransferResult:
 
 @dataclass
 class TokenScores:
-    """Per-token probe scores of one prompt (scores cover every token; the response starts at ``response_start``)."""
+    """Per-token probe scores of one prompt: ``scores`` cover every token, the response is
+    ``[response_start, response_end)`` (the span mean pooling averages; the chat template's closing
+    tokens after it are scored but not part of the response)."""
 
     row: int
     token_ids: np.ndarray
     scores: np.ndarray
     response_start: int
     label: str
+    response_end: int | None = None  # None: to the last token
 
     @property
     def response_mean(self) -> float:
-        part = self.scores[self.response_start :]
+        part = self.scores[self.response_start : self.response_end]
         return float(part.mean()) if len(part) else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
@@ -204,6 +207,7 @@ class TokenScores:
             "row": self.row,
             "label": self.label,
             "response_start": self.response_start,
+            "response_end": len(self.scores) if self.response_end is None else self.response_end,
             "token_ids": [int(t) for t in self.token_ids],
             "scores": [float(s) for s in self.scores],
             "response_mean": self.response_mean,
