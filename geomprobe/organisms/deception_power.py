@@ -179,27 +179,24 @@ def contrast_auroc(
     takes both answers of each; otherwise each side is resampled on its own (positives first).
     Returns ``(auroc, low, high)`` as ``(k,)`` arrays."""
     from geomprobe.core import stats
+    from geomprobe.probes.conditions import bootstrap_auroc
     from geomprobe.probes.metrics import auroc
 
     pos = np.asarray(positive, dtype=np.float64).reshape(len(positive), -1)
     neg = np.asarray(negative, dtype=np.float64).reshape(len(negative), -1)
     if paired and len(pos) != len(neg):
         raise GeomprobeError(f"a paired contrast needs one negative per positive; got {len(pos)} and {len(neg)}")
-    if paired:
+    if not paired:
+        # Each side resampled within itself: the probes' stratified AUROC interval.
+        scores, y = np.concatenate([pos, neg]).T, np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+        low, high = bootstrap_auroc(scores, y, n_bootstrap=n_bootstrap, ci=level, seed=seed)
+        return np.atleast_1d(auroc(scores, y)), np.atleast_1d(low), np.atleast_1d(high)
 
-        def statistic(rows: np.ndarray) -> np.ndarray:
-            y = np.r_[np.ones(len(rows)), np.zeros(len(rows))]
-            return np.atleast_1d(auroc(np.concatenate([pos[rows], neg[rows]]).T, y))
+    def statistic(rows: np.ndarray) -> np.ndarray:
+        y = np.r_[np.ones(len(rows)), np.zeros(len(rows))]
+        return np.atleast_1d(auroc(np.concatenate([pos[rows], neg[rows]]).T, y))
 
-        strata: Any = len(pos)
-    else:
-        scores, y_all = np.concatenate([pos, neg]), np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-
-        def statistic(rows: np.ndarray) -> np.ndarray:
-            return np.atleast_1d(auroc(scores[rows].T, y_all[rows]))
-
-        strata = [np.arange(len(pos)), len(pos) + np.arange(len(neg))]
-    res = stats.bootstrap(statistic, strata, n_bootstrap=n_bootstrap, level=level, seed=seed)
+    res = stats.bootstrap(statistic, len(pos), n_bootstrap=n_bootstrap, level=level, seed=seed)
     return np.atleast_1d(res.estimate), np.atleast_1d(res.low), np.atleast_1d(res.high)
 
 
