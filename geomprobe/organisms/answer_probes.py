@@ -243,19 +243,14 @@ def answer_token_scores(cache: str | Path, probes: Any, hook: str) -> list[np.nd
 
     The answer's tokens are the final message's content span the cache records (``response_start`` to
     ``response_end``): the chat template's closing tokens after it are left out."""
-    from geomprobe.activations.store import open_cache
+    from geomprobe.probes.pipeline import token_scores
 
-    with open_cache(cache) as handle:
-        if ANSWER_POOLING not in handle.poolings:
-            raise GeomprobeError(f"cache {handle.path.name} has no per-token activations; cache it with cache_answers")
-        offsets, start, end = handle.token_offsets, handle.response_start, handle.response_end
-        X = handle.read(hook, ANSWER_POOLING)
     out = []
-    for row in range(len(start)):
-        lo, hi = int(offsets[row] + start[row]), int(offsets[row] + end[row])
-        if hi <= lo:
-            raise GeomprobeError(f"row {row} of {Path(cache).name} has no answer tokens; drop empty answers")
-        out.append(probes.decision_function(hook, X[lo:hi]))
+    for scored in token_scores(probes, cache, hook):  # checks the cache matches the probes' model and hooks
+        answer = scored.scores[scored.response_start : scored.response_end]
+        if not len(answer):
+            raise GeomprobeError(f"row {scored.row} of {Path(cache).name} has no answer tokens; drop empty answers")
+        out.append(answer)
     return out
 
 
