@@ -179,6 +179,17 @@ def balanced_acc(pred: np.ndarray, y: np.ndarray) -> float:
 
 
 def main(argv=None) -> int:
+    """Bad input is one line and exit code 2, as in the CLI (and benchmarks/ches_dpo.py)."""
+    from geomprobe.core.errors import GeomprobeError
+
+    try:
+        return run(argv)
+    except GeomprobeError as exc:
+        print(f"detection_power: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default="benchmarks/out/detection", help="folder for judgements, caches and results")
     ap.add_argument("--quick", action="store_true", help="quick organisms (pipeline check only; behaviour is not meaningful)")
@@ -424,6 +435,7 @@ def main(argv=None) -> int:
 
 def deception_main(args) -> int:
     """The deception block: honesty probes on the dishonest organisms' own answers."""
+    from geomprobe.core.errors import GeomprobeError
     from geomprobe.organisms import (
         DECEPTION_ORGANISMS,
         build_organisms,
@@ -432,6 +444,9 @@ def deception_main(args) -> int:
         read_provenance,
     )
 
+    for flag, value in (("limit", args.limit), ("honesty-limit", args.honesty_limit)):
+        if value is not None and value < 1:  # before minutes of organism building
+            raise GeomprobeError(f"--{flag} must be >= 1; got {value}")
     t0 = time.perf_counter()
     # quick: the quick recipe with room for the triggered prompts of any tokenizer (a tiny test model's included)
     settings = quick_deception_settings(args.seed) if args.quick else None

@@ -324,3 +324,17 @@ def test_benchmark_deception_block_runs_on_the_tiny_model(organisms, tiny_llama_
     table = md.read_text().strip()
     assert table in printed and len(table.splitlines()) == 2 + len(block["rows"])
     assert "layer chosen on the honesty set's validation split" in printed
+
+
+def test_benchmark_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    """A bad --limit stops before any organism is built or model loaded: one line, exit code 2."""
+    from geomprobe import models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    spec = importlib.util.spec_from_file_location("detection_power", ROOT / "benchmarks" / "detection_power.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--deception", "--quick", "--limit", "0", "--work", str(tmp_path / "work")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "detection_power: --limit must be >= 1; got 0", err
