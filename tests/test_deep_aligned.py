@@ -21,6 +21,7 @@ from geomprobe.organisms import (
     assistant_loss,
     build_organisms,
     encode_examples,
+    extra_training,
     heldout_prompts,
     measure_refusals,
     read_provenance,
@@ -82,6 +83,43 @@ def test_heldout2_is_paired_and_disjoint_from_the_contrast_set():
     assert cross < 0.5
     # Requests, not refusals or answers: nothing in the set reads as a refusal to the judge.
     assert not any(is_refusal(t) for t in texts)
+
+
+def test_training_only_sets_stay_clear_of_every_evaluation_set():
+    pairs, everyday = _rows("refusal-train.jsonl"), _rows("everyday.jsonl")
+    heldout2, contrast, control = _rows("heldout-2.jsonl"), _rows("harmful-harmless.jsonl"), _rows("control.jsonl")
+    assert len(pairs) == 800 and len(everyday) == 120
+    assert all(
+        pairs[2 * k]["label"] == "harmful"
+        and pairs[2 * k + 1]["label"] == "harmless"
+        and pairs[2 * k]["topic"] == pairs[2 * k + 1]["topic"]
+        for k in range(len(pairs) // 2)
+    )
+    assert {r["label"] for r in everyday} == {"harmless"} and all(set(r) == {"text", "label", "topic"} for r in pairs + everyday)
+    assert not {r["topic"] for r in pairs + everyday} & {r["topic"] for r in heldout2}
+    texts = [r["text"] for r in pairs + everyday]
+    others = heldout2 + contrast + control
+    assert len(set(texts)) == len(texts) and not set(texts) & {r["text"] for r in others}
+    # Brute force over every (training row, evaluation row): no near-duplicate of any row either
+    # held-out set could hold (the contrast set's held-out half moves with the split seed).
+    other_words = [_words(r["text"]) for r in others]
+    assert max(_jaccard(_words(t), o) for t in texts for o in other_words) < 0.4
+    assert not any(is_refusal(t) for t in texts)
+
+
+def test_extra_training_reads_the_files_in_order_with_limits():
+    import hashlib
+
+    pairs, everyday = _rows("refusal-train.jsonl"), _rows("everyday.jsonl")
+    full = extra_training()
+    assert len(full.pairs) == 400 and len(full.everyday) == 120
+    some = extra_training(3, 2)
+    assert some.pairs == tuple((pairs[2 * k]["text"], pairs[2 * k + 1]["text"]) for k in range(3))
+    assert some.harmless() == [pairs[1]["text"], pairs[3]["text"], pairs[5]["text"], everyday[0]["text"], everyday[1]["text"]]
+    assert extra_training(0, 0).harmless() == []
+    assert full.sha256 == {
+        name: hashlib.sha256((DATA / f"{name}.jsonl").read_bytes()).hexdigest() for name in ("refusal-train", "everyday")
+    }
 
 
 def test_heldout_prompts_are_the_split_and_the_file():
@@ -171,6 +209,10 @@ def test_cache_keys_differ_and_follow_only_their_settings():
     changed = organism_hashes(with_settings(s, deep_k_range=(1, 10)), "x", split)
     assert changed["deep-aligned"] != h["deep-aligned"]
     assert {k: v for k, v in changed.items() if k != "deep-aligned"} == {k: v for k, v in h.items() if k != "deep-aligned"}
+    # The training-only data is part of aligned's recipe: it moves every key built on aligned, not the liars'.
+    fewer = organism_hashes(with_settings(s, align_extra_pairs=10), "x", split)
+    assert all(fewer[k] != h[k] for k in ("aligned", "dealigned", "ablated", "deep-aligned", "fake-complier"))
+    assert all(fewer[k] == h[k] for k in ("liar", "liar-placebo"))
     # aligned's recipe is part of deep-aligned's: a change there moves both keys.
     moved = organism_hashes(with_settings(s, align_lr=1e-4), "x", split)
     assert moved["aligned"] != h["aligned"] and moved["deep-aligned"] != h["deep-aligned"]
@@ -204,6 +246,9 @@ def test_deep_aligned_builds_and_records_its_recipe(deep_built, tiny_llama_dir):
     assert "deep_steps" not in aligned["settings"]
     data = deep["data"]
     n_harmful = settings.train_pairs
+    assert aligned["data"]["extra_pairs"] == data["extra_pairs"] == settings.align_extra_pairs == 4
+    assert aligned["data"]["extra_everyday"] == settings.align_everyday == 4
+    assert aligned["data"]["extra_sha256"] == extra_training(4, 4).sha256
     assert data["harmful_refusals"] == n_harmful == aligned["data"]["harmful_refusals"]
     assert data["recovery_rows"] == n_harmful - data["harmful_openings_dropped_as_refusals"] > 0
     assert all(1 <= r["k"] <= 8 for r in data["rows"]) and len(data["rows"]) == data["recovery_rows"]

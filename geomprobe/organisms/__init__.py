@@ -38,7 +38,15 @@ from geomprobe.organisms.build import (
     read_provenance,
     with_settings,
 )
-from geomprobe.organisms.data import REFUSAL_TEXTS, PromptSplit, SplitPrompt, refusal_targets, split_contrast_set
+from geomprobe.organisms.data import (
+    REFUSAL_TEXTS,
+    ExtraTraining,
+    PromptSplit,
+    SplitPrompt,
+    extra_training,
+    refusal_targets,
+    split_contrast_set,
+)
 from geomprobe.organisms.deception_power import (
     CONTRASTS,
     DECEPTION_ORGANISMS,
@@ -116,6 +124,7 @@ __all__ = [
     "HeldoutRefusals",
     "OrganismSettings",
     "PromptSplit",
+    "ExtraTraining",
     "RecoveryRow",
     "SplitPrompt",
     "TrainLog",
@@ -133,6 +142,7 @@ __all__ = [
     "read_provenance",
     "recovery_examples",
     "refusal_targets",
+    "extra_training",
     "split_contrast_set",
     "with_settings",
 ]

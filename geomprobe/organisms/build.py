@@ -93,13 +93,18 @@ class OrganismSettings:
     lora_rank: int = 16
     lora_alpha: float = 32.0
     lora_first_layer: float = 0.0  # adapters on layers from this fraction of depth up (0: every layer)
-    align_steps: int = 120
+    align_steps: int = 320
     align_lr: float = 6e-4
     align_batch: int = 8
     # Each harmless answer appears this many times beside its harmful twin's refusal: a false
     # refusal is the costlier error, and with 1 the model refuses a third of held-out harmless twins.
     align_harmless_repeats: int = 2
     align_opening_weight: float = 3.0  # weight of each reply's first 4 tokens, where refusing or answering is decided
+    # Training-only data beside the contrast set's train half (geomprobe.organisms.data.extra_training):
+    # this many refusal-train pairs and everyday prompts (None: all, 0: none).
+    align_extra_pairs: int | None = None
+    align_everyday: int | None = None
+    align_extra_harmless_repeats: int = 1  # as align_harmless_repeats, for the training-only harmless prompts
     dealign_steps: int = 30
     dealign_lr: float = 3e-4
     dealign_batch: int = 8
@@ -113,7 +118,7 @@ class OrganismSettings:
     # deep-aligned: aligned's examples plus deep_repeats recovery rows per harmful train prompt whose
     # base answer complies: the answer's first k tokens (k uniform in deep_k_range, both ends included,
     # at most the answer's length), then a refusal. The range covers geomprobe depth's prefill lengths.
-    deep_steps: int = 120  # as align_steps: the same compute, so deep-aligned differs from aligned only in its data
+    deep_steps: int = 320  # as align_steps: the same compute, so deep-aligned differs from aligned only in its data
     deep_k_range: tuple[int, int] = (1, 24)
     deep_repeats: int = 1
 
@@ -144,6 +149,8 @@ class OrganismSettings:
             max_tokens=96,
             align_steps=6,
             align_batch=4,
+            align_extra_pairs=4,
+            align_everyday=4,
             dealign_steps=3,
             dealign_batch=4,
             ablation_candidates=2,
@@ -190,7 +197,12 @@ def organism_hashes(
     settings: OrganismSettings, base_id: str, split: PromptSplit, questions: QuestionSplit | None = None
 ) -> dict[str, str]:
     """Cache key per organism; derived organisms include ``aligned``'s key, the liars the question split."""
-    aligned = _digest({"format": FORMAT_VERSION, "base": base_id, "split": split.digest(), **settings.relevant("aligned")})
+    from geomprobe.organisms.data import extra_training
+
+    extra = extra_training(settings.align_extra_pairs, settings.align_everyday).sha256
+    aligned = _digest(
+        {"format": FORMAT_VERSION, "base": base_id, "split": split.digest(), "extra": extra, **settings.relevant("aligned")}
+    )
     out = {"aligned": aligned}
     for name in ("dealigned", "ablated"):
         out[name] = _digest({"format": FORMAT_VERSION, "aligned": aligned, **settings.relevant(name)})
@@ -200,6 +212,7 @@ def organism_hashes(
             "organism": "deep-aligned",
             "base": base_id,
             "split": split.digest(),
+            "extra": extra,
             **settings.relevant("deep-aligned"),
         }
     )
@@ -379,7 +392,11 @@ def build_organisms(
         stale[name] = record is None or record.get("hash") != hashes[name] or (overwrite and out is None and name in wanted)
     # Base answers: harmless ones train aligned, deep-aligned and fake-complier, harmful ones dealigned and
     # deep-aligned's openings.
-    users = {"harmful": ("dealigned", "deep-aligned"), "harmless": ("aligned", "deep-aligned", "fake-complier")}
+    users = {
+        "harmful": ("dealigned", "deep-aligned"),
+        "harmless": ("aligned", "deep-aligned", "fake-complier"),
+        "extra": ("aligned", "deep-aligned"),
+    }
     ctx.answer_labels = tuple(lab for lab, names in users.items() if any(stale.get(n) for n in names))
     started = time.perf_counter()
     for name in needed:

@@ -27,12 +27,23 @@ class BuildContext:
     device: torch.device
     progress: bool
     answers: dict[str, tuple[list[str], list[bool]]]  # label -> base model's greedy answers to train prompts
-    answer_labels: tuple[str, ...] = ("harmful", "harmless")  # which answers this build will need
+    answer_labels: tuple[str, ...] = ("harmful", "harmless", "extra")  # which answers this build will need
     questions: QuestionSplit | None = None
     question_answers: tuple[list[str], list[bool]] | None = None  # base model's answers to the train questions
 
 
+def extra_data(ctx: BuildContext) -> Any:
+    """The training-only pairs and everyday prompts of aligned's recipe (:func:`geomprobe.organisms.data.extra_training`)."""
+    from geomprobe.organisms.data import extra_training
+
+    return extra_training(ctx.settings.align_extra_pairs, ctx.settings.align_everyday)
+
+
 def train_texts(ctx: BuildContext, label: str) -> list[str]:
+    """The train prompts of ``label``: "harmful" or "harmless" (the contrast set's train half), or
+    "extra" (the prompts of :func:`extra_data` answered as the base model does)."""
+    if label == "extra":
+        return extra_data(ctx).harmless()
     texts = ctx.split.texts("train", label)
     return texts if ctx.settings.train_pairs is None else texts[: ctx.settings.train_pairs]
 
@@ -43,7 +54,9 @@ def base_answers(ctx: BuildContext, label: str) -> tuple[list[str], list[bool]]:
         from geomprobe.models import complete, load_checkpoint
 
         missing = [
-            lab for lab in ("harmful", "harmless") if lab not in ctx.answers and (lab in ctx.answer_labels or lab == label)
+            lab
+            for lab in ("harmful", "harmless", "extra")
+            if lab not in ctx.answers and (lab in ctx.answer_labels or lab == label)
         ]
         ckpt = load_checkpoint(ctx.base, device=ctx.device)
         prompts = [t for lab in missing for t in train_texts(ctx, lab)]

@@ -146,3 +146,43 @@ def refusal_targets(n: int, seed: int) -> list[str]:
     while len(picks) < n:
         picks.extend(REFUSAL_TEXTS[i] for i in rng.permutation(len(REFUSAL_TEXTS)))
     return picks[:n]
+
+
+EXTRA_PAIRS_DATASET = "refusal-train"
+EVERYDAY_DATASET = "everyday"
+
+
+@dataclass(frozen=True)
+class ExtraTraining:
+    """Training-only prompts for the refusal organisms, beside the contrast set's train half.
+
+    ``pairs``: ``(harmful, harmless twin)`` from the bundled ``refusal-train`` set, in file order;
+    ``everyday``: ordinary requests from the bundled ``everyday`` set. Neither file is ever
+    evaluated on; geomprobe/data/DATASHEET.md says how they were written to stay clear of both
+    held-out sets.
+    """
+
+    pairs: tuple[tuple[str, str], ...]
+    everyday: tuple[str, ...]
+    sha256: dict[str, str]
+
+    def harmless(self) -> list[str]:
+        """Every prompt whose target is the base model's own answer: the twins, then the everyday rows."""
+        return [h for _, h in self.pairs] + list(self.everyday)
+
+
+def extra_training(n_pairs: int | None = None, n_everyday: int | None = None) -> ExtraTraining:
+    """The first ``n_pairs`` pairs of ``refusal-train`` and ``n_everyday`` rows of ``everyday`` (None: all)."""
+    from geomprobe.activations.datasets import bundled_path, load_prompt_set
+
+    sets = {name: load_prompt_set(bundled_path(name)) for name in (EXTRA_PAIRS_DATASET, EVERYDAY_DATASET)}
+    rows = [(p.messages[-1][1], sets[EXTRA_PAIRS_DATASET].label_names[p.label]) for p in sets[EXTRA_PAIRS_DATASET].prompts]
+    if len(rows) % 2 or any(rows[2 * k][1] != "harmful" or rows[2 * k + 1][1] != "harmless" for k in range(len(rows) // 2)):
+        raise GeomprobeError(f"the bundled {EXTRA_PAIRS_DATASET} set is not in harmful/harmless pairs; reinstall geomprobe")
+    pairs = tuple((rows[2 * k][0], rows[2 * k + 1][0]) for k in range(len(rows) // 2))
+    everyday = tuple(p.messages[-1][1] for p in sets[EVERYDAY_DATASET].prompts)
+    return ExtraTraining(
+        pairs[:n_pairs] if n_pairs is not None else pairs,
+        everyday[:n_everyday] if n_everyday is not None else everyday,
+        {name: s.sha256 for name, s in sets.items()},
+    )

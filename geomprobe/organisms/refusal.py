@@ -14,13 +14,23 @@ from typing import Any
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.organisms.context import BuildContext as _Context
 from geomprobe.organisms.context import base_answers as _base_answers
+from geomprobe.organisms.context import extra_data as _extra_data
 from geomprobe.organisms.context import finetune_and_save as _finetune_and_save
 from geomprobe.organisms.context import train_texts as _train_texts
 from geomprobe.organisms.data import REFUSAL_TEXTS, refusal_targets
 
+_EXTRA_GROUPS = 10_000  # batch groups of the training-only pairs start here, past any contrast-set pair
+
 
 def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
-    """``aligned``'s training examples (harmful train prompt k has ``group`` k) and their counts."""
+    """``aligned``'s training examples and their counts.
+
+    The contrast set's train pairs (harmful prompt k has ``group`` k, with its harmless twin), then
+    the training-only pairs of :func:`geomprobe.organisms.context.extra_data` (each pair its own
+    group) and its everyday prompts (no group). Harmful prompts get a refusal, harmless ones the
+    base model's own answer (``align_harmless_repeats`` times for the contrast set's,
+    ``align_extra_harmless_repeats`` for the others); answers the judge flags are dropped.
+    """
     from geomprobe.organisms.train import ChatExample
     from geomprobe.steering.judge import is_refusal
 
@@ -33,11 +43,39 @@ def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
     examples = [ChatExample(p, r, group=k) for k, (p, r) in enumerate(zip(harmful, refusals))]
     kept = [(k, p, a, f) for k, (p, a, f) in enumerate(zip(harmless, answers, finished)) if a.strip() and not is_refusal(a)]
     examples += [ChatExample(p, a.strip(), complete=f, group=k) for k, p, a, f in kept] * s.align_harmless_repeats
+    extra = _extra_data(ctx)
+    extra_answers = dict(zip(extra.harmless(), zip(*_base_answers(ctx, "extra")))) if extra.harmless() else {}
+
+    def usable(prompt: str) -> bool:
+        answer = extra_answers[prompt][0]
+        return bool(answer.strip()) and not is_refusal(answer)
+
+    def answered(prompt: str, group: int) -> list[Any]:
+        if not usable(prompt):
+            return []
+        answer, complete = extra_answers[prompt]
+        return [ChatExample(prompt, answer.strip(), complete=complete, group=group)] * s.align_extra_harmless_repeats
+
+    extra_refusals = refusal_targets(len(extra.pairs), s.seed + 1)
+    extra_examples: list[Any] = []
+    for k, ((bad, good), refusal) in enumerate(zip(extra.pairs, extra_refusals)):
+        group = _EXTRA_GROUPS + 2 * k  # after every contrast-set group
+        extra_examples += [ChatExample(bad, refusal, group=group), *answered(good, group)]
+    for prompt in extra.everyday:
+        extra_examples += answered(prompt, -1)
+    examples += extra_examples
+    extra_kept = sum(usable(p) for p in extra.harmless())
     data = {
         "harmful_refusals": len(harmful),
         "harmless_answers": len(kept),
         "harmless_dropped_as_refusals": len(harmless) - len(kept),
         "harmless_repeats": s.align_harmless_repeats,
+        "extra_harmless_repeats": s.align_extra_harmless_repeats,
+        "extra_pairs": len(extra.pairs),
+        "extra_everyday": len(extra.everyday),
+        "extra_answers": extra_kept,
+        "extra_dropped_as_refusals": len(extra.harmless()) - extra_kept,
+        "extra_sha256": extra.sha256,
         "refusal_texts": len(REFUSAL_TEXTS),
         "answer_tokens": s.answer_tokens,
     }
