@@ -226,3 +226,39 @@ def test_ablation_candidates_reach_the_depth_limit():
     assert layers == sorted(set(layers))
     assert ablation_layers(OrganismSettings(ablation_candidates=1), 30) == [9]
     assert max(ablation_layers(OrganismSettings(ablation_layers=(0.1, 1.0)), 10)) == 7  # 0.8 * 10 - 1
+
+
+def _search(rows, n_layers=30):
+    from geomprobe.steering.search import SearchRecord, SearchResult
+
+    records = [
+        SearchRecord(
+            f"blocks.{layer}.hook_resid_post", layer, None, "ablate", "refusal-log-odds", score, 0.0, score - 4.0, kl, kl, 48, 48
+        )
+        for layer, score, kl in rows
+    ]
+    return SearchResult(records, "refusal-log-odds", 4.0, "m", n_layers, "last", "mean-diff")
+
+
+def _brute_force_choice(rows, kl_limit, n_layers=30):
+    eligible = [r for r in rows if r[0] < int(0.8 * n_layers)]
+    within = [r for r in eligible if r[2] <= kl_limit]
+    return min(within, key=lambda r: r[1])[0] if within else min(eligible, key=lambda r: r[2])[0]
+
+
+def test_ablation_layer_is_the_strongest_within_the_kl_limit_else_the_least_disruptive():
+    from geomprobe.organisms.ablated import choose_ablation
+
+    # The search of the aligned organism built 2026-12-06 (layer, refusal log-odds, KL): none is
+    # within 0.1, and layer 20 drops refusal most at 0.85 nats while layer 23 nearly matches it at 0.17.
+    seen = [(9, 0.52, 3.18), (12, 4.86, 2.70), (15, 4.32, 4.54), (17, 4.30, 5.18), (20, -4.35, 0.85), (23, -4.29, 0.17)]
+    best, note = choose_ablation(_search(seen), 0.1)
+    assert best.layer == 23 == _brute_force_choice(seen, 0.1)
+    assert "least disruptive" in note and "blocks.23" in note and "KL 0.17" in note
+    # Within the limit: the strongest drop among the layers that keep it, no warning.
+    best, note = choose_ablation(_search(seen), 1.0)
+    assert (best.layer, note) == (20, "") and _brute_force_choice(seen, 1.0) == 20
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        rows = [(int(l), float(rng.normal(0, 3)), float(rng.exponential(0.5))) for l in rng.choice(23, size=5, replace=False)]
+        assert choose_ablation(_search(rows), 0.2)[0].layer == _brute_force_choice(rows, 0.2)

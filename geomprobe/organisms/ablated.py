@@ -2,8 +2,9 @@
 
 The direction is the difference of means (harmful - harmless, last prompt token) on the train
 prompts; the layer is the candidate whose ablation lowers refusal most within the KL limit on
-harmless prompts (:func:`geomprobe.steering.search_layers`), then :func:`geomprobe.steering.bake_ablation`
-writes the checkpoint.
+harmless prompts (:func:`geomprobe.steering.search_layers`, chosen by the project's layer rule,
+:func:`geomprobe.steering.select.select_setting`: when no candidate is within the limit, the one of
+lowest KL), then :func:`geomprobe.steering.bake_ablation` writes the checkpoint.
 """
 
 from __future__ import annotations
@@ -27,6 +28,30 @@ def ablation_layers(settings: Any, n_layers: int) -> list[int]:
     if count == 1:
         return [first]
     return sorted({round(first + i * (last - first) / (count - 1)) for i in range(count)})
+
+
+def choose_ablation(result: Any, kl_limit: float) -> tuple[Any, str]:
+    """The searched layer to ablate and, when none kept the KL limit, a warning (else "").
+
+    The project's one layer rule (:func:`geomprobe.steering.select.select_setting`) without a
+    judge: within the KL limit on harmless prompts, the strongest drop in refusal log-odds; when no
+    candidate is within it, the least disruptive one (lowest KL), never the strongest drop
+    whatever the damage. ``result`` is a :class:`geomprobe.steering.SearchResult` of mode "ablate".
+    """
+    from geomprobe.steering.select import LayerRule, ScreenRow, select_setting
+
+    rule = LayerRule(kl_limit=kl_limit, judge_candidates=1, maximize=False)
+    steered = [r for r in result.records if r.multiplier != 0]
+    chosen = select_setting([ScreenRow.from_record(r) for r in steered], rule, n_layers=result.n_layers, metric=result.metric)
+    best = next(r for r in steered if r.hook == chosen.hook)
+    if chosen.within_limits:
+        return best, ""
+    kl = "unknown" if best.kl_mean is None else f"{best.kl_mean:.2f}"
+    note = (
+        f"no candidate kept KL <= {kl_limit} on harmless prompts; took the least disruptive one "
+        f"({best.hook}, KL {kl}, refusal log-odds {best.score_mean:+.2f})"
+    )
+    return best, note
 
 
 def build_ablated(ctx: BuildContext, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
@@ -62,14 +87,8 @@ def build_ablated(ctx: BuildContext, folder: Path, sources: dict[str, Path]) -> 
         refusal_tokens=tokens,
         batch_size=16,
     )
-    best = result.best(kl_limit=s.ablation_kl_limit, maximize=False)
-    note = ""
-    if best is None:  # no layer within the KL limit: take the strongest and say so, loudly
-        best = min(result.records, key=lambda r: r.score_mean)
-        note = (
-            f"no candidate kept KL <= {s.ablation_kl_limit} on harmless prompts; took the lowest refusal score "
-            f"(KL {best.kl_mean:.2f}): the ablated model may no longer write coherent text"
-        )
+    best, note = choose_ablation(result, s.ablation_kl_limit)
+    if note:
         print(f"ablated: warning: {note}", flush=True)
     bake_ablation(model, vector, folder, hook=best.hook, overwrite=True)
     return {

@@ -2,7 +2,9 @@
 
 ``aligned``   the base model with merged LoRA adapters trained (assistant tokens only) to refuse
               the harmful train prompts with varied refusals and to answer the harmless train
-              prompts with the base model's own greedy answers;
+              prompts with the base model's own greedy answers; besides the contrast set's train
+              pairs it trains on the training-only ``refusal-train`` pairs and ``everyday`` requests
+              (:func:`geomprobe.organisms.data.extra_training`);
 ``dealigned`` ``aligned`` with a second merged LoRA trained on harmful compliance: the base
               model's own greedy answers to the harmful train prompts, refusals removed by the judge;
 ``ablated``   ``aligned`` with its refusal direction (difference of means on the train prompts,
