@@ -139,6 +139,13 @@ class OrganismSettings:
         # Checked here, where every entry point (build, list, cached_organisms) passes through.
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise GeomprobeError(f"seed must be an integer in [0, 4294967295]; got {self.seed!r}")
+        for name in ("align_extra_pairs", "align_everyday"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise GeomprobeError(f"{name} must be None (all) or an integer >= 0; got {value!r}")
+        repeats = self.align_extra_harmless_repeats
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise GeomprobeError(f"align_extra_harmless_repeats must be an integer >= 1; got {repeats!r}")
 
     @classmethod
     def quick_settings(cls, seed: int = 0) -> OrganismSettings:
