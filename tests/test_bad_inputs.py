@@ -221,6 +221,15 @@ def test_bad_input_subprocess(case_id, corpus):
     _outputs_unchanged(case, paths, before, root, model)
 
 
+def _interruptible() -> None:
+    """Child set-up: SIGINT back to its default. A shell that starts a job in the background (``&``
+    without job control) leaves SIGINT ignored, children inherit that, and Python then never raises
+    KeyboardInterrupt: the Ctrl-C tests would test nothing."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("delay", [0.8, 3.0])
 def test_ctrl_c_during_start_up_is_one_line_and_leaves_nothing(delay, tmp_path, tiny_llama_dir):
     """SIGINT while the imports run or the model loads: exit 130, one line, no traceback, no files."""
@@ -251,6 +260,7 @@ def test_ctrl_c_during_start_up_is_one_line_and_leaves_nothing(delay, tmp_path, 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_interruptible,
     )
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
@@ -278,6 +288,6 @@ def test_ctrl_c_swallowed_by_a_finalizer_still_stops_the_program():
         "else:\n"
         "    print('ran on')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, preexec_fn=_interruptible)
     assert proc.stdout.strip() == "stopped", proc.stdout + proc.stderr
     assert "Exception ignored" not in proc.stderr, proc.stderr
