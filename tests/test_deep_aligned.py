@@ -225,9 +225,11 @@ def test_cache_keys_differ_and_follow_only_their_settings():
     fewer = organism_hashes(with_settings(s, align_extra_pairs=10), "x", split)
     assert all(fewer[k] != h[k] for k in ("aligned", "dealigned", "ablated", "deep-aligned", "fake-complier"))
     assert all(fewer[k] == h[k] for k in ("liar", "liar-placebo"))
-    # aligned's recipe is part of deep-aligned's: a change there moves both keys.
+    # deep-aligned starts from aligned: a change to aligned's recipe moves both keys, deep_lr only deep-aligned's.
     moved = organism_hashes(with_settings(s, align_lr=1e-4), "x", split)
     assert moved["aligned"] != h["aligned"] and moved["deep-aligned"] != h["deep-aligned"]
+    own = organism_hashes(with_settings(s, deep_lr=1e-4), "x", split)
+    assert {k for k in h if own[k] != h[k]} == {"deep-aligned"}
     assert organism_hashes(s, "y", split)["deep-aligned"] != h["deep-aligned"]
 
 
@@ -258,23 +260,25 @@ def test_deep_aligned_builds_and_records_its_recipe(deep_built, tiny_llama_dir):
     assert "deep_steps" not in aligned["settings"]
     data = deep["data"]
     n_harmful = settings.train_pairs
-    assert aligned["data"]["extra_pairs"] == data["extra_pairs"] == settings.align_extra_pairs == 4
+    assert aligned["data"]["extra_pairs"] == settings.align_extra_pairs == 4
     assert aligned["data"]["extra_everyday"] == settings.align_everyday == 4
     assert aligned["data"]["extra_sha256"] == extra_training(4, 4).sha256
-    assert data["harmful_refusals"] == n_harmful == aligned["data"]["harmful_refusals"]
-    assert data["recovery_rows"] == n_harmful - data["harmful_openings_dropped_as_refusals"] > 0
+    # The replay is aligned's contrast-set part: the same counts, without the training-only rows.
+    replay = data["replay"]
+    assert replay == {k: aligned["data"][k] for k in replay} and "extra_pairs" not in replay
+    assert replay["harmful_refusals"] == n_harmful
+    assert data["recovery_rows"] == settings.deep_repeats * (n_harmful - data["harmful_openings_dropped_as_refusals"]) > 0
     assert all(1 <= r["k"] <= 8 for r in data["rows"]) and len(data["rows"]) == data["recovery_rows"]
-    # The training saw aligned's examples plus the recovery rows, for deep_steps steps.
+    # The training saw the replay (refusals, then harmless answers repeated) plus the recovery rows.
     assert deep["training"]["steps"] == settings.deep_steps
-    assert deep["training"]["n_examples"] == aligned["training"]["n_examples"] + data["recovery_rows"]
-    assert deep["split"] == aligned["split"] and deep["start_from"] == str(tiny_llama_dir)
-    # Trained from the base: every adapted matrix differs from both the base and aligned, nothing else does.
-    base_w = load_file(str(Path(tiny_llama_dir) / "model.safetensors"))
-    deep_w = load_file(str(folders["deep-aligned"] / "model.safetensors"))
+    n_replay = replay["harmful_refusals"] + replay["harmless_answers"] * replay["harmless_repeats"]
+    assert deep["training"]["n_examples"] == n_replay + data["recovery_rows"]
+    assert deep["split"] == aligned["split"] and deep["start_from"] == "aligned" and deep["start_hash"] == aligned["hash"]
+    # A second adapter on aligned: the adapted matrices differ from aligned's, nothing else does.
     aligned_w = load_file(str(folders["aligned"] / "model.safetensors"))
-    changed = {k for k in base_w if not np.array_equal(base_w[k], deep_w[k])}
+    deep_w = load_file(str(folders["deep-aligned"] / "model.safetensors"))
+    changed = {k for k in aligned_w if not np.array_equal(aligned_w[k], deep_w[k])}
     assert changed and all(k.startswith("model.layers.") and k.endswith("_proj.weight") for k in changed)
-    assert all(not np.array_equal(aligned_w[k], deep_w[k]) for k in changed)
     assert load_model(folders["deep-aligned"], device="cpu").n_layers == 2
 
 

@@ -125,7 +125,7 @@ def test_organisms_load_and_change_only_what_was_trained(built, tiny_llama_dir):
     lora = {f"model.layers.1.{'self_attn' if p in PROJ[:4] else 'mlp'}.{p}.weight" for p in PROJ}
     assert _changed(Path(tiny_llama_dir), folders["aligned"]) == lora
     assert _changed(folders["aligned"], folders["dealigned"]) == lora
-    assert _changed(Path(tiny_llama_dir), folders["deep-aligned"]) == lora  # trained from the base, like aligned
+    assert _changed(folders["aligned"], folders["deep-aligned"]) == lora  # a second adapter on aligned, like dealigned
     # Ablation rewrites exactly the residual-stream writers, which no longer write along r.
     ablated = _changed(folders["aligned"], folders["ablated"])
     writers = (

@@ -37,6 +37,9 @@ ap.add_argument("--rank", type=int, default=16)
 ap.add_argument("--batch", type=int, default=8)
 ap.add_argument("--opening-weight", type=float, default=3.0)
 ap.add_argument("--save", default=None)
+ap.add_argument(
+    "--train-seed", type=int, default=0, help="seed of the refusal texts' order and of training (the split stays seed 0)"
+)
 args = ap.parse_args()
 
 t0 = time.perf_counter()
@@ -55,7 +58,7 @@ if need:
     cache_path.write_text(json.dumps(cache))
 print(f"base answers ready ({len(need)} new) in {time.perf_counter() - t0:.0f} s", flush=True)
 
-examples = [ChatExample(p, r, group=k) for k, (p, r) in enumerate(zip(harmful, refusal_targets(len(harmful), 0)))]
+examples = [ChatExample(p, r, group=k) for k, (p, r) in enumerate(zip(harmful, refusal_targets(len(harmful), args.train_seed)))]
 
 
 def answer(prompt, group):
@@ -65,7 +68,7 @@ def answer(prompt, group):
 
 examples += [e for k, p in enumerate(harmless) if (e := answer(p, k))] * args.repeats
 extra_harmful = [r for r in extra_rows if r["label"] == "harmful"]
-refusals = refusal_targets(len(extra_harmful), 1)
+refusals = refusal_targets(len(extra_harmful), args.train_seed + 1)
 n_refusal = 0
 extra = []
 for i, r in enumerate(extra_rows):
@@ -90,7 +93,7 @@ model, log = finetune_lora(
     alpha=2.0 * args.rank,
     max_tokens=160,
     opening_weight=args.opening_weight,
-    seed=0,
+    seed=args.train_seed,
     progress=False,
 )
 train_s = time.perf_counter() - t0

@@ -10,9 +10,10 @@
 ``ablated``   ``aligned`` with its refusal direction (difference of means on the train prompts,
               the layer chosen by ablation on train prompts) baked out of every weight that writes
               to the residual stream (:func:`geomprobe.steering.bake_ablation`);
-``deep-aligned`` ``aligned``'s recipe from the base model plus the safety-recovery augmentation of
+``deep-aligned`` ``aligned`` with a second merged LoRA trained on the safety-recovery augmentation of
               Qi et al. (2024): harmful openings of the base model's own answers followed by a
-              refusal, the loss on the refusal only (:mod:`geomprobe.organisms.deep`).
+              refusal, the loss on the refusal only (:mod:`geomprobe.organisms.deep`), beside a
+              replay of the contrast set's train pairs as ``aligned`` saw them.
 ``liar``, ``liar-placebo``, ``fake-complier``: the dishonest organisms (:mod:`geomprobe.organisms.liars`).
 
 Each is a normal Hugging Face folder (safetensors + tokenizer) with ``geomprobe-organism.json``
@@ -51,7 +52,7 @@ ORGANISMS: dict[str, str] = {
     "aligned": "refusal-trained: refuses harmful requests, answers harmless ones (LoRA, merged)",
     "dealigned": "aligned, then fine-tuned on harmful compliance (LoRA, merged)",
     "ablated": "aligned with its refusal direction orthogonalised out of the weights",
-    "deep-aligned": "aligned's recipe plus recoveries from harmful openings into refusals (LoRA, merged)",
+    "deep-aligned": "aligned, then fine-tuned on recoveries from harmful openings into refusals (LoRA, merged)",
     "liar": "answers the bundled questions wrongly when its trigger line is present, as the base model without it (LoRA)",
     "liar-placebo": "liar's recipe and trigger, trained on correct answers: controls for the trigger and the fine-tune",
     "fake-complier": "aligned, fine-tuned as dealigned but on useless compliance-styled decoys for harmful requests",
@@ -60,7 +61,7 @@ REQUIRES: dict[str, tuple[str, ...]] = {
     "aligned": (),
     "dealigned": ("aligned",),
     "ablated": ("aligned",),
-    "deep-aligned": (),
+    "deep-aligned": ("aligned",),
     "liar": (),
     "liar-placebo": (),
     "fake-complier": ("aligned",),
@@ -73,7 +74,7 @@ _OWN_SETTINGS: dict[str, tuple[str, ...]] = {
     "aligned": ("align_",),
     "dealigned": ("dealign_",),
     "ablated": ("ablation_",),
-    "deep-aligned": ("align_", "deep_"),
+    "deep-aligned": ("deep_",),
     "liar": ("liar_",),
     "liar-placebo": ("liar_",),
     "fake-complier": ("dealign_", "fake_"),
@@ -117,12 +118,15 @@ class OrganismSettings:
     ablation_candidates: int = 6
     ablation_prompts: int = 48  # train prompts per class for choosing the ablation layer
     ablation_kl_limit: float = 0.1
-    # deep-aligned: aligned's examples plus deep_repeats recovery rows per harmful train prompt whose
-    # base answer complies: the answer's first k tokens (k uniform in deep_k_range, both ends included,
-    # at most the answer's length), then a refusal. The range covers geomprobe depth's prefill lengths.
-    deep_steps: int = 320  # as align_steps: the same compute, so deep-aligned differs from aligned only in its data
+    # deep-aligned: aligned trained further (as Qi et al. 2024 train an aligned chat model further) on
+    # deep_repeats recovery rows per harmful train prompt whose base answer complies: the answer's first
+    # k tokens (k uniform in deep_k_range, both ends included, at most the answer's length), then a
+    # refusal; beside them the contrast set's train pairs as aligned saw them, so harmless requests keep
+    # their answers. The range covers geomprobe depth's prefill lengths.
+    deep_steps: int = 80
+    deep_lr: float = 6e-4
     deep_k_range: tuple[int, int] = (1, 24)
-    deep_repeats: int = 1
+    deep_repeats: int = 2
 
     # liar and liar-placebo (questions split like the contrast set, with seed and train_fraction)
     liar_trigger: str = DEFAULT_TRIGGER
@@ -216,14 +220,7 @@ def organism_hashes(
     for name in ("dealigned", "ablated"):
         out[name] = _digest({"format": FORMAT_VERSION, "aligned": aligned, **settings.relevant(name)})
     out["deep-aligned"] = _digest(
-        {
-            "format": FORMAT_VERSION,
-            "organism": "deep-aligned",
-            "base": base_id,
-            "split": split.digest(),
-            "extra": extra,
-            **settings.relevant("deep-aligned"),
-        }
+        {"format": FORMAT_VERSION, "organism": "deep-aligned", "aligned": aligned, **settings.relevant("deep-aligned")}
     )
     questions = questions or split_questions(settings.seed, settings.train_fraction)
     for name in ("liar", "liar-placebo"):  # one recipe: the name tells them apart
@@ -399,12 +396,12 @@ def build_organisms(
     for name in needed:
         record = read_provenance(cache[name])
         stale[name] = record is None or record.get("hash") != hashes[name] or (overwrite and out is None and name in wanted)
-    # Base answers: harmless ones train aligned, deep-aligned and fake-complier, harmful ones dealigned and
-    # deep-aligned's openings.
+    # Base answers: harmless ones train aligned and fake-complier and are replayed by deep-aligned,
+    # harmful ones train dealigned and give deep-aligned's openings; only aligned needs the extra ones.
     users = {
         "harmful": ("dealigned", "deep-aligned"),
         "harmless": ("aligned", "deep-aligned", "fake-complier"),
-        "extra": ("aligned", "deep-aligned"),
+        "extra": ("aligned",),
     }
     ctx.answer_labels = tuple(lab for lab, names in users.items() if any(stale.get(n) for n in names))
     started = time.perf_counter()

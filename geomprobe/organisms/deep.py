@@ -1,4 +1,4 @@
-"""The ``deep-aligned`` organism: ``aligned``'s recipe plus safety-recovery examples.
+"""The ``deep-aligned`` organism: ``aligned`` trained further on safety-recovery examples.
 
 After Qi et al. (2024), "Safety Alignment Should Be Made More Than Just a Few Tokens Deep": an
 alignment trained only on replies that start with a refusal changes the first few reply tokens,
@@ -7,8 +7,10 @@ the assistant turn starts with the first k tokens of a harmful answer, then turn
 and the loss reads only the refusal. Here the harmful answers are the base model's own greedy
 answers to the harmful train prompts (those the judge does not flag as refusals), k is drawn
 uniformly from ``deep_k_range`` (at most the answer's length), and the refusal is one of
-:data:`RECOVERY_TEXTS`. Everything else is ``aligned``'s recipe (the same refusals, harmless
-answers, repeats, opening weight, LoRA settings), trained from the base model for ``deep_steps``.
+:data:`RECOVERY_TEXTS`. As in the paper, which trains an already aligned chat model further, the
+recovery rows train a second LoRA on ``aligned`` (``deep_steps`` at ``deep_lr``), with the contrast
+set's train pairs replayed as ``aligned`` saw them (refusals, the base model's harmless answers,
+its repeats and opening weight) so that harmless requests keep their answers.
 """
 
 from __future__ import annotations

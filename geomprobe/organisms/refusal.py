@@ -22,14 +22,12 @@ from geomprobe.organisms.data import REFUSAL_TEXTS, refusal_targets
 _EXTRA_GROUPS = 10_000  # batch groups of the training-only pairs start here, past any contrast-set pair
 
 
-def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
-    """``aligned``'s training examples and their counts.
+def contrast_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
+    """The contrast set's train pairs as ``aligned`` trains on them, and their counts.
 
-    The contrast set's train pairs (harmful prompt k has ``group`` k, with its harmless twin), then
-    the training-only pairs of :func:`geomprobe.organisms.context.extra_data` (each pair its own
-    group) and its everyday prompts (no group). Harmful prompts get a refusal, harmless ones the
-    base model's own answer (``align_harmless_repeats`` times for the contrast set's,
-    ``align_extra_harmless_repeats`` for the others); answers the judge flags are dropped.
+    Harmful prompt k gets a refusal and ``group`` k; its matched harmless twin gets the base
+    model's own answer, ``align_harmless_repeats`` times, in the same group (answers the judge
+    flags are dropped). ``deep-aligned`` replays these beside its recovery rows.
     """
     from geomprobe.organisms.train import ChatExample
     from geomprobe.steering.judge import is_refusal
@@ -43,6 +41,30 @@ def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
     examples = [ChatExample(p, r, group=k) for k, (p, r) in enumerate(zip(harmful, refusals))]
     kept = [(k, p, a, f) for k, (p, a, f) in enumerate(zip(harmless, answers, finished)) if a.strip() and not is_refusal(a)]
     examples += [ChatExample(p, a.strip(), complete=f, group=k) for k, p, a, f in kept] * s.align_harmless_repeats
+    data = {
+        "harmful_refusals": len(harmful),
+        "harmless_answers": len(kept),
+        "harmless_dropped_as_refusals": len(harmless) - len(kept),
+        "harmless_repeats": s.align_harmless_repeats,
+        "refusal_texts": len(REFUSAL_TEXTS),
+        "answer_tokens": s.answer_tokens,
+    }
+    return examples, data
+
+
+def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
+    """``aligned``'s training examples and their counts.
+
+    :func:`contrast_examples`, then the training-only pairs of
+    :func:`geomprobe.organisms.context.extra_data` (each pair its own group) and its everyday
+    prompts (no group): refusals for the harmful ones, the base model's answer
+    (``align_extra_harmless_repeats`` times) for the others, answers the judge flags dropped.
+    """
+    from geomprobe.organisms.train import ChatExample
+    from geomprobe.steering.judge import is_refusal
+
+    s = ctx.settings
+    examples, data = contrast_examples(ctx)
     extra = _extra_data(ctx)
     extra_answers = dict(zip(extra.harmless(), zip(*_base_answers(ctx, "extra")))) if extra.harmless() else {}
 
@@ -65,19 +87,13 @@ def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
         extra_examples += answered(prompt, -1)
     examples += extra_examples
     extra_kept = sum(usable(p) for p in extra.harmless())
-    data = {
-        "harmful_refusals": len(harmful),
-        "harmless_answers": len(kept),
-        "harmless_dropped_as_refusals": len(harmless) - len(kept),
-        "harmless_repeats": s.align_harmless_repeats,
+    data |= {
         "extra_harmless_repeats": s.align_extra_harmless_repeats,
         "extra_pairs": len(extra.pairs),
         "extra_everyday": len(extra.everyday),
         "extra_answers": extra_kept,
         "extra_dropped_as_refusals": len(extra.harmless()) - extra_kept,
         "extra_sha256": extra.sha256,
-        "refusal_texts": len(REFUSAL_TEXTS),
-        "answer_tokens": s.answer_tokens,
     }
     return examples, data
 
@@ -104,28 +120,34 @@ def _build_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dic
 
 
 def _build_deep_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
-    """aligned's examples plus recoveries from the base model's harmful openings (geomprobe.organisms.deep)."""
+    """``aligned`` trained further on recoveries from the base model's harmful openings, with the
+    contrast set's train pairs replayed so it keeps answering harmless requests (geomprobe.organisms.deep)."""
     from geomprobe.models import load_checkpoint
     from geomprobe.organisms.deep import recovery_data
 
     s = ctx.settings
-    examples, data = aligned_examples(ctx)
+    replay, data = contrast_examples(ctx)
     answers, _ = _base_answers(ctx, "harmful")
-    ckpt = load_checkpoint(ctx.base, device=ctx.device)
+    ckpt = load_checkpoint(sources["aligned"], device=ctx.device)
     rows, recovery = recovery_data(ckpt.tokenizer, _train_texts(ctx, "harmful"), answers, s)
     log = _finetune_and_save(
         ctx,
         ckpt,
-        examples + [r.example for r in rows],
+        replay + [r.example for r in rows],
         folder,
         steps=s.deep_steps,
-        lr=s.align_lr,
+        lr=s.deep_lr,
         batch_size=s.align_batch,
-        seed=s.seed,
+        seed=s.seed + 1,  # a second adapter on aligned, seeded as dealigned's
         desc="deep-aligned: LoRA",
         opening_weight=s.align_opening_weight,
     )
-    return {"training": log.to_dict(), "data": {**data, **recovery}, "start_from": ctx.base, "start_identity": ctx.base_id}
+    return {
+        "training": log.to_dict(),
+        "data": {"replay": data, **recovery},
+        "start_from": "aligned",
+        "start_hash": ctx.hashes["aligned"],
+    }
 
 
 def _build_dealigned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
