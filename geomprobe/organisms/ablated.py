@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from geomprobe.core.errors import GeomprobeError
 from geomprobe.organisms.context import BuildContext, train_texts
 from geomprobe.organisms.data import REFUSAL_TEXTS
 
@@ -38,12 +39,10 @@ def choose_ablation(result: Any, kl_limit: float) -> tuple[Any, str]:
     candidate is within it, the least disruptive one (lowest KL), never the strongest drop
     whatever the damage. ``result`` is a :class:`geomprobe.steering.SearchResult` of mode "ablate".
     """
-    from geomprobe.steering.select import LayerRule, ScreenRow, select_setting
-
-    rule = LayerRule(kl_limit=kl_limit, judge_candidates=1, maximize=False)
-    steered = [r for r in result.records if r.multiplier != 0]
-    chosen = select_setting([ScreenRow.from_record(r) for r in steered], rule, n_layers=result.n_layers, metric=result.metric)
-    best = next(r for r in steered if r.hook == chosen.hook)
+    picked = result.select(kl_limit, maximize=False)
+    if picked is None:
+        raise GeomprobeError("the layer search steered nothing; there is no layer to ablate")
+    best, chosen = picked
     if chosen.within_limits:
         return best, ""
     kl = "unknown" if best.kl_mean is None else f"{best.kl_mean:.2f}"

@@ -30,13 +30,16 @@ class BuildContext:
     answer_labels: tuple[str, ...] = ("harmful", "harmless", "extra")  # which answers this build will need
     questions: QuestionSplit | None = None
     question_answers: tuple[list[str], list[bool]] | None = None  # base model's answers to the train questions
+    extra: Any = None  # extra_data's result, read from the bundled files once per build
 
 
 def extra_data(ctx: BuildContext) -> Any:
     """The training-only pairs and everyday prompts of aligned's recipe (:func:`geomprobe.organisms.data.extra_training`)."""
     from geomprobe.organisms.data import extra_training
 
-    return extra_training(ctx.settings.align_extra_pairs, ctx.settings.align_everyday)
+    if ctx.extra is None:
+        ctx.extra = extra_training(ctx.settings.align_extra_pairs, ctx.settings.align_everyday)
+    return ctx.extra
 
 
 def train_texts(ctx: BuildContext, label: str) -> list[str]:

@@ -42,6 +42,7 @@ from geomprobe.steering.apply import (
     steer,
     tokenize_left,
 )
+from geomprobe.steering.select import LayerRule, LayerSelection, ScreenRow, select_setting
 from geomprobe.steering.vectors import SteeringVector, class_masks, paired_differences
 
 METRICS = ("refusal-log-odds", "logit-diff", "probe")
@@ -165,21 +166,26 @@ class SearchResult:
     method: str
     settings: dict[str, Any] = field(default_factory=dict)
 
-    def best(self, kl_limit: float | None = 0.1, max_layer_fraction: float = 0.8, maximize: bool = True) -> SearchRecord | None:
-        """Strongest steered record with KL <= ``kl_limit`` outside the last (1 - fraction) of layers,
-        by the metric alone; None when no record qualifies. This is
-        :func:`~geomprobe.steering.select.select_setting` without a judge and without its fallbacks
-        (``steer search`` applies the full rule, judge included)."""
-        from geomprobe.steering.select import LayerRule, ScreenRow, select_setting
-
+    def select(
+        self, kl_limit: float | None = 0.1, max_layer_fraction: float = 0.8, maximize: bool = True
+    ) -> tuple[SearchRecord, LayerSelection] | None:
+        """The steered record the project's layer rule chooses by the metric alone (no judge), and the
+        rule's full outcome; None when nothing was steered. When no record keeps the limits, the rule's
+        fallback (the least-KL record) is returned and ``selection.within_limits`` is False."""
         steered = [r for r in self.records if r.multiplier != 0]
         if not steered:
             return None
         rule = LayerRule(kl_limit=kl_limit, max_layer_fraction=max_layer_fraction, judge_candidates=1, maximize=maximize)
         chosen = select_setting([ScreenRow.from_record(r) for r in steered], rule, n_layers=self.n_layers, metric=self.metric)
-        if not chosen.within_limits:
-            return None
-        return next(r for r in steered if r.hook == chosen.hook and r.multiplier == chosen.multiplier)
+        record = next(r for r in steered if r.hook == chosen.hook and r.multiplier == chosen.multiplier)
+        return record, chosen
+
+    def best(self, kl_limit: float | None = 0.1, max_layer_fraction: float = 0.8, maximize: bool = True) -> SearchRecord | None:
+        """Strongest steered record with KL <= ``kl_limit`` outside the last (1 - fraction) of layers,
+        by the metric alone; None when no record qualifies: :meth:`select` without its fallbacks
+        (``steer search`` applies the full rule, judge included)."""
+        picked = self.select(kl_limit, max_layer_fraction, maximize)
+        return picked[0] if picked and picked[1].within_limits else None
 
     def to_dict(self, kl_limit: float | None = 0.1) -> dict[str, Any]:
         best = self.best(kl_limit)
