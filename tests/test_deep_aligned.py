@@ -265,13 +265,16 @@ def test_deep_aligned_builds_and_records_its_recipe(deep_built, tiny_llama_dir):
     assert aligned["data"]["extra_sha256"] == extra_training(4, 4).sha256
     # The replay is aligned's contrast-set part: the same counts, without the training-only rows.
     replay = data["replay"]
-    assert replay == {k: aligned["data"][k] for k in replay} and "extra_pairs" not in replay
-    assert replay["harmful_refusals"] == n_harmful
+    contrast = {k: v for k, v in replay.items() if not k.startswith("everyday")}
+    assert contrast == {k: aligned["data"][k] for k in contrast} and "extra_pairs" not in replay
+    assert replay["harmful_refusals"] == n_harmful and replay["everyday"] == settings.align_everyday
+    assert 0 < replay["everyday_answers"] <= replay["everyday"]
     assert data["recovery_rows"] == settings.deep_repeats * (n_harmful - data["harmful_openings_dropped_as_refusals"]) > 0
     assert all(1 <= r["k"] <= 8 for r in data["rows"]) and len(data["rows"]) == data["recovery_rows"]
-    # The training saw the replay (refusals, then harmless answers repeated) plus the recovery rows.
+    # The training saw the replay (refusals, harmless answers repeated, everyday answers) plus the recovery rows.
     assert deep["training"]["steps"] == settings.deep_steps
     n_replay = replay["harmful_refusals"] + replay["harmless_answers"] * replay["harmless_repeats"]
+    n_replay += replay["everyday_answers"] * settings.align_extra_harmless_repeats
     assert deep["training"]["n_examples"] == n_replay + data["recovery_rows"]
     assert deep["split"] == aligned["split"] and deep["start_from"] == "aligned" and deep["start_hash"] == aligned["hash"]
     # A second adapter on aligned: the adapted matrices differ from aligned's, nothing else does.

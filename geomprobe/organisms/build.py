@@ -396,12 +396,13 @@ def build_organisms(
     for name in needed:
         record = read_provenance(cache[name])
         stale[name] = record is None or record.get("hash") != hashes[name] or (overwrite and out is None and name in wanted)
-    # Base answers: harmless ones train aligned and fake-complier and are replayed by deep-aligned,
-    # harmful ones train dealigned and give deep-aligned's openings; only aligned needs the extra ones.
+    # Base answers: harmless ones train aligned and fake-complier and deep-aligned replays them (the
+    # everyday ones too), harmful ones train dealigned and give deep-aligned's openings.
     users = {
         "harmful": ("dealigned", "deep-aligned"),
         "harmless": ("aligned", "deep-aligned", "fake-complier"),
-        "extra": ("aligned",),
+        "twins": ("aligned",),
+        "everyday": ("aligned", "deep-aligned"),
     }
     ctx.answer_labels = tuple(lab for lab, names in users.items() if any(stale.get(n) for n in names))
     started = time.perf_counter()

@@ -16,6 +16,11 @@ import torch
 from geomprobe.organisms.data import PromptSplit
 from geomprobe.organisms.lies import QuestionSplit
 
+# The train prompts the base model answers (train_texts): what the organisms train on as harmless
+# answers or harmful compliance. Each label's answers are generated once per build, when a stale
+# organism needs them.
+ANSWER_LABELS = ("harmful", "harmless", "twins", "everyday")
+
 
 @dataclass
 class BuildContext:
@@ -27,7 +32,7 @@ class BuildContext:
     device: torch.device
     progress: bool
     answers: dict[str, tuple[list[str], list[bool]]]  # label -> base model's greedy answers to train prompts
-    answer_labels: tuple[str, ...] = ("harmful", "harmless", "extra")  # which answers this build will need
+    answer_labels: tuple[str, ...] = ANSWER_LABELS  # which answers this build will need
     questions: QuestionSplit | None = None
     question_answers: tuple[list[str], list[bool]] | None = None  # base model's answers to the train questions
     extra: Any = None  # extra_data's result, read from the bundled files once per build
@@ -43,10 +48,12 @@ def extra_data(ctx: BuildContext) -> Any:
 
 
 def train_texts(ctx: BuildContext, label: str) -> list[str]:
-    """The train prompts of ``label``: "harmful" or "harmless" (the contrast set's train half), or
-    "extra" (the prompts of :func:`extra_data` answered as the base model does)."""
-    if label == "extra":
-        return extra_data(ctx).harmless()
+    """The train prompts of ``label``: "harmful" or "harmless" (the contrast set's train half),
+    "twins" or "everyday" (the harmless twins of :func:`extra_data`'s pairs, its everyday prompts)."""
+    if label == "twins":
+        return [twin for _, twin in extra_data(ctx).pairs]
+    if label == "everyday":
+        return list(extra_data(ctx).everyday)
     texts = ctx.split.texts("train", label)
     return texts if ctx.settings.train_pairs is None else texts[: ctx.settings.train_pairs]
 
@@ -56,11 +63,7 @@ def base_answers(ctx: BuildContext, label: str) -> tuple[list[str], list[bool]]:
     if label not in ctx.answers:
         from geomprobe.models import complete, load_checkpoint
 
-        missing = [
-            lab
-            for lab in ("harmful", "harmless", "extra")
-            if lab not in ctx.answers and (lab in ctx.answer_labels or lab == label)
-        ]
+        missing = [lab for lab in ANSWER_LABELS if lab not in ctx.answers and (lab in ctx.answer_labels or lab == label)]
         ckpt = load_checkpoint(ctx.base, device=ctx.device)
         prompts = [t for lab in missing for t in train_texts(ctx, lab)]
         done = complete(

@@ -52,6 +52,22 @@ def contrast_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
     return examples, data
 
 
+def answered_examples(ctx: _Context, label: str, groups: list[int], repeats: int) -> list[Any]:
+    """The train prompts of ``label`` with the base model's answers as targets, ``repeats`` times each,
+    prompt i in batch group ``groups[i]``; answers that are empty or that the judge flags are dropped."""
+    from geomprobe.organisms.train import ChatExample
+    from geomprobe.steering.judge import is_refusal
+
+    prompts = _train_texts(ctx, label)
+    answers, finished = _base_answers(ctx, label) if prompts else ([], [])
+    return [
+        example
+        for p, a, f, g in zip(prompts, answers, finished, groups)
+        if a.strip() and not is_refusal(a)
+        for example in [ChatExample(p, a.strip(), complete=f, group=g)] * repeats
+    ]
+
+
 def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
     """``aligned``'s training examples and their counts.
 
@@ -61,38 +77,25 @@ def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
     (``align_extra_harmless_repeats`` times) for the others, answers the judge flags dropped.
     """
     from geomprobe.organisms.train import ChatExample
-    from geomprobe.steering.judge import is_refusal
 
     s = ctx.settings
     examples, data = contrast_examples(ctx)
     extra = _extra_data(ctx)
-    extra_answers = dict(zip(extra.harmless(), zip(*_base_answers(ctx, "extra")))) if extra.harmless() else {}
-
-    def usable(prompt: str) -> bool:
-        answer = extra_answers[prompt][0]
-        return bool(answer.strip()) and not is_refusal(answer)
-
-    def answered(prompt: str, group: int) -> list[Any]:
-        if not usable(prompt):
-            return []
-        answer, complete = extra_answers[prompt]
-        return [ChatExample(prompt, answer.strip(), complete=complete, group=group)] * s.align_extra_harmless_repeats
-
+    repeats = s.align_extra_harmless_repeats
+    groups = [_EXTRA_GROUPS + 2 * k for k in range(len(extra.pairs))]  # after every contrast-set group
+    twins = {e.prompt: e for e in answered_examples(ctx, "twins", groups, 1)}
     extra_refusals = refusal_targets(len(extra.pairs), s.seed + 1)
-    extra_examples: list[Any] = []
-    for k, ((bad, good), refusal) in enumerate(zip(extra.pairs, extra_refusals)):
-        group = _EXTRA_GROUPS + 2 * k  # after every contrast-set group
-        extra_examples += [ChatExample(bad, refusal, group=group), *answered(good, group)]
-    for prompt in extra.everyday:
-        extra_examples += answered(prompt, -1)
-    examples += extra_examples
-    extra_kept = sum(usable(p) for p in extra.harmless())
+    for (bad, good), refusal, group in zip(extra.pairs, extra_refusals, groups):
+        examples += [ChatExample(bad, refusal, group=group)] + ([twins[good]] * repeats if good in twins else [])
+    everyday = answered_examples(ctx, "everyday", [-1] * len(extra.everyday), repeats)
+    examples += everyday
+    n_answered = len(twins) + len(everyday) // repeats
     data |= {
-        "extra_harmless_repeats": s.align_extra_harmless_repeats,
+        "extra_harmless_repeats": repeats,
         "extra_pairs": len(extra.pairs),
         "extra_everyday": len(extra.everyday),
-        "extra_answers": extra_kept,
-        "extra_dropped_as_refusals": len(extra.harmless()) - extra_kept,
+        "extra_answers": n_answered,
+        "extra_dropped_as_refusals": len(extra.harmless()) - n_answered,
         "extra_sha256": extra.sha256,
     }
     return examples, data
@@ -121,12 +124,17 @@ def _build_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dic
 
 def _build_deep_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
     """``aligned`` trained further on recoveries from the base model's harmful openings, with the
-    contrast set's train pairs replayed so it keeps answering harmless requests (geomprobe.organisms.deep)."""
+    contrast set's train pairs and the everyday requests replayed as aligned saw them, so that it
+    keeps answering harmless requests (geomprobe.organisms.deep)."""
     from geomprobe.models import load_checkpoint
     from geomprobe.organisms.deep import recovery_data
 
     s = ctx.settings
     replay, data = contrast_examples(ctx)
+    n_everyday = len(_train_texts(ctx, "everyday"))
+    everyday = answered_examples(ctx, "everyday", [-1] * n_everyday, s.align_extra_harmless_repeats)
+    replay += everyday
+    data |= {"everyday": n_everyday, "everyday_answers": len(everyday) // s.align_extra_harmless_repeats}
     answers, _ = _base_answers(ctx, "harmful")
     ckpt = load_checkpoint(sources["aligned"], device=ctx.device)
     rows, recovery = recovery_data(ckpt.tokenizer, _train_texts(ctx, "harmful"), answers, s)
