@@ -258,6 +258,10 @@ def test_ablation_layer_is_the_strongest_within_the_kl_limit_else_the_least_disr
     # Within the limit: the strongest drop among the layers that keep it, no warning.
     best, note = choose_ablation(_search(seen), 1.0)
     assert (best.layer, note) == (20, "") and _brute_force_choice(seen, 1.0) == 20
+    # SearchResult.select gives the same record with the rule's outcome; best() drops the fallback.
+    record, selection = _search(seen).select(0.1, maximize=False)
+    assert record.layer == 23 and selection.hook == record.hook and not selection.within_limits
+    assert _search(seen).best(0.1, maximize=False) is None and _search(seen).best(1.0, maximize=False).layer == 20
     rng = np.random.default_rng(0)
     for _ in range(50):
         rows = [(int(l), float(rng.normal(0, 3)), float(rng.exponential(0.5))) for l in rng.choice(23, size=5, replace=False)]
