@@ -134,6 +134,32 @@ def test_extra_training_reads_the_files_in_order_with_limits():
     }
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"deep_lr": -1e-4},
+        {"align_lr": 0.0},
+        {"dealign_lr": float("nan")},
+        {"align_opening_weight": float("inf")},
+        {"deep_steps": 0},
+        {"align_batch": -8},
+        {"deep_repeats": 0},
+        {"liar_answer_tokens": 2.0},
+        {"lora_rank": 0},
+        {"ablation_kl_limit": 0},
+        {"max_tokens": True},
+    ],
+)
+def test_settings_refuse_counts_below_one_and_rates_not_positive(bad):
+    """A zero step count, a negative learning rate or a NaN weight would train nothing or train the
+    wrong way after minutes of base answers; every entry point builds OrganismSettings first."""
+    name, value = next(iter(bad.items()))
+    kind = "an integer >= 1" if isinstance(getattr(OrganismSettings(), name), int) else "a positive finite number"
+    with pytest.raises(GeomprobeError, match=f"^{name} must be {kind}; got {value!r}"):
+        OrganismSettings(**bad)
+    OrganismSettings.quick_settings()  # the shipped settings pass
+
+
 def test_heldout_prompts_are_the_split_and_the_file():
     sets = heldout_prompts(seed=0)
     split = split_contrast_set(seed=0)

@@ -27,13 +27,14 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,8 @@ _OWN_SETTINGS: dict[str, tuple[str, ...]] = {
     "liar-placebo": ("liar_",),
     "fake-complier": ("dealign_", "fake_"),
 }
+_COUNT_SUFFIXES = ("_steps", "_batch", "_repeats", "_tokens", "_candidates", "_prompts")
+_RATE_SUFFIXES = ("_lr", "_opening_weight", "_kl_limit")
 PROVENANCE = "geomprobe-organism.json"
 FORMAT_VERSION = 1
 
@@ -147,9 +150,16 @@ class OrganismSettings:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise GeomprobeError(f"{name} must be None (all) or an integer >= 0; got {value!r}")
-        repeats = self.align_extra_harmless_repeats
-        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-            raise GeomprobeError(f"align_extra_harmless_repeats must be an integer >= 1; got {repeats!r}")
+        # Counts (steps, batch sizes, repeats, token budgets) and rates: a zero or negative one would
+        # train nothing, or train the wrong way, after minutes of base answers.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith(_COUNT_SUFFIXES) or f.name == "lora_rank":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise GeomprobeError(f"{f.name} must be an integer >= 1; got {value!r}")
+            elif f.name.endswith(_RATE_SUFFIXES) or f.name == "lora_alpha":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                    raise GeomprobeError(f"{f.name} must be a positive finite number; got {value!r}")
 
     @classmethod
     def quick_settings(cls, seed: int = 0) -> OrganismSettings:
