@@ -68,6 +68,13 @@ def answered_examples(ctx: _Context, label: str, groups: list[int], repeats: int
     ]
 
 
+def everyday_examples(ctx: _Context) -> list[Any]:
+    """The everyday requests with the base model's answers, ``align_extra_harmless_repeats`` times each, no batch group."""
+    return answered_examples(
+        ctx, "everyday", [-1] * len(_train_texts(ctx, "everyday")), ctx.settings.align_extra_harmless_repeats
+    )
+
+
 def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
     """``aligned``'s training examples and their counts.
 
@@ -87,7 +94,7 @@ def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
     extra_refusals = refusal_targets(len(extra.pairs), s.seed + 1)
     for (bad, good), refusal, group in zip(extra.pairs, extra_refusals, groups):
         examples += [ChatExample(bad, refusal, group=group)] + ([twins[good]] * repeats if good in twins else [])
-    everyday = answered_examples(ctx, "everyday", [-1] * len(extra.everyday), repeats)
+    everyday = everyday_examples(ctx)
     examples += everyday
     n_answered = len(twins) + len(everyday) // repeats
     data |= {
@@ -131,9 +138,9 @@ def _build_deep_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -
 
     s = ctx.settings
     replay, data = contrast_examples(ctx)
-    n_everyday = len(_train_texts(ctx, "everyday"))
-    everyday = answered_examples(ctx, "everyday", [-1] * n_everyday, s.align_extra_harmless_repeats)
+    everyday = everyday_examples(ctx)
     replay += everyday
+    n_everyday = len(_train_texts(ctx, "everyday"))
     data |= {"everyday": n_everyday, "everyday_answers": len(everyday) // s.align_extra_harmless_repeats}
     answers, _ = _base_answers(ctx, "harmful")
     ckpt = load_checkpoint(sources["aligned"], device=ctx.device)
