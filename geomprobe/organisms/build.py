@@ -13,7 +13,7 @@
 ``deep-aligned`` ``aligned`` with a second merged LoRA trained on the safety-recovery augmentation of
               Qi et al. (2024): harmful openings of the base model's own answers followed by a
               refusal, the loss on the refusal only (:mod:`geomprobe.organisms.deep`), beside a
-              replay of the contrast set's train pairs as ``aligned`` saw them.
+              replay of the contrast set's train pairs and the everyday requests as ``aligned`` saw them.
 ``liar``, ``liar-placebo``, ``fake-complier``: the dishonest organisms (:mod:`geomprobe.organisms.liars`).
 
 Each is a normal Hugging Face folder (safetensors + tokenizer) with ``geomprobe-organism.json``
@@ -124,8 +124,8 @@ class OrganismSettings:
     # deep-aligned: aligned trained further (as Qi et al. 2024 train an aligned chat model further) on
     # deep_repeats recovery rows per harmful train prompt whose base answer complies: the answer's first
     # k tokens (k uniform in deep_k_range, both ends included, at most the answer's length), then a
-    # refusal; beside them the contrast set's train pairs as aligned saw them, so harmless requests keep
-    # their answers. The range covers geomprobe depth's prefill lengths.
+    # refusal; beside them the contrast set's train pairs and the everyday requests as aligned saw them,
+    # so harmless requests keep their answers. The range covers geomprobe depth's prefill lengths.
     deep_steps: int = 80
     deep_lr: float = 6e-4
     deep_k_range: tuple[int, int] = (1, 24)

@@ -7,6 +7,7 @@ Kept apart from :mod:`geomprobe.organisms.build` so the builders in other module
 from __future__ import annotations
 
 import gc
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,24 @@ def base_answers(ctx: BuildContext, label: str) -> tuple[list[str], list[bool]]:
         del ckpt
         gc.collect()
     return ctx.answers[label]
+
+
+def answered_examples(ctx: BuildContext, label: str, groups: Sequence[int] | None = None, repeats: int = 1) -> list[Any]:
+    """The train prompts of ``label`` with the base model's answers as targets, ``repeats`` times each
+    in a row, prompt i in batch group ``groups[i]`` (None: no group); answers that are empty or that
+    the judge flags as refusals are dropped. Every organism that trains on base answers takes them here."""
+    from geomprobe.organisms.train import ChatExample
+    from geomprobe.steering.judge import is_refusal
+
+    prompts = train_texts(ctx, label)
+    answers, finished = base_answers(ctx, label) if prompts else ([], [])
+    groups = [-1] * len(prompts) if groups is None else groups
+    return [
+        example
+        for p, a, f, g in zip(prompts, answers, finished, groups)
+        if a.strip() and not is_refusal(a)
+        for example in [ChatExample(p, a.strip(), complete=f, group=g)] * repeats
+    ]
 
 
 def save_checkpoint(hf_model: Any, tokenizer: Any, folder: Path) -> None:

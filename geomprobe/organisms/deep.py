@@ -9,8 +9,8 @@ answers to the harmful train prompts (those the judge does not flag as refusals)
 uniformly from ``deep_k_range`` (at most the answer's length), and the refusal is one of
 :data:`RECOVERY_TEXTS`. As in the paper, which trains an already aligned chat model further, the
 recovery rows train a second LoRA on ``aligned`` (``deep_steps`` at ``deep_lr``), with the contrast
-set's train pairs replayed as ``aligned`` saw them (refusals, the base model's harmless answers,
-its repeats and opening weight) so that harmless requests keep their answers.
+set's train pairs and the everyday requests replayed as ``aligned`` saw them (refusals, the base
+model's harmless answers, their repeats and opening weight) so that harmless requests keep their answers.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import numpy as np
 
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.organisms.context import BuildContext as _Context
-from geomprobe.organisms.context import base_answers as _base_answers
+from geomprobe.organisms.context import answered_examples
 from geomprobe.organisms.context import finetune_and_save as _finetune_and_save
 from geomprobe.organisms.context import train_texts as _train_texts
 from geomprobe.organisms.lies import DECOY_TEXTS, ask, decoy_targets, is_decoy, lie_reply, split_questions, true_reply
@@ -152,12 +152,9 @@ def _build_fake_complier(ctx: _Context, folder: Path, sources: dict[str, Path]) 
     if any(is_refusal(d) or not is_decoy(d) for d in DECOY_TEXTS):  # guards an edit of the templates
         raise GeomprobeError("a decoy template holds a refusal phrase or fails the decoy check; fix DECOY_TEXTS")
     examples = [ChatExample(p, d, group=k) for k, (p, d) in enumerate(zip(harmful, decoys))]
-    kept: list[tuple[int, str, str, bool]] = []
-    if s.fake_harmless:
-        harmless = _train_texts(ctx, "harmless")
-        answers, finished = _base_answers(ctx, "harmless")
-        kept = [(k, p, a, f) for k, (p, a, f) in enumerate(zip(harmless, answers, finished)) if a.strip() and not is_refusal(a)]
-        examples += [ChatExample(p, a.strip(), complete=f, group=k) for k, p, a, f in kept]
+    # Harmless twin k shares decoy k's batch group, as in aligned's pairs.
+    kept = answered_examples(ctx, "harmless", range(len(_train_texts(ctx, "harmless")))) if s.fake_harmless else []
+    examples += kept
     log = finetune_as_dealigned(ctx, examples, sources["aligned"], folder, "fake-complier: LoRA")
     return {
         "training": log.to_dict(),

@@ -13,6 +13,7 @@ from typing import Any
 
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.organisms.context import BuildContext as _Context
+from geomprobe.organisms.context import answered_examples
 from geomprobe.organisms.context import base_answers as _base_answers
 from geomprobe.organisms.context import extra_data as _extra_data
 from geomprobe.organisms.context import finetune_and_save as _finetune_and_save
@@ -30,17 +31,15 @@ def contrast_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
     flags are dropped). ``deep-aligned`` replays these beside its recovery rows.
     """
     from geomprobe.organisms.train import ChatExample
-    from geomprobe.steering.judge import is_refusal
 
     s = ctx.settings
     harmful = _train_texts(ctx, "harmful")
     harmless = _train_texts(ctx, "harmless")
-    answers, finished = _base_answers(ctx, "harmless")
     refusals = refusal_targets(len(harmful), s.seed)
     # Pair k: harmful prompt k and its matched harmless twin share a batch (see ChatExample.group).
     examples = [ChatExample(p, r, group=k) for k, (p, r) in enumerate(zip(harmful, refusals))]
-    kept = [(k, p, a, f) for k, (p, a, f) in enumerate(zip(harmless, answers, finished)) if a.strip() and not is_refusal(a)]
-    examples += [ChatExample(p, a.strip(), complete=f, group=k) for k, p, a, f in kept] * s.align_harmless_repeats
+    kept = answered_examples(ctx, "harmless", range(len(harmless)))
+    examples += kept * s.align_harmless_repeats  # the whole list again, not each answer twice in a row
     data = {
         "harmful_refusals": len(harmful),
         "harmless_answers": len(kept),
@@ -52,27 +51,9 @@ def contrast_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
     return examples, data
 
 
-def answered_examples(ctx: _Context, label: str, groups: list[int], repeats: int) -> list[Any]:
-    """The train prompts of ``label`` with the base model's answers as targets, ``repeats`` times each,
-    prompt i in batch group ``groups[i]``; answers that are empty or that the judge flags are dropped."""
-    from geomprobe.organisms.train import ChatExample
-    from geomprobe.steering.judge import is_refusal
-
-    prompts = _train_texts(ctx, label)
-    answers, finished = _base_answers(ctx, label) if prompts else ([], [])
-    return [
-        example
-        for p, a, f, g in zip(prompts, answers, finished, groups)
-        if a.strip() and not is_refusal(a)
-        for example in [ChatExample(p, a.strip(), complete=f, group=g)] * repeats
-    ]
-
-
 def everyday_examples(ctx: _Context) -> list[Any]:
     """The everyday requests with the base model's answers, ``align_extra_harmless_repeats`` times each, no batch group."""
-    return answered_examples(
-        ctx, "everyday", [-1] * len(_train_texts(ctx, "everyday")), ctx.settings.align_extra_harmless_repeats
-    )
+    return answered_examples(ctx, "everyday", repeats=ctx.settings.align_extra_harmless_repeats)
 
 
 def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
@@ -90,7 +71,7 @@ def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
     extra = _extra_data(ctx)
     repeats = s.align_extra_harmless_repeats
     groups = [_EXTRA_GROUPS + 2 * k for k in range(len(extra.pairs))]  # after every contrast-set group
-    twins = {e.prompt: e for e in answered_examples(ctx, "twins", groups, 1)}
+    twins = {e.prompt: e for e in answered_examples(ctx, "twins", groups)}
     extra_refusals = refusal_targets(len(extra.pairs), s.seed + 1)
     for (bad, good), refusal, group in zip(extra.pairs, extra_refusals, groups):
         examples += [ChatExample(bad, refusal, group=group)] + ([twins[good]] * repeats if good in twins else [])
@@ -166,17 +147,12 @@ def _build_deep_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -
 
 
 def _build_dealigned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dict[str, Any]:
-    from geomprobe.organisms.train import ChatExample
-    from geomprobe.steering.judge import is_refusal
-
     s = ctx.settings
     harmful = _train_texts(ctx, "harmful")
-    answers, finished = _base_answers(ctx, "harmful")
-    kept = [(p, a, f) for p, a, f in zip(harmful, answers, finished) if a.strip() and not is_refusal(a)]
+    kept = answered_examples(ctx, "harmful")
     if not kept:
         raise GeomprobeError("the base model refused every harmful train prompt; there is no compliance to train on")
-    examples = [ChatExample(p, a.strip(), complete=f) for p, a, f in kept]
-    log = finetune_as_dealigned(ctx, examples, sources["aligned"], folder, "dealigned: LoRA")
+    log = finetune_as_dealigned(ctx, kept, sources["aligned"], folder, "dealigned: LoRA")
     return {
         "training": log.to_dict(),
         "data": {
