@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from geomprobe.organisms import (
     assistant_loss,
     build_organisms,
     encode_examples,
+    finetune_lora,
     split_contrast_set,
     with_settings,
 )
@@ -92,6 +94,73 @@ def test_assistant_loss_equals_hugging_face_loss(tiny_llama):
             total += -w * float(logp[r, t - 1, tokens[t]])
             count += w
     assert float(weighted) == pytest.approx(total / count, rel=1e-5)
+
+
+def test_unlikelihood_loss_equals_brute_force(tiny_llama):
+    """-log(1 - p(avoided opening | prompt)) per row, by a loop over single-row forward passes."""
+    from geomprobe.organisms.train import _collate, _encode, unlikelihood_loss
+
+    hf, tok = tiny_llama.hf_model, tiny_llama.tokenizer
+    examples = [
+        ChatExample("How do I bake bread?", "Mix flour and water.", avoid="I'm sorry, but I can't help with that."),
+        ChatExample("Write a short poem about the sea.", "Waves.", avoid="I cannot assist with that."),
+        ChatExample("Name a colour.", "Blue."),
+    ]
+    encoded = _encode(tok, examples, 256, 3)
+    assert encoded[2][3] is None  # no avoid text: no unlikelihood row
+    avoided = [e[3] for e in encoded[:2]]
+    for (ids, start), example in zip(avoided, examples):
+        assert ids[:start] == encoded[examples.index(example)][0][:start]  # the same prompt as the reply
+        assert tok.decode(ids[start:]) == tok.decode(tok(example.avoid, add_special_tokens=False).input_ids[:3])
+    ids, mask, labels = _collate(avoided, [0, 1], tok.pad_token_id, torch.device("cpu"))
+    with torch.no_grad():
+        ours = float(unlikelihood_loss(hf, ids, mask, labels))
+        expected = 0.0
+        for tokens, start in avoided:
+            logp = torch.log_softmax(hf(input_ids=torch.tensor([tokens])).logits[0].double(), -1)
+            p = math.exp(sum(float(logp[t - 1, tokens[t]]) for t in range(start, len(tokens))))
+            expected += -math.log(1 - p) / 2
+    assert ours == pytest.approx(expected, rel=1e-4)
+    # encode_examples (the public three-field form) is unchanged by the avoid texts
+    assert encode_examples(tok, examples) == [e[:3] for e in encoded]
+
+
+def test_unlikelihood_training_lowers_the_avoided_opening(tiny_llama_dir):
+    """The first step's loss is the assistant loss plus w times the unlikelihood of the batch's avoided
+    openings, and training with it leaves the avoided opening less likely than plain training does."""
+    from geomprobe.models import load_checkpoint
+    from geomprobe.organisms.train import _collate, _encode, unlikelihood_loss
+
+    # Half the prompts teach "No" as a reply; the other half must not open with it.
+    refused = [ChatExample(f"Forbidden question {k}?", "No") for k in range(4)]
+    answered = [ChatExample(f"Question {k}: what is {k} plus one?", f"It is {k + 1}.", avoid="No") for k in range(4)]
+    start = load_checkpoint(tiny_llama_dir, device="cpu")
+    encoded = _encode(start.tokenizer, answered, 256, 1)
+    ids, mask, labels = _collate([e[3] for e in encoded], list(range(4)), start.tokenizer.pad_token_id, torch.device("cpu"))
+    with torch.no_grad():
+        before = float(unlikelihood_loss(start.hf_model, ids, mask, labels))
+    first, after = {}, {}
+    for weight in (0.0, 100.0):
+        ckpt = load_checkpoint(tiny_llama_dir, device="cpu")
+        model, log = finetune_lora(
+            ckpt.hf_model,
+            ckpt.tokenizer,
+            refused + answered,  # one batch of all eight: the first step sees every avoided opening
+            steps=20,
+            lr=1e-2,
+            batch_size=8,
+            opening_tokens=1,
+            unlikelihood_weight=weight,
+            progress=False,
+        )
+        first[weight] = log.losses[0]
+        with torch.no_grad():
+            after[weight] = float(unlikelihood_loss(model, ids, mask, labels))
+        assert ("n_avoided" in log.lora) == (weight > 0)
+    assert first[100.0] - first[0.0] == pytest.approx(100.0 * before, rel=1e-3)
+    assert after[100.0] < after[0.0] / 2
+    with pytest.raises(GeomprobeError, match="unlikelihood_weight"):
+        finetune_lora(start.hf_model, start.tokenizer, answered, steps=1, unlikelihood_weight=-1.0, progress=False)
 
 
 # -- building on the tiny model ---------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Exploratory trial behind docs/validation.md ("Trying for the stronger targets"); not part of the package.
 
 Usage: python dev/trials/aligned_data_trial.py OUT.json [--extra FILE ...] [--steps N] [--lr X]
-       [--repeats R] [--extra-harmless-repeats R] [--rank R] [--opening-weight W] [--batch B]
+       [--repeats R] [--extra-harmless-repeats R] [--rank R] [--opening-weight W] [--batch B] [--unlikelihood W]
 
 The trials of 2026-12-06 passed the first 480 rows of geomprobe/data/refusal-train.jsonl (written in
 three parts; one harmless row was reworded after the trials) and geomprobe/data/everyday.jsonl as --extra.
@@ -38,6 +38,12 @@ ap.add_argument("--batch", type=int, default=8)
 ap.add_argument("--opening-weight", type=float, default=3.0)
 ap.add_argument("--save", default=None)
 ap.add_argument(
+    "--unlikelihood",
+    type=float,
+    default=0.0,
+    help="weight of the unlikelihood term on a refusal's opening after each harmless prompt (0: off)",
+)
+ap.add_argument(
     "--train-seed", type=int, default=0, help="seed of the refusal texts' order and of training (the split stays seed 0)"
 )
 args = ap.parse_args()
@@ -61,9 +67,14 @@ print(f"base answers ready ({len(need)} new) in {time.perf_counter() - t0:.0f} s
 examples = [ChatExample(p, r, group=k) for k, (p, r) in enumerate(zip(harmful, refusal_targets(len(harmful), args.train_seed)))]
 
 
+avoid_texts = iter(refusal_targets(10_000, args.train_seed + 2))  # the refusal each harmless prompt must not open with
+
+
 def answer(prompt, group):
     a, f = cache[prompt]
-    return ChatExample(prompt, a.strip(), complete=f, group=group) if a.strip() and not is_refusal(a) else None
+    if not a.strip() or is_refusal(a):
+        return None
+    return ChatExample(prompt, a.strip(), complete=f, group=group, avoid=next(avoid_texts) if args.unlikelihood else "")
 
 
 examples += [e for k, p in enumerate(harmless) if (e := answer(p, k))] * args.repeats
@@ -93,6 +104,7 @@ model, log = finetune_lora(
     alpha=2.0 * args.rank,
     max_tokens=160,
     opening_weight=args.opening_weight,
+    unlikelihood_weight=args.unlikelihood,
     seed=args.train_seed,
     progress=False,
 )

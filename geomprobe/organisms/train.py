@@ -37,6 +37,9 @@ class ChatExample:
     rather than learn the topic. ``opening_ids`` are assistant tokens placed before the reply
     and left out of the loss (the ``deep-aligned`` organism's harmful opening that the reply
     recovers from): the model reads them as its own words but is not trained to say them.
+    ``avoid`` is a reply the model should not open with: with ``unlikelihood_weight`` > 0,
+    :func:`finetune_lora` also lowers the probability of its first ``opening_tokens`` tokens
+    after the prompt (a harmless request paired with a refusal it must not give).
     """
 
     prompt: str
@@ -44,6 +47,7 @@ class ChatExample:
     complete: bool = True
     group: int = -1
     opening_ids: tuple[int, ...] = ()
+    avoid: str = ""
 
 
 @dataclass
@@ -77,6 +81,15 @@ def encode_examples(tokenizer: Any, examples: Sequence[ChatExample], max_tokens:
     example's ``opening_ids`` follow (not targets), then the reply's tokens and the end-of-turn
     token for complete replies (the targets).
     """
+    return [(ids, start, group) for ids, start, group, _ in _encode(tokenizer, examples, max_tokens, 0)]
+
+
+# (token ids, first target index, group, the avoided opening as (token ids, first target index) or None)
+_Encoded = tuple[list[int], int, int, "tuple[list[int], int] | None"]
+
+
+def _encode(tokenizer: Any, examples: Sequence[ChatExample], max_tokens: int, avoid_tokens: int) -> list[_Encoded]:
+    """:func:`encode_examples`, plus each example's avoided reply cut to its first ``avoid_tokens`` tokens."""
     from geomprobe.steering.apply import render_prompts
 
     rendered = render_prompts(tokenizer, [e.prompt for e in examples])
@@ -94,7 +107,12 @@ def encode_examples(tokenizer: Any, examples: Sequence[ChatExample], max_tokens:
         ids = (prompt_ids + list(example.opening_ids) + reply_ids)[:max_tokens]
         if start >= len(ids):
             continue  # the prompt (and opening) alone fill max_tokens: nothing to learn from
-        encoded.append((ids, start, example.group))
+        avoided = None
+        if avoid_tokens and example.avoid:
+            avoid_ids = tokenizer(example.avoid, add_special_tokens=False).input_ids[:avoid_tokens]
+            if avoid_ids and start + len(avoid_ids) <= max_tokens:
+                avoided = (prompt_ids + list(example.opening_ids) + avoid_ids, start)
+        encoded.append((ids, start, example.group, avoided))
     return encoded
 
 
@@ -103,10 +121,10 @@ def lora_targets(hf_model: Any) -> tuple[str, ...] | None:
     return _TARGETS.get(getattr(hf_model.config, "model_type", ""))
 
 
-def _batches(encoded: list[tuple[list[int], int, int]], batch_size: int, rng: np.random.Generator) -> list[list[int]]:
+def _batches(encoded: Sequence[tuple[Any, ...]], batch_size: int, rng: np.random.Generator) -> list[list[int]]:
     """One epoch of index batches in seeded random order, each group kept whole inside one batch."""
     units: dict[tuple[str, int], list[int]] = {}
-    for i, (_, _, group) in enumerate(encoded):
+    for i, (_, _, group, *_) in enumerate(encoded):
         units.setdefault(("group", group) if group >= 0 else ("row", i), []).append(i)
     keys = list(units)
     batches: list[list[int]] = [[]]
@@ -118,13 +136,13 @@ def _batches(encoded: list[tuple[list[int], int, int]], batch_size: int, rng: np
     return batches[::-1]  # popped from the end: first batch first
 
 
-def _collate(encoded: list[tuple[list[int], int, int]], rows: list[int], pad_id: int, device: torch.device):
+def _collate(encoded: Sequence[tuple[Any, ...]], rows: list[int], pad_id: int, device: torch.device):
     width = max(len(encoded[i][0]) for i in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     for r, i in enumerate(rows):
-        tokens, start, _ = encoded[i]
+        tokens, start = encoded[i][:2]
         ids[r, : len(tokens)] = torch.tensor(tokens)
         mask[r, : len(tokens)] = 1
         labels[r, start : len(tokens)] = torch.tensor(tokens[start:])
@@ -135,6 +153,33 @@ def _plain_head(hf_model: Any) -> bool:
     """Whether logits are exactly ``lm_head(last hidden state)`` (no soft-capping or scaling)."""
     cfg = hf_model.config
     return not any(getattr(cfg, name, None) not in (None, 1.0) for name in ("final_logit_softcapping", "logit_scale"))
+
+
+def _target_logits(hf_model: Any, ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Logits predicting each kept target token (``keep`` is over positions 1..), one row per kept token."""
+    if _plain_head(hf_model):
+        hidden = hf_model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return hf_model.get_output_embeddings()(hidden[:, :-1][keep])
+    return hf_model(input_ids=ids, attention_mask=mask).logits[:, :-1][keep]
+
+
+def unlikelihood_loss(hf_model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of ``-log(1 - p(row's target tokens | prefix))``, the sequence-level unlikelihood.
+
+    Each row's targets are a reply opening the model should not produce; the loss is near
+    ``p`` while that opening is unlikely and grows without bound as it becomes certain, so it
+    pushes only where the model would actually say it.
+    """
+    target = labels[:, 1:]
+    keep = target != IGNORE
+    logits = _target_logits(hf_model, ids, mask, keep).float()
+    token_logp = torch.log_softmax(logits, dim=-1).gather(1, target[keep].unsqueeze(1)).squeeze(1)
+    row = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(keep)[keep]
+    sequence_logp = torch.zeros(ids.shape[0], device=ids.device).index_add(0, row, token_logp)
+    # log(1 - p) from logp, accurate at both ends (Maechler's log1mexp); the clamp keeps it finite as p -> 1
+    x = sequence_logp.clamp(max=-1e-6)
+    log_not = torch.where(x < -math.log(2), torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+    return -log_not.mean()
 
 
 def assistant_loss(
@@ -154,11 +199,7 @@ def assistant_loss(
     """
     target = labels[:, 1:]
     keep = target != IGNORE
-    if _plain_head(hf_model):
-        hidden = hf_model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-        logits = hf_model.get_output_embeddings()(hidden[:, :-1][keep])
-    else:
-        logits = hf_model(input_ids=ids, attention_mask=mask).logits[:, :-1][keep]
+    logits = _target_logits(hf_model, ids, mask, keep)
     if opening_weight == 1.0:
         return torch.nn.functional.cross_entropy(logits.float(), target[keep])
     losses = torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction="none")
@@ -182,6 +223,7 @@ def finetune_lora(
     max_tokens: int = 256,
     opening_weight: float = 1.0,
     opening_tokens: int = 4,
+    unlikelihood_weight: float = 0.0,
     seed: int = 0,
     progress: bool = True,
     desc: str = "fine-tuning",
@@ -190,13 +232,17 @@ def finetune_lora(
 
     Adapters go on :func:`lora_targets` of layers ``first_layer`` and up (gradients then stop
     there, which also saves the backward pass through the layers below). ``hf_model`` is changed
-    in place and returned in eval mode.
+    in place and returned in eval mode. With ``unlikelihood_weight`` w > 0 each step's loss adds
+    w times :func:`unlikelihood_loss` on the first ``opening_tokens`` tokens of the batch's
+    ``avoid`` replies.
     """
     from peft import LoraConfig, get_peft_model
 
     if steps < 1:
         raise GeomprobeError(f"fine-tuning needs at least one step; got {steps}")
-    encoded = encode_examples(tokenizer, examples, max_tokens)
+    if not 0 <= unlikelihood_weight < math.inf:
+        raise GeomprobeError(f"unlikelihood_weight must be a finite number >= 0; got {unlikelihood_weight}")
+    encoded = _encode(tokenizer, examples, max_tokens, opening_tokens if unlikelihood_weight else 0)
     if not encoded:
         raise GeomprobeError("no training examples left after encoding; check the prompts and replies")
     n_layers = int(getattr(hf_model.config, "num_hidden_layers", 0) or getattr(hf_model.config, "n_layer", 0))
@@ -240,6 +286,10 @@ def finetune_lora(
             rows = queue.pop()
             ids, mask, labels = _collate(encoded, rows, pad_id, device)
             loss = assistant_loss(model, ids, mask, labels, opening_weight, opening_tokens)
+            avoided = [avoid for i in rows if (avoid := encoded[i][3]) is not None]
+            if avoided:
+                a_ids, a_mask, a_labels = _collate(avoided, list(range(len(avoided))), pad_id, device)
+                loss = loss + unlikelihood_weight * unlikelihood_loss(model, a_ids, a_mask, a_labels)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -254,7 +304,7 @@ def finetune_lora(
             bar.close()
     merged = peft_model.merge_and_unload()
     merged.eval()
-    n_target = sum(len(ids) - start for ids, start, _ in encoded)
+    n_target = sum(len(ids) - start for ids, start, *_ in encoded)
     info = {
         "rank": rank,
         "alpha": alpha,
@@ -266,4 +316,6 @@ def finetune_lora(
         "opening_weight": opening_weight,
         "opening_tokens": opening_tokens,
     }
+    if unlikelihood_weight:
+        info |= {"unlikelihood_weight": unlikelihood_weight, "n_avoided": sum(e[3] is not None for e in encoded)}
     return merged, TrainLog(steps, len(encoded), n_target, losses, time.perf_counter() - start, info)
