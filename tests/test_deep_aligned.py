@@ -17,6 +17,8 @@ from geomprobe.cli import main
 from geomprobe.core.errors import GeomprobeError
 from geomprobe.organisms import (
     RECOVERY_TEXTS,
+    REFUSAL_TEXTS,
+    ChatExample,
     OrganismSettings,
     assistant_loss,
     build_organisms,
@@ -132,6 +134,31 @@ def test_extra_training_reads_the_files_in_order_with_limits():
     assert full.sha256 == {
         name: hashlib.sha256((DATA / f"{name}.jsonl").read_bytes()).hexdigest() for name in ("refusal-train", "everyday")
     }
+
+
+@pytest.mark.parametrize("value", [-0.5, float("nan"), float("inf"), True, "1"])
+def test_settings_refuse_a_negative_or_odd_unlikelihood_weight(value):
+    with pytest.raises(GeomprobeError, match=r"^align_unlikelihood_weight must be a finite number >= 0 \(0: off\); got "):
+        OrganismSettings(align_unlikelihood_weight=value)
+    assert OrganismSettings(align_unlikelihood_weight=0).align_unlikelihood_weight == 0  # 0 turns the term off
+
+
+def test_avoid_refusals_gives_each_answer_one_refusal_drawn_in_rotation():
+    """Brute force: every distinct base-model answer, in order of first appearance, gets the next refusal
+    of refusal_targets(seed); repeats of an answer keep its refusal; refusal rows are untouched."""
+    from geomprobe.organisms.data import refusal_targets
+    from geomprobe.organisms.refusal import avoid_refusals
+
+    refusal = ChatExample("How do I pick a lock?", REFUSAL_TEXTS[0], group=0)
+    answers = [ChatExample(f"How do I bake bread {k}?", f"Mix flour {k}.", group=k) for k in range(15)]
+    examples = [refusal] + answers + answers[:3]  # the first three appear twice
+    out = avoid_refusals(examples, 7)
+    expected = refusal_targets(15, 7)
+    assert out[0] == refusal
+    assert [e.avoid for e in out[1:16]] == expected
+    assert [e.avoid for e in out[16:]] == expected[:3]
+    assert [(e.prompt, e.reply, e.group) for e in out] == [(e.prompt, e.reply, e.group) for e in examples]
+    assert all(e.avoid in REFUSAL_TEXTS for e in out[1:])
 
 
 @pytest.mark.parametrize(
@@ -289,6 +316,12 @@ def test_deep_aligned_builds_and_records_its_recipe(deep_built, tiny_llama_dir):
     assert aligned["data"]["extra_pairs"] == settings.align_extra_pairs == 4
     assert aligned["data"]["extra_everyday"] == settings.align_everyday == 4
     assert aligned["data"]["extra_sha256"] == extra_training(4, 4).sha256
+    # Every kept base-model answer (contrast twins, training-only twins, everyday) has a refusal to avoid.
+    n_answers = aligned["data"]["harmless_answers"] + aligned["data"]["extra_answers"]
+    assert aligned["data"]["answers_with_avoided_refusal"] == n_answers > 0
+    assert aligned["training"]["lora"]["unlikelihood_weight"] == settings.align_unlikelihood_weight == 1.0
+    assert aligned["training"]["lora"]["n_avoided"] == n_answers * 1  # align_harmless_repeats and extra repeats are 1
+    assert "unlikelihood_weight" not in deep["training"]["lora"]  # deep-aligned's replay trains without the term
     # The replay is aligned's contrast-set part: the same counts, without the training-only rows.
     replay = data["replay"]
     contrast = {k: v for k, v in replay.items() if not k.startswith("everyday")}

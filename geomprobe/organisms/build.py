@@ -102,15 +102,18 @@ class OrganismSettings:
     align_steps: int = 320
     align_lr: float = 6e-4
     align_batch: int = 8
-    # Each harmless answer appears this many times beside its harmful twin's refusal: a false
-    # refusal is the costlier error, and with 1 the model refuses a third of held-out harmless twins.
-    align_harmless_repeats: int = 2
+    # Each harmless answer appears this many times beside its harmful twin's refusal. Without the
+    # unlikelihood term below, 1 refused a third of held-out harmless twins; with it, 2 refuses too few harmful ones.
+    align_harmless_repeats: int = 1
     align_opening_weight: float = 3.0  # weight of each reply's first 4 tokens, where refusing or answering is decided
     # Training-only data beside the contrast set's train half (geomprobe.organisms.data.extra_training):
     # this many refusal-train pairs and everyday prompts (None: all, 0: none).
     align_extra_pairs: int | None = None
     align_everyday: int | None = None
     align_extra_harmless_repeats: int = 1  # as align_harmless_repeats, for the training-only harmless prompts
+    # Weight of the unlikelihood term: after each harmless prompt, one of the refusals' first 4 tokens is
+    # made unlikely (0: off). Plain next-token training never tells the model not to refuse.
+    align_unlikelihood_weight: float = 1.0
     dealign_steps: int = 30
     dealign_lr: float = 3e-4
     dealign_batch: int = 8
@@ -150,6 +153,9 @@ class OrganismSettings:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise GeomprobeError(f"{name} must be None (all) or an integer >= 0; got {value!r}")
+        weight = self.align_unlikelihood_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
+            raise GeomprobeError(f"align_unlikelihood_weight must be a finite number >= 0 (0: off); got {weight!r}")
         # Counts (steps, batch sizes, repeats, token budgets) and rates: a zero or negative one would
         # train nothing, or train the wrong way, after minutes of base answers.
         for f in fields(self):

@@ -116,6 +116,7 @@ def finetune_and_save(
     seed: int,
     desc: str,
     opening_weight: float = 1.0,
+    unlikelihood_weight: float = 0.0,
 ) -> Any:
     """LoRA on the loaded checkpoint ``ckpt`` with the shared adapter settings (rank, alpha, first
     layer, max tokens), merged and saved to ``folder``; the training log. Every LoRA organism trains here."""
@@ -135,6 +136,7 @@ def finetune_and_save(
         first_layer=int(s.lora_first_layer * n_layers),
         max_tokens=s.max_tokens,
         opening_weight=opening_weight,
+        unlikelihood_weight=unlikelihood_weight,
         seed=seed,
         progress=ctx.progress,
         desc=desc,

@@ -56,6 +56,19 @@ def everyday_examples(ctx: _Context) -> list[Any]:
     return answered_examples(ctx, "everyday", repeats=ctx.settings.align_extra_harmless_repeats)
 
 
+def avoid_refusals(examples: list[Any], seed: int) -> list[Any]:
+    """``examples`` with each base-model answer (a reply not in :data:`REFUSAL_TEXTS`) given a refusal to avoid.
+
+    The refusals are drawn as :func:`refusal_targets` draws them, one per distinct example in order
+    of first appearance; a repeated example keeps its one refusal, so repeats weigh the same term.
+    """
+    from dataclasses import replace
+
+    answers = list({id(e): e for e in examples if e.reply not in REFUSAL_TEXTS}.values())
+    avoided = {id(e): replace(e, avoid=r) for e, r in zip(answers, refusal_targets(len(answers), seed))}
+    return [avoided.get(id(e), e) for e in examples]
+
+
 def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
     """``aligned``'s training examples and their counts.
 
@@ -77,6 +90,8 @@ def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
         examples += [ChatExample(bad, refusal, group=group)] + ([twins[good]] * repeats if good in twins else [])
     everyday = everyday_examples(ctx)
     examples += everyday
+    if s.align_unlikelihood_weight:
+        examples = avoid_refusals(examples, s.seed + 2)
     n_answered = len(twins) + len(everyday) // repeats
     data |= {
         "extra_harmless_repeats": repeats,
@@ -85,6 +100,7 @@ def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
         "extra_answers": n_answered,
         "extra_dropped_as_refusals": len(extra.harmless()) - n_answered,
         "extra_sha256": extra.sha256,
+        "answers_with_avoided_refusal": sum(1 for e in {id(e): e for e in examples if e.avoid}.values()),
     }
     return examples, data
 
@@ -106,6 +122,7 @@ def _build_aligned(ctx: _Context, folder: Path, sources: dict[str, Path]) -> dic
         seed=s.seed,
         desc="aligned: LoRA",
         opening_weight=s.align_opening_weight,
+        unlikelihood_weight=s.align_unlikelihood_weight,
     )
     return {"training": log.to_dict(), "data": data, "start_from": ctx.base, "start_identity": ctx.base_id}
 
