@@ -100,7 +100,7 @@ def aligned_examples(ctx: _Context) -> tuple[list[Any], dict[str, Any]]:
         "extra_answers": n_answered,
         "extra_dropped_as_refusals": len(extra.harmless()) - n_answered,
         "extra_sha256": extra.sha256,
-        "answers_with_avoided_refusal": sum(1 for e in {id(e): e for e in examples if e.avoid}.values()),
+        "answers_with_avoided_refusal": len({id(e) for e in examples if e.avoid}),
     }
     return examples, data
 
